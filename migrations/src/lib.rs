@@ -1,0 +1,267 @@
+//! Ordered upgrades of `keyplane-control`'s sled store layout.
+//!
+//! The store records its layout version under `meta/schema_version` (a big-endian `u32`). On
+//! start, [`migrate`] applies every step above that version, in order, and stamps the new version
+//! after each step, flushing to disk, so a crash between steps resumes at the right one. A store
+//! stamped with a version newer than this binary knows is refused: an old binary must never write
+//! into a layout it does not understand.
+//!
+//! # Layout version 1
+//!
+//! Every record is a JSON object (unknown fields are ignored on read, missing ones take their
+//! defaults, so adding an optional field needs no migration; renaming, removing or re-keying does).
+//!
+//! | tree               | key                                          | value                      |
+//! |--------------------|----------------------------------------------|----------------------------|
+//! | `meta`             | `schema_version`                             | `u32` BE                   |
+//! | `meta`             | `route_version`                              | `u64` BE                   |
+//! | `meta`             | `key_check`                                  | sealed known plaintext     |
+//! | `providers`        | provider name                                | provider record            |
+//! | `credentials`      | credential id                                | credential record (sealed secret) |
+//! | `offerings`        | model `\0` provider                          | offering record            |
+//! | `client_keys`      | client key id                                | key record (SHA-256 only)  |
+//! | `client_key_names` | client key name                              | client key id              |
+//! | `usage`            | request id                                   | usage record               |
+//! | `usage_totals`     | key id `\0` model `\0` provider `\0` credential id | 4 x `u64` BE: requests, input, output, cost nano-USD |
+//! | `nodes`            | node id                                      | node record                |
+//!
+//! A sealed value is base64 of `nonce (12 bytes) || AES-256-GCM ciphertext`, with the record's id
+//! as associated data.
+
+use thiserror::Error;
+
+/// The layout version this build writes.
+pub const CURRENT: u32 = 1;
+
+/// Tree holding the schema version.
+pub const META_TREE: &str = "meta";
+/// Key of the schema version in [`META_TREE`].
+pub const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
+
+/// Trees of layout version 1, as written by that version. Frozen: a later layout lists its own.
+pub const V1_TREES: &[&str] = &[
+    "meta",
+    "providers",
+    "credentials",
+    "offerings",
+    "client_keys",
+    "client_key_names",
+    "usage",
+    "usage_totals",
+    "nodes",
+];
+
+/// One upgrade step, from `to - 1` to `to`.
+#[derive(Clone, Copy)]
+pub struct Migration {
+    /// The version the store has after this step.
+    pub to: u32,
+    /// What the step does, for the log.
+    pub name: &'static str,
+    /// The step itself. It must be safe to run again after a crash midway: the version is only
+    /// stamped once it returns.
+    pub apply: fn(&sled::Db) -> Result<(), sled::Error>,
+}
+
+/// Every step, in order.
+pub const STEPS: &[Migration] = &[Migration {
+    to: 1,
+    name: "create the version 1 trees",
+    apply: create_v1_trees,
+}];
+
+/// Why a store could not be brought to the current layout.
+#[derive(Debug, Error)]
+pub enum MigrationError {
+    /// The store was written by a newer keyplane-control.
+    #[error(
+        "the data dir has store layout version {found}, newer than this binary's {supported}: \
+         run a keyplane-control at least as new as the one that wrote it"
+    )]
+    TooNew {
+        /// Version stamped in the store.
+        found: u32,
+        /// Highest version these steps reach.
+        supported: u32,
+    },
+    /// Data without a version stamp: not a Keyplane store, or one damaged.
+    #[error("the data dir holds data but no schema version: not a keyplane-control store")]
+    Unversioned,
+    /// The version stamp is not 4 bytes.
+    #[error("the data dir's schema version is malformed")]
+    MalformedVersion,
+    /// The steps are not consecutive (a programming error caught by the tests).
+    #[error("migration steps are not consecutive at version {0}")]
+    Gap(u32),
+    /// sled failed.
+    #[error("store error during migration: {0}")]
+    Store(#[from] sled::Error),
+}
+
+/// What [`migrate`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// Version before.
+    pub from: u32,
+    /// Version after.
+    pub to: u32,
+}
+
+/// Reads the store's layout version; 0 for a store that has never been stamped and holds nothing.
+pub fn schema_version(db: &sled::Db) -> Result<u32, MigrationError> {
+    let meta = db.open_tree(META_TREE)?;
+    match meta.get(SCHEMA_VERSION_KEY)? {
+        Some(raw) => {
+            let bytes: [u8; 4] = raw
+                .as_ref()
+                .try_into()
+                .map_err(|_| MigrationError::MalformedVersion)?;
+            Ok(u32::from_be_bytes(bytes))
+        }
+        None => {
+            let holds_data = db
+                .tree_names()
+                .iter()
+                .map(|name| db.open_tree(name))
+                .collect::<Result<Vec<_>, _>>()?
+                .iter()
+                .any(|tree| !tree.is_empty());
+            if holds_data || !db.is_empty() {
+                Err(MigrationError::Unversioned)
+            } else {
+                Ok(0)
+            }
+        }
+    }
+}
+
+/// Brings the store to [`CURRENT`] with [`STEPS`].
+pub fn migrate(db: &sled::Db) -> Result<Outcome, MigrationError> {
+    run(db, STEPS)
+}
+
+/// Brings the store to the last version of `steps`. Exposed so that tests can drive made-up steps.
+pub fn run(db: &sled::Db, steps: &[Migration]) -> Result<Outcome, MigrationError> {
+    for (i, step) in steps.iter().enumerate() {
+        if step.to != i as u32 + 1 {
+            return Err(MigrationError::Gap(step.to));
+        }
+    }
+    let supported = steps.last().map_or(0, |s| s.to);
+    let from = schema_version(db)?;
+    if from > supported {
+        return Err(MigrationError::TooNew {
+            found: from,
+            supported,
+        });
+    }
+    let meta = db.open_tree(META_TREE)?;
+    for step in steps.iter().filter(|s| s.to > from) {
+        tracing::info!(to = step.to, step = step.name, "migrating store layout");
+        (step.apply)(db)?;
+        meta.insert(SCHEMA_VERSION_KEY, &step.to.to_be_bytes())?;
+        db.flush()?;
+    }
+    Ok(Outcome {
+        from,
+        to: supported,
+    })
+}
+
+fn create_v1_trees(db: &sled::Db) -> Result<(), sled::Error> {
+    for name in V1_TREES {
+        db.open_tree(name)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open() -> (tempfile::TempDir, sled::Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path().join("store")).unwrap();
+        (dir, db)
+    }
+
+    #[test]
+    fn fresh_store_is_stamped_current() {
+        let (_dir, db) = open();
+        assert_eq!(migrate(&db).unwrap(), Outcome { from: 0, to: CURRENT });
+        assert_eq!(schema_version(&db).unwrap(), CURRENT);
+        // Running again is a no-op.
+        assert_eq!(
+            migrate(&db).unwrap(),
+            Outcome {
+                from: CURRENT,
+                to: CURRENT
+            }
+        );
+    }
+
+    fn add_marker(db: &sled::Db) -> Result<(), sled::Error> {
+        db.open_tree("providers")?.insert("marker", "v2")?;
+        Ok(())
+    }
+
+    fn fail(_: &sled::Db) -> Result<(), sled::Error> {
+        Err(sled::Error::Unsupported("boom".into()))
+    }
+
+    #[test]
+    fn later_steps_run_in_order_once() {
+        let (_dir, db) = open();
+        migrate(&db).unwrap();
+        let steps = [
+            STEPS[0],
+            Migration {
+                to: 2,
+                name: "marker",
+                apply: add_marker,
+            },
+        ];
+        assert_eq!(run(&db, &steps).unwrap(), Outcome { from: 1, to: 2 });
+        assert_eq!(
+            db.open_tree("providers").unwrap().get("marker").unwrap().unwrap(),
+            "v2".as_bytes()
+        );
+        // The current binary now refuses the newer store.
+        assert!(matches!(
+            migrate(&db),
+            Err(MigrationError::TooNew {
+                found: 2,
+                supported: 1
+            })
+        ));
+    }
+
+    #[test]
+    fn failed_step_leaves_version_unchanged() {
+        let (_dir, db) = open();
+        migrate(&db).unwrap();
+        let steps = [
+            STEPS[0],
+            Migration {
+                to: 2,
+                name: "fails",
+                apply: fail,
+            },
+        ];
+        assert!(run(&db, &steps).is_err());
+        assert_eq!(schema_version(&db).unwrap(), 1);
+    }
+
+    #[test]
+    fn gaps_and_unversioned_data_are_refused() {
+        let (_dir, db) = open();
+        let gap = [Migration {
+            to: 2,
+            name: "gap",
+            apply: add_marker,
+        }];
+        assert!(matches!(run(&db, &gap), Err(MigrationError::Gap(2))));
+        db.open_tree("providers").unwrap().insert("x", "y").unwrap();
+        assert!(matches!(migrate(&db), Err(MigrationError::Unversioned)));
+    }
+}
