@@ -22,7 +22,7 @@
 //! | `client_keys`      | client key id                                | key record (SHA-256 only)  |
 //! | `client_key_names` | client key name                              | client key id              |
 //! | `usage`            | request id                                   | usage record               |
-//! | `usage_totals`     | key id `\0` model `\0` provider `\0` credential id | 4 x `u64` BE: requests, input, output, cost nano-USD |
+//! | `usage_totals`     | key id `\0` model `\0` provider `\0` credential id | 6 x `u64` BE: requests, input, output, cost nano-USD, cache read, cache write |
 //! | `nodes`            | node id                                      | node record                |
 //!
 //! A sealed value is base64 of `nonce (12 bytes) || AES-256-GCM ciphertext`, with the record's id
@@ -188,7 +188,13 @@ mod tests {
     #[test]
     fn fresh_store_is_stamped_current() {
         let (_dir, db) = open();
-        assert_eq!(migrate(&db).unwrap(), Outcome { from: 0, to: CURRENT });
+        assert_eq!(
+            migrate(&db).unwrap(),
+            Outcome {
+                from: 0,
+                to: CURRENT
+            }
+        );
         assert_eq!(schema_version(&db).unwrap(), CURRENT);
         // Running again is a no-op.
         assert_eq!(
@@ -223,7 +229,11 @@ mod tests {
         ];
         assert_eq!(run(&db, &steps).unwrap(), Outcome { from: 1, to: 2 });
         assert_eq!(
-            db.open_tree("providers").unwrap().get("marker").unwrap().unwrap(),
+            db.open_tree("providers")
+                .unwrap()
+                .get("marker")
+                .unwrap()
+                .unwrap(),
             "v2".as_bytes()
         );
         // The current binary now refuses the newer store.

@@ -1,0 +1,430 @@
+//! Providers, their credentials and the models they offer, with the validation of each.
+
+use crate::creds::Secret;
+use crate::error::{Error, Result, invalid};
+use crate::money;
+use crate::store::{self, CREDENTIALS, OFFERINGS, PROVIDERS, Store, composite, now_ms};
+use serde::{Deserialize, Serialize};
+
+/// The wire protocol an upstream speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Openai,
+    Anthropic,
+}
+
+impl Protocol {
+    pub fn parse(text: &str) -> Result<Protocol> {
+        match text.trim() {
+            "openai" => Ok(Protocol::Openai),
+            "anthropic" => Ok(Protocol::Anthropic),
+            other => Err(invalid(format!(
+                "protocol {other:?} is not supported: use openai or anthropic"
+            ))),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Openai => "openai",
+            Protocol::Anthropic => "anthropic",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProviderRec {
+    pub name: String,
+    pub protocol: Protocol,
+    pub base_url: String,
+    pub created_at_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CredentialRec {
+    pub id: String,
+    pub provider: String,
+    #[serde(default)]
+    pub label: String,
+    pub multiplier_ppm: u64,
+    /// The upstream secret, sealed with the credential's id as associated data.
+    pub secret_sealed: String,
+    #[serde(default = "active")]
+    pub state: String,
+    #[serde(default)]
+    pub state_since_ms: i64,
+    pub created_at_ms: i64,
+}
+
+fn active() -> String {
+    "active".to_string()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OfferingRec {
+    pub model: String,
+    pub provider: String,
+    pub upstream_model: String,
+    pub input_micro_usd_per_mtok: u64,
+    pub output_micro_usd_per_mtok: u64,
+    #[serde(default = "usd")]
+    pub currency: String,
+    #[serde(default = "manual")]
+    pub source: String,
+    pub updated_at_ms: i64,
+}
+
+fn usd() -> String {
+    "USD".to_string()
+}
+
+fn manual() -> String {
+    "manual".to_string()
+}
+
+/// What `model set` asks for, before validation.
+pub struct SetModel<'a> {
+    pub model: &'a str,
+    pub provider: &'a str,
+    pub upstream_model: &'a str,
+    pub input_usd_per_mtok: &'a str,
+    pub output_usd_per_mtok: &'a str,
+}
+
+/// Names of providers and client keys: short, and safe in a URL path, a log and a table.
+pub(crate) fn check_name(what: &str, name: &str) -> Result<()> {
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if name.is_empty()
+        || name.len() > 64
+        || !ok_chars
+        || !name.as_bytes()[0].is_ascii_alphanumeric()
+    {
+        return Err(invalid(format!(
+            "{what} name {name:?} is invalid: use 1 to 64 letters, digits, '-', '_' or '.', \
+             starting with a letter or digit"
+        )));
+    }
+    Ok(())
+}
+
+/// Model names are freer (`deepseek/deepseek-chat`, `gpt-4o-mini:free`) but never contain
+/// whitespace, control characters or the key separator.
+fn check_model_name(what: &str, name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.len() > 256
+        || name.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(invalid(format!(
+            "{what} {name:?} is invalid: use 1 to 256 characters without spaces"
+        )));
+    }
+    Ok(())
+}
+
+fn check_base_url(text: &str) -> Result<String> {
+    let url = url::Url::parse(text.trim())
+        .map_err(|e| invalid(format!("base URL {text:?} is not a valid URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid(format!(
+            "base URL {text:?} must start with http:// or https://"
+        )));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid(format!("base URL {text:?} has no host")));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid(format!(
+            "base URL {text:?} must not have a query or a fragment"
+        )));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(
+            "base URL must not carry credentials: add them with `credential add`",
+        ));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
+}
+
+fn check_secret(secret: &str) -> Result<()> {
+    if secret.is_empty() {
+        return Err(invalid("the secret is empty"));
+    }
+    if secret.len() > 8192 {
+        return Err(invalid("the secret is longer than 8192 bytes"));
+    }
+    if secret.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        // Never echo the secret itself, not even in an error.
+        return Err(invalid(
+            "the secret contains whitespace or control characters",
+        ));
+    }
+    Ok(())
+}
+
+fn parse_price(what: &str, text: &str) -> Result<u64> {
+    money::parse_micros(text).map_err(|e| {
+        invalid(format!(
+            "{what} price {text:?} {e}: give USD per million tokens, e.g. 0.15"
+        ))
+    })
+}
+
+impl Store {
+    pub fn add_provider(&self, name: &str, protocol: &str, base_url: &str) -> Result<ProviderRec> {
+        check_name("provider", name)?;
+        let protocol = Protocol::parse(protocol)?;
+        let base_url = check_base_url(base_url)?;
+        let rec = ProviderRec {
+            name: name.to_string(),
+            protocol,
+            base_url,
+            created_at_ms: now_ms(),
+        };
+        let _guard = self.admin_guard();
+        let swapped = self.providers.compare_and_swap(
+            name,
+            None as Option<&[u8]>,
+            Some(store::encode(&rec)),
+        )?;
+        if swapped.is_err() {
+            return Err(Error::AlreadyExists(format!(
+                "provider {name:?} already exists"
+            )));
+        }
+        Ok(rec)
+    }
+
+    pub fn provider(&self, name: &str) -> Result<Option<ProviderRec>> {
+        store::get(&self.providers, PROVIDERS, name)
+    }
+
+    fn require_provider(&self, name: &str) -> Result<ProviderRec> {
+        self.provider(name)?
+            .ok_or_else(|| Error::NotFound(format!("provider {name:?} does not exist")))
+    }
+
+    pub fn providers(&self) -> Result<Vec<ProviderRec>> {
+        store::scan(&self.providers, PROVIDERS, b"")
+    }
+
+    pub fn add_credential(
+        &self,
+        provider: &str,
+        label: &str,
+        multiplier: &str,
+        secret: &Secret,
+    ) -> Result<CredentialRec> {
+        let label = label.trim();
+        if label.len() > 64 || label.chars().any(char::is_control) {
+            return Err(invalid(
+                "the label is invalid: use at most 64 characters, no control characters",
+            ));
+        }
+        let multiplier_ppm = if multiplier.trim().is_empty() {
+            money::SCALE
+        } else {
+            money::parse_micros(multiplier)
+                .map_err(|e| invalid(format!("multiplier {multiplier:?} {e}")))?
+        };
+        if multiplier_ppm == 0 {
+            return Err(invalid("multiplier must be greater than 0"));
+        }
+        check_secret(secret.expose())?;
+
+        let _guard = self.admin_guard();
+        self.require_provider(provider)?;
+        if !label.is_empty()
+            && self
+                .credentials()?
+                .iter()
+                .any(|c| c.provider == provider && c.label == label)
+        {
+            return Err(Error::AlreadyExists(format!(
+                "provider {provider:?} already has a credential labelled {label:?}"
+            )));
+        }
+        let id = uuid::Uuid::now_v7().to_string();
+        let now = now_ms();
+        let rec = CredentialRec {
+            secret_sealed: self.cipher.seal(&id, secret.expose().as_bytes())?,
+            id: id.clone(),
+            provider: provider.to_string(),
+            label: label.to_string(),
+            multiplier_ppm,
+            state: active(),
+            state_since_ms: now,
+            created_at_ms: now,
+        };
+        self.credentials
+            .insert(id.as_bytes(), store::encode(&rec))?;
+        Ok(rec)
+    }
+
+    pub fn credentials(&self) -> Result<Vec<CredentialRec>> {
+        store::scan(&self.credentials, CREDENTIALS, b"")
+    }
+
+    pub fn credential_secret(&self, rec: &CredentialRec) -> Result<Secret> {
+        let plain = self.cipher.open(&rec.id, &rec.secret_sealed)?;
+        String::from_utf8(plain)
+            .map(Secret::new)
+            .map_err(|_| Error::Corrupt {
+                tree: CREDENTIALS,
+                detail: format!("credential {} has a secret that is not UTF-8", rec.id),
+            })
+    }
+
+    pub fn set_model(&self, req: &SetModel<'_>) -> Result<OfferingRec> {
+        check_model_name("model name", req.model)?;
+        let upstream_model = if req.upstream_model.trim().is_empty() {
+            req.model
+        } else {
+            req.upstream_model.trim()
+        };
+        check_model_name("upstream model id", upstream_model)?;
+        let input = parse_price("input", req.input_usd_per_mtok)?;
+        let output = parse_price("output", req.output_usd_per_mtok)?;
+
+        let _guard = self.admin_guard();
+        self.require_provider(req.provider)?;
+        let rec = OfferingRec {
+            model: req.model.to_string(),
+            provider: req.provider.to_string(),
+            upstream_model: upstream_model.to_string(),
+            input_micro_usd_per_mtok: input,
+            output_micro_usd_per_mtok: output,
+            currency: usd(),
+            source: manual(),
+            updated_at_ms: now_ms(),
+        };
+        self.offerings
+            .insert(composite(&[req.model, req.provider]), store::encode(&rec))?;
+        Ok(rec)
+    }
+
+    /// Every offering, or those of one client-facing model, ordered by model then provider.
+    pub fn offerings(&self, model: Option<&str>) -> Result<Vec<OfferingRec>> {
+        match model {
+            Some(model) => {
+                let mut prefix = model.as_bytes().to_vec();
+                prefix.push(store::SEP);
+                store::scan(&self.offerings, OFFERINGS, &prefix)
+            }
+            None => store::scan(&self.offerings, OFFERINGS, b""),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::open_temp;
+
+    fn secret(s: &str) -> Secret {
+        Secret::new(s.to_string())
+    }
+
+    #[test]
+    fn provider_validation() {
+        let (_d, store) = open_temp();
+        let p = store
+            .add_provider("openrouter", "openai", "https://openrouter.ai/api/v1/")
+            .unwrap();
+        assert_eq!(p.base_url, "https://openrouter.ai/api/v1");
+        assert!(matches!(
+            store.add_provider("openrouter", "openai", "https://x.example/v1"),
+            Err(Error::AlreadyExists(_))
+        ));
+        for (name, proto, url) in [
+            ("bad name", "openai", "http://x"),
+            ("", "openai", "http://x"),
+            ("ok", "grpc", "http://x"),
+            ("ok", "openai", "ftp://x"),
+            ("ok", "openai", "not a url"),
+            ("ok", "openai", "http://x/v1?q=1"),
+            ("ok", "openai", "http://user:pw@x/v1"),
+        ] {
+            assert!(
+                matches!(
+                    store.add_provider(name, proto, url),
+                    Err(Error::InvalidArgument(_))
+                ),
+                "{name} {proto} {url}"
+            );
+        }
+        assert_eq!(store.providers().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn credential_validation_and_sealing() {
+        let (_d, store) = open_temp();
+        store
+            .add_provider("p", "openai", "http://127.0.0.1:1/v1")
+            .unwrap();
+        assert!(matches!(
+            store.add_credential("nope", "", "", &secret("sk-1")),
+            Err(Error::NotFound(_))
+        ));
+        let bad = [
+            ("", "", ""),
+            ("", "-1", "sk"),
+            ("", "abc", "sk"),
+            ("", "0", "sk"),
+            ("", "", "a b"),
+        ];
+        for (label, mult, sec) in bad {
+            assert!(matches!(
+                store.add_credential("p", label, mult, &secret(sec)),
+                Err(Error::InvalidArgument(_))
+            ));
+        }
+        let c = store
+            .add_credential("p", "main", "0.8", &secret("sk-live-1"))
+            .unwrap();
+        assert_eq!(c.multiplier_ppm, 800_000);
+        assert!(!c.secret_sealed.contains("sk-live-1"));
+        assert_eq!(store.credential_secret(&c).unwrap().expose(), "sk-live-1");
+        assert!(matches!(
+            store.add_credential("p", "main", "", &secret("sk-2")),
+            Err(Error::AlreadyExists(_))
+        ));
+        assert_eq!(store.credentials().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn model_set_upserts_and_validates() {
+        let (_d, store) = open_temp();
+        store
+            .add_provider("p", "openai", "http://127.0.0.1:1/v1")
+            .unwrap();
+        let set = |model, input, output| {
+            store.set_model(&SetModel {
+                model,
+                provider: "p",
+                upstream_model: "",
+                input_usd_per_mtok: input,
+                output_usd_per_mtok: output,
+            })
+        };
+        let o = set("openai/gpt-4o-mini", "0.15", "0.6").unwrap();
+        assert_eq!(o.upstream_model, "openai/gpt-4o-mini");
+        assert_eq!(o.input_micro_usd_per_mtok, 150_000);
+        set("openai/gpt-4o-mini", "0.2", "0.6").unwrap();
+        let all = store.offerings(Some("openai/gpt-4o-mini")).unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].input_micro_usd_per_mtok, 200_000);
+        assert!(matches!(
+            set("m", "-1", "1"),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(set("m", "x", "1"), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            set("has space", "1", "1"),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(store.offerings(Some("openai/gpt-4o")).unwrap().is_empty());
+    }
+}

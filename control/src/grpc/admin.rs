@@ -1,0 +1,195 @@
+//! The Admin service: what keyplanectl calls.
+
+use super::convert;
+use crate::catalog::SetModel;
+use crate::creds::Secret;
+use crate::error::Error;
+use crate::nodes::Registry;
+use crate::routes::Routes;
+use crate::store::Store;
+use keyplane_proto::v1 as pb;
+use keyplane_proto::v1::admin_server::Admin;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+pub struct AdminService {
+    pub store: Arc<Store>,
+    pub routes: Arc<Routes>,
+    pub registry: Arc<Registry>,
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+impl AdminService {
+    /// After a successful write: make it durable before answering, then have the route table
+    /// recompiled.
+    async fn committed(&self) -> Result<(), Status> {
+        self.store.flush().await?;
+        self.routes.changed();
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn add_provider(&self, req: Request<pb::AddProviderRequest>) -> Reply<pb::Provider> {
+        let req = req.into_inner();
+        let rec = self
+            .store
+            .add_provider(&req.name, &req.protocol, &req.base_url)?;
+        self.committed().await?;
+        tracing::info!(provider = %rec.name, protocol = rec.protocol.as_str(), "provider added");
+        Ok(Response::new(convert::provider(rec)))
+    }
+
+    async fn list_providers(
+        &self,
+        _: Request<pb::ListProvidersRequest>,
+    ) -> Reply<pb::ListProvidersResponse> {
+        let providers = self.store.providers()?;
+        Ok(Response::new(pb::ListProvidersResponse {
+            providers: providers.into_iter().map(convert::provider).collect(),
+        }))
+    }
+
+    async fn add_credential(
+        &self,
+        req: Request<pb::AddCredentialRequest>,
+    ) -> Reply<pb::Credential> {
+        let req = req.into_inner();
+        let secret = Secret::new(req.secret);
+        let rec = self
+            .store
+            .add_credential(&req.provider, &req.label, &req.multiplier, &secret)?;
+        self.committed().await?;
+        tracing::info!(provider = %rec.provider, credential_id = %rec.id, "credential added");
+        Ok(Response::new(convert::credential(rec)))
+    }
+
+    async fn list_credentials(
+        &self,
+        req: Request<pb::ListCredentialsRequest>,
+    ) -> Reply<pb::ListCredentialsResponse> {
+        let filter = req.into_inner().provider;
+        if !filter.is_empty() && self.store.provider(&filter)?.is_none() {
+            return Err(Error::NotFound(format!("provider {filter:?} does not exist")).into());
+        }
+        let credentials = self
+            .store
+            .credentials()?
+            .into_iter()
+            .filter(|c| filter.is_empty() || c.provider == filter)
+            .map(convert::credential)
+            .collect();
+        Ok(Response::new(pb::ListCredentialsResponse { credentials }))
+    }
+
+    async fn set_model(&self, req: Request<pb::SetModelRequest>) -> Reply<pb::ModelOffering> {
+        let req = req.into_inner();
+        let rec = self.store.set_model(&SetModel {
+            model: &req.model,
+            provider: &req.provider,
+            upstream_model: &req.upstream_model,
+            input_usd_per_mtok: &req.input_usd_per_mtok,
+            output_usd_per_mtok: &req.output_usd_per_mtok,
+        })?;
+        self.committed().await?;
+        tracing::info!(model = %rec.model, provider = %rec.provider, "model offering set");
+        Ok(Response::new(convert::offering(rec)))
+    }
+
+    async fn list_models(
+        &self,
+        req: Request<pb::ListModelsRequest>,
+    ) -> Reply<pb::ListModelsResponse> {
+        let model = req.into_inner().model;
+        let filter = (!model.is_empty()).then_some(model.as_str());
+        let offerings = self.store.offerings(filter)?;
+        Ok(Response::new(pb::ListModelsResponse {
+            offerings: offerings.into_iter().map(convert::offering).collect(),
+        }))
+    }
+
+    async fn create_key(&self, req: Request<pb::CreateKeyRequest>) -> Reply<pb::CreateKeyResponse> {
+        let name = req.into_inner().name;
+        let (rec, key) = self.store.create_key(&name)?;
+        self.committed().await?;
+        tracing::info!(key_name = %rec.name, client_key_id = %rec.id, "client key created");
+        Ok(Response::new(pb::CreateKeyResponse {
+            key: Some(convert::client_key(rec)),
+            secret: key.expose().to_string(),
+        }))
+    }
+
+    async fn list_keys(&self, _: Request<pb::ListKeysRequest>) -> Reply<pb::ListKeysResponse> {
+        let keys = self.store.keys()?;
+        Ok(Response::new(pb::ListKeysResponse {
+            keys: keys.into_iter().map(convert::client_key).collect(),
+        }))
+    }
+
+    async fn revoke_key(&self, req: Request<pb::RevokeKeyRequest>) -> Reply<pb::ClientKey> {
+        let name = req.into_inner().name;
+        let rec = self.store.revoke_key(&name)?;
+        self.committed().await?;
+        tracing::info!(key_name = %rec.name, client_key_id = %rec.id, "client key revoked");
+        Ok(Response::new(convert::client_key(rec)))
+    }
+
+    async fn query_usage(
+        &self,
+        req: Request<pb::QueryUsageRequest>,
+    ) -> Reply<pb::QueryUsageResponse> {
+        let key = req.into_inner().key;
+        let key_id = if key.is_empty() {
+            None
+        } else {
+            let rec = self
+                .store
+                .key_by_name(&key)?
+                .ok_or_else(|| Error::NotFound(format!("no key named {key:?}")))?;
+            Some(rec.id)
+        };
+        let names: HashMap<String, String> = self
+            .store
+            .keys()?
+            .into_iter()
+            .map(|k| (k.id, k.name))
+            .collect();
+        let labels: HashMap<String, String> = self
+            .store
+            .credentials()?
+            .into_iter()
+            .map(|c| (c.id, c.label))
+            .collect();
+        let rows = self
+            .store
+            .usage_totals(key_id.as_deref())?
+            .into_iter()
+            .map(|t| pb::UsageRow {
+                key: names
+                    .get(&t.key_id)
+                    .cloned()
+                    .unwrap_or_else(|| t.key_id.clone()),
+                credential_label: labels.get(&t.credential_id).cloned().unwrap_or_default(),
+                key_id: t.key_id,
+                model: t.model,
+                provider: t.provider,
+                credential: t.credential_id,
+                requests: t.counts.requests,
+                input_tokens: t.counts.input_tokens,
+                output_tokens: t.counts.output_tokens,
+                cost_nano_usd: t.counts.cost_nano_usd,
+            })
+            .collect();
+        Ok(Response::new(pb::QueryUsageResponse { rows }))
+    }
+
+    async fn list_nodes(&self, _: Request<pb::ListNodesRequest>) -> Reply<pb::ListNodesResponse> {
+        let nodes = self.registry.list()?;
+        Ok(Response::new(pb::ListNodesResponse {
+            nodes: nodes.into_iter().map(convert::node).collect(),
+        }))
+    }
+}

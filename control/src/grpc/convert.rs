@@ -1,0 +1,100 @@
+//! Conversions between the store's records and the gRPC messages, and from errors to statuses.
+
+use crate::catalog::{CredentialRec, OfferingRec, ProviderRec};
+use crate::error::Error;
+use crate::keys::ClientKeyRec;
+use crate::ledger::UsageRec;
+use crate::nodes::NodeView;
+use keyplane_proto::v1 as pb;
+use tonic::Status;
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Status {
+        match err {
+            Error::InvalidArgument(m) => Status::invalid_argument(m),
+            Error::NotFound(m) => Status::not_found(m),
+            Error::AlreadyExists(m) => Status::already_exists(m),
+            other => {
+                tracing::error!(error = %other, "request failed");
+                Status::internal(other.to_string())
+            }
+        }
+    }
+}
+
+pub fn provider(rec: ProviderRec) -> pb::Provider {
+    pb::Provider {
+        name: rec.name,
+        protocol: rec.protocol.as_str().to_string(),
+        base_url: rec.base_url,
+        created_at_ms: rec.created_at_ms,
+    }
+}
+
+/// Never carries the secret: the message has no field for it.
+pub fn credential(rec: CredentialRec) -> pb::Credential {
+    pb::Credential {
+        id: rec.id,
+        provider: rec.provider,
+        label: rec.label,
+        multiplier_ppm: rec.multiplier_ppm,
+        state: rec.state,
+        created_at_ms: rec.created_at_ms,
+        state_since_ms: rec.state_since_ms,
+    }
+}
+
+pub fn offering(rec: OfferingRec) -> pb::ModelOffering {
+    pb::ModelOffering {
+        model: rec.model,
+        provider: rec.provider,
+        upstream_model: rec.upstream_model,
+        input_micro_usd_per_mtok: rec.input_micro_usd_per_mtok,
+        output_micro_usd_per_mtok: rec.output_micro_usd_per_mtok,
+        currency: rec.currency,
+        source: rec.source,
+        updated_at_ms: rec.updated_at_ms,
+    }
+}
+
+pub fn client_key(rec: ClientKeyRec) -> pb::ClientKey {
+    pb::ClientKey {
+        id: rec.id,
+        name: rec.name,
+        created_at_ms: rec.created_at_ms,
+        revoked: rec.revoked_at_ms.is_some(),
+        revoked_at_ms: rec.revoked_at_ms.unwrap_or(0),
+    }
+}
+
+pub fn node(view: NodeView) -> pb::Node {
+    pb::Node {
+        node_id: view.node_id,
+        route_version: view.route_version,
+        connected: view.connected,
+        last_seen_ms: view.last_seen_ms,
+        connected_since_ms: view.connected_since_ms,
+    }
+}
+
+pub fn usage_record(rec: pb::UsageRecord) -> UsageRec {
+    UsageRec {
+        request_id: rec.request_id,
+        node_id: String::new(),
+        key_id: rec.key_id,
+        model: rec.model,
+        provider: rec.provider,
+        credential_id: rec.credential_id,
+        input_tokens: rec.input_tokens,
+        output_tokens: rec.output_tokens,
+        cost_nano_usd: rec.cost_nano_usd,
+        cache_read_tokens: rec.cache_read_tokens,
+        cache_write_tokens: rec.cache_write_tokens,
+        latency_ms: rec.latency_ms,
+        ttfb_ms: rec.ttfb_ms,
+        status: rec.status,
+        started_at_ms: rec.started_at_ms,
+        estimated: rec.estimated,
+        received_at_ms: 0,
+    }
+}

@@ -1,0 +1,73 @@
+//! The gRPC server: the Admin and Nodes services behind their token checks.
+
+mod admin;
+mod auth;
+mod convert;
+mod nodes;
+
+pub use auth::TokenCheck;
+
+use crate::nodes::Registry;
+use crate::routes::Routes;
+use crate::store::Store;
+use keyplane_proto::MAX_MESSAGE_BYTES;
+use keyplane_proto::v1::admin_server::AdminServer;
+use keyplane_proto::v1::nodes_server::NodesServer;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::codec::CompressionEncoding;
+use tonic::service::interceptor::InterceptedService;
+
+pub struct Services {
+    pub store: Arc<Store>,
+    pub routes: Arc<Routes>,
+    pub registry: Arc<Registry>,
+    pub admin_token: TokenCheck,
+    pub node_token: TokenCheck,
+}
+
+/// Serves until `cancel` fires, then stops accepting, ends subscriptions and waits for in-flight
+/// calls (a usage report being made durable, say) to finish.
+pub async fn serve(
+    listener: TcpListener,
+    services: Services,
+    cancel: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let admin = AdminServer::new(admin::AdminService {
+        store: Arc::clone(&services.store),
+        routes: Arc::clone(&services.routes),
+        registry: Arc::clone(&services.registry),
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let nodes = NodesServer::new(nodes::NodesService {
+        store: services.store,
+        routes: services.routes,
+        registry: services.registry,
+        cancel: cancel.clone(),
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    .accept_compressed(CompressionEncoding::Gzip)
+    .send_compressed(CompressionEncoding::Gzip);
+
+    let admin_token = services.admin_token;
+    let node_token = services.node_token;
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .tcp_nodelay(true)
+        .add_service(InterceptedService::new(admin, move |req| {
+            admin_token.check(req)
+        }))
+        .add_service(InterceptedService::new(nodes, move |req| {
+            node_token.check(req)
+        }))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            cancel.cancelled_owned(),
+        )
+        .await
+}

@@ -1,0 +1,124 @@
+//! The Nodes service: route-table subscriptions and usage reports from data planes.
+
+use super::convert;
+use crate::catalog::check_name;
+use crate::nodes::{Connection, Registry};
+use crate::routes::Routes;
+use crate::store::Store;
+use futures_util::Stream;
+use keyplane_proto::v1 as pb;
+use keyplane_proto::v1::nodes_server::Nodes;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+pub struct NodesService {
+    pub store: Arc<Store>,
+    pub routes: Arc<Routes>,
+    pub registry: Arc<Registry>,
+    /// Ends every subscription at shutdown, so that graceful shutdown does not wait on streams
+    /// that never end by themselves.
+    pub cancel: CancellationToken,
+}
+
+/// Largest usage batch accepted in one call.
+pub const MAX_USAGE_BATCH: usize = 10_000;
+
+struct Subscription {
+    rx: watch::Receiver<Arc<pb::RouteTable>>,
+    first: bool,
+    cancel: CancellationToken,
+    registry: Arc<Registry>,
+    /// Held, never read: dropping it with the stream marks the node disconnected.
+    _connection: Connection,
+    node_id: String,
+}
+
+type TableStream = Pin<Box<dyn Stream<Item = Result<pb::RouteTable, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Nodes for NodesService {
+    type SubscribeStream = TableStream;
+
+    async fn subscribe(
+        &self,
+        req: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let req = req.into_inner();
+        check_name("node", &req.node_id)?;
+        let connection = self.registry.connect(&req.node_id)?;
+        tracing::info!(
+            node_id = %req.node_id,
+            have_route_version = req.have_route_version,
+            "node subscribed"
+        );
+        let state = Subscription {
+            rx: self.routes.subscribe(),
+            first: true,
+            cancel: self.cancel.clone(),
+            registry: Arc::clone(&self.registry),
+            _connection: connection,
+            node_id: req.node_id,
+        };
+        let stream = futures_util::stream::unfold(state, |mut sub| async move {
+            if !sub.first {
+                tokio::select! {
+                    changed = sub.rx.changed() => changed.ok()?,
+                    () = sub.cancel.cancelled() => return None,
+                }
+            }
+            sub.first = false;
+            // The newest table: versions published while this subscriber was busy are skipped.
+            let table = Arc::clone(&sub.rx.borrow_and_update());
+            if let Err(err) = sub.registry.touch(&sub.node_id, Some(table.route_version)) {
+                tracing::warn!(node_id = %sub.node_id, error = %err, "cannot record node state");
+            }
+            Some((Ok((*table).clone()), sub))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn report_usage(
+        &self,
+        req: Request<pb::ReportUsageRequest>,
+    ) -> Result<Response<pb::ReportUsageResponse>, Status> {
+        let req = req.into_inner();
+        check_name("node", &req.node_id)?;
+        if req.records.len() > MAX_USAGE_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "a usage batch holds at most {MAX_USAGE_BATCH} records, got {}",
+                req.records.len()
+            )));
+        }
+        let records = req.records.into_iter().map(convert::usage_record).collect();
+        let store = Arc::clone(&self.store);
+        let node_id = req.node_id.clone();
+        let outcome = tokio::task::spawn_blocking(move || store.ingest_usage(&node_id, records))
+            .await
+            .map_err(|e| Status::internal(format!("ingest task failed: {e}")))??;
+        // The acknowledgement below is a promise that the records survive a crash.
+        self.store.flush().await?;
+        if let Err(err) = self.registry.touch(&req.node_id, None) {
+            tracing::warn!(node_id = %req.node_id, error = %err, "cannot record node state");
+        }
+        for (request_id, reason) in &outcome.rejected {
+            tracing::warn!(node_id = %req.node_id, %request_id, %reason, "usage record rejected");
+        }
+        tracing::debug!(
+            node_id = %req.node_id,
+            inserted = outcome.inserted,
+            acked = outcome.acked.len(),
+            "usage batch stored"
+        );
+        Ok(Response::new(pb::ReportUsageResponse {
+            acked_ids: outcome.acked,
+            rejected: outcome
+                .rejected
+                .into_iter()
+                .map(|(request_id, reason)| pb::RejectedRecord { request_id, reason })
+                .collect(),
+        }))
+    }
+}

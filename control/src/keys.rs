@@ -1,0 +1,135 @@
+//! Client keys: generated from the OS RNG, shown once, stored only as SHA-256 hashes.
+
+use crate::catalog::check_name;
+use crate::creds::Secret;
+use crate::error::{Error, Result};
+use crate::store::{self, CLIENT_KEYS, Store, now_ms};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sled::Transactional;
+
+/// Prefix of every client key, so that a leaked one is recognizable by secret scanners.
+pub const KEY_PREFIX: &str = "kp_";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientKeyRec {
+    pub id: String,
+    pub name: String,
+    /// Hex SHA-256 of the full key.
+    pub sha256: String,
+    pub created_at_ms: i64,
+    #[serde(default)]
+    pub revoked_at_ms: Option<i64>,
+}
+
+/// `kp_` followed by 32 random bytes from the OS, base64url without padding.
+pub fn generate_key() -> Secret {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    Secret::new(format!("{KEY_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes)))
+}
+
+pub fn hash_key(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+impl Store {
+    /// Creates a key named `name`; returns its record and the key itself, which is not kept.
+    pub fn create_key(&self, name: &str) -> Result<(ClientKeyRec, Secret)> {
+        check_name("key", name)?;
+        let key = generate_key();
+        let rec = ClientKeyRec {
+            id: uuid::Uuid::now_v7().to_string(),
+            name: name.to_string(),
+            sha256: hex::encode(hash_key(key.expose())),
+            created_at_ms: now_ms(),
+            revoked_at_ms: None,
+        };
+        let value = store::encode(&rec);
+        let _guard = self.admin_guard();
+        (&self.client_keys, &self.client_key_names).transaction(|(keys, names)| {
+            if names.get(name.as_bytes())?.is_some() {
+                return sled::transaction::abort(Error::AlreadyExists(format!(
+                    "a key named {name:?} already exists"
+                )));
+            }
+            names.insert(name.as_bytes(), rec.id.as_bytes())?;
+            keys.insert(rec.id.as_bytes(), value.clone())?;
+            Ok(())
+        })?;
+        Ok((rec, key))
+    }
+
+    pub fn keys(&self) -> Result<Vec<ClientKeyRec>> {
+        let mut keys: Vec<ClientKeyRec> = store::scan(&self.client_keys, CLIENT_KEYS, b"")?;
+        keys.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(keys)
+    }
+
+    pub fn key_by_name(&self, name: &str) -> Result<Option<ClientKeyRec>> {
+        match self.client_key_names.get(name.as_bytes())? {
+            Some(id) => store::get(&self.client_keys, CLIENT_KEYS, id),
+            None => Ok(None),
+        }
+    }
+
+    pub fn key_by_id(&self, id: &str) -> Result<Option<ClientKeyRec>> {
+        store::get(&self.client_keys, CLIENT_KEYS, id)
+    }
+
+    /// Revokes a key; revoking a revoked key changes nothing and succeeds.
+    pub fn revoke_key(&self, name: &str) -> Result<ClientKeyRec> {
+        let _guard = self.admin_guard();
+        let mut rec = self
+            .key_by_name(name)?
+            .ok_or_else(|| Error::NotFound(format!("no key named {name:?}")))?;
+        if rec.revoked_at_ms.is_none() {
+            rec.revoked_at_ms = Some(now_ms());
+            self.client_keys
+                .insert(rec.id.as_bytes(), store::encode(&rec))?;
+        }
+        Ok(rec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::open_temp;
+
+    #[test]
+    fn keys_are_random_prefixed_and_stored_hashed() {
+        let (_d, store) = open_temp();
+        let (rec, key) = store.create_key("team-a").unwrap();
+        assert!(key.expose().starts_with(KEY_PREFIX));
+        assert_eq!(key.expose().len(), 3 + 43);
+        assert_eq!(rec.sha256, hex::encode(hash_key(key.expose())));
+        let (_, other) = store.create_key("team-b").unwrap();
+        assert_ne!(key.expose(), other.expose());
+        let stored = store.client_keys.get(rec.id.as_bytes()).unwrap().unwrap();
+        assert!(!String::from_utf8_lossy(&stored).contains(&key.expose()[3..]));
+    }
+
+    #[test]
+    fn names_are_unique_and_revoke_is_idempotent() {
+        let (_d, store) = open_temp();
+        store.create_key("a").unwrap();
+        assert!(matches!(
+            store.create_key("a"),
+            Err(Error::AlreadyExists(_))
+        ));
+        assert!(matches!(
+            store.create_key("bad name"),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(store.revoke_key("zzz"), Err(Error::NotFound(_))));
+        let first = store.revoke_key("a").unwrap();
+        let again = store.revoke_key("a").unwrap();
+        assert!(first.revoked_at_ms.is_some());
+        assert_eq!(first.revoked_at_ms, again.revoked_at_ms);
+        assert_eq!(store.keys().unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,339 @@
+//! The usage ledger: idempotent ingest of the data planes' usage records, and per-(key, model,
+//! provider, credential) totals that keep `usage` queries fast however many records there are.
+//!
+//! Invariant: a record is counted in the totals in the same sled transaction that stores it, and
+//! only if its request id was not stored before. Callers acknowledge a batch only after
+//! [`Store::flush`] has returned.
+
+use crate::error::Result;
+use crate::store::{SEP, Store, composite, now_ms};
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+use std::collections::{BTreeMap, HashSet};
+
+/// One billable request, as stored.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UsageRec {
+    pub request_id: String,
+    pub node_id: String,
+    pub key_id: String,
+    pub model: String,
+    pub provider: String,
+    pub credential_id: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_nano_usd: u64,
+    #[serde(default)]
+    pub cache_read_tokens: u64,
+    #[serde(default)]
+    pub cache_write_tokens: u64,
+    pub latency_ms: u32,
+    pub ttfb_ms: u32,
+    pub status: u32,
+    pub started_at_ms: i64,
+    #[serde(default)]
+    pub estimated: bool,
+    #[serde(default)]
+    pub received_at_ms: i64,
+}
+
+/// Totals of one (key, model, provider, credential).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsageTotal {
+    pub key_id: String,
+    pub model: String,
+    pub provider: String,
+    pub credential_id: String,
+    pub counts: Counts,
+}
+
+/// The summed columns of a totals row, stored as six big-endian `u64`s.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub requests: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_nano_usd: u64,
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
+}
+
+impl Counts {
+    const LEN: usize = 48;
+
+    fn of(rec: &UsageRec) -> Counts {
+        Counts {
+            requests: 1,
+            input_tokens: rec.input_tokens,
+            output_tokens: rec.output_tokens,
+            cost_nano_usd: rec.cost_nano_usd,
+            cache_read_tokens: rec.cache_read_tokens,
+            cache_write_tokens: rec.cache_write_tokens,
+        }
+    }
+
+    fn add(&mut self, other: &Counts) {
+        // Saturating: a total that reaches 2^64 is wrong either way, but it must not wrap to 0.
+        self.requests = self.requests.saturating_add(other.requests);
+        self.input_tokens = self.input_tokens.saturating_add(other.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
+        self.cost_nano_usd = self.cost_nano_usd.saturating_add(other.cost_nano_usd);
+        self.cache_read_tokens = self
+            .cache_read_tokens
+            .saturating_add(other.cache_read_tokens);
+        self.cache_write_tokens = self
+            .cache_write_tokens
+            .saturating_add(other.cache_write_tokens);
+    }
+
+    fn to_bytes(self) -> [u8; Self::LEN] {
+        let mut out = [0u8; Self::LEN];
+        let fields = [
+            self.requests,
+            self.input_tokens,
+            self.output_tokens,
+            self.cost_nano_usd,
+            self.cache_read_tokens,
+            self.cache_write_tokens,
+        ];
+        for (chunk, value) in out.chunks_exact_mut(8).zip(fields) {
+            chunk.copy_from_slice(&value.to_be_bytes());
+        }
+        out
+    }
+
+    fn from_bytes(raw: &[u8]) -> Counts {
+        let mut fields = [0u64; 6];
+        for (field, chunk) in fields.iter_mut().zip(raw.chunks_exact(8)) {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(chunk);
+            *field = u64::from_be_bytes(bytes);
+        }
+        let [
+            requests,
+            input_tokens,
+            output_tokens,
+            cost_nano_usd,
+            cache_read_tokens,
+            cache_write_tokens,
+        ] = fields;
+        Counts {
+            requests,
+            input_tokens,
+            output_tokens,
+            cost_nano_usd,
+            cache_read_tokens,
+            cache_write_tokens,
+        }
+    }
+}
+
+/// What became of a batch.
+#[derive(Debug, Default)]
+pub struct Ingested {
+    /// Stored, now or by an earlier report: these may leave the node's spool once durable.
+    pub acked: Vec<String>,
+    /// Malformed records with the reason; they will never be stored.
+    pub rejected: Vec<(String, String)>,
+    /// How many records were new.
+    pub inserted: usize,
+}
+
+fn check_field(name: &str, value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err(format!("{name} is empty"));
+    }
+    if value.len() > 256 || value.bytes().any(|b| b == SEP || b.is_ascii_control()) {
+        return Err(format!("{name} is malformed"));
+    }
+    Ok(())
+}
+
+fn validate(rec: &UsageRec) -> Result<(), String> {
+    check_field("request_id", &rec.request_id)?;
+    check_field("key_id", &rec.key_id)?;
+    check_field("model", &rec.model)?;
+    check_field("provider", &rec.provider)?;
+    check_field("credential_id", &rec.credential_id)
+}
+
+impl Store {
+    /// Stores the new records of a batch and adds them to the totals, atomically. The caller must
+    /// [`Store::flush`] before acknowledging.
+    pub fn ingest_usage(&self, node_id: &str, records: Vec<UsageRec>) -> Result<Ingested> {
+        let mut out = Ingested::default();
+        let mut seen = HashSet::new();
+        let mut valid = Vec::with_capacity(records.len());
+        let received_at_ms = now_ms();
+        for mut rec in records {
+            if let Err(reason) = validate(&rec) {
+                out.rejected.push((rec.request_id, reason));
+                continue;
+            }
+            // A batch may repeat an id (a node re-sending while a send was in flight): the first
+            // one counts, every copy is acknowledged.
+            if seen.insert(rec.request_id.clone()) {
+                rec.node_id = node_id.to_string();
+                rec.received_at_ms = received_at_ms;
+                valid.push(rec);
+            } else {
+                out.acked.push(rec.request_id);
+            }
+        }
+
+        let inserted = (&self.usage, &self.usage_totals).transaction(|(usage, totals)| {
+            let mut sums: BTreeMap<Vec<u8>, Counts> = BTreeMap::new();
+            let mut inserted = 0usize;
+            for rec in &valid {
+                if usage.get(rec.request_id.as_bytes())?.is_some() {
+                    continue;
+                }
+                usage.insert(rec.request_id.as_bytes(), crate::store::encode(rec))?;
+                inserted += 1;
+                let key = composite(&[&rec.key_id, &rec.model, &rec.provider, &rec.credential_id]);
+                sums.entry(key).or_default().add(&Counts::of(rec));
+            }
+            for (key, sum) in sums {
+                let mut total = totals
+                    .get(&key)?
+                    .map(|raw| Counts::from_bytes(&raw))
+                    .unwrap_or_default();
+                total.add(&sum);
+                totals.insert(key, total.to_bytes().to_vec())?;
+            }
+            Ok(inserted)
+        })?;
+        out.inserted = inserted;
+        out.acked.extend(valid.into_iter().map(|r| r.request_id));
+        Ok(out)
+    }
+
+    /// Totals rows, all or those of one client key id, in key order.
+    pub fn usage_totals(&self, key_id: Option<&str>) -> Result<Vec<UsageTotal>> {
+        let prefix = match key_id {
+            Some(id) => {
+                let mut p = id.as_bytes().to_vec();
+                p.push(SEP);
+                p
+            }
+            None => Vec::new(),
+        };
+        let mut rows = Vec::new();
+        for item in self.usage_totals.scan_prefix(prefix) {
+            let (key, value) = item?;
+            let parts: Vec<&[u8]> = key.split(|b| *b == SEP).collect();
+            let [key_id, model, provider, credential_id] = parts.as_slice() else {
+                return Err(crate::error::Error::Corrupt {
+                    tree: crate::store::USAGE_TOTALS,
+                    detail: "a totals key does not have four parts".into(),
+                });
+            };
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            rows.push(UsageTotal {
+                key_id: text(key_id),
+                model: text(model),
+                provider: text(provider),
+                credential_id: text(credential_id),
+                counts: Counts::from_bytes(&value),
+            });
+        }
+        Ok(rows)
+    }
+
+    /// One stored record, for tests and audits.
+    pub fn usage_record(&self, request_id: &str) -> Result<Option<UsageRec>> {
+        crate::store::get(&self.usage, crate::store::USAGE, request_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::open_temp;
+
+    fn rec(id: &str, key: &str, input: u64, output: u64, cost: u64) -> UsageRec {
+        UsageRec {
+            request_id: id.into(),
+            key_id: key.into(),
+            model: "m".into(),
+            provider: "p".into(),
+            credential_id: "c".into(),
+            input_tokens: input,
+            output_tokens: output,
+            cost_nano_usd: cost,
+            status: 200,
+            ..UsageRec::default()
+        }
+    }
+
+    #[test]
+    fn resent_records_count_once() {
+        let (_d, store) = open_temp();
+        let batch = vec![rec("r1", "k", 10, 5, 100), rec("r2", "k", 1, 1, 1)];
+        let first = store.ingest_usage("n1", batch.clone()).unwrap();
+        assert_eq!(first.inserted, 2);
+        let again = store.ingest_usage("n2", batch).unwrap();
+        assert_eq!(again.inserted, 0);
+        assert_eq!(again.acked, vec!["r1", "r2"]);
+        let totals = store.usage_totals(None).unwrap();
+        assert_eq!(totals.len(), 1);
+        assert_eq!(
+            totals[0].counts,
+            Counts {
+                requests: 2,
+                input_tokens: 11,
+                output_tokens: 6,
+                cost_nano_usd: 101,
+                ..Counts::default()
+            }
+        );
+        assert_eq!(store.usage_record("r1").unwrap().unwrap().node_id, "n1");
+    }
+
+    #[test]
+    fn duplicates_within_a_batch_and_malformed_records() {
+        let (_d, store) = open_temp();
+        let mut bad = rec("r3", "k", 1, 1, 1);
+        bad.model = String::new();
+        let out = store
+            .ingest_usage(
+                "n",
+                vec![
+                    rec("r1", "k", 1, 0, 0),
+                    rec("r1", "k", 1, 0, 0),
+                    bad,
+                    rec("", "k", 1, 1, 1),
+                ],
+            )
+            .unwrap();
+        assert_eq!(out.inserted, 1);
+        assert_eq!(out.acked, vec!["r1", "r1"]);
+        assert_eq!(out.rejected.len(), 2);
+        assert_eq!(store.usage_totals(None).unwrap()[0].counts.requests, 1);
+    }
+
+    #[test]
+    fn totals_filter_by_key_without_prefix_collisions() {
+        let (_d, store) = open_temp();
+        store
+            .ingest_usage("n", vec![rec("a", "k1", 1, 1, 1), rec("b", "k10", 2, 2, 2)])
+            .unwrap();
+        let rows = store.usage_totals(Some("k1")).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].key_id, "k1");
+        assert_eq!(store.usage_totals(None).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn counts_round_trip() {
+        let c = Counts {
+            requests: 1,
+            input_tokens: 2,
+            output_tokens: 3,
+            cost_nano_usd: u64::MAX,
+            cache_read_tokens: 5,
+            cache_write_tokens: 6,
+        };
+        assert_eq!(Counts::from_bytes(&c.to_bytes()), c);
+    }
+}

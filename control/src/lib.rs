@@ -1,0 +1,18 @@
+//! `keyplane-control`: the single owner of Keyplane's durable state.
+//!
+//! It keeps providers, credentials (sealed at rest), the model catalog, client keys (hashes only)
+//! and the usage ledger in one sled store ([`store`]); compiles them into route tables and pushes
+//! those to data planes ([`routes`]); and ingests the data planes' usage, idempotently
+//! ([`ledger`]). Everything reaches the outside through [`grpc`].
+
+pub mod catalog;
+pub mod config;
+pub mod creds;
+pub mod error;
+pub mod grpc;
+pub mod keys;
+pub mod ledger;
+pub mod money;
+pub mod nodes;
+pub mod routes;
+pub mod store;

@@ -1,0 +1,253 @@
+//! Route tables: compiled from the store on every change and published to every subscriber.
+//!
+//! Publishing goes through a `watch` channel: a subscriber that is slow (or dead) only ever misses
+//! intermediate versions, it never holds up the compiler or the other subscribers.
+
+use crate::catalog::Protocol;
+use crate::error::Result;
+use crate::store::{ROUTE_VERSION_KEY, Store, now_ms};
+use keyplane_proto::v1 as pb;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+pub struct Routes {
+    store: Arc<Store>,
+    dirty: Notify,
+    tx: watch::Sender<Arc<pb::RouteTable>>,
+}
+
+impl Routes {
+    /// Compiles the first table (with a new version) before anything can subscribe.
+    pub async fn start(store: Arc<Store>) -> Result<Arc<Routes>> {
+        let table = compile_new_version(&store).await?;
+        let (tx, _) = watch::channel(Arc::new(table));
+        Ok(Arc::new(Routes {
+            store,
+            dirty: Notify::new(),
+            tx,
+        }))
+    }
+
+    /// Says that the store changed. Cheap; bursts of changes coalesce into one compile.
+    pub fn changed(&self) {
+        self.dirty.notify_one();
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<pb::RouteTable>> {
+        self.tx.subscribe()
+    }
+
+    pub fn current(&self) -> Arc<pb::RouteTable> {
+        self.tx.borrow().clone()
+    }
+
+    /// Recompiles after every [`Routes::changed`] until `cancel` fires. A failed compile is logged
+    /// and retried on the next change or after a short delay; subscribers keep the last good table.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = self.dirty.notified() => {}
+                () = cancel.cancelled() => return,
+            }
+            match compile_new_version(&self.store).await {
+                Ok(table) => {
+                    tracing::info!(
+                        route_version = table.route_version,
+                        models = table.models.len(),
+                        "route table compiled"
+                    );
+                    self.tx.send_replace(Arc::new(table));
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "route table compile failed; keeping the last one");
+                    tokio::select! {
+                        () = tokio::time::sleep(std::time::Duration::from_secs(1)) => self.dirty.notify_one(),
+                        () = cancel.cancelled() => return,
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Takes the next route version (durably, so versions never repeat across restarts) and compiles.
+async fn compile_new_version(store: &Arc<Store>) -> Result<pb::RouteTable> {
+    let next = store
+        .meta
+        .update_and_fetch(ROUTE_VERSION_KEY, |old| {
+            let old = old
+                .and_then(|raw| <[u8; 8]>::try_from(raw).ok())
+                .map_or(0, u64::from_be_bytes);
+            Some((old + 1).to_be_bytes().to_vec())
+        })?
+        .and_then(|raw| <[u8; 8]>::try_from(raw.as_ref()).ok())
+        .map_or(1, u64::from_be_bytes);
+    store.flush().await?;
+    let store = Arc::clone(store);
+    tokio::task::spawn_blocking(move || compile(&store, next))
+        .await
+        .map_err(|e| crate::error::Error::Internal(format!("compile task failed: {e}")))?
+}
+
+/// Builds the table for `version` from the store as it is now.
+pub fn compile(store: &Store, version: u64) -> Result<pb::RouteTable> {
+    let providers = store.providers()?;
+    let index: HashMap<&str, u32> = providers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.name.as_str(), i as u32))
+        .collect();
+
+    let mut credentials = Vec::new();
+    for cred in store.credentials()? {
+        let Some(&provider_index) = index.get(cred.provider.as_str()) else {
+            continue;
+        };
+        if cred.state != "active" {
+            continue;
+        }
+        credentials.push(pb::RouteCredential {
+            secret: store.credential_secret(&cred)?.expose().to_string(),
+            id: cred.id,
+            provider_index,
+            multiplier_ppm: cred.multiplier_ppm,
+            label: cred.label,
+        });
+    }
+
+    let mut models: Vec<pb::RouteModel> = Vec::new();
+    for offering in store.offerings(None)? {
+        let Some(&provider_index) = index.get(offering.provider.as_str()) else {
+            continue;
+        };
+        let route_offering = pb::RouteOffering {
+            provider_index,
+            upstream_model: if offering.upstream_model == offering.model {
+                String::new()
+            } else {
+                offering.upstream_model
+            },
+            input_micro_usd_per_mtok: offering.input_micro_usd_per_mtok,
+            output_micro_usd_per_mtok: offering.output_micro_usd_per_mtok,
+        };
+        // Offerings are stored sorted by model, so one model's offerings are adjacent.
+        match models.last_mut() {
+            Some(last) if last.name == offering.model => last.offerings.push(route_offering),
+            _ => models.push(pb::RouteModel {
+                name: offering.model,
+                offerings: vec![route_offering],
+            }),
+        }
+    }
+
+    let mut keys = Vec::new();
+    for key in store.keys()? {
+        if key.revoked_at_ms.is_some() {
+            continue;
+        }
+        let Ok(sha256) = hex::decode(&key.sha256) else {
+            tracing::error!(key_id = %key.id, "client key record has a malformed hash; skipped");
+            continue;
+        };
+        keys.push(pb::RouteClientKey { id: key.id, sha256 });
+    }
+
+    Ok(pb::RouteTable {
+        route_version: version,
+        base_version: 0,
+        generated_at_ms: now_ms(),
+        providers: providers
+            .into_iter()
+            .map(|p| pb::RouteProvider {
+                name: p.name,
+                protocol: match p.protocol {
+                    Protocol::Openai => pb::Protocol::Openai,
+                    Protocol::Anthropic => pb::Protocol::Anthropic,
+                } as i32,
+                base_url: p.base_url,
+            })
+            .collect(),
+        credentials,
+        models,
+        keys,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::SetModel;
+    use crate::creds::Secret;
+    use crate::store::testing::open_temp;
+
+    #[test]
+    fn table_is_normalized_and_omits_revoked_keys() {
+        let (_d, store) = open_temp();
+        store
+            .add_provider("a", "openai", "http://127.0.0.1:1/v1")
+            .unwrap();
+        store
+            .add_provider("b", "anthropic", "http://127.0.0.1:2")
+            .unwrap();
+        store
+            .add_credential("b", "x", "3", &Secret::new("sk-b".into()))
+            .unwrap();
+        for (provider, upstream) in [("a", ""), ("b", "claude-x")] {
+            store
+                .set_model(&SetModel {
+                    model: "m1",
+                    provider,
+                    upstream_model: upstream,
+                    input_usd_per_mtok: "1",
+                    output_usd_per_mtok: "2",
+                })
+                .unwrap();
+        }
+        store.create_key("live").unwrap();
+        store.create_key("gone").unwrap();
+        store.revoke_key("gone").unwrap();
+
+        let table = compile(&store, 9).unwrap();
+        assert_eq!(table.route_version, 9);
+        assert_eq!(table.providers.len(), 2);
+        assert_eq!(table.providers[1].protocol, pb::Protocol::Anthropic as i32);
+        assert_eq!(table.credentials.len(), 1);
+        assert_eq!(table.credentials[0].provider_index, 1);
+        assert_eq!(table.credentials[0].secret, "sk-b");
+        assert_eq!(table.credentials[0].multiplier_ppm, 3_000_000);
+        assert_eq!(table.models.len(), 1);
+        let offerings = &table.models[0].offerings;
+        assert_eq!(offerings.len(), 2);
+        assert_eq!(offerings[0].upstream_model, "");
+        assert_eq!(offerings[1].upstream_model, "claude-x");
+        assert_eq!(offerings[1].input_micro_usd_per_mtok, 1_000_000);
+        assert_eq!(table.keys.len(), 1);
+        assert_eq!(table.keys[0].sha256.len(), 32);
+    }
+
+    #[tokio::test]
+    async fn versions_increase_and_changes_are_published() {
+        let (_d, store) = open_temp();
+        let store = Arc::new(store);
+        let routes = Routes::start(Arc::clone(&store)).await.unwrap();
+        let mut rx = routes.subscribe();
+        let first = rx.borrow_and_update().route_version;
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(Arc::clone(&routes).run(cancel.clone()));
+        store
+            .add_provider("p", "openai", "http://127.0.0.1:1/v1")
+            .unwrap();
+        routes.changed();
+        tokio::time::timeout(std::time::Duration::from_secs(10), rx.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        let second = rx.borrow_and_update().clone();
+        assert!(second.route_version > first);
+        assert_eq!(second.providers.len(), 1);
+        cancel.cancel();
+        task.await.unwrap();
+    }
+}

@@ -1,0 +1,217 @@
+//! The sled store: tree names, key layout and record types, in one place.
+//!
+//! The layout is documented (and versioned) in the `keyplane-migrations` crate; this module is the
+//! code that reads and writes it. Records are JSON so that optional fields can be added without a
+//! migration.
+
+use crate::creds::{Cipher, MasterKey};
+use crate::error::{Error, Result};
+use serde::{Serialize, de::DeserializeOwned};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub(crate) const META: &str = "meta";
+pub(crate) const PROVIDERS: &str = "providers";
+pub(crate) const CREDENTIALS: &str = "credentials";
+pub(crate) const OFFERINGS: &str = "offerings";
+pub(crate) const CLIENT_KEYS: &str = "client_keys";
+pub(crate) const CLIENT_KEY_NAMES: &str = "client_key_names";
+pub(crate) const USAGE: &str = "usage";
+pub(crate) const USAGE_TOTALS: &str = "usage_totals";
+pub(crate) const NODES: &str = "nodes";
+
+pub(crate) const ROUTE_VERSION_KEY: &[u8] = b"route_version";
+const KEY_CHECK_KEY: &[u8] = b"key_check";
+const KEY_CHECK_PLAINTEXT: &[u8] = b"keyplane master key check v1";
+
+/// Separator inside composite keys; names are validated never to contain it.
+pub(crate) const SEP: u8 = 0;
+
+/// Why the store could not be opened. Each is an operator-facing one-liner.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenStoreError {
+    #[error("cannot open the store in {path}: {source}")]
+    Sled { path: String, source: sled::Error },
+    #[error(transparent)]
+    Migration(#[from] keyplane_migrations::MigrationError),
+    #[error(
+        "KEYPLANE_MASTER_KEY does not match the key this data dir was written with; \
+         its secrets cannot be read"
+    )]
+    WrongMasterKey,
+    #[error("cannot initialize the store: {0}")]
+    Init(#[from] Error),
+}
+
+/// The open store. Cheap to share behind an `Arc`.
+pub struct Store {
+    pub(crate) db: sled::Db,
+    pub(crate) meta: sled::Tree,
+    pub(crate) providers: sled::Tree,
+    pub(crate) credentials: sled::Tree,
+    pub(crate) offerings: sled::Tree,
+    pub(crate) client_keys: sled::Tree,
+    pub(crate) client_key_names: sled::Tree,
+    pub(crate) usage: sled::Tree,
+    pub(crate) usage_totals: sled::Tree,
+    pub(crate) nodes: sled::Tree,
+    pub(crate) cipher: Cipher,
+    /// Serializes admin writes, so that check-then-write validations (a label unique within a
+    /// provider, a referenced provider existing) cannot race each other. Admin writes are rare;
+    /// the ledger and the node registry do not take it.
+    pub(crate) admin_lock: Mutex<()>,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, brings its layout to the current version and checks
+    /// that `master_key` is the one its secrets were sealed with.
+    pub fn open(dir: &Path, master_key: &MasterKey) -> Result<Store, OpenStoreError> {
+        let path = dir.join("store");
+        let db = sled::Config::new()
+            .path(&path)
+            .open()
+            .map_err(|source| OpenStoreError::Sled {
+                path: path.display().to_string(),
+                source,
+            })?;
+        keyplane_migrations::migrate(&db)?;
+        let tree = |name: &str| db.open_tree(name).map_err(Error::from);
+        let store = Store {
+            meta: tree(META)?,
+            providers: tree(PROVIDERS)?,
+            credentials: tree(CREDENTIALS)?,
+            offerings: tree(OFFERINGS)?,
+            client_keys: tree(CLIENT_KEYS)?,
+            client_key_names: tree(CLIENT_KEY_NAMES)?,
+            usage: tree(USAGE)?,
+            usage_totals: tree(USAGE_TOTALS)?,
+            nodes: tree(NODES)?,
+            cipher: Cipher::new(master_key),
+            admin_lock: Mutex::new(()),
+            db,
+        };
+        store.check_master_key()?;
+        Ok(store)
+    }
+
+    fn check_master_key(&self) -> Result<(), OpenStoreError> {
+        match self.meta.get(KEY_CHECK_KEY).map_err(Error::from)? {
+            Some(sealed) => {
+                let sealed =
+                    std::str::from_utf8(&sealed).map_err(|_| OpenStoreError::WrongMasterKey)?;
+                match self.cipher.open("meta/key_check", sealed) {
+                    Ok(plain) if plain == KEY_CHECK_PLAINTEXT => Ok(()),
+                    _ => Err(OpenStoreError::WrongMasterKey),
+                }
+            }
+            None => {
+                let sealed = self
+                    .cipher
+                    .seal("meta/key_check", KEY_CHECK_PLAINTEXT)
+                    .map_err(Error::from)?;
+                self.meta
+                    .insert(KEY_CHECK_KEY, sealed.as_bytes())
+                    .map_err(Error::from)?;
+                self.db.flush().map_err(Error::from)?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Makes every write so far durable.
+    pub async fn flush(&self) -> Result<()> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Takes the admin write lock. A poisoned lock only means another admin call panicked; the
+    /// store itself is consistent (each write is one sled operation or transaction), so go on.
+    pub(crate) fn admin_guard(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.admin_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Decodes a JSON record, naming the tree when it is malformed.
+pub(crate) fn decode<T: DeserializeOwned>(tree: &'static str, raw: &[u8]) -> Result<T> {
+    serde_json::from_slice(raw).map_err(|e| Error::Corrupt {
+        tree,
+        detail: e.to_string(),
+    })
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serializing plain structs of strings and integers into a Vec cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+pub(crate) fn get<T: DeserializeOwned>(
+    tree: &sled::Tree,
+    name: &'static str,
+    key: impl AsRef<[u8]>,
+) -> Result<Option<T>> {
+    tree.get(key)?.map(|raw| decode(name, &raw)).transpose()
+}
+
+/// Every record of a tree (or of a key prefix), in key order.
+pub(crate) fn scan<T: DeserializeOwned>(
+    tree: &sled::Tree,
+    name: &'static str,
+    prefix: &[u8],
+) -> Result<Vec<T>> {
+    tree.scan_prefix(prefix)
+        .map(|item| {
+            let (_, raw) = item?;
+            decode(name, &raw)
+        })
+        .collect()
+}
+
+/// Composite key: parts joined by [`SEP`].
+pub(crate) fn composite(parts: &[&str]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            key.push(SEP);
+        }
+        key.extend_from_slice(part.as_bytes());
+    }
+    key
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    pub(crate) fn open_temp() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &MasterKey::generate()).unwrap();
+        (dir, store)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrong_master_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = MasterKey::generate();
+        drop(Store::open(dir.path(), &key).unwrap());
+        assert!(matches!(
+            Store::open(dir.path(), &MasterKey::generate()),
+            Err(OpenStoreError::WrongMasterKey)
+        ));
+        assert!(Store::open(dir.path(), &key).is_ok());
+    }
+}
