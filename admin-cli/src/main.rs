@@ -1,1 +1,378 @@
-fn main() {}
+//! `keyplanectl`: every admin task of Keyplane over gRPC.
+//!
+//! Tables for people, `--json` for scripts. Exit codes: 0 success, 1 the server refused (the
+//! reason on stderr), 2 a usage error or an unreachable server.
+
+mod output;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use keyplane_proto::MAX_MESSAGE_BYTES;
+use keyplane_proto::v1 as pb;
+use keyplane_proto::v1::admin_client::AdminClient;
+use output::Output;
+use std::io::{BufRead, IsTerminal};
+use std::process::ExitCode;
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "keyplanectl",
+    version,
+    about = "Administer a Keyplane control plane"
+)]
+struct Cli {
+    /// Control plane gRPC URL.
+    #[arg(
+        long,
+        env = "KEYPLANE_CONTROL",
+        default_value = "http://127.0.0.1:7070",
+        global = true
+    )]
+    control: String,
+    /// Admin token (prefer the environment variable: flags show up in `ps`).
+    #[arg(
+        long,
+        env = "KEYPLANE_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    token: Option<String>,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Upstream providers.
+    #[command(subcommand)]
+    Provider(ProviderCmd),
+    /// Upstream credentials (API keys); secrets are read from stdin.
+    #[command(subcommand)]
+    Credential(CredentialCmd),
+    /// Client-facing models and their offerings.
+    #[command(subcommand)]
+    Model(ModelCmd),
+    /// Client keys.
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Usage totals per key, model, provider and credential.
+    Usage {
+        /// Only this client key (by name).
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Data planes known to the control plane.
+    Nodes,
+}
+
+#[derive(Subcommand, Debug)]
+enum ProviderCmd {
+    /// Add a provider. Works whether or not the provider is reachable.
+    Add {
+        name: String,
+        /// openai or anthropic.
+        #[arg(long)]
+        protocol: String,
+        /// OpenAI-style URLs end in /v1; Anthropic's do not.
+        #[arg(long)]
+        base_url: String,
+    },
+    /// List providers.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+enum CredentialCmd {
+    /// Add a credential; the secret is read from stdin (one line) and never printed.
+    Add {
+        provider: String,
+        #[arg(long, default_value = "")]
+        label: String,
+        /// Cost multiplier for this credential (e.g. 0.8 for a discount).
+        #[arg(long, allow_hyphen_values = true)]
+        multiplier: Option<String>,
+    },
+    /// List credentials (never their secrets).
+    List {
+        #[arg(long)]
+        provider: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ModelCmd {
+    /// Set a provider's offering of a model, with prices in USD per million tokens.
+    Set {
+        /// Client-facing model name.
+        model: String,
+        #[arg(long)]
+        provider: String,
+        /// The provider's id for the model; defaults to MODEL.
+        #[arg(long)]
+        upstream_model: Option<String>,
+        /// Input price, USD per million tokens.
+        #[arg(long, allow_hyphen_values = true)]
+        input: String,
+        /// Output price, USD per million tokens.
+        #[arg(long, allow_hyphen_values = true)]
+        output: String,
+    },
+    /// List model offerings.
+    List {
+        #[arg(long)]
+        model: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyCmd {
+    /// Create a client key; it is printed once and cannot be shown again.
+    Create { name: String },
+    /// List client keys (never the keys themselves).
+    List,
+    /// Revoke a client key; data planes refuse it within a second.
+    Revoke { name: String },
+}
+
+/// Why the command failed, and so its exit code.
+enum Failure {
+    /// The server answered with a refusal: exit 1.
+    Refused(Status),
+    /// Bad usage or no server to talk to: exit 2.
+    Usage(String),
+}
+
+impl From<Status> for Failure {
+    fn from(status: Status) -> Failure {
+        Failure::Refused(status)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("keyplanectl: cannot start: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(msg)) => {
+            eprintln!("keyplanectl: {msg}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Refused(status)) if status.code() == Code::Unavailable => {
+            eprintln!(
+                "keyplanectl: control plane unavailable: {}",
+                status.message()
+            );
+            ExitCode::from(2)
+        }
+        Err(Failure::Refused(status)) => {
+            eprintln!(
+                "keyplanectl: {}: {}",
+                describe(status.code()),
+                status.message()
+            );
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn describe(code: Code) -> &'static str {
+    match code {
+        Code::InvalidArgument => "invalid argument",
+        Code::NotFound => "not found",
+        Code::AlreadyExists => "already exists",
+        Code::Unauthenticated => "unauthenticated",
+        Code::PermissionDenied => "permission denied",
+        Code::Internal => "control plane error",
+        _ => "refused",
+    }
+}
+
+/// A connected client that adds the admin token to every call.
+struct Admin {
+    client: AdminClient<Channel>,
+    token: String,
+}
+
+impl Admin {
+    fn request<T>(&self, message: T) -> Result<Request<T>, Failure> {
+        let mut request = Request::new(message);
+        let value = format!("Bearer {}", self.token).parse().map_err(|_| {
+            Failure::Usage("the admin token has characters not allowed in a header".into())
+        })?;
+        request.metadata_mut().insert("authorization", value);
+        Ok(request)
+    }
+}
+
+async fn connect(cli: &Cli) -> Result<Admin, Failure> {
+    let token = cli.token.clone().filter(|t| !t.is_empty()).ok_or_else(|| {
+        Failure::Usage("no admin token: set KEYPLANE_ADMIN_TOKEN or pass --token".into())
+    })?;
+    let endpoint = Endpoint::from_shared(cli.control.clone())
+        .map_err(|e| {
+            Failure::Usage(format!(
+                "--control {:?} is not a valid URL: {e}",
+                cli.control
+            ))
+        })?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(60));
+    let channel = endpoint.connect().await.map_err(|e| {
+        Failure::Usage(format!(
+            "cannot reach the control plane at {}: {}",
+            cli.control,
+            source_chain(&e)
+        ))
+    })?;
+    let client = AdminClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    Ok(Admin { client, token })
+}
+
+fn source_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Reads the secret: one line from stdin, without its line ending. On a terminal, without echo.
+fn read_secret(provider: &str) -> Result<String, Failure> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        return rpassword::prompt_password(format!("secret for {provider}: "))
+            .map_err(|e| Failure::Usage(format!("cannot read the secret: {e}")));
+    }
+    let mut line = String::new();
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .context("cannot read the secret from stdin")
+        .map_err(|e| Failure::Usage(format!("{e:#}")))?;
+    let secret = line.strip_suffix('\n').unwrap_or(&line);
+    let secret = secret.strip_suffix('\r').unwrap_or(secret);
+    Ok(secret.to_string())
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let out = Output { json: cli.json };
+    // Read the secret before connecting, so a usage problem is reported first.
+    let secret = match &cli.command {
+        Command::Credential(CredentialCmd::Add { provider, .. }) => Some(read_secret(provider)?),
+        _ => None,
+    };
+    let mut admin = connect(&cli).await?;
+    match cli.command {
+        Command::Provider(ProviderCmd::Add {
+            name,
+            protocol,
+            base_url,
+        }) => {
+            let req = admin.request(pb::AddProviderRequest {
+                name,
+                protocol,
+                base_url,
+            })?;
+            let provider = admin.client.add_provider(req).await?.into_inner();
+            out.providers(&[provider], true);
+        }
+        Command::Provider(ProviderCmd::List) => {
+            let req = admin.request(pb::ListProvidersRequest {})?;
+            let list = admin.client.list_providers(req).await?.into_inner();
+            out.providers(&list.providers, false);
+        }
+        Command::Credential(CredentialCmd::Add {
+            provider,
+            label,
+            multiplier,
+        }) => {
+            let req = admin.request(pb::AddCredentialRequest {
+                provider,
+                label,
+                multiplier: multiplier.unwrap_or_default(),
+                secret: secret.unwrap_or_default(),
+            })?;
+            let credential = admin.client.add_credential(req).await?.into_inner();
+            out.credentials(&[credential], true);
+        }
+        Command::Credential(CredentialCmd::List { provider }) => {
+            let req = admin.request(pb::ListCredentialsRequest {
+                provider: provider.unwrap_or_default(),
+            })?;
+            let list = admin.client.list_credentials(req).await?.into_inner();
+            out.credentials(&list.credentials, false);
+        }
+        Command::Model(ModelCmd::Set {
+            model,
+            provider,
+            upstream_model,
+            input,
+            output,
+        }) => {
+            let req = admin.request(pb::SetModelRequest {
+                model,
+                provider,
+                upstream_model: upstream_model.unwrap_or_default(),
+                input_usd_per_mtok: input,
+                output_usd_per_mtok: output,
+            })?;
+            let offering = admin.client.set_model(req).await?.into_inner();
+            out.offerings(&[offering], true);
+        }
+        Command::Model(ModelCmd::List { model }) => {
+            let req = admin.request(pb::ListModelsRequest {
+                model: model.unwrap_or_default(),
+            })?;
+            let list = admin.client.list_models(req).await?.into_inner();
+            out.offerings(&list.offerings, false);
+        }
+        Command::Key(KeyCmd::Create { name }) => {
+            let req = admin.request(pb::CreateKeyRequest { name })?;
+            let created = admin.client.create_key(req).await?.into_inner();
+            out.created_key(&created);
+        }
+        Command::Key(KeyCmd::List) => {
+            let req = admin.request(pb::ListKeysRequest {})?;
+            let list = admin.client.list_keys(req).await?.into_inner();
+            out.keys(&list.keys, false);
+        }
+        Command::Key(KeyCmd::Revoke { name }) => {
+            let req = admin.request(pb::RevokeKeyRequest { name })?;
+            let key = admin.client.revoke_key(req).await?.into_inner();
+            out.keys(&[key], true);
+        }
+        Command::Usage { key } => {
+            let req = admin.request(pb::QueryUsageRequest {
+                key: key.unwrap_or_default(),
+            })?;
+            let usage = admin.client.query_usage(req).await?.into_inner();
+            out.usage(&usage.rows);
+        }
+        Command::Nodes => {
+            let req = admin.request(pb::ListNodesRequest {})?;
+            let list = admin.client.list_nodes(req).await?.into_inner();
+            out.nodes(&list.nodes);
+        }
+    }
+    Ok(())
+}

@@ -37,6 +37,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -77,6 +78,9 @@ impl From<ConfigError> for Failure {
 }
 
 async fn run(args: Args) -> Result<(), Failure> {
+    // Before anything else, so that a SIGTERM at any later moment is a graceful stop.
+    let cancel = CancellationToken::new();
+    let signals = install_shutdown_signals(cancel.clone())?;
     let secrets = config::load_secrets(|k| std::env::var(k).ok(), args.dev, &args.data_dir)?;
     let store = match Store::open(&args.data_dir, &secrets.master_key) {
         Ok(store) => Arc::new(store),
@@ -111,9 +115,7 @@ async fn run(args: Args) -> Result<(), Failure> {
     drop(out);
     tracing::info!(listen = %local, data_dir = %args.data_dir.display(), "keyplane-control serving");
 
-    let cancel = CancellationToken::new();
     let compiler = tokio::spawn(Arc::clone(&routes).run(cancel.clone()));
-    let signals = tokio::spawn(shutdown_signal(cancel.clone()));
     let services = grpc::Services {
         store: Arc::clone(&store),
         routes,
@@ -142,19 +144,21 @@ async fn run(args: Args) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Fires `cancel` on SIGTERM or SIGINT.
-async fn shutdown_signal(cancel: CancellationToken) {
+/// Installs the SIGTERM and SIGINT handlers now; the returned task fires `cancel` on either.
+fn install_shutdown_signals(
+    cancel: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, Failure> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return;
+    let install = |kind| {
+        signal(kind).map_err(|e| Failure::Runtime(format!("cannot install signal handlers: {e}")))
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
-    cancel.cancel();
+    let mut term = install(SignalKind::terminate())?;
+    let mut int = install(SignalKind::interrupt())?;
+    Ok(tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+        cancel.cancel();
+    }))
 }

@@ -1,0 +1,318 @@
+//! How results are shown: aligned tables for people, JSON for scripts.
+//!
+//! JSON field names are part of the operator contract: add fields, never rename or drop one.
+
+use comfy_table::{Table, presets};
+use keyplane_proto::v1 as pb;
+use serde_json::{Value, json};
+use std::time::{Duration, UNIX_EPOCH};
+
+pub struct Output {
+    pub json: bool,
+}
+
+/// 6 decimal places: prices in micro-USD per million tokens, multipliers in ppm.
+fn micros_f64(value: u64) -> f64 {
+    value as f64 / 1e6
+}
+
+/// Exact decimal text of an integer with `places` implied decimal places.
+fn decimal(value: u64, places: u32) -> String {
+    let scale = 10u64.pow(places);
+    let frac = value % scale;
+    if frac == 0 {
+        return (value / scale).to_string();
+    }
+    let digits = format!("{frac:0width$}", width = places as usize);
+    format!("{}.{}", value / scale, digits.trim_end_matches('0'))
+}
+
+fn time(ms: i64) -> Value {
+    if ms <= 0 {
+        return Value::Null;
+    }
+    Value::String(time_text(ms))
+}
+
+fn time_text(ms: i64) -> String {
+    if ms <= 0 {
+        return "-".to_string();
+    }
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms as u64)).to_string()
+}
+
+fn print_json(value: &Value) {
+    // Serializing a Value cannot fail.
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}
+
+fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut table = Table::new();
+    table.load_preset(presets::NOTHING);
+    table.set_header(header.iter().map(|h| h.to_uppercase()));
+    for row in rows {
+        table.add_row(row);
+    }
+    println!("{}", table.trim_fmt());
+}
+
+impl Output {
+    /// `single`: the answer to an add/set/revoke, shown as one object in JSON.
+    fn emit(&self, single: bool, values: Vec<Value>, header: &[&str], rows: Vec<Vec<String>>) {
+        if self.json {
+            match (single, values.len()) {
+                (true, 1) => print_json(&values[0]),
+                _ => print_json(&Value::Array(values)),
+            }
+        } else {
+            print_table(header, rows);
+        }
+    }
+
+    pub fn providers(&self, list: &[pb::Provider], single: bool) {
+        let values = list
+            .iter()
+            .map(|p| {
+                json!({
+                    "name": p.name,
+                    "protocol": p.protocol,
+                    "base_url": p.base_url,
+                    "created_at": time(p.created_at_ms),
+                })
+            })
+            .collect();
+        let rows = list
+            .iter()
+            .map(|p| vec![p.name.clone(), p.protocol.clone(), p.base_url.clone()])
+            .collect();
+        self.emit(single, values, &["name", "protocol", "base url"], rows);
+    }
+
+    pub fn credentials(&self, list: &[pb::Credential], single: bool) {
+        let values = list
+            .iter()
+            .map(|c| {
+                json!({
+                    "id": c.id,
+                    "provider": c.provider,
+                    "label": c.label,
+                    "multiplier": micros_f64(c.multiplier_ppm),
+                    "state": c.state,
+                    "state_since": time(c.state_since_ms),
+                    "created_at": time(c.created_at_ms),
+                })
+            })
+            .collect();
+        let rows = list
+            .iter()
+            .map(|c| {
+                vec![
+                    c.id.clone(),
+                    c.provider.clone(),
+                    c.label.clone(),
+                    decimal(c.multiplier_ppm, 6),
+                    c.state.clone(),
+                    time_text(c.state_since_ms),
+                ]
+            })
+            .collect();
+        self.emit(
+            single,
+            values,
+            &["id", "provider", "label", "multiplier", "state", "since"],
+            rows,
+        );
+    }
+
+    pub fn offerings(&self, list: &[pb::ModelOffering], single: bool) {
+        let values = list
+            .iter()
+            .map(|o| {
+                json!({
+                    "model": o.model,
+                    "provider": o.provider,
+                    "upstream_model": o.upstream_model,
+                    "input": micros_f64(o.input_micro_usd_per_mtok),
+                    "output": micros_f64(o.output_micro_usd_per_mtok),
+                    "currency": o.currency,
+                    "source": o.source,
+                    "synced_at": Value::Null,
+                    "updated_at": time(o.updated_at_ms),
+                })
+            })
+            .collect();
+        let rows = list
+            .iter()
+            .map(|o| {
+                vec![
+                    o.model.clone(),
+                    o.provider.clone(),
+                    o.upstream_model.clone(),
+                    decimal(o.input_micro_usd_per_mtok, 6),
+                    decimal(o.output_micro_usd_per_mtok, 6),
+                    o.source.clone(),
+                ]
+            })
+            .collect();
+        self.emit(
+            single,
+            values,
+            &[
+                "model",
+                "provider",
+                "upstream model",
+                "input $/Mtok",
+                "output $/Mtok",
+                "source",
+            ],
+            rows,
+        );
+    }
+
+    pub fn created_key(&self, created: &pb::CreateKeyResponse) {
+        let name = created
+            .key
+            .as_ref()
+            .map(|k| k.name.as_str())
+            .unwrap_or_default();
+        let id = created
+            .key
+            .as_ref()
+            .map(|k| k.id.as_str())
+            .unwrap_or_default();
+        if self.json {
+            print_json(&json!({ "name": name, "key": created.secret, "id": id }));
+        } else {
+            println!("{}", created.secret);
+            eprintln!("created key {name:?}; store it now: it cannot be shown again");
+        }
+    }
+
+    pub fn keys(&self, list: &[pb::ClientKey], single: bool) {
+        let values = list
+            .iter()
+            .map(|k| {
+                json!({
+                    "name": k.name,
+                    "id": k.id,
+                    "revoked": k.revoked,
+                    "created_at": time(k.created_at_ms),
+                    "revoked_at": time(k.revoked_at_ms),
+                })
+            })
+            .collect();
+        let rows = list
+            .iter()
+            .map(|k| {
+                vec![
+                    k.name.clone(),
+                    k.id.clone(),
+                    if k.revoked { "revoked" } else { "active" }.to_string(),
+                    time_text(k.created_at_ms),
+                ]
+            })
+            .collect();
+        self.emit(single, values, &["name", "id", "state", "created"], rows);
+    }
+
+    pub fn usage(&self, rows: &[pb::UsageRow]) {
+        let values = rows
+            .iter()
+            .map(|r| {
+                json!({
+                    "key": r.key,
+                    "model": r.model,
+                    "provider": r.provider,
+                    "credential": r.credential,
+                    "credential_label": r.credential_label,
+                    "requests": r.requests,
+                    "input_tokens": r.input_tokens,
+                    "output_tokens": r.output_tokens,
+                    "cost_usd": r.cost_nano_usd as f64 / 1e9,
+                })
+            })
+            .collect();
+        let table = rows
+            .iter()
+            .map(|r| {
+                vec![
+                    r.key.clone(),
+                    r.model.clone(),
+                    r.provider.clone(),
+                    if r.credential_label.is_empty() {
+                        r.credential.clone()
+                    } else {
+                        r.credential_label.clone()
+                    },
+                    r.requests.to_string(),
+                    r.input_tokens.to_string(),
+                    r.output_tokens.to_string(),
+                    format!("${}", decimal(r.cost_nano_usd, 9)),
+                ]
+            })
+            .collect();
+        self.emit(
+            false,
+            values,
+            &[
+                "key",
+                "model",
+                "provider",
+                "credential",
+                "requests",
+                "input",
+                "output",
+                "cost",
+            ],
+            table,
+        );
+    }
+
+    pub fn nodes(&self, nodes: &[pb::Node]) {
+        let values = nodes
+            .iter()
+            .map(|n| {
+                json!({
+                    "node_id": n.node_id,
+                    "route_version": n.route_version,
+                    "connected": n.connected,
+                    "last_seen": time(n.last_seen_ms),
+                    "connected_since": time(n.connected_since_ms),
+                })
+            })
+            .collect();
+        let rows = nodes
+            .iter()
+            .map(|n| {
+                vec![
+                    n.node_id.clone(),
+                    n.route_version.to_string(),
+                    if n.connected { "yes" } else { "no" }.to_string(),
+                    time_text(n.last_seen_ms),
+                ]
+            })
+            .collect();
+        self.emit(
+            false,
+            values,
+            &["node", "route version", "connected", "last seen"],
+            rows,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_are_exact() {
+        assert_eq!(decimal(150_000, 6), "0.15");
+        assert_eq!(decimal(3_000_000, 6), "3");
+        assert_eq!(decimal(123, 9), "0.000000123");
+        assert_eq!(decimal(0, 9), "0");
+    }
+}

@@ -1,0 +1,309 @@
+//! Process helpers for the real binaries.
+
+use base64::Engine;
+use rand::RngCore;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Where the workspace's binaries are: `KEYPLANE_BIN_DIR`, else the target directory of the
+/// running test (`target/<profile>/deps/<test>` → `target/<profile>/`).
+pub fn bin_path(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("KEYPLANE_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe().expect("current exe");
+            let mut dir = exe.parent().expect("exe dir").to_path_buf();
+            if dir.ends_with("deps") {
+                dir.pop();
+            }
+            dir
+        }
+    };
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run the tests with `cargo test --workspace` (or `cargo build --bins` first)",
+        path.display()
+    );
+    path
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn random_b64(len: usize) -> String {
+    let mut bytes = vec![0u8; len];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 24];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The output of one `keyplanectl` run.
+#[derive(Debug)]
+pub struct CtlOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CtlOutput {
+    /// Parses stdout as JSON; panics with both streams if it is not.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "keyplanectl stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+
+    /// Panics unless the command succeeded.
+    pub fn ok(self) -> CtlOutput {
+        assert_eq!(
+            self.code, 0,
+            "keyplanectl failed:\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// A running `keyplane-control` with its own data dir and secrets.
+pub struct ControlPlane {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub master_key: String,
+    pub admin_token: String,
+    pub node_token: String,
+    /// stderr of every run, appended: the control plane's logs.
+    pub log_path: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl ControlPlane {
+    /// Starts a control plane on a free loopback port with a fresh data dir and random secrets.
+    pub fn start() -> ControlPlane {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data_dir = tmp.path().join("data");
+        let mut cp = ControlPlane {
+            child: None,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            log_path: tmp.path().join("control.log"),
+            data_dir,
+            master_key: random_b64(32),
+            admin_token: random_token(),
+            node_token: random_token(),
+            _tmp: tmp,
+        };
+        cp.spawn("127.0.0.1:0".parse().unwrap());
+        cp
+    }
+
+    /// `http://ADDR`, for `--control` and gRPC clients.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    fn spawn(&mut self, listen: SocketAddr) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        let mut child = Command::new(bin_path("keyplane-control"))
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen")
+            .arg(listen.to_string())
+            .env("KEYPLANE_MASTER_KEY", &self.master_key)
+            .env("KEYPLANE_ADMIN_TOKEN", &self.admin_token)
+            .env("KEYPLANE_NODE_TOKEN", &self.node_token)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn keyplane-control");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("keyplane-control listening on ") {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "keyplane-control did not start; its log:\n{}",
+                    std::fs::read_to_string(&self.log_path).unwrap_or_default()
+                );
+            }
+        };
+        self.addr = addr.parse().unwrap();
+        self.child = Some(child);
+    }
+
+    /// Starts it again on the same address with the same data dir and secrets.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop it before restarting");
+        let addr = self.addr;
+        // The port was just released; retry briefly in case the kernel has not let go of it yet.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if std::net::TcpListener::bind(addr).is_ok() || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.spawn(addr);
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait (at most 30 s) for the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        send_signal(child.id(), libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("keyplane-control did not exit within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs `keyplanectl` against this control plane.
+    pub fn ctl(&self, args: &[&str]) -> CtlOutput {
+        self.ctl_with(args, None, &self.admin_token)
+    }
+
+    /// Runs `keyplanectl` with `stdin` (for `credential add`) and an explicit admin token.
+    pub fn ctl_with(&self, args: &[&str], stdin: Option<&str>, token: &str) -> CtlOutput {
+        run_ctl(&self.url(), token, args, stdin)
+    }
+
+    /// The logs written so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Runs `keyplanectl --control URL ARGS…` with the admin token in its environment.
+pub fn run_ctl(url: &str, token: &str, args: &[&str], stdin: Option<&str>) -> CtlOutput {
+    let mut child = Command::new(bin_path("keyplanectl"))
+        .arg("--control")
+        .arg(url)
+        .args(args)
+        .env("KEYPLANE_ADMIN_TOKEN", token)
+        .env_remove("KEYPLANE_CONTROL")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn keyplanectl");
+    {
+        let mut pipe = child.stdin.take().unwrap();
+        if let Some(input) = stdin {
+            pipe.write_all(input.as_bytes()).unwrap();
+        }
+    }
+    let out = wait_output(child, Duration::from_secs(60));
+    CtlOutput {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Waits for a child's output, killing it if it runs past `timeout`.
+fn wait_output(child: Child, timeout: Duration) -> std::process::Output {
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(out) => out.expect("wait for child"),
+        Err(_) => {
+            send_signal(pid, libc::SIGKILL);
+            panic!("process {pid} ran longer than {timeout:?}");
+        }
+    }
+}
+
+/// Sends `signal` to `pid`.
+pub fn send_signal(pid: u32, signal: i32) {
+    // SAFETY-free: `kill(2)` through libc is the one unsafe call the testkit needs.
+    #[allow(unsafe_code)]
+    // SAFETY: kill has no memory-safety preconditions; a stale pid at worst signals nothing.
+    unsafe {
+        libc::kill(pid as i32, signal);
+    }
+}
+
+/// Every file below `dir`, for tests that grep a data dir.
+pub fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
