@@ -1,0 +1,225 @@
+//! Control-plane scale: how long from `SetModel` to a subscriber holding the new table with
+//! 10,000 models x 5 offerings in the store, the table's encoded size, and usage records ingested
+//! per second. Prints figures; asserts nothing about speed.
+//!
+//! Run: `cargo bench -p keyplane-control --bench scale` (env MODELS, OFFERINGS, RECORDS to scale).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stdout)]
+
+use keyplane_control::catalog::SetModel;
+use keyplane_control::creds::{MasterKey, Secret};
+use keyplane_control::grpc::{self, TokenCheck};
+use keyplane_control::nodes::Registry;
+use keyplane_control::routes::Routes;
+use keyplane_control::store::Store;
+use keyplane_proto::v1 as pb;
+use keyplane_proto::v1::admin_client::AdminClient;
+use keyplane_proto::v1::nodes_client::NodesClient;
+use prost::Message;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tonic::Request;
+use tonic::codec::CompressionEncoding;
+
+const ADMIN: &str = "bench-admin-token-0123456789";
+const NODE: &str = "bench-node-token-0123456789";
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn authed<T>(msg: T, token: &str) -> Request<T> {
+    let mut req = Request::new(msg);
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    req
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::main]
+async fn main() {
+    let models = env_usize("MODELS", 10_000);
+    let offerings = env_usize("OFFERINGS", 5);
+    let records = env_usize("RECORDS", 200_000);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), &MasterKey::generate()).unwrap());
+
+    let fill = Instant::now();
+    for p in 0..offerings {
+        let name = format!("provider-{p}");
+        store.add_provider(&name, "openai", "http://127.0.0.1:9/v1").unwrap();
+        store
+            .add_credential(&name, "main", "1", &Secret::new(format!("sk-bench-{p}-0123456789abcdef")))
+            .unwrap();
+    }
+    for m in 0..models {
+        let model = format!("vendor-{}/model-{m}-instruct", m % 50);
+        for p in 0..offerings {
+            store
+                .set_model(&SetModel {
+                    model: &model,
+                    provider: &format!("provider-{p}"),
+                    upstream_model: &format!("upstream/model-{m}-{p}"),
+                    input_usd_per_mtok: &format!("0.{}", 100 + p),
+                    output_usd_per_mtok: &format!("1.{}", 200 + p),
+                })
+                .unwrap();
+        }
+    }
+    store.flush().await.unwrap();
+    println!(
+        "store filled: {models} models x {offerings} offerings in {:.1} s",
+        fill.elapsed().as_secs_f64()
+    );
+
+    let routes = Routes::start(Arc::clone(&store)).await.unwrap();
+    let table = routes.current();
+    let encoded = table.encoded_len();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &table.encode_to_vec()).unwrap();
+    let gzipped = gz.finish().unwrap().len();
+    let compile_start = Instant::now();
+    let _ = keyplane_control::routes::compile(&store, 0).unwrap();
+    let compile_time = compile_start.elapsed();
+
+    let registry = Registry::new(Arc::clone(&store));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cancel = CancellationToken::new();
+    let compiler = tokio::spawn(Arc::clone(&routes).run(cancel.clone()));
+    let server = tokio::spawn(grpc::serve(
+        listener,
+        grpc::Services {
+            store: Arc::clone(&store),
+            routes,
+            registry,
+            admin_token: TokenCheck::new(ADMIN, "admin token"),
+            node_token: TokenCheck::new(NODE, "node token"),
+        },
+        cancel.clone(),
+    ));
+    let url = format!("http://{addr}");
+
+    println!("route table: {} bytes encoded, {} bytes gzipped; compile {:.1} ms", encoded, gzipped, compile_time.as_secs_f64() * 1e3);
+
+    for gzip in [false, true] {
+        let mut nodes = NodesClient::connect(url.clone())
+            .await
+            .unwrap()
+            .max_decoding_message_size(keyplane_proto::MAX_MESSAGE_BYTES);
+        if gzip {
+            nodes = nodes.accept_compressed(CompressionEncoding::Gzip);
+        }
+        let mut admin = AdminClient::connect(url.clone()).await.unwrap();
+        let first_at = Instant::now();
+        let mut stream = nodes
+            .subscribe(authed(
+                pb::SubscribeRequest {
+                    node_id: format!("bench-{gzip}"),
+                    have_route_version: 0,
+                },
+                NODE,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut version = stream.message().await.unwrap().unwrap().route_version;
+        let first = first_at.elapsed();
+        let mut samples = Vec::new();
+        for i in 0..10 {
+            let start = Instant::now();
+            admin
+                .set_model(authed(
+                    pb::SetModelRequest {
+                        model: "vendor-0/model-0-instruct".into(),
+                        provider: "provider-0".into(),
+                        upstream_model: String::new(),
+                        input_usd_per_mtok: format!("0.{}", 500 + i),
+                        output_usd_per_mtok: "1".into(),
+                    },
+                    ADMIN,
+                ))
+                .await
+                .unwrap();
+            loop {
+                let table = stream.message().await.unwrap().unwrap();
+                if table.route_version > version {
+                    version = table.route_version;
+                    let price = table.models.iter().find(|m| m.name == "vendor-0/model-0-instruct").unwrap().offerings[0]
+                        .input_micro_usd_per_mtok;
+                    if price == (500 + i) as u64 * 1000 {
+                        break;
+                    }
+                }
+            }
+            samples.push(start.elapsed());
+        }
+        samples.sort();
+        println!(
+            "model set -> subscriber holds new table ({}): p50 {:.0} ms, max {:.0} ms over {} changes; first table {:.0} ms",
+            if gzip { "gzip" } else { "uncompressed" },
+            percentile(&samples, 0.5).as_secs_f64() * 1e3,
+            samples.last().unwrap().as_secs_f64() * 1e3,
+            samples.len(),
+            first.as_secs_f64() * 1e3
+        );
+    }
+
+    // Usage ingest: 4 concurrent reporters, batches of 1,000, each acknowledged only once durable.
+    let batch = 1_000;
+    let reporters = 4;
+    let per_reporter = records / reporters / batch;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for r in 0..reporters {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = NodesClient::connect(url).await.unwrap();
+            for b in 0..per_reporter {
+                let recs = (0..batch)
+                    .map(|i| pb::UsageRecord {
+                        request_id: format!("r{r}-{b}-{i}"),
+                        key_id: format!("key-{}", i % 20),
+                        model: format!("vendor-0/model-{}-instruct", i % 100),
+                        provider: format!("provider-{}", i % 5),
+                        credential_id: format!("cred-{}", i % 5),
+                        input_tokens: 1000,
+                        output_tokens: 200,
+                        cost_nano_usd: 12345,
+                        status: 200,
+                        ..Default::default()
+                    })
+                    .collect();
+                let ack = client
+                    .report_usage(authed(pb::ReportUsageRequest { node_id: format!("bench-{r}"), records: recs }, NODE))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert_eq!(ack.acked_ids.len(), batch);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let elapsed = start.elapsed();
+    let total = reporters * per_reporter * batch;
+    println!(
+        "usage ingest: {total} records in {:.2} s = {:.0} records/s ({reporters} reporters, batches of {batch}, flushed before each ack)",
+        elapsed.as_secs_f64(),
+        total as f64 / elapsed.as_secs_f64()
+    );
+    let totals = store.usage_totals(None).unwrap();
+    let requests: u64 = totals.iter().map(|t| t.counts.requests).sum();
+    assert_eq!(requests as usize, total);
+    let q = Instant::now();
+    let _ = store.usage_totals(Some("key-3")).unwrap();
+    println!("usage query for one key over {total} records: {:.2} ms ({} totals rows in all)", q.elapsed().as_secs_f64() * 1e3, totals.len());
+
+    cancel.cancel();
+    let _ = server.await;
+    let _ = compiler.await;
+}
