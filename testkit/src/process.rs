@@ -307,3 +307,153 @@ pub fn files_below(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// A running `keyplane-dataplane` with its own state dir.
+pub struct DataPlane {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub state_dir: PathBuf,
+    pub node_id: String,
+    pub control_url: String,
+    node_token: String,
+    extra_args: Vec<String>,
+    pub log_path: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl DataPlane {
+    /// Starts a data plane subscribed to `control`, on a free loopback port. `extra` are more
+    /// flags (timeouts, say).
+    pub fn start(control: &ControlPlane, node_id: &str, extra: &[&str]) -> DataPlane {
+        Self::start_with(&control.url(), &control.node_token, node_id, extra)
+    }
+
+    /// Starts a data plane for a control plane at `control_url` (which may be down).
+    pub fn start_with(
+        control_url: &str,
+        node_token: &str,
+        node_id: &str,
+        extra: &[&str],
+    ) -> DataPlane {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut dp = DataPlane {
+            child: None,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            state_dir: tmp.path().join("state"),
+            node_id: node_id.to_string(),
+            control_url: control_url.to_string(),
+            node_token: node_token.to_string(),
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            log_path: tmp.path().join("dataplane.log"),
+            _tmp: tmp,
+        };
+        dp.spawn("127.0.0.1:0".parse().unwrap());
+        dp
+    }
+
+    fn spawn(&mut self, listen: SocketAddr) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        let mut child = Command::new(bin_path("keyplane-dataplane"))
+            .arg("--control")
+            .arg(&self.control_url)
+            .arg("--listen")
+            .arg(listen.to_string())
+            .arg("--node-id")
+            .arg(&self.node_id)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .args(&self.extra_args)
+            .env("KEYPLANE_NODE_TOKEN", &self.node_token)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn keyplane-dataplane");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("keyplane-dataplane listening on ") {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        });
+        let Ok(addr) = rx.recv_timeout(Duration::from_secs(30)) else {
+            let _ = child.kill();
+            panic!(
+                "keyplane-dataplane did not start; its log:\n{}",
+                std::fs::read_to_string(&self.log_path).unwrap_or_default()
+            );
+        };
+        self.addr = addr.parse().unwrap();
+        self.child = Some(child);
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub fn wait_ready(&self, timeout: Duration) -> bool {
+        wait_until(timeout, || self.get_status("/readyz") == Some(200))
+    }
+
+    /// The status of a GET, `None` if the request failed.
+    pub fn get_status(&self, path: &str) -> Option<u16> {
+        crate::http::HttpRequest::get(path)
+            .send(self.addr, Duration::from_secs(5))
+            .ok()
+            .map(|r| r.status)
+    }
+
+    /// Starts it again on the same address and state dir.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop it before restarting");
+        let addr = self.addr;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpListener::bind(addr).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.spawn(addr);
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait (at most 60 s) for the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        send_signal(child.id(), libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("keyplane-dataplane did not exit within 60 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for DataPlane {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

@@ -1,0 +1,965 @@
+//! The fake upstream over loopback, driven by a real HTTP client (hyper-util's legacy client)
+//! and, where a test needs to control the socket itself, by raw TCP.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::HeaderMap;
+use hyper::{Method, Request};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use keyplane_testkit::fake_upstream::prompt_tokens_for;
+use keyplane_testkit::{Behavior, FakeConfig, FakeUpstream, wait_until};
+use serde_json::{Value, json};
+use std::future::Future;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+/// Upper bound for any one exchange; a test never waits longer on the network.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs `f` on a fresh current-thread runtime, failing the test after [`TIMEOUT`].
+fn block_on<F: Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            tokio::time::timeout(TIMEOUT, f)
+                .await
+                .expect("test exchange timed out")
+        })
+}
+
+/// A response as the client saw it.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: HeaderMap,
+    /// Body frames in arrival order.
+    frames: Vec<Bytes>,
+    /// Whether the body ended in an error (connection cut) instead of a clean end.
+    aborted: bool,
+}
+
+/// One SSE block: `event:` name, `data:` payload and `:` comment, whichever are present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Sse {
+    event: Option<String>,
+    data: Option<String>,
+    comment: Option<String>,
+}
+
+impl Sse {
+    fn json(&self) -> Value {
+        serde_json::from_str(self.data.as_deref().expect("data line")).expect("data is JSON")
+    }
+}
+
+impl Reply {
+    fn text(&self) -> String {
+        let bytes: Vec<u8> = self.frames.iter().flat_map(|f| f.to_vec()).collect();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text()).expect("JSON body")
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    /// The body split into SSE blocks.
+    fn sse(&self) -> Vec<Sse> {
+        parse_sse(&self.text())
+    }
+}
+
+fn parse_sse(text: &str) -> Vec<Sse> {
+    text.split("\n\n")
+        .filter(|block| !block.is_empty())
+        .map(|block| {
+            let mut sse = Sse {
+                event: None,
+                data: None,
+                comment: None,
+            };
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event: ") {
+                    sse.event = Some(v.to_string());
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    sse.data = Some(v.to_string());
+                } else if let Some(v) = line.strip_prefix(": ") {
+                    sse.comment = Some(v.to_string());
+                } else {
+                    panic!("unexpected SSE line {line:?} in {text:?}");
+                }
+            }
+            sse
+        })
+        .collect()
+}
+
+fn client(http2: bool) -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(http2)
+        .build_http()
+}
+
+/// Sends one request and reads the whole response, frame by frame.
+async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    send_with(&client(false), method, url, headers, body).await
+}
+
+async fn send_with(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Reply {
+    let mut req = Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let req = req.body(Full::new(Bytes::from(body.to_string()))).unwrap();
+    let resp = client.request(req).await.expect("request");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let mut body = resp.into_body();
+    let mut frames = Vec::new();
+    let mut aborted = false;
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    frames.push(data);
+                }
+            }
+            Some(Err(_)) => {
+                aborted = true;
+                break;
+            }
+        }
+    }
+    Reply {
+        status,
+        headers,
+        frames,
+        aborted,
+    }
+}
+
+/// `POST /v1/chat/completions` with a Bearer key.
+async fn openai_chat(fake: &FakeUpstream, key: &str, body: &Value) -> Reply {
+    let auth = format!("Bearer {key}");
+    send(
+        Method::POST,
+        &format!("{}/chat/completions", fake.openai_base_url()),
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        &body.to_string(),
+    )
+    .await
+}
+
+/// `POST /v1/messages?beta=true` with `x-api-key` and `anthropic-version`.
+async fn anthropic_messages(fake: &FakeUpstream, key: &str, body: &Value) -> Reply {
+    send(
+        Method::POST,
+        &format!("{}/v1/messages?beta=true", fake.anthropic_base_url()),
+        &[
+            ("x-api-key", key),
+            ("anthropic-version", "2023-06-01"),
+            ("content-type", "application/json"),
+        ],
+        &body.to_string(),
+    )
+    .await
+}
+
+fn config(chunks: usize) -> FakeConfig {
+    FakeConfig {
+        name: "fake-a".to_string(),
+        api_key: Some("sk-test".to_string()),
+        chunks,
+        ..FakeConfig::default()
+    }
+}
+
+fn openai_body(stream: bool) -> Value {
+    json!({
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "Say hello"}],
+        "stream": stream,
+    })
+}
+
+fn anthropic_body(stream: bool) -> Value {
+    json!({
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 1024,
+        "messages": [{"role": "user", "content": "Say hello"}],
+        "stream": stream,
+    })
+}
+
+fn words(n: usize) -> String {
+    (0..n).map(|i| format!("word{i} ")).collect()
+}
+
+#[test]
+fn openai_non_stream_has_the_sample_shape_and_usage() {
+    let fake = FakeUpstream::start(config(5));
+    let body = openai_body(false);
+    let reply = block_on(openai_chat(&fake, "sk-test", &body));
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    assert_eq!(reply.header("x-fake-upstream"), Some("fake-a"));
+    let v = reply.json();
+    assert_eq!(v["object"], "chat.completion");
+    assert!(v["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert!(v["created"].is_u64());
+    assert_eq!(v["model"], "gpt-4o-mini");
+    let choice = &v["choices"][0];
+    assert_eq!(choice["index"], 0);
+    assert_eq!(choice["message"]["role"], "assistant");
+    assert_eq!(choice["message"]["content"], words(5));
+    assert_eq!(choice["message"]["refusal"], Value::Null);
+    assert_eq!(choice["finish_reason"], "stop");
+    let prompt = prompt_tokens_for(body.to_string().as_bytes());
+    assert_eq!(prompt, body.to_string().len() as u64 / 4);
+    assert_eq!(v["usage"]["prompt_tokens"], prompt);
+    assert_eq!(v["usage"]["completion_tokens"], 5);
+    assert_eq!(v["usage"]["total_tokens"], prompt + 5);
+    assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+
+    // max_completion_tokens below the chunk count: fewer words, finish "length".
+    let mut limited = openai_body(false);
+    limited["max_completion_tokens"] = json!(2);
+    let v = block_on(openai_chat(&fake, "sk-test", &limited)).json();
+    assert_eq!(v["choices"][0]["message"]["content"], words(2));
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    assert_eq!(v["usage"]["completion_tokens"], 2);
+}
+
+#[test]
+fn openai_stream_events_come_in_order_and_end_with_done() {
+    let fake = FakeUpstream::start(config(4));
+    let reply = block_on(openai_chat(&fake, "sk-test", &openai_body(true)));
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-type"), Some("text/event-stream"));
+    assert_eq!(reply.header("x-fake-upstream"), Some("fake-a"));
+    assert!(!reply.aborted);
+    let events = reply.sse();
+    // role, 4 content, finish, [DONE]; no usage chunk without include_usage.
+    assert_eq!(events.len(), 7, "{events:?}");
+    assert_eq!(events.last().unwrap().data.as_deref(), Some("[DONE]"));
+    let chunks: Vec<Value> = events[..6].iter().map(Sse::json).collect();
+    for c in &chunks {
+        assert_eq!(c["object"], "chat.completion.chunk");
+        assert_eq!(c["model"], "gpt-4o-mini");
+        assert_eq!(c["id"], chunks[0]["id"]);
+        assert_eq!(c["usage"], Value::Null, "every chunk carries usage:null");
+        assert!(c.as_object().unwrap().contains_key("usage"));
+    }
+    assert_eq!(
+        chunks[0]["choices"][0]["delta"],
+        json!({"role": "assistant", "content": "", "refusal": null})
+    );
+    for (i, c) in chunks[1..5].iter().enumerate() {
+        assert_eq!(
+            c["choices"][0]["delta"],
+            json!({"content": format!("word{i} ")})
+        );
+        assert_eq!(c["choices"][0]["finish_reason"], Value::Null);
+    }
+    assert_eq!(chunks[5]["choices"][0]["delta"], json!({}));
+    assert_eq!(chunks[5]["choices"][0]["finish_reason"], "stop");
+}
+
+#[test]
+fn openai_stream_usage_chunk_only_when_asked() {
+    let fake = FakeUpstream::start(config(4));
+    let mut body = openai_body(true);
+    body["stream_options"] = json!({"include_usage": true});
+    body["max_tokens"] = json!(3);
+    let reply = block_on(openai_chat(&fake, "sk-test", &body));
+    let events = reply.sse();
+    // role, 3 content, finish(length), usage, [DONE].
+    assert_eq!(events.len(), 7, "{events:?}");
+    assert_eq!(events[4].json()["choices"][0]["finish_reason"], "length");
+    let usage_chunk = events[5].json();
+    assert_eq!(usage_chunk["choices"], json!([]));
+    let prompt = prompt_tokens_for(body.to_string().as_bytes());
+    assert_eq!(usage_chunk["usage"]["prompt_tokens"], prompt);
+    assert_eq!(usage_chunk["usage"]["completion_tokens"], 3);
+    assert_eq!(usage_chunk["usage"]["total_tokens"], prompt + 3);
+    assert_eq!(events[6].data.as_deref(), Some("[DONE]"));
+
+    // include_usage:false is the same as absent.
+    body["stream_options"] = json!({"include_usage": false});
+    let events = block_on(openai_chat(&fake, "sk-test", &body)).sse();
+    assert_eq!(events.len(), 6);
+    assert!(events[..5].iter().all(|e| e.json()["usage"].is_null()));
+}
+
+#[test]
+fn stream_events_are_separate_frames_sent_as_produced() {
+    let fake = FakeUpstream::start(FakeConfig {
+        chunks: 3,
+        chunk_delay: Duration::from_millis(30),
+        ..FakeConfig::default()
+    });
+    let started = Instant::now();
+    let reply = block_on(openai_chat(&fake, "", &openai_body(true)));
+    // role, 3 content, finish, [DONE] = 6 events, 5 pauses.
+    assert!(started.elapsed() >= Duration::from_millis(150));
+    assert_eq!(
+        reply.frames.len(),
+        6,
+        "one frame per event: {:?}",
+        reply.frames
+    );
+    for frame in &reply.frames {
+        assert_eq!(parse_sse(std::str::from_utf8(frame).unwrap()).len(), 1);
+    }
+}
+
+#[test]
+fn anthropic_stream_events_come_in_anthropic_order() {
+    let fake = FakeUpstream::start(config(3));
+    let body = anthropic_body(true);
+    let reply = block_on(anthropic_messages(&fake, "sk-test", &body));
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-type"), Some("text/event-stream"));
+    assert_eq!(reply.header("x-fake-upstream"), Some("fake-a"));
+    let events = reply.sse();
+    let names: Vec<&str> = events.iter().map(|e| e.event.as_deref().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "message_start",
+            "content_block_start",
+            "ping",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop",
+        ]
+    );
+    for e in &events {
+        assert_eq!(e.json()["type"].as_str(), e.event.as_deref());
+    }
+    let prompt = prompt_tokens_for(body.to_string().as_bytes());
+    let start = events[0].json();
+    assert_eq!(start["message"]["model"], "claude-sonnet-4-5");
+    assert_eq!(start["message"]["usage"]["input_tokens"], prompt);
+    for (i, e) in events[3..6].iter().enumerate() {
+        assert_eq!(
+            e.json()["delta"],
+            json!({"type": "text_delta", "text": format!("word{i} ")})
+        );
+    }
+    let delta = events[7].json();
+    assert_eq!(delta["delta"]["stop_reason"], "end_turn");
+    assert_eq!(delta["usage"]["output_tokens"], 3);
+    assert_eq!(fake.requests()[0].path, "/v1/messages?beta=true");
+}
+
+#[test]
+fn anthropic_non_stream_count_tokens_and_models() {
+    let fake = FakeUpstream::start(config(4));
+    let mut body = anthropic_body(false);
+    body["max_tokens"] = json!(2);
+    let reply = block_on(anthropic_messages(&fake, "sk-test", &body));
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    let v = reply.json();
+    assert_eq!(v["type"], "message");
+    assert_eq!(v["role"], "assistant");
+    assert_eq!(v["model"], "claude-sonnet-4-5");
+    assert_eq!(v["content"], json!([{"type": "text", "text": words(2)}]));
+    assert_eq!(v["stop_reason"], "max_tokens");
+    assert_eq!(v["stop_sequence"], Value::Null);
+    assert_eq!(
+        v["usage"]["input_tokens"],
+        prompt_tokens_for(body.to_string().as_bytes())
+    );
+    assert_eq!(v["usage"]["output_tokens"], 2);
+    assert_eq!(v["usage"]["cache_read_input_tokens"], 0);
+
+    let count_body = json!({"model": "claude-sonnet-4-5", "messages": []}).to_string();
+    let reply = block_on(send(
+        Method::POST,
+        &format!("{}/v1/messages/count_tokens", fake.anthropic_base_url()),
+        &[
+            ("x-api-key", "sk-test"),
+            ("anthropic-version", "2023-06-01"),
+        ],
+        &count_body,
+    ));
+    assert_eq!(
+        reply.json(),
+        json!({"input_tokens": prompt_tokens_for(count_body.as_bytes())})
+    );
+
+    let models_url = format!("{}/v1/models", fake.anthropic_base_url());
+    let anthropic = block_on(send(
+        Method::GET,
+        &models_url,
+        &[
+            ("x-api-key", "sk-test"),
+            ("anthropic-version", "2023-06-01"),
+        ],
+        "",
+    ))
+    .json();
+    assert_eq!(anthropic["has_more"], false);
+    assert_eq!(anthropic["data"][0]["type"], "model");
+    let openai = block_on(send(
+        Method::GET,
+        &models_url,
+        &[("authorization", "Bearer sk-test")],
+        "",
+    ))
+    .json();
+    assert_eq!(openai["object"], "list");
+    assert_eq!(openai["data"][0]["object"], "model");
+    assert_eq!(openai["data"][0]["owned_by"], "fake-a");
+}
+
+#[test]
+fn wrong_or_missing_key_is_401_in_each_protocol_shape() {
+    let fake = FakeUpstream::start(config(2));
+    let reply = block_on(openai_chat(&fake, "sk-wrong", &openai_body(false)));
+    assert_eq!(reply.status, 401);
+    assert_eq!(reply.header("x-fake-upstream"), Some("fake-a"));
+    let v = reply.json();
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    assert_eq!(v["error"]["code"], "invalid_api_key");
+    assert!(v["error"]["message"].is_string());
+    assert!(v["error"].as_object().unwrap().contains_key("param"));
+
+    // The OpenAI endpoint does not take x-api-key.
+    let reply = block_on(send(
+        Method::POST,
+        &format!("{}/chat/completions", fake.openai_base_url()),
+        &[("x-api-key", "sk-test")],
+        &openai_body(false).to_string(),
+    ));
+    assert_eq!(reply.status, 401);
+
+    let reply = block_on(anthropic_messages(
+        &fake,
+        "sk-wrong",
+        &anthropic_body(false),
+    ));
+    assert_eq!(reply.status, 401);
+    let v = reply.json();
+    assert_eq!(v["type"], "error");
+    assert_eq!(v["error"]["type"], "authentication_error");
+    assert!(v["request_id"].is_string());
+
+    // Anthropic also accepts Bearer.
+    let reply = block_on(send(
+        Method::POST,
+        &format!("{}/v1/messages", fake.anthropic_base_url()),
+        &[
+            ("authorization", "Bearer sk-test"),
+            ("anthropic-version", "2023-06-01"),
+        ],
+        &anthropic_body(false).to_string(),
+    ));
+    assert_eq!(reply.status, 200);
+
+    // Rejected requests are recorded but take no behaviour.
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 4);
+    assert_eq!(requests[0].behavior, None);
+    assert_eq!(requests[0].status, Some(401));
+    assert_eq!(requests[3].behavior, Some(Behavior::Normal));
+}
+
+#[test]
+fn bad_json_unknown_path_and_missing_fields() {
+    let fake = FakeUpstream::start(FakeConfig::default());
+    let reply = block_on(send(
+        Method::POST,
+        &format!("{}/chat/completions", fake.openai_base_url()),
+        &[],
+        "{not json",
+    ));
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.json()["error"]["type"], "invalid_request_error");
+
+    let reply = block_on(send(
+        Method::POST,
+        &format!("{}/v1/messages", fake.anthropic_base_url()),
+        &[("anthropic-version", "2023-06-01")],
+        "[1,2",
+    ));
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.json()["error"]["type"], "invalid_request_error");
+    assert_eq!(reply.json()["type"], "error");
+
+    // Anthropic requires max_tokens and the version header.
+    let mut no_max = anthropic_body(false);
+    no_max.as_object_mut().unwrap().remove("max_tokens");
+    let reply = block_on(anthropic_messages(&fake, "any", &no_max));
+    assert_eq!(reply.status, 400);
+    assert!(
+        reply.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_tokens")
+    );
+    let reply = block_on(send(
+        Method::POST,
+        &format!("{}/v1/messages", fake.anthropic_base_url()),
+        &[],
+        &anthropic_body(false).to_string(),
+    ));
+    assert_eq!(reply.status, 400);
+
+    let reply = block_on(send(
+        Method::POST,
+        &format!("{}/v1/embeddings", fake.anthropic_base_url()),
+        &[],
+        "{}",
+    ));
+    assert_eq!(reply.status, 404);
+    assert_eq!(reply.header("x-fake-upstream"), Some("fake"));
+    assert!(reply.json()["error"]["message"].is_string());
+    let reply = block_on(send(
+        Method::GET,
+        &format!("{}/v1/nothing", fake.anthropic_base_url()),
+        &[("anthropic-version", "2023-06-01")],
+        "",
+    ));
+    assert_eq!(reply.status, 404);
+    assert_eq!(reply.json()["error"]["type"], "not_found_error");
+}
+
+#[test]
+fn status_behavior_sends_retry_after_and_protocol_bodies() {
+    let fake = FakeUpstream::start(config(2));
+    fake.set_behavior(Behavior::status_retry_after(429, "7"));
+    let reply = block_on(openai_chat(&fake, "sk-test", &openai_body(true)));
+    assert_eq!(reply.status, 429);
+    assert_eq!(reply.header("retry-after"), Some("7"));
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    assert_eq!(reply.json()["error"]["code"], "rate_limit_exceeded");
+
+    let reply = block_on(anthropic_messages(&fake, "sk-test", &anthropic_body(false)));
+    assert_eq!(reply.status, 429);
+    assert_eq!(reply.header("retry-after"), Some("7"));
+    assert_eq!(reply.json()["error"]["type"], "rate_limit_error");
+
+    fake.set_behavior(Behavior::status(529));
+    let reply = block_on(anthropic_messages(&fake, "sk-test", &anthropic_body(true)));
+    assert_eq!(reply.status, 529);
+    assert_eq!(reply.header("retry-after"), None);
+    assert_eq!(reply.json()["error"]["type"], "overloaded_error");
+
+    fake.set_behavior(Behavior::status(500));
+    let reply = block_on(openai_chat(&fake, "sk-test", &openai_body(false)));
+    assert_eq!(reply.status, 500);
+    assert_eq!(reply.json()["error"]["type"], "server_error");
+
+    fake.set_behavior(Behavior::Status {
+        code: 503,
+        retry_after: None,
+        body: Some(r#"{"custom":true}"#.to_string()),
+    });
+    let reply = block_on(openai_chat(&fake, "sk-test", &openai_body(false)));
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.text(), r#"{"custom":true}"#);
+}
+
+#[test]
+fn push_once_is_fifo_then_back_to_the_default() {
+    let fake = FakeUpstream::start(config(2));
+    fake.push_once(Behavior::status(503));
+    fake.push_once(Behavior::status_retry_after(429, "1"));
+    let statuses: Vec<u16> = (0..4)
+        .map(|_| block_on(openai_chat(&fake, "sk-test", &openai_body(false))).status)
+        .collect();
+    assert_eq!(statuses, [503, 429, 200, 200]);
+    let behaviors: Vec<Option<Behavior>> =
+        fake.requests().into_iter().map(|r| r.behavior).collect();
+    assert_eq!(behaviors[0], Some(Behavior::status(503)));
+    assert_eq!(behaviors[3], Some(Behavior::Normal));
+
+    // A queued behaviour goes before a changed default.
+    fake.set_behavior(Behavior::status(500));
+    fake.push_once(Behavior::Normal);
+    assert_eq!(
+        block_on(openai_chat(&fake, "sk-test", &openai_body(false))).status,
+        200
+    );
+    assert_eq!(
+        block_on(openai_chat(&fake, "sk-test", &openai_body(false))).status,
+        500
+    );
+    assert_eq!(fake.request_count(), 6);
+}
+
+#[test]
+fn cut_after_aborts_the_stream_without_finish() {
+    let fake = FakeUpstream::start(config(10));
+    fake.set_behavior(Behavior::CutAfter(3));
+    let reply = block_on(openai_chat(&fake, "sk-test", &openai_body(true)));
+    assert_eq!(reply.status, 200);
+    assert!(reply.aborted, "the body must end in an error, not cleanly");
+    let events = reply.sse();
+    assert_eq!(events.len(), 4, "role + 3 content: {events:?}");
+    assert!(events.iter().all(|e| e.data.as_deref() != Some("[DONE]")));
+    assert!(
+        events
+            .iter()
+            .all(|e| e.json()["choices"][0]["finish_reason"].is_null())
+    );
+
+    let reply = block_on(anthropic_messages(&fake, "sk-test", &anthropic_body(true)));
+    assert!(reply.aborted);
+    let names: Vec<String> = reply.sse().into_iter().filter_map(|e| e.event).collect();
+    assert_eq!(
+        names.iter().filter(|n| *n == "content_block_delta").count(),
+        3
+    );
+    assert!(
+        !names
+            .iter()
+            .any(|n| n == "message_stop" || n == "message_delta")
+    );
+
+    // Non-stream: half a body, then the cut.
+    let reply = block_on(openai_chat(&fake, "sk-test", &openai_body(false)));
+    assert!(reply.aborted);
+    assert!(serde_json::from_str::<Value>(&reply.text()).is_err());
+
+    // The fake cut it, not the client.
+    assert!(fake.requests().iter().all(|r| !r.client_disconnected));
+}
+
+#[test]
+fn mid_stream_error_has_the_openrouter_shape() {
+    let fake = FakeUpstream::start(config(5));
+    fake.set_behavior(Behavior::MidStreamError);
+    let body = openai_body(true);
+    let reply = block_on(openai_chat(&fake, "sk-test", &body));
+    assert_eq!(reply.status, 200);
+    assert!(!reply.aborted);
+    let events = reply.sse();
+    assert_eq!(events[0].comment.as_deref(), Some("OPENROUTER PROCESSING"));
+    let data: Vec<&Sse> = events.iter().filter(|e| e.data.is_some()).collect();
+    assert_eq!(data.len(), 3, "role, error, [DONE]: {events:?}");
+    let role = data[0].json();
+    assert_eq!(role["object"], "chat.completion.chunk");
+    assert_eq!(role["provider"], "fake-a");
+    assert_eq!(
+        role["choices"][0]["delta"],
+        json!({"role": "assistant", "content": ""})
+    );
+    assert!(role.get("error").is_none());
+    let err = data[1].json();
+    assert_eq!(err["error"]["code"], 502);
+    assert!(err["error"]["message"].is_string());
+    assert_eq!(err["model"], "gpt-4o-mini");
+    assert_eq!(err["choices"][0]["delta"]["content"], "");
+    assert_eq!(err["choices"][0]["finish_reason"], Value::Null);
+    assert!(
+        err["choices"][0]
+            .as_object()
+            .unwrap()
+            .contains_key("native_finish_reason")
+    );
+    assert_eq!(
+        err["usage"]["prompt_tokens"],
+        prompt_tokens_for(body.to_string().as_bytes())
+    );
+    assert_eq!(err["usage"]["completion_tokens"], 0);
+    assert_eq!(data[2].data.as_deref(), Some("[DONE]"));
+
+    // ErrorAfterContent: the content first.
+    fake.set_behavior(Behavior::ErrorAfterContent(2));
+    let events = block_on(openai_chat(&fake, "sk-test", &body)).sse();
+    let data: Vec<Value> = events
+        .iter()
+        .filter(|e| e.data.as_deref().is_some_and(|d| d != "[DONE]"))
+        .map(Sse::json)
+        .collect();
+    assert_eq!(data.len(), 4);
+    assert_eq!(data[1]["choices"][0]["delta"]["content"], "word0 ");
+    assert_eq!(data[2]["choices"][0]["delta"]["content"], "word1 ");
+    assert_eq!(data[3]["usage"]["completion_tokens"], 2);
+
+    // Anthropic: an error event after the content, no message_stop.
+    let events = block_on(anthropic_messages(&fake, "sk-test", &anthropic_body(true))).sse();
+    let last = events.last().unwrap();
+    assert_eq!(last.event.as_deref(), Some("error"));
+    assert_eq!(
+        last.json(),
+        json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+    );
+    let deltas = events
+        .iter()
+        .filter(|e| e.event.as_deref() == Some("content_block_delta"))
+        .count();
+    assert_eq!(deltas, 2);
+    assert!(
+        events
+            .iter()
+            .all(|e| e.event.as_deref() != Some("message_stop"))
+    );
+}
+
+#[test]
+fn delay_first_byte_holds_the_response_head() {
+    let fake = FakeUpstream::start(config(2));
+    fake.push_once(Behavior::DelayFirstByte(Duration::from_millis(300)));
+    let started = Instant::now();
+    let reply = block_on(openai_chat(&fake, "sk-test", &openai_body(true)));
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.sse().last().unwrap().data.as_deref(), Some("[DONE]"));
+    // push_once: the next request is not delayed.
+    block_on(openai_chat(&fake, "sk-test", &openai_body(true)));
+    let behaviors: Vec<_> = fake.requests().into_iter().map(|r| r.behavior).collect();
+    assert_eq!(
+        behaviors,
+        [
+            Some(Behavior::DelayFirstByte(Duration::from_millis(300))),
+            Some(Behavior::Normal)
+        ]
+    );
+}
+
+/// Opens a raw connection and writes one HTTP/1.1 request.
+fn raw_request(addr: SocketAddr, path: &str, headers: &str, body: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n{headers}\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    stream
+}
+
+#[test]
+fn hang_ends_when_the_client_goes_away_and_is_recorded() {
+    let fake = FakeUpstream::start(config(2));
+    fake.push_once(Behavior::Hang);
+    let mut stream = raw_request(
+        fake.addr(),
+        "/v1/chat/completions",
+        "authorization: Bearer sk-test\r\n",
+        &openai_body(false).to_string(),
+    );
+    assert!(wait_until(TIMEOUT, || fake.request_count() == 1));
+    stream
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert!(stream.read(&mut buf).is_err(), "no answer while hanging");
+    assert!(!fake.requests()[0].client_disconnected);
+    drop(stream);
+    assert!(wait_until(TIMEOUT, || fake.requests()[0].client_disconnected));
+    assert_eq!(fake.requests()[0].status, None);
+    assert_eq!(fake.requests()[0].behavior, Some(Behavior::Hang));
+}
+
+#[test]
+fn client_disconnect_mid_stream_is_recorded() {
+    let fake = FakeUpstream::start(FakeConfig {
+        chunks: 200,
+        chunk_delay: Duration::from_millis(20),
+        ..FakeConfig::default()
+    });
+    let mut stream = raw_request(
+        fake.addr(),
+        "/v1/messages",
+        "anthropic-version: 2023-06-01\r\n",
+        &anthropic_body(true).to_string(),
+    );
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("word1 ") {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "stream ended early");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    drop(stream);
+    assert!(wait_until(TIMEOUT, || fake.requests()[0].client_disconnected));
+
+    // A stream read to its end is not a disconnect.
+    let fake = FakeUpstream::start(config(3));
+    block_on(anthropic_messages(&fake, "sk-test", &anthropic_body(true)));
+    assert!(!fake.requests()[0].client_disconnected);
+}
+
+#[test]
+fn requests_are_recorded_in_order() {
+    let fake = FakeUpstream::start(config(2));
+    let body = openai_body(false);
+    block_on(openai_chat(&fake, "sk-test", &body));
+    block_on(anthropic_messages(&fake, "sk-test", &anthropic_body(true)));
+    block_on(send(
+        Method::GET,
+        &format!("{}/models", fake.openai_base_url()),
+        &[("authorization", "Bearer sk-test")],
+        "",
+    ));
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 3);
+    assert_eq!(fake.request_count(), 3);
+    let first = &requests[0];
+    assert_eq!(first.method, "POST");
+    assert_eq!(first.path, "/v1/chat/completions");
+    assert_eq!(first.header("Authorization"), Some("Bearer sk-test"));
+    assert_eq!(first.header("content-type"), Some("application/json"));
+    assert_eq!(first.body, Bytes::from(body.to_string()));
+    assert_eq!(first.json.as_ref(), Some(&body));
+    assert_eq!(first.status, Some(200));
+    assert_eq!(first.behavior, Some(Behavior::Normal));
+    assert_eq!(requests[1].path, "/v1/messages?beta=true");
+    assert_eq!(requests[1].header("x-api-key"), Some("sk-test"));
+    assert_eq!(requests[2].method, "GET");
+    assert_eq!(requests[2].json, None);
+    assert!(requests[2].body.is_empty());
+
+    fake.clear_requests();
+    assert!(fake.requests().is_empty());
+    assert_eq!(fake.request_count(), 3);
+}
+
+#[test]
+fn http2_prior_knowledge_is_served() {
+    let fake = FakeUpstream::start(config(3));
+    let client = client(true);
+    let reply = block_on(send_with(
+        &client,
+        Method::POST,
+        &format!("{}/chat/completions", fake.openai_base_url()),
+        &[("authorization", "Bearer sk-test")],
+        &openai_body(true).to_string(),
+    ));
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.sse().len(), 6);
+
+    // An injected cut resets the HTTP/2 stream after the events before it.
+    fake.push_once(Behavior::CutAfter(2));
+    let reply = block_on(send_with(
+        &client,
+        Method::POST,
+        &format!("{}/chat/completions", fake.openai_base_url()),
+        &[("authorization", "Bearer sk-test")],
+        &openai_body(true).to_string(),
+    ));
+    assert!(reply.aborted);
+    assert_eq!(reply.sse().len(), 3, "role + 2 content");
+}
+
+#[test]
+fn stop_refuses_later_connections() {
+    let fake = FakeUpstream::start(config(2));
+    let addr = fake.addr();
+    assert_eq!(fake.openai_base_url(), format!("http://{addr}/v1"));
+    assert_eq!(fake.anthropic_base_url(), format!("http://{addr}"));
+    // A stream in flight when the fake stops is cut, not left hanging.
+    fake.set_behavior(Behavior::ChunkDelay(Duration::from_secs(1)));
+    let mut stream = raw_request(
+        addr,
+        "/v1/chat/completions",
+        "authorization: Bearer sk-test\r\n",
+        &openai_body(true).to_string(),
+    );
+    let mut buf = [0u8; 4096];
+    assert!(stream.read(&mut buf).unwrap() > 0, "head and role chunk");
+    fake.stop();
+    assert!(TcpStream::connect(addr).is_err());
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    assert!(!String::from_utf8_lossy(&rest).contains("[DONE]"));
+}
+
+#[test]
+fn binary_prints_its_address_serves_and_exits_on_sigterm() {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_keyplane-fake-upstream"))
+        .args(["--name", "bin-fake", "--api-key", "k", "--chunks", "3"])
+        .args(["--chunk-delay-ms", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let _ = tx.send(lines.next().and_then(Result::ok));
+        // The line must be the only one.
+        let _ = tx.send(lines.next().and_then(Result::ok));
+    });
+    let line = match rx.recv_timeout(TIMEOUT) {
+        Ok(Some(line)) => line,
+        other => {
+            let _ = child.kill();
+            panic!("no address line: {other:?}");
+        }
+    };
+    let addr: SocketAddr = line
+        .strip_prefix("fake-upstream listening on ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let reply = block_on(send(
+        Method::POST,
+        &format!("http://{addr}/v1/chat/completions"),
+        &[("authorization", "Bearer k")],
+        &openai_body(true).to_string(),
+    ));
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("x-fake-upstream"), Some("bin-fake"));
+    assert_eq!(reply.sse().len(), 6);
+
+    keyplane_testkit::process::send_signal(child.id(), libc::SIGTERM);
+    let deadline = Instant::now() + TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("did not exit on SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        rx.recv_timeout(TIMEOUT).unwrap(),
+        None,
+        "exactly one stdout line"
+    );
+}
+
+#[tokio::test]
+async fn works_from_inside_an_async_test() {
+    let fake = FakeUpstream::start(config(2));
+    let reply = tokio::time::timeout(TIMEOUT, openai_chat(&fake, "sk-test", &openai_body(false)))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    // Dropping it here (on a runtime thread) must not panic or hang.
+    drop(fake);
+}
