@@ -1,0 +1,166 @@
+//! Prometheus metrics of the data plane, served at `GET /metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Served {
+    provider: String,
+    model: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttemptLabels {
+    provider: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderLabel {
+    provider: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Refusal {
+    reason: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<Served, Counter>,
+    attempts: Family<AttemptLabels, Counter>,
+    input_tokens: Family<ProviderLabel, Counter>,
+    output_tokens: Family<ProviderLabel, Counter>,
+    cost_nano: Family<ProviderLabel, Counter>,
+    refused: Family<Refusal, Counter>,
+    pub route_version: Gauge,
+    pub route_table_age_seconds: Gauge,
+    pub spool_depth: Gauge,
+    pub spool_oldest_age_seconds: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("keyplane");
+        let m = Metrics {
+            requests: Family::default(),
+            attempts: Family::default(),
+            input_tokens: Family::default(),
+            output_tokens: Family::default(),
+            cost_nano: Family::default(),
+            refused: Family::default(),
+            route_version: Gauge::default(),
+            route_table_age_seconds: Gauge::default(),
+            spool_depth: Gauge::default(),
+            spool_oldest_age_seconds: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "requests",
+            "Requests served by an upstream, by final status",
+            m.requests.clone(),
+        );
+        registry.register(
+            "upstream_attempts",
+            "Upstream attempts by outcome (failovers are the non-ok ones)",
+            m.attempts.clone(),
+        );
+        registry.register(
+            "input_tokens",
+            "Input tokens billed",
+            m.input_tokens.clone(),
+        );
+        registry.register(
+            "output_tokens",
+            "Output tokens billed",
+            m.output_tokens.clone(),
+        );
+        registry.register(
+            "cost_nano_usd",
+            "Cost billed, in nano-USD",
+            m.cost_nano.clone(),
+        );
+        registry.register(
+            "refused_requests",
+            "Requests refused before any upstream call",
+            m.refused.clone(),
+        );
+        registry.register(
+            "route_version",
+            "Version of the route table in use",
+            m.route_version.clone(),
+        );
+        registry.register(
+            "route_table_age_seconds",
+            "Seconds since the route table in use was generated",
+            m.route_table_age_seconds.clone(),
+        );
+        registry.register(
+            "usage_spool_depth",
+            "Usage records not yet acknowledged by the control plane",
+            m.spool_depth.clone(),
+        );
+        registry.register(
+            "usage_spool_oldest_age_seconds",
+            "Age of the oldest unacknowledged usage record",
+            m.spool_oldest_age_seconds.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    pub fn served(
+        &self,
+        provider: &str,
+        model: &str,
+        status: u32,
+        input: u64,
+        output: u64,
+        cost_nano: u64,
+    ) {
+        self.requests
+            .get_or_create(&Served {
+                provider: provider.to_string(),
+                model: model.to_string(),
+                status: status.to_string(),
+            })
+            .inc();
+        let p = ProviderLabel {
+            provider: provider.to_string(),
+        };
+        self.input_tokens.get_or_create(&p).inc_by(input);
+        self.output_tokens.get_or_create(&p).inc_by(output);
+        self.cost_nano.get_or_create(&p).inc_by(cost_nano);
+    }
+
+    pub fn attempt(&self, provider: &str, outcome: &str) {
+        self.attempts
+            .get_or_create(&AttemptLabels {
+                provider: provider.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn refused(&self, reason: &str) {
+        self.refused
+            .get_or_create(&Refusal {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,602 @@
+//! The OpenAI Chat Completions shapes the data plane reads and writes.
+//!
+//! Requests are read into their top-level entries with each value kept as raw JSON, so that a
+//! rewrite (the upstream's model id, `stream_options.include_usage`) changes only those entries
+//! and every other byte the client sent reaches the upstream as it was.
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde::de::{self, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::fmt;
+
+/// Output tokens assumed for ranking when the request sets no limit.
+pub const DEFAULT_OUTPUT_TOKENS_ESTIMATE: u64 = 1024;
+
+/// A request body, parsed as far as routing needs.
+pub struct ChatRequest<'a> {
+    entries: Vec<(Cow<'a, str>, &'a RawValue)>,
+    pub model: String,
+    pub stream: bool,
+    /// The client asked for the usage chunk (`stream_options.include_usage: true`).
+    pub include_usage: bool,
+    /// `max_completion_tokens`, else `max_tokens`.
+    pub max_tokens: Option<u64>,
+}
+
+/// Why a request body was refused before any upstream saw it. The message is for the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestError {
+    pub message: String,
+    pub param: Option<&'static str>,
+}
+
+fn refuse(message: impl Into<String>, param: Option<&'static str>) -> RequestError {
+    RequestError {
+        message: message.into(),
+        param,
+    }
+}
+
+struct Entries<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Entries<'a> {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EntriesVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for EntriesVisitor<'a> {
+            type Value = Entries<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                let mut entries = Vec::new();
+                while let Some(key) = map.next_key::<Key<'de>>()? {
+                    let value: &'de RawValue = map.next_value()?;
+                    entries.push((key.0, value));
+                }
+                Ok(Entries(entries))
+            }
+        }
+        deserializer.deserialize_map(EntriesVisitor(std::marker::PhantomData))
+    }
+}
+
+/// A map key, borrowed unless it has escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_string())))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
+}
+
+impl<'a> ChatRequest<'a> {
+    pub fn parse(body: &'a [u8]) -> Result<ChatRequest<'a>, RequestError> {
+        let Entries(entries) = serde_json::from_slice(body).map_err(|e| {
+            refuse(
+                format!("We could not parse the JSON body of your request: {e}"),
+                None,
+            )
+        })?;
+        let mut req = ChatRequest {
+            entries,
+            model: String::new(),
+            stream: false,
+            include_usage: false,
+            max_tokens: None,
+        };
+        let mut has_messages = false;
+        let mut max_tokens = None;
+        let mut max_completion_tokens = None;
+        for (key, value) in &req.entries {
+            let raw = value.get();
+            match key.as_ref() {
+                "model" => {
+                    req.model = serde_json::from_str::<String>(raw)
+                        .map_err(|_| refuse("'model' must be a string", Some("model")))?;
+                }
+                "stream" => {
+                    req.stream = serde_json::from_str::<Option<bool>>(raw)
+                        .map_err(|_| refuse("'stream' must be a boolean", Some("stream")))?
+                        .unwrap_or(false);
+                }
+                "stream_options" => {
+                    let opts: Option<StreamOptions> = serde_json::from_str(raw).map_err(|_| {
+                        refuse("'stream_options' must be an object", Some("stream_options"))
+                    })?;
+                    req.include_usage = opts.and_then(|o| o.include_usage).unwrap_or(false);
+                }
+                "max_tokens" => max_tokens = token_limit(raw, "max_tokens")?,
+                "max_completion_tokens" => {
+                    max_completion_tokens = token_limit(raw, "max_completion_tokens")?
+                }
+                "messages" => {
+                    if !raw.trim_start().starts_with('[') {
+                        return Err(refuse("'messages' must be an array", Some("messages")));
+                    }
+                    has_messages = true;
+                }
+                _ => {}
+            }
+        }
+        if req.model.is_empty() {
+            return Err(refuse("you must provide a model parameter", Some("model")));
+        }
+        if !has_messages {
+            return Err(refuse(
+                "Missing required parameter: 'messages'.",
+                Some("messages"),
+            ));
+        }
+        req.max_tokens = max_completion_tokens.or(max_tokens);
+        Ok(req)
+    }
+
+    /// The body to send upstream: `model` replaced by `upstream_model` and, when
+    /// `force_include_usage`, `stream_options.include_usage` set to true. Everything else is the
+    /// client's bytes.
+    pub fn rewrite(&self, upstream_model: &str, force_include_usage: bool) -> Bytes {
+        let mut out = Vec::with_capacity(
+            self.entries
+                .iter()
+                .map(|(k, v)| k.len() + v.get().len() + 4)
+                .sum::<usize>()
+                + 64,
+        );
+        out.push(b'{');
+        let mut first = true;
+        let mut saw_stream_options = false;
+        let mut put = |out: &mut Vec<u8>, key: &str, value: &str| {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            // Keys are re-encoded (escapes included) by serde_json; values are copied.
+            out.extend_from_slice(serde_json::to_string(key).unwrap_or_default().as_bytes());
+            out.push(b':');
+            out.extend_from_slice(value.as_bytes());
+        };
+        for (key, value) in &self.entries {
+            match key.as_ref() {
+                "model" => {
+                    let model = serde_json::to_string(upstream_model).unwrap_or_default();
+                    put(&mut out, key, &model);
+                }
+                "stream_options" if force_include_usage => {
+                    saw_stream_options = true;
+                    let mut opts: serde_json::Map<String, serde_json::Value> =
+                        serde_json::from_str(value.get()).unwrap_or_default();
+                    opts.insert("include_usage".into(), serde_json::Value::Bool(true));
+                    let text = serde_json::to_string(&opts).unwrap_or_default();
+                    put(&mut out, key, &text);
+                }
+                _ => put(&mut out, key, value.get()),
+            }
+        }
+        if force_include_usage && !saw_stream_options {
+            put(&mut out, "stream_options", r#"{"include_usage":true}"#);
+        }
+        out.push(b'}');
+        Bytes::from(out)
+    }
+}
+
+fn token_limit(raw: &str, param: &'static str) -> Result<Option<u64>, RequestError> {
+    serde_json::from_str::<Option<u64>>(raw).map_err(|_| {
+        refuse(
+            format!("'{param}' must be a non-negative integer"),
+            Some(param),
+        )
+    })
+}
+
+/// An OpenAI error object: `{"error":{"message","type","param","code"}}`.
+pub fn error_body(message: &str, kind: &str, param: Option<&str>, code: Option<&str>) -> Bytes {
+    let body = serde_json::json!({
+        "error": {
+            "message": message,
+            "type": kind,
+            "param": param,
+            "code": code,
+        }
+    });
+    Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+}
+
+/// Token counts as an upstream reported them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cached_tokens: u64,
+}
+
+#[derive(Deserialize)]
+struct RawUsage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+    #[serde(default)]
+    prompt_tokens_details: Option<PromptDetails>,
+}
+
+#[derive(Deserialize)]
+struct PromptDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
+impl From<RawUsage> for Usage {
+    fn from(u: RawUsage) -> Usage {
+        Usage {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            cached_tokens: u
+                .prompt_tokens_details
+                .and_then(|d| d.cached_tokens)
+                .unwrap_or(0),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct CompletionBody {
+    #[serde(default)]
+    usage: Option<RawUsage>,
+}
+
+/// The usage of a non-streamed completion body, if it has one.
+pub fn completion_usage(body: &[u8]) -> Option<Usage> {
+    serde_json::from_slice::<CompletionBody>(body)
+        .ok()?
+        .usage
+        .map(Usage::from)
+}
+
+/// What one streamed event means to the relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Chunk {
+    /// Shows nothing to a client: comments, keep-alives, an empty role chunk. May be held back
+    /// while a failover is still possible.
+    Preamble,
+    /// Content, reasoning, a tool call, a refusal or a finish reason: the stream is committed.
+    Content { usage: Option<Usage> },
+    /// A chunk with `choices: []` that carries only usage (the `include_usage` chunk).
+    UsageOnly(Usage),
+    /// `data: [DONE]`.
+    Done,
+    /// An error event (a top-level `error` object, or `event: error`), with its message.
+    Error {
+        message: String,
+        usage: Option<Usage>,
+    },
+}
+
+#[derive(Deserialize)]
+struct RawChunk<'a> {
+    #[serde(default, borrow)]
+    error: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    choices: Option<Vec<RawChoice<'a>>>,
+    #[serde(default)]
+    usage: Option<RawUsage>,
+}
+
+#[derive(Deserialize)]
+struct RawChoice<'a> {
+    #[serde(default, borrow)]
+    delta: Option<RawDelta<'a>>,
+    #[serde(default, borrow)]
+    finish_reason: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct RawDelta<'a> {
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    reasoning_content: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    reasoning: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    refusal: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    tool_calls: Option<&'a RawValue>,
+}
+
+fn non_empty(s: &Option<Cow<'_, str>>) -> bool {
+    s.as_deref().is_some_and(|s| !s.is_empty())
+}
+
+fn is_null(v: &RawValue) -> bool {
+    v.get().trim() == "null"
+}
+
+#[derive(Deserialize)]
+struct ErrorObject {
+    #[serde(default)]
+    message: Option<String>,
+}
+
+/// Classifies one event by its `event:` name and data.
+pub fn classify(name: Option<&[u8]>, data: Option<&[u8]>) -> Chunk {
+    let Some(data) = data else {
+        return Chunk::Preamble;
+    };
+    let trimmed = data.trim_ascii();
+    if trimmed == b"[DONE]" {
+        return Chunk::Done;
+    }
+    let parsed: Option<RawChunk<'_>> = serde_json::from_slice(trimmed).ok();
+    let is_error_event = name == Some(b"error".as_slice());
+    let Some(chunk) = parsed else {
+        return if is_error_event {
+            Chunk::Error {
+                message: String::from_utf8_lossy(trimmed).into_owned(),
+                usage: None,
+            }
+        } else {
+            // Not JSON and not an error: nothing a client would show; pass it along.
+            Chunk::Preamble
+        };
+    };
+    let usage = chunk.usage.map(Usage::from);
+    if let Some(error) = chunk.error.filter(|e| !is_null(e)) {
+        let message = serde_json::from_str::<ErrorObject>(error.get())
+            .ok()
+            .and_then(|e| e.message)
+            .unwrap_or_else(|| error.get().to_string());
+        return Chunk::Error { message, usage };
+    }
+    if is_error_event {
+        return Chunk::Error {
+            message: String::from_utf8_lossy(trimmed).into_owned(),
+            usage,
+        };
+    }
+    let choices = chunk.choices.unwrap_or_default();
+    if choices.is_empty() {
+        return match usage {
+            Some(u) => Chunk::UsageOnly(u),
+            None => Chunk::Preamble,
+        };
+    }
+    let shows_something = choices.iter().any(|c| {
+        c.finish_reason.is_some_and(|f| !is_null(f))
+            || c.delta.as_ref().is_some_and(|d| {
+                non_empty(&d.content)
+                    || non_empty(&d.reasoning_content)
+                    || non_empty(&d.reasoning)
+                    || non_empty(&d.refusal)
+                    || d.tool_calls
+                        .is_some_and(|t| !is_null(t) && t.get().trim() != "[]")
+            })
+    });
+    if shows_something {
+        Chunk::Content { usage }
+    } else if usage.is_some() {
+        // Choices with nothing in them but usage attached (some providers' final chunk).
+        Chunk::Content { usage }
+    } else {
+        Chunk::Preamble
+    }
+}
+
+/// Whether an event's data may hold usage or an error, so that only those events are parsed once
+/// a stream is committed. False positives are fine (the event is then parsed); a false negative
+/// would miss billing, so this errs on the side of "maybe".
+pub fn may_matter(name: Option<&[u8]>, data: &[u8]) -> bool {
+    if name == Some(b"error".as_slice()) || data.trim_ascii() == b"[DONE]" {
+        return true;
+    }
+    for pos in memchr::memmem::find_iter(data, b"\"usage\"") {
+        let after = data[pos + 7..].trim_ascii_start();
+        if let Some(rest) = after.strip_prefix(b":")
+            && rest.trim_ascii_start().first() == Some(&b'{')
+        {
+            return true;
+        }
+    }
+    memchr::memmem::find(data, b"\"error\"").is_some()
+}
+
+/// The OpenAI-shaped error event that ends a stream that failed after content was sent.
+pub fn stream_error_event(message: &str) -> Bytes {
+    let body = serde_json::json!({
+        "error": {
+            "message": message,
+            "type": "server_error",
+            "param": null,
+            "code": "upstream_error",
+        }
+    });
+    let mut out = b"data: ".to_vec();
+    out.extend_from_slice(&serde_json::to_vec(&body).unwrap_or_default());
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sse;
+
+    #[test]
+    fn rewrite_changes_only_model_and_keeps_other_bytes() {
+        let body = br#"{"model":"deepseek/deepseek-chat","messages":[{"role":"user","content":"hi \u00e9"}],"tools":[{"x":1}],"unknown_field":{"a":[1,2]},"temperature":0}"#;
+        let req = ChatRequest::parse(body).unwrap();
+        assert_eq!(req.model, "deepseek/deepseek-chat");
+        assert!(!req.stream);
+        let out = req.rewrite("deepseek-chat", false);
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"model":"deepseek-chat","messages":[{"role":"user","content":"hi \u00e9"}],"tools":[{"x":1}],"unknown_field":{"a":[1,2]},"temperature":0}"#
+        );
+    }
+
+    #[test]
+    fn forcing_include_usage() {
+        let body = br#"{"model":"m","messages":[],"stream":true}"#;
+        let req = ChatRequest::parse(body).unwrap();
+        assert!(req.stream && !req.include_usage);
+        let out: serde_json::Value = serde_json::from_slice(&req.rewrite("u", true)).unwrap();
+        assert_eq!(out["stream_options"]["include_usage"], true);
+
+        let body = br#"{"model":"m","messages":[],"stream":true,"stream_options":{"include_usage":false,"other":1}}"#;
+        let req = ChatRequest::parse(body).unwrap();
+        let out: serde_json::Value = serde_json::from_slice(&req.rewrite("u", true)).unwrap();
+        assert_eq!(
+            out["stream_options"],
+            serde_json::json!({"include_usage": true, "other": 1})
+        );
+
+        let body = br#"{"model":"m","messages":[],"stream":true,"stream_options":{"include_usage":true},"max_tokens":5,"max_completion_tokens":7}"#;
+        let req = ChatRequest::parse(body).unwrap();
+        assert!(req.include_usage);
+        assert_eq!(req.max_tokens, Some(7));
+    }
+
+    #[test]
+    fn bad_requests_are_refused_with_a_reason() {
+        for (body, param) in [
+            (&b"not json"[..], None),
+            (b"[1,2]", None),
+            (br#"{"messages":[]}"#, Some("model")),
+            (br#"{"model":5,"messages":[]}"#, Some("model")),
+            (br#"{"model":"m"}"#, Some("messages")),
+            (br#"{"model":"m","messages":"hi"}"#, Some("messages")),
+            (
+                br#"{"model":"m","messages":[],"stream":"yes"}"#,
+                Some("stream"),
+            ),
+            (
+                br#"{"model":"m","messages":[],"max_tokens":-1}"#,
+                Some("max_tokens"),
+            ),
+        ] {
+            let err = ChatRequest::parse(body).err().unwrap();
+            assert_eq!(err.param, param, "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    fn events(sample: &str) -> Vec<Chunk> {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/providers/samples");
+        let raw = std::fs::read(dir.join(sample)).unwrap();
+        let mut out = Vec::new();
+        sse::Splitter::default().push(Bytes::from(raw), &mut out);
+        out.iter()
+            .map(|e| {
+                let ev = sse::parse(e);
+                classify(ev.name, ev.data.as_deref())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn openai_sample_stream() {
+        let chunks = events("openai-chat-stream.sse");
+        assert_eq!(
+            chunks[0],
+            Chunk::Preamble,
+            "the empty role chunk shows nothing"
+        );
+        assert!(matches!(chunks[1], Chunk::Content { usage: None }));
+        assert_eq!(chunks.last(), Some(&Chunk::Done));
+        let usage = chunks.iter().find_map(|c| match c {
+            Chunk::UsageOnly(u) => Some(*u),
+            _ => None,
+        });
+        assert!(usage.is_some_and(|u| u.prompt_tokens > 0 && u.completion_tokens > 0));
+    }
+
+    #[test]
+    fn openrouter_midstream_error_and_groq_error_event() {
+        let chunks = events("openrouter-stream-midstream-error.sse");
+        assert!(
+            chunks.iter().take(17).all(|c| *c == Chunk::Preamble),
+            "comments are preamble"
+        );
+        assert!(
+            matches!(chunks[17], Chunk::Content { .. }),
+            "reasoning commits"
+        );
+        let err = chunks.iter().find_map(|c| match c {
+            Chunk::Error { message, usage } => Some((message.clone(), *usage)),
+            _ => None,
+        });
+        let (message, usage) = err.unwrap();
+        assert_eq!(message, "Token limit reached");
+        assert_eq!(usage.unwrap().prompt_tokens, 43);
+
+        let chunks = events("groq-stream-midstream-error.trimmed.sse");
+        assert_eq!(chunks[0], Chunk::Preamble);
+        assert!(matches!(chunks.last(), Some(Chunk::Error { .. })));
+    }
+
+    #[test]
+    fn usage_on_finish_chunks_is_read() {
+        let chunks = events("deepseek-stream.trimmed.sse");
+        let usage = chunks.iter().find_map(|c| match c {
+            Chunk::Content { usage: Some(u) } => Some(*u),
+            _ => None,
+        });
+        assert_eq!(usage.unwrap().completion_tokens, 212);
+        let chunks = events("openrouter-stream-usage-cost.sse");
+        assert!(
+            chunks
+                .iter()
+                .any(|c| matches!(c, Chunk::Content { usage: Some(_) }))
+        );
+    }
+
+    #[test]
+    fn may_matter_finds_usage_and_errors() {
+        assert!(!may_matter(
+            None,
+            br#"{"choices":[{"delta":{"content":"x"}}],"usage":null}"#
+        ));
+        assert!(may_matter(
+            None,
+            br#"{"choices":[],"usage":{"prompt_tokens":1}}"#
+        ));
+        assert!(may_matter(
+            None,
+            br#"{"choices":[], "usage" : {"prompt_tokens":1}}"#
+        ));
+        assert!(may_matter(None, br#"{"error":{"message":"x"}}"#));
+        assert!(may_matter(Some(b"error"), b"{}"));
+        assert!(may_matter(None, b"[DONE]"));
+    }
+
+    #[test]
+    fn completion_usage_from_samples() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/providers/samples");
+        let body = std::fs::read(dir.join("openai-chat-completion.json")).unwrap();
+        let usage = completion_usage(&body).unwrap();
+        assert!(usage.prompt_tokens > 0 && usage.completion_tokens > 0);
+        assert!(completion_usage(b"{}").is_none());
+    }
+}

@@ -1,0 +1,402 @@
+//! The route table as the request path uses it: compiled once per push from the control plane's
+//! normalized `RouteTable` into per-model candidate lists and a key-hash map, then swapped in
+//! atomically (`ArcSwap`), so a request loads it once and never locks.
+
+use http::HeaderValue;
+use keyplane_proto::v1 as pb;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// The wire protocol of an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    OpenAi,
+    Anthropic,
+}
+
+#[derive(Debug)]
+pub struct Provider {
+    pub name: Arc<str>,
+    pub protocol: Protocol,
+    /// The full URL of the chat endpoint (`{base}/chat/completions` or `{base}/v1/messages`).
+    pub chat_url: http::Uri,
+}
+
+/// One way to serve a model: an offering of a provider, through one of its credentials.
+pub struct Candidate {
+    pub provider: Arc<Provider>,
+    pub credential_id: Arc<str>,
+    /// The header that carries the secret (`authorization: Bearer …` or `x-api-key: …`), marked
+    /// sensitive so that hyper never logs it.
+    pub auth: (http::HeaderName, HeaderValue),
+    pub upstream_model: Arc<str>,
+    pub input_micro_usd_per_mtok: u64,
+    pub output_micro_usd_per_mtok: u64,
+    pub multiplier_ppm: u64,
+    pub stats: Arc<CredentialStats>,
+}
+
+impl Candidate {
+    /// This candidate's cost of a request, in nano-USD.
+    pub fn cost_nano(&self, input_tokens: u64, output_tokens: u64) -> u64 {
+        cost_nano(
+            input_tokens,
+            output_tokens,
+            self.input_micro_usd_per_mtok,
+            self.output_micro_usd_per_mtok,
+            self.multiplier_ppm,
+        )
+    }
+}
+
+/// Cost in nano-USD of `input` and `output` tokens at prices in micro-USD per million tokens,
+/// times a multiplier in parts per million, rounded to the nearest nano-USD.
+///
+/// micro-USD per million tokens is 10^-12 USD per token; times ppm / 10^6, divided by 10^3 gives
+/// nano-USD.
+pub fn cost_nano(
+    input: u64,
+    output: u64,
+    input_price: u64,
+    output_price: u64,
+    multiplier_ppm: u64,
+) -> u64 {
+    let nano = (u128::from(input) * u128::from(input_price))
+        .checked_add(u128::from(output) * u128::from(output_price))
+        .and_then(|pico| pico.checked_mul(u128::from(multiplier_ppm)))
+        .and_then(|scaled| scaled.checked_add(500_000_000))
+        .map(|scaled| scaled / 1_000_000_000);
+    nano.and_then(|n| u64::try_from(n).ok()).unwrap_or(u64::MAX)
+}
+
+/// Per-credential observations that outlive table swaps (latency for tie-breaks now; health
+/// later).
+#[derive(Debug, Default)]
+pub struct CredentialStats {
+    /// Exponentially weighted moving average of upstream time to first byte, in microseconds;
+    /// 0 = no observation yet.
+    latency_ewma_us: AtomicU64,
+}
+
+impl CredentialStats {
+    pub fn latency_us(&self) -> u64 {
+        self.latency_ewma_us.load(Ordering::Relaxed)
+    }
+
+    /// Folds in one observation with weight 1/8. Races between concurrent updates lose an
+    /// observation at worst, which an average does not mind.
+    pub fn observe_latency(&self, us: u64) {
+        let old = self.latency_ewma_us.load(Ordering::Relaxed);
+        let new = if old == 0 { us } else { old - old / 8 + us / 8 };
+        self.latency_ewma_us.store(new.max(1), Ordering::Relaxed);
+    }
+}
+
+/// Keeps [`CredentialStats`] per credential id across table swaps.
+#[derive(Default)]
+pub struct StatsRegistry {
+    map: Mutex<HashMap<String, Arc<CredentialStats>>>,
+}
+
+impl StatsRegistry {
+    fn get(&self, credential_id: &str) -> Arc<CredentialStats> {
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(map.entry(credential_id.to_string()).or_default())
+    }
+}
+
+/// A client key allowed by the table.
+#[derive(Debug, Clone)]
+pub struct ClientKey {
+    pub id: Arc<str>,
+}
+
+pub struct Table {
+    pub version: u64,
+    pub models: HashMap<String, Vec<Candidate>>,
+    /// Client-facing model names, sorted, for `GET /v1/models`.
+    pub model_names: Vec<String>,
+    keys: HashMap<[u8; 32], ClientKey>,
+}
+
+/// Why a table from the control plane was not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    #[error("route table {version} is a delta on {base}; this data plane applies full tables only")]
+    Delta { version: u64, base: u64 },
+    #[error("provider {name:?} has a base URL that does not form a valid URI")]
+    BadUrl { name: String },
+}
+
+impl Table {
+    pub fn compile(table: &pb::RouteTable, stats: &StatsRegistry) -> Result<Table, TableError> {
+        if table.base_version != 0 {
+            return Err(TableError::Delta {
+                version: table.route_version,
+                base: table.base_version,
+            });
+        }
+        let mut providers = Vec::with_capacity(table.providers.len());
+        for p in &table.providers {
+            let protocol = if p.protocol == pb::Protocol::Anthropic as i32 {
+                Protocol::Anthropic
+            } else {
+                Protocol::OpenAi
+            };
+            let base = p.base_url.trim_end_matches('/');
+            let url = match protocol {
+                Protocol::OpenAi => format!("{base}/chat/completions"),
+                Protocol::Anthropic => format!("{base}/v1/messages"),
+            };
+            let chat_url = url.parse::<http::Uri>().map_err(|_| TableError::BadUrl {
+                name: p.name.clone(),
+            })?;
+            providers.push(Arc::new(Provider {
+                name: Arc::from(p.name.as_str()),
+                protocol,
+                chat_url,
+            }));
+        }
+
+        struct Cred {
+            id: Arc<str>,
+            auth: (http::HeaderName, HeaderValue),
+            multiplier_ppm: u64,
+            stats: Arc<CredentialStats>,
+        }
+        let mut creds_by_provider: HashMap<u32, Vec<Cred>> = HashMap::new();
+        for c in &table.credentials {
+            let Some(provider) = providers.get(c.provider_index as usize) else {
+                continue;
+            };
+            let (name, value) = match provider.protocol {
+                Protocol::OpenAi => (http::header::AUTHORIZATION, format!("Bearer {}", c.secret)),
+                Protocol::Anthropic => {
+                    (http::HeaderName::from_static("x-api-key"), c.secret.clone())
+                }
+            };
+            let Ok(mut value) = HeaderValue::from_str(&value) else {
+                tracing::warn!(credential_id = %c.id, "credential secret is not a valid header value; skipped");
+                continue;
+            };
+            value.set_sensitive(true);
+            creds_by_provider
+                .entry(c.provider_index)
+                .or_default()
+                .push(Cred {
+                    id: Arc::from(c.id.as_str()),
+                    auth: (name, value),
+                    multiplier_ppm: c.multiplier_ppm,
+                    stats: stats.get(&c.id),
+                });
+        }
+
+        let mut models = HashMap::with_capacity(table.models.len());
+        for m in &table.models {
+            let mut candidates = Vec::new();
+            for o in &m.offerings {
+                let Some(provider) = providers.get(o.provider_index as usize) else {
+                    continue;
+                };
+                let upstream_model: Arc<str> = if o.upstream_model.is_empty() {
+                    Arc::from(m.name.as_str())
+                } else {
+                    Arc::from(o.upstream_model.as_str())
+                };
+                for cred in creds_by_provider
+                    .get(&o.provider_index)
+                    .into_iter()
+                    .flatten()
+                {
+                    candidates.push(Candidate {
+                        provider: Arc::clone(provider),
+                        credential_id: Arc::clone(&cred.id),
+                        auth: cred.auth.clone(),
+                        upstream_model: Arc::clone(&upstream_model),
+                        input_micro_usd_per_mtok: o.input_micro_usd_per_mtok,
+                        output_micro_usd_per_mtok: o.output_micro_usd_per_mtok,
+                        multiplier_ppm: cred.multiplier_ppm,
+                        stats: Arc::clone(&cred.stats),
+                    });
+                }
+            }
+            models.insert(m.name.clone(), candidates);
+        }
+        let mut model_names: Vec<String> = models.keys().cloned().collect();
+        model_names.sort();
+
+        let keys = table
+            .keys
+            .iter()
+            .filter_map(|k| {
+                let hash: [u8; 32] = k.sha256.as_slice().try_into().ok()?;
+                Some((
+                    hash,
+                    ClientKey {
+                        id: Arc::from(k.id.as_str()),
+                    },
+                ))
+            })
+            .collect();
+        Ok(Table {
+            version: table.route_version,
+            models,
+            model_names,
+            keys,
+        })
+    }
+
+    /// The client key whose SHA-256 matches `presented`, if the table allows it.
+    pub fn authenticate(&self, presented: &str) -> Option<&ClientKey> {
+        let hash: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        self.keys.get(&hash)
+    }
+
+    /// Candidate indexes of `model`, cheapest first for a request of about `input_tokens` in and
+    /// `output_tokens` out; equal costs go to the lower recent latency (unknown latency last).
+    pub fn rank(candidates: &[Candidate], input_tokens: u64, output_tokens: u64) -> Vec<usize> {
+        let mut order: Vec<(u64, u64, usize)> = candidates
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let latency = match c.stats.latency_us() {
+                    0 => u64::MAX,
+                    us => us,
+                };
+                (c.cost_nano(input_tokens, output_tokens), latency, i)
+            })
+            .collect();
+        order.sort_unstable();
+        order.into_iter().map(|(_, _, i)| i).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> pb::RouteTable {
+        let provider = |name: &str, port: u16| pb::RouteProvider {
+            name: name.into(),
+            protocol: pb::Protocol::Openai as i32,
+            base_url: format!("http://127.0.0.1:{port}/v1"),
+        };
+        let cred = |id: &str, p: u32, mult: u64| pb::RouteCredential {
+            id: id.into(),
+            provider_index: p,
+            secret: format!("sk-{id}"),
+            multiplier_ppm: mult,
+            label: String::new(),
+        };
+        let offer = |p: u32, input: u64, output: u64| pb::RouteOffering {
+            provider_index: p,
+            upstream_model: String::new(),
+            input_micro_usd_per_mtok: input,
+            output_micro_usd_per_mtok: output,
+        };
+        pb::RouteTable {
+            route_version: 3,
+            base_version: 0,
+            generated_at_ms: 0,
+            providers: vec![
+                provider("alpha", 1),
+                provider("beta", 2),
+                provider("gamma", 3),
+            ],
+            credentials: vec![
+                cred("a", 0, 1_000_000),
+                cred("b", 1, 1_000_000),
+                cred("c", 2, 1_000_000),
+            ],
+            models: vec![pb::RouteModel {
+                name: "m".into(),
+                offerings: vec![
+                    offer(0, 3_000_000, 15_000_000),
+                    offer(1, 1_000_000, 2_000_000),
+                    offer(2, 2_000_000, 4_000_000),
+                ],
+            }],
+            keys: vec![pb::RouteClientKey {
+                id: "k1".into(),
+                sha256: Sha256::digest(b"kp_test").to_vec(),
+            }],
+        }
+    }
+
+    #[test]
+    fn cheapest_first_and_multiplier_changes_the_order() {
+        let stats = StatsRegistry::default();
+        let t = Table::compile(&table(), &stats).unwrap();
+        let cands = &t.models["m"];
+        let names = |order: Vec<usize>| {
+            order
+                .iter()
+                .map(|&i| cands[i].provider.name.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(Table::rank(cands, 1000, 1000)),
+            ["beta", "gamma", "alpha"]
+        );
+
+        let mut raw = table();
+        raw.credentials[1].multiplier_ppm = 3_000_000;
+        let t = Table::compile(&raw, &stats).unwrap();
+        let cands = &t.models["m"];
+        let names = |order: Vec<usize>| {
+            order
+                .iter()
+                .map(|&i| cands[i].provider.name.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(Table::rank(cands, 1000, 1000)),
+            ["gamma", "beta", "alpha"]
+        );
+    }
+
+    #[test]
+    fn ties_go_to_lower_latency() {
+        let stats = StatsRegistry::default();
+        let mut raw = table();
+        for o in &mut raw.models[0].offerings {
+            o.input_micro_usd_per_mtok = 1;
+            o.output_micro_usd_per_mtok = 1;
+        }
+        let t = Table::compile(&raw, &stats).unwrap();
+        let cands = &t.models["m"];
+        cands[2].stats.observe_latency(5_000);
+        cands[1].stats.observe_latency(9_000);
+        let order = Table::rank(cands, 10, 10);
+        assert_eq!(order, vec![2, 1, 0]);
+    }
+
+    #[test]
+    fn authentication_by_hash_and_urls() {
+        let t = Table::compile(&table(), &StatsRegistry::default()).unwrap();
+        assert_eq!(&*t.authenticate("kp_test").unwrap().id, "k1");
+        assert!(t.authenticate("kp_other").is_none());
+        assert_eq!(
+            t.models["m"][0].provider.chat_url.to_string(),
+            "http://127.0.0.1:1/v1/chat/completions"
+        );
+        assert!(t.models["m"][0].auth.1.is_sensitive());
+        let mut delta = table();
+        delta.base_version = 2;
+        assert!(Table::compile(&delta, &StatsRegistry::default()).is_err());
+    }
+
+    #[test]
+    fn cost_arithmetic() {
+        // 1,000 input at $0.28/M and 500 output at $0.42/M = $0.00028 + $0.00021 = 490,000 nano.
+        assert_eq!(cost_nano(1000, 500, 280_000, 420_000, 1_000_000), 490_000);
+        assert_eq!(cost_nano(1000, 500, 280_000, 420_000, 800_000), 392_000);
+        assert_eq!(cost_nano(1, 0, 1, 0, 1_000_000), 0);
+        assert_eq!(
+            cost_nano(u64::MAX, u64::MAX, u64::MAX, u64::MAX, u64::MAX),
+            u64::MAX
+        );
+    }
+}

@@ -1,0 +1,833 @@
+//! The network half of usage reporting: batches durable records to the control plane's
+//! `Nodes.ReportUsage` and deletes spool segments once everything in them is settled.
+//!
+//! # Invariants
+//!
+//! - **Only an answer removes a record.** A record leaves the pending set only when its
+//!   `request_id` comes back in `acked_ids` (stored and flushed by the control plane) or in
+//!   `rejected` (malformed, never storable: logged at `warn` and dropped, never retried). Errors,
+//!   timeouts and ids missing from a reply keep records pending; they are sent again after a
+//!   backoff of 100 ms doubling to 10 s, plus jitter, forever.
+//! - **A segment is deleted only when sealed and settled**: the writer has moved on from it and
+//!   every record the reporter was given from it was acked or rejected.
+//! - **One call in flight.** Batches go out one at a time, oldest records first, at most
+//!   `batch_max` per call, as soon as `batch_max` are pending or the oldest pending record has
+//!   waited `batch_delay` (at once while shutting down). Records keep arriving while a call is in
+//!   flight; they simply wait for the next one.
+//! - **Nothing here blocks the writer**: the writer's events queue on an unbounded channel.
+
+use super::StatsInner;
+use super::spool::segment_path;
+use keyplane_proto::v1 as pb;
+use keyplane_proto::v1::nodes_client::NodesClient;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::Channel;
+
+/// What the writer tells the reporter, in spool order.
+#[derive(Debug)]
+pub(super) enum Event {
+    /// These records are synced in `segment`.
+    Durable {
+        segment: u64,
+        records: Vec<pb::UsageRecord>,
+    },
+    /// `segment` gets no more records. Always sent after the segment's last `Durable`.
+    Sealed { segment: u64 },
+}
+
+/// Tuning of the reporter task.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ReporterConfig {
+    /// Most records in one call.
+    pub batch_max: usize,
+    /// Longest a durable record waits for a call while fewer than `batch_max` are pending.
+    pub batch_delay: Duration,
+    /// Bound on one call, connecting included.
+    pub call_timeout: Duration,
+    /// First retry delay after a failed call; doubles up to `backoff_max`.
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+/// Where a settled record went.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    Acked,
+    Rejected,
+}
+
+/// A durable record waiting for the control plane.
+struct Pending {
+    record: pb::UsageRecord,
+    segment: u64,
+    arrived: Instant,
+}
+
+/// What the reporter knows of a segment.
+#[derive(Default)]
+struct SegmentState {
+    /// Records from it still pending.
+    outstanding: usize,
+    sealed: bool,
+}
+
+/// The reporter's state; [`Reporter::run`] drives it.
+pub(super) struct Reporter {
+    client: NodesClient<Channel>,
+    node_id: String,
+    /// `Bearer <node token>`, marked sensitive so that it never shows in `Debug` output.
+    authorization: MetadataValue<Ascii>,
+    dir: PathBuf,
+    config: ReporterConfig,
+    stats: Arc<StatsInner>,
+    /// By arrival order: keys only grow.
+    pending: BTreeMap<u64, Pending>,
+    /// Request id to its pending entries (more than one only if a record was spooled twice).
+    by_id: HashMap<String, Vec<u64>>,
+    segments: BTreeMap<u64, SegmentState>,
+    next_key: u64,
+}
+
+impl Reporter {
+    pub(super) fn new(
+        client: NodesClient<Channel>,
+        node_id: String,
+        authorization: MetadataValue<Ascii>,
+        dir: PathBuf,
+        config: ReporterConfig,
+        stats: Arc<StatsInner>,
+    ) -> Self {
+        Reporter {
+            client,
+            node_id,
+            authorization,
+            dir,
+            config,
+            stats,
+            pending: BTreeMap::new(),
+            by_id: HashMap::new(),
+            segments: BTreeMap::new(),
+            next_key: 0,
+        }
+    }
+
+    /// Reports until the writer's channel is closed and nothing is pending. Once `drain` fires,
+    /// sends whatever is pending without waiting for a batch to fill; the caller bounds that
+    /// phase with its deadline by aborting the task, which loses nothing (see the module docs of
+    /// [`super`]).
+    pub(super) async fn run(
+        mut self,
+        mut events: mpsc::UnboundedReceiver<Event>,
+        drain: CancellationToken,
+    ) {
+        let mut events_open = true;
+        let mut draining = false;
+        let mut backoff = super::Backoff::new(self.config.backoff_min, self.config.backoff_max);
+        let mut retry_at: Option<Instant> = None;
+        let mut attempt = 0u32;
+        loop {
+            if !events_open && self.pending.is_empty() {
+                break;
+            }
+            let send_at = self.next_send_at(draining || !events_open, retry_at);
+            if send_at.is_some_and(|at| at <= Instant::now()) {
+                attempt = attempt.saturating_add(1);
+                let sent = self
+                    .send_batch(&mut events, &mut events_open, &drain, &mut draining)
+                    .await;
+                match sent {
+                    Ok(settled) => {
+                        tracing::debug!(
+                            settled,
+                            pending = self.pending.len(),
+                            "usage batch reported"
+                        );
+                        backoff.reset();
+                        retry_at = None;
+                        attempt = 0;
+                    }
+                    Err((error, records)) => {
+                        let delay = backoff.next_delay();
+                        retry_at = Some(Instant::now() + delay);
+                        tracing::warn!(
+                            %error,
+                            records,
+                            attempt,
+                            retry_in_ms = delay.as_millis() as u64,
+                            pending = self.pending.len(),
+                            "cannot report usage to the control plane; will retry"
+                        );
+                    }
+                }
+                continue;
+            }
+            tokio::select! {
+                biased;
+                () = drain.cancelled(), if !draining => draining = true,
+                event = events.recv(), if events_open => match event {
+                    Some(event) => self.absorb(event).await,
+                    None => events_open = false,
+                },
+                () = super::sleep_until_opt(send_at) => {}
+            }
+        }
+        tracing::debug!("usage reporter stopped: nothing pending");
+    }
+
+    /// When the next batch should go out, `None` while nothing is pending.
+    fn next_send_at(&self, urgent: bool, retry_at: Option<Instant>) -> Option<Instant> {
+        let (_, oldest) = self.pending.first_key_value()?;
+        let ready_at = if urgent || self.pending.len() >= self.config.batch_max {
+            Instant::now()
+        } else {
+            oldest.arrived + self.config.batch_delay
+        };
+        Some(retry_at.map_or(ready_at, |retry| retry.max(ready_at)))
+    }
+
+    /// Sends the oldest pending records in one call and settles what the reply names, taking in
+    /// writer events meanwhile. `Ok` holds how many records were settled; `Err` why the call
+    /// failed and how many records it carried.
+    async fn send_batch(
+        &mut self,
+        events: &mut mpsc::UnboundedReceiver<Event>,
+        events_open: &mut bool,
+        drain: &CancellationToken,
+        draining: &mut bool,
+    ) -> Result<usize, (String, usize)> {
+        let records: Vec<pb::UsageRecord> = self
+            .pending
+            .values()
+            .take(self.config.batch_max)
+            .map(|p| p.record.clone())
+            .collect();
+        let count = records.len();
+        let mut request = tonic::Request::new(pb::ReportUsageRequest {
+            node_id: self.node_id.clone(),
+            records,
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", self.authorization.clone());
+        request.set_timeout(self.config.call_timeout);
+        let mut client = self.client.clone();
+        let call_timeout = self.config.call_timeout;
+        let call =
+            async move { tokio::time::timeout(call_timeout, client.report_usage(request)).await };
+        tokio::pin!(call);
+        let reply = loop {
+            tokio::select! {
+                biased;
+                reply = &mut call => break reply,
+                () = drain.cancelled(), if !*draining => *draining = true,
+                event = events.recv(), if *events_open => match event {
+                    Some(event) => self.absorb(event).await,
+                    None => *events_open = false,
+                },
+            }
+        };
+        let reply = match reply {
+            Err(_elapsed) => {
+                return Err((
+                    format!("no reply within {} ms", call_timeout.as_millis()),
+                    count,
+                ));
+            }
+            Ok(Err(status)) => {
+                return Err((format!("{:?}: {}", status.code(), status.message()), count));
+            }
+            Ok(Ok(reply)) => reply.into_inner(),
+        };
+        let settled = self.settle(reply).await;
+        if settled == 0 {
+            // A reply that settles nothing would have us resend the same batch at once, forever.
+            return Err((
+                "the reply acknowledged none of the batch".to_string(),
+                count,
+            ));
+        }
+        if settled < count {
+            tracing::debug!(
+                sent = count,
+                settled,
+                "some usage records were neither acked nor rejected; they stay pending"
+            );
+        }
+        Ok(settled)
+    }
+
+    /// Takes in one writer event.
+    async fn absorb(&mut self, event: Event) {
+        match event {
+            Event::Durable { segment, records } => {
+                let now = Instant::now();
+                let was_empty = self.pending.is_empty();
+                self.segments.entry(segment).or_default().outstanding += records.len();
+                for record in records {
+                    let key = self.next_key;
+                    self.next_key += 1;
+                    self.by_id
+                        .entry(record.request_id.clone())
+                        .or_default()
+                        .push(key);
+                    self.pending.insert(
+                        key,
+                        Pending {
+                            record,
+                            segment,
+                            arrived: now,
+                        },
+                    );
+                }
+                if was_empty {
+                    self.publish_oldest();
+                }
+            }
+            Event::Sealed { segment } => {
+                let state = self.segments.entry(segment).or_default();
+                state.sealed = true;
+                if state.outstanding == 0 {
+                    self.segments.remove(&segment);
+                    self.delete_segment(segment).await;
+                }
+            }
+        }
+    }
+
+    /// Drops every record the reply settles, deletes the segments that became settled, and
+    /// returns how many pending records were settled.
+    async fn settle(&mut self, reply: pb::ReportUsageResponse) -> usize {
+        let mut settled = 0;
+        let mut done_segments = Vec::new();
+        for id in &reply.acked_ids {
+            settled += self.remove(id, Settled::Acked, &mut done_segments);
+        }
+        for rejected in &reply.rejected {
+            let removed = self.remove(&rejected.request_id, Settled::Rejected, &mut done_segments);
+            if removed > 0 {
+                tracing::warn!(
+                    request_id = %rejected.request_id,
+                    reason = %rejected.reason,
+                    "control plane rejected a usage record as malformed; dropping it"
+                );
+            }
+            settled += removed;
+        }
+        self.publish_oldest();
+        for segment in done_segments {
+            self.delete_segment(segment).await;
+        }
+        settled
+    }
+
+    /// Removes the pending entries of `id`; pushes segments left sealed and settled onto `done`.
+    fn remove(&mut self, id: &str, how: Settled, done: &mut Vec<u64>) -> usize {
+        let Some(keys) = self.by_id.remove(id) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for key in keys {
+            let Some(entry) = self.pending.remove(&key) else {
+                continue;
+            };
+            removed += 1;
+            if let Some(state) = self.segments.get_mut(&entry.segment) {
+                state.outstanding = state.outstanding.saturating_sub(1);
+                if state.sealed && state.outstanding == 0 {
+                    self.segments.remove(&entry.segment);
+                    done.push(entry.segment);
+                }
+            }
+        }
+        self.stats.forget(removed as u64);
+        if how == Settled::Acked {
+            self.stats.add_acked(removed as u64);
+        }
+        removed
+    }
+
+    /// Publishes the arrival of the oldest pending record to the stats.
+    fn publish_oldest(&self) {
+        self.stats
+            .set_oldest(self.pending.first_key_value().map(|(_, p)| p.arrived));
+    }
+
+    /// Deletes a settled segment file. A failure only means it is read and re-sent at the next
+    /// start, which the control plane's idempotency makes harmless.
+    async fn delete_segment(&self, segment: u64) {
+        let path = segment_path(&self.dir, segment);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => {
+                tracing::debug!(file = %path.display(), "usage spool segment settled and deleted")
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => tracing::warn!(
+                file = %path.display(),
+                error = %err,
+                "cannot delete a settled usage spool segment; it will be re-sent at next start"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::super::{Config, UsageHandle, UsageSink, start_with};
+    use super::*;
+    use futures_util::Stream;
+    use keyplane_proto::v1::nodes_server::{Nodes, NodesServer};
+    use std::collections::HashSet;
+    use std::net::SocketAddr;
+    use std::path::Path;
+    use std::pin::Pin;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use tonic::codec::CompressionEncoding;
+    use tonic::transport::Endpoint;
+    use tonic::{Request, Response, Status};
+
+    pub(in super::super) const TOKEN: &str = "node-secret-token";
+    pub(in super::super) const NODE: &str = "node-1";
+
+    /// A control plane's `Nodes` service that the test steers.
+    #[derive(Default)]
+    pub(in super::super) struct FakeNodes {
+        /// Fail this many calls with `Unavailable` before answering.
+        pub fail_next: AtomicUsize,
+        /// Fail every call while set.
+        pub down: AtomicBool,
+        /// Never answer while set.
+        pub hang: AtomicBool,
+        /// Records whose request id starts with this are rejected.
+        pub reject_prefix: Mutex<Option<String>>,
+        /// Every request id received, in order, duplicates included.
+        pub seen: Mutex<Vec<String>>,
+        /// Size of every batch received.
+        pub batches: Mutex<Vec<usize>>,
+        pub calls: AtomicUsize,
+    }
+
+    impl FakeNodes {
+        pub fn seen(&self) -> Vec<String> {
+            self.seen.lock().unwrap().clone()
+        }
+
+        pub fn seen_set(&self) -> HashSet<String> {
+            self.seen().into_iter().collect()
+        }
+    }
+
+    type Tables = Pin<Box<dyn Stream<Item = Result<pb::RouteTable, Status>> + Send>>;
+
+    #[tonic::async_trait]
+    impl Nodes for FakeNodes {
+        type SubscribeStream = Tables;
+
+        async fn subscribe(
+            &self,
+            _req: Request<pb::SubscribeRequest>,
+        ) -> Result<Response<Self::SubscribeStream>, Status> {
+            Err(Status::unimplemented("not in this fake"))
+        }
+
+        async fn report_usage(
+            &self,
+            req: Request<pb::ReportUsageRequest>,
+        ) -> Result<Response<pb::ReportUsageResponse>, Status> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let expected = format!("Bearer {TOKEN}");
+            let auth = req
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok());
+            if auth != Some(expected.as_str()) {
+                return Err(Status::unauthenticated("bad node token"));
+            }
+            if self.hang.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+            if self.down.load(Ordering::SeqCst) {
+                return Err(Status::unavailable("down"));
+            }
+            if self
+                .fail_next
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err(Status::unavailable("failing as told"));
+            }
+            let req = req.into_inner();
+            if req.node_id != NODE {
+                return Err(Status::invalid_argument("bad node id"));
+            }
+            self.batches.lock().unwrap().push(req.records.len());
+            let reject = self.reject_prefix.lock().unwrap().clone();
+            let mut reply = pb::ReportUsageResponse::default();
+            let mut seen = self.seen.lock().unwrap();
+            for rec in req.records {
+                seen.push(rec.request_id.clone());
+                match &reject {
+                    Some(prefix) if rec.request_id.starts_with(prefix.as_str()) => {
+                        reply.rejected.push(pb::RejectedRecord {
+                            request_id: rec.request_id,
+                            reason: "malformed".into(),
+                        });
+                    }
+                    _ => reply.acked_ids.push(rec.request_id),
+                }
+            }
+            Ok(Response::new(reply))
+        }
+    }
+
+    /// Serves `fake` on a fresh loopback port.
+    pub(in super::super) async fn serve(fake: Arc<FakeNodes>) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let incoming = futures_util::stream::unfold(listener, |listener| async move {
+            let conn = listener.accept().await.map(|(stream, _)| stream);
+            Some((conn, listener))
+        });
+        let service = NodesServer::from_arc(fake).accept_compressed(CompressionEncoding::Gzip);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming),
+        );
+        addr
+    }
+
+    /// A loopback address nothing listens on.
+    pub(in super::super) async fn dead_addr() -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    }
+
+    pub(in super::super) fn channel(addr: SocketAddr) -> Channel {
+        Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(2))
+            .connect_lazy()
+    }
+
+    /// Short delays, so that tests take milliseconds.
+    pub(in super::super) fn fast() -> Config {
+        let mut config = Config::default();
+        config.reporter.batch_delay = Duration::from_millis(20);
+        config.reporter.call_timeout = Duration::from_secs(2);
+        config.reporter.backoff_min = Duration::from_millis(10);
+        config.reporter.backoff_max = Duration::from_millis(100);
+        config.writer.limits.max_age = Duration::from_millis(100);
+        config
+    }
+
+    pub(in super::super) async fn start_at(
+        state: &Path,
+        addr: SocketAddr,
+        config: Config,
+    ) -> (UsageSink, UsageHandle) {
+        start_with(state, channel(addr), NODE.into(), TOKEN.into(), config)
+            .await
+            .unwrap()
+    }
+
+    pub(in super::super) fn rec(id: &str) -> pb::UsageRecord {
+        pb::UsageRecord {
+            request_id: id.into(),
+            key_id: "key-1".into(),
+            model: "gpt-test".into(),
+            provider: "fake".into(),
+            credential_id: "cred-1".into(),
+            input_tokens: 10,
+            output_tokens: 20,
+            cost_nano_usd: 1234,
+            ..Default::default()
+        }
+    }
+
+    /// Polls `cond` every 10 ms; fails the test after 10 s.
+    pub(in super::super) async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+        let waited = tokio::time::timeout(Duration::from_secs(10), async {
+            while !cond() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(waited.is_ok(), "timed out waiting until {what}");
+    }
+
+    /// Segment files in `<state>/spool`.
+    pub(in super::super) fn segment_count(state: &Path) -> usize {
+        std::fs::read_dir(state.join("spool"))
+            .map(|dir| {
+                dir.filter(|e| {
+                    e.as_ref()
+                        .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("seg-"))
+                })
+                .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// The request ids on disk, read the way a start reads them.
+    pub(in super::super) fn ids_on_disk(state: &Path) -> Vec<String> {
+        let limits = fast().writer.limits;
+        let (_, loaded) = super::super::spool::Spool::open(&state.join("spool"), limits).unwrap();
+        loaded
+            .into_iter()
+            .flat_map(|s| s.records)
+            .map(|r| r.request_id)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn delivers_records_and_deletes_settled_segments() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fake = Arc::new(FakeNodes::default());
+        let addr = serve(Arc::clone(&fake)).await;
+        let (sink, handle) = start_at(tmp.path(), addr, fast()).await;
+        let stats = handle.stats();
+        let ids: Vec<String> = (0..50).map(|i| format!("r{i}")).collect();
+        for id in &ids {
+            sink.record(rec(id));
+        }
+        wait_until("every record is acked", || stats.acked_total() == 50).await;
+        assert_eq!(stats.depth(), 0);
+        assert_eq!(stats.oldest_unacked_age_ms(), 0);
+        // Sealed for age, then deleted because settled: no shutdown needed.
+        wait_until("the settled segment is deleted", || {
+            segment_count(tmp.path()) == 0
+        })
+        .await;
+        let seen = fake.seen_set();
+        assert!(ids.iter().all(|id| seen.contains(id)));
+        handle.shutdown(Duration::from_secs(2)).await;
+        assert_eq!(segment_count(tmp.path()), 0);
+    }
+
+    #[tokio::test]
+    async fn batches_hold_at_most_batch_max() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fake = Arc::new(FakeNodes::default());
+        let addr = serve(Arc::clone(&fake)).await;
+        let mut config = fast();
+        config.reporter.batch_max = 100;
+        let (sink, handle) = start_at(tmp.path(), addr, config).await;
+        let stats = handle.stats();
+        for i in 0..1050 {
+            sink.record(rec(&format!("r{i}")));
+        }
+        wait_until("every record is acked", || stats.acked_total() == 1050).await;
+        let batches = fake.batches.lock().unwrap().clone();
+        assert!(batches.iter().all(|&n| n <= 100), "{batches:?}");
+        assert!(batches.len() >= 11);
+        handle.shutdown(Duration::from_secs(2)).await;
+    }
+
+    #[tokio::test]
+    async fn failed_calls_are_retried() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fake = Arc::new(FakeNodes::default());
+        fake.fail_next.store(4, Ordering::SeqCst);
+        let addr = serve(Arc::clone(&fake)).await;
+        let (sink, handle) = start_at(tmp.path(), addr, fast()).await;
+        let stats = handle.stats();
+        for i in 0..10 {
+            sink.record(rec(&format!("r{i}")));
+        }
+        wait_until("a failing call happened", || {
+            fake.calls.load(Ordering::SeqCst) >= 1
+        })
+        .await;
+        assert_eq!(stats.depth(), 10);
+        wait_until("every record is acked", || stats.acked_total() == 10).await;
+        assert!(fake.calls.load(Ordering::SeqCst) >= 5);
+        assert_eq!(stats.depth(), 0);
+        handle.shutdown(Duration::from_secs(2)).await;
+        assert_eq!(segment_count(tmp.path()), 0);
+    }
+
+    #[tokio::test]
+    async fn server_unreachable_at_start_is_tolerated() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Reserve a port, report against it while nothing listens, then serve on it.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let (sink, handle) = start_at(tmp.path(), addr, fast()).await;
+        let stats = handle.stats();
+        sink.record(rec("early"));
+        wait_until("the record ages", || stats.oldest_unacked_age_ms() >= 50).await;
+        assert_eq!(stats.depth(), 1);
+
+        let fake = Arc::new(FakeNodes::default());
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let incoming = futures_util::stream::unfold(listener, |listener| async move {
+            Some((listener.accept().await.map(|(s, _)| s), listener))
+        });
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(
+                    NodesServer::from_arc(Arc::clone(&fake))
+                        .accept_compressed(CompressionEncoding::Gzip),
+                )
+                .serve_with_incoming(incoming),
+        );
+        wait_until("the record is acked", || stats.acked_total() == 1).await;
+        assert_eq!(fake.seen(), vec!["early".to_string()]);
+        handle.shutdown(Duration::from_secs(2)).await;
+    }
+
+    #[tokio::test]
+    async fn rejected_record_is_dropped_not_retried() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fake = Arc::new(FakeNodes::default());
+        *fake.reject_prefix.lock().unwrap() = Some("bad".into());
+        let addr = serve(Arc::clone(&fake)).await;
+        let (sink, handle) = start_at(tmp.path(), addr, fast()).await;
+        let stats = handle.stats();
+        sink.record(rec("good-1"));
+        sink.record(rec("bad-1"));
+        sink.record(rec("good-2"));
+        wait_until("nothing is pending", || stats.depth() == 0).await;
+        assert_eq!(stats.acked_total(), 2);
+        wait_until("the settled segment is deleted", || {
+            segment_count(tmp.path()) == 0
+        })
+        .await;
+        // Later traffic does not bring the rejected record back.
+        sink.record(rec("good-3"));
+        wait_until("the later record is acked", || stats.acked_total() == 3).await;
+        let bad = fake
+            .seen()
+            .iter()
+            .filter(|id| id.as_str() == "bad-1")
+            .count();
+        assert_eq!(bad, 1);
+        handle.shutdown(Duration::from_secs(2)).await;
+        assert_eq!(segment_count(tmp.path()), 0);
+    }
+
+    #[tokio::test]
+    async fn restart_resends_what_was_not_acked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fake = Arc::new(FakeNodes::default());
+        let addr = serve(Arc::clone(&fake)).await;
+
+        // First run: a first wave is acked, then the control plane goes down.
+        let (sink, handle) = start_at(tmp.path(), addr, fast()).await;
+        let stats = handle.stats();
+        let first: Vec<String> = (0..20).map(|i| format!("a{i}")).collect();
+        for id in &first {
+            sink.record(rec(id));
+        }
+        wait_until("the first wave is acked", || stats.acked_total() == 20).await;
+        fake.down.store(true, Ordering::SeqCst);
+        let second: Vec<String> = (0..20).map(|i| format!("b{i}")).collect();
+        for id in &second {
+            sink.record(rec(id));
+        }
+        handle.shutdown(Duration::from_millis(300)).await;
+        let on_disk: HashSet<String> = ids_on_disk(tmp.path()).into_iter().collect();
+        assert!(second.iter().all(|id| on_disk.contains(id)), "{on_disk:?}");
+
+        // Second run: everything unacked is delivered, and the spool empties.
+        fake.down.store(false, Ordering::SeqCst);
+        let (_sink, handle) = start_at(tmp.path(), addr, fast()).await;
+        let stats = handle.stats();
+        assert_eq!(stats.depth(), on_disk.len() as u64);
+        wait_until("the spooled records are acked", || stats.depth() == 0).await;
+        let seen = fake.seen_set();
+        assert!(first.iter().chain(&second).all(|id| seen.contains(id)));
+        wait_until("the old segments are deleted", || {
+            segment_count(tmp.path()) == 0
+        })
+        .await;
+        handle.shutdown(Duration::from_secs(2)).await;
+        assert_eq!(segment_count(tmp.path()), 0);
+    }
+
+    #[tokio::test]
+    async fn restart_with_partially_acked_spool_resends_the_rest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fake = Arc::new(FakeNodes::default());
+        let addr = serve(Arc::clone(&fake)).await;
+        // A spool left by a run that crashed: one segment whose first half the control plane
+        // already stored (acked, but the segment was never deleted).
+        let ids: Vec<String> = (0..10).map(|i| format!("p{i}")).collect();
+        {
+            let (mut spool, _) =
+                super::super::spool::Spool::open(&tmp.path().join("spool"), fast().writer.limits)
+                    .unwrap();
+            let records: Vec<_> = ids.iter().map(|id| rec(id)).collect();
+            spool.append(&records).unwrap();
+        }
+        fake.seen.lock().unwrap().extend(ids[..5].iter().cloned());
+
+        let (_sink, handle) = start_at(tmp.path(), addr, fast()).await;
+        let stats = handle.stats();
+        wait_until("the spool is drained", || stats.depth() == 0).await;
+        wait_until("the old segment is deleted", || {
+            segment_count(tmp.path()) == 0
+        })
+        .await;
+        let seen = fake.seen_set();
+        assert!(ids.iter().all(|id| seen.contains(id)));
+        handle.shutdown(Duration::from_secs(2)).await;
+    }
+
+    #[tokio::test]
+    async fn shutdown_with_server_down_keeps_records_for_next_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let addr = dead_addr().await;
+        let (sink, handle) = start_at(tmp.path(), addr, Config::default()).await;
+        let ids: Vec<String> = (0..100).map(|i| format!("d{i}")).collect();
+        for id in &ids {
+            sink.record(rec(id));
+        }
+        let deadline = Duration::from_millis(500);
+        let started = std::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(5), handle.shutdown(deadline))
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        assert!(
+            took < deadline + Duration::from_millis(400),
+            "took {took:?}"
+        );
+        assert_eq!(ids_on_disk(tmp.path()), ids);
+        // After shutdown, records are refused without panicking.
+        sink.record(rec("late"));
+        assert_eq!(ids_on_disk(tmp.path()).len(), 100);
+    }
+
+    #[tokio::test]
+    async fn shutdown_with_hanging_server_returns_within_deadline() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fake = Arc::new(FakeNodes::default());
+        fake.hang.store(true, Ordering::SeqCst);
+        let addr = serve(Arc::clone(&fake)).await;
+        let (sink, handle) = start_at(tmp.path(), addr, Config::default()).await;
+        for i in 0..10 {
+            sink.record(rec(&format!("h{i}")));
+        }
+        wait_until("a call is in flight", || {
+            fake.calls.load(Ordering::SeqCst) >= 1
+        })
+        .await;
+        let deadline = Duration::from_millis(300);
+        let started = std::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(5), handle.shutdown(deadline))
+            .await
+            .unwrap();
+        assert!(started.elapsed() < deadline + Duration::from_millis(400));
+        assert_eq!(ids_on_disk(tmp.path()).len(), 10);
+    }
+}

@@ -1,0 +1,179 @@
+//! A cluster for the data plane's cross-process tests: a control plane, fake upstreams at known
+//! prices, one data plane, and a client key.
+#![allow(dead_code)]
+
+use keyplane_testkit::http::{HttpRequest, HttpResponse};
+use keyplane_testkit::{ControlPlane, DataPlane, FakeConfig, FakeUpstream, wait_until};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+pub const MODEL: &str = "test/model";
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One upstream: its name, input and output price (USD per million tokens), credential multiplier.
+pub struct Offer<'a> {
+    pub name: &'a str,
+    pub input: &'a str,
+    pub output: &'a str,
+    pub multiplier: &'a str,
+}
+
+pub const fn offer<'a>(name: &'a str, input: &'a str, output: &'a str) -> Offer<'a> {
+    Offer {
+        name,
+        input,
+        output,
+        multiplier: "1",
+    }
+}
+
+pub struct Cluster {
+    pub cp: ControlPlane,
+    pub dp: DataPlane,
+    pub fakes: Vec<FakeUpstream>,
+    pub key: String,
+}
+
+impl Cluster {
+    pub fn start(offers: &[Offer<'_>], dp_args: &[&str]) -> Cluster {
+        Self::start_with(offers, dp_args, |_| {})
+    }
+
+    /// `tune` adjusts each fake's config before it starts.
+    pub fn start_with(
+        offers: &[Offer<'_>],
+        dp_args: &[&str],
+        tune: impl Fn(&mut FakeConfig),
+    ) -> Cluster {
+        let cp = ControlPlane::start();
+        let mut fakes = Vec::new();
+        for o in offers {
+            let mut config = FakeConfig {
+                name: o.name.to_string(),
+                api_key: Some(format!("sk-{}", o.name)),
+                ..FakeConfig::default()
+            };
+            tune(&mut config);
+            let fake = FakeUpstream::start(config);
+            add_openai_offer(&cp, o, &fake.openai_base_url());
+            fakes.push(fake);
+        }
+        let key = cp.ctl(&["--json", "key", "create", "tester"]).ok().json()["key"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let dp = DataPlane::start(&cp, "edge-1", dp_args);
+        let cluster = Cluster { cp, dp, fakes, key };
+        cluster.wait_key_accepted();
+        cluster
+    }
+
+    /// Waits until the data plane's table knows the client key.
+    pub fn wait_key_accepted(&self) {
+        assert!(
+            wait_until(TIMEOUT, || {
+                HttpRequest::get("/v1/models")
+                    .bearer(&self.key)
+                    .send(self.dp.addr, TIMEOUT)
+                    .is_ok_and(|r| r.status == 200)
+            }),
+            "the data plane never accepted the key; log:\n{}",
+            self.dp.logs()
+        );
+    }
+
+    pub fn fake(&self, name: &str) -> &FakeUpstream {
+        self.fakes.iter().find(|f| f.name() == name).unwrap()
+    }
+
+    pub fn chat(&self, body: &Value) -> HttpResponse {
+        HttpRequest::post_json("/v1/chat/completions", body)
+            .bearer(&self.key)
+            .send(self.dp.addr, TIMEOUT)
+            .unwrap()
+    }
+
+    /// `usage --json` rows.
+    pub fn usage(&self) -> Vec<Value> {
+        self.cp
+            .ctl(&["--json", "usage"])
+            .ok()
+            .json()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// Waits until the ledger holds `requests` requests in all; returns the rows.
+    pub fn wait_usage(&self, requests: u64) -> Vec<Value> {
+        let mut rows = Vec::new();
+        let ok = wait_until(TIMEOUT, || {
+            rows = self.usage();
+            total(&rows, "requests") == requests
+        });
+        assert!(
+            ok,
+            "ledger never reached {requests} requests: {rows:?}\ndata plane log:\n{}",
+            self.dp.logs()
+        );
+        rows
+    }
+}
+
+pub fn add_openai_offer(cp: &ControlPlane, o: &Offer<'_>, base_url: &str) {
+    cp.ctl(&[
+        "provider",
+        "add",
+        o.name,
+        "--protocol",
+        "openai",
+        "--base-url",
+        base_url,
+    ])
+    .ok();
+    cp.ctl_with(
+        &["credential", "add", o.name, "--multiplier", o.multiplier],
+        Some(&format!("sk-{}\n", o.name)),
+        &cp.admin_token,
+    )
+    .ok();
+    let upstream = format!("{}-model", o.name);
+    cp.ctl(&[
+        "model",
+        "set",
+        MODEL,
+        "--provider",
+        o.name,
+        "--upstream-model",
+        &upstream,
+        "--input",
+        o.input,
+        "--output",
+        o.output,
+    ])
+    .ok();
+}
+
+pub fn total(rows: &[Value], field: &str) -> u64 {
+    rows.iter().map(|r| r[field].as_u64().unwrap_or(0)).sum()
+}
+
+pub fn chat_body(stream: bool) -> Value {
+    json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Say hello"}],
+        "stream": stream,
+    })
+}
+
+/// Which fake served: the `x-fake-upstream` header is not passed on, so read it from the fakes'
+/// request logs: the one that answered 200 last.
+pub fn served_by(cluster: &Cluster) -> String {
+    cluster
+        .fakes
+        .iter()
+        .filter(|f| f.requests().iter().any(|r| r.status == Some(200)))
+        .map(|f| f.name().to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
