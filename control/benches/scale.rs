@@ -3,7 +3,12 @@
 //! per second. Prints figures; asserts nothing about speed.
 //!
 //! Run: `cargo bench -p keyplane-control --bench scale` (env MODELS, OFFERINGS, RECORDS to scale).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stdout)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout
+)]
 
 use keyplane_control::catalog::SetModel;
 use keyplane_control::creds::{MasterKey, Secret};
@@ -25,7 +30,10 @@ const ADMIN: &str = "bench-admin-token-0123456789";
 const NODE: &str = "bench-node-token-0123456789";
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn authed<T>(msg: T, token: &str) -> Request<T> {
@@ -50,9 +58,16 @@ async fn main() {
     let fill = Instant::now();
     for p in 0..offerings {
         let name = format!("provider-{p}");
-        store.add_provider(&name, "openai", "http://127.0.0.1:9/v1").unwrap();
         store
-            .add_credential(&name, "main", "1", &Secret::new(format!("sk-bench-{p}-0123456789abcdef")))
+            .add_provider(&name, "openai", "http://127.0.0.1:9/v1")
+            .unwrap();
+        store
+            .add_credential(
+                &name,
+                "main",
+                "1",
+                &Secret::new(format!("sk-bench-{p}-0123456789abcdef")),
+            )
             .unwrap();
     }
     for m in 0..models {
@@ -103,7 +118,12 @@ async fn main() {
     ));
     let url = format!("http://{addr}");
 
-    println!("route table: {} bytes encoded, {} bytes gzipped; compile {:.1} ms", encoded, gzipped, compile_time.as_secs_f64() * 1e3);
+    println!(
+        "route table: {} bytes encoded, {} bytes gzipped; compile {:.1} ms",
+        encoded,
+        gzipped,
+        compile_time.as_secs_f64() * 1e3
+    );
 
     for gzip in [false, true] {
         let mut nodes = NodesClient::connect(url.clone())
@@ -148,7 +168,12 @@ async fn main() {
                 let table = stream.message().await.unwrap().unwrap();
                 if table.route_version > version {
                     version = table.route_version;
-                    let price = table.models.iter().find(|m| m.name == "vendor-0/model-0-instruct").unwrap().offerings[0]
+                    let price = table
+                        .models
+                        .iter()
+                        .find(|m| m.name == "vendor-0/model-0-instruct")
+                        .unwrap()
+                        .offerings[0]
                         .input_micro_usd_per_mtok;
                     if price == (500 + i) as u64 * 1000 {
                         break;
@@ -194,7 +219,13 @@ async fn main() {
                     })
                     .collect();
                 let ack = client
-                    .report_usage(authed(pb::ReportUsageRequest { node_id: format!("bench-{r}"), records: recs }, NODE))
+                    .report_usage(authed(
+                        pb::ReportUsageRequest {
+                            node_id: format!("bench-{r}"),
+                            records: recs,
+                        },
+                        NODE,
+                    ))
                     .await
                     .unwrap()
                     .into_inner();
@@ -217,7 +248,11 @@ async fn main() {
     assert_eq!(requests as usize, total);
     let q = Instant::now();
     let _ = store.usage_totals(Some("key-3")).unwrap();
-    println!("usage query for one key over {total} records: {:.2} ms ({} totals rows in all)", q.elapsed().as_secs_f64() * 1e3, totals.len());
+    println!(
+        "usage query for one key over {total} records: {:.2} ms ({} totals rows in all)",
+        q.elapsed().as_secs_f64() * 1e3,
+        totals.len()
+    );
 
     cancel.cancel();
     let _ = server.await;
