@@ -1,0 +1,1402 @@
+//! `keyplane-bench`: the end-to-end performance benchmark of the data plane.
+//!
+//! One run starts, as separate processes, the fake upstream (`keyplane-fake-upstream`), a control
+//! plane with one provider pointing at the fake, a credential, the model `bench/model` and a
+//! client key, a data plane, and a **bare reverse proxy** (this same binary in the hidden
+//! `--baseline-proxy` mode: a hyper 1 server and a hyper-util pooled client that pass bodies
+//! through frame by frame, with no parsing and no auth). A closed-loop load generator then drives
+//! each target (direct to the fake, through the bare proxy, through Keyplane) with non-stream and
+//! streamed chat completions, and prints one markdown report: throughput, latency percentiles,
+//! time to first byte of streams, the latency each proxy adds over the direct baseline, CPU per
+//! request and memory.
+//!
+//! Build every binary first, then run it from `target/release`:
+//!
+//! ```sh
+//! cargo build --release --bins
+//! ./target/release/keyplane-bench --connections 64 --duration-secs 10 --warmup-secs 2
+//! ```
+//!
+//! Binaries are looked up next to this executable (or in `KEYPLANE_BIN_DIR`), like the tests do.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Either, Empty, Full};
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
+use hyper::{Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use keyplane_testkit::http::HttpRequest;
+use keyplane_testkit::process::send_signal;
+use keyplane_testkit::{ControlPlane, DataPlane, wait_until};
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// End-to-end benchmark of the Keyplane data plane against a direct and a bare-proxy baseline.
+#[derive(Debug, Parser)]
+#[command(name = "keyplane-bench", version)]
+struct Args {
+    /// Concurrent keep-alive connections of the load generator, each sending back to back.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    connections: u64,
+    /// Measured time per target and workload.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    duration_secs: u64,
+    /// Unmeasured load before each measurement (connections open, pools and caches fill).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=600))]
+    warmup_secs: u64,
+    /// Content events per streamed completion (and words per non-stream one).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    chunks: u64,
+    /// Internal: serve only the bare reverse proxy in front of UPSTREAM (`host:port`), print
+    /// `baseline-proxy listening on ADDR`, and exit on SIGTERM, SIGINT or end of stdin.
+    #[arg(long, hide = true, value_name = "UPSTREAM")]
+    baseline_proxy: Option<SocketAddr>,
+}
+
+/// The client-facing model the bench configures and requests.
+const MODEL: &str = "bench/model";
+/// Longest a single request may take before it counts as an error and its connection is dropped.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the monitor samples RSS.
+const SAMPLE_EVERY: Duration = Duration::from_millis(50);
+/// Start-up waits (processes, route table, key).
+const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the bench waits for the ledger to bill every request Keyplane served.
+const LEDGER_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn main() {
+    let args = Args::parse();
+    if let Some(upstream) = args.baseline_proxy {
+        baseline::run(upstream);
+        return;
+    }
+    let bin_dir = bin_dir();
+    let missing: Vec<&str> = [
+        "keyplane-fake-upstream",
+        "keyplane-control",
+        "keyplane-dataplane",
+        "keyplanectl",
+    ]
+    .into_iter()
+    .filter(|name| !bin_dir.join(name).exists())
+    .collect();
+    if !missing.is_empty() {
+        eprintln!(
+            "keyplane-bench: {} not found in {}.\nBuild every binary first: `cargo build --release --bins`, then run \
+             `./target/release/keyplane-bench` (or set KEYPLANE_BIN_DIR).",
+            missing.join(", "),
+            bin_dir.display()
+        );
+        std::process::exit(2);
+    }
+    if cfg!(debug_assertions) {
+        eprintln!(
+            "keyplane-bench: warning: this is a debug build; figures are only meaningful from `--release`"
+        );
+    }
+    bench(&args, &bin_dir);
+}
+
+/// Where the workspace binaries are: `KEYPLANE_BIN_DIR`, else this executable's directory (the
+/// same rule as `keyplane_testkit::bin_path`, checked here to give a bench-specific hint).
+fn bin_dir() -> PathBuf {
+    match std::env::var_os("KEYPLANE_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe().expect("current exe");
+            let mut dir = exe.parent().expect("exe dir").to_path_buf();
+            if dir.ends_with("deps") {
+                dir.pop();
+            }
+            dir
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The cluster
+// ---------------------------------------------------------------------------------------------
+
+/// A child process this bench started; SIGTERM (then SIGKILL after 5 s) on drop.
+struct ChildProcess {
+    name: &'static str,
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl ChildProcess {
+    /// Spawns `cmd` and waits for the stdout line `PREFIX ADDR`. Stdin stays a pipe we hold, so
+    /// a child that watches it (the baseline proxy) exits if this process dies without dropping.
+    fn spawn(name: &'static str, mut cmd: Command, prefix: &'static str) -> ChildProcess {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            // Keep draining after the address line so the child never blocks on a full pipe.
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix(prefix) {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        });
+        let Ok(addr) = rx.recv_timeout(SETUP_TIMEOUT) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{name} did not print `{prefix}ADDR` within {SETUP_TIMEOUT:?}");
+        };
+        ChildProcess {
+            name,
+            child,
+            addr: addr
+                .parse()
+                .unwrap_or_else(|e| panic!("{name} printed a bad address {addr:?}: {e}")),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        send_signal(self.child.id(), libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!(
+            "keyplane-bench: {} did not exit within 5 s of SIGTERM; killing it",
+            self.name
+        );
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Configures the control plane: one OpenAI-protocol provider at the fake, a credential, the
+/// model and a client key (returned).
+fn configure(cp: &ControlPlane, fake: SocketAddr) -> String {
+    let base_url = format!("http://{fake}/v1");
+    cp.ctl(&[
+        "provider",
+        "add",
+        "bench",
+        "--protocol",
+        "openai",
+        "--base-url",
+        &base_url,
+    ])
+    .ok();
+    cp.ctl_with(
+        &["credential", "add", "bench", "--label", "bench"],
+        Some("sk-bench\n"),
+        &cp.admin_token,
+    )
+    .ok();
+    cp.ctl(&[
+        "model",
+        "set",
+        MODEL,
+        "--provider",
+        "bench",
+        "--upstream-model",
+        "bench-model",
+        "--input",
+        "1",
+        "--output",
+        "2",
+    ])
+    .ok();
+    cp.ctl(&["--json", "key", "create", "bench"]).ok().json()["key"]
+        .as_str()
+        .expect("`key create --json` prints a key")
+        .to_string()
+}
+
+/// Requests in the control plane's ledger, over every key and model.
+fn ledger_requests(cp: &ControlPlane) -> u64 {
+    let out = cp.ctl(&["--json", "usage"]);
+    if out.code != 0 {
+        return 0;
+    }
+    out.json().as_array().map_or(0, |rows| {
+        rows.iter().filter_map(|r| r["requests"].as_u64()).sum()
+    })
+}
+
+/// The pid of the `keyplane-dataplane` whose command line holds `state_dir` (`DataPlane` keeps
+/// its child private).
+fn find_dataplane_pid(state_dir: &Path) -> Option<u32> {
+    let state = state_dir.to_string_lossy();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|&b| b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is_dataplane = args
+            .first()
+            .is_some_and(|a| a.ends_with("keyplane-dataplane"));
+        if is_dataplane && args.iter().any(|a| *a == state) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Workload {
+    Chat,
+    Stream,
+}
+
+impl Workload {
+    fn label(self, chunks: u64) -> String {
+        match self {
+            Workload::Chat => "chat (non-stream)".to_string(),
+            Workload::Stream => format!("stream ({chunks} chunks)"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TargetKind {
+    Direct,
+    Bare,
+    Keyplane,
+}
+
+impl TargetKind {
+    fn label(self) -> &'static str {
+        match self {
+            TargetKind::Direct => "direct (fake upstream)",
+            TargetKind::Bare => "bare proxy",
+            TargetKind::Keyplane => "Keyplane data plane",
+        }
+    }
+}
+
+struct Target {
+    kind: TargetKind,
+    addr: SocketAddr,
+}
+
+/// The processes whose CPU and memory the monitor follows, in report column order.
+struct Watched {
+    names: Vec<&'static str>,
+    pids: Vec<u32>,
+}
+
+impl Watched {
+    /// `name pid state` of each watched process (`gone` once it exited and was reaped, `Z` while
+    /// it is dead but not reaped), to tell a failing target from a killed one.
+    fn states(&self) -> String {
+        self.names
+            .iter()
+            .zip(&self.pids)
+            .map(|(name, pid)| {
+                let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .and_then(|s| {
+                        let rest = &s[s.rfind(')')? + 1..];
+                        rest.split_whitespace().next().map(str::to_string)
+                    })
+                    .unwrap_or_else(|| "gone".to_string());
+                format!("{name} {pid} {state}")
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// What one (target, workload) run measured.
+struct RunResult {
+    target: TargetKind,
+    workload: Workload,
+    /// Successful requests completed inside the measured window.
+    requests: u64,
+    /// Failed requests (non-200, transport error, timeout) completed inside the window.
+    errors: u64,
+    /// Successful requests of the whole run, warm-up and the sanity request included.
+    all_ok: u64,
+    measured: Duration,
+    /// Sorted, microseconds, successful requests only.
+    latency_us: Vec<u32>,
+    /// Sorted, microseconds, to the first body chunk; streams only.
+    ttfb_us: Vec<u32>,
+    /// CPU seconds of each watched process during the measured window.
+    cpu_secs: Vec<f64>,
+    /// Largest sampled VmRSS of each watched process during the whole run (warm-up included), kB.
+    peak_rss_kb: Vec<u64>,
+}
+
+impl RunResult {
+    fn rps(&self) -> f64 {
+        self.requests as f64 / self.measured.as_secs_f64()
+    }
+}
+
+/// Per-worker tallies, merged after the run.
+#[derive(Default)]
+struct WorkerStats {
+    requests: u64,
+    /// Successful requests of the whole run, warm-up included (what the ledger should bill).
+    all_ok: u64,
+    errors: u64,
+    latency_us: Vec<u32>,
+    ttfb_us: Vec<u32>,
+}
+
+/// The request every target gets: the same bytes everywhere (the fake and the bare proxy ignore
+/// the bearer key; the data plane checks it).
+struct RequestSpec {
+    addr: SocketAddr,
+    host: HeaderValue,
+    auth: HeaderValue,
+    body: Bytes,
+}
+
+impl RequestSpec {
+    fn new(addr: SocketAddr, key: &str, workload: Workload) -> RequestSpec {
+        let body = serde_json::json!({
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Say hello"}],
+            "stream": workload == Workload::Stream,
+        });
+        RequestSpec {
+            addr,
+            host: HeaderValue::from_str(&addr.to_string()).unwrap(),
+            auth: HeaderValue::from_str(&format!("Bearer {key}")).unwrap(),
+            body: Bytes::from(serde_json::to_vec(&body).unwrap()),
+        }
+    }
+
+    fn request(&self) -> Request<Full<Bytes>> {
+        let mut req = Request::new(Full::new(self.body.clone()));
+        *req.method_mut() = hyper::Method::POST;
+        *req.uri_mut() = Uri::from_static("/v1/chat/completions");
+        let h = req.headers_mut();
+        h.insert(HOST, self.host.clone());
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(AUTHORIZATION, self.auth.clone());
+        req
+    }
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// Opens one HTTP/1.1 keep-alive connection; its driver runs as a task.
+async fn connect(addr: SocketAddr) -> std::io::Result<Sender> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+/// One exchange's outcome: the status, when the first body byte arrived, the body.
+struct Exchange {
+    status: StatusCode,
+    first_byte: Option<Instant>,
+    body: Vec<u8>,
+}
+
+/// Sends one request and reads the body frame by frame; `keep_body` collects it (for checks).
+async fn exchange(sender: &mut Sender, spec: &RequestSpec, keep_body: bool) -> Option<Exchange> {
+    sender.ready().await.ok()?;
+    let resp = sender.send_request(spec.request()).await.ok()?;
+    let status = resp.status();
+    let mut body = resp.into_body();
+    let mut first_byte = None;
+    let mut kept = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.ok()?;
+        if let Some(data) = frame.data_ref() {
+            if first_byte.is_none() && !data.is_empty() {
+                first_byte = Some(Instant::now());
+            }
+            if keep_body {
+                kept.extend_from_slice(data);
+            }
+        }
+    }
+    Some(Exchange {
+        status,
+        first_byte,
+        body: kept,
+    })
+}
+
+/// One connection sending back to back until `end`; records requests completed in
+/// `[measure_start, end)`.
+async fn worker(spec: Arc<RequestSpec>, measure_start: Instant, end: Instant) -> WorkerStats {
+    let mut stats = WorkerStats::default();
+    let mut sender: Option<Sender> = None;
+    while Instant::now() < end {
+        let conn = match sender.as_mut() {
+            Some(s) => s,
+            None => match connect(spec.addr).await {
+                Ok(s) => sender.insert(s),
+                Err(_) => {
+                    if Instant::now() >= measure_start {
+                        stats.errors += 1;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(REQUEST_TIMEOUT, exchange(conn, &spec, false)).await;
+        let done = Instant::now();
+        let in_window = done >= measure_start && done < end;
+        match outcome {
+            Ok(Some(ex)) if ex.status == StatusCode::OK => {
+                stats.all_ok += 1;
+                if in_window {
+                    stats.requests += 1;
+                    stats.latency_us.push(micros(done - started));
+                    if let Some(first) = ex.first_byte {
+                        stats.ttfb_us.push(micros(first - started));
+                    }
+                }
+            }
+            Ok(Some(_)) => {
+                if in_window {
+                    stats.errors += 1;
+                }
+            }
+            Ok(None) | Err(_) => {
+                if in_window {
+                    stats.errors += 1;
+                }
+                sender = None;
+            }
+        }
+    }
+    stats
+}
+
+fn micros(d: Duration) -> u32 {
+    u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
+}
+
+/// Sends one request and checks the answer is a real completion, so a misconfigured target
+/// fails loudly instead of benchmarking error pages.
+fn sanity_check(
+    rt: &tokio::runtime::Runtime,
+    spec: &RequestSpec,
+    target: &Target,
+    workload: Workload,
+    dp: &DataPlane,
+    watched: &Watched,
+) {
+    let result = rt.block_on(async {
+        let mut sender = connect(spec.addr).await.ok()?;
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange(&mut sender, spec, true))
+            .await
+            .ok()
+            .flatten()
+    });
+    let fail = |why: String| -> ! {
+        let log = if target.kind == TargetKind::Keyplane {
+            format!("\ndata plane log:\n{}", tail(&dp.logs(), 4_000))
+        } else {
+            String::new()
+        };
+        panic!(
+            "{} / {:?}: sanity request failed: {why}\nprocesses: {}{log}",
+            target.kind.label(),
+            workload,
+            watched.states()
+        );
+    };
+    let Some(ex) = result else {
+        fail("no response".to_string())
+    };
+    let text = String::from_utf8_lossy(&ex.body);
+    if ex.status != StatusCode::OK {
+        fail(format!("status {}: {}", ex.status, tail(&text, 1_000)));
+    }
+    let ok = match workload {
+        Workload::Chat => serde_json::from_slice::<serde_json::Value>(&ex.body)
+            .ok()
+            .and_then(|v| v["choices"][0]["message"]["content"].as_str().map(str::len))
+            .is_some_and(|len| len > 0),
+        Workload::Stream => text.contains("data: [DONE]") && text.contains("word0"),
+    };
+    if !ok {
+        fail(format!("unexpected body: {}", tail(&text, 1_000)));
+    }
+}
+
+fn tail(s: &str, max: usize) -> &str {
+    let mut start = s.len().saturating_sub(max);
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
+/// Drives `target` with `workload` for warm-up plus the measured duration.
+fn run(
+    rt: &tokio::runtime::Runtime,
+    args: &Args,
+    target: &Target,
+    workload: Workload,
+    key: &str,
+    watched: &Watched,
+    dp: &DataPlane,
+) -> RunResult {
+    let spec = Arc::new(RequestSpec::new(target.addr, key, workload));
+    sanity_check(rt, &spec, target, workload, dp, watched);
+    let measured = Duration::from_secs(args.duration_secs);
+    let start = Instant::now();
+    let measure_start = start + Duration::from_secs(args.warmup_secs);
+    let end = measure_start + measured;
+    let monitor = monitor::spawn(watched.pids.clone(), measure_start, end);
+    let stats: Vec<WorkerStats> = rt.block_on(async {
+        let workers: Vec<_> = (0..args.connections)
+            .map(|_| tokio::spawn(worker(Arc::clone(&spec), measure_start, end)))
+            .collect();
+        let mut out = Vec::with_capacity(workers.len());
+        for w in workers {
+            out.push(w.await.expect("load generator worker"));
+        }
+        out
+    });
+    let usage = monitor.join().expect("monitor thread");
+    let mut result = RunResult {
+        target: target.kind,
+        workload,
+        requests: 0,
+        errors: 0,
+        // The sanity request.
+        all_ok: 1,
+        measured,
+        latency_us: Vec::new(),
+        ttfb_us: Vec::new(),
+        cpu_secs: usage.cpu_secs,
+        peak_rss_kb: usage.peak_rss_kb,
+    };
+    for s in stats {
+        result.requests += s.requests;
+        result.errors += s.errors;
+        result.all_ok += s.all_ok;
+        result.latency_us.extend(s.latency_us);
+        result.ttfb_us.extend(s.ttfb_us);
+    }
+    result.latency_us.sort_unstable();
+    result.ttfb_us.sort_unstable();
+    if workload == Workload::Chat {
+        // For a non-stream answer the first byte is the whole answer; not reported.
+        result.ttfb_us.clear();
+    }
+    eprintln!(
+        "keyplane-bench: {:<24} {:<20} {:>9.0} req/s  p50 {}  p99 {}  errors {}",
+        target.kind.label(),
+        workload.label(args.chunks),
+        result.rps(),
+        fmt_ms(percentile(&result.latency_us, 0.50)),
+        fmt_ms(percentile(&result.latency_us, 0.99)),
+        result.errors
+    );
+    if result.errors > 0 {
+        eprintln!("keyplane-bench: processes: {}", watched.states());
+    }
+    result
+}
+
+fn bench(args: &Args, bin_dir: &Path) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let loadavg = std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".to_string());
+
+    eprintln!("keyplane-bench: starting the fake upstream, control plane, data plane, bare proxy");
+    let mut fake_cmd = Command::new(bin_dir.join("keyplane-fake-upstream"));
+    fake_cmd
+        .args(["--listen", "127.0.0.1:0", "--name", "bench", "--chunks"])
+        .arg(args.chunks.to_string());
+    let fake = ChildProcess::spawn(
+        "keyplane-fake-upstream",
+        fake_cmd,
+        "fake-upstream listening on ",
+    );
+
+    let mut bare_cmd = Command::new(std::env::current_exe().expect("current exe"));
+    bare_cmd.arg("--baseline-proxy").arg(fake.addr.to_string());
+    let bare = ChildProcess::spawn("baseline proxy", bare_cmd, "baseline-proxy listening on ");
+
+    let cp = ControlPlane::start();
+    let key = configure(&cp, fake.addr);
+    let dp = DataPlane::start(&cp, "bench", &[]);
+    assert!(
+        dp.wait_ready(SETUP_TIMEOUT),
+        "the data plane never became ready; log:\n{}",
+        dp.logs()
+    );
+    assert!(
+        wait_until(SETUP_TIMEOUT, || {
+            HttpRequest::get("/v1/models")
+                .bearer(&key)
+                .send(dp.addr, Duration::from_secs(5))
+                .is_ok_and(|r| r.status == 200)
+        }),
+        "the data plane never accepted the client key; log:\n{}",
+        dp.logs()
+    );
+    let dp_pid = find_dataplane_pid(&dp.state_dir).unwrap_or_else(|| {
+        panic!(
+            "no keyplane-dataplane process with {}",
+            dp.state_dir.display()
+        )
+    });
+    let cp_pid = cp.pid().expect("control plane pid");
+
+    let watched = Watched {
+        names: vec![
+            "load generator",
+            "fake upstream",
+            "bare proxy",
+            "data plane",
+            "control plane",
+        ],
+        pids: vec![std::process::id(), fake.pid(), bare.pid(), dp_pid, cp_pid],
+    };
+    let idle_rss_kb: Vec<u64> = watched
+        .pids
+        .iter()
+        .map(|&p| monitor::status_kb(p, "VmRSS:").unwrap_or(0))
+        .collect();
+
+    // The load generator's own runtime: the proxies are separate processes, so nothing else
+    // runs on it.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores)
+        .thread_name("loadgen")
+        .enable_all()
+        .build()
+        .expect("load generator runtime");
+
+    let targets = [
+        Target {
+            kind: TargetKind::Direct,
+            addr: fake.addr,
+        },
+        Target {
+            kind: TargetKind::Bare,
+            addr: bare.addr,
+        },
+        Target {
+            kind: TargetKind::Keyplane,
+            addr: dp.addr,
+        },
+    ];
+    let per_run = args.warmup_secs + args.duration_secs;
+    eprintln!(
+        "keyplane-bench: {} runs of {per_run} s each ({} connections)",
+        targets.len() * 2,
+        args.connections
+    );
+    let mut results = Vec::new();
+    for target in &targets {
+        for workload in [Workload::Chat, Workload::Stream] {
+            results.push(run(&rt, args, target, workload, &key, &watched, &dp));
+            // Let sockets in TIME_WAIT and background work (usage reporting) settle.
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    drop(rt);
+
+    // Every request Keyplane served should reach the ledger (the data plane reports usage in
+    // the background, about once a second).
+    let served: u64 = results
+        .iter()
+        .filter(|r| r.target == TargetKind::Keyplane)
+        .map(|r| r.all_ok)
+        .sum();
+    let waited = Instant::now();
+    let mut billed = 0;
+    wait_until(LEDGER_TIMEOUT, || {
+        billed = ledger_requests(&cp);
+        billed >= served
+    });
+    let ledger = report::Ledger {
+        served,
+        billed,
+        waited: waited.elapsed(),
+    };
+    if results.iter().any(|r| r.errors > 0) {
+        eprintln!(
+            "keyplane-bench: some requests failed; the data plane's log ends with:\n{}",
+            tail(&dp.logs(), 4_000)
+        );
+    }
+
+    let hwm_kb: Vec<u64> = watched
+        .pids
+        .iter()
+        .map(|&p| monitor::status_kb(p, "VmHWM:").unwrap_or(0))
+        .collect();
+    let end_rss_kb: Vec<u64> = watched
+        .pids
+        .iter()
+        .map(|&p| monitor::status_kb(p, "VmRSS:").unwrap_or(0))
+        .collect();
+    let report = report::render(&report::Input {
+        args,
+        cores,
+        loadavg: &loadavg,
+        results: &results,
+        watched: &watched,
+        idle_rss_kb: &idle_rss_kb,
+        hwm_kb: &hwm_kb,
+        end_rss_kb: &end_rss_kb,
+        ledger: &ledger,
+    });
+    print!("{report}");
+    std::io::stdout().flush().expect("flush stdout");
+
+    // Stop in dependency order: the data plane (it reports usage to the control plane), the
+    // control plane, then the proxies and the upstream.
+    drop(dp);
+    drop(cp);
+    drop(bare);
+    drop(fake);
+}
+
+// ---------------------------------------------------------------------------------------------
+// CPU and memory of the processes
+// ---------------------------------------------------------------------------------------------
+
+mod monitor {
+    use std::thread::JoinHandle;
+    use std::time::Instant;
+
+    pub struct Usage {
+        /// CPU seconds (user + system) per pid over the measured window, then one more entry:
+        /// the whole machine's busy CPU seconds (all cores, `/proc/stat`).
+        pub cpu_secs: Vec<f64>,
+        /// Largest VmRSS sampled per pid, kB.
+        pub peak_rss_kb: Vec<u64>,
+    }
+
+    /// Samples `pids` every 50 ms until `end`: peak VmRSS, and CPU time between `measure_start`
+    /// and `end`.
+    pub fn spawn(pids: Vec<u32>, measure_start: Instant, end: Instant) -> JoinHandle<Usage> {
+        std::thread::spawn(move || {
+            let tick = clock_ticks_per_sec();
+            let mut peak = vec![0u64; pids.len()];
+            let mut cpu_start: Option<Vec<u64>> = None;
+            loop {
+                let now = Instant::now();
+                for (i, &pid) in pids.iter().enumerate() {
+                    peak[i] = peak[i].max(status_kb(pid, "VmRSS:").unwrap_or(0));
+                }
+                if cpu_start.is_none() && now >= measure_start {
+                    cpu_start = Some(cpu_snapshot(&pids));
+                }
+                if now >= end {
+                    let after = cpu_snapshot(&pids);
+                    let before = cpu_start.unwrap_or_else(|| after.clone());
+                    let cpu_secs = after
+                        .iter()
+                        .zip(before)
+                        .map(|(&a, b)| a.saturating_sub(b) as f64 / tick)
+                        .collect();
+                    return Usage {
+                        cpu_secs,
+                        peak_rss_kb: peak,
+                    };
+                }
+                let next = if cpu_start.is_none() {
+                    measure_start
+                } else {
+                    end
+                };
+                std::thread::sleep(super::SAMPLE_EVERY.min(next.saturating_duration_since(now)));
+            }
+        })
+    }
+
+    /// CPU ticks of each pid (0 if gone), then the machine's busy ticks.
+    fn cpu_snapshot(pids: &[u32]) -> Vec<u64> {
+        let mut ticks: Vec<u64> = pids.iter().map(|&p| cpu_ticks(p).unwrap_or(0)).collect();
+        ticks.push(machine_busy_ticks().unwrap_or(0));
+        ticks
+    }
+
+    /// Busy ticks of all cores: the `cpu` line of `/proc/stat` minus idle and iowait (guest time
+    /// is already inside user and nice).
+    fn machine_busy_ticks() -> Option<u64> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+        let fields: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        let total: u64 = fields.iter().sum();
+        let idle = fields.get(3)? + fields.get(4)?;
+        Some(total - idle)
+    }
+
+    /// A `kB` field of `/proc/PID/status` (`VmRSS:`, `VmHWM:`).
+    pub fn status_kb(pid: u32, field: &str) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    /// utime + stime of every thread of `pid`, in clock ticks (`/proc/PID/stat` fields 14, 15).
+    fn cpu_ticks(pid: u32) -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name (field 2) may hold spaces; the fields after it start at its `)`.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        Some(utime + stime)
+    }
+
+    fn clock_ticks_per_sec() -> f64 {
+        #[allow(unsafe_code)]
+        // SAFETY: sysconf only reads a configuration value; it has no memory-safety
+        // preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        if ticks > 0 { ticks as f64 } else { 100.0 }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The report
+// ---------------------------------------------------------------------------------------------
+
+mod report {
+    use super::{Args, RunResult, TargetKind, Watched, Workload};
+    use std::fmt::Write;
+    use std::time::Duration;
+
+    pub struct Input<'a> {
+        pub args: &'a Args,
+        pub cores: usize,
+        /// `/proc/loadavg`'s 1, 5 and 15 minute figures when the bench started.
+        pub loadavg: &'a str,
+        pub results: &'a [RunResult],
+        pub watched: &'a Watched,
+        pub idle_rss_kb: &'a [u64],
+        pub hwm_kb: &'a [u64],
+        /// VmRSS once every run is over (and the ledger caught up).
+        pub end_rss_kb: &'a [u64],
+        pub ledger: &'a Ledger,
+    }
+
+    /// Requests Keyplane answered 200 versus requests the control plane's ledger holds.
+    pub struct Ledger {
+        pub served: u64,
+        pub billed: u64,
+        pub waited: Duration,
+    }
+
+    /// Indexes of the proxies in `Watched` (the order set up in `bench`).
+    const BARE: usize = 2;
+    const DATAPLANE: usize = 3;
+
+    fn find(results: &[RunResult], t: TargetKind, w: Workload) -> Option<&RunResult> {
+        results.iter().find(|r| r.target == t && r.workload == w)
+    }
+
+    pub fn render(input: &Input<'_>) -> String {
+        let a = input.args;
+        let mut out = String::new();
+        let w = &mut out;
+        let _ = writeln!(w);
+        let _ = writeln!(w, "## End-to-end data plane benchmark ({})", today());
+        let _ = writeln!(w);
+        let _ = writeln!(
+            w,
+            "Command: `cargo build --release --bins && ./target/release/keyplane-bench --connections {} \
+             --duration-secs {} --warmup-secs {} --chunks {}`",
+            a.connections, a.duration_secs, a.warmup_secs, a.chunks
+        );
+        let _ = writeln!(w);
+        let _ = writeln!(
+            w,
+            "- Machine: {} cores. The load generator, the fake upstream, the proxy under test (and, for \
+             Keyplane, the control plane ingesting usage) all share them, so every figure includes CPU \
+             contention with the load generator; compare rows with each other, not with other machines. \
+             Load average before the run: {} (anything above 0 is other work competing too).",
+            input.cores, input.loadavg
+        );
+        let _ = writeln!(
+            w,
+            "- Load: {} HTTP/1.1 keep-alive connections, closed loop (each sends its next request as soon \
+             as the previous response ends), {} s measured after {} s of warm-up, per target and workload. \
+             At saturation latency ≈ connections / throughput, so added latency here includes queueing, \
+             not only per-request work.",
+            a.connections, a.duration_secs, a.warmup_secs
+        );
+        let _ = writeln!(
+            w,
+            "- Request: `POST /v1/chat/completions`, model `{}`, same bytes and `Authorization` header to \
+             every target; streams are {} content events plus role, finish and `[DONE]` events. Latency \
+             is to the end of the body; TTFB is to the first body chunk.",
+            super::MODEL,
+            a.chunks
+        );
+        let _ = writeln!(
+            w,
+            "- Targets: the fake upstream directly (`keyplane-fake-upstream`, multi-thread runtime); a \
+             bare reverse proxy in a separate process (this binary, `--baseline-proxy`: hyper 1 auto \
+             server + hyper-util legacy pooled client, bodies passed through frame by frame, no parsing, \
+             no auth, TCP_NODELAY both sides); the Keyplane data plane (auth, routing, usage \
+             extraction, billing spool, one `info` log line per request to its log file)."
+        );
+        let _ = writeln!(w);
+
+        // Main table.
+        let _ = writeln!(
+            w,
+            "| target | workload | req/s | p50 | p99 | p99.9 | TTFB p50 | TTFB p99 | proxy CPU per request | errors |"
+        );
+        let _ = writeln!(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for r in input.results {
+            let ttfb = |q| {
+                if r.ttfb_us.is_empty() {
+                    "—".to_string()
+                } else {
+                    fmt_ms(percentile(&r.ttfb_us, q))
+                }
+            };
+            let proxy_cpu = match r.target {
+                TargetKind::Direct => "—".to_string(),
+                TargetKind::Bare => cpu_per_request(r, BARE),
+                TargetKind::Keyplane => cpu_per_request(r, DATAPLANE),
+            };
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.target.label(),
+                r.workload.label(a.chunks),
+                group(r.rps().round() as u64),
+                fmt_ms(percentile(&r.latency_us, 0.50)),
+                fmt_ms(percentile(&r.latency_us, 0.99)),
+                fmt_ms(percentile(&r.latency_us, 0.999)),
+                ttfb(0.50),
+                ttfb(0.99),
+                proxy_cpu,
+                r.errors
+            );
+        }
+        let _ = writeln!(w);
+
+        // Overhead, the way TensorZero and Helicone publish it.
+        let _ = writeln!(
+            w,
+            "Gateway overhead: added latency = percentile through the proxy − the same percentile direct \
+             to the upstream."
+        );
+        let _ = writeln!(w);
+        let _ = writeln!(
+            w,
+            "| workload | proxy | added p50 | added p99 | added TTFB p50 | added TTFB p99 | throughput vs direct |"
+        );
+        let _ = writeln!(w, "|---|---|---:|---:|---:|---:|---:|");
+        let mut ratios = Vec::new();
+        for workload in [Workload::Chat, Workload::Stream] {
+            let Some(direct) = find(input.results, TargetKind::Direct, workload) else {
+                continue;
+            };
+            for proxy in [TargetKind::Bare, TargetKind::Keyplane] {
+                let Some(r) = find(input.results, proxy, workload) else {
+                    continue;
+                };
+                let added_lat = |q| added(&r.latency_us, &direct.latency_us, q);
+                let added_ttfb = |q| {
+                    if r.ttfb_us.is_empty() || direct.ttfb_us.is_empty() {
+                        "—".to_string()
+                    } else {
+                        fmt_signed_ms(added(&r.ttfb_us, &direct.ttfb_us, q))
+                    }
+                };
+                let _ = writeln!(
+                    w,
+                    "| {} | {} | {} | {} | {} | {} | {:.0}% |",
+                    workload.label(a.chunks),
+                    proxy.label(),
+                    fmt_signed_ms(added_lat(0.50)),
+                    fmt_signed_ms(added_lat(0.99)),
+                    added_ttfb(0.50),
+                    added_ttfb(0.99),
+                    100.0 * r.rps() / direct.rps().max(f64::MIN_POSITIVE)
+                );
+            }
+            if let (Some(bare), Some(kp)) = (
+                find(input.results, TargetKind::Bare, workload),
+                find(input.results, TargetKind::Keyplane, workload),
+            ) {
+                let bare_p99 = added(&bare.latency_us, &direct.latency_us, 0.99);
+                let kp_p99 = added(&kp.latency_us, &direct.latency_us, 0.99);
+                let p99_ratio = if bare_p99 > 0 {
+                    format!("{:.2}×", kp_p99 as f64 / bare_p99 as f64)
+                } else {
+                    "n/a (bare proxy added ≤ 0)".to_string()
+                };
+                let rps_ratio = format!("{:.2}×", kp.rps() / bare.rps().max(f64::MIN_POSITIVE));
+                ratios.push((workload, p99_ratio, rps_ratio));
+            }
+        }
+        let _ = writeln!(w);
+        let _ = writeln!(
+            w,
+            "| workload | Keyplane added p99 / bare proxy added p99 | Keyplane throughput / bare proxy throughput |"
+        );
+        let _ = writeln!(w, "|---|---:|---:|");
+        for (workload, p99, rps) in ratios {
+            let _ = writeln!(w, "| {} | {p99} | {rps} |", workload.label(a.chunks));
+        }
+        let _ = writeln!(w);
+
+        // Memory.
+        let _ = writeln!(
+            w,
+            "Memory (VmRSS sampled every 50 ms; peak over the runs against that process; VmHWM is the \
+             kernel's lifetime high-water mark; the kernel updates both lazily, so they may differ by a \
+             few hundred kB; \"after\" is once all runs ended and the ledger caught up):"
+        );
+        let _ = writeln!(w);
+        let _ = writeln!(
+            w,
+            "| process | idle RSS | peak RSS under load | VmHWM | RSS after |"
+        );
+        let _ = writeln!(w, "|---|---:|---:|---:|---:|");
+        for (idx, target) in [(BARE, TargetKind::Bare), (DATAPLANE, TargetKind::Keyplane)] {
+            let peak = input
+                .results
+                .iter()
+                .filter(|r| r.target == target)
+                .map(|r| r.peak_rss_kb[idx])
+                .max()
+                .unwrap_or(0);
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {} | {} |",
+                input.watched.names[idx],
+                fmt_mib(input.idle_rss_kb[idx]),
+                fmt_mib(peak),
+                fmt_mib(input.hwm_kb[idx]),
+                fmt_mib(input.end_rss_kb[idx])
+            );
+        }
+        let _ = writeln!(w);
+
+        // CPU split.
+        let _ = writeln!(
+            w,
+            "CPU during the measured window, in cores busy (of {}); \"rest\" is the machine's busy time \
+             outside these processes (kernel softirq work for loopback TCP, and any other load on the \
+             machine, which skews every figure above; approximate, as the kernel counts process and \
+             machine time at different granularity):",
+            input.cores
+        );
+        let _ = writeln!(w);
+        let _ = write!(w, "| target | workload |");
+        for name in &input.watched.names {
+            let _ = write!(w, " {name} |");
+        }
+        let _ = writeln!(w, " rest | machine total |");
+        let _ = write!(w, "|---|---|");
+        for _ in 0..input.watched.names.len() + 2 {
+            let _ = write!(w, "---:|");
+        }
+        let _ = writeln!(w);
+        for r in input.results {
+            let secs = r.measured.as_secs_f64();
+            let _ = write!(
+                w,
+                "| {} | {} |",
+                r.target.label(),
+                r.workload.label(a.chunks)
+            );
+            let (machine, procs) = r.cpu_secs.split_last().unwrap_or((&0.0, &[]));
+            for cpu in procs {
+                let _ = write!(w, " {:.2} |", cpu / secs);
+            }
+            let rest = (machine - procs.iter().sum::<f64>()).max(0.0);
+            let _ = writeln!(w, " {:.2} | {:.2} |", rest / secs, machine / secs);
+        }
+        let _ = writeln!(w);
+        let l = input.ledger;
+        let _ = writeln!(
+            w,
+            "Billing: the control plane's ledger holds {} of the {} requests Keyplane answered 200 \
+             (warm-up included){}.",
+            group(l.billed),
+            group(l.served),
+            if l.billed >= l.served {
+                format!(", {:.1} s after the last run", l.waited.as_secs_f64())
+            } else {
+                format!(
+                    " after waiting {:.0} s: usage reporting is missing or behind, so these figures \
+                     do not include the full cost of billing",
+                    l.waited.as_secs_f64()
+                )
+            }
+        );
+        let _ = writeln!(w);
+        let errors: u64 = input.results.iter().map(|r| r.errors).sum();
+        if errors > 0 {
+            let _ = writeln!(
+                w,
+                "{errors} requests failed (non-200, transport error or {} s timeout).",
+                super::REQUEST_TIMEOUT.as_secs(),
+            );
+            let _ = writeln!(w);
+        }
+        out
+    }
+
+    fn cpu_per_request(r: &RunResult, idx: usize) -> String {
+        if r.requests == 0 {
+            return "—".to_string();
+        }
+        format!("{:.0} µs", r.cpu_secs[idx] * 1e6 / r.requests as f64)
+    }
+
+    /// `percentile(proxy) − percentile(direct)`, microseconds.
+    fn added(proxy: &[u32], direct: &[u32], q: f64) -> i64 {
+        i64::from(percentile(proxy, q)) - i64::from(percentile(direct, q))
+    }
+
+    /// Nearest-rank percentile of sorted microseconds (0 when empty).
+    pub fn percentile(sorted: &[u32], q: f64) -> u32 {
+        if sorted.is_empty() {
+            return 0;
+        }
+        let rank = (q * sorted.len() as f64).ceil() as usize;
+        sorted[rank.clamp(1, sorted.len()) - 1]
+    }
+
+    pub fn fmt_ms(us: u32) -> String {
+        format!("{:.2} ms", f64::from(us) / 1000.0)
+    }
+
+    fn fmt_signed_ms(us: i64) -> String {
+        format!("{:+.2} ms", us as f64 / 1000.0)
+    }
+
+    fn fmt_mib(kb: u64) -> String {
+        format!("{:.1} MiB", kb as f64 / 1024.0)
+    }
+
+    /// `12345` → `12,345`.
+    fn group(n: u64) -> String {
+        let digits = n.to_string();
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i).is_multiple_of(3) {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        out
+    }
+
+    /// Today's UTC date, `YYYY-MM-DD` (days-to-civil, Howard Hinnant's algorithm).
+    fn today() -> String {
+        let secs = super::SystemTime::now()
+            .duration_since(super::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let z = (secs / 86_400) as i64 + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        format!("{year:04}-{month:02}-{day:02}")
+    }
+}
+
+use report::{fmt_ms, percentile};
+
+// ---------------------------------------------------------------------------------------------
+// The bare reverse proxy (`--baseline-proxy`)
+// ---------------------------------------------------------------------------------------------
+
+mod baseline {
+    use super::*;
+    use hyper::http::uri::Authority;
+    use hyper_util::server::conn::auto;
+
+    type Body = Either<Incoming, Empty<Bytes>>;
+
+    /// Serves the bare proxy in front of `upstream` on its own multi-thread runtime (this is its
+    /// own process) until SIGTERM, SIGINT or the end of stdin (the bench went away).
+    pub fn run(upstream: SocketAddr) {
+        std::thread::spawn(|| {
+            let mut buf = [0u8; 64];
+            let mut stdin = std::io::stdin();
+            while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
+            std::process::exit(0);
+        });
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("baseline proxy runtime");
+        runtime.block_on(serve(upstream));
+        runtime.shutdown_timeout(Duration::from_secs(1));
+    }
+
+    async fn serve(upstream: SocketAddr) {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("baseline proxy: bind 127.0.0.1:0");
+        {
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "baseline-proxy listening on {}",
+                listener.local_addr().expect("local addr")
+            )
+            .expect("write stdout");
+            out.flush().expect("flush stdout");
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        let authority: Authority = upstream.to_string().parse().expect("upstream authority");
+        let host = HeaderValue::from_str(authority.as_str()).expect("host header");
+        let builder = auto::Builder::new(TokioExecutor::new());
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        loop {
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let client = client.clone();
+            let authority = authority.clone();
+            let host = host.clone();
+            let service = hyper::service::service_fn(move |req| {
+                let client = client.clone();
+                let authority = authority.clone();
+                let host = host.clone();
+                async move { Ok::<_, Infallible>(forward(&client, authority, host, req).await) }
+            });
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+        }
+    }
+
+    /// Points the request at the upstream and returns its response as is: the body is the
+    /// upstream's `Incoming`, so hyper writes each frame as it arrives.
+    async fn forward(
+        client: &Client<HttpConnector, Incoming>,
+        authority: Authority,
+        host: HeaderValue,
+        mut req: Request<Incoming>,
+    ) -> Response<Body> {
+        let mut parts = std::mem::take(req.uri_mut()).into_parts();
+        parts.scheme = Some(hyper::http::uri::Scheme::HTTP);
+        parts.authority = Some(authority);
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(hyper::http::uri::PathAndQuery::from_static("/"));
+        }
+        let Ok(uri) = Uri::from_parts(parts) else {
+            return bad_gateway();
+        };
+        *req.uri_mut() = uri;
+        req.headers_mut().insert(HOST, host);
+        match client.request(req).await {
+            Ok(resp) => resp.map(Either::Left),
+            Err(err) => {
+                report_error(&err);
+                bad_gateway()
+            }
+        }
+    }
+
+    /// Upstream failures seen, so that only the first few are printed.
+    static ERRORS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+    /// Prints the first 5 upstream errors with their causes on stderr (the bench's own stderr).
+    fn report_error(err: &hyper_util::client::legacy::Error) {
+        if ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 5 {
+            let mut msg = err.to_string();
+            let mut source = std::error::Error::source(err);
+            while let Some(cause) = source {
+                msg.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            eprintln!("baseline proxy: upstream request failed: {msg}");
+        }
+    }
+
+    fn bad_gateway() -> Response<Body> {
+        let mut resp = Response::new(Either::Right(Empty::new()));
+        *resp.status_mut() = StatusCode::BAD_GATEWAY;
+        resp
+    }
+}
