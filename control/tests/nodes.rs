@@ -29,7 +29,11 @@ fn subscriber_gets_each_change_within_a_second_and_nodes_shows_it() {
     .ok();
 
     let rx = subscribe(cp.url(), cp.node_token.clone(), "edge-1");
-    let first = next_table(&rx, 0, Duration::from_secs(10));
+    // The compile after `credential add` is asynchronous: wait for the table that has it.
+    let mut first = next_table(&rx, 0, Duration::from_secs(10));
+    while first.table.credentials.is_empty() {
+        first = next_table(&rx, first.table.route_version, Duration::from_secs(10));
+    }
     assert_eq!(first.table.base_version, 0, "a full table");
     assert_eq!(first.table.providers.len(), 1);
     assert_eq!(first.table.credentials[0].secret, "sk-route-secret");

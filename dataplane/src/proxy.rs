@@ -8,9 +8,11 @@
 //! held, at once.
 
 use crate::metrics::Metrics;
-use crate::protocol::openai::{self, ChatRequest, Chunk, Usage};
+use crate::protocol::anthropic::{self, MessagesRequest};
+use crate::protocol::openai::{self, ChatRequest, Chunk};
+use crate::protocol::translate::{self, Usage};
 use crate::sse;
-use crate::table::{Candidate, Table};
+use crate::table::{Candidate, Protocol, Table};
 use crate::usage::UsageSink;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
@@ -88,12 +90,59 @@ pub fn openai_error(
     resp
 }
 
+/// Builds an Anthropic-shaped error response.
+pub fn anthropic_error(status: StatusCode, kind: &str, message: &str) -> Response<Body> {
+    let mut resp = Response::new(full(anthropic::error_body(kind, message)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// An error in the client's protocol. `code` is OpenAI's `code`; Anthropic's error type follows
+/// from the status.
+pub fn client_error(
+    protocol: Protocol,
+    status: StatusCode,
+    message: &str,
+    code: Option<&str>,
+) -> Response<Body> {
+    match protocol {
+        Protocol::OpenAi => {
+            let kind = match status.as_u16() {
+                429 => "rate_limit_error",
+                s if s >= 500 => "server_error",
+                _ => "invalid_request_error",
+            };
+            openai_error(status, message, kind, code, None)
+        }
+        Protocol::Anthropic => {
+            let kind = match status.as_u16() {
+                401 => "authentication_error",
+                403 => "permission_error",
+                404 => "not_found_error",
+                413 => "request_too_large",
+                429 => "rate_limit_error",
+                503 | 529 => "overloaded_error",
+                s if s >= 500 => "api_error",
+                _ => "invalid_request_error",
+            };
+            anthropic_error(status, kind, message)
+        }
+    }
+}
+
 /// What the handler knows about the request besides its body.
 pub struct RequestCtx {
     pub request_id: String,
     pub key_id: Arc<str>,
     pub started: Instant,
     pub started_at_ms: i64,
+    /// The client's query string (`beta=true` from Claude Code), passed on to Anthropic upstreams
+    /// of Anthropic clients.
+    pub query: Option<String>,
 }
 
 pub fn now_ms() -> i64 {
@@ -121,8 +170,10 @@ enum Failure {
     },
     Timeout,
     Connect(String),
-    /// A 200 that failed before committing (error event, cut, nothing to show).
+    /// A 200 that failed before committing (error event, cut, nothing to show, untranslatable).
     Stream(String),
+    /// This candidate cannot serve the request as asked (`n > 1` to an Anthropic upstream, say).
+    Unsupported(String),
 }
 
 impl Failure {
@@ -131,7 +182,7 @@ impl Failure {
         match self {
             Failure::Status { status, .. } => status.to_string(),
             Failure::Timeout => "timed out".into(),
-            Failure::Connect(e) | Failure::Stream(e) => e.clone(),
+            Failure::Connect(e) | Failure::Stream(e) | Failure::Unsupported(e) => e.clone(),
         }
     }
 
@@ -145,6 +196,7 @@ impl Failure {
             Failure::Timeout => "timeout",
             Failure::Connect(_) => "connect_error",
             Failure::Stream(_) => "stream_error",
+            Failure::Unsupported(_) => "unsupported",
         }
     }
 }
@@ -156,10 +208,15 @@ fn is_retryable(status: StatusCode) -> bool {
 }
 
 /// Request headers of the client that are not passed upstream: hop-by-hop headers, the client's
-/// own credentials, and framing or encoding the data plane decides itself.
-fn forwardable(name: &http::HeaderName) -> bool {
+/// own credentials, framing or encoding the data plane decides itself, and the other protocol's
+/// headers.
+fn forwardable(name: &http::HeaderName, upstream: Protocol) -> bool {
+    let n = name.as_str();
+    if upstream == Protocol::OpenAi && n.starts_with("anthropic-") {
+        return false;
+    }
     !matches!(
-        name.as_str(),
+        n,
         "host"
             | "authorization"
             | "x-api-key"
@@ -178,6 +235,62 @@ fn forwardable(name: &http::HeaderName) -> bool {
     )
 }
 
+/// The client's request, parsed in its own protocol.
+pub enum Inbound<'a> {
+    OpenAi(ChatRequest<'a>),
+    Anthropic(MessagesRequest<'a>),
+}
+
+impl Inbound<'_> {
+    fn protocol(&self) -> Protocol {
+        match self {
+            Inbound::OpenAi(_) => Protocol::OpenAi,
+            Inbound::Anthropic(_) => Protocol::Anthropic,
+        }
+    }
+
+    fn model(&self) -> &str {
+        match self {
+            Inbound::OpenAi(r) => &r.model,
+            Inbound::Anthropic(r) => &r.model,
+        }
+    }
+
+    fn stream(&self) -> bool {
+        match self {
+            Inbound::OpenAi(r) => r.stream,
+            Inbound::Anthropic(r) => r.stream,
+        }
+    }
+
+    fn output_estimate(&self) -> u64 {
+        match self {
+            Inbound::OpenAi(r) => r
+                .max_tokens
+                .unwrap_or(openai::DEFAULT_OUTPUT_TOKENS_ESTIMATE),
+            Inbound::Anthropic(r) => r.max_tokens,
+        }
+    }
+}
+
+fn openai_usage(u: openai::Usage) -> Usage {
+    Usage {
+        input_tokens: u.prompt_tokens.saturating_sub(u.cached_tokens),
+        output_tokens: u.completion_tokens,
+        cache_read_tokens: u.cached_tokens,
+        cache_write_tokens: 0,
+    }
+}
+
+fn anthropic_usage(u: anthropic::Usage) -> Usage {
+    Usage {
+        input_tokens: u.input_tokens,
+        output_tokens: u.output_tokens,
+        cache_read_tokens: u.cache_read_input_tokens,
+        cache_write_tokens: u.cache_creation_input_tokens,
+    }
+}
+
 impl Proxy {
     /// `POST /v1/chat/completions` once the key is known and the body read.
     pub async fn chat_completions(
@@ -187,55 +300,178 @@ impl Proxy {
         body: &[u8],
         ctx: RequestCtx,
     ) -> Response<Body> {
-        let req = match ChatRequest::parse(body) {
-            Ok(req) => req,
-            Err(err) => {
-                return openai_error(
+        match ChatRequest::parse(body) {
+            Ok(req) => {
+                self.serve(table, client_headers, body, Inbound::OpenAi(req), ctx)
+                    .await
+            }
+            Err(err) => openai_error(
+                StatusCode::BAD_REQUEST,
+                &err.message,
+                "invalid_request_error",
+                None,
+                err.param,
+            ),
+        }
+    }
+
+    /// `POST /v1/messages` once the key is known and the body read.
+    pub async fn messages(
+        self: &Arc<Self>,
+        table: &Table,
+        client_headers: &HeaderMap,
+        body: &[u8],
+        ctx: RequestCtx,
+    ) -> Response<Body> {
+        match MessagesRequest::parse(body) {
+            Ok(req) => {
+                self.serve(table, client_headers, body, Inbound::Anthropic(req), ctx)
+                    .await
+            }
+            Err(err) => anthropic_error(StatusCode::BAD_REQUEST, "invalid_request_error", &err.0),
+        }
+    }
+
+    /// `POST /v1/messages/count_tokens`: forwarded when the candidate this request would go to
+    /// speaks Anthropic (exact), else estimated at one token per 4 bytes of the body (documented
+    /// as an estimate; no tokenizer of every upstream ships with the gateway).
+    pub async fn count_tokens(
+        self: &Arc<Self>,
+        table: &Table,
+        client_headers: &HeaderMap,
+        body: &[u8],
+    ) -> Response<Body> {
+        let entries = match serde_json::from_slice::<crate::protocol::json::Entries<'_>>(body) {
+            Ok(e) => e.0,
+            Err(e) => {
+                return anthropic_error(
                     StatusCode::BAD_REQUEST,
-                    &err.message,
                     "invalid_request_error",
-                    None,
-                    err.param,
+                    &format!("The request body is not valid JSON: {e}"),
                 );
             }
         };
-        let Some(candidates) = table.models.get(&req.model) else {
-            return openai_error(
+        let model = entries
+            .iter()
+            .find(|(k, _)| k == "model")
+            .and_then(|(_, v)| serde_json::from_str::<String>(v.get()).ok());
+        let Some(model) = model else {
+            return anthropic_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "model: Field required",
+            );
+        };
+        let Some(candidates) = table.models.get(&model) else {
+            return client_error(
+                Protocol::Anthropic,
+                StatusCode::NOT_FOUND,
+                &format!("The model `{model}` does not exist or you do not have access to it."),
+                None,
+            );
+        };
+        let estimate = (body.len() as u64 / 4).max(1);
+        let order = Table::rank(candidates, estimate, 0);
+        if let Some(cand) = order.first().map(|&i| &candidates[i])
+            && cand.provider.protocol == Protocol::Anthropic
+        {
+            let upstream_model = serde_json::to_string(&*cand.upstream_model).unwrap_or_default();
+            let rewritten = crate::protocol::json::write_object(
+                &entries,
+                |k, _| (k == "model").then(|| upstream_model.clone()),
+                &[],
+            );
+            let url = format!("{}/count_tokens", cand.provider.chat_url);
+            let mut builder = http::Request::post(url);
+            if let Some(headers) = builder.headers_mut() {
+                for (name, value) in client_headers {
+                    if forwardable(name, Protocol::Anthropic) {
+                        headers.append(name, value.clone());
+                    }
+                }
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                headers.insert(
+                    header::ACCEPT_ENCODING,
+                    HeaderValue::from_static("identity"),
+                );
+                if !headers.contains_key("anthropic-version") {
+                    headers.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
+                }
+                headers.insert(cand.auth.0.clone(), cand.auth.1.clone());
+            }
+            if let Ok(req) = builder.body(Full::new(Bytes::from(rewritten)))
+                && let Ok(Ok(resp)) =
+                    tokio::time::timeout(self.limits.first_byte_timeout, self.client.request(req))
+                        .await
+                && resp.status().is_success()
+                && let Ok(bytes) =
+                    read_body(resp.into_body(), self.limits.idle_timeout, 1 << 20).await
+            {
+                let mut out = Response::new(full(bytes));
+                out.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                return out;
+            }
+        }
+        let mut out = Response::new(full(
+            serde_json::to_vec(&serde_json::json!({ "input_tokens": estimate }))
+                .unwrap_or_default(),
+        ));
+        out.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        out
+    }
+
+    async fn serve(
+        self: &Arc<Self>,
+        table: &Table,
+        client_headers: &HeaderMap,
+        body: &[u8],
+        inbound: Inbound<'_>,
+        ctx: RequestCtx,
+    ) -> Response<Body> {
+        let protocol = inbound.protocol();
+        let Some(candidates) = table.models.get(inbound.model()) else {
+            self.metrics.refused("unknown_model");
+            return client_error(
+                protocol,
                 StatusCode::NOT_FOUND,
                 &format!(
                     "The model `{}` does not exist or you do not have access to it.",
-                    req.model
+                    inbound.model()
                 ),
-                "invalid_request_error",
                 Some("model_not_found"),
-                Some("model"),
             );
         };
         if candidates.is_empty() {
-            return openai_error(
+            return client_error(
+                protocol,
                 StatusCode::SERVICE_UNAVAILABLE,
-                &format!("No upstream credential serves `{}` right now.", req.model),
-                "server_error",
+                &format!(
+                    "No upstream credential serves `{}` right now.",
+                    inbound.model()
+                ),
                 Some("no_upstream"),
-                None,
             );
         }
         // Prompt tokens from the body size (about 4 bytes a token), output from the limit.
         let input_estimate = (body.len() as u64 / 4).max(1);
-        let output_estimate = req
-            .max_tokens
-            .unwrap_or(openai::DEFAULT_OUTPUT_TOKENS_ESTIMATE);
-        let order = Table::rank(candidates, input_estimate, output_estimate);
-        let force_usage = req.stream && !req.include_usage;
+        let order = Table::rank(candidates, input_estimate, inbound.output_estimate());
 
         let mut failures: Vec<Failure> = Vec::new();
         for idx in order {
             let cand = &candidates[idx];
-            let upstream_body = req.rewrite(&cand.upstream_model, force_usage);
-            let attempt = self
-                .attempt(cand, client_headers, upstream_body, &req, &ctx, force_usage)
-                .await;
-            match attempt {
+            match self
+                .attempt(cand, client_headers, body, &inbound, &ctx)
+                .await
+            {
                 Ok(resp) => {
                     self.metrics.attempt(&cand.provider.name, "ok");
                     return resp;
@@ -258,22 +494,69 @@ impl Proxy {
                 }
             }
         }
-        all_failed(&failures)
+        all_failed(protocol, &failures)
+    }
+
+    /// The body for `cand`'s upstream: the client's bytes with the model replaced (same
+    /// protocol), or a translation.
+    fn upstream_body(
+        inbound: &Inbound<'_>,
+        body: &[u8],
+        cand: &Candidate,
+        request_id: &str,
+    ) -> Result<Bytes, Failure> {
+        let model = &cand.upstream_model;
+        let translated = match (inbound, cand.provider.protocol) {
+            (Inbound::OpenAi(req), Protocol::OpenAi) => {
+                return Ok(req.rewrite(model, req.stream && !req.include_usage));
+            }
+            (Inbound::Anthropic(req), Protocol::Anthropic) => return Ok(req.rewrite(model)),
+            (Inbound::OpenAi(_), Protocol::Anthropic) => {
+                translate::openai_to_anthropic_request(body, model)
+            }
+            (Inbound::Anthropic(_), Protocol::OpenAi) => {
+                translate::anthropic_to_openai_request(body, model)
+            }
+        };
+        match translated {
+            Ok((bytes, dropped)) => {
+                if !dropped.is_empty() {
+                    tracing::debug!(
+                        request_id,
+                        ?dropped,
+                        "fields with no counterpart upstream were dropped"
+                    );
+                }
+                Ok(Bytes::from(bytes))
+            }
+            Err(err) => Err(Failure::Unsupported(err.message)),
+        }
     }
 
     async fn attempt(
         self: &Arc<Self>,
         cand: &Candidate,
         client_headers: &HeaderMap,
-        body: Bytes,
-        req: &ChatRequest<'_>,
+        client_body: &[u8],
+        inbound: &Inbound<'_>,
         ctx: &RequestCtx,
-        force_usage: bool,
     ) -> Result<Response<Body>, Attempt> {
-        let mut builder = http::Request::post(cand.provider.chat_url.clone());
+        let client_protocol = inbound.protocol();
+        let upstream = cand.provider.protocol;
+        let body = Self::upstream_body(inbound, client_body, cand, &ctx.request_id)
+            .map_err(Attempt::Failed)?;
+        let uri = match (&ctx.query, client_protocol, upstream) {
+            (Some(q), Protocol::Anthropic, Protocol::Anthropic) => {
+                format!("{}?{q}", cand.provider.chat_url)
+                    .parse()
+                    .unwrap_or_else(|_| cand.provider.chat_url.clone())
+            }
+            _ => cand.provider.chat_url.clone(),
+        };
+        let mut builder = http::Request::post(uri);
         if let Some(headers) = builder.headers_mut() {
             for (name, value) in client_headers {
-                if forwardable(name) {
+                if forwardable(name, upstream) {
                     headers.append(name, value.clone());
                 }
             }
@@ -285,6 +568,9 @@ impl Proxy {
                 header::ACCEPT_ENCODING,
                 HeaderValue::from_static("identity"),
             );
+            if upstream == Protocol::Anthropic && !headers.contains_key("anthropic-version") {
+                headers.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
+            }
             headers.insert(cand.auth.0.clone(), cand.auth.1.clone());
         }
         let upstream_req = builder
@@ -313,24 +599,36 @@ impl Proxy {
                     retry_after,
                 }));
             }
-            // The client's fault: the upstream's own error, in the same (OpenAI) shape.
+            // The client's fault: the upstream's own error, in the client's shape.
             let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
             let bytes = read_body(resp.into_body(), self.limits.idle_timeout, 1 << 20)
                 .await
                 .unwrap_or_default();
+            let (status, bytes) = match (client_protocol, upstream) {
+                (Protocol::OpenAi, Protocol::Anthropic) => {
+                    let (s, b) = translate::anthropic_error_to_openai(status.as_u16(), &bytes);
+                    (StatusCode::from_u16(s).unwrap_or(status), Bytes::from(b))
+                }
+                (Protocol::Anthropic, Protocol::OpenAi) => {
+                    let (s, b) = translate::openai_error_to_anthropic(status.as_u16(), &bytes);
+                    (StatusCode::from_u16(s).unwrap_or(status), Bytes::from(b))
+                }
+                _ => (status, bytes),
+            };
             let mut out = Response::new(full(bytes));
             *out.status_mut() = status;
-            if let Some(ct) = content_type {
-                out.headers_mut().insert(header::CONTENT_TYPE, ct);
-            }
+            out.headers_mut().insert(
+                header::CONTENT_TYPE,
+                content_type.unwrap_or(HeaderValue::from_static("application/json")),
+            );
             return Err(Attempt::Final(out));
         }
 
-        let record = Record {
+        let mut record = Record {
             proxy: Arc::clone(self),
             request_id: ctx.request_id.clone(),
             key_id: Arc::clone(&ctx.key_id),
-            model: req.model.clone(),
+            model: inbound.model().to_string(),
             provider: Arc::clone(&cand.provider.name),
             credential_id: Arc::clone(&cand.credential_id),
             prices: (
@@ -342,18 +640,38 @@ impl Proxy {
             started_at_ms: ctx.started_at_ms,
             ttfb_ms: 0,
         };
-        if req.stream {
-            let (upstream, scan) = precommit(
+        if inbound.stream() {
+            let adapter = match (inbound, upstream) {
+                (Inbound::OpenAi(req), Protocol::OpenAi) => Adapter::OpenAi {
+                    suppress_usage_chunk: !req.include_usage,
+                    usage: None,
+                },
+                (Inbound::Anthropic(_), Protocol::Anthropic) => {
+                    Adapter::Anthropic(anthropic::Usage::default())
+                }
+                (Inbound::OpenAi(req), Protocol::Anthropic) => {
+                    Adapter::AnthropicToOpenAi(Box::new(translate::AnthropicToOpenAiStream::new(
+                        &req.model,
+                        req.include_usage,
+                    )))
+                }
+                (Inbound::Anthropic(req), Protocol::OpenAi) => {
+                    Adapter::OpenAiToAnthropic(Box::new(translate::OpenAiToAnthropicStream::new(
+                        &req.model,
+                        &format!("msg_{}", ctx.request_id.replace('-', "")),
+                    )))
+                }
+            };
+            let (upstream_body, scan) = precommit(
                 resp.into_body(),
+                adapter,
                 deadline,
                 self.limits.idle_timeout,
-                force_usage,
             )
             .await
             .map_err(Attempt::Failed)?;
-            let mut record = record;
             record.ttfb_ms = ms_since(ctx.started);
-            let relay = Relay::new(upstream, scan, self.limits.idle_timeout, record);
+            let relay = Relay::new(upstream_body, scan, self.limits.idle_timeout, record);
             let mut out = Response::new(relay.boxed_unsync());
             let headers = out.headers_mut();
             headers.insert(
@@ -364,20 +682,36 @@ impl Proxy {
             headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
             Ok(out)
         } else {
-            let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
             let bytes = read_body(resp.into_body(), self.limits.idle_timeout, usize::MAX)
                 .await
                 .map_err(|e| Attempt::Failed(Failure::Stream(e)))?;
-            let mut record = record;
             record.ttfb_ms = ms_since(ctx.started);
-            match openai::completion_usage(&bytes) {
-                Some(usage) => record.finish(Some(usage), 0, 200),
-                None => record.finish(None, estimate_tokens(bytes.len()), 200),
-            }
+            let (bytes, usage) = match (client_protocol, upstream) {
+                (Protocol::OpenAi, Protocol::OpenAi) => {
+                    let usage = openai::completion_usage(&bytes).map(openai_usage);
+                    (bytes, usage)
+                }
+                (Protocol::Anthropic, Protocol::Anthropic) => {
+                    let usage = anthropic::message_usage(&bytes).map(anthropic_usage);
+                    (bytes, usage)
+                }
+                (Protocol::OpenAi, Protocol::Anthropic) => {
+                    let (b, u) = translate::anthropic_to_openai_response(&bytes, inbound.model())
+                        .map_err(|e| Attempt::Failed(Failure::Stream(e.message)))?;
+                    (Bytes::from(b), u)
+                }
+                (Protocol::Anthropic, Protocol::OpenAi) => {
+                    let (b, u) = translate::openai_to_anthropic_response(&bytes, inbound.model())
+                        .map_err(|e| Attempt::Failed(Failure::Stream(e.message)))?;
+                    (Bytes::from(b), u)
+                }
+            };
+            let estimate = estimate_tokens(bytes.len());
+            record.finish(usage, estimate, 200);
             let mut out = Response::new(full(bytes));
             out.headers_mut().insert(
                 header::CONTENT_TYPE,
-                content_type.unwrap_or(HeaderValue::from_static("application/json")),
+                HeaderValue::from_static("application/json"),
             );
             Ok(out)
         }
@@ -409,14 +743,28 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
-/// The response when every candidate failed: 429 if all were rate limited (with the shortest
-/// `Retry-After` they gave), 503 if all were overloaded or unavailable, else 502.
-fn all_failed(failures: &[Failure]) -> Response<Body> {
-    let all_rate_limited = failures.iter().all(
+/// The response when every candidate failed, in the client's shape: 400 if none could serve the
+/// request as asked, 429 if all were rate limited (with the shortest `Retry-After` they gave),
+/// 503 if all were overloaded or unavailable, else 502.
+fn all_failed(protocol: Protocol, failures: &[Failure]) -> Response<Body> {
+    if let Some(Failure::Unsupported(message)) = failures
+        .iter()
+        .find(|f| matches!(f, Failure::Unsupported(_)))
+        && failures
+            .iter()
+            .all(|f| matches!(f, Failure::Unsupported(_)))
+    {
+        return client_error(protocol, StatusCode::BAD_REQUEST, message, None);
+    }
+    let tried: Vec<&Failure> = failures
+        .iter()
+        .filter(|f| !matches!(f, Failure::Unsupported(_)))
+        .collect();
+    let all_rate_limited = tried.iter().all(
         |f| matches!(f, Failure::Status { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS),
     );
     if all_rate_limited {
-        let retry_after = failures
+        let retry_after = tried
             .iter()
             .filter_map(|f| match f {
                 Failure::Status {
@@ -431,36 +779,33 @@ fn all_failed(failures: &[Failure]) -> Response<Body> {
                     .and_then(|s| s.trim().parse::<u64>().ok())
                     .unwrap_or(u64::MAX)
             });
-        let mut resp = openai_error(
+        let mut resp = client_error(
+            protocol,
             StatusCode::TOO_MANY_REQUESTS,
             "Every upstream for this model is rate limited. Retry after the time in Retry-After.",
-            "rate_limit_error",
             Some("rate_limit_exceeded"),
-            None,
         );
         if let Some(v) = retry_after {
             resp.headers_mut().insert(header::RETRY_AFTER, v);
         }
         return resp;
     }
-    let all_unavailable = failures.iter().all(|f| {
+    let all_unavailable = tried.iter().all(|f| {
         matches!(f, Failure::Status { status, .. } if status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS)
     });
     if all_unavailable {
-        openai_error(
+        client_error(
+            protocol,
             StatusCode::SERVICE_UNAVAILABLE,
             "Every upstream for this model is unavailable or overloaded.",
-            "server_error",
             Some("upstream_unavailable"),
-            None,
         )
     } else {
-        openai_error(
+        client_error(
+            protocol,
             StatusCode::BAD_GATEWAY,
             "No upstream for this model could be reached or answered in time.",
-            "server_error",
             Some("upstream_failed"),
-            None,
         )
     }
 }
@@ -485,16 +830,190 @@ async fn read_body(mut body: Incoming, idle: Duration, limit: usize) -> Result<B
     }
 }
 
+/// What one upstream event meant.
+#[derive(Debug, PartialEq, Eq)]
+enum Note {
+    /// Nothing a client shows.
+    Nothing,
+    /// The stream is committed (or, once committed, a content event).
+    Content,
+    Error(String),
+    Done,
+}
+
+/// How upstream events become client events: passed through (same protocol) or translated.
+enum Adapter {
+    OpenAi {
+        /// Drop the `choices: []` usage chunk the client did not ask for.
+        suppress_usage_chunk: bool,
+        usage: Option<openai::Usage>,
+    },
+    Anthropic(anthropic::Usage),
+    OpenAiToAnthropic(Box<translate::OpenAiToAnthropicStream>),
+    AnthropicToOpenAi(Box<translate::AnthropicToOpenAiStream>),
+}
+
+impl Adapter {
+    /// Handles one whole upstream event, pushing what the client gets onto `out`. Once
+    /// `committed`, pass-through events that cannot carry usage, errors or the end are relayed
+    /// without being parsed.
+    fn event(&mut self, raw: Bytes, committed: bool, out: &mut Vec<Bytes>) -> Note {
+        let ev = sse::parse(&raw);
+        let data = ev.data.as_deref();
+        match self {
+            Adapter::OpenAi {
+                suppress_usage_chunk,
+                usage,
+            } => {
+                if committed && !data.is_some_and(|d| openai::may_matter(ev.name, d)) {
+                    let note = if data.is_some() {
+                        Note::Content
+                    } else {
+                        Note::Nothing
+                    };
+                    out.push(raw);
+                    return note;
+                }
+                match openai::classify(ev.name, data) {
+                    Chunk::Preamble => {
+                        out.push(raw);
+                        Note::Nothing
+                    }
+                    Chunk::UsageOnly(u) => {
+                        *usage = Some(u);
+                        if !*suppress_usage_chunk {
+                            out.push(raw);
+                        }
+                        Note::Nothing
+                    }
+                    Chunk::Content { usage: u } => {
+                        if u.is_some() {
+                            *usage = u;
+                        }
+                        out.push(raw);
+                        Note::Content
+                    }
+                    Chunk::Error { message, usage: u } => {
+                        if u.is_some() {
+                            *usage = u;
+                        }
+                        // Relayed only once committed; before that, the next candidate serves.
+                        if committed {
+                            out.push(raw);
+                        }
+                        Note::Error(message)
+                    }
+                    Chunk::Done => {
+                        out.push(raw);
+                        Note::Done
+                    }
+                }
+            }
+            Adapter::Anthropic(usage) => {
+                if committed && !data.is_some_and(|d| anthropic::may_matter(ev.name, d)) {
+                    let note = if data.is_some() {
+                        Note::Content
+                    } else {
+                        Note::Nothing
+                    };
+                    out.push(raw);
+                    return note;
+                }
+                let note = match anthropic::classify(ev.name, data, usage) {
+                    anthropic::Event::Preamble => Note::Nothing,
+                    anthropic::Event::Content => Note::Content,
+                    anthropic::Event::Done => Note::Done,
+                    anthropic::Event::Error(m) => Note::Error(m),
+                };
+                if committed || !matches!(note, Note::Error(_)) {
+                    out.push(raw);
+                }
+                note
+            }
+            Adapter::OpenAiToAnthropic(t) => {
+                let Some(data) = data else {
+                    return Note::Nothing;
+                };
+                let mut buf = Vec::new();
+                let note = t.event(data, &mut buf);
+                if !buf.is_empty()
+                    && (committed || !matches!(note, translate::StreamNote::Error(_)))
+                {
+                    out.push(Bytes::from(buf));
+                }
+                stream_note(note)
+            }
+            Adapter::AnthropicToOpenAi(t) => {
+                let Some(data) = data else {
+                    return Note::Nothing;
+                };
+                let mut buf = Vec::new();
+                let note = t.event(ev.name, data, &mut buf);
+                if !buf.is_empty()
+                    && (committed || !matches!(note, translate::StreamNote::Error(_)))
+                {
+                    out.push(Bytes::from(buf));
+                }
+                stream_note(note)
+            }
+        }
+    }
+
+    /// The upstream ended cleanly: close what a translated stream still has open.
+    fn finish(&mut self, out: &mut Vec<Bytes>) {
+        let mut buf = Vec::new();
+        match self {
+            Adapter::OpenAiToAnthropic(t) => t.finish(&mut buf),
+            Adapter::AnthropicToOpenAi(t) => t.finish(&mut buf),
+            _ => {}
+        }
+        if !buf.is_empty() {
+            out.push(Bytes::from(buf));
+        }
+    }
+
+    /// The event that ends a failed stream, in the client's protocol.
+    fn error_event(&self, message: &str) -> Bytes {
+        match self {
+            Adapter::OpenAi { .. } | Adapter::AnthropicToOpenAi(_) => {
+                openai::stream_error_event(message)
+            }
+            Adapter::Anthropic(_) => anthropic::stream_error_event(message),
+            Adapter::OpenAiToAnthropic(_) => {
+                Bytes::from(translate::OpenAiToAnthropicStream::error_event(message))
+            }
+        }
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        match self {
+            Adapter::OpenAi { usage, .. } => usage.map(openai_usage),
+            Adapter::Anthropic(u) => {
+                (*u != anthropic::Usage::default()).then(|| anthropic_usage(*u))
+            }
+            Adapter::OpenAiToAnthropic(t) => t.usage(),
+            Adapter::AnthropicToOpenAi(t) => t.usage(),
+        }
+    }
+}
+
+fn stream_note(note: translate::StreamNote) -> Note {
+    match note {
+        translate::StreamNote::Nothing => Note::Nothing,
+        translate::StreamNote::Content => Note::Content,
+        translate::StreamNote::Error(m) => Note::Error(m),
+        translate::StreamNote::Done => Note::Done,
+    }
+}
+
 /// The stream state shared by the pre-commit phase and the relay.
 struct Scan {
+    adapter: Adapter,
     splitter: sse::Splitter,
     /// Split but not yet looked at.
     queue: VecDeque<Bytes>,
     /// Ready to go to the client.
     out: Vec<Bytes>,
-    /// Drop the `choices: []` usage chunk the client did not ask for.
-    suppress_usage_chunk: bool,
-    usage: Option<Usage>,
     content_events: u64,
     failed: Option<String>,
     done: bool,
@@ -506,88 +1025,35 @@ impl Scan {
         self.splitter.push(data, &mut events);
         self.queue.extend(events);
     }
-
-    /// Looks at one committed event: passes it on, or drops it, noting usage and errors.
-    fn relay_event(&mut self, raw: Bytes) {
-        let ev = sse::parse(&raw);
-        let data = ev.data.as_deref();
-        let matters = data.is_some_and(|d| openai::may_matter(ev.name, d));
-        if !matters {
-            if data.is_some() {
-                self.content_events += 1;
-            }
-            self.out.push(raw);
-            return;
-        }
-        match openai::classify(ev.name, data) {
-            Chunk::UsageOnly(u) => {
-                self.usage = Some(u);
-                if !self.suppress_usage_chunk {
-                    self.out.push(raw);
-                }
-            }
-            Chunk::Content { usage } => {
-                self.content_events += 1;
-                if usage.is_some() {
-                    self.usage = usage;
-                }
-                self.out.push(raw);
-            }
-            Chunk::Error { message, usage } => {
-                if usage.is_some() {
-                    self.usage = usage;
-                }
-                self.failed = Some(message);
-                self.out.push(raw);
-            }
-            Chunk::Done => {
-                self.done = true;
-                self.out.push(raw);
-            }
-            Chunk::Preamble => self.out.push(raw),
-        }
-    }
 }
 
 /// Reads a streaming response until its first committing event. Returns the body to go on
 /// relaying from, and the scan with what was held plus the committing event ready to send.
 async fn precommit(
     mut body: Incoming,
+    adapter: Adapter,
     deadline: Instant,
     idle: Duration,
-    force_usage: bool,
 ) -> Result<(Incoming, Scan), Failure> {
     let mut scan = Scan {
+        adapter,
         splitter: sse::Splitter::default(),
         queue: VecDeque::new(),
         out: Vec::new(),
-        suppress_usage_chunk: force_usage,
-        usage: None,
         content_events: 0,
         failed: None,
         done: false,
     };
     loop {
         while let Some(raw) = scan.queue.pop_front() {
-            let ev = sse::parse(&raw);
-            match openai::classify(ev.name, ev.data.as_deref()) {
-                Chunk::Preamble => scan.out.push(raw),
-                Chunk::UsageOnly(u) => {
-                    scan.usage = Some(u);
-                    if !force_usage {
-                        scan.out.push(raw);
-                    }
-                }
-                Chunk::Content { usage } => {
+            match scan.adapter.event(raw, false, &mut scan.out) {
+                Note::Nothing => {}
+                Note::Content => {
                     scan.content_events += 1;
-                    if usage.is_some() {
-                        scan.usage = usage;
-                    }
-                    scan.out.push(raw);
                     return Ok((body, scan));
                 }
-                Chunk::Error { message, .. } => return Err(Failure::Stream(message)),
-                Chunk::Done => return Err(Failure::Stream("stream ended without content".into())),
+                Note::Error(message) => return Err(Failure::Stream(message)),
+                Note::Done => return Err(Failure::Stream("stream ended without content".into())),
             }
         }
         let wait = deadline.saturating_duration_since(Instant::now()).min(idle);
@@ -621,17 +1087,36 @@ struct Record {
 
 impl Record {
     /// Bills the upstream's counts if it gave them, else `estimated_output` output tokens (and
-    /// no input: the prompt size is not known exactly), flagged as estimated.
+    /// no input: the prompt size is not known exactly), flagged as estimated. Cached input is
+    /// priced as input until offerings carry cache prices.
     fn finish(self, usage: Option<Usage>, estimated_output: u64, status: u32) {
-        let (input, output, cached, estimated) = match usage {
-            Some(u) => (u.prompt_tokens, u.completion_tokens, u.cached_tokens, false),
-            None => (0, estimated_output, 0, true),
+        let (u, estimated) = match usage {
+            Some(u) => (u, false),
+            None => (
+                Usage {
+                    output_tokens: estimated_output,
+                    ..Usage::default()
+                },
+                true,
+            ),
         };
         let (input_price, output_price, multiplier) = self.prices;
-        let cost = crate::table::cost_nano(input, output, input_price, output_price, multiplier);
-        self.proxy
-            .metrics
-            .served(&self.provider, &self.model, status, input, output, cost);
+        let all_input = u.input_tokens + u.cache_read_tokens + u.cache_write_tokens;
+        let cost = crate::table::cost_nano(
+            all_input,
+            u.output_tokens,
+            input_price,
+            output_price,
+            multiplier,
+        );
+        self.proxy.metrics.served(
+            &self.provider,
+            &self.model,
+            status,
+            all_input,
+            u.output_tokens,
+            cost,
+        );
         tracing::info!(
             request_id = %self.request_id,
             client_key_id = %self.key_id,
@@ -639,8 +1124,10 @@ impl Record {
             provider = %self.provider,
             credential_id = %self.credential_id,
             status,
-            input_tokens = input,
-            output_tokens = output,
+            input_tokens = u.input_tokens,
+            cache_read_tokens = u.cache_read_tokens,
+            cache_write_tokens = u.cache_write_tokens,
+            output_tokens = u.output_tokens,
             cost_nano_usd = cost,
             estimated,
             latency_ms = ms_since(self.started),
@@ -652,16 +1139,16 @@ impl Record {
             model: self.model,
             provider: self.provider.to_string(),
             credential_id: self.credential_id.to_string(),
-            input_tokens: input,
-            output_tokens: output,
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
             cost_nano_usd: cost,
             latency_ms: ms_since(self.started),
             ttfb_ms: self.ttfb_ms,
             status,
             started_at_ms: self.started_at_ms,
             estimated,
-            cache_read_tokens: cached,
-            cache_write_tokens: 0,
+            cache_read_tokens: u.cache_read_tokens,
+            cache_write_tokens: u.cache_write_tokens,
         });
     }
 }
@@ -678,17 +1165,14 @@ struct Relay {
 }
 
 impl Relay {
-    fn new(upstream: Incoming, mut scan: Scan, idle: Duration, record: Record) -> Relay {
+    fn new(upstream: Incoming, scan: Scan, idle: Duration, record: Record) -> Relay {
         let mut relay = Relay {
             upstream: Some(upstream),
             ready: VecDeque::new(),
             idle,
             idle_timer: Box::pin(tokio::time::sleep(idle)),
             record: Some(record),
-            scan: Scan {
-                out: std::mem::take(&mut scan.out),
-                ..scan
-            },
+            scan,
         };
         relay.drain_queue();
         relay
@@ -696,9 +1180,22 @@ impl Relay {
 
     /// Processes split events and moves what is to be sent into `ready`, as one frame.
     fn drain_queue(&mut self) {
-        while let Some(raw) = self.scan.queue.pop_front() {
-            self.scan.relay_event(raw);
+        let scan = &mut self.scan;
+        while let Some(raw) = scan.queue.pop_front() {
+            match scan.adapter.event(raw, true, &mut scan.out) {
+                Note::Content => scan.content_events += 1,
+                Note::Error(message) => {
+                    // The upstream's own error event went out to the client; it ends the stream.
+                    scan.failed = Some(message);
+                }
+                Note::Done => scan.done = true,
+                Note::Nothing => {}
+            }
         }
+        self.flush_out();
+    }
+
+    fn flush_out(&mut self) {
         let out = std::mem::take(&mut self.scan.out);
         match out.len() {
             0 => {}
@@ -716,15 +1213,16 @@ impl Relay {
     fn finish(&mut self, status: u32) {
         if let Some(record) = self.record.take() {
             let estimated_output = self.scan.content_events;
-            record.finish(self.scan.usage, estimated_output, status);
+            record.finish(self.scan.adapter.usage(), estimated_output, status);
         }
     }
 
-    /// Ends the stream with an OpenAI-shaped error event (unless the upstream already sent one).
+    /// Ends the stream with an error event in the client's shape (unless the upstream already
+    /// sent one).
     fn fail(&mut self, message: &str) {
         self.upstream = None;
         if self.scan.failed.is_none() {
-            self.ready.push_back(openai::stream_error_event(message));
+            self.ready.push_back(self.scan.adapter.error_event(message));
             self.scan.failed = Some(message.to_string());
         }
     }
@@ -765,8 +1263,15 @@ impl http_body::Body for Relay {
                     this.upstream = None;
                     let rest = this.scan.splitter.pending().to_vec();
                     if !rest.is_empty() {
-                        this.ready.push_back(Bytes::from(rest));
+                        let raw = Bytes::from(rest);
+                        let scan = &mut this.scan;
+                        let _ = scan.adapter.event(raw, true, &mut scan.out);
                     }
+                    if this.scan.failed.is_none() {
+                        let scan = &mut this.scan;
+                        scan.adapter.finish(&mut scan.out);
+                    }
+                    this.flush_out();
                 }
                 Poll::Pending => {
                     if this.idle_timer.as_mut().poll(cx).is_ready() {

@@ -2,7 +2,8 @@
 //! shutdown.
 
 use crate::gateway::Gateway;
-use crate::proxy::{Body, RequestCtx, full, now_ms, openai_error};
+use crate::proxy::{Body, RequestCtx, client_error, full, now_ms, openai_error};
+use crate::table::Protocol;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
@@ -119,7 +120,17 @@ async fn route(gw: &Arc<Gateway>, req: Request<Incoming>, request_id: &str) -> R
         }
         (&Method::GET, "/metrics") => metrics(gw),
         (&Method::GET, "/v1/models") => models(gw, &req),
-        (&Method::POST, "/v1/chat/completions") => chat(gw, req, request_id).await,
+        (&Method::POST, "/v1/chat/completions") => {
+            proxied(gw, req, request_id, Protocol::OpenAi).await
+        }
+        (&Method::POST, "/v1/messages") => proxied(gw, req, request_id, Protocol::Anthropic).await,
+        (&Method::POST, "/v1/messages/count_tokens") => count_tokens(gw, req).await,
+        (_, "/v1/messages" | "/v1/messages/count_tokens") => client_error(
+            Protocol::Anthropic,
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!("Method {} is not allowed on {path}.", req.method()),
+            None,
+        ),
         (_, "/v1/chat/completions" | "/v1/models" | "/healthz" | "/readyz" | "/metrics") => {
             openai_error(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -161,41 +172,59 @@ fn metrics(gw: &Gateway) -> Response<Body> {
     resp
 }
 
-fn unauthorized(gw: &Gateway, message: &str) -> Response<Body> {
+fn unauthorized(gw: &Gateway, protocol: Protocol, message: &str) -> Response<Body> {
     gw.metrics.refused("unauthenticated");
-    openai_error(
+    client_error(
+        protocol,
         StatusCode::UNAUTHORIZED,
         message,
-        "invalid_request_error",
         Some("invalid_api_key"),
-        None,
     )
 }
 
-fn not_ready(gw: &Gateway) -> Response<Body> {
+fn not_ready(gw: &Gateway, protocol: Protocol) -> Response<Body> {
     gw.metrics.refused("not_ready");
-    openai_error(
+    client_error(
+        protocol,
         StatusCode::SERVICE_UNAVAILABLE,
         "The gateway has no route table yet; retry shortly.",
-        "server_error",
         Some("not_ready"),
-        None,
     )
+}
+
+const NO_KEY: &str = "You didn't provide an API key. Use an Authorization header: Bearer <key>.";
+const NO_KEY_ANTHROPIC: &str = "x-api-key header is required (or Authorization: Bearer <key>).";
+const BAD_KEY: &str = "Incorrect API key provided.";
+
+/// The table and the client key id of an authenticated request, or the error response.
+// The error is the response itself, returned to the client as is: boxing it would only add an
+// allocation to the refusal path.
+#[allow(clippy::result_large_err)]
+fn authenticate(
+    gw: &Gateway,
+    req: &Request<Incoming>,
+    protocol: Protocol,
+) -> Result<(Arc<crate::table::Table>, Arc<str>), Response<Body>> {
+    let Some(table) = gw.table.load_full() else {
+        return Err(not_ready(gw, protocol));
+    };
+    let anthropic = protocol == Protocol::Anthropic;
+    let Some(presented) = presented_key(req, anthropic) else {
+        let message = if anthropic { NO_KEY_ANTHROPIC } else { NO_KEY };
+        return Err(unauthorized(gw, protocol, message));
+    };
+    let Some(key) = table.authenticate(presented) else {
+        return Err(unauthorized(gw, protocol, BAD_KEY));
+    };
+    let id = Arc::clone(&key.id);
+    Ok((table, id))
 }
 
 fn models(gw: &Gateway, req: &Request<Incoming>) -> Response<Body> {
-    let Some(table) = gw.table.load_full() else {
-        return not_ready(gw);
+    let table = match authenticate(gw, req, Protocol::OpenAi) {
+        Ok((table, _)) => table,
+        Err(resp) => return resp,
     };
-    let Some(key) = presented_key(req, false) else {
-        return unauthorized(
-            gw,
-            "You didn't provide an API key. Use an Authorization header: Bearer <key>.",
-        );
-    };
-    if table.authenticate(key).is_none() {
-        return unauthorized(gw, "Incorrect API key provided.");
-    }
     let data: Vec<serde_json::Value> = table
         .model_names
         .iter()
@@ -217,32 +246,21 @@ fn models(gw: &Gateway, req: &Request<Incoming>) -> Response<Body> {
     resp
 }
 
-async fn chat(gw: &Arc<Gateway>, req: Request<Incoming>, request_id: &str) -> Response<Body> {
-    let started = Instant::now();
-    let started_at_ms = now_ms();
-    let Some(table) = gw.table.load_full() else {
-        return not_ready(gw);
-    };
-    let Some(presented) = presented_key(&req, false) else {
-        return unauthorized(
-            gw,
-            "You didn't provide an API key. Use an Authorization header: Bearer <key>.",
-        );
-    };
-    let Some(key) = table.authenticate(presented) else {
-        return unauthorized(gw, "Incorrect API key provided.");
-    };
-    let key_id = Arc::clone(&key.id);
-
+/// Reads the body within the limit, or the error response in the client's shape.
+#[allow(clippy::result_large_err)]
+async fn read_body(
+    gw: &Gateway,
+    req: Request<Incoming>,
+    protocol: Protocol,
+) -> Result<(http::request::Parts, Bytes), Response<Body>> {
     let limit = gw.proxy.limits.max_body_bytes;
     let too_large = || {
         gw.metrics.refused("body_too_large");
-        openai_error(
+        client_error(
+            protocol,
             StatusCode::PAYLOAD_TOO_LARGE,
             &format!("The request body is larger than the limit of {limit} bytes."),
-            "invalid_request_error",
             Some("request_too_large"),
-            None,
         )
     };
     let declared = req
@@ -251,34 +269,72 @@ async fn chat(gw: &Arc<Gateway>, req: Request<Incoming>, request_id: &str) -> Re
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|len| len > limit) {
-        return too_large();
+        return Err(too_large());
     }
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(err) => {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok((parts, collected.to_bytes())),
+        Err(err)
             if err
                 .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                return too_large();
-            }
-            return openai_error(
-                StatusCode::BAD_REQUEST,
-                "The request body could not be read.",
-                "invalid_request_error",
-                None,
-                None,
-            );
+                .is_some() =>
+        {
+            Err(too_large())
         }
+        Err(_) => Err(client_error(
+            protocol,
+            StatusCode::BAD_REQUEST,
+            "The request body could not be read.",
+            None,
+        )),
+    }
+}
+
+/// `/v1/chat/completions` and `/v1/messages`: authenticate, read the body, proxy.
+async fn proxied(
+    gw: &Arc<Gateway>,
+    req: Request<Incoming>,
+    request_id: &str,
+    protocol: Protocol,
+) -> Response<Body> {
+    let started = Instant::now();
+    let started_at_ms = now_ms();
+    let (table, key_id) = match authenticate(gw, &req, protocol) {
+        Ok(ok) => ok,
+        Err(resp) => return resp,
+    };
+    let query = req.uri().query().map(str::to_string);
+    let (parts, body) = match read_body(gw, req, protocol).await {
+        Ok(ok) => ok,
+        Err(resp) => return resp,
     };
     let ctx = RequestCtx {
         request_id: request_id.to_string(),
         key_id,
         started,
         started_at_ms,
+        query,
     };
-    gw.proxy
-        .chat_completions(&table, &parts.headers, &body, ctx)
-        .await
+    match protocol {
+        Protocol::OpenAi => {
+            gw.proxy
+                .chat_completions(&table, &parts.headers, &body, ctx)
+                .await
+        }
+        Protocol::Anthropic => gw.proxy.messages(&table, &parts.headers, &body, ctx).await,
+    }
+}
+
+/// `POST /v1/messages/count_tokens`: exact from the upstream when the candidate the request would
+/// go to speaks Anthropic, else an estimate of one token per 4 bytes of the request.
+async fn count_tokens(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Body> {
+    let (table, _) = match authenticate(gw, &req, Protocol::Anthropic) {
+        Ok(ok) => ok,
+        Err(resp) => return resp,
+    };
+    let (parts, body) = match read_body(gw, req, Protocol::Anthropic).await {
+        Ok(ok) => ok,
+        Err(resp) => return resp,
+    };
+    gw.proxy.count_tokens(&table, &parts.headers, &body).await
 }

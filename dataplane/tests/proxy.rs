@@ -147,7 +147,7 @@ fn failover_on_a_closed_port_and_a_first_byte_timeout() {
     drop(dead);
     for stream in [false, true] {
         let c = Cluster::start(&THREE, &["--first-byte-timeout-ms", "1500"]);
-        add_openai_offer(&c.cp, &offer("0-dead", "0.5", "1"), &dead_url);
+        add_offer(&c.cp, &offer("0-dead", "0.5", "1"), &dead_url);
         // Wait for the new table: the dead provider is cheapest, so it is tried first.
         c.fake("c-cheap").set_behavior(Behavior::Hang);
         keyplane_testkit::wait_until(TIMEOUT, || {

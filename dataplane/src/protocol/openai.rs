@@ -4,12 +4,11 @@
 //! rewrite (the upstream's model id, `stream_options.include_usage`) changes only those entries
 //! and every other byte the client sent reaches the upstream as it was.
 
+use super::json::Entries;
 use bytes::Bytes;
 use serde::Deserialize;
-use serde::de::{self, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
-use std::fmt;
 
 /// Output tokens assumed for ranking when the request sets no limit.
 pub const DEFAULT_OUTPUT_TOKENS_ESTIMATE: u64 = 1024;
@@ -36,51 +35,6 @@ fn refuse(message: impl Into<String>, param: Option<&'static str>) -> RequestErr
     RequestError {
         message: message.into(),
         param,
-    }
-}
-
-struct Entries<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Entries<'a> {
-    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct EntriesVisitor<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for EntriesVisitor<'a> {
-            type Value = Entries<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
-                let mut entries = Vec::new();
-                while let Some(key) = map.next_key::<Key<'de>>()? {
-                    let value: &'de RawValue = map.next_value()?;
-                    entries.push((key.0, value));
-                }
-                Ok(Entries(entries))
-            }
-        }
-        deserializer.deserialize_map(EntriesVisitor(std::marker::PhantomData))
-    }
-}
-
-/// A map key, borrowed unless it has escapes.
-struct Key<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl<'de> Visitor<'de> for KeyVisitor {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Key(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Key(Cow::Owned(v.to_string())))
-            }
-        }
-        deserializer.deserialize_str(KeyVisitor)
     }
 }
 
@@ -156,47 +110,25 @@ impl<'a> ChatRequest<'a> {
     /// `force_include_usage`, `stream_options.include_usage` set to true. Everything else is the
     /// client's bytes.
     pub fn rewrite(&self, upstream_model: &str, force_include_usage: bool) -> Bytes {
-        let mut out = Vec::with_capacity(
-            self.entries
-                .iter()
-                .map(|(k, v)| k.len() + v.get().len() + 4)
-                .sum::<usize>()
-                + 64,
-        );
-        out.push(b'{');
-        let mut first = true;
-        let mut saw_stream_options = false;
-        let mut put = |out: &mut Vec<u8>, key: &str, value: &str| {
-            if !first {
-                out.push(b',');
-            }
-            first = false;
-            // Keys are re-encoded (escapes included) by serde_json; values are copied.
-            out.extend_from_slice(serde_json::to_string(key).unwrap_or_default().as_bytes());
-            out.push(b':');
-            out.extend_from_slice(value.as_bytes());
-        };
-        for (key, value) in &self.entries {
-            match key.as_ref() {
-                "model" => {
-                    let model = serde_json::to_string(upstream_model).unwrap_or_default();
-                    put(&mut out, key, &model);
-                }
+        let model = serde_json::to_string(upstream_model).unwrap_or_default();
+        let mut extra = Vec::new();
+        if force_include_usage && !self.entries.iter().any(|(k, _)| k == "stream_options") {
+            extra.push(("stream_options", r#"{"include_usage":true}"#.to_string()));
+        }
+        let out = super::json::write_object(
+            &self.entries,
+            |key, value| match key {
+                "model" => Some(model.clone()),
                 "stream_options" if force_include_usage => {
-                    saw_stream_options = true;
                     let mut opts: serde_json::Map<String, serde_json::Value> =
                         serde_json::from_str(value.get()).unwrap_or_default();
                     opts.insert("include_usage".into(), serde_json::Value::Bool(true));
-                    let text = serde_json::to_string(&opts).unwrap_or_default();
-                    put(&mut out, key, &text);
+                    Some(serde_json::to_string(&opts).unwrap_or_default())
                 }
-                _ => put(&mut out, key, value.get()),
-            }
-        }
-        if force_include_usage && !saw_stream_options {
-            put(&mut out, "stream_options", r#"{"include_usage":true}"#);
-        }
-        out.push(b'}');
+                _ => None,
+            },
+            &extra,
+        );
         Bytes::from(out)
     }
 }

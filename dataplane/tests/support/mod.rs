@@ -16,6 +16,8 @@ pub struct Offer<'a> {
     pub input: &'a str,
     pub output: &'a str,
     pub multiplier: &'a str,
+    /// "openai" or "anthropic".
+    pub protocol: &'a str,
 }
 
 pub const fn offer<'a>(name: &'a str, input: &'a str, output: &'a str) -> Offer<'a> {
@@ -24,6 +26,17 @@ pub const fn offer<'a>(name: &'a str, input: &'a str, output: &'a str) -> Offer<
         input,
         output,
         multiplier: "1",
+        protocol: "openai",
+    }
+}
+
+pub const fn anthropic_offer<'a>(name: &'a str, input: &'a str, output: &'a str) -> Offer<'a> {
+    Offer {
+        name,
+        input,
+        output,
+        multiplier: "1",
+        protocol: "anthropic",
     }
 }
 
@@ -55,7 +68,12 @@ impl Cluster {
             };
             tune(&mut config);
             let fake = FakeUpstream::start(config);
-            add_openai_offer(&cp, o, &fake.openai_base_url());
+            let base = if o.protocol == "anthropic" {
+                fake.anthropic_base_url()
+            } else {
+                fake.openai_base_url()
+            };
+            add_offer(&cp, o, &base);
             fakes.push(fake);
         }
         let key = cp.ctl(&["--json", "key", "create", "tester"]).ok().json()["key"]
@@ -120,13 +138,14 @@ impl Cluster {
     }
 }
 
-pub fn add_openai_offer(cp: &ControlPlane, o: &Offer<'_>, base_url: &str) {
+/// Adds a provider (of `o.protocol`) with one credential and its offering of [`MODEL`].
+pub fn add_offer(cp: &ControlPlane, o: &Offer<'_>, base_url: &str) {
     cp.ctl(&[
         "provider",
         "add",
         o.name,
         "--protocol",
-        "openai",
+        o.protocol,
         "--base-url",
         base_url,
     ])
@@ -176,4 +195,46 @@ pub fn served_by(cluster: &Cluster) -> String {
         .map(|f| f.name().to_string())
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// An Anthropic Messages request body.
+pub fn messages_body(stream: bool) -> Value {
+    json!({
+        "model": MODEL,
+        "max_tokens": 256,
+        "system": "Be brief.",
+        "messages": [{"role": "user", "content": "Say hello"}],
+        "stream": stream,
+    })
+}
+
+impl Cluster {
+    /// POST /v1/messages with `x-api-key`.
+    pub fn messages(&self, body: &Value) -> HttpResponse {
+        HttpRequest::post_json("/v1/messages", body)
+            .header("x-api-key", &self.key)
+            .header("anthropic-version", "2023-06-01")
+            .send(self.dp.addr, TIMEOUT)
+            .unwrap()
+    }
+}
+
+/// The `(event name, data JSON)` pairs of an Anthropic SSE body.
+pub fn anthropic_events(text: &str) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for block in text.split("\n\n") {
+        let mut name = String::new();
+        let mut data = String::new();
+        for line in block.lines() {
+            if let Some(v) = line.strip_prefix("event:") {
+                name = v.trim().to_string();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push_str(v.trim());
+            }
+        }
+        if !name.is_empty() {
+            out.push((name, serde_json::from_str(&data).unwrap_or(Value::Null)));
+        }
+    }
+    out
 }

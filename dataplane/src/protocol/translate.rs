@@ -1,0 +1,4522 @@
+//! Translation between OpenAI Chat Completions and Anthropic Messages: requests, non-streamed
+//! responses, stream events, errors, finish reasons and usage.
+//!
+//! # Boundary
+//!
+//! Pure functions plus two small stream state machines: no IO, no async, no logging (prompts and
+//! completions must never reach a log). The proxy owns HTTP, failover and billing; this module
+//! answers "what are these bytes in the other protocol", "what did this stream event mean"
+//! ([`StreamNote`], for failover) and "how many tokens, in Keyplane's billing terms" ([`Usage`]).
+//! The field mapping follows `shared/providers/TRANSLATION.md`; the behaviour of each row is pinned
+//! by the tests at the bottom, driven by `shared/providers/samples`.
+//!
+//! Request translation drops what the other protocol cannot express and returns the dropped names
+//! (top-level fields, plus a few nested ones such as `cache_control`, named by path) so the caller
+//! can log them at debug. Only a client mistake the upstream would also refuse, or one we cannot
+//! honour (`n > 1`), is an error; the error's message is client-facing.
+//!
+//! # Decisions where the references leave a choice
+//!
+//! - **Opaque JSON is copied byte for byte.** Tool schemas, tool inputs, `temperature`, `top_p` and
+//!   other values we do not interpret are carried as raw JSON, so key order (which a model sees in
+//!   a schema) and number formatting survive. Structure is read with typed serde structs, never
+//!   through `serde_json::Value` (whose maps would sort keys and whose numbers could lose digits).
+//!   A tool input becomes an OpenAI `arguments` string with its insignificant whitespace removed.
+//! - **System prompt, OpenAI → Anthropic:** one string, the `system`/`developer` messages joined
+//!   with `"\n"` wherever they appeared (Anthropic's own compatibility layer); OpenAI has no
+//!   `cache_control` to keep, so text blocks would add nothing.
+//! - **Text, Anthropic → OpenAI:** a request turn made only of text becomes one string, its blocks
+//!   joined with `"\n"` (several OpenAI-compatible upstreams reject content arrays); a turn with an
+//!   image becomes content parts. A system prompt given as blocks is joined the same way.
+//!   In a *response*, text blocks are concatenated with no separator (Anthropic splits one text
+//!   into blocks around citations).
+//! - **Turns, OpenAI → Anthropic:** always arrays of blocks; consecutive same-role turns are merged
+//!   (a `tool` message is a user turn), empty turns are skipped, and in a user turn the
+//!   `tool_result` blocks are moved first, as Anthropic requires.
+//! - **`tool_choice` and `parallel_tool_calls`** are sent only when tools are (both APIs refuse
+//!   them alone). `parallel_tool_calls: false` without a `tool_choice` becomes
+//!   `{type:"auto", disable_parallel_tool_use:true}`; it is dropped with `tool_choice: "none"`.
+//! - **Stop sequences:** whitespace-only OpenAI `stop` entries are dropped (Anthropic refuses them).
+//! - **Reasoning:** `reasoning_effort` minimal/none → no thinking; low/medium/high (xhigh as high)
+//!   → budgets 1024/4096/16384, sent only when below `max_tokens` and when the request has no
+//!   setting Anthropic forbids with thinking (`temperature` ≠ 1, `top_p` < 0.95, a forced tool);
+//!   otherwise the effort is dropped and reported.
+//! - **Finish reasons:** the tables in TRANSLATION.md §2, plus Anthropic's
+//!   `model_context_window_exceeded` → `length`. When an OpenAI upstream made tool calls but said
+//!   `stop` (some do), the Anthropic stop reason is `tool_use`, since Anthropic clients only run
+//!   tools on that reason.
+//! - **Errors** keep the upstream's status, except Anthropic's 529, which OpenAI clients do not
+//!   know: it becomes 503.
+//! - **Streams, OpenAI → Anthropic:** `message_start` goes out with the first parseable chunk
+//!   (input tokens unknown until the end, so 0); `message_delta` (stop reason and the full usage,
+//!   all four Anthropic buckets) goes out only at `[DONE]` or [`OpenAiToAnthropicStream::finish`],
+//!   so usage that arrives after the finish chunk (OpenAI's `choices: []` chunk, OpenRouter's
+//!   trailing chunk) is included. Reasoning (`reasoning_content`, or OpenRouter's `reasoning`)
+//!   becomes a `thinking` block with an empty signature. A tool call that arrives without an
+//!   `id` gets `toolu_<message id>_<n>`.
+//! - **Streams, Anthropic → OpenAI:** the finish chunk is sent at `message_delta`; the usage chunk
+//!   (only when the client asked for `include_usage`) and `[DONE]` at `message_stop`, when the
+//!   usage is final. A tool block whose input never streamed gets `arguments: "{}"` at its stop.
+//!
+//! # Limits
+//!
+//! - Only the first choice (`index` 0) of an OpenAI upstream is read; `n > 1` is refused earlier.
+//! - Not translated: Anthropic documents, server tools, `redacted_thinking`, citations, `top_k`,
+//!   `tool_result.is_error`; OpenAI audio and file parts, `response_format`, `logprobs`, penalties,
+//!   `seed`. All are reported as dropped.
+//! - Thinking signatures cannot survive a trip through an OpenAI upstream: thinking blocks in an
+//!   Anthropic history are dropped on the way to OpenAI.
+//! - Upstream-specific limits (a model's `max_tokens` ceiling, `reasoning_effort` on a model without
+//!   reasoning, tool-call id formats some upstreams insist on) are the caller's to adapt.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+/// `max_tokens` sent to an Anthropic upstream when the OpenAI client set no limit (LiteLLM's
+/// default; Anthropic requires the field).
+pub const DEFAULT_ANTHROPIC_MAX_TOKENS: u64 = 4096;
+
+/// Token counts in Keyplane's billing terms: `input_tokens` excludes cached input.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
+}
+
+/// Why a request cannot be translated. The message is for the client (a 400).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TranslateError {
+    pub message: String,
+}
+
+impl TranslateError {
+    fn new(message: impl Into<String>) -> Self {
+        TranslateError {
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for TranslateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for TranslateError {}
+
+// ---------------------------------------------------------------------------------------------
+// Shared helpers
+// ---------------------------------------------------------------------------------------------
+
+/// Reads a token count leniently: any non-negative number (a float is truncated) or null.
+fn count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let n: Option<serde_json::Number> = Option::deserialize(d)?;
+    Ok(n.and_then(|n| {
+        n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.is_finite() && *f >= 0.0)
+                .map(|f| f as u64)
+        })
+    }))
+}
+
+/// The value, unless it is JSON `null`.
+fn present(raw: &RawValue) -> Option<&RawValue> {
+    (raw.get().trim() != "null").then_some(raw)
+}
+
+/// A JSON object's top-level entries, values kept raw.
+fn top_level(body: &[u8]) -> Result<BTreeMap<String, &RawValue>, TranslateError> {
+    serde_json::from_slice(body).map_err(|e| {
+        TranslateError::new(format!(
+            "We could not parse the JSON body of your request: {e}"
+        ))
+    })
+}
+
+/// Parses an optional field (`null` → `None`), naming it in the error.
+fn opt_field<'a, T: Deserialize<'a>>(
+    raw: &'a RawValue,
+    name: &str,
+) -> Result<Option<T>, TranslateError> {
+    serde_json::from_str::<Option<T>>(raw.get())
+        .map_err(|e| TranslateError::new(format!("Invalid '{name}': {e}")))
+}
+
+/// Records a dropped field name once.
+fn note(dropped: &mut Vec<String>, name: &str) {
+    if !dropped.iter().any(|d| d == name) {
+        dropped.push(name.to_string());
+    }
+}
+
+/// Removes insignificant whitespace from valid JSON, keeping every other byte (key order,
+/// number spelling, escapes) as it was.
+fn compact_json(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for c in raw.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !matches!(c, ' ' | '\n' | '\r' | '\t') {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// An OpenAI `arguments` string as an Anthropic `input` object: `""` is `{}`, anything that is
+/// not a JSON object is an error (`what` names the source in the message).
+fn tool_input(arguments: Option<&str>, what: &str) -> Result<Box<RawValue>, TranslateError> {
+    let s = arguments.unwrap_or("").trim();
+    let s = if s.is_empty() { "{}" } else { s };
+    let raw: Box<RawValue> = serde_json::from_str(s)
+        .map_err(|e| TranslateError::new(format!("{what}: arguments are not valid JSON: {e}")))?;
+    if !raw.get().trim_start().starts_with('{') {
+        return Err(TranslateError::new(format!(
+            "{what}: arguments must be a JSON object"
+        )));
+    }
+    Ok(raw)
+}
+
+/// Appends `value` as JSON; on the (impossible for these types) serialization error, appends
+/// nothing rather than half a value.
+fn put_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    let len = out.len();
+    if serde_json::to_writer(&mut *out, value).is_err() {
+        out.truncate(len);
+    }
+}
+
+/// `event: <name>\ndata: <json>\n\n`.
+fn put_event<T: Serialize>(out: &mut Vec<u8>, name: &str, data: &T) {
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    put_json(out, data);
+    out.extend_from_slice(b"\n\n");
+}
+
+/// `data: <json>\n\n`.
+fn put_data<T: Serialize>(out: &mut Vec<u8>, data: &T) {
+    out.extend_from_slice(b"data: ");
+    put_json(out, data);
+    out.extend_from_slice(b"\n\n");
+}
+
+fn to_body<T: Serialize>(value: &T) -> Result<Vec<u8>, TranslateError> {
+    serde_json::to_vec(value)
+        .map_err(|e| TranslateError::new(format!("could not encode the translated body: {e}")))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn non_empty<'s>(s: &'s Option<Cow<'_, str>>) -> Option<&'s str> {
+    s.as_deref().filter(|s| !s.is_empty())
+}
+
+/// `{}`.
+#[derive(Serialize)]
+struct EmptyObject {}
+
+// ---------------------------------------------------------------------------------------------
+// Usage
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct OaUsageIn {
+    #[serde(default, deserialize_with = "count")]
+    prompt_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "count")]
+    completion_tokens: Option<u64>,
+    #[serde(default)]
+    prompt_tokens_details: Option<OaPromptDetailsIn>,
+    /// DeepSeek's own name for cached input, used when `prompt_tokens_details` is absent.
+    #[serde(default, deserialize_with = "count")]
+    prompt_cache_hit_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct OaPromptDetailsIn {
+    #[serde(default, deserialize_with = "count")]
+    cached_tokens: Option<u64>,
+}
+
+/// An OpenAI `usage` object in billing terms; `None` for `null` or a shape we cannot read.
+fn openai_usage(raw: &RawValue) -> Option<Usage> {
+    let u: OaUsageIn = serde_json::from_str(raw.get()).ok()?;
+    let prompt = u.prompt_tokens.unwrap_or(0);
+    let cached = u
+        .prompt_tokens_details
+        .and_then(|d| d.cached_tokens)
+        .or(u.prompt_cache_hit_tokens)
+        .unwrap_or(0)
+        .min(prompt);
+    Some(Usage {
+        input_tokens: prompt - cached,
+        output_tokens: u.completion_tokens.unwrap_or(0),
+        cache_read_tokens: cached,
+        cache_write_tokens: 0,
+    })
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+struct AnUsageIn {
+    #[serde(default, deserialize_with = "count")]
+    input_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "count")]
+    output_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "count")]
+    cache_creation_input_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "count")]
+    cache_read_input_tokens: Option<u64>,
+}
+
+impl AnUsageIn {
+    /// Folds these counts into `u`: later values replace earlier ones (Anthropic's stream counts
+    /// are cumulative).
+    fn apply(&self, u: &mut Usage) {
+        if let Some(v) = self.input_tokens {
+            u.input_tokens = v;
+        }
+        if let Some(v) = self.output_tokens {
+            u.output_tokens = v;
+        }
+        if let Some(v) = self.cache_creation_input_tokens {
+            u.cache_write_tokens = v;
+        }
+        if let Some(v) = self.cache_read_input_tokens {
+            u.cache_read_tokens = v;
+        }
+    }
+}
+
+fn anthropic_usage(raw: &RawValue) -> Option<AnUsageIn> {
+    serde_json::from_str(raw.get()).ok()
+}
+
+#[derive(Serialize)]
+struct OaUsageOut {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: u64,
+    prompt_tokens_details: OaCachedOut,
+}
+
+#[derive(Serialize)]
+struct OaCachedOut {
+    cached_tokens: u64,
+}
+
+impl From<Usage> for OaUsageOut {
+    /// OpenAI's `prompt_tokens` counts all input, cached or not.
+    fn from(u: Usage) -> Self {
+        let prompt = u
+            .input_tokens
+            .saturating_add(u.cache_read_tokens)
+            .saturating_add(u.cache_write_tokens);
+        OaUsageOut {
+            prompt_tokens: prompt,
+            completion_tokens: u.output_tokens,
+            total_tokens: prompt.saturating_add(u.output_tokens),
+            prompt_tokens_details: OaCachedOut {
+                cached_tokens: u.cache_read_tokens,
+            },
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct AnUsageOut {
+    input_tokens: u64,
+    cache_creation_input_tokens: u64,
+    cache_read_input_tokens: u64,
+    output_tokens: u64,
+}
+
+impl From<Usage> for AnUsageOut {
+    fn from(u: Usage) -> Self {
+        AnUsageOut {
+            input_tokens: u.input_tokens,
+            cache_creation_input_tokens: u.cache_write_tokens,
+            cache_read_input_tokens: u.cache_read_tokens,
+            output_tokens: u.output_tokens,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Finish reasons
+// ---------------------------------------------------------------------------------------------
+
+/// An OpenAI `finish_reason` as an Anthropic `stop_reason`.
+pub fn anthropic_stop_reason(openai_finish: &str) -> &'static str {
+    match openai_finish {
+        "length" => "max_tokens",
+        "tool_calls" => "tool_use",
+        "content_filter" => "refusal",
+        _ => "end_turn",
+    }
+}
+
+/// An Anthropic `stop_reason` as an OpenAI `finish_reason`.
+pub fn openai_finish_reason(anthropic_stop: &str) -> &'static str {
+    match anthropic_stop {
+        "max_tokens" | "model_context_window_exceeded" => "length",
+        "tool_use" => "tool_calls",
+        "refusal" => "content_filter",
+        _ => "stop",
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared shapes: Anthropic content blocks (in), OpenAI messages and tool calls (out), ...
+// ---------------------------------------------------------------------------------------------
+
+/// Any Anthropic content block, request or response; fields a type lacks stay `None`.
+#[derive(Deserialize)]
+struct AnBlockIn<'a> {
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    thinking: Option<String>,
+    #[serde(default)]
+    source: Option<AnSourceIn>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default, borrow)]
+    input: Option<&'a RawValue>,
+    #[serde(default)]
+    tool_use_id: Option<String>,
+    #[serde(default, borrow)]
+    content: Option<&'a RawValue>,
+    #[serde(default)]
+    is_error: Option<bool>,
+    #[serde(default, borrow)]
+    cache_control: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct AnSourceIn {
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    media_type: Option<String>,
+    #[serde(default)]
+    data: Option<String>,
+    #[serde(default)]
+    url: Option<String>,
+}
+
+/// Anthropic `content` (or `system`): a string or blocks.
+enum AnContent<'a> {
+    Text(String),
+    Blocks(Vec<AnBlockIn<'a>>),
+}
+
+fn an_content<'a>(raw: &'a RawValue, what: &str) -> Result<Option<AnContent<'a>>, TranslateError> {
+    let s = raw.get().trim_start();
+    let bad = |e: serde_json::Error| TranslateError::new(format!("Invalid '{what}': {e}"));
+    if s.starts_with('"') {
+        Ok(Some(AnContent::Text(serde_json::from_str(s).map_err(bad)?)))
+    } else if s.starts_with('[') {
+        Ok(Some(AnContent::Blocks(
+            serde_json::from_str(s).map_err(bad)?,
+        )))
+    } else if s.trim_end() == "null" {
+        Ok(None)
+    } else {
+        Err(TranslateError::new(format!(
+            "Invalid '{what}': expected a string or an array of content blocks"
+        )))
+    }
+}
+
+/// The text of Anthropic content: a string, or its text blocks joined with `"\n"`. Other block
+/// types are noted as dropped under `what`.
+fn an_text(content: Option<AnContent<'_>>, what: &str, dropped: &mut Vec<String>) -> String {
+    match content {
+        None => String::new(),
+        Some(AnContent::Text(s)) => s,
+        Some(AnContent::Blocks(blocks)) => {
+            let mut texts = Vec::new();
+            for b in blocks {
+                if b.cache_control.is_some() {
+                    note(dropped, &format!("{what}.cache_control"));
+                }
+                match b.kind.as_str() {
+                    "text" => texts.push(b.text.unwrap_or_default()),
+                    other => note(dropped, &format!("{what}.{other}")),
+                }
+            }
+            texts.join("\n")
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct OaMessageOut {
+    role: &'static str,
+    content: OaContentOut,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<OaToolCallOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_call_id: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum OaContentOut {
+    Null,
+    Text(String),
+    Parts(Vec<OaPartOut>),
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum OaPartOut {
+    Text { text: String },
+    ImageUrl { image_url: OaImageUrlOut },
+}
+
+#[derive(Serialize)]
+struct OaImageUrlOut {
+    url: String,
+}
+
+#[derive(Serialize)]
+struct OaToolCallOut {
+    id: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: OaFunctionOut,
+}
+
+#[derive(Serialize)]
+struct OaFunctionOut {
+    name: String,
+    arguments: String,
+}
+
+impl OaToolCallOut {
+    /// An Anthropic `tool_use` as an OpenAI tool call; `arguments` is the compact input.
+    fn from_tool_use(id: Option<String>, name: Option<String>, input: Option<&RawValue>) -> Self {
+        OaToolCallOut {
+            id: id.unwrap_or_default(),
+            kind: "function",
+            function: OaFunctionOut {
+                name: name.unwrap_or_default(),
+                arguments: input
+                    .and_then(present)
+                    .map(|r| compact_json(r.get()))
+                    .unwrap_or_else(|| "{}".to_string()),
+            },
+        }
+    }
+}
+
+/// Any Anthropic content block we write.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum AnBlockOut {
+    Thinking {
+        thinking: String,
+        signature: String,
+    },
+    Text {
+        text: String,
+    },
+    Image {
+        source: AnImageSourceOut,
+    },
+    ToolUse {
+        id: String,
+        name: String,
+        input: Box<RawValue>,
+    },
+    ToolResult {
+        tool_use_id: String,
+        content: String,
+    },
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum AnImageSourceOut {
+    Base64 { media_type: String, data: String },
+    Url { url: String },
+}
+
+/// An OpenAI `tool_calls` entry, request history or response.
+#[derive(Deserialize)]
+struct OaToolCallIn {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    function: Option<OaFunctionCallIn>,
+}
+
+#[derive(Deserialize)]
+struct OaFunctionCallIn {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    arguments: Option<String>,
+}
+
+/// OpenAI `content`: a string or parts.
+enum OaContent {
+    Text(String),
+    Parts(Vec<OaPartIn>),
+}
+
+#[derive(Deserialize)]
+struct OaPartIn {
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    refusal: Option<String>,
+    #[serde(default)]
+    image_url: Option<OaImageUrlIn>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OaImageUrlIn {
+    Url(String),
+    Object { url: String },
+}
+
+fn oa_content(raw: Option<&RawValue>, what: &str) -> Result<Option<OaContent>, TranslateError> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let s = raw.get().trim_start();
+    let bad = |e: serde_json::Error| TranslateError::new(format!("Invalid '{what}': {e}"));
+    if s.starts_with('"') {
+        Ok(Some(OaContent::Text(serde_json::from_str(s).map_err(bad)?)))
+    } else if s.starts_with('[') {
+        Ok(Some(OaContent::Parts(
+            serde_json::from_str(s).map_err(bad)?,
+        )))
+    } else if s.trim_end() == "null" {
+        Ok(None)
+    } else {
+        Err(TranslateError::new(format!(
+            "Invalid '{what}': expected a string or an array of content parts"
+        )))
+    }
+}
+
+/// The text of OpenAI content: a string, or its text (and refusal) parts joined with `"\n"`.
+fn oa_text(content: Option<OaContent>, what: &str, dropped: &mut Vec<String>) -> String {
+    match content {
+        None => String::new(),
+        Some(OaContent::Text(s)) => s,
+        Some(OaContent::Parts(parts)) => {
+            let mut texts = Vec::new();
+            for p in parts {
+                match p.kind.as_str() {
+                    "text" => texts.push(p.text.unwrap_or_default()),
+                    "refusal" => texts.push(p.refusal.unwrap_or_default()),
+                    other => note(dropped, &format!("{what}.{other}")),
+                }
+            }
+            texts.join("\n")
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests: Anthropic → OpenAI
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct AnMessageIn<'a> {
+    role: String,
+    #[serde(borrow)]
+    content: &'a RawValue,
+}
+
+#[derive(Deserialize)]
+struct AnToolChoiceIn {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    disable_parallel_tool_use: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct AnThinkingIn {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default, deserialize_with = "count")]
+    budget_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct AnMetadataIn {
+    #[serde(default)]
+    user_id: Option<String>,
+}
+
+#[derive(Serialize, Default)]
+struct OaRequestOut<'a> {
+    model: &'a str,
+    messages: Vec<OaMessageOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<OaStreamOptionsOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<Vec<OaToolOut<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<OaToolChoiceOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parallel_tool_calls: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_effort: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<String>,
+}
+
+#[derive(Serialize)]
+struct OaStreamOptionsOut {
+    include_usage: bool,
+}
+
+#[derive(Serialize)]
+struct OaToolOut<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: OaFunctionDefOut<'a>,
+}
+
+#[derive(Serialize)]
+struct OaFunctionDefOut<'a> {
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<String>,
+    parameters: &'a RawValue,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum OaToolChoiceOut {
+    Mode(&'static str),
+    Function {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        function: OaNameOut,
+    },
+}
+
+#[derive(Serialize)]
+struct OaNameOut {
+    name: String,
+}
+
+/// `reasoning_effort` for an Anthropic thinking budget.
+fn effort_for_budget(budget: u64) -> &'static str {
+    if budget < 4096 {
+        "low"
+    } else if budget < 16384 {
+        "medium"
+    } else {
+        "high"
+    }
+}
+
+/// An Anthropic image source as an OpenAI image URL (a data URL for base64).
+fn an_image_url(source: Option<AnSourceIn>) -> Option<String> {
+    let source = source?;
+    match source.kind.as_str() {
+        "base64" => Some(format!(
+            "data:{};base64,{}",
+            source.media_type?, source.data?
+        )),
+        "url" => source.url,
+        _ => None,
+    }
+}
+
+/// Translates an Anthropic Messages request into an OpenAI Chat Completions request for
+/// `upstream_model`. Returns the body and the names of what was dropped.
+pub fn anthropic_to_openai_request(
+    body: &[u8],
+    upstream_model: &str,
+) -> Result<(Vec<u8>, Vec<String>), TranslateError> {
+    let top = top_level(body)?;
+    let mut dropped = Vec::new();
+    let mut out = OaRequestOut {
+        model: upstream_model,
+        ..OaRequestOut::default()
+    };
+    let mut system = None;
+    let mut messages = None;
+    let mut tools = None;
+    let mut tool_choice = None;
+    let mut thinking = None;
+    for (key, &raw) in &top {
+        match key.as_str() {
+            "model" => {}
+            "system" => system = present(raw),
+            "messages" => messages = Some(raw),
+            "max_tokens" => out.max_tokens = opt_field::<u64>(raw, "max_tokens")?,
+            "stop_sequences" => {
+                out.stop =
+                    opt_field::<Vec<String>>(raw, "stop_sequences")?.filter(|s| !s.is_empty());
+            }
+            "temperature" => out.temperature = present(raw),
+            "top_p" => out.top_p = present(raw),
+            "stream" => out.stream = opt_field::<bool>(raw, "stream")?,
+            "metadata" => {
+                out.user = opt_field::<AnMetadataIn>(raw, "metadata")?.and_then(|m| m.user_id);
+            }
+            "tools" => tools = opt_field::<Vec<BTreeMap<String, &RawValue>>>(raw, "tools")?,
+            "tool_choice" => tool_choice = opt_field::<AnToolChoiceIn>(raw, "tool_choice")?,
+            "thinking" => thinking = opt_field::<AnThinkingIn>(raw, "thinking")?,
+            _ => dropped.push(key.clone()),
+        }
+    }
+
+    if let Some(raw) = system {
+        let text = an_text(an_content(raw, "system")?, "system", &mut dropped);
+        if !text.is_empty() {
+            out.messages.push(OaMessageOut {
+                role: "system",
+                content: OaContentOut::Text(text),
+                tool_calls: Vec::new(),
+                tool_call_id: None,
+            });
+        }
+    }
+
+    let Some(messages) = messages else {
+        return Err(TranslateError::new("messages: Field required"));
+    };
+    let messages: Vec<AnMessageIn<'_>> = serde_json::from_str(messages.get())
+        .map_err(|e| TranslateError::new(format!("Invalid 'messages': {e}")))?;
+    for m in messages {
+        let content = an_content(m.content, "messages.content")?;
+        match m.role.as_str() {
+            // Claude Code sends one inside `messages`.
+            "system" => {
+                let text = an_text(content, "messages.content", &mut dropped);
+                out.messages.push(OaMessageOut {
+                    role: "system",
+                    content: OaContentOut::Text(text),
+                    tool_calls: Vec::new(),
+                    tool_call_id: None,
+                });
+            }
+            "user" => user_to_openai(content, &mut out.messages, &mut dropped),
+            "assistant" => assistant_to_openai(content, &mut out.messages, &mut dropped),
+            other => {
+                return Err(TranslateError::new(format!(
+                    "messages: unexpected role '{other}' (expected user or assistant)"
+                )));
+            }
+        }
+    }
+
+    let mut function_tools = Vec::new();
+    for tool in tools.unwrap_or_default() {
+        let mut name = None;
+        let mut description = None;
+        let mut schema = None;
+        let mut kind = None;
+        for (key, &raw) in &tool {
+            match key.as_str() {
+                "name" => name = opt_field::<String>(raw, "tools.name")?,
+                "description" => description = opt_field::<String>(raw, "tools.description")?,
+                "input_schema" => schema = present(raw),
+                "type" => kind = opt_field::<String>(raw, "tools.type")?,
+                other => note(&mut dropped, &format!("tools.{other}")),
+            }
+        }
+        match (name, schema) {
+            (Some(name), Some(parameters)) if kind.as_deref().is_none_or(|k| k == "custom") => {
+                function_tools.push(OaToolOut {
+                    kind: "function",
+                    function: OaFunctionDefOut {
+                        name,
+                        description,
+                        parameters,
+                    },
+                });
+            }
+            // Server tools (web search, bash, ...) have a versioned type and no schema.
+            _ => note(
+                &mut dropped,
+                &format!("tools.{}", kind.as_deref().unwrap_or("(no input_schema)")),
+            ),
+        }
+    }
+    if !function_tools.is_empty() {
+        if let Some(choice) = tool_choice {
+            out.tool_choice = match choice.kind.as_str() {
+                "auto" => Some(OaToolChoiceOut::Mode("auto")),
+                "any" => Some(OaToolChoiceOut::Mode("required")),
+                "none" => Some(OaToolChoiceOut::Mode("none")),
+                "tool" => choice.name.map(|name| OaToolChoiceOut::Function {
+                    kind: "function",
+                    function: OaNameOut { name },
+                }),
+                _ => None,
+            };
+            if out.tool_choice.is_none() {
+                note(&mut dropped, "tool_choice");
+            }
+            if choice.disable_parallel_tool_use == Some(true) && choice.kind != "none" {
+                out.parallel_tool_calls = Some(false);
+            }
+        }
+        out.tools = Some(function_tools);
+    } else if tool_choice.is_some() {
+        note(&mut dropped, "tool_choice");
+    }
+
+    if let Some(t) = thinking {
+        out.reasoning_effort = match t.kind.as_str() {
+            "enabled" => Some(effort_for_budget(
+                t.budget_tokens.unwrap_or(DEFAULT_ANTHROPIC_MAX_TOKENS),
+            )),
+            "adaptive" => Some("medium"),
+            "disabled" => None,
+            _ => {
+                note(&mut dropped, "thinking");
+                None
+            }
+        };
+    }
+    if out.stream == Some(true) {
+        out.stream_options = Some(OaStreamOptionsOut {
+            include_usage: true,
+        });
+    }
+    Ok((to_body(&out)?, dropped))
+}
+
+/// An Anthropic user turn: its `tool_result` blocks become `tool` messages first, then the rest
+/// becomes one user message.
+fn user_to_openai(
+    content: Option<AnContent<'_>>,
+    messages: &mut Vec<OaMessageOut>,
+    dropped: &mut Vec<String>,
+) {
+    let blocks = match content {
+        None => return,
+        Some(AnContent::Text(text)) => {
+            messages.push(OaMessageOut {
+                role: "user",
+                content: OaContentOut::Text(text),
+                tool_calls: Vec::new(),
+                tool_call_id: None,
+            });
+            return;
+        }
+        Some(AnContent::Blocks(blocks)) => blocks,
+    };
+    let mut parts = Vec::new();
+    for b in blocks {
+        if b.cache_control.is_some() {
+            note(dropped, "messages.content.cache_control");
+        }
+        match b.kind.as_str() {
+            "text" => parts.push(OaPartOut::Text {
+                text: b.text.unwrap_or_default(),
+            }),
+            "image" => match an_image_url(b.source) {
+                Some(url) => parts.push(OaPartOut::ImageUrl {
+                    image_url: OaImageUrlOut { url },
+                }),
+                None => note(dropped, "messages.content.image.source"),
+            },
+            "tool_result" => {
+                if b.is_error.is_some() {
+                    note(dropped, "messages.content.tool_result.is_error");
+                }
+                let content = match b.content.and_then(present) {
+                    Some(raw) => match an_content(raw, "tool_result.content") {
+                        Ok(c) => an_text(c, "messages.content.tool_result.content", dropped),
+                        Err(_) => {
+                            note(dropped, "messages.content.tool_result.content");
+                            String::new()
+                        }
+                    },
+                    None => String::new(),
+                };
+                messages.push(OaMessageOut {
+                    role: "tool",
+                    content: OaContentOut::Text(content),
+                    tool_calls: Vec::new(),
+                    tool_call_id: Some(b.tool_use_id.unwrap_or_default()),
+                });
+            }
+            other => note(dropped, &format!("messages.content.{other}")),
+        }
+    }
+    if parts.is_empty() {
+        return;
+    }
+    let content = if parts.iter().all(|p| matches!(p, OaPartOut::Text { .. })) {
+        let texts: Vec<String> = parts
+            .into_iter()
+            .filter_map(|p| match p {
+                OaPartOut::Text { text } => Some(text),
+                OaPartOut::ImageUrl { .. } => None,
+            })
+            .collect();
+        OaContentOut::Text(texts.join("\n"))
+    } else {
+        OaContentOut::Parts(parts)
+    };
+    messages.push(OaMessageOut {
+        role: "user",
+        content,
+        tool_calls: Vec::new(),
+        tool_call_id: None,
+    });
+}
+
+/// An Anthropic assistant turn: text joined into `content`, `tool_use` into `tool_calls`,
+/// thinking dropped.
+fn assistant_to_openai(
+    content: Option<AnContent<'_>>,
+    messages: &mut Vec<OaMessageOut>,
+    dropped: &mut Vec<String>,
+) {
+    let mut texts = Vec::new();
+    let mut calls = Vec::new();
+    match content {
+        None => {}
+        Some(AnContent::Text(text)) => texts.push(text),
+        Some(AnContent::Blocks(blocks)) => {
+            for b in blocks {
+                if b.cache_control.is_some() {
+                    note(dropped, "messages.content.cache_control");
+                }
+                match b.kind.as_str() {
+                    "text" => texts.push(b.text.unwrap_or_default()),
+                    "tool_use" => calls.push(OaToolCallOut::from_tool_use(b.id, b.name, b.input)),
+                    "thinking" | "redacted_thinking" => {
+                        note(dropped, "messages.content.thinking");
+                    }
+                    other => note(dropped, &format!("messages.content.{other}")),
+                }
+            }
+        }
+    }
+    let content = if !texts.is_empty() {
+        OaContentOut::Text(texts.join("\n"))
+    } else if calls.is_empty() {
+        OaContentOut::Text(String::new())
+    } else {
+        OaContentOut::Null
+    };
+    messages.push(OaMessageOut {
+        role: "assistant",
+        content,
+        tool_calls: calls,
+        tool_call_id: None,
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests: OpenAI → Anthropic
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct OaMessageIn<'a> {
+    role: String,
+    #[serde(default, borrow)]
+    content: Option<&'a RawValue>,
+    #[serde(default)]
+    tool_calls: Option<Vec<OaToolCallIn>>,
+    #[serde(default)]
+    tool_call_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct OaToolIn<'a> {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(default, borrow)]
+    function: Option<OaFunctionDefIn<'a>>,
+}
+
+#[derive(Deserialize)]
+struct OaFunctionDefIn<'a> {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default, borrow)]
+    parameters: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    strict: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OaToolChoiceIn {
+    Mode(String),
+    Named {
+        #[serde(default)]
+        function: Option<OaNameIn>,
+    },
+}
+
+#[derive(Deserialize)]
+struct OaNameIn {
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OaStopIn {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Serialize)]
+struct AnRequestOut<'a> {
+    model: &'a str,
+    max_tokens: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system: Option<String>,
+    messages: Vec<AnTurnOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop_sequences: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<NumberOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<Vec<AnToolOut<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<AnToolChoiceOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<AnMetadataOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thinking: Option<AnThinkingOut>,
+}
+
+#[derive(Serialize)]
+struct AnTurnOut {
+    role: &'static str,
+    content: Vec<AnBlockOut>,
+}
+
+/// A number copied as the client wrote it, or one we computed.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum NumberOut<'a> {
+    Raw(&'a RawValue),
+    Float(f64),
+}
+
+#[derive(Serialize)]
+struct AnToolOut<'a> {
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<String>,
+    input_schema: SchemaOut<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum SchemaOut<'a> {
+    Raw(&'a RawValue),
+    /// `{"type":"object","properties":{}}` for a function without parameters.
+    Empty {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        properties: EmptyObject,
+    },
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum AnToolChoiceOut {
+    Auto {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        disable_parallel_tool_use: Option<bool>,
+    },
+    Any {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        disable_parallel_tool_use: Option<bool>,
+    },
+    Tool {
+        name: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        disable_parallel_tool_use: Option<bool>,
+    },
+    #[serde(rename = "none")]
+    NoTool {},
+}
+
+#[derive(Serialize)]
+struct AnMetadataOut {
+    user_id: String,
+}
+
+#[derive(Serialize)]
+struct AnThinkingOut {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    budget_tokens: u64,
+}
+
+/// Anthropic thinking budget for an OpenAI `reasoning_effort`; `None` for no thinking.
+fn budget_for_effort(effort: &str) -> Option<u64> {
+    match effort {
+        "low" => Some(1024),
+        "medium" => Some(4096),
+        "high" | "xhigh" => Some(16384),
+        _ => None,
+    }
+}
+
+/// An OpenAI image URL as an Anthropic image source.
+fn an_image_source(url: String) -> Result<AnImageSourceOut, TranslateError> {
+    let Some(rest) = url.strip_prefix("data:") else {
+        return Ok(AnImageSourceOut::Url { url });
+    };
+    let parsed = rest.split_once(',').and_then(|(meta, data)| {
+        let media_type = meta.strip_suffix(";base64")?;
+        let media_type = media_type.split(';').next().unwrap_or(media_type);
+        Some((media_type.to_string(), data.to_string()))
+    });
+    match parsed {
+        Some((media_type, data)) if !media_type.is_empty() => {
+            Ok(AnImageSourceOut::Base64 { media_type, data })
+        }
+        _ => Err(TranslateError::new(
+            "Invalid 'image_url': a data URL must be of the form data:<media type>;base64,<data>",
+        )),
+    }
+}
+
+/// Appends blocks to the conversation, merging them into the last turn if it has the same role
+/// (Anthropic requires alternation). Empty turns are skipped.
+fn push_turn(turns: &mut Vec<AnTurnOut>, role: &'static str, blocks: Vec<AnBlockOut>) {
+    if blocks.is_empty() {
+        return;
+    }
+    match turns.last_mut() {
+        Some(last) if last.role == role => last.content.extend(blocks),
+        _ => turns.push(AnTurnOut {
+            role,
+            content: blocks,
+        }),
+    }
+}
+
+/// Translates an OpenAI Chat Completions request into an Anthropic Messages request for
+/// `upstream_model`. Returns the body and the names of what was dropped.
+pub fn openai_to_anthropic_request(
+    body: &[u8],
+    upstream_model: &str,
+) -> Result<(Vec<u8>, Vec<String>), TranslateError> {
+    let top = top_level(body)?;
+    let mut dropped = Vec::new();
+    let mut messages = None;
+    let mut max_tokens = None;
+    let mut max_completion_tokens = None;
+    let mut stop = None;
+    let mut temperature = None;
+    let mut top_p = None;
+    let mut n = None;
+    let mut stream = None;
+    let mut tools = None;
+    let mut tool_choice = None;
+    let mut parallel_tool_calls = None;
+    let mut user = None;
+    let mut reasoning_effort = None;
+    for (key, &raw) in &top {
+        match key.as_str() {
+            // Anthropic always streams usage, so `stream_options` has nothing to say.
+            "model" | "stream_options" => {}
+            "messages" => messages = Some(raw),
+            "max_tokens" => max_tokens = opt_field::<u64>(raw, "max_tokens")?,
+            "max_completion_tokens" => {
+                max_completion_tokens = opt_field::<u64>(raw, "max_completion_tokens")?;
+            }
+            "stop" => stop = opt_field::<OaStopIn>(raw, "stop")?,
+            "temperature" => {
+                temperature = opt_field::<f64>(raw, "temperature")?.map(|t| (t, raw));
+            }
+            "top_p" => top_p = opt_field::<f64>(raw, "top_p")?.map(|p| (p, raw)),
+            "n" => n = opt_field::<u64>(raw, "n")?,
+            "stream" => stream = opt_field::<bool>(raw, "stream")?,
+            "tools" => tools = opt_field::<Vec<OaToolIn<'_>>>(raw, "tools")?,
+            "tool_choice" => tool_choice = opt_field::<OaToolChoiceIn>(raw, "tool_choice")?,
+            "parallel_tool_calls" => {
+                parallel_tool_calls = opt_field::<bool>(raw, "parallel_tool_calls")?;
+            }
+            "user" => user = opt_field::<String>(raw, "user")?,
+            "reasoning_effort" => reasoning_effort = opt_field::<String>(raw, "reasoning_effort")?,
+            _ => dropped.push(key.clone()),
+        }
+    }
+    if n.is_some_and(|n| n > 1) {
+        return Err(TranslateError::new(
+            "n > 1 is not supported by the upstream serving this model",
+        ));
+    }
+    let max_tokens = max_completion_tokens
+        .or(max_tokens)
+        .unwrap_or(DEFAULT_ANTHROPIC_MAX_TOKENS);
+
+    let Some(messages) = messages else {
+        return Err(TranslateError::new(
+            "Missing required parameter: 'messages'.",
+        ));
+    };
+    let messages: Vec<OaMessageIn<'_>> = serde_json::from_str(messages.get())
+        .map_err(|e| TranslateError::new(format!("Invalid 'messages': {e}")))?;
+    let mut system = Vec::new();
+    let mut turns: Vec<AnTurnOut> = Vec::new();
+    for (i, m) in messages.into_iter().enumerate() {
+        let content = oa_content(m.content, "messages.content")?;
+        match m.role.as_str() {
+            "system" | "developer" => {
+                let text = oa_text(content, "messages.content", &mut dropped);
+                if !text.is_empty() {
+                    system.push(text);
+                }
+            }
+            "user" => {
+                let mut blocks = Vec::new();
+                match content {
+                    None => {}
+                    Some(OaContent::Text(text)) if text.is_empty() => {}
+                    Some(OaContent::Text(text)) => blocks.push(AnBlockOut::Text { text }),
+                    Some(OaContent::Parts(parts)) => {
+                        for p in parts {
+                            match p.kind.as_str() {
+                                "text" => {
+                                    let text = p.text.unwrap_or_default();
+                                    if !text.is_empty() {
+                                        blocks.push(AnBlockOut::Text { text });
+                                    }
+                                }
+                                "image_url" => {
+                                    let url = match p.image_url {
+                                        Some(OaImageUrlIn::Url(url))
+                                        | Some(OaImageUrlIn::Object { url }) => url,
+                                        None => {
+                                            return Err(TranslateError::new(format!(
+                                                "messages[{i}]: image_url part without a url"
+                                            )));
+                                        }
+                                    };
+                                    blocks.push(AnBlockOut::Image {
+                                        source: an_image_source(url)?,
+                                    });
+                                }
+                                other => note(&mut dropped, &format!("messages.content.{other}")),
+                            }
+                        }
+                    }
+                }
+                push_turn(&mut turns, "user", blocks);
+            }
+            "assistant" => {
+                let mut blocks = Vec::new();
+                let text = oa_text(content, "messages.content", &mut dropped);
+                if !text.is_empty() {
+                    blocks.push(AnBlockOut::Text { text });
+                }
+                for call in m.tool_calls.unwrap_or_default() {
+                    let function = call.function.unwrap_or(OaFunctionCallIn {
+                        name: None,
+                        arguments: None,
+                    });
+                    let what = format!("messages[{i}].tool_calls");
+                    blocks.push(AnBlockOut::ToolUse {
+                        id: call.id.unwrap_or_default(),
+                        name: function.name.unwrap_or_default(),
+                        input: tool_input(function.arguments.as_deref(), &what)?,
+                    });
+                }
+                push_turn(&mut turns, "assistant", blocks);
+            }
+            "tool" => {
+                let content = oa_text(content, "messages.content", &mut dropped);
+                let block = AnBlockOut::ToolResult {
+                    tool_use_id: m.tool_call_id.unwrap_or_default(),
+                    content,
+                };
+                push_turn(&mut turns, "user", vec![block]);
+            }
+            "function" => note(&mut dropped, "messages.function"),
+            other => {
+                return Err(TranslateError::new(format!(
+                    "messages[{i}]: unexpected role '{other}'"
+                )));
+            }
+        }
+    }
+    // Anthropic wants a user turn's tool results before anything else in it.
+    for turn in turns.iter_mut().filter(|t| t.role == "user") {
+        turn.content
+            .sort_by_key(|b| !matches!(b, AnBlockOut::ToolResult { .. }));
+    }
+
+    let stop_sequences = stop.map(|s| match s {
+        OaStopIn::One(s) => vec![s],
+        OaStopIn::Many(v) => v,
+    });
+    let stop_sequences = stop_sequences.map(|v| {
+        let before = v.len();
+        let kept: Vec<String> = v.into_iter().filter(|s| !s.trim().is_empty()).collect();
+        if kept.len() != before {
+            note(&mut dropped, "stop");
+        }
+        kept
+    });
+
+    let mut anthropic_tools = Vec::new();
+    for tool in tools.unwrap_or_default() {
+        match (tool.kind.as_deref(), tool.function) {
+            (None | Some("function"), Some(f)) => {
+                if f.strict.is_some() {
+                    note(&mut dropped, "tools.function.strict");
+                }
+                anthropic_tools.push(AnToolOut {
+                    name: f.name,
+                    description: f.description,
+                    input_schema: match f.parameters.and_then(present) {
+                        Some(raw) => SchemaOut::Raw(raw),
+                        None => SchemaOut::Empty {
+                            kind: "object",
+                            properties: EmptyObject {},
+                        },
+                    },
+                });
+            }
+            (kind, _) => note(&mut dropped, &format!("tools.{}", kind.unwrap_or("?"))),
+        }
+    }
+    let disable_parallel = (parallel_tool_calls == Some(false)).then_some(true);
+    let mut anthropic_choice = None;
+    if !anthropic_tools.is_empty() {
+        anthropic_choice = match tool_choice {
+            None => disable_parallel.map(|d| AnToolChoiceOut::Auto {
+                disable_parallel_tool_use: Some(d),
+            }),
+            Some(OaToolChoiceIn::Mode(mode)) => match mode.as_str() {
+                "auto" => Some(AnToolChoiceOut::Auto {
+                    disable_parallel_tool_use: disable_parallel,
+                }),
+                "required" => Some(AnToolChoiceOut::Any {
+                    disable_parallel_tool_use: disable_parallel,
+                }),
+                "none" => Some(AnToolChoiceOut::NoTool {}),
+                _ => {
+                    note(&mut dropped, "tool_choice");
+                    None
+                }
+            },
+            Some(OaToolChoiceIn::Named {
+                function: Some(OaNameIn { name }),
+            }) => Some(AnToolChoiceOut::Tool {
+                name,
+                disable_parallel_tool_use: disable_parallel,
+            }),
+            Some(OaToolChoiceIn::Named { function: None }) => {
+                note(&mut dropped, "tool_choice");
+                None
+            }
+        };
+    } else if tool_choice.is_some() || parallel_tool_calls.is_some() {
+        note(&mut dropped, "tool_choice");
+    }
+
+    let temperature_out = temperature.map(|(t, raw)| {
+        if t > 1.0 {
+            NumberOut::Float(1.0)
+        } else {
+            NumberOut::Raw(raw)
+        }
+    });
+
+    let mut thinking = None;
+    if let Some(effort) = reasoning_effort.as_deref() {
+        let forced_tool = matches!(
+            anthropic_choice,
+            Some(AnToolChoiceOut::Any { .. } | AnToolChoiceOut::Tool { .. })
+        );
+        // Anthropic refuses thinking with a temperature other than 1, top_p below 0.95 or a
+        // forced tool; the client's explicit sampling settings win.
+        let compatible = temperature.is_none_or(|(t, _)| t >= 1.0)
+            && top_p.is_none_or(|(p, _)| p >= 0.95)
+            && !forced_tool;
+        match budget_for_effort(effort) {
+            Some(budget) if budget < max_tokens && compatible => {
+                thinking = Some(AnThinkingOut {
+                    kind: "enabled",
+                    budget_tokens: budget,
+                });
+            }
+            None if matches!(effort, "none" | "minimal") => {}
+            _ => note(&mut dropped, "reasoning_effort"),
+        }
+    }
+
+    let out = AnRequestOut {
+        model: upstream_model,
+        max_tokens,
+        system: (!system.is_empty()).then(|| system.join("\n")),
+        messages: turns,
+        stop_sequences: stop_sequences.filter(|v| !v.is_empty()),
+        temperature: temperature_out,
+        top_p: top_p.map(|(_, raw)| raw),
+        stream,
+        tools: (!anthropic_tools.is_empty()).then_some(anthropic_tools),
+        tool_choice: anthropic_choice,
+        metadata: user.map(|user_id| AnMetadataOut { user_id }),
+        thinking,
+    };
+    Ok((to_body(&out)?, dropped))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Responses
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct OaCompletionIn<'a> {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default, borrow)]
+    choices: Option<Vec<OaChoiceIn<'a>>>,
+    #[serde(default, borrow)]
+    usage: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct OaChoiceIn<'a> {
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(default, borrow)]
+    message: Option<OaResponseMessageIn<'a>>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct OaResponseMessageIn<'a> {
+    #[serde(default, borrow)]
+    content: Option<&'a RawValue>,
+    #[serde(default)]
+    reasoning_content: Option<String>,
+    #[serde(default)]
+    reasoning: Option<String>,
+    #[serde(default)]
+    refusal: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Vec<OaToolCallIn>>,
+}
+
+#[derive(Serialize)]
+struct AnMessageOut<'a> {
+    id: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    role: &'static str,
+    model: &'a str,
+    content: Vec<AnBlockOut>,
+    stop_reason: &'static str,
+    stop_sequence: Option<String>,
+    usage: AnUsageOut,
+}
+
+/// Translates a non-streamed OpenAI completion into an Anthropic message for a client that asked
+/// for `client_model`. Also returns the usage, in billing terms, if the upstream reported it.
+pub fn openai_to_anthropic_response(
+    body: &[u8],
+    client_model: &str,
+) -> Result<(Vec<u8>, Option<Usage>), TranslateError> {
+    let resp: OaCompletionIn<'_> = serde_json::from_slice(body).map_err(|e| {
+        TranslateError::new(format!("upstream response is not a chat completion: {e}"))
+    })?;
+    let usage = resp.usage.and_then(openai_usage);
+    let mut choices = resp.choices.unwrap_or_default();
+    let first = choices
+        .iter()
+        .position(|c| c.index.unwrap_or(0) == 0)
+        .ok_or_else(|| TranslateError::new("upstream response has no choices"))?;
+    let choice = choices.swap_remove(first);
+    let mut content = Vec::new();
+    let mut has_tool_use = false;
+    if let Some(msg) = choice.message {
+        let reasoning = msg
+            .reasoning_content
+            .filter(|s| !s.is_empty())
+            .or(msg.reasoning.filter(|s| !s.is_empty()));
+        if let Some(thinking) = reasoning {
+            content.push(AnBlockOut::Thinking {
+                thinking,
+                signature: String::new(),
+            });
+        }
+        let mut ignored = Vec::new();
+        let mut text = oa_text(oa_content(msg.content, "content")?, "content", &mut ignored);
+        if text.is_empty() {
+            text = msg.refusal.unwrap_or_default();
+        }
+        if !text.is_empty() {
+            content.push(AnBlockOut::Text { text });
+        }
+        for (k, call) in msg.tool_calls.unwrap_or_default().into_iter().enumerate() {
+            let function = call.function.unwrap_or(OaFunctionCallIn {
+                name: None,
+                arguments: None,
+            });
+            has_tool_use = true;
+            content.push(AnBlockOut::ToolUse {
+                id: call
+                    .id
+                    .filter(|id| !id.is_empty())
+                    .unwrap_or_else(|| format!("toolu_{k}")),
+                name: function.name.unwrap_or_default(),
+                input: tool_input(function.arguments.as_deref(), "upstream tool call")?,
+            });
+        }
+    }
+    let mut stop_reason = anthropic_stop_reason(choice.finish_reason.as_deref().unwrap_or("stop"));
+    if has_tool_use && stop_reason == "end_turn" {
+        stop_reason = "tool_use";
+    }
+    let out = AnMessageOut {
+        id: format!("msg_{}", resp.id.unwrap_or_default()),
+        kind: "message",
+        role: "assistant",
+        model: client_model,
+        content,
+        stop_reason,
+        stop_sequence: None,
+        usage: usage.unwrap_or_default().into(),
+    };
+    Ok((to_body(&out)?, usage))
+}
+
+#[derive(Deserialize)]
+struct AnMessageIn2<'a> {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default, borrow)]
+    content: Option<Vec<AnBlockIn<'a>>>,
+    #[serde(default)]
+    stop_reason: Option<String>,
+    #[serde(default, borrow)]
+    usage: Option<&'a RawValue>,
+}
+
+#[derive(Serialize)]
+struct OaCompletionOut<'a> {
+    id: String,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: [OaChoiceOut; 1],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<OaUsageOut>,
+}
+
+#[derive(Serialize)]
+struct OaChoiceOut {
+    index: u32,
+    message: OaResponseMessageOut,
+    logprobs: Option<()>,
+    finish_reason: &'static str,
+}
+
+#[derive(Serialize)]
+struct OaResponseMessageOut {
+    role: &'static str,
+    content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<OaToolCallOut>,
+    refusal: Option<()>,
+}
+
+/// Translates a non-streamed Anthropic message into an OpenAI completion for a client that asked
+/// for `client_model`. Also returns the usage, in billing terms, if the upstream reported it.
+pub fn anthropic_to_openai_response(
+    body: &[u8],
+    client_model: &str,
+) -> Result<(Vec<u8>, Option<Usage>), TranslateError> {
+    let msg: AnMessageIn2<'_> = serde_json::from_slice(body).map_err(|e| {
+        TranslateError::new(format!(
+            "upstream response is not an Anthropic message: {e}"
+        ))
+    })?;
+    let Some(blocks) = msg.content else {
+        return Err(TranslateError::new(
+            "upstream response is not an Anthropic message: no content",
+        ));
+    };
+    let usage = msg.usage.and_then(anthropic_usage).map(|u| {
+        let mut usage = Usage::default();
+        u.apply(&mut usage);
+        usage
+    });
+    let mut text: Option<String> = None;
+    let mut reasoning: Option<String> = None;
+    let mut calls = Vec::new();
+    for b in blocks {
+        match b.kind.as_str() {
+            "text" => text
+                .get_or_insert_with(String::new)
+                .push_str(b.text.as_deref().unwrap_or("")),
+            "thinking" => reasoning
+                .get_or_insert_with(String::new)
+                .push_str(b.thinking.as_deref().unwrap_or("")),
+            "tool_use" => calls.push(OaToolCallOut::from_tool_use(b.id, b.name, b.input)),
+            _ => {}
+        }
+    }
+    let out = OaCompletionOut {
+        id: format!("chatcmpl-{}", msg.id.unwrap_or_default()),
+        object: "chat.completion",
+        created: unix_now(),
+        model: client_model,
+        choices: [OaChoiceOut {
+            index: 0,
+            message: OaResponseMessageOut {
+                role: "assistant",
+                content: text,
+                reasoning_content: reasoning,
+                tool_calls: calls,
+                refusal: None,
+            },
+            logprobs: None,
+            finish_reason: openai_finish_reason(msg.stop_reason.as_deref().unwrap_or("end_turn")),
+        }],
+        usage: usage.map(OaUsageOut::from),
+    };
+    Ok((to_body(&out)?, usage))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct ErrorEnvelopeIn<'a> {
+    #[serde(default, borrow)]
+    error: Option<&'a RawValue>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ErrorObjectIn {
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+}
+
+/// The message and type of an error body in either protocol (or a bare `{"error": "text"}`).
+fn read_error(body: &[u8]) -> (Option<String>, Option<String>) {
+    let Ok(env) = serde_json::from_slice::<ErrorEnvelopeIn<'_>>(body) else {
+        return (None, None);
+    };
+    if let Some(raw) = env.error.and_then(present) {
+        if let Ok(obj) = serde_json::from_str::<ErrorObjectIn>(raw.get()) {
+            return (obj.message.filter(|m| !m.is_empty()), obj.kind);
+        }
+        if let Ok(text) = serde_json::from_str::<String>(raw.get()) {
+            return (Some(text).filter(|m| !m.is_empty()), None);
+        }
+    }
+    (env.message.filter(|m| !m.is_empty()), None)
+}
+
+fn generic_error_message(status: u16) -> String {
+    format!("The upstream provider returned an error (HTTP {status}).")
+}
+
+/// The Anthropic error type for an HTTP status.
+fn anthropic_error_type(status: u16) -> &'static str {
+    match status {
+        401 => "authentication_error",
+        402 => "billing_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        504 => "timeout_error",
+        500..=599 => "api_error",
+        400..=499 => "invalid_request_error",
+        _ => "api_error",
+    }
+}
+
+/// `{"type":"error","error":{"type":kind,"message":message}}`.
+pub fn anthropic_error_body(kind: &str, message: &str) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        error: Inner<'a>,
+    }
+    #[derive(Serialize)]
+    struct Inner<'a> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        message: &'a str,
+    }
+    let mut out = Vec::new();
+    put_json(
+        &mut out,
+        &Body {
+            kind: "error",
+            error: Inner { kind, message },
+        },
+    );
+    out
+}
+
+/// An OpenAI upstream's error (status and body) as an Anthropic error for the client.
+pub fn openai_error_to_anthropic(status: u16, body: &[u8]) -> (u16, Vec<u8>) {
+    let message = read_error(body)
+        .0
+        .unwrap_or_else(|| generic_error_message(status));
+    (
+        status,
+        anthropic_error_body(anthropic_error_type(status), &message),
+    )
+}
+
+/// An Anthropic upstream's error (status and body) as an OpenAI error for the client. Anthropic's
+/// 529 becomes 503, which OpenAI clients know.
+pub fn anthropic_error_to_openai(status: u16, body: &[u8]) -> (u16, Vec<u8>) {
+    let message = read_error(body)
+        .0
+        .unwrap_or_else(|| generic_error_message(status));
+    let (status, kind, code) = match status {
+        529 => (503, "server_error", None),
+        429 => (429, "rate_limit_error", Some("rate_limit_exceeded")),
+        401 => (401, "invalid_request_error", Some("invalid_api_key")),
+        403 => (403, "invalid_request_error", Some("permission_denied")),
+        404 => {
+            let code = if message.to_ascii_lowercase().contains("model") {
+                "model_not_found"
+            } else {
+                "not_found"
+            };
+            (404, "invalid_request_error", Some(code))
+        }
+        413 => (413, "invalid_request_error", Some("request_too_large")),
+        500..=599 => (status, "server_error", None),
+        _ => (status, "invalid_request_error", None),
+    };
+    (status, openai_error_body(&message, kind, code))
+}
+
+/// `{"error":{"message","type","param":null,"code"}}`.
+fn openai_error_body(message: &str, kind: &str, code: Option<&str>) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        error: Inner<'a>,
+    }
+    #[derive(Serialize)]
+    struct Inner<'a> {
+        message: &'a str,
+        #[serde(rename = "type")]
+        kind: &'a str,
+        param: Option<()>,
+        code: Option<&'a str>,
+    }
+    let mut out = Vec::new();
+    put_json(
+        &mut out,
+        &Body {
+            error: Inner {
+                message,
+                kind,
+                param: None,
+                code,
+            },
+        },
+    );
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streams
+// ---------------------------------------------------------------------------------------------
+
+/// What one upstream stream event meant, for failover decisions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamNote {
+    /// Nothing a client would show (preamble: role chunk, message_start, empty block start, ping,
+    /// comments).
+    Nothing,
+    /// Text, reasoning/thinking, a tool call, or a finish reason: the stream is committed.
+    Content,
+    /// The upstream reported an error inside the stream, with its message.
+    Error(String),
+    /// The upstream's end marker ([DONE] / message_stop).
+    Done,
+}
+
+/// The message of an error object (`{"message": ...}`), or its raw JSON.
+fn error_message(raw: &RawValue) -> String {
+    serde_json::from_str::<ErrorObjectIn>(raw.get())
+        .ok()
+        .and_then(|e| e.message)
+        .or_else(|| serde_json::from_str::<String>(raw.get()).ok())
+        .unwrap_or_else(|| raw.get().to_string())
+}
+
+// --- OpenAI chunks (in) ---
+
+#[derive(Deserialize)]
+struct OaChunkIn<'a> {
+    #[serde(default, borrow)]
+    error: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    choices: Option<Vec<OaChunkChoiceIn<'a>>>,
+    #[serde(default, borrow)]
+    usage: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct OaChunkChoiceIn<'a> {
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(default, borrow)]
+    delta: Option<OaDeltaIn<'a>>,
+    #[serde(default, borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct OaDeltaIn<'a> {
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    reasoning_content: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    reasoning: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    refusal: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    tool_calls: Option<Vec<OaToolDeltaIn<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct OaToolDeltaIn<'a> {
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    function: Option<OaFunctionDeltaIn<'a>>,
+}
+
+#[derive(Deserialize)]
+struct OaFunctionDeltaIn<'a> {
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+// --- Anthropic events (out) ---
+
+#[derive(Serialize)]
+struct MessageStartOut<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    message: MessageStartBody<'a>,
+}
+
+#[derive(Serialize)]
+struct MessageStartBody<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    role: &'static str,
+    model: &'a str,
+    content: [(); 0],
+    stop_reason: Option<()>,
+    stop_sequence: Option<()>,
+    usage: AnUsageOut,
+}
+
+#[derive(Serialize)]
+struct BlockStartOut<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    index: u64,
+    content_block: BlockStartBody<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum BlockStartBody<'a> {
+    Text {
+        text: &'static str,
+    },
+    Thinking {
+        thinking: &'static str,
+        signature: &'static str,
+    },
+    ToolUse {
+        id: &'a str,
+        name: &'a str,
+        input: EmptyObject,
+    },
+}
+
+#[derive(Serialize)]
+struct BlockDeltaOut<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    index: u64,
+    delta: BlockDeltaBody<'a>,
+}
+
+/// The `delta` of a `content_block_delta`; serialized as `text_delta`, `thinking_delta` and
+/// `input_json_delta`.
+#[derive(Serialize)]
+#[serde(tag = "type")]
+enum BlockDeltaBody<'a> {
+    #[serde(rename = "text_delta")]
+    Text { text: &'a str },
+    #[serde(rename = "thinking_delta")]
+    Thinking { thinking: &'a str },
+    #[serde(rename = "input_json_delta")]
+    InputJson { partial_json: &'a str },
+}
+
+#[derive(Serialize)]
+struct BlockStopOut {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    index: u64,
+}
+
+#[derive(Serialize)]
+struct MessageDeltaOut {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    delta: MessageDeltaBody,
+    usage: AnUsageOut,
+}
+
+#[derive(Serialize)]
+struct MessageDeltaBody {
+    stop_reason: &'static str,
+    stop_sequence: Option<()>,
+}
+
+#[derive(Serialize)]
+struct TypeOnly {
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BlockKind {
+    Text,
+    Thinking,
+    Tool,
+}
+
+#[derive(Clone, Copy)]
+struct OpenBlock {
+    kind: BlockKind,
+    index: u64,
+}
+
+/// A tool call seen in the upstream stream and the Anthropic block it became.
+struct ToolSlot {
+    openai_index: Option<u64>,
+    id: String,
+    block: u64,
+}
+
+/// OpenAI upstream chunks → Anthropic events for an Anthropic client.
+pub struct OpenAiToAnthropicStream {
+    model: String,
+    message_id: String,
+    started: bool,
+    finished: bool,
+    next_block: u64,
+    open: Option<OpenBlock>,
+    tools: Vec<ToolSlot>,
+    stop_reason: Option<&'static str>,
+    usage: Option<Usage>,
+}
+
+impl OpenAiToAnthropicStream {
+    pub fn new(client_model: &str, message_id: &str) -> Self {
+        OpenAiToAnthropicStream {
+            model: client_model.to_string(),
+            message_id: message_id.to_string(),
+            started: false,
+            finished: false,
+            next_block: 0,
+            open: None,
+            tools: Vec::new(),
+            stop_reason: None,
+            usage: None,
+        }
+    }
+
+    /// Feeds one upstream event's data (a chunk's JSON, or `[DONE]`), appending complete
+    /// Anthropic SSE events (`event: X\ndata: {json}\n\n`) to `out`.
+    pub fn event(&mut self, data: &[u8], out: &mut Vec<u8>) -> StreamNote {
+        let data = data.trim_ascii();
+        if data == b"[DONE]" {
+            self.finish(out);
+            return StreamNote::Done;
+        }
+        let Ok(chunk) = serde_json::from_slice::<OaChunkIn<'_>>(data) else {
+            // Not a chunk (a comment's stray data, a keep-alive): nothing to show.
+            return StreamNote::Nothing;
+        };
+        if let Some(usage) = chunk.usage.and_then(openai_usage) {
+            self.usage = Some(usage);
+        }
+        if let Some(error) = chunk.error.and_then(present) {
+            return StreamNote::Error(error_message(error));
+        }
+        if self.finished {
+            return StreamNote::Nothing;
+        }
+        self.start(out);
+        let mut note = StreamNote::Nothing;
+        for choice in chunk.choices.unwrap_or_default() {
+            if choice.index.unwrap_or(0) != 0 {
+                continue;
+            }
+            if let Some(delta) = &choice.delta {
+                if let Some(reasoning) =
+                    non_empty(&delta.reasoning_content).or(non_empty(&delta.reasoning))
+                {
+                    self.delta(BlockKind::Thinking, reasoning, out);
+                    note = StreamNote::Content;
+                }
+                if let Some(text) = non_empty(&delta.content).or(non_empty(&delta.refusal)) {
+                    self.delta(BlockKind::Text, text, out);
+                    note = StreamNote::Content;
+                }
+                for call in delta.tool_calls.iter().flatten() {
+                    if self.tool_call(call, out) {
+                        note = StreamNote::Content;
+                    }
+                }
+            }
+            if let Some(reason) = non_empty(&choice.finish_reason) {
+                self.stop_reason = Some(anthropic_stop_reason(reason));
+                note = StreamNote::Content;
+            }
+        }
+        note
+    }
+
+    /// The upstream ended (cleanly or not): close any open block and emit message_delta
+    /// (stop_reason, usage) + message_stop if not already done. Idempotent.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.finished {
+            return;
+        }
+        self.start(out);
+        self.close(out);
+        let mut stop_reason = self.stop_reason.unwrap_or("end_turn");
+        if stop_reason == "end_turn" && !self.tools.is_empty() {
+            stop_reason = "tool_use";
+        }
+        put_event(
+            out,
+            "message_delta",
+            &MessageDeltaOut {
+                kind: "message_delta",
+                delta: MessageDeltaBody {
+                    stop_reason,
+                    stop_sequence: None,
+                },
+                usage: self.usage.unwrap_or_default().into(),
+            },
+        );
+        put_event(
+            out,
+            "message_stop",
+            &TypeOnly {
+                kind: "message_stop",
+            },
+        );
+        self.finished = true;
+    }
+
+    /// An Anthropic `event: error` SSE event for a failure after content.
+    pub fn error_event(message: &str) -> Vec<u8> {
+        let mut out = b"event: error\ndata: ".to_vec();
+        out.extend_from_slice(&anthropic_error_body("api_error", message));
+        out.extend_from_slice(b"\n\n");
+        out
+    }
+
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    fn start(&mut self, out: &mut Vec<u8>) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        let input = self.usage.unwrap_or_default();
+        put_event(
+            out,
+            "message_start",
+            &MessageStartOut {
+                kind: "message_start",
+                message: MessageStartBody {
+                    id: &self.message_id,
+                    kind: "message",
+                    role: "assistant",
+                    model: &self.model,
+                    content: [],
+                    stop_reason: None,
+                    stop_sequence: None,
+                    usage: Usage {
+                        output_tokens: 0,
+                        ..input
+                    }
+                    .into(),
+                },
+            },
+        );
+    }
+
+    fn close(&mut self, out: &mut Vec<u8>) {
+        if let Some(block) = self.open.take() {
+            put_event(
+                out,
+                "content_block_stop",
+                &BlockStopOut {
+                    kind: "content_block_stop",
+                    index: block.index,
+                },
+            );
+        }
+    }
+
+    /// Closes the open block and opens a new one; returns its index.
+    fn open(&mut self, kind: BlockKind, body: BlockStartBody<'_>, out: &mut Vec<u8>) -> u64 {
+        self.close(out);
+        let index = self.next_block;
+        self.next_block += 1;
+        put_event(
+            out,
+            "content_block_start",
+            &BlockStartOut {
+                kind: "content_block_start",
+                index,
+                content_block: body,
+            },
+        );
+        self.open = Some(OpenBlock { kind, index });
+        index
+    }
+
+    fn put_delta(index: u64, delta: BlockDeltaBody<'_>, out: &mut Vec<u8>) {
+        put_event(
+            out,
+            "content_block_delta",
+            &BlockDeltaOut {
+                kind: "content_block_delta",
+                index,
+                delta,
+            },
+        );
+    }
+
+    /// Text or thinking, in the open block of that kind or a new one.
+    fn delta(&mut self, kind: BlockKind, text: &str, out: &mut Vec<u8>) {
+        let index = match self.open {
+            Some(b) if b.kind == kind => b.index,
+            _ => {
+                let body = if kind == BlockKind::Thinking {
+                    BlockStartBody::Thinking {
+                        thinking: "",
+                        signature: "",
+                    }
+                } else {
+                    BlockStartBody::Text { text: "" }
+                };
+                self.open(kind, body, out)
+            }
+        };
+        let delta = if kind == BlockKind::Thinking {
+            BlockDeltaBody::Thinking { thinking: text }
+        } else {
+            BlockDeltaBody::Text { text }
+        };
+        Self::put_delta(index, delta, out);
+    }
+
+    /// One tool-call fragment: a new call opens a `tool_use` block, arguments become
+    /// `input_json_delta`. Returns whether it carried anything.
+    fn tool_call(&mut self, call: &OaToolDeltaIn<'_>, out: &mut Vec<u8>) -> bool {
+        let id = non_empty(&call.id);
+        let function = call.function.as_ref();
+        let existing = match (id, call.index) {
+            (Some(id), _) => self.tools.iter().position(|t| t.id == id),
+            (None, Some(i)) => self.tools.iter().rposition(|t| t.openai_index == Some(i)),
+            // No id and no index (seen from some compatible upstreams): the latest call.
+            (None, None) => self.tools.len().checked_sub(1),
+        };
+        let mut carried = false;
+        let slot = match existing {
+            Some(slot) => slot,
+            None => {
+                let id = id
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("toolu_{}_{}", self.message_id, self.tools.len()));
+                let name = function.and_then(|f| f.name.as_deref()).unwrap_or("");
+                let block = self.open(
+                    BlockKind::Tool,
+                    BlockStartBody::ToolUse {
+                        id: &id,
+                        name,
+                        input: EmptyObject {},
+                    },
+                    out,
+                );
+                self.tools.push(ToolSlot {
+                    openai_index: call.index,
+                    id,
+                    block,
+                });
+                carried = true;
+                self.tools.len() - 1
+            }
+        };
+        if let Some(arguments) = function.and_then(|f| non_empty(&f.arguments)) {
+            // A fragment for a call whose block was already closed (interleaved parallel calls)
+            // still goes to that call's block index, where SDK accumulators look for it.
+            let block = self.tools[slot].block;
+            Self::put_delta(
+                block,
+                BlockDeltaBody::InputJson {
+                    partial_json: arguments,
+                },
+                out,
+            );
+            carried = true;
+        }
+        carried
+    }
+}
+
+// --- Anthropic events (in) ---
+
+#[derive(Deserialize)]
+struct AnEventIn<'a> {
+    #[serde(rename = "type", default, borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    message: Option<AnStartMessageIn<'a>>,
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(default, borrow)]
+    content_block: Option<AnBlockStartIn<'a>>,
+    #[serde(default, borrow)]
+    delta: Option<AnDeltaIn<'a>>,
+    #[serde(default, borrow)]
+    usage: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    error: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct AnStartMessageIn<'a> {
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    usage: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct AnBlockStartIn<'a> {
+    #[serde(rename = "type", default, borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    thinking: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    input: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct AnDeltaIn<'a> {
+    #[serde(rename = "type", default, borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    thinking: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    partial_json: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    stop_reason: Option<Cow<'a, str>>,
+}
+
+// --- OpenAI chunks (out) ---
+
+#[derive(Serialize)]
+struct ChunkOut<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: &'a [ChunkChoiceOut<'a>],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<OaUsageOut>,
+}
+
+#[derive(Serialize)]
+struct ChunkChoiceOut<'a> {
+    index: u32,
+    delta: DeltaOut<'a>,
+    logprobs: Option<()>,
+    finish_reason: Option<&'static str>,
+}
+
+#[derive(Serialize, Default)]
+struct DeltaOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<[ToolDeltaOut<'a>; 1]>,
+}
+
+#[derive(Serialize)]
+struct ToolDeltaOut<'a> {
+    index: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+    function: FunctionDeltaOut<'a>,
+}
+
+#[derive(Serialize)]
+struct FunctionDeltaOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    arguments: &'a str,
+}
+
+/// What an Anthropic block index turned into.
+enum SlotKind {
+    Text,
+    Thinking,
+    Tool {
+        /// The OpenAI tool-call index.
+        k: u64,
+        /// Whether any argument bytes were sent.
+        sent_arguments: bool,
+        /// The block start's `input`, compacted, sent at the stop if no argument streamed.
+        initial_input: String,
+    },
+    Other,
+}
+
+/// Anthropic upstream events → OpenAI chunks for an OpenAI client.
+pub struct AnthropicToOpenAiStream {
+    model: String,
+    include_usage: bool,
+    id: String,
+    created: u64,
+    role_sent: bool,
+    finish_sent: bool,
+    done: bool,
+    blocks: Vec<(u64, SlotKind)>,
+    tool_count: u64,
+    finish_reason: Option<&'static str>,
+    usage: Option<Usage>,
+}
+
+impl AnthropicToOpenAiStream {
+    /// `include_usage`: the client asked for stream_options.include_usage (emit the `choices: []`
+    /// usage chunk before [DONE]).
+    pub fn new(client_model: &str, include_usage: bool) -> Self {
+        AnthropicToOpenAiStream {
+            model: client_model.to_string(),
+            include_usage,
+            id: "chatcmpl-keyplane".to_string(),
+            created: unix_now(),
+            role_sent: false,
+            finish_sent: false,
+            done: false,
+            blocks: Vec::new(),
+            tool_count: 0,
+            finish_reason: None,
+            usage: None,
+        }
+    }
+
+    /// Feeds one upstream event (its `event:` name if any, and its data JSON), appending complete
+    /// OpenAI SSE events (`data: {json}\n\n`, and `data: [DONE]\n\n` at message_stop) to `out`.
+    pub fn event(&mut self, name: Option<&[u8]>, data: &[u8], out: &mut Vec<u8>) -> StreamNote {
+        let data = data.trim_ascii();
+        let named_error = name == Some(b"error".as_slice());
+        let Ok(ev) = serde_json::from_slice::<AnEventIn<'_>>(data) else {
+            return if named_error {
+                StreamNote::Error(String::from_utf8_lossy(data).into_owned())
+            } else {
+                StreamNote::Nothing
+            };
+        };
+        let kind: Cow<'_, str> = match (&ev.kind, name) {
+            (Some(k), _) => Cow::Borrowed(k.as_ref()),
+            (None, Some(n)) => String::from_utf8_lossy(n),
+            (None, None) => Cow::Borrowed(""),
+        };
+        if kind == "error" || named_error {
+            return StreamNote::Error(
+                ev.error
+                    .and_then(present)
+                    .map(error_message)
+                    .unwrap_or_else(|| "upstream error".to_string()),
+            );
+        }
+        if let Some(u) = ev
+            .message
+            .as_ref()
+            .and_then(|m| m.usage)
+            .and_then(anthropic_usage)
+        {
+            u.apply(self.usage.get_or_insert_with(Usage::default));
+        }
+        if let Some(u) = ev.usage.and_then(anthropic_usage) {
+            u.apply(self.usage.get_or_insert_with(Usage::default));
+        }
+        if self.done {
+            return StreamNote::Nothing;
+        }
+        match kind.as_ref() {
+            "message_start" => {
+                if let Some(id) = ev.message.as_ref().and_then(|m| non_empty(&m.id)) {
+                    self.id = format!("chatcmpl-{id}");
+                }
+                self.ensure_role(out);
+                StreamNote::Nothing
+            }
+            "content_block_start" => self.block_start(&ev, out),
+            "content_block_delta" => self.block_delta(&ev, out),
+            "content_block_stop" => self.block_stop(ev.index, out),
+            "message_delta" => {
+                let Some(reason) = ev.delta.as_ref().and_then(|d| non_empty(&d.stop_reason)) else {
+                    return StreamNote::Nothing;
+                };
+                let finish = openai_finish_reason(reason);
+                self.finish_reason = Some(finish);
+                self.send_finish(out);
+                StreamNote::Content
+            }
+            "message_stop" => {
+                self.finish(out);
+                StreamNote::Done
+            }
+            // ping, and event types added after this was written.
+            _ => StreamNote::Nothing,
+        }
+    }
+
+    /// Emits finish + usage + [DONE] if message_stop never came. Idempotent.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.done {
+            return;
+        }
+        self.send_finish(out);
+        if self.include_usage {
+            put_data(
+                out,
+                &ChunkOut {
+                    id: &self.id,
+                    object: "chat.completion.chunk",
+                    created: self.created,
+                    model: &self.model,
+                    choices: &[],
+                    usage: Some(self.usage.unwrap_or_default().into()),
+                },
+            );
+        }
+        out.extend_from_slice(b"data: [DONE]\n\n");
+        self.done = true;
+    }
+
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    fn chunk(&self, delta: DeltaOut<'_>, finish_reason: Option<&'static str>, out: &mut Vec<u8>) {
+        put_data(
+            out,
+            &ChunkOut {
+                id: &self.id,
+                object: "chat.completion.chunk",
+                created: self.created,
+                model: &self.model,
+                choices: &[ChunkChoiceOut {
+                    index: 0,
+                    delta,
+                    logprobs: None,
+                    finish_reason,
+                }],
+                usage: None,
+            },
+        );
+    }
+
+    fn ensure_role(&mut self, out: &mut Vec<u8>) {
+        if self.role_sent {
+            return;
+        }
+        self.role_sent = true;
+        self.chunk(
+            DeltaOut {
+                role: Some("assistant"),
+                content: Some(""),
+                ..DeltaOut::default()
+            },
+            None,
+            out,
+        );
+    }
+
+    fn send_finish(&mut self, out: &mut Vec<u8>) {
+        if self.finish_sent {
+            return;
+        }
+        self.ensure_role(out);
+        self.finish_sent = true;
+        self.chunk(
+            DeltaOut::default(),
+            Some(self.finish_reason.unwrap_or("stop")),
+            out,
+        );
+    }
+
+    fn slot(&mut self, index: Option<u64>) -> Option<&mut SlotKind> {
+        let index = index.unwrap_or(0);
+        self.blocks
+            .iter_mut()
+            .rev()
+            .find(|(i, _)| *i == index)
+            .map(|(_, k)| k)
+    }
+
+    fn block_start(&mut self, ev: &AnEventIn<'_>, out: &mut Vec<u8>) -> StreamNote {
+        let index = ev.index.unwrap_or(0);
+        let Some(block) = &ev.content_block else {
+            return StreamNote::Nothing;
+        };
+        self.ensure_role(out);
+        match block.kind.as_deref() {
+            Some("text") => {
+                self.blocks.push((index, SlotKind::Text));
+                match non_empty(&block.text) {
+                    Some(text) => {
+                        self.chunk(
+                            DeltaOut {
+                                content: Some(text),
+                                ..DeltaOut::default()
+                            },
+                            None,
+                            out,
+                        );
+                        StreamNote::Content
+                    }
+                    None => StreamNote::Nothing,
+                }
+            }
+            Some("thinking") => {
+                self.blocks.push((index, SlotKind::Thinking));
+                match non_empty(&block.thinking) {
+                    Some(thinking) => {
+                        self.chunk(
+                            DeltaOut {
+                                reasoning_content: Some(thinking),
+                                ..DeltaOut::default()
+                            },
+                            None,
+                            out,
+                        );
+                        StreamNote::Content
+                    }
+                    None => StreamNote::Nothing,
+                }
+            }
+            Some("tool_use") => {
+                let k = self.tool_count;
+                self.tool_count += 1;
+                let initial_input = block
+                    .input
+                    .and_then(present)
+                    .map(|r| compact_json(r.get()))
+                    .unwrap_or_else(|| "{}".to_string());
+                self.blocks.push((
+                    index,
+                    SlotKind::Tool {
+                        k,
+                        sent_arguments: false,
+                        initial_input,
+                    },
+                ));
+                self.chunk(
+                    DeltaOut {
+                        tool_calls: Some([ToolDeltaOut {
+                            index: k,
+                            id: Some(block.id.as_deref().unwrap_or("")),
+                            kind: Some("function"),
+                            function: FunctionDeltaOut {
+                                name: Some(block.name.as_deref().unwrap_or("")),
+                                arguments: "",
+                            },
+                        }]),
+                        ..DeltaOut::default()
+                    },
+                    None,
+                    out,
+                );
+                StreamNote::Content
+            }
+            // redacted_thinking, server tool blocks: nothing an OpenAI client can show.
+            _ => {
+                self.blocks.push((index, SlotKind::Other));
+                StreamNote::Nothing
+            }
+        }
+    }
+
+    fn block_delta(&mut self, ev: &AnEventIn<'_>, out: &mut Vec<u8>) -> StreamNote {
+        let Some(delta) = &ev.delta else {
+            return StreamNote::Nothing;
+        };
+        match delta.kind.as_deref() {
+            Some("text_delta") => {
+                let Some(text) = non_empty(&delta.text) else {
+                    return StreamNote::Nothing;
+                };
+                self.ensure_role(out);
+                self.chunk(
+                    DeltaOut {
+                        content: Some(text),
+                        ..DeltaOut::default()
+                    },
+                    None,
+                    out,
+                );
+                StreamNote::Content
+            }
+            Some("thinking_delta") => {
+                let Some(thinking) = non_empty(&delta.thinking) else {
+                    return StreamNote::Nothing;
+                };
+                self.ensure_role(out);
+                self.chunk(
+                    DeltaOut {
+                        reasoning_content: Some(thinking),
+                        ..DeltaOut::default()
+                    },
+                    None,
+                    out,
+                );
+                StreamNote::Content
+            }
+            Some("input_json_delta") => {
+                let Some(partial) = non_empty(&delta.partial_json) else {
+                    return StreamNote::Nothing;
+                };
+                let Some(SlotKind::Tool {
+                    k, sent_arguments, ..
+                }) = self.slot(ev.index)
+                else {
+                    // Arguments for a block that never started as a tool: nowhere to put them.
+                    return StreamNote::Nothing;
+                };
+                *sent_arguments = true;
+                let k = *k;
+                self.chunk(
+                    DeltaOut {
+                        tool_calls: Some([ToolDeltaOut {
+                            index: k,
+                            id: None,
+                            kind: None,
+                            function: FunctionDeltaOut {
+                                name: None,
+                                arguments: partial,
+                            },
+                        }]),
+                        ..DeltaOut::default()
+                    },
+                    None,
+                    out,
+                );
+                StreamNote::Content
+            }
+            // signature_delta, citations_delta, and types added later.
+            _ => StreamNote::Nothing,
+        }
+    }
+
+    fn block_stop(&mut self, index: Option<u64>, out: &mut Vec<u8>) -> StreamNote {
+        let Some(SlotKind::Tool {
+            k,
+            sent_arguments,
+            initial_input,
+        }) = self.slot(index)
+        else {
+            return StreamNote::Nothing;
+        };
+        if *sent_arguments {
+            return StreamNote::Nothing;
+        }
+        // A call whose input never streamed (no arguments): OpenAI clients parse the
+        // concatenated arguments, and "" is not JSON.
+        *sent_arguments = true;
+        let k = *k;
+        let arguments = std::mem::take(initial_input);
+        self.chunk(
+            DeltaOut {
+                tool_calls: Some([ToolDeltaOut {
+                    index: k,
+                    id: None,
+                    kind: None,
+                    function: FunctionDeltaOut {
+                        name: None,
+                        arguments: &arguments,
+                    },
+                }]),
+                ..DeltaOut::default()
+            },
+            None,
+            out,
+        );
+        StreamNote::Content
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sse;
+    use bytes::Bytes;
+    use serde_json::{Value, json};
+
+    fn sample(name: &str) -> Vec<u8> {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/providers/samples");
+        let Ok(raw) = std::fs::read(dir.join(name)) else {
+            panic!("sample {name} missing: is ../shared beside the checkout?");
+        };
+        raw
+    }
+
+    fn parse(bytes: &[u8]) -> Value {
+        serde_json::from_slice(bytes).unwrap()
+    }
+
+    /// (event name, data) of every event of an SSE byte stream.
+    fn sse_events(raw: &[u8]) -> Vec<(Option<String>, Option<Vec<u8>>)> {
+        let mut out = Vec::new();
+        let mut splitter = sse::Splitter::default();
+        splitter.push(Bytes::copy_from_slice(raw), &mut out);
+        assert!(splitter.pending().is_empty(), "every event is complete");
+        out.iter()
+            .map(|e| {
+                let ev = sse::parse(e);
+                (
+                    ev.name.map(|n| String::from_utf8_lossy(n).into_owned()),
+                    ev.data.map(|d| d.into_owned()),
+                )
+            })
+            .collect()
+    }
+
+    fn a2o(body: Value) -> (Value, Vec<String>) {
+        let (out, dropped) =
+            anthropic_to_openai_request(body.to_string().as_bytes(), "up-model").unwrap();
+        (parse(&out), dropped)
+    }
+
+    fn o2a(body: Value) -> (Value, Vec<String>) {
+        let (out, dropped) =
+            openai_to_anthropic_request(body.to_string().as_bytes(), "up-model").unwrap();
+        (parse(&out), dropped)
+    }
+
+    fn o2a_err(body: Value) -> String {
+        openai_to_anthropic_request(body.to_string().as_bytes(), "m")
+            .unwrap_err()
+            .message
+    }
+
+    // ---- Requests: Anthropic → OpenAI ----
+
+    #[test]
+    fn a2o_system_string_blocks_and_system_inside_messages() {
+        let (out, _) = a2o(json!({
+            "model": "claude", "max_tokens": 10, "system": "Be brief.",
+            "messages": [{"role": "user", "content": "hi"}]
+        }));
+        assert_eq!(out["model"], "up-model");
+        assert_eq!(
+            out["messages"],
+            json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}])
+        );
+
+        // Claude Code: system as blocks with cache_control, and a system entry in messages.
+        let (out, dropped) = a2o(json!({
+            "model": "claude", "max_tokens": 10,
+            "system": [
+                {"type": "text", "text": "You are Claude Code."},
+                {"type": "text", "text": "Be careful.", "cache_control": {"type": "ephemeral"}}
+            ],
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "system", "content": [{"type": "text", "text": "Mid-conversation note."}]},
+                {"role": "user", "content": "again"}
+            ]
+        }));
+        let msgs = out["messages"].as_array().unwrap();
+        assert_eq!(
+            msgs[0],
+            json!({"role": "system", "content": "You are Claude Code.\nBe careful."})
+        );
+        assert_eq!(msgs[1], json!({"role": "user", "content": "hi"}));
+        assert_eq!(
+            msgs[2],
+            json!({"role": "system", "content": "Mid-conversation note."})
+        );
+        assert_eq!(msgs[3], json!({"role": "user", "content": "again"}));
+        assert!(
+            dropped.contains(&"system.cache_control".to_string()),
+            "{dropped:?}"
+        );
+    }
+
+    #[test]
+    fn a2o_images_base64_and_url() {
+        let (out, _) = a2o(json!({
+            "model": "c", "max_tokens": 5,
+            "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "What is this?"},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},
+                {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}}
+            ]}]
+        }));
+        assert_eq!(
+            out["messages"][0]["content"],
+            json!([
+                {"type": "text", "text": "What is this?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+                {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}}
+            ])
+        );
+    }
+
+    #[test]
+    fn a2o_several_text_blocks_become_one_string() {
+        let (out, dropped) = a2o(json!({
+            "model": "c", "max_tokens": 5,
+            "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "<system-reminder>x</system-reminder>"},
+                {"type": "text", "text": "Fix the bug.", "cache_control": {"type": "ephemeral"}},
+                {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "d"}}
+            ]}]
+        }));
+        assert_eq!(
+            out["messages"][0]["content"],
+            "<system-reminder>x</system-reminder>\nFix the bug."
+        );
+        assert!(dropped.contains(&"messages.content.cache_control".to_string()));
+        assert!(dropped.contains(&"messages.content.document".to_string()));
+    }
+
+    #[test]
+    fn a2o_tools_and_tool_choice() {
+        let tools = json!([
+            {"name": "get_weather", "description": "Weather", "input_schema":
+                {"type": "object", "properties": {"zeta": {"type": "string"}, "alpha": {"type": "number", "maximum": 1e2}}, "required": ["zeta"]},
+             "cache_control": {"type": "ephemeral"}},
+            {"name": "Read", "input_schema": {"type": "object"}, "defer_loading": true},
+            {"type": "web_search_20250305", "name": "web_search", "max_uses": 5}
+        ]);
+        let body = json!({"model": "c", "max_tokens": 5, "tools": tools,
+            "messages": [{"role": "user", "content": "hi"}]});
+        let (out, dropped) = a2o(body.clone());
+        assert_eq!(
+            out["tools"].as_array().unwrap().len(),
+            2,
+            "server tool dropped"
+        );
+        assert_eq!(
+            out["tools"][0],
+            json!({"type": "function", "function": {"name": "get_weather", "description": "Weather",
+                "parameters": tools[0]["input_schema"]}})
+        );
+        assert_eq!(
+            out["tools"][1]["function"],
+            json!({"name": "Read", "parameters": {"type": "object"}})
+        );
+        for d in [
+            "tools.cache_control",
+            "tools.defer_loading",
+            "tools.web_search_20250305",
+        ] {
+            assert!(dropped.contains(&d.to_string()), "{d} in {dropped:?}");
+        }
+        assert!(out.get("tool_choice").is_none() && out.get("parallel_tool_calls").is_none());
+
+        // The schema's bytes (key order, number spelling) reach the upstream unchanged.
+        let raw = anthropic_to_openai_request(
+            br#"{"model":"c","max_tokens":5,"messages":[],"tools":[{"name":"t","input_schema":{"type":"object","properties":{"z":{"maximum":1e2},"a":{}}}}]}"#,
+            "m",
+        )
+        .unwrap()
+        .0;
+        assert!(String::from_utf8(raw).unwrap().contains(
+            r#""parameters":{"type":"object","properties":{"z":{"maximum":1e2},"a":{}}}"#
+        ));
+
+        for (choice, expected, parallel) in [
+            (json!({"type": "auto"}), json!("auto"), None),
+            (json!({"type": "any"}), json!("required"), None),
+            (json!({"type": "none"}), json!("none"), None),
+            (
+                json!({"type": "tool", "name": "get_weather"}),
+                json!({"type": "function", "function": {"name": "get_weather"}}),
+                None,
+            ),
+            (
+                json!({"type": "auto", "disable_parallel_tool_use": true}),
+                json!("auto"),
+                Some(false),
+            ),
+            (
+                json!({"type": "any", "disable_parallel_tool_use": false}),
+                json!("required"),
+                None,
+            ),
+        ] {
+            let mut body = body.clone();
+            body["tool_choice"] = choice.clone();
+            let (out, _) = a2o(body);
+            assert_eq!(out["tool_choice"], expected, "{choice}");
+            assert_eq!(
+                out.get("parallel_tool_calls").and_then(Value::as_bool),
+                parallel,
+                "{choice}"
+            );
+        }
+
+        // Without tools, tool_choice would be refused by OpenAI: dropped.
+        let (out, dropped) = a2o(
+            json!({"model": "c", "max_tokens": 5, "tool_choice": {"type": "any"},
+            "messages": [{"role": "user", "content": "hi"}]}),
+        );
+        assert!(out.get("tool_choice").is_none());
+        assert!(dropped.contains(&"tool_choice".to_string()));
+    }
+
+    #[test]
+    fn a2o_tool_use_and_tool_result() {
+        let (out, dropped) = a2o(json!({
+            "model": "c", "max_tokens": 5,
+            "messages": [
+                {"role": "user", "content": "Weather in SF?"},
+                {"role": "assistant", "content": [
+                    {"type": "thinking", "thinking": "Let me check.", "signature": "sig"},
+                    {"type": "text", "text": "Checking."},
+                    {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"location": "San Francisco", "unit": "f"}},
+                    {"type": "tool_use", "id": "toolu_2", "name": "get_time", "input": {}}
+                ]},
+                {"role": "user", "content": [
+                    {"type": "text", "text": "Also, hurry."},
+                    {"type": "tool_result", "tool_use_id": "toolu_1", "content": "68F"},
+                    {"type": "tool_result", "tool_use_id": "toolu_2", "content": [{"type": "text", "text": "12:00"}, {"type": "text", "text": "PST"}], "is_error": false}
+                ]}
+            ]
+        }));
+        let msgs = out["messages"].as_array().unwrap();
+        assert_eq!(msgs.len(), 5);
+        assert_eq!(
+            msgs[1],
+            json!({"role": "assistant", "content": "Checking.", "tool_calls": [
+                {"id": "toolu_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"location\":\"San Francisco\",\"unit\":\"f\"}"}},
+                {"id": "toolu_2", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}
+            ]})
+        );
+        // Tool results come before the rest of the same user turn.
+        assert_eq!(
+            msgs[2],
+            json!({"role": "tool", "tool_call_id": "toolu_1", "content": "68F"})
+        );
+        assert_eq!(
+            msgs[3],
+            json!({"role": "tool", "tool_call_id": "toolu_2", "content": "12:00\nPST"})
+        );
+        assert_eq!(msgs[4], json!({"role": "user", "content": "Also, hurry."}));
+        assert!(dropped.contains(&"messages.content.thinking".to_string()));
+        assert!(dropped.contains(&"messages.content.tool_result.is_error".to_string()));
+
+        // A tool-only assistant turn has content null.
+        // Raw bytes: `json!` would already have normalised 2.50.
+        let body = br#"{"model":"c","max_tokens":5,"messages":[{"role":"assistant","content":[{"type":"tool_use","id":"t","name":"n","input":{ "a" : [1, 2.50] }}]}]}"#;
+        let out = parse(&anthropic_to_openai_request(body, "m").unwrap().0);
+        assert_eq!(out["messages"][0]["content"], Value::Null);
+        assert_eq!(
+            out["messages"][0]["tool_calls"][0]["function"]["arguments"],
+            "{\"a\":[1,2.50]}"
+        );
+    }
+
+    #[test]
+    fn a2o_sampling_stop_user_stream_and_thinking() {
+        let (out, dropped) = a2o(json!({
+            "model": "c", "max_tokens": 32000, "temperature": 0.7, "top_p": 0.9, "top_k": 5,
+            "stop_sequences": ["END", "\n\nHuman:"], "metadata": {"user_id": "user_abc"},
+            "stream": true, "thinking": {"type": "enabled", "budget_tokens": 8000},
+            "output_config": {"effort": "high"}, "context_management": {},
+            "messages": [{"role": "user", "content": "hi"}]
+        }));
+        assert_eq!(out["max_tokens"], 32000);
+        assert_eq!(out["temperature"], 0.7);
+        assert_eq!(out["top_p"], 0.9);
+        assert_eq!(out["stop"], json!(["END", "\n\nHuman:"]));
+        assert_eq!(out["user"], "user_abc");
+        assert_eq!(out["stream"], true);
+        assert_eq!(out["stream_options"], json!({"include_usage": true}));
+        assert_eq!(out["reasoning_effort"], "medium");
+        for d in ["top_k", "output_config", "context_management"] {
+            assert!(dropped.contains(&d.to_string()), "{d} in {dropped:?}");
+        }
+
+        for (thinking, effort) in [
+            (
+                json!({"type": "enabled", "budget_tokens": 1024}),
+                Some("low"),
+            ),
+            (
+                json!({"type": "enabled", "budget_tokens": 4095}),
+                Some("low"),
+            ),
+            (
+                json!({"type": "enabled", "budget_tokens": 4096}),
+                Some("medium"),
+            ),
+            (
+                json!({"type": "enabled", "budget_tokens": 16383}),
+                Some("medium"),
+            ),
+            (
+                json!({"type": "enabled", "budget_tokens": 16384}),
+                Some("high"),
+            ),
+            (json!({"type": "adaptive"}), Some("medium")),
+            (json!({"type": "disabled"}), None),
+        ] {
+            let (out, _) = a2o(json!({"model": "c", "max_tokens": 5, "thinking": thinking,
+                "messages": [{"role": "user", "content": "hi"}]}));
+            assert_eq!(
+                out.get("reasoning_effort").and_then(Value::as_str),
+                effort,
+                "{thinking}"
+            );
+        }
+
+        let (out, _) = a2o(json!({"model": "c", "max_tokens": 5, "stream": false,
+            "messages": [{"role": "user", "content": "hi"}]}));
+        assert!(out.get("stream_options").is_none());
+    }
+
+    #[test]
+    fn a2o_bad_bodies_are_refused() {
+        for body in [
+            &b"not json"[..],
+            b"[1]",
+            br#"{"model":"c","max_tokens":5}"#,
+            br#"{"model":"c","max_tokens":5,"messages":"hi"}"#,
+            br#"{"model":"c","max_tokens":-1,"messages":[]}"#,
+            br#"{"model":"c","max_tokens":5,"messages":[{"role":"tool","content":"x"}]}"#,
+            br#"{"model":"c","max_tokens":5,"messages":[{"role":"user","content":5}]}"#,
+        ] {
+            assert!(
+                anthropic_to_openai_request(body, "m").is_err(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    // ---- Requests: OpenAI → Anthropic ----
+
+    #[test]
+    fn o2a_system_hoisted_and_roles_merged() {
+        let (out, _) = o2a(json!({
+            "model": "gpt", "messages": [
+                {"role": "system", "content": "You are helpful."},
+                {"role": "user", "content": "a"},
+                {"role": "developer", "content": [{"type": "text", "text": "Use British spelling."}]},
+                {"role": "user", "content": [{"type": "text", "text": "b"}]},
+                {"role": "assistant", "content": "c"},
+                {"role": "assistant", "content": [{"type": "text", "text": "d"}]},
+                {"role": "user", "content": ""}
+            ]
+        }));
+        assert_eq!(out["model"], "up-model");
+        assert_eq!(out["system"], "You are helpful.\nUse British spelling.");
+        assert_eq!(
+            out["messages"],
+            json!([
+                {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "c"}, {"type": "text", "text": "d"}]}
+            ])
+        );
+        // No system message: no system field.
+        let (out, _) = o2a(json!({"model": "g", "messages": [{"role": "user", "content": "x"}]}));
+        assert!(out.get("system").is_none());
+    }
+
+    #[test]
+    fn o2a_images_data_url_and_http() {
+        let (out, dropped) = o2a(
+            json!({"model": "g", "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "Describe"},
+                {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,/9j/4AAQ", "detail": "high"}},
+                {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+                {"type": "input_audio", "input_audio": {"data": "x", "format": "wav"}}
+            ]}]}),
+        );
+        assert_eq!(
+            out["messages"][0]["content"],
+            json!([
+                {"type": "text", "text": "Describe"},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": "/9j/4AAQ"}},
+                {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}
+            ])
+        );
+        assert!(dropped.contains(&"messages.content.input_audio".to_string()));
+        let err = o2a_err(
+            json!({"model": "g", "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/svg+xml,<svg/>"}}]}]}),
+        );
+        assert!(err.contains("data URL"), "{err}");
+    }
+
+    #[test]
+    fn o2a_tools_tool_choice_and_parallel_calls() {
+        let tools = json!([
+            {"type": "function", "function": {"name": "get_capital", "description": "Capital of a country",
+                "parameters": {"type": "object", "properties": {"country": {"type": "string"}}}, "strict": true}},
+            {"type": "function", "function": {"name": "now"}}
+        ]);
+        let body =
+            json!({"model": "g", "tools": tools, "messages": [{"role": "user", "content": "x"}]});
+        let (out, dropped) = o2a(body.clone());
+        assert_eq!(
+            out["tools"],
+            json!([
+                {"name": "get_capital", "description": "Capital of a country", "input_schema": tools[0]["function"]["parameters"]},
+                {"name": "now", "input_schema": {"type": "object", "properties": {}}}
+            ])
+        );
+        assert!(dropped.contains(&"tools.function.strict".to_string()));
+        assert!(out.get("tool_choice").is_none());
+
+        for (choice, parallel, expected) in [
+            (Some(json!("auto")), None, Some(json!({"type": "auto"}))),
+            (Some(json!("required")), None, Some(json!({"type": "any"}))),
+            (
+                Some(json!("none")),
+                Some(false),
+                Some(json!({"type": "none"})),
+            ),
+            (
+                Some(json!({"type": "function", "function": {"name": "now"}})),
+                None,
+                Some(json!({"type": "tool", "name": "now"})),
+            ),
+            (
+                Some(json!("auto")),
+                Some(false),
+                Some(json!({"type": "auto", "disable_parallel_tool_use": true})),
+            ),
+            (
+                Some(json!("required")),
+                Some(false),
+                Some(json!({"type": "any", "disable_parallel_tool_use": true})),
+            ),
+            (
+                None,
+                Some(false),
+                Some(json!({"type": "auto", "disable_parallel_tool_use": true})),
+            ),
+            (None, Some(true), None),
+        ] {
+            let mut body = body.clone();
+            if let Some(c) = &choice {
+                body["tool_choice"] = c.clone();
+            }
+            if let Some(p) = parallel {
+                body["parallel_tool_calls"] = json!(p);
+            }
+            let (out, _) = o2a(body);
+            assert_eq!(
+                out.get("tool_choice").cloned(),
+                expected,
+                "{choice:?} {parallel:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn o2a_tool_calls_and_tool_messages() {
+        let (out, _) = o2a(json!({"model": "g", "messages": [
+            {"role": "user", "content": "Capitals of UK and FR?"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "get_capital", "arguments": "{\"country\": \"UK\", \"n\": 1.50}"}},
+                {"id": "call_2", "type": "function", "function": {"name": "now", "arguments": ""}}
+            ]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "London"},
+            {"role": "tool", "tool_call_id": "call_2", "content": [{"type": "text", "text": "noon"}]},
+            {"role": "user", "content": "Thanks"}
+        ]}));
+        assert_eq!(
+            out["messages"],
+            json!([
+                {"role": "user", "content": [{"type": "text", "text": "Capitals of UK and FR?"}]},
+                {"role": "assistant", "content": [
+                    {"type": "tool_use", "id": "call_1", "name": "get_capital", "input": {"country": "UK", "n": 1.50}},
+                    {"type": "tool_use", "id": "call_2", "name": "now", "input": {}}
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "call_1", "content": "London"},
+                    {"type": "tool_result", "tool_use_id": "call_2", "content": "noon"},
+                    {"type": "text", "text": "Thanks"}
+                ]}
+            ])
+        );
+        // The arguments' bytes become the input as they were.
+        let raw = openai_to_anthropic_request(
+            br#"{"model":"g","messages":[{"role":"assistant","tool_calls":[{"id":"c","function":{"name":"f","arguments":"{\"z\":1e2,\"a\":12345678901234567890123}"}}]}]}"#,
+            "m",
+        )
+        .unwrap()
+        .0;
+        assert!(
+            String::from_utf8(raw)
+                .unwrap()
+                .contains(r#""input":{"z":1e2,"a":12345678901234567890123}"#)
+        );
+
+        // A user message before the tool results of the same merged turn: results first.
+        let (out, _) = o2a(json!({"model": "g", "messages": [
+            {"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "user", "content": "note"},
+            {"role": "tool", "tool_call_id": "c", "content": "r"}
+        ]}));
+        assert_eq!(out["messages"][1]["content"][0]["type"], "tool_result");
+        assert_eq!(out["messages"][1]["content"][1]["type"], "text");
+
+        for args in ["{\"country\": ", "[1,2]", "\"s\""] {
+            let err = o2a_err(
+                json!({"model": "g", "messages": [{"role": "assistant", "tool_calls": [
+                {"id": "c", "type": "function", "function": {"name": "f", "arguments": args}}]}]}),
+            );
+            assert!(err.contains("arguments"), "{err}");
+        }
+    }
+
+    #[test]
+    fn o2a_max_tokens_stop_temperature_user_stream() {
+        let (out, _) = o2a(json!({"model": "g", "messages": [{"role": "user", "content": "x"}]}));
+        assert_eq!(out["max_tokens"], DEFAULT_ANTHROPIC_MAX_TOKENS);
+        assert!(out.get("stream").is_none() && out.get("temperature").is_none());
+        let (out, _) = o2a(json!({"model": "g", "max_tokens": 100, "messages": []}));
+        assert_eq!(out["max_tokens"], 100);
+        let (out, _) = o2a(
+            json!({"model": "g", "max_tokens": 100, "max_completion_tokens": 200, "messages": []}),
+        );
+        assert_eq!(out["max_tokens"], 200);
+
+        let (out, _) = o2a(json!({"model": "g", "stop": "END", "messages": []}));
+        assert_eq!(out["stop_sequences"], json!(["END"]));
+        let (out, dropped) = o2a(json!({"model": "g", "stop": ["a", " ", "b"], "messages": []}));
+        assert_eq!(out["stop_sequences"], json!(["a", "b"]));
+        assert!(dropped.contains(&"stop".to_string()));
+        let (out, _) = o2a(json!({"model": "g", "stop": null, "messages": []}));
+        assert!(out.get("stop_sequences").is_none());
+
+        let (out, _) = o2a(json!({"model": "g", "temperature": 1.7, "top_p": 0.5, "messages": []}));
+        assert_eq!(out["temperature"], 1.0);
+        assert_eq!(out["top_p"], 0.5);
+        let (out, _) = o2a(json!({"model": "g", "temperature": 0, "messages": []}));
+        assert_eq!(out["temperature"], 0);
+        assert!(
+            o2a_err(json!({"model": "g", "temperature": "hot", "messages": []}))
+                .contains("temperature")
+        );
+
+        let (out, _) = o2a(json!({"model": "g", "user": "u-42", "messages": []}));
+        assert_eq!(out["metadata"], json!({"user_id": "u-42"}));
+
+        let (out, dropped) = o2a(
+            json!({"model": "g", "stream": true, "stream_options": {"include_usage": true},
+            "seed": 1, "response_format": {"type": "json_object"}, "frequency_penalty": 0.5, "messages": []}),
+        );
+        assert_eq!(out["stream"], true);
+        assert!(out.get("stream_options").is_none());
+        assert!(!dropped.contains(&"stream_options".to_string()));
+        for d in ["seed", "response_format", "frequency_penalty"] {
+            assert!(dropped.contains(&d.to_string()), "{d} in {dropped:?}");
+        }
+    }
+
+    #[test]
+    fn o2a_n_above_one_is_refused() {
+        assert_eq!(
+            o2a_err(json!({"model": "g", "n": 2, "messages": []})),
+            "n > 1 is not supported by the upstream serving this model"
+        );
+        assert!(
+            o2a(json!({"model": "g", "n": 1, "messages": []}))
+                .0
+                .get("n")
+                .is_none()
+        );
+        for body in [
+            &b"{"[..],
+            b"\"x\"",
+            br#"{"model":"g"}"#,
+            br#"{"model":"g","messages":[{"role":"wizard","content":"x"}]}"#,
+        ] {
+            assert!(openai_to_anthropic_request(body, "m").is_err());
+        }
+    }
+
+    #[test]
+    fn o2a_reasoning_effort_to_thinking_budget() {
+        for (effort, max, expected) in [
+            ("low", None, Some(1024)),
+            ("medium", None, None), // 4096 is not below the default max_tokens of 4096
+            ("medium", Some(8000), Some(4096)),
+            ("high", Some(20000), Some(16384)),
+            ("high", Some(16384), None),
+            ("minimal", Some(8000), None),
+        ] {
+            let mut body = json!({"model": "g", "reasoning_effort": effort, "messages": []});
+            if let Some(m) = max {
+                body["max_completion_tokens"] = json!(m);
+            }
+            let (out, _) = o2a(body);
+            assert_eq!(
+                out.get("thinking")
+                    .map(|t| t["budget_tokens"].as_u64().unwrap()),
+                expected,
+                "{effort} {max:?}"
+            );
+            if expected.is_some() {
+                assert_eq!(out["thinking"]["type"], "enabled");
+            }
+        }
+        // Anthropic refuses thinking with temperature 0: the effort is dropped.
+        let (out, dropped) =
+            o2a(json!({"model": "g", "reasoning_effort": "low", "temperature": 0, "messages": []}));
+        assert!(out.get("thinking").is_none());
+        assert!(dropped.contains(&"reasoning_effort".to_string()));
+    }
+
+    // ---- Round trip ----
+
+    #[test]
+    fn request_round_trip_anthropic_openai_anthropic_keeps_meaning() {
+        let original = json!({
+            "model": "claude", "max_tokens": 1000, "stop_sequences": ["STOP"],
+            "system": "Be terse.",
+            "tools": [{"name": "get_weather", "description": "Weather",
+                "input_schema": {"type": "object", "properties": {"location": {"type": "string"}}}}],
+            "tool_choice": {"type": "tool", "name": "get_weather"},
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "Weather in SF?"}]},
+                {"role": "assistant", "content": [
+                    {"type": "text", "text": "Checking."},
+                    {"type": "tool_use", "id": "toolu_01", "name": "get_weather", "input": {"location": "SF"}}
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_01", "content": "68F"},
+                    {"type": "text", "text": "And tomorrow?"}
+                ]}
+            ]
+        });
+        let (openai, _) =
+            anthropic_to_openai_request(original.to_string().as_bytes(), "gpt").unwrap();
+        let (back, dropped) = openai_to_anthropic_request(&openai, "claude").unwrap();
+        let back = parse(&back);
+        assert!(dropped.is_empty(), "{dropped:?}");
+        assert_eq!(back["system"], "Be terse.");
+        assert_eq!(back["max_tokens"], 1000);
+        assert_eq!(back["stop_sequences"], original["stop_sequences"]);
+        assert_eq!(back["tools"], original["tools"]);
+        assert_eq!(back["tool_choice"], original["tool_choice"]);
+        assert_eq!(
+            back["messages"],
+            json!([
+                {"role": "user", "content": [{"type": "text", "text": "Weather in SF?"}]},
+                {"role": "assistant", "content": [
+                    {"type": "text", "text": "Checking."},
+                    {"type": "tool_use", "id": "toolu_01", "name": "get_weather", "input": {"location": "SF"}}
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_01", "content": "68F"},
+                    {"type": "text", "text": "And tomorrow?"}
+                ]}
+            ])
+        );
+    }
+
+    // ---- Responses ----
+
+    #[test]
+    fn finish_and_stop_reason_tables() {
+        for (openai, anthropic) in [
+            ("stop", "end_turn"),
+            ("length", "max_tokens"),
+            ("tool_calls", "tool_use"),
+            ("content_filter", "refusal"),
+            ("function_call", "end_turn"),
+            ("sensitive", "end_turn"),
+        ] {
+            assert_eq!(anthropic_stop_reason(openai), anthropic, "{openai}");
+        }
+        for (anthropic, openai) in [
+            ("end_turn", "stop"),
+            ("stop_sequence", "stop"),
+            ("max_tokens", "length"),
+            ("tool_use", "tool_calls"),
+            ("refusal", "content_filter"),
+            ("pause_turn", "stop"),
+            ("model_context_window_exceeded", "length"),
+            ("something_new", "stop"),
+        ] {
+            assert_eq!(openai_finish_reason(anthropic), openai, "{anthropic}");
+        }
+    }
+
+    #[test]
+    fn usage_mapping_with_cache_buckets() {
+        let raw = |s: &str| serde_json::from_str::<Box<RawValue>>(s).unwrap();
+        assert_eq!(
+            openai_usage(&raw(
+                r#"{"prompt_tokens":100,"completion_tokens":7,"prompt_tokens_details":{"cached_tokens":60}}"#
+            )),
+            Some(Usage {
+                input_tokens: 40,
+                output_tokens: 7,
+                cache_read_tokens: 60,
+                cache_write_tokens: 0
+            })
+        );
+        // DeepSeek's own cache field when details are absent.
+        assert_eq!(
+            openai_usage(&raw(
+                r#"{"prompt_tokens":10,"completion_tokens":1,"prompt_cache_hit_tokens":4}"#
+            ))
+            .unwrap()
+            .cache_read_tokens,
+            4
+        );
+        assert_eq!(openai_usage(&raw("null")), None);
+
+        // Anthropic → OpenAI → back: prompt_tokens holds all three input buckets.
+        let body = br#"{"id":"msg_1","type":"message","role":"assistant","content":[{"type":"text","text":"hi"}],
+            "stop_reason":"end_turn","usage":{"input_tokens":10,"cache_creation_input_tokens":20,"cache_read_input_tokens":30,"output_tokens":5}}"#;
+        let (out, usage) = anthropic_to_openai_response(body, "gpt-x").unwrap();
+        assert_eq!(
+            usage,
+            Some(Usage {
+                input_tokens: 10,
+                output_tokens: 5,
+                cache_read_tokens: 30,
+                cache_write_tokens: 20
+            })
+        );
+        let out = parse(&out);
+        assert_eq!(
+            out["usage"],
+            json!({"prompt_tokens": 60, "completion_tokens": 5, "total_tokens": 65, "prompt_tokens_details": {"cached_tokens": 30}})
+        );
+        let (back, usage) =
+            openai_to_anthropic_response(&serde_json::to_vec(&out).unwrap(), "c").unwrap();
+        assert_eq!(
+            usage,
+            Some(Usage {
+                input_tokens: 30,
+                output_tokens: 5,
+                cache_read_tokens: 30,
+                cache_write_tokens: 0
+            })
+        );
+        assert_eq!(
+            parse(&back)["usage"],
+            json!({"input_tokens": 30, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 30, "output_tokens": 5})
+        );
+    }
+
+    #[test]
+    fn openai_sample_responses_to_anthropic() {
+        let body = sample("openai-chat-completion.json");
+        let (out, usage) = openai_to_anthropic_response(&body, "my-alias").unwrap();
+        let src = parse(&body);
+        let out = parse(&out);
+        assert_eq!(out["id"], "msg_chatcmpl-D8Z5f52zQqikDBEKQMQoYcWMcWPeU");
+        assert_eq!(
+            (&out["type"], &out["role"], &out["model"]),
+            (&json!("message"), &json!("assistant"), &json!("my-alias"))
+        );
+        assert_eq!(
+            out["content"],
+            json!([{"type": "text", "text": src["choices"][0]["message"]["content"]}])
+        );
+        assert_eq!(out["stop_reason"], "end_turn");
+        assert_eq!(out["stop_sequence"], Value::Null);
+        assert_eq!(
+            usage,
+            Some(Usage {
+                input_tokens: 16,
+                output_tokens: 363,
+                ..Usage::default()
+            })
+        );
+        assert_eq!(out["usage"]["input_tokens"], 16);
+        assert_eq!(out["usage"]["output_tokens"], 363);
+
+        let (out, _) =
+            openai_to_anthropic_response(&sample("deepseek-chat-completion.json"), "ds").unwrap();
+        assert_eq!(parse(&out)["stop_reason"], "max_tokens");
+
+        // Reasoning (DeepSeek / OpenRouter names) becomes a leading thinking block; tool calls
+        // become tool_use blocks.
+        for field in ["reasoning_content", "reasoning"] {
+            let body = json!({"id": "x", "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                "role": "assistant", "content": "Let me look.", field: "User wants weather.",
+                "tool_calls": [{"id": "call_9", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]
+            }}]});
+            let (out, usage) =
+                openai_to_anthropic_response(body.to_string().as_bytes(), "m").unwrap();
+            assert_eq!(usage, None);
+            assert_eq!(
+                parse(&out)["content"],
+                json!([
+                    {"type": "thinking", "thinking": "User wants weather.", "signature": ""},
+                    {"type": "text", "text": "Let me look."},
+                    {"type": "tool_use", "id": "call_9", "name": "get_weather", "input": {"city": "Paris"}}
+                ])
+            );
+            assert_eq!(parse(&out)["stop_reason"], "tool_use");
+        }
+        // Tool calls under a "stop" finish still ask the Anthropic client to run them.
+        let body = br#"{"id":"x","choices":[{"finish_reason":"stop","message":{"content":null,"tool_calls":[{"id":"c","function":{"name":"f","arguments":""}}]}}]}"#;
+        let out = parse(&openai_to_anthropic_response(body, "m").unwrap().0);
+        assert_eq!(out["stop_reason"], "tool_use");
+        assert_eq!(
+            out["content"],
+            json!([{"type": "tool_use", "id": "c", "name": "f", "input": {}}])
+        );
+        for (fr, sr) in [("content_filter", "refusal"), ("length", "max_tokens")] {
+            let body =
+                json!({"id": "x", "choices": [{"finish_reason": fr, "message": {"content": "a"}}]});
+            let out = parse(
+                &openai_to_anthropic_response(body.to_string().as_bytes(), "m")
+                    .unwrap()
+                    .0,
+            );
+            assert_eq!(out["stop_reason"], sr);
+        }
+        assert!(openai_to_anthropic_response(b"{\"choices\":[]}", "m").is_err());
+        assert!(openai_to_anthropic_response(b"nope", "m").is_err());
+    }
+
+    #[test]
+    fn anthropic_sample_response_to_openai() {
+        let body = sample("anthropic-message.json");
+        let (out, usage) = anthropic_to_openai_response(&body, "my-alias").unwrap();
+        let src = parse(&body);
+        let out = parse(&out);
+        assert_eq!(out["id"], "chatcmpl-msg_01VdEjxAP5ahtHKrrRdNBteQ");
+        assert_eq!(out["object"], "chat.completion");
+        assert_eq!(out["model"], "my-alias");
+        assert!(out["created"].as_u64().unwrap() > 1_700_000_000);
+        assert_eq!(out["choices"][0]["index"], 0);
+        assert_eq!(out["choices"][0]["message"]["role"], "assistant");
+        assert_eq!(
+            out["choices"][0]["message"]["content"],
+            src["content"][0]["text"]
+        );
+        assert!(out["choices"][0]["message"].get("tool_calls").is_none());
+        assert_eq!(out["choices"][0]["finish_reason"], "stop");
+        assert_eq!(
+            usage,
+            Some(Usage {
+                input_tokens: 12,
+                output_tokens: 29,
+                ..Usage::default()
+            })
+        );
+        assert_eq!(out["usage"]["prompt_tokens"], 12);
+        assert_eq!(out["usage"]["completion_tokens"], 29);
+        assert_eq!(out["usage"]["total_tokens"], 41);
+
+        let body = json!({"id": "msg_2", "type": "message", "role": "assistant", "stop_reason": "tool_use", "content": [
+            {"type": "thinking", "thinking": "Need weather.", "signature": "abc"},
+            {"type": "text", "text": "Checking "},
+            {"type": "text", "text": "now."},
+            {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"location": "SF", "unit": "f"}}
+        ]});
+        let out = parse(
+            &anthropic_to_openai_response(body.to_string().as_bytes(), "m")
+                .unwrap()
+                .0,
+        );
+        let msg = &out["choices"][0]["message"];
+        assert_eq!(msg["content"], "Checking now.");
+        assert_eq!(msg["reasoning_content"], "Need weather.");
+        assert_eq!(
+            msg["tool_calls"],
+            json!([{"id": "toolu_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"location\":\"SF\",\"unit\":\"f\"}"}}])
+        );
+        assert_eq!(out["choices"][0]["finish_reason"], "tool_calls");
+        assert!(out.get("usage").is_none());
+
+        // Only a tool call: content is null.
+        let body = br#"{"id":"m","content":[{"type":"tool_use","id":"t","name":"n","input":{}}],"stop_reason":"tool_use"}"#;
+        let out = parse(&anthropic_to_openai_response(body, "m").unwrap().0);
+        assert_eq!(out["choices"][0]["message"]["content"], Value::Null);
+        for (sr, fr) in [
+            ("max_tokens", "length"),
+            ("refusal", "content_filter"),
+            ("stop_sequence", "stop"),
+            ("pause_turn", "stop"),
+        ] {
+            let body = json!({"id": "m", "content": [], "stop_reason": sr});
+            let out = parse(
+                &anthropic_to_openai_response(body.to_string().as_bytes(), "m")
+                    .unwrap()
+                    .0,
+            );
+            assert_eq!(out["choices"][0]["finish_reason"], fr, "{sr}");
+        }
+        assert!(anthropic_to_openai_response(&sample("anthropic-error.json"), "m").is_err());
+    }
+
+    #[test]
+    fn response_round_trip_anthropic_openai_anthropic() {
+        for body in [
+            sample("anthropic-message.json"),
+            json!({"id": "msg_3", "type": "message", "role": "assistant", "model": "claude", "stop_reason": "tool_use",
+                "content": [
+                    {"type": "text", "text": "Let me check."},
+                    {"type": "tool_use", "id": "toolu_a", "name": "get_weather", "input": {"location": "SF"}},
+                    {"type": "tool_use", "id": "toolu_b", "name": "get_time", "input": {"tz": "PST"}}
+                ],
+                "usage": {"input_tokens": 3, "output_tokens": 4}})
+            .to_string()
+            .into_bytes(),
+        ] {
+            let (openai, _) = anthropic_to_openai_response(&body, "gpt").unwrap();
+            let (back, _) = openai_to_anthropic_response(&openai, "claude").unwrap();
+            let (src, back) = (parse(&body), parse(&back));
+            assert_eq!(back["content"], src["content"]);
+            assert_eq!(back["stop_reason"], src["stop_reason"]);
+        }
+    }
+
+    // ---- Errors ----
+
+    #[test]
+    fn openai_errors_to_anthropic() {
+        let (status, body) = openai_error_to_anthropic(429, &sample("openai-error-429.json"));
+        let body = parse(&body);
+        assert_eq!(status, 429);
+        assert_eq!(body["type"], "error");
+        assert_eq!(body["error"]["type"], "rate_limit_error");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("Rate limit reached for gpt-4o-mini")
+        );
+
+        let (_, body) = openai_error_to_anthropic(404, &sample("openai-error-404.json"));
+        assert_eq!(parse(&body)["error"]["type"], "not_found_error");
+        let (_, body) = openai_error_to_anthropic(400, &sample("openai-error.json"));
+        assert_eq!(parse(&body)["error"]["type"], "invalid_request_error");
+        let (_, body) = openai_error_to_anthropic(429, &sample("openrouter-error-429.json"));
+        assert_eq!(parse(&body)["error"]["message"], "Provider returned error");
+
+        for (status, kind) in [
+            (400, "invalid_request_error"),
+            (401, "authentication_error"),
+            (403, "permission_error"),
+            (404, "not_found_error"),
+            (413, "request_too_large"),
+            (429, "rate_limit_error"),
+            (500, "api_error"),
+            (502, "api_error"),
+            (503, "overloaded_error"),
+            (529, "overloaded_error"),
+        ] {
+            let (s, body) = openai_error_to_anthropic(status, b"<html>bad gateway</html>");
+            let body = parse(&body);
+            assert_eq!(s, status);
+            assert_eq!(body["error"]["type"], kind, "{status}");
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&status.to_string())
+            );
+        }
+        let (_, body) = openai_error_to_anthropic(400, br#"{"error":"plain text error"}"#);
+        assert_eq!(parse(&body)["error"]["message"], "plain text error");
+        assert_eq!(
+            parse(&anthropic_error_body("overloaded_error", "Overloaded")),
+            json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+        );
+    }
+
+    #[test]
+    fn anthropic_errors_to_openai() {
+        let (status, body) = anthropic_error_to_openai(429, &sample("anthropic-error-429.json"));
+        let body = parse(&body);
+        assert_eq!(status, 429);
+        assert_eq!(body["error"]["type"], "rate_limit_error");
+        assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+        assert_eq!(body["error"]["param"], Value::Null);
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("This request would exceed")
+        );
+
+        let (status, body) = anthropic_error_to_openai(404, &sample("anthropic-error-404.json"));
+        assert_eq!(status, 404);
+        assert_eq!(
+            parse(&body),
+            json!({"error": {"message": "model: claude-sonet-4-5", "type": "invalid_request_error", "param": null, "code": "model_not_found"}})
+        );
+        let (_, body) = anthropic_error_to_openai(
+            404,
+            br#"{"type":"error","error":{"type":"not_found_error","message":"Not found"}}"#,
+        );
+        assert_eq!(parse(&body)["error"]["code"], "not_found");
+
+        let (status, body) = anthropic_error_to_openai(400, &sample("anthropic-error.json"));
+        assert_eq!(status, 400);
+        assert_eq!(parse(&body)["error"]["type"], "invalid_request_error");
+        assert!(
+            parse(&body)["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("effort level")
+        );
+
+        let (status, body) = anthropic_error_to_openai(
+            529,
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+        );
+        assert_eq!(status, 503, "OpenAI clients do not know 529");
+        assert_eq!(
+            parse(&body),
+            json!({"error": {"message": "Overloaded", "type": "server_error", "param": null, "code": null}})
+        );
+        let (_, body) = anthropic_error_to_openai(401, br#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#);
+        assert_eq!(parse(&body)["error"]["code"], "invalid_api_key");
+        let (status, body) = anthropic_error_to_openai(500, b"");
+        assert_eq!(status, 500);
+        assert_eq!(parse(&body)["error"]["type"], "server_error");
+        assert!(
+            parse(&body)["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("500")
+        );
+    }
+
+    // ---- Streams: OpenAI upstream → Anthropic client ----
+
+    struct AnthropicView {
+        events: Vec<(String, Value)>,
+        notes: Vec<StreamNote>,
+    }
+
+    impl AnthropicView {
+        fn names(&self) -> Vec<&str> {
+            self.events.iter().map(|(n, _)| n.as_str()).collect()
+        }
+        /// Text of the deltas of `delta_type` (text_delta / thinking_delta / input_json_delta)
+        /// at block `index`.
+        fn joined(&self, index: u64, field: &str) -> String {
+            self.events
+                .iter()
+                .filter(|(n, d)| n == "content_block_delta" && d["index"] == index)
+                .filter_map(|(_, d)| d["delta"][field].as_str().map(str::to_string))
+                .collect()
+        }
+        fn last(&self, name: &str) -> &Value {
+            &self.events.iter().rev().find(|(n, _)| n == name).unwrap().1
+        }
+    }
+
+    fn read_anthropic_sse(out: &[u8]) -> Vec<(String, Value)> {
+        sse_events(out)
+            .into_iter()
+            .map(|(name, data)| {
+                let name = name.unwrap();
+                let data = parse(&data.unwrap());
+                assert_eq!(data["type"], name.as_str(), "event name matches data type");
+                (name, data)
+            })
+            .collect()
+    }
+
+    fn openai_upstream(sample_name: &str) -> (AnthropicView, OpenAiToAnthropicStream) {
+        let mut t = OpenAiToAnthropicStream::new("my-alias", "msg_kp1");
+        let mut out = Vec::new();
+        let mut notes = Vec::new();
+        for (_, data) in sse_events(&sample(sample_name)) {
+            if let Some(data) = data {
+                notes.push(t.event(&data, &mut out));
+            }
+        }
+        (
+            AnthropicView {
+                events: read_anthropic_sse(&out),
+                notes,
+            },
+            t,
+        )
+    }
+
+    /// Text of the OpenAI deltas of `field` in a sample, in order.
+    fn openai_sample_text(sample_name: &str, pick: impl Fn(&Value) -> Option<String>) -> String {
+        sse_events(&sample(sample_name))
+            .into_iter()
+            .filter_map(|(_, d)| d)
+            .filter(|d| d != b"[DONE]")
+            .filter_map(|d| {
+                let v = parse(&d);
+                v["choices"].get(0).and_then(|c| pick(&c["delta"]))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn openai_text_stream_to_anthropic() {
+        let (view, t) = openai_upstream("openai-chat-stream.sse");
+        assert_eq!(
+            view.names(),
+            ["message_start", "content_block_start"]
+                .into_iter()
+                .chain(std::iter::repeat_n("content_block_delta", 8))
+                .chain(["content_block_stop", "message_delta", "message_stop"])
+                .collect::<Vec<_>>()
+        );
+        let start = &view.events[0].1["message"];
+        assert_eq!(start["id"], "msg_kp1");
+        assert_eq!(start["model"], "my-alias");
+        assert_eq!(start["role"], "assistant");
+        assert_eq!(start["content"], json!([]));
+        assert_eq!(start["usage"]["output_tokens"], 0);
+        assert_eq!(
+            view.events[1].1,
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+        );
+        let expected = openai_sample_text("openai-chat-stream.sse", |d| {
+            d["content"].as_str().map(str::to_string)
+        });
+        assert_eq!(view.joined(0, "text"), expected);
+        assert_eq!(expected, "The capital of the UK is London.");
+        let delta = view.last("message_delta");
+        assert_eq!(delta["delta"]["stop_reason"], "end_turn");
+        assert_eq!(delta["usage"]["input_tokens"], 78);
+        assert_eq!(delta["usage"]["output_tokens"], 9);
+        assert_eq!(
+            t.usage(),
+            Some(Usage {
+                input_tokens: 78,
+                output_tokens: 9,
+                ..Usage::default()
+            })
+        );
+        // The role chunk shows nothing; the first text commits; the usage chunk shows nothing.
+        assert_eq!(view.notes[0], StreamNote::Nothing);
+        assert_eq!(view.notes[1], StreamNote::Content);
+        assert_eq!(view.notes[view.notes.len() - 2], StreamNote::Nothing);
+        assert_eq!(view.notes.last(), Some(&StreamNote::Done));
+    }
+
+    #[test]
+    fn openai_tool_call_stream_to_anthropic() {
+        let (view, t) = openai_upstream("openai-tool-call-stream.sse");
+        assert_eq!(view.notes[0], StreamNote::Content, "a tool call commits");
+        assert_eq!(
+            view.events[1].1,
+            json!({"type": "content_block_start", "index": 0, "content_block":
+                {"type": "tool_use", "id": "call_ZR5UUuTt3pf61kjwAJIYdVMj", "name": "get_capital", "input": {}}})
+        );
+        let args = view.joined(0, "partial_json");
+        assert_eq!(args, r#"{"country":"UK"}"#);
+        assert_eq!(
+            args,
+            openai_sample_text("openai-tool-call-stream.sse", |d| {
+                d["tool_calls"][0]["function"]["arguments"]
+                    .as_str()
+                    .map(str::to_string)
+            })
+        );
+        assert!(
+            view.events
+                .iter()
+                .all(|(_, d)| d["delta"]["type"] != "text_delta")
+        );
+        assert_eq!(
+            view.last("message_delta")["delta"]["stop_reason"],
+            "tool_use"
+        );
+        assert_eq!(t.usage().unwrap().input_tokens, 53);
+        assert_eq!(t.usage().unwrap().output_tokens, 15);
+        assert_eq!(
+            view.names()[view.events.len() - 3..],
+            ["content_block_stop", "message_delta", "message_stop"]
+        );
+    }
+
+    #[test]
+    fn deepseek_reasoning_stream_to_anthropic_thinking() {
+        let (view, t) = openai_upstream("deepseek-stream.trimmed.sse");
+        assert_eq!(
+            view.notes[0],
+            StreamNote::Nothing,
+            "empty reasoning_content shows nothing"
+        );
+        assert_eq!(view.notes[1], StreamNote::Content);
+        assert_eq!(
+            view.events[1].1["content_block"],
+            json!({"type": "thinking", "thinking": "", "signature": ""})
+        );
+        assert_eq!(view.events[1].1["index"], 0);
+        assert_eq!(view.joined(0, "thinking"), "Hmm");
+        // The thinking block closes before the text block opens, at index 1.
+        let stop0 = view
+            .events
+            .iter()
+            .position(|(n, d)| n == "content_block_stop" && d["index"] == 0)
+            .unwrap();
+        let start1 = view
+            .events
+            .iter()
+            .position(|(n, d)| n == "content_block_start" && d["index"] == 1)
+            .unwrap();
+        assert!(stop0 < start1);
+        assert_eq!(view.events[start1].1["content_block"]["type"], "text");
+        assert_eq!(view.joined(1, "text"), "?");
+        let delta = view.last("message_delta");
+        assert_eq!(delta["delta"]["stop_reason"], "end_turn");
+        assert_eq!(delta["usage"]["output_tokens"], 212);
+        assert_eq!(
+            t.usage(),
+            Some(Usage {
+                input_tokens: 6,
+                output_tokens: 212,
+                ..Usage::default()
+            })
+        );
+    }
+
+    #[test]
+    fn openrouter_stream_usage_after_finish_and_reasoning() {
+        let (view, t) = openai_upstream("openrouter-stream-usage-cost.sse");
+        assert_eq!(
+            view.joined(0, "thinking"),
+            "This is a simple arithmetic question. 2+2 equals 4."
+        );
+        assert_eq!(view.joined(1, "text"), "2 + 2 = 4");
+        // message_delta goes out at [DONE], so the trailing usage chunk is in it.
+        let delta = view.last("message_delta");
+        assert_eq!(delta["usage"]["input_tokens"], 43);
+        assert_eq!(delta["usage"]["output_tokens"], 36);
+        assert_eq!(t.usage().unwrap().output_tokens, 36);
+        assert_eq!(
+            view.names()
+                .iter()
+                .filter(|n| **n == "message_delta")
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn openai_stream_errors_and_unclean_ends() {
+        let mut t = OpenAiToAnthropicStream::new("m", "msg_1");
+        let mut out = Vec::new();
+        let first = br#"{"id":"x","choices":[{"index":0,"delta":{"role":"assistant","content":"Hi"},"finish_reason":null}]}"#;
+        assert_eq!(t.event(first, &mut out), StreamNote::Content);
+        let err = br#"{"id":"x","object":"chat.completion.chunk","error":{"message":"Token limit reached","code":"x"},"usage":{"prompt_tokens":43,"completion_tokens":2}}"#;
+        assert_eq!(
+            t.event(err, &mut out),
+            StreamNote::Error("Token limit reached".into())
+        );
+        assert_eq!(
+            t.usage().unwrap().input_tokens,
+            43,
+            "usage on an error chunk still bills"
+        );
+        assert_eq!(t.event(b": not json", &mut out), StreamNote::Nothing);
+        // The upstream was cut: finish closes the text block and the message, once.
+        let before = out.len();
+        t.finish(&mut out);
+        t.finish(&mut out);
+        assert_eq!(t.event(b"[DONE]", &mut out), StreamNote::Done);
+        let tail = read_anthropic_sse(&out[before..]);
+        let names: Vec<&str> = tail.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["content_block_stop", "message_delta", "message_stop"]
+        );
+        assert_eq!(tail[1].1["delta"]["stop_reason"], "end_turn");
+
+        // finish on a stream that sent nothing still yields a well-formed message.
+        let mut t = OpenAiToAnthropicStream::new("m", "msg_2");
+        let mut out = Vec::new();
+        t.finish(&mut out);
+        let names: Vec<String> = read_anthropic_sse(&out)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, ["message_start", "message_delta", "message_stop"]);
+
+        let ev = OpenAiToAnthropicStream::error_event("upstream reset");
+        let events = read_anthropic_sse(&ev);
+        assert_eq!(events[0].0, "error");
+        assert_eq!(
+            events[0].1["error"],
+            json!({"type": "api_error", "message": "upstream reset"})
+        );
+    }
+
+    #[test]
+    fn openai_parallel_tool_calls_get_their_own_blocks() {
+        let mut t = OpenAiToAnthropicStream::new("m", "msg_3");
+        let mut out = Vec::new();
+        for chunk in [
+            json!({"choices": [{"index": 0, "delta": {"content": "Two calls."}}]}),
+            json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "call_a", "type": "function", "function": {"name": "f", "arguments": "{\"x\""}}]}}]}),
+            json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": ":1}"}}]}}]}),
+            json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 1, "id": "call_b", "type": "function", "function": {"name": "g", "arguments": ""}}]}}]}),
+            // No id, no index (some compatible upstreams): the latest call.
+            json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"function": {"arguments": "{}"}}]}}]}),
+            json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}], "usage": {"prompt_tokens": 5, "completion_tokens": 6}}),
+        ] {
+            t.event(chunk.to_string().as_bytes(), &mut out);
+        }
+        t.event(b"[DONE]", &mut out);
+        let view = AnthropicView {
+            events: read_anthropic_sse(&out),
+            notes: Vec::new(),
+        };
+        assert_eq!(view.joined(0, "text"), "Two calls.");
+        assert_eq!(view.joined(1, "partial_json"), "{\"x\":1}");
+        assert_eq!(view.joined(2, "partial_json"), "{}");
+        let starts: Vec<&Value> = view
+            .events
+            .iter()
+            .filter(|(n, _)| n == "content_block_start")
+            .map(|(_, d)| d)
+            .collect();
+        assert_eq!(starts.len(), 3);
+        assert_eq!(starts[2]["content_block"]["id"], "call_b");
+        // Every start has a stop, in order.
+        let order: Vec<(String, u64)> = view
+            .events
+            .iter()
+            .filter(|(n, _)| n.starts_with("content_block_s"))
+            .map(|(n, d)| (n.clone(), d["index"].as_u64().unwrap()))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("content_block_start", 0),
+                ("content_block_stop", 0),
+                ("content_block_start", 1),
+                ("content_block_stop", 1),
+                ("content_block_start", 2),
+                ("content_block_stop", 2)
+            ]
+            .map(|(n, i)| (n.to_string(), i))
+        );
+        assert_eq!(
+            view.last("message_delta")["delta"]["stop_reason"],
+            "tool_use"
+        );
+    }
+
+    // ---- Streams: Anthropic upstream → OpenAI client ----
+
+    fn anthropic_upstream(
+        sample_name: &str,
+        include_usage: bool,
+    ) -> (Vec<Value>, bool, Vec<StreamNote>, AnthropicToOpenAiStream) {
+        let mut t = AnthropicToOpenAiStream::new("my-alias", include_usage);
+        let mut out = Vec::new();
+        let mut notes = Vec::new();
+        for (name, data) in sse_events(&sample(sample_name)) {
+            if let Some(data) = data {
+                notes.push(t.event(name.as_deref().map(str::as_bytes), &data, &mut out));
+            }
+        }
+        let (chunks, done) = read_openai_sse(&out);
+        (chunks, done, notes, t)
+    }
+
+    /// The chunks of an OpenAI stream, and whether it ended with exactly one `[DONE]`.
+    fn read_openai_sse(out: &[u8]) -> (Vec<Value>, bool) {
+        let events = sse_events(out);
+        let mut chunks = Vec::new();
+        let mut done = false;
+        for (i, (name, data)) in events.iter().enumerate() {
+            assert!(name.is_none());
+            let data = data.as_ref().unwrap();
+            if data == b"[DONE]" {
+                assert_eq!(i, events.len() - 1, "[DONE] is last");
+                done = true;
+            } else {
+                chunks.push(parse(data));
+            }
+        }
+        (chunks, done)
+    }
+
+    fn delta_text(chunks: &[Value], field: &str) -> String {
+        chunks
+            .iter()
+            .filter_map(|c| c["choices"].get(0).and_then(|c| c["delta"][field].as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn anthropic_text_stream_to_openai() {
+        let (chunks, done, notes, t) = anthropic_upstream("anthropic-stream.sse", true);
+        assert!(done);
+        for c in &chunks {
+            assert_eq!(c["object"], "chat.completion.chunk");
+            assert_eq!(c["id"], "chatcmpl-msg_018E1hg8GoVTGEKQY3ovMcSJ");
+            assert_eq!(c["model"], "my-alias");
+        }
+        assert_eq!(
+            chunks[0]["choices"][0]["delta"],
+            json!({"role": "assistant", "content": ""})
+        );
+        assert_eq!(chunks[0]["choices"][0]["finish_reason"], Value::Null);
+        assert_eq!(delta_text(&chunks, "content"), "2");
+        let finish = &chunks[chunks.len() - 2];
+        assert_eq!(finish["choices"][0]["finish_reason"], "stop");
+        assert_eq!(finish["choices"][0]["delta"], json!({}));
+        let usage = chunks.last().unwrap();
+        assert_eq!(usage["choices"], json!([]));
+        assert_eq!(
+            usage["usage"],
+            json!({"prompt_tokens": 20, "completion_tokens": 5, "total_tokens": 25, "prompt_tokens_details": {"cached_tokens": 0}})
+        );
+        assert_eq!(
+            t.usage(),
+            Some(Usage {
+                input_tokens: 20,
+                output_tokens: 5,
+                ..Usage::default()
+            })
+        );
+        // message_start, empty block start and ping show nothing; the text commits.
+        assert_eq!(
+            notes[..3],
+            [
+                StreamNote::Nothing,
+                StreamNote::Nothing,
+                StreamNote::Nothing
+            ]
+        );
+        assert_eq!(notes[3], StreamNote::Content);
+        assert_eq!(notes.last(), Some(&StreamNote::Done));
+    }
+
+    #[test]
+    fn anthropic_tool_use_stream_to_openai() {
+        let (chunks, done, _, t) = anthropic_upstream("anthropic-tool-use-stream.sse", false);
+        assert!(done);
+        assert!(
+            chunks.iter().all(|c| c.get("usage").is_none()),
+            "no usage chunk unless asked"
+        );
+        assert_eq!(
+            delta_text(&chunks, "content"),
+            "Okay, let's check the weather for San Francisco, CA:"
+        );
+        let calls: Vec<&Value> = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"].get("tool_calls"))
+            .map(|tc| &tc[0])
+            .collect();
+        assert_eq!(
+            *calls[0],
+            json!({"index": 0, "id": "toolu_01T1x1fJ34qAmk2tNTrN7Up6", "type": "function", "function": {"name": "get_weather", "arguments": ""}})
+        );
+        assert!(
+            calls.iter().all(|c| c["index"] == 0),
+            "OpenAI tool index counts tool calls, not blocks"
+        );
+        let args: String = calls
+            .iter()
+            .filter_map(|c| c["function"]["arguments"].as_str())
+            .collect();
+        assert_eq!(
+            args,
+            r#"{"location": "San Francisco, CA", "unit": "fahrenheit"}"#
+        );
+        // Equal to the source's fragments.
+        let source: String = sse_events(&sample("anthropic-tool-use-stream.sse"))
+            .into_iter()
+            .filter_map(|(_, d)| d)
+            .filter_map(|d| {
+                parse(&d)["delta"]["partial_json"]
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .collect();
+        assert_eq!(args, source);
+        assert_eq!(
+            chunks.last().unwrap()["choices"][0]["finish_reason"],
+            "tool_calls"
+        );
+        assert_eq!(
+            t.usage(),
+            Some(Usage {
+                input_tokens: 472,
+                output_tokens: 89,
+                ..Usage::default()
+            })
+        );
+    }
+
+    #[test]
+    fn anthropic_stream_thinking_errors_and_unclean_end() {
+        let mut t = AnthropicToOpenAiStream::new("m", true);
+        let mut out = Vec::new();
+        let events: [(&str, Value); 6] = [
+            (
+                "message_start",
+                json!({"type": "message_start", "message": {"id": "msg_9", "usage": {"input_tokens": 7, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 3, "output_tokens": 1}}}),
+            ),
+            (
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": "", "signature": ""}}),
+            ),
+            (
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "Ponder."}}),
+            ),
+            (
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": "xyz"}}),
+            ),
+            (
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "toolu_x", "name": "now", "input": {}}}),
+            ),
+            ("some_future_event", json!({"type": "some_future_event"})),
+        ];
+        let notes: Vec<StreamNote> = events
+            .iter()
+            .map(|(n, d)| t.event(Some(n.as_bytes()), d.to_string().as_bytes(), &mut out))
+            .collect();
+        assert_eq!(
+            notes,
+            [
+                StreamNote::Nothing,
+                StreamNote::Nothing,
+                StreamNote::Content,
+                StreamNote::Nothing,
+                StreamNote::Content,
+                StreamNote::Nothing
+            ]
+        );
+        // The tool block stops without any input: OpenAI clients get "{}".
+        assert_eq!(
+            t.event(
+                Some(b"content_block_stop"),
+                br#"{"type":"content_block_stop","index":1}"#,
+                &mut out
+            ),
+            StreamNote::Content
+        );
+        let err = br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+        assert_eq!(
+            t.event(Some(b"error"), err, &mut out),
+            StreamNote::Error("Overloaded".into())
+        );
+        assert_eq!(
+            t.event(Some(b"error"), b"garbage", &mut out),
+            StreamNote::Error("garbage".into())
+        );
+        // The upstream was cut: finish sends finish_reason, usage and [DONE], once.
+        t.finish(&mut out);
+        t.finish(&mut out);
+        let (chunks, done) = read_openai_sse(&out);
+        assert!(done);
+        assert_eq!(delta_text(&chunks, "reasoning_content"), "Ponder.");
+        let args: String = chunks
+            .iter()
+            .filter_map(|c| {
+                c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str()
+            })
+            .collect();
+        assert_eq!(args, "{}");
+        assert_eq!(
+            chunks[chunks.len() - 2]["choices"][0]["finish_reason"],
+            "stop"
+        );
+        assert_eq!(
+            chunks.last().unwrap()["usage"],
+            json!({"prompt_tokens": 110, "completion_tokens": 1, "total_tokens": 111, "prompt_tokens_details": {"cached_tokens": 100}})
+        );
+        assert_eq!(
+            t.usage(),
+            Some(Usage {
+                input_tokens: 7,
+                output_tokens: 1,
+                cache_read_tokens: 100,
+                cache_write_tokens: 3
+            })
+        );
+    }
+
+    #[test]
+    fn stream_round_trip_anthropic_openai_anthropic() {
+        // Anthropic upstream → OpenAI chunks → back through the OpenAI-upstream translator.
+        let (chunks, _, _, _) = anthropic_upstream("anthropic-tool-use-stream.sse", true);
+        let mut back = OpenAiToAnthropicStream::new("claude", "msg_rt");
+        let mut out = Vec::new();
+        for c in &chunks {
+            back.event(c.to_string().as_bytes(), &mut out);
+        }
+        assert_eq!(back.event(b"[DONE]", &mut out), StreamNote::Done);
+        let view = AnthropicView {
+            events: read_anthropic_sse(&out),
+            notes: Vec::new(),
+        };
+        assert_eq!(
+            view.joined(0, "text"),
+            "Okay, let's check the weather for San Francisco, CA:"
+        );
+        assert_eq!(
+            view.events
+                .iter()
+                .find(|(n, d)| n == "content_block_start" && d["index"] == 1)
+                .unwrap()
+                .1["content_block"]["name"],
+            "get_weather"
+        );
+        assert_eq!(
+            parse(view.joined(1, "partial_json").as_bytes()),
+            json!({"location": "San Francisco, CA", "unit": "fahrenheit"})
+        );
+        assert_eq!(
+            view.last("message_delta")["delta"]["stop_reason"],
+            "tool_use"
+        );
+        assert_eq!(
+            back.usage(),
+            Some(Usage {
+                input_tokens: 472,
+                output_tokens: 89,
+                ..Usage::default()
+            })
+        );
+    }
+
+    #[test]
+    fn compact_json_keeps_strings_and_numbers() {
+        assert_eq!(
+            compact_json("{ \"a b\" : [1.50, 1e2 ,\n\t\"x\\\" y\" ], \"c\":{} }"),
+            r#"{"a b":[1.50,1e2,"x\" y"],"c":{}}"#
+        );
+    }
+}
