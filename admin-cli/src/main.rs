@@ -122,6 +122,12 @@ enum ModelCmd {
         /// Output price, USD per million tokens.
         #[arg(long, allow_hyphen_values = true)]
         output: String,
+        /// Price of cached input read, USD per million tokens (default: the input price).
+        #[arg(long, allow_hyphen_values = true)]
+        cache_read: Option<String>,
+        /// Price of cached input written, USD per million tokens (default: the input price).
+        #[arg(long, allow_hyphen_values = true)]
+        cache_write: Option<String>,
     },
     /// List model offerings.
     List {
@@ -328,6 +334,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             upstream_model,
             input,
             output,
+            cache_read,
+            cache_write,
         }) => {
             let req = admin.request(pb::SetModelRequest {
                 model,
@@ -335,6 +343,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 upstream_model: upstream_model.unwrap_or_default(),
                 input_usd_per_mtok: input,
                 output_usd_per_mtok: output,
+                cache_read_usd_per_mtok: cache_read.unwrap_or_default(),
+                cache_write_usd_per_mtok: cache_write.unwrap_or_default(),
             })?;
             let offering = admin.client.set_model(req).await?.into_inner();
             out.offerings(&[offering], true);

@@ -137,6 +137,8 @@ impl Output {
                     "upstream_model": o.upstream_model,
                     "input": micros_f64(o.input_micro_usd_per_mtok),
                     "output": micros_f64(o.output_micro_usd_per_mtok),
+                    "cache_read": o.cache_read_micro_usd_per_mtok.map(micros_f64),
+                    "cache_write": o.cache_write_micro_usd_per_mtok.map(micros_f64),
                     "currency": o.currency,
                     "source": o.source,
                     "synced_at": Value::Null,

@@ -80,6 +80,8 @@ async fn main() {
                     upstream_model: &format!("upstream/model-{m}-{p}"),
                     input_usd_per_mtok: &format!("0.{}", 100 + p),
                     output_usd_per_mtok: &format!("1.{}", 200 + p),
+                    cache_read_usd_per_mtok: "",
+                    cache_write_usd_per_mtok: "",
                 })
                 .unwrap();
         }
@@ -159,6 +161,7 @@ async fn main() {
                         upstream_model: String::new(),
                         input_usd_per_mtok: format!("0.{}", 500 + i),
                         output_usd_per_mtok: "1".into(),
+                        ..Default::default()
                     },
                     ADMIN,
                 ))

@@ -68,6 +68,10 @@ pub struct OfferingRec {
     pub upstream_model: String,
     pub input_micro_usd_per_mtok: u64,
     pub output_micro_usd_per_mtok: u64,
+    #[serde(default)]
+    pub cache_read_micro_usd_per_mtok: Option<u64>,
+    #[serde(default)]
+    pub cache_write_micro_usd_per_mtok: Option<u64>,
     #[serde(default = "usd")]
     pub currency: String,
     #[serde(default = "manual")]
@@ -90,6 +94,9 @@ pub struct SetModel<'a> {
     pub upstream_model: &'a str,
     pub input_usd_per_mtok: &'a str,
     pub output_usd_per_mtok: &'a str,
+    /// Empty: cached input is priced as input.
+    pub cache_read_usd_per_mtok: &'a str,
+    pub cache_write_usd_per_mtok: &'a str,
 }
 
 /// Names of providers and client keys: short, and safe in a URL path, a log and a table.
@@ -287,6 +294,15 @@ impl Store {
         check_model_name("upstream model id", upstream_model)?;
         let input = parse_price("input", req.input_usd_per_mtok)?;
         let output = parse_price("output", req.output_usd_per_mtok)?;
+        let optional = |what, text: &str| {
+            if text.trim().is_empty() {
+                Ok(None)
+            } else {
+                parse_price(what, text).map(Some)
+            }
+        };
+        let cache_read = optional("cache read", req.cache_read_usd_per_mtok)?;
+        let cache_write = optional("cache write", req.cache_write_usd_per_mtok)?;
 
         let _guard = self.admin_guard();
         self.require_provider(req.provider)?;
@@ -296,6 +312,8 @@ impl Store {
             upstream_model: upstream_model.to_string(),
             input_micro_usd_per_mtok: input,
             output_micro_usd_per_mtok: output,
+            cache_read_micro_usd_per_mtok: cache_read,
+            cache_write_micro_usd_per_mtok: cache_write,
             currency: usd(),
             source: manual(),
             updated_at_ms: now_ms(),
@@ -407,6 +425,8 @@ mod tests {
                 upstream_model: "",
                 input_usd_per_mtok: input,
                 output_usd_per_mtok: output,
+                cache_read_usd_per_mtok: "",
+                cache_write_usd_per_mtok: "",
             })
         };
         let o = set("openai/gpt-4o-mini", "0.15", "0.6").unwrap();
@@ -426,5 +446,30 @@ mod tests {
             Err(Error::InvalidArgument(_))
         ));
         assert!(store.offerings(Some("openai/gpt-4o")).unwrap().is_empty());
+        let cached = store
+            .set_model(&SetModel {
+                model: "claude",
+                provider: "p",
+                upstream_model: "",
+                input_usd_per_mtok: "3",
+                output_usd_per_mtok: "15",
+                cache_read_usd_per_mtok: "0.3",
+                cache_write_usd_per_mtok: "3.75",
+            })
+            .unwrap();
+        assert_eq!(cached.cache_read_micro_usd_per_mtok, Some(300_000));
+        assert_eq!(cached.cache_write_micro_usd_per_mtok, Some(3_750_000));
+        assert!(matches!(
+            store.set_model(&SetModel {
+                model: "claude",
+                provider: "p",
+                upstream_model: "",
+                input_usd_per_mtok: "3",
+                output_usd_per_mtok: "15",
+                cache_read_usd_per_mtok: "-1",
+                cache_write_usd_per_mtok: "",
+            }),
+            Err(Error::InvalidArgument(_))
+        ));
     }
 }

@@ -131,6 +131,8 @@ pub fn compile(store: &Store, version: u64) -> Result<pb::RouteTable> {
             },
             input_micro_usd_per_mtok: offering.input_micro_usd_per_mtok,
             output_micro_usd_per_mtok: offering.output_micro_usd_per_mtok,
+            cache_read_micro_usd_per_mtok: offering.cache_read_micro_usd_per_mtok,
+            cache_write_micro_usd_per_mtok: offering.cache_write_micro_usd_per_mtok,
         };
         // Offerings are stored sorted by model, so one model's offerings are adjacent.
         match models.last_mut() {
@@ -202,6 +204,8 @@ mod tests {
                     upstream_model: upstream,
                     input_usd_per_mtok: "1",
                     output_usd_per_mtok: "2",
+                    cache_read_usd_per_mtok: "",
+                    cache_write_usd_per_mtok: "",
                 })
                 .unwrap();
         }

@@ -153,9 +153,35 @@ fn every_command_with_and_without_json() {
         "15",
     ])
     .ok();
+    let cached = cp
+        .ctl(&[
+            "--json",
+            "model",
+            "set",
+            "claude-cached",
+            "--provider",
+            "anthropic",
+            "--input",
+            "3",
+            "--output",
+            "15",
+            "--cache-read",
+            "0.3",
+            "--cache-write",
+            "3.75",
+        ])
+        .ok()
+        .json();
+    assert_eq!(cached["cache_read"], 0.3);
+    assert_eq!(cached["cache_write"], 3.75);
+    assert_eq!(
+        set["cache_read"],
+        serde_json::Value::Null,
+        "unset: priced as input"
+    );
     let models = cp.ctl(&["--json", "model", "list"]).ok().json();
     let models = models.as_array().unwrap();
-    assert_eq!(models.len(), 3);
+    assert_eq!(models.len(), 4);
     for row in models {
         for field in [
             "model",

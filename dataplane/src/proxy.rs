@@ -631,11 +631,7 @@ impl Proxy {
             model: inbound.model().to_string(),
             provider: Arc::clone(&cand.provider.name),
             credential_id: Arc::clone(&cand.credential_id),
-            prices: (
-                cand.input_micro_usd_per_mtok,
-                cand.output_micro_usd_per_mtok,
-                cand.multiplier_ppm,
-            ),
+            prices: cand.prices(),
             started: ctx.started,
             started_at_ms: ctx.started_at_ms,
             ttfb_ms: 0,
@@ -1078,8 +1074,7 @@ struct Record {
     model: String,
     provider: Arc<str>,
     credential_id: Arc<str>,
-    /// Input and output price (micro-USD per million tokens) and multiplier (ppm).
-    prices: (u64, u64, u64),
+    prices: crate::table::Prices,
     started: Instant,
     started_at_ms: i64,
     ttfb_ms: u32,
@@ -1088,7 +1083,7 @@ struct Record {
 impl Record {
     /// Bills the upstream's counts if it gave them, else `estimated_output` output tokens (and
     /// no input: the prompt size is not known exactly), flagged as estimated. Cached input is
-    /// priced as input until offerings carry cache prices.
+    /// priced at the offering's cache prices (the input price where it has none).
     fn finish(self, usage: Option<Usage>, estimated_output: u64, status: u32) {
         let (u, estimated) = match usage {
             Some(u) => (u, false),
@@ -1100,14 +1095,12 @@ impl Record {
                 true,
             ),
         };
-        let (input_price, output_price, multiplier) = self.prices;
         let all_input = u.input_tokens + u.cache_read_tokens + u.cache_write_tokens;
-        let cost = crate::table::cost_nano(
-            all_input,
+        let cost = self.prices.cost_nano(
+            u.input_tokens,
+            u.cache_read_tokens,
+            u.cache_write_tokens,
             u.output_tokens,
-            input_price,
-            output_price,
-            multiplier,
         );
         self.proxy.metrics.served(
             &self.provider,

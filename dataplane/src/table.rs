@@ -34,11 +34,59 @@ pub struct Candidate {
     pub upstream_model: Arc<str>,
     pub input_micro_usd_per_mtok: u64,
     pub output_micro_usd_per_mtok: u64,
+    /// Cached input prices; cached input is priced as input when they are unset.
+    pub cache_read_micro_usd_per_mtok: Option<u64>,
+    pub cache_write_micro_usd_per_mtok: Option<u64>,
     pub multiplier_ppm: u64,
     pub stats: Arc<CredentialStats>,
 }
 
+/// What a candidate charges, as the usage record needs it after the request.
+#[derive(Debug, Clone, Copy)]
+pub struct Prices {
+    pub input: u64,
+    pub output: u64,
+    pub cache_read: u64,
+    pub cache_write: u64,
+    pub multiplier_ppm: u64,
+}
+
+impl Prices {
+    /// Cost in nano-USD of uncached input, cache reads, cache writes and output.
+    pub fn cost_nano(&self, input: u64, cache_read: u64, cache_write: u64, output: u64) -> u64 {
+        let pico = [
+            (input, self.input),
+            (cache_read, self.cache_read),
+            (cache_write, self.cache_write),
+            (output, self.output),
+        ]
+        .into_iter()
+        .try_fold(0u128, |acc, (tokens, price)| {
+            acc.checked_add(u128::from(tokens) * u128::from(price))
+        });
+        let nano = pico
+            .and_then(|p| p.checked_mul(u128::from(self.multiplier_ppm)))
+            .and_then(|scaled| scaled.checked_add(500_000_000))
+            .map(|scaled| scaled / 1_000_000_000);
+        nano.and_then(|n| u64::try_from(n).ok()).unwrap_or(u64::MAX)
+    }
+}
+
 impl Candidate {
+    pub fn prices(&self) -> Prices {
+        Prices {
+            input: self.input_micro_usd_per_mtok,
+            output: self.output_micro_usd_per_mtok,
+            cache_read: self
+                .cache_read_micro_usd_per_mtok
+                .unwrap_or(self.input_micro_usd_per_mtok),
+            cache_write: self
+                .cache_write_micro_usd_per_mtok
+                .unwrap_or(self.input_micro_usd_per_mtok),
+            multiplier_ppm: self.multiplier_ppm,
+        }
+    }
+
     /// This candidate's cost of a request, in nano-USD.
     pub fn cost_nano(&self, input_tokens: u64, output_tokens: u64) -> u64 {
         cost_nano(
@@ -217,6 +265,8 @@ impl Table {
                         upstream_model: Arc::clone(&upstream_model),
                         input_micro_usd_per_mtok: o.input_micro_usd_per_mtok,
                         output_micro_usd_per_mtok: o.output_micro_usd_per_mtok,
+                        cache_read_micro_usd_per_mtok: o.cache_read_micro_usd_per_mtok,
+                        cache_write_micro_usd_per_mtok: o.cache_write_micro_usd_per_mtok,
                         multiplier_ppm: cred.multiplier_ppm,
                         stats: Arc::clone(&cred.stats),
                     });
@@ -295,6 +345,7 @@ mod tests {
             upstream_model: String::new(),
             input_micro_usd_per_mtok: input,
             output_micro_usd_per_mtok: output,
+            ..Default::default()
         };
         pb::RouteTable {
             route_version: 3,
@@ -386,6 +437,31 @@ mod tests {
         let mut delta = table();
         delta.base_version = 2;
         assert!(Table::compile(&delta, &StatsRegistry::default()).is_err());
+    }
+
+    #[test]
+    fn cache_prices_apply_to_cached_input() {
+        let prices = Prices {
+            input: 3_000_000,
+            output: 15_000_000,
+            cache_read: 300_000,
+            cache_write: 3_750_000,
+            multiplier_ppm: 1_000_000,
+        };
+        // 100 uncached ($0.0003) + 1,000 read ($0.0003) + 200 written ($0.00075) + 50 out ($0.00075).
+        assert_eq!(
+            prices.cost_nano(100, 1000, 200, 50),
+            300_000 + 300_000 + 750_000 + 750_000
+        );
+        let mut raw = table();
+        raw.models[0].offerings[0].cache_read_micro_usd_per_mtok = Some(1);
+        let t = Table::compile(&raw, &StatsRegistry::default()).unwrap();
+        let p = t.models["m"][0].prices();
+        assert_eq!(
+            (p.cache_read, p.cache_write),
+            (1, 3_000_000),
+            "unset cache write falls back to input"
+        );
     }
 
     #[test]

@@ -93,6 +93,8 @@ impl Admin for AdminService {
             upstream_model: &req.upstream_model,
             input_usd_per_mtok: &req.input_usd_per_mtok,
             output_usd_per_mtok: &req.output_usd_per_mtok,
+            cache_read_usd_per_mtok: &req.cache_read_usd_per_mtok,
+            cache_write_usd_per_mtok: &req.cache_write_usd_per_mtok,
         })?;
         self.committed().await?;
         tracing::info!(model = %rec.model, provider = %rec.provider, "model offering set");

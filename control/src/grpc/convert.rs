@@ -51,6 +51,8 @@ pub fn offering(rec: OfferingRec) -> pb::ModelOffering {
         upstream_model: rec.upstream_model,
         input_micro_usd_per_mtok: rec.input_micro_usd_per_mtok,
         output_micro_usd_per_mtok: rec.output_micro_usd_per_mtok,
+        cache_read_micro_usd_per_mtok: rec.cache_read_micro_usd_per_mtok,
+        cache_write_micro_usd_per_mtok: rec.cache_write_micro_usd_per_mtok,
         currency: rec.currency,
         source: rec.source,
         updated_at_ms: rec.updated_at_ms,
