@@ -88,6 +88,78 @@ impl CtlOutput {
     }
 }
 
+/// Spawns `cmd` with stdout piped and stderr appended to `log_path`, and waits (at most 30 s)
+/// for the stdout line `{prefix}ADDR` that says where it listens.
+fn spawn_announced(
+    mut cmd: Command,
+    prefix: &'static str,
+    log_path: &Path,
+    what: &str,
+) -> (Child, SocketAddr) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .unwrap();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix(prefix) {
+                let _ = tx.send(addr.trim().to_string());
+            }
+        }
+    });
+    let Ok(addr) = rx.recv_timeout(Duration::from_secs(30)) else {
+        let _ = child.kill();
+        panic!(
+            "{what} did not start; its log:\n{}",
+            std::fs::read_to_string(log_path).unwrap_or_default()
+        );
+    };
+    (child, addr.parse().unwrap())
+}
+
+/// Waits (at most 10 s) until `addr` can be bound again after a stop.
+fn wait_port_free(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpListener::bind(addr).is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// SIGKILL: no chance to flush or clean up.
+fn kill_child(child: &mut Option<Child>) {
+    if let Some(mut child) = child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// SIGTERM and wait (at most `timeout`) for the exit code; panics past it.
+fn terminate_child(child: &mut Option<Child>, what: &str, timeout: Duration) -> Option<i32> {
+    let mut child = child.take()?;
+    send_signal(child.id(), libc::SIGTERM);
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit within {timeout:?} of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A running `keyplane-control` with its own data dir and secrets.
 pub struct ControlPlane {
     child: Option<Child>,
@@ -130,87 +202,40 @@ impl ControlPlane {
     }
 
     fn spawn(&mut self, listen: SocketAddr) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)
-            .unwrap();
-        let mut child = Command::new(bin_path("keyplane-control"))
-            .arg("--data-dir")
+        let mut cmd = Command::new(bin_path("keyplane-control"));
+        cmd.arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--listen")
             .arg(listen.to_string())
             .env("KEYPLANE_MASTER_KEY", &self.master_key)
             .env("KEYPLANE_ADMIN_TOKEN", &self.admin_token)
             .env("KEYPLANE_NODE_TOKEN", &self.node_token)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn keyplane-control");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("keyplane-control listening on ") {
-                    let _ = tx.send(addr.trim().to_string());
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "keyplane-control did not start; its log:\n{}",
-                    std::fs::read_to_string(&self.log_path).unwrap_or_default()
-                );
-            }
-        };
-        self.addr = addr.parse().unwrap();
+            .env("RUST_LOG", "info");
+        let (child, addr) = spawn_announced(
+            cmd,
+            "keyplane-control listening on ",
+            &self.log_path,
+            "keyplane-control",
+        );
+        self.addr = addr;
         self.child = Some(child);
     }
 
     /// Starts it again on the same address with the same data dir and secrets.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop it before restarting");
-        let addr = self.addr;
-        // The port was just released; retry briefly in case the kernel has not let go of it yet.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if std::net::TcpListener::bind(addr).is_ok() || Instant::now() > deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.spawn(addr);
+        wait_port_free(self.addr);
+        self.spawn(self.addr);
     }
 
     /// SIGKILL: no chance to flush or clean up.
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill_child(&mut self.child);
     }
 
     /// SIGTERM and wait (at most 30 s) for the exit code.
     pub fn terminate(&mut self) -> Option<i32> {
-        let mut child = self.child.take()?;
-        send_signal(child.id(), libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status.code();
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("keyplane-control did not exit within 30 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        terminate_child(&mut self.child, "keyplane-control", Duration::from_secs(30))
     }
 
     /// Runs `keyplanectl` against this control plane.
@@ -352,13 +377,8 @@ impl DataPlane {
     }
 
     fn spawn(&mut self, listen: SocketAddr) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)
-            .unwrap();
-        let mut child = Command::new(bin_path("keyplane-dataplane"))
-            .arg("--control")
+        let mut cmd = Command::new(bin_path("keyplane-dataplane"));
+        cmd.arg("--control")
             .arg(&self.control_url)
             .arg("--listen")
             .arg(listen.to_string())
@@ -368,30 +388,20 @@ impl DataPlane {
             .arg(&self.state_dir)
             .args(&self.extra_args)
             .env("KEYPLANE_NODE_TOKEN", &self.node_token)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn keyplane-dataplane");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("keyplane-dataplane listening on ") {
-                    let _ = tx.send(addr.trim().to_string());
-                }
-            }
-        });
-        let Ok(addr) = rx.recv_timeout(Duration::from_secs(30)) else {
-            let _ = child.kill();
-            panic!(
-                "keyplane-dataplane did not start; its log:\n{}",
-                std::fs::read_to_string(&self.log_path).unwrap_or_default()
-            );
-        };
-        self.addr = addr.parse().unwrap();
+            .env("RUST_LOG", "info");
+        let (child, addr) = spawn_announced(
+            cmd,
+            "keyplane-dataplane listening on ",
+            &self.log_path,
+            "keyplane-dataplane",
+        );
+        self.addr = addr;
         self.child = Some(child);
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn url(&self) -> String {
@@ -414,37 +424,21 @@ impl DataPlane {
     /// Starts it again on the same address and state dir.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop it before restarting");
-        let addr = self.addr;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpListener::bind(addr).is_err() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.spawn(addr);
+        wait_port_free(self.addr);
+        self.spawn(self.addr);
     }
 
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill_child(&mut self.child);
     }
 
     /// SIGTERM and wait (at most 60 s) for the exit code.
     pub fn terminate(&mut self) -> Option<i32> {
-        let mut child = self.child.take()?;
-        send_signal(child.id(), libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status.code();
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("keyplane-dataplane did not exit within 60 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        terminate_child(
+            &mut self.child,
+            "keyplane-dataplane",
+            Duration::from_secs(60),
+        )
     }
 
     pub fn logs(&self) -> String {

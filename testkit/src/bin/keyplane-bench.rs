@@ -243,35 +243,6 @@ fn ledger_requests(cp: &ControlPlane) -> u64 {
     })
 }
 
-/// The pid of the `keyplane-dataplane` whose command line holds `state_dir` (`DataPlane` keeps
-/// its child private).
-fn find_dataplane_pid(state_dir: &Path) -> Option<u32> {
-    let state = state_dir.to_string_lossy();
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmdline
-            .split(|&b| b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        let is_dataplane = args
-            .first()
-            .is_some_and(|a| a.ends_with("keyplane-dataplane"));
-        if is_dataplane && args.iter().any(|a| *a == state) {
-            return Some(pid);
-        }
-    }
-    None
-}
-
 // ---------------------------------------------------------------------------------------------
 // The run
 // ---------------------------------------------------------------------------------------------
@@ -682,12 +653,7 @@ fn bench(args: &Args, bin_dir: &Path) {
         "the data plane never accepted the client key; log:\n{}",
         dp.logs()
     );
-    let dp_pid = find_dataplane_pid(&dp.state_dir).unwrap_or_else(|| {
-        panic!(
-            "no keyplane-dataplane process with {}",
-            dp.state_dir.display()
-        )
-    });
+    let dp_pid = dp.pid().expect("data plane pid");
     let cp_pid = cp.pid().expect("control plane pid");
 
     let watched = Watched {
