@@ -52,9 +52,20 @@ struct Args {
 
 const NODE_TOKEN_ENV: &str = "KEYPLANE_NODE_TOKEN";
 
+/// mimalloc: fewer cycles per allocation on the request path than glibc's malloc, and memory that
+/// goes back to the system instead of staying in per-thread arenas.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
+    // Log lines are written by a background thread, so a request never waits on a write to
+    // stderr. Not lossy: when the buffer is full, logging waits rather than drops lines.
+    let (writer, _log_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(8192)
+        .finish(std::io::stderr());
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -62,7 +73,12 @@ fn main() -> ExitCode {
         )
         .init();
     let args = Args::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // Blocking threads serve the spool's fsyncs and snapshot writes; a few are plenty.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(8)
+        .build()
+    {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("keyplane-dataplane: cannot start the runtime: {err}");

@@ -90,9 +90,10 @@ impl Default for Config {
                 },
                 backoff_min: Duration::from_millis(100),
                 backoff_max: Duration::from_secs(10),
+                linger: Duration::from_millis(5),
             },
             reporter: ReporterConfig {
-                batch_max: 1000,
+                batch_max: 5000,
                 batch_delay: Duration::from_secs(1),
                 call_timeout: Duration::from_secs(10),
                 backoff_min: Duration::from_millis(100),

@@ -385,6 +385,10 @@ pub(super) struct WriterConfig {
     /// First retry delay after a failed write; doubles up to `backoff_max`.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// After the first record of a group arrives, how long to wait for more before writing, so
+    /// that a busy node makes a few large syncs rather than one per handful of records. Only
+    /// billing waits for it, never a response.
+    pub linger: Duration,
 }
 
 /// The writer task: group commit from the sink's channel into the spool, then on to the reporter.
@@ -414,6 +418,17 @@ pub(super) async fn run_writer(
             received = rx.recv_many(&mut group, config.max_group) => {
                 if received == 0 {
                     break;
+                }
+                if !closing && !config.linger.is_zero() && group.len() < config.max_group {
+                    let fill = async {
+                        while group.len() < config.max_group {
+                            let room = config.max_group - group.len();
+                            if rx.recv_many(&mut group, room).await == 0 {
+                                break;
+                            }
+                        }
+                    };
+                    let _ = tokio::time::timeout(config.linger, fill).await;
                 }
             }
             () = super::sleep_until_opt(rotate_at) => {
