@@ -723,6 +723,240 @@ fn mid_stream_error_has_the_openrouter_shape() {
     );
 }
 
+/// The arguments of the tool-call tests: key order and a non-ASCII character that must survive.
+const TOOL_ARGS: &str = r#"{"location":"Zürich, CH","unit":"celsius","days":[1,2]}"#;
+
+fn tool_args() -> Value {
+    serde_json::from_str(TOOL_ARGS).unwrap()
+}
+
+#[test]
+fn tool_call_openai_non_stream_has_tool_calls_and_null_content() {
+    let fake = FakeUpstream::start(config(5));
+    fake.set_behavior(Behavior::tool_call("get_weather", TOOL_ARGS));
+    let mut body = openai_body(false);
+    // Max tokens do not cut a tool call short.
+    body["max_completion_tokens"] = json!(1);
+    let reply = block_on(openai_chat(&fake, "sk-test", &body));
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    let v = reply.json();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["model"], "gpt-4o-mini");
+    let choice = &v["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls");
+    let message = &choice["message"];
+    assert_eq!(message["role"], "assistant");
+    assert!(message.as_object().unwrap().contains_key("content"));
+    assert_eq!(message["content"], Value::Null);
+    assert_eq!(
+        message["tool_calls"],
+        json!([{
+            "id": "call_fake1",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": TOOL_ARGS},
+        }])
+    );
+    assert_eq!(
+        keyplane_testkit::fake_upstream::OPENAI_TOOL_CALL_ID,
+        "call_fake1"
+    );
+    let prompt = prompt_tokens_for(body.to_string().as_bytes());
+    assert_eq!(v["usage"]["prompt_tokens"], prompt);
+    assert_eq!(v["usage"]["completion_tokens"], 4, "one per fragment");
+    assert_eq!(v["usage"]["total_tokens"], prompt + 4);
+    assert_eq!(
+        fake.requests()[0].behavior,
+        Some(Behavior::ToolCall {
+            name: "get_weather".to_string(),
+            arguments: TOOL_ARGS.to_string(),
+        })
+    );
+}
+
+#[test]
+fn tool_call_openai_stream_follows_the_sample() {
+    let fake = FakeUpstream::start(config(5));
+    fake.set_behavior(Behavior::tool_call("get_weather", TOOL_ARGS));
+    let mut body = openai_body(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let reply = block_on(openai_chat(&fake, "sk-test", &body));
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-type"), Some("text/event-stream"));
+    assert!(!reply.aborted);
+    let events = reply.sse();
+    // start (role + call 0), 4 argument fragments, finish, usage, [DONE].
+    assert_eq!(events.len(), 8, "{events:?}");
+    assert_eq!(events[7].data.as_deref(), Some("[DONE]"));
+    let chunks: Vec<Value> = events[..7].iter().map(Sse::json).collect();
+    for c in &chunks {
+        assert_eq!(c["object"], "chat.completion.chunk");
+        assert_eq!(c["id"], chunks[0]["id"]);
+        assert_eq!(c["model"], "gpt-4o-mini");
+    }
+    assert_eq!(
+        chunks[0]["choices"][0]["delta"],
+        json!({
+            "role": "assistant",
+            "content": null,
+            "tool_calls": [{
+                "index": 0,
+                "id": "call_fake1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": ""},
+            }],
+            "refusal": null,
+        })
+    );
+    let mut arguments = String::new();
+    for c in &chunks[1..5] {
+        let delta = &c["choices"][0]["delta"];
+        let calls = delta["tool_calls"].as_array().unwrap();
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0]["index"], 0);
+        assert!(calls[0].get("id").is_none() && calls[0]["function"].get("name").is_none());
+        let fragment = calls[0]["function"]["arguments"].as_str().unwrap();
+        assert!(!fragment.is_empty());
+        arguments.push_str(fragment);
+        assert_eq!(c["choices"][0]["finish_reason"], Value::Null);
+        assert_eq!(c["usage"], Value::Null);
+    }
+    assert_eq!(
+        arguments, TOOL_ARGS,
+        "the fragments concatenate to the arguments"
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&arguments).unwrap(),
+        tool_args()
+    );
+    assert_eq!(chunks[5]["choices"][0]["delta"], json!({}));
+    assert_eq!(chunks[5]["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(chunks[6]["choices"], json!([]));
+    let prompt = prompt_tokens_for(body.to_string().as_bytes());
+    assert_eq!(chunks[6]["usage"]["prompt_tokens"], prompt);
+    assert_eq!(chunks[6]["usage"]["completion_tokens"], 4);
+
+    // No usage chunk without include_usage; a short object gives fewer fragments.
+    fake.set_behavior(Behavior::tool_call("noop", "{}"));
+    let events = block_on(openai_chat(&fake, "sk-test", &openai_body(true))).sse();
+    assert_eq!(
+        events.len(),
+        5,
+        "start, '{{', '}}', finish, [DONE]: {events:?}"
+    );
+    assert!(events[..4].iter().all(|e| e.json()["choices"] != json!([])));
+    assert_eq!(
+        events[3].json()["choices"][0]["finish_reason"],
+        "tool_calls"
+    );
+}
+
+#[test]
+fn tool_call_anthropic_non_stream_has_a_tool_use_block() {
+    let fake = FakeUpstream::start(config(5));
+    fake.set_behavior(Behavior::tool_call("get_weather", TOOL_ARGS));
+    let body = anthropic_body(false);
+    let reply = block_on(anthropic_messages(&fake, "sk-test", &body));
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    // The input is the arguments text itself: key order kept.
+    assert!(
+        reply.text().contains(&format!(r#""input":{TOOL_ARGS}"#)),
+        "{}",
+        reply.text()
+    );
+    let v = reply.json();
+    assert_eq!(v["type"], "message");
+    assert_eq!(v["model"], "claude-sonnet-4-5");
+    assert_eq!(
+        v["content"],
+        json!([{
+            "type": "tool_use",
+            "id": "toolu_fake1",
+            "name": "get_weather",
+            "input": tool_args(),
+        }])
+    );
+    assert_eq!(
+        keyplane_testkit::fake_upstream::ANTHROPIC_TOOL_USE_ID,
+        "toolu_fake1"
+    );
+    assert_eq!(v["stop_reason"], "tool_use");
+    assert_eq!(v["stop_sequence"], Value::Null);
+    assert_eq!(
+        v["usage"]["input_tokens"],
+        prompt_tokens_for(body.to_string().as_bytes())
+    );
+    assert_eq!(v["usage"]["output_tokens"], 4);
+}
+
+#[test]
+fn tool_call_anthropic_stream_follows_the_sample() {
+    let fake = FakeUpstream::start(config(5));
+    fake.set_behavior(Behavior::tool_call("get_weather", TOOL_ARGS));
+    let body = anthropic_body(true);
+    let reply = block_on(anthropic_messages(&fake, "sk-test", &body));
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-type"), Some("text/event-stream"));
+    assert!(!reply.aborted);
+    let events = reply.sse();
+    let names: Vec<&str> = events.iter().map(|e| e.event.as_deref().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "message_start",
+            "content_block_start",
+            "ping",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop",
+        ]
+    );
+    for e in &events {
+        assert_eq!(e.json()["type"].as_str(), e.event.as_deref());
+    }
+    let prompt = prompt_tokens_for(body.to_string().as_bytes());
+    assert_eq!(events[0].json()["message"]["usage"]["input_tokens"], prompt);
+    assert_eq!(
+        events[1].json(),
+        json!({
+            "type": "content_block_start",
+            "index": 0,
+            "content_block": {
+                "type": "tool_use", "id": "toolu_fake1", "name": "get_weather", "input": {},
+            },
+        })
+    );
+    let mut input = String::new();
+    for (i, e) in events[3..8].iter().enumerate() {
+        let d = e.json();
+        assert_eq!(d["index"], 0);
+        assert_eq!(d["delta"]["type"], "input_json_delta");
+        let fragment = d["delta"]["partial_json"].as_str().unwrap();
+        // The first fragment is empty, as the real API sends it.
+        assert_eq!(fragment.is_empty(), i == 0, "{fragment:?}");
+        input.push_str(fragment);
+    }
+    assert_eq!(input, TOOL_ARGS);
+    assert_eq!(events[8].json()["index"], 0);
+    let delta = events[9].json();
+    assert_eq!(delta["delta"]["stop_reason"], "tool_use");
+    assert_eq!(delta["usage"]["output_tokens"], 4);
+    assert_eq!(delta["usage"]["input_tokens"], prompt);
+}
+
+#[test]
+#[should_panic(expected = "not a JSON object")]
+fn tool_call_arguments_must_be_a_json_object() {
+    let fake = FakeUpstream::start(config(2));
+    fake.set_behavior(Behavior::tool_call("f", "[1, 2]"));
+}
+
 #[test]
 fn delay_first_byte_holds_the_response_head() {
     let fake = FakeUpstream::start(config(2));

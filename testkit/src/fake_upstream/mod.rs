@@ -6,7 +6,8 @@
 //! same SSE framing and event order), so a gateway that works against it has been exercised
 //! against the real shapes; and it can misbehave on demand ([`Behavior`]): error statuses with
 //! `Retry-After`, slow first bytes, trickling streams, streams cut mid-way, OpenRouter-style and
-//! Anthropic-style mid-stream errors, and requests that never get an answer.
+//! Anthropic-style mid-stream errors, and requests that never get an answer. It can also answer
+//! with a tool call instead of text ([`Behavior::ToolCall`]).
 //!
 //! # Endpoints
 //!
@@ -30,7 +31,8 @@
 //! (Anthropic: `max_tokens`) instead of `stop` (`end_turn`). Token counts:
 //!
 //! - prompt tokens = [`prompt_tokens_for`] of the raw request body: `max(1, body_bytes / 4)`;
-//! - completion tokens = the number of content words emitted.
+//! - completion tokens = the number of content words emitted (for [`Behavior::ToolCall`], the
+//!   number of argument fragments).
 //!
 //! The response's `model` echoes the request's `model`; every response carries
 //! `x-fake-upstream: <name>` so a test can tell which upstream served it.
@@ -146,6 +148,37 @@ pub enum Behavior {
     ErrorAfterContent(usize),
     /// Never answer; the request ends only when the client gives up (recorded as a disconnect).
     Hang,
+    /// Answer with one call of tool `name` instead of text, `arguments` being the call's input
+    /// as JSON text (it must be a JSON object; [`FakeUpstream::set_behavior`] and
+    /// [`FakeUpstream::push_once`] panic otherwise). The text is sent as given, so its key order
+    /// and spacing reach the client unchanged. The request's `tools` are not looked at, and its
+    /// max tokens do not cut the call short.
+    ///
+    /// - OpenAI, non-stream: `message.content: null`, `message.tool_calls: [{id:
+    ///   "call_fake1", type: "function", function: {name, arguments}}]`, finish reason
+    ///   `tool_calls`.
+    /// - OpenAI, stream (as openai-tool-call-stream.sse): a first chunk with the role,
+    ///   `content: null` and `tool_calls[{index: 0, id, type, function: {name, arguments: ""}}]`;
+    ///   then one chunk per fragment of the arguments (`tool_calls[{index: 0, function:
+    ///   {arguments}}]`); a finish chunk with `tool_calls`; the usage chunk if
+    ///   `stream_options.include_usage`; `[DONE]`.
+    /// - Anthropic, non-stream: `content: [{type: "tool_use", id: "toolu_fake1", name, input}]`
+    ///   with `input` the arguments object, stop reason `tool_use`.
+    /// - Anthropic, stream (as anthropic-tool-use-stream.sse): `message_start`;
+    ///   `content_block_start` of block 0 with the `tool_use` block and `input: {}`; `ping`; an
+    ///   `input_json_delta` with an empty `partial_json` (the real API sends one), then one per
+    ///   fragment; `content_block_stop`; `message_delta` with `tool_use` and the usage;
+    ///   `message_stop`.
+    ///
+    /// The arguments are cut into up to 4 non-empty fragments of about equal length (fewer only
+    /// for an object shorter than 4 characters), and the completion / output token count is the
+    /// number of fragments. [`FakeConfig::chunk_delay`] paces the stream events as usual.
+    ToolCall {
+        /// The tool (function) name.
+        name: String,
+        /// The call's input: a JSON object, as text.
+        arguments: String,
+    },
 }
 
 impl Behavior {
@@ -167,8 +200,23 @@ impl Behavior {
         }
     }
 
-    /// Panics (on the test's thread) for a `Status` the server could not send.
+    /// `ToolCall` of tool `name` with `arguments` (a JSON object as text).
+    pub fn tool_call(name: &str, arguments: &str) -> Behavior {
+        Behavior::ToolCall {
+            name: name.to_string(),
+            arguments: arguments.to_string(),
+        }
+    }
+
+    /// Panics (on the test's thread) for a `Status` the server could not send, or a `ToolCall`
+    /// whose arguments are not a JSON object.
     fn validate(&self) {
+        if let Behavior::ToolCall { arguments, .. } = self {
+            assert!(
+                serde_json::from_str::<serde_json::Value>(arguments).is_ok_and(|v| v.is_object()),
+                "Behavior::ToolCall arguments {arguments:?} are not a JSON object"
+            );
+        }
         if let Behavior::Status {
             code, retry_after, ..
         } = self
@@ -220,6 +268,12 @@ impl RecordedRequest {
             .map(|(_, v)| v.as_str())
     }
 }
+
+/// The `id` of the tool call in every OpenAI answer to [`Behavior::ToolCall`].
+pub const OPENAI_TOOL_CALL_ID: &str = "call_fake1";
+
+/// The `id` of the `tool_use` block in every Anthropic answer to [`Behavior::ToolCall`].
+pub const ANTHROPIC_TOOL_USE_ID: &str = "toolu_fake1";
 
 /// The prompt token count the fake reports for a request body: `max(1, body.len() / 4)`.
 pub fn prompt_tokens_for(body: &[u8]) -> u64 {

@@ -2,7 +2,7 @@
 //! normal answers of both protocols.
 
 use super::body::{DisconnectGuard, FakeBody};
-use super::stream::{self, Ending, Plan};
+use super::stream::{self, Ending, Plan, ToolPlan};
 use super::wire::{self, Ids, Protocol};
 use super::{Behavior, RecordedRequest, Shared, prompt_tokens_for};
 use bytes::Bytes;
@@ -395,7 +395,20 @@ impl Exchange {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
         };
-        if json.get("stream").and_then(Value::as_bool) != Some(true) {
+        let stream = json.get("stream").and_then(Value::as_bool) == Some(true);
+        let include_usage = json
+            .pointer("/stream_options/include_usage")
+            .and_then(Value::as_bool)
+            == Some(true);
+        if let Behavior::ToolCall { name, arguments } = &behavior {
+            let plan = ToolPlan {
+                name: name.clone(),
+                arguments: arguments.clone(),
+                prompt_tokens,
+            };
+            return self.tool_call(plan, ids, stream, include_usage, &behavior, guard);
+        }
+        if !stream {
             let body = match self.route {
                 Route::OpenAiChat => wire::openai_completion(
                     &ids,
@@ -429,10 +442,6 @@ impl Exchange {
         let (body, out) = FakeBody::channel(guard, delay);
         match self.route {
             Route::OpenAiChat => {
-                let include_usage = json
-                    .pointer("/stream_options/include_usage")
-                    .and_then(Value::as_bool)
-                    == Some(true);
                 tokio::spawn(stream::openai(
                     out,
                     ids,
@@ -443,6 +452,48 @@ impl Exchange {
             }
             _ => {
                 tokio::spawn(stream::anthropic(out, ids, plan));
+            }
+        }
+        self.reply(StatusCode::OK, EVENT_STREAM, body, None)
+    }
+
+    /// The answer to [`Behavior::ToolCall`]: one tool call, streamed or not.
+    fn tool_call(
+        self,
+        plan: ToolPlan,
+        ids: Ids,
+        stream: bool,
+        include_usage: bool,
+        behavior: &Behavior,
+        guard: DisconnectGuard,
+    ) -> Response<FakeBody> {
+        if !stream {
+            let completion = wire::fragments(&plan.arguments).len() as u64;
+            let body = match self.route {
+                Route::OpenAiChat => wire::openai_tool_completion(
+                    &ids,
+                    &plan.name,
+                    &plan.arguments,
+                    plan.prompt_tokens,
+                    completion,
+                ),
+                _ => wire::anthropic_tool_message(
+                    &ids,
+                    &plan.name,
+                    &plan.arguments,
+                    plan.prompt_tokens,
+                    completion,
+                ),
+            };
+            return self.json_reply(body, behavior, guard);
+        }
+        let (body, out) = FakeBody::channel(guard, self.shared.config.chunk_delay);
+        match self.route {
+            Route::OpenAiChat => {
+                tokio::spawn(stream::openai_tool_call(out, ids, plan, include_usage));
+            }
+            _ => {
+                tokio::spawn(stream::anthropic_tool_use(out, ids, plan));
             }
         }
         self.reply(StatusCode::OK, EVENT_STREAM, body, None)

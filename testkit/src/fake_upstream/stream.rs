@@ -123,3 +123,67 @@ async fn anthropic_stream(out: &mut Emitter, ids: &Ids, plan: &Plan) -> Result<(
         .await?;
     out.send(events.message_stop()).await
 }
+
+/// What a [`super::Behavior::ToolCall`] stream contains.
+#[derive(Debug, Clone)]
+pub(super) struct ToolPlan {
+    pub name: String,
+    /// The arguments object as JSON text.
+    pub arguments: String,
+    /// Prompt tokens to report.
+    pub prompt_tokens: u64,
+}
+
+/// Runs an OpenAI tool-call stream (shape of openai-tool-call-stream.sse) to its end (or until
+/// the client leaves).
+pub(super) async fn openai_tool_call(
+    mut out: Emitter,
+    ids: Ids,
+    plan: ToolPlan,
+    include_usage: bool,
+) {
+    let _ = openai_tool_stream(&mut out, &ids, &plan, include_usage).await;
+}
+
+async fn openai_tool_stream(
+    out: &mut Emitter,
+    ids: &Ids,
+    plan: &ToolPlan,
+    include_usage: bool,
+) -> Result<(), Gone> {
+    let chunks = OpenAiChunks::new(ids);
+    let fragments = wire::fragments(&plan.arguments);
+    out.send(chunks.tool_call_start(&plan.name)).await?;
+    for fragment in &fragments {
+        out.send(chunks.tool_arguments(fragment)).await?;
+    }
+    out.send(chunks.finish("tool_calls")).await?;
+    if include_usage {
+        out.send(chunks.usage(plan.prompt_tokens, fragments.len() as u64))
+            .await?;
+    }
+    out.send(wire::OPENAI_DONE).await
+}
+
+/// Runs an Anthropic tool-use stream (shape of anthropic-tool-use-stream.sse) to its end (or
+/// until the client leaves).
+pub(super) async fn anthropic_tool_use(mut out: Emitter, ids: Ids, plan: ToolPlan) {
+    let _ = anthropic_tool_stream(&mut out, &ids, &plan).await;
+}
+
+async fn anthropic_tool_stream(out: &mut Emitter, ids: &Ids, plan: &ToolPlan) -> Result<(), Gone> {
+    let events = AnthropicEvents::new(ids);
+    let fragments = wire::fragments(&plan.arguments);
+    out.send(events.message_start(plan.prompt_tokens)).await?;
+    out.send(events.tool_use_start(&plan.name)).await?;
+    out.send(events.ping()).await?;
+    // The real API opens the input with an empty fragment.
+    out.send(events.input_json_delta("")).await?;
+    for fragment in &fragments {
+        out.send(events.input_json_delta(fragment)).await?;
+    }
+    out.send(events.content_block_stop()).await?;
+    out.send(events.message_delta("tool_use", plan.prompt_tokens, fragments.len() as u64))
+        .await?;
+    out.send(events.message_stop()).await
+}

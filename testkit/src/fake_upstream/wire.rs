@@ -34,6 +34,24 @@ pub(super) fn content_text(n: usize) -> String {
     s
 }
 
+/// How many fragments [`fragments`] cuts tool-call arguments into, at most.
+const TOOL_FRAGMENTS: usize = 4;
+
+/// Tool-call arguments cut into up to [`TOOL_FRAGMENTS`] non-empty pieces of about equal length
+/// (at character boundaries), as a model streams them: their concatenation is `arguments`.
+pub(super) fn fragments(arguments: &str) -> Vec<&str> {
+    let bounds: Vec<usize> = arguments
+        .char_indices()
+        .map(|(i, _)| i)
+        .chain(std::iter::once(arguments.len()))
+        .collect();
+    let chars = bounds.len() - 1;
+    let n = chars.min(TOOL_FRAGMENTS);
+    (0..n)
+        .map(|k| &arguments[bounds[k * chars / n]..bounds[(k + 1) * chars / n]])
+        .collect()
+}
+
 /// What identifies one response: its id, the echoed model (as a JSON literal) and the
 /// creation time.
 pub(super) struct Ids {
@@ -102,6 +120,45 @@ pub(super) fn openai_completion(
     )
 }
 
+/// The one tool call of an OpenAI answer to [`super::Behavior::ToolCall`], with `arguments`
+/// (a JSON string literal) as given.
+fn openai_tool_call(name: &str, arguments_json: &str) -> String {
+    format!(
+        concat!(
+            r#"{{"id":"{id}","type":"function","function":{{"name":{name},"#,
+            r#""arguments":{arguments}}}}}"#
+        ),
+        id = super::OPENAI_TOOL_CALL_ID,
+        name = json_str(name),
+        arguments = arguments_json,
+    )
+}
+
+/// A non-stream `chat.completion` whose message is one tool call: `content: null`,
+/// `tool_calls`, finish reason `tool_calls`.
+pub(super) fn openai_tool_completion(
+    ids: &Ids,
+    name: &str,
+    arguments: &str,
+    prompt: u64,
+    completion: u64,
+) -> String {
+    format!(
+        concat!(
+            r#"{{"id":"{id}","object":"chat.completion","created":{created},"model":{model},"#,
+            r#""choices":[{{"index":0,"message":{{"role":"assistant","content":null,"#,
+            r#""tool_calls":[{call}],"refusal":null,"annotations":[]}},"logprobs":null,"#,
+            r#""finish_reason":"tool_calls"}}],"#,
+            r#""usage":{usage},"service_tier":"default","system_fingerprint":"fp_fake"}}"#
+        ),
+        id = ids.openai_id(),
+        created = ids.created,
+        model = ids.model_json,
+        call = openai_tool_call(name, &json_str(arguments)),
+        usage = openai_usage(prompt, completion),
+    )
+}
+
 /// `data: [DONE]`, the end of an OpenAI stream.
 pub(super) const OPENAI_DONE: &str = "data: [DONE]\n\n";
 
@@ -151,6 +208,31 @@ impl OpenAiChunks {
     /// Content chunk `i`.
     pub(super) fn content(&self, i: usize) -> String {
         self.choice(&format!(r#"{{"content":"word{i} "}}"#), "null")
+    }
+
+    /// The first chunk of a tool-call stream (as in openai-tool-call-stream.sse): the role, `content:
+    /// null`, and tool call 0 with its id, type, name and empty `arguments`.
+    pub(super) fn tool_call_start(&self, name: &str) -> String {
+        let call = openai_tool_call(name, r#""""#);
+        // The tool call in a delta carries its `index` first.
+        let call = call.replacen('{', r#"{"index":0,"#, 1);
+        self.choice(
+            &format!(
+                r#"{{"role":"assistant","content":null,"tool_calls":[{call}],"refusal":null}}"#
+            ),
+            "null",
+        )
+    }
+
+    /// A further fragment of tool call 0's `arguments`.
+    pub(super) fn tool_arguments(&self, fragment: &str) -> String {
+        self.choice(
+            &format!(
+                r#"{{"tool_calls":[{{"index":0,"function":{{"arguments":{}}}}}]}}"#,
+                json_str(fragment)
+            ),
+            "null",
+        )
     }
 
     /// The finish chunk: empty delta and `finish_reason`.
@@ -274,6 +356,36 @@ pub(super) fn anthropic_message(
     )
 }
 
+/// A non-stream message whose content is one `tool_use` block; `input` is `arguments` (a JSON
+/// object, already checked) as given.
+pub(super) fn anthropic_tool_message(
+    ids: &Ids,
+    name: &str,
+    arguments: &str,
+    input: u64,
+    output: u64,
+) -> String {
+    format!(
+        concat!(
+            r#"{{"model":{model},"id":"{id}","type":"message","role":"assistant","#,
+            r#""content":[{{"type":"tool_use","id":"{tool_id}","name":{name},"#,
+            r#""input":{arguments}}}],"stop_reason":"tool_use","#,
+            r#""stop_sequence":null,"usage":{{"input_tokens":{input},"#,
+            r#""cache_creation_input_tokens":0,"cache_read_input_tokens":0,"#,
+            r#""cache_creation":{{"ephemeral_5m_input_tokens":0,"ephemeral_1h_input_tokens":0}},"#,
+            r#""output_tokens":{output},"service_tier":"standard","#,
+            r#""inference_geo":"not_available"}}}}"#
+        ),
+        model = ids.model_json,
+        id = ids.anthropic_id(),
+        tool_id = super::ANTHROPIC_TOOL_USE_ID,
+        name = json_str(name),
+        arguments = arguments,
+        input = input,
+        output = output,
+    )
+}
+
 /// The events of an Anthropic stream (shape of anthropic-stream.sse, including the whitespace
 /// padding before closing braces that the real API sends).
 pub(super) struct AnthropicEvents<'a> {
@@ -330,6 +442,34 @@ impl<'a> AnthropicEvents<'a> {
                 "\n\n"
             ),
             i = i
+        )
+    }
+
+    /// `content_block_start` of block 0 as a `tool_use` block with `input: {}` (as in
+    /// anthropic-tool-use-stream.sse).
+    pub(super) fn tool_use_start(&self, name: &str) -> String {
+        format!(
+            concat!(
+                "event: content_block_start\n",
+                r#"data: {{"type":"content_block_start","index":0,"#,
+                r#""content_block":{{"type":"tool_use","id":"{id}","name":{name},"input":{{}}}}}}"#,
+                "\n\n"
+            ),
+            id = super::ANTHROPIC_TOOL_USE_ID,
+            name = json_str(name),
+        )
+    }
+
+    /// `content_block_delta` of block 0 carrying an `input_json_delta` fragment.
+    pub(super) fn input_json_delta(&self, fragment: &str) -> String {
+        format!(
+            concat!(
+                "event: content_block_delta\n",
+                r#"data: {{"type":"content_block_delta","index":0,"#,
+                r#""delta":{{"type":"input_json_delta","partial_json":{fragment}}}}}"#,
+                "\n\n"
+            ),
+            fragment = json_str(fragment),
         )
     }
 
@@ -579,6 +719,48 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_str(&anthropic_models(&["a".into(), "b".into()])).unwrap();
         assert_eq!(v["last_id"], "b");
+    }
+
+    #[test]
+    fn tool_call_templates_are_valid_json() {
+        let ids = ids();
+        let args = r#"{"city":"Paris \"centre\"","n":[1,2]}"#;
+        let c = OpenAiChunks::new(&ids);
+        let start = data_json(&c.tool_call_start("get\"x"));
+        let call = &start["choices"][0]["delta"]["tool_calls"][0];
+        assert_eq!(call["index"], 0);
+        assert_eq!(call["function"]["name"], "get\"x");
+        assert_eq!(call["function"]["arguments"], "");
+        let frag = data_json(&c.tool_arguments("\"}"));
+        assert_eq!(
+            frag["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"],
+            "\"}"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&openai_tool_completion(&ids, "f", args, 1, 2)).unwrap();
+        assert_eq!(
+            v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
+            args
+        );
+        let a = AnthropicEvents::new(&ids);
+        for e in [a.tool_use_start("f"), a.input_json_delta("{\"")] {
+            let name = e.lines().next().unwrap().strip_prefix("event: ").unwrap();
+            assert_eq!(data_json(&e)["type"], name);
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(&anthropic_tool_message(&ids, "f", args, 1, 2)).unwrap();
+        assert_eq!(v["content"][0]["input"]["n"][1], 2);
+    }
+
+    #[test]
+    fn fragments_cover_the_arguments() {
+        let args = r#"{"location":"Zürich","unit":"celsius"}"#;
+        let parts = fragments(args);
+        assert_eq!(parts.len(), 4);
+        assert!(parts.iter().all(|p| !p.is_empty()));
+        assert_eq!(parts.concat(), args);
+        assert_eq!(fragments("{}"), ["{", "}"]);
+        assert!(fragments("").is_empty());
     }
 
     #[test]
