@@ -932,12 +932,9 @@ impl Adapter {
                 };
                 let mut buf = Vec::new();
                 let note = t.event(data, &mut buf);
-                if !buf.is_empty()
-                    && (committed || !matches!(note, translate::StreamNote::Error(_)))
-                {
-                    out.push(Bytes::from(buf));
-                }
-                stream_note(note)
+                translated(note, buf, committed, out, |m| {
+                    Bytes::from(translate::OpenAiToAnthropicStream::error_event(m))
+                })
             }
             Adapter::AnthropicToOpenAi(t) => {
                 let Some(data) = data else {
@@ -945,14 +942,16 @@ impl Adapter {
                 };
                 let mut buf = Vec::new();
                 let note = t.event(ev.name, data, &mut buf);
-                if !buf.is_empty()
-                    && (committed || !matches!(note, translate::StreamNote::Error(_)))
-                {
-                    out.push(Bytes::from(buf));
-                }
-                stream_note(note)
+                translated(note, buf, committed, out, openai::stream_error_event)
             }
         }
+    }
+
+    fn is_translated(&self) -> bool {
+        matches!(
+            self,
+            Adapter::OpenAiToAnthropic(_) | Adapter::AnthropicToOpenAi(_)
+        )
     }
 
     /// The upstream ended cleanly: close what a translated stream still has open.
@@ -991,6 +990,26 @@ impl Adapter {
             Adapter::AnthropicToOpenAi(t) => t.usage(),
         }
     }
+}
+
+/// Sends what a translator produced. An upstream error reported by a translator produces no
+/// event of its own: once committed, the client gets one in its own shape (`error_event`);
+/// before that, nothing, and the next candidate serves.
+fn translated(
+    note: translate::StreamNote,
+    buf: Vec<u8>,
+    committed: bool,
+    out: &mut Vec<Bytes>,
+    error_event: impl Fn(&str) -> Bytes,
+) -> Note {
+    if let translate::StreamNote::Error(message) = &note {
+        if committed {
+            out.push(error_event(message));
+        }
+    } else if !buf.is_empty() {
+        out.push(Bytes::from(buf));
+    }
+    stream_note(note)
 }
 
 fn stream_note(note: translate::StreamNote) -> Note {
@@ -1178,8 +1197,16 @@ impl Relay {
             match scan.adapter.event(raw, true, &mut scan.out) {
                 Note::Content => scan.content_events += 1,
                 Note::Error(message) => {
-                    // The upstream's own error event went out to the client; it ends the stream.
+                    // The error event went out to the client in its own shape. A translated
+                    // stream ends there: closing events after an error would tell the client
+                    // the message ended normally. A pass-through stream goes on as the upstream
+                    // sends it.
                     scan.failed = Some(message);
+                    if scan.adapter.is_translated() {
+                        scan.queue.clear();
+                        self.upstream = None;
+                        break;
+                    }
                 }
                 Note::Done => scan.done = true,
                 Note::Nothing => {}

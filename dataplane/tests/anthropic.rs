@@ -248,3 +248,36 @@ fn count_tokens_is_forwarded_to_anthropic_upstreams() {
         "/v1/messages/count_tokens"
     );
 }
+
+#[test]
+fn errors_after_content_reach_the_client_in_its_own_shape_across_protocols() {
+    // Anthropic client, OpenAI upstream that fails after 3 content events.
+    let c = Cluster::start(&[offer("gpt-cheap", "0.1", "0.2")], &[]);
+    c.fake("gpt-cheap")
+        .set_behavior(Behavior::ErrorAfterContent(3));
+    let resp = c.messages(&messages_body(true));
+    assert_eq!(resp.status, 200);
+    let events = anthropic_events(&resp.text());
+    assert!(
+        events
+            .iter()
+            .any(|(n, d)| n == "content_block_delta" && d["delta"]["text"] == "word2 "),
+        "{events:?}"
+    );
+    let (name, data) = events.last().unwrap();
+    assert_eq!(name, "error", "{events:?}");
+    assert_eq!(data["type"], "error");
+    c.wait_usage(1);
+
+    // OpenAI client, Anthropic upstream that fails after 3 content events.
+    let c = Cluster::start(&[anthropic_offer("claude-cheap", "0.1", "0.2")], &[]);
+    c.fake("claude-cheap")
+        .set_behavior(Behavior::ErrorAfterContent(3));
+    let resp = c.chat(&chat_body(true));
+    assert_eq!(resp.status, 200);
+    let data = resp.sse_data();
+    assert!(resp.text().contains("word2"), "{data:?}");
+    let last: serde_json::Value = serde_json::from_str(data.last().unwrap()).unwrap();
+    assert!(last["error"]["message"].is_string(), "{data:?}");
+    c.wait_usage(1);
+}
