@@ -1,14 +1,21 @@
 //! `keyplane-bench`: the end-to-end performance benchmark of the data plane.
 //!
 //! One run starts, as separate processes, the fake upstream (`keyplane-fake-upstream`), a control
-//! plane with one provider pointing at the fake, a credential, the model `bench/model` and a
-//! client key, a data plane, and a **bare reverse proxy** (this same binary in the hidden
-//! `--baseline-proxy` mode: a hyper 1 server and a hyper-util pooled client that pass bodies
-//! through frame by frame, with no parsing and no auth). A closed-loop load generator then drives
-//! each target (direct to the fake, through the bare proxy, through Keyplane) with non-stream and
-//! streamed chat completions, and prints one markdown report: throughput, latency percentiles,
-//! time to first byte of streams, the latency each proxy adds over the direct baseline, CPU per
-//! request and memory.
+//! plane with two providers pointing at that one fake (it serves both protocols on one port):
+//! `bench` speaking OpenAI, offering `bench/model`, and `bench-anthropic` speaking Anthropic,
+//! offering `bench/claude`; a credential each and a client key; a data plane; and a **bare
+//! reverse proxy** (this same binary in the hidden `--baseline-proxy` mode: a hyper 1 server and
+//! a hyper-util pooled client that pass bodies through frame by frame, with no parsing and no
+//! auth). A closed-loop load generator then drives each target (direct to the fake, through the
+//! bare proxy, through Keyplane) with non-stream and streamed requests, and prints one markdown
+//! report: throughput, latency percentiles, time to first byte of streams, the latency each proxy
+//! adds over the direct baseline, CPU per request and memory.
+//!
+//! Besides OpenAI clients against the OpenAI provider, Keyplane gets the cross-protocol routes
+//! (`--only cross`): Anthropic Messages clients (`POST /v1/messages`) against the OpenAI
+//! provider, OpenAI clients against the Anthropic provider, and Anthropic clients against the
+//! Anthropic provider as the same-protocol reference; the report prints the translation cost per
+//! request and per stream event. `--only openai` runs only the original OpenAI rows.
 //!
 //! Build every binary first, then run it from `target/release`:
 //!
@@ -57,14 +64,45 @@ struct Args {
     /// Content events per streamed completion (and words per non-stream one).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     chunks: u64,
+    /// Workloads to run: `openai` (OpenAI clients against the direct, bare-proxy and Keyplane
+    /// targets), `cross` (both client protocols against both upstream protocols through
+    /// Keyplane, with their direct baselines) or `all`.
+    #[arg(long, value_enum, default_value_t = Only::All)]
+    only: Only,
     /// Internal: serve only the bare reverse proxy in front of UPSTREAM (`host:port`), print
     /// `baseline-proxy listening on ADDR`, and exit on SIGTERM, SIGINT or end of stdin.
     #[arg(long, hide = true, value_name = "UPSTREAM")]
     baseline_proxy: Option<SocketAddr>,
 }
 
-/// The client-facing model the bench configures and requests.
+/// Which workloads a run measures (`--only`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Only {
+    /// OpenAI → OpenAI: direct, bare proxy and Keyplane (the original rows).
+    Openai,
+    /// Cross-protocol rows through Keyplane, their same-protocol references and the direct
+    /// baselines; no bare proxy.
+    Cross,
+    /// Both.
+    All,
+}
+
+impl Only {
+    fn flag(self) -> &'static str {
+        match self {
+            Only::Openai => "openai",
+            Only::Cross => "cross",
+            Only::All => "all",
+        }
+    }
+}
+
+/// The client-facing model offered only by the OpenAI-protocol provider.
 const MODEL: &str = "bench/model";
+/// The client-facing model offered only by the Anthropic-protocol provider.
+const CLAUDE_MODEL: &str = "bench/claude";
+/// The `anthropic-version` every Anthropic-shaped request carries.
+const ANTHROPIC_VERSION: &str = "2023-06-01";
 /// Longest a single request may take before it counts as an error and its connection is dropped.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the monitor samples RSS.
@@ -171,6 +209,18 @@ impl ChildProcess {
     fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Panics with the exit status if the process has exited (a benchmark of a dead target is
+    /// meaningless, and the status, e.g. a signal, tells who ended it).
+    fn assert_alive(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!(
+                "{} (pid {}) exited during the benchmark: {status}",
+                self.name,
+                self.child.id()
+            );
+        }
+    }
 }
 
 impl Drop for ChildProcess {
@@ -192,40 +242,59 @@ impl Drop for ChildProcess {
     }
 }
 
-/// Configures the control plane: one OpenAI-protocol provider at the fake, a credential, the
-/// model and a client key (returned).
+/// Configures the control plane: two providers at the same fake (it serves both protocols on
+/// one port), `bench` speaking OpenAI (`http://ADDR/v1`) and `bench-anthropic` speaking Anthropic
+/// (`http://ADDR`), a credential each, the model [`MODEL`] offered only by the first and
+/// [`CLAUDE_MODEL`] only by the second, and a client key (returned).
 fn configure(cp: &ControlPlane, fake: SocketAddr) -> String {
-    let base_url = format!("http://{fake}/v1");
-    cp.ctl(&[
-        "provider",
-        "add",
-        "bench",
-        "--protocol",
-        "openai",
-        "--base-url",
-        &base_url,
-    ])
-    .ok();
-    cp.ctl_with(
-        &["credential", "add", "bench", "--label", "bench"],
-        Some("sk-bench\n"),
-        &cp.admin_token,
-    )
-    .ok();
-    cp.ctl(&[
-        "model",
-        "set",
-        MODEL,
-        "--provider",
-        "bench",
-        "--upstream-model",
-        "bench-model",
-        "--input",
-        "1",
-        "--output",
-        "2",
-    ])
-    .ok();
+    let providers = [
+        (
+            "bench",
+            "openai",
+            format!("http://{fake}/v1"),
+            MODEL,
+            "bench-model",
+        ),
+        (
+            "bench-anthropic",
+            "anthropic",
+            format!("http://{fake}"),
+            CLAUDE_MODEL,
+            "bench-claude",
+        ),
+    ];
+    for (name, protocol, base_url, model, upstream_model) in &providers {
+        cp.ctl(&[
+            "provider",
+            "add",
+            name,
+            "--protocol",
+            protocol,
+            "--base-url",
+            base_url,
+        ])
+        .ok();
+        cp.ctl_with(
+            &["credential", "add", name, "--label", name],
+            Some(&format!("sk-{name}\n")),
+            &cp.admin_token,
+        )
+        .ok();
+        cp.ctl(&[
+            "model",
+            "set",
+            model,
+            "--provider",
+            name,
+            "--upstream-model",
+            upstream_model,
+            "--input",
+            "1",
+            "--output",
+            "2",
+        ])
+        .ok();
+    }
     cp.ctl(&["--json", "key", "create", "bench"]).ok().json()["key"]
         .as_str()
         .expect("`key create --json` prints a key")
@@ -247,18 +316,72 @@ fn ledger_requests(cp: &ControlPlane) -> u64 {
 // The run
 // ---------------------------------------------------------------------------------------------
 
+/// A wire protocol, of a client request or of an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Workload {
-    Chat,
-    Stream,
+enum Api {
+    /// OpenAI Chat Completions (`POST /v1/chat/completions`).
+    OpenAi,
+    /// Anthropic Messages (`POST /v1/messages`).
+    Anthropic,
+}
+
+impl Api {
+    fn name(self) -> &'static str {
+        match self {
+            Api::OpenAi => "OpenAI",
+            Api::Anthropic => "Anthropic",
+        }
+    }
+
+    /// The client-facing model offered only by the provider speaking this protocol.
+    fn model(self) -> &'static str {
+        match self {
+            Api::OpenAi => MODEL,
+            Api::Anthropic => CLAUDE_MODEL,
+        }
+    }
+}
+
+/// What the load generator sends: a request of protocol `client` for the model whose only
+/// provider speaks `upstream` (for the direct and bare-proxy targets, `upstream == client`: the
+/// fake answers in the protocol of the request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Workload {
+    client: Api,
+    upstream: Api,
+    stream: bool,
 }
 
 impl Workload {
-    fn label(self, chunks: u64) -> String {
-        match self {
-            Workload::Chat => "chat (non-stream)".to_string(),
-            Workload::Stream => format!("stream ({chunks} chunks)"),
+    const fn new(client: Api, upstream: Api, stream: bool) -> Workload {
+        Workload {
+            client,
+            upstream,
+            stream,
         }
+    }
+
+    fn label(self, chunks: u64) -> String {
+        if self.stream {
+            format!("stream ({chunks} chunks)")
+        } else {
+            "chat (non-stream)".to_string()
+        }
+    }
+
+    /// `client → upstream`.
+    fn route(self) -> String {
+        format!("{} → {}", self.client.name(), self.upstream.name())
+    }
+
+    fn is_translated(self) -> bool {
+        self.client != self.upstream
+    }
+
+    /// The same client request against the same-protocol upstream: the reference a translated
+    /// workload's cost is measured against (itself when not translated).
+    fn same_protocol(self) -> Workload {
+        Workload::new(self.client, self.client, self.stream)
     }
 }
 
@@ -327,6 +450,9 @@ struct RunResult {
     latency_us: Vec<u32>,
     /// Sorted, microseconds, to the first body chunk; streams only.
     ttfb_us: Vec<u32>,
+    /// SSE events in one streamed response as the client received it (counted on the sanity
+    /// request); streams only.
+    events: Option<usize>,
     /// CPU seconds of each watched process during the measured window.
     cpu_secs: Vec<f64>,
     /// Largest sampled VmRSS of each watched process during the whole run (warm-up included), kB.
@@ -350,26 +476,45 @@ struct WorkerStats {
     ttfb_us: Vec<u32>,
 }
 
-/// The request every target gets: the same bytes everywhere (the fake and the bare proxy ignore
-/// the bearer key; the data plane checks it).
+/// The request every target gets for a workload: the same bytes everywhere (the fake and the
+/// bare proxy ignore the key; the data plane checks it). OpenAI requests carry
+/// `Authorization: Bearer`; Anthropic ones `x-api-key`, `anthropic-version` and `max_tokens`.
 struct RequestSpec {
     addr: SocketAddr,
+    api: Api,
     host: HeaderValue,
     auth: HeaderValue,
     body: Bytes,
 }
 
 impl RequestSpec {
-    fn new(addr: SocketAddr, key: &str, workload: Workload) -> RequestSpec {
-        let body = serde_json::json!({
-            "model": MODEL,
-            "messages": [{"role": "user", "content": "Say hello"}],
-            "stream": workload == Workload::Stream,
-        });
+    fn new(addr: SocketAddr, key: &str, workload: Workload, chunks: u64) -> RequestSpec {
+        let model = workload.upstream.model();
+        let (body, auth) = match workload.client {
+            Api::OpenAi => (
+                serde_json::json!({
+                    "model": model,
+                    "messages": [{"role": "user", "content": "Say hello"}],
+                    "stream": workload.stream,
+                }),
+                format!("Bearer {key}"),
+            ),
+            Api::Anthropic => (
+                serde_json::json!({
+                    "model": model,
+                    // Above the content length, so the fake never cuts the answer short.
+                    "max_tokens": chunks.max(1_024),
+                    "messages": [{"role": "user", "content": "Say hello"}],
+                    "stream": workload.stream,
+                }),
+                key.to_string(),
+            ),
+        };
         RequestSpec {
             addr,
+            api: workload.client,
             host: HeaderValue::from_str(&addr.to_string()).unwrap(),
-            auth: HeaderValue::from_str(&format!("Bearer {key}")).unwrap(),
+            auth: HeaderValue::from_str(&auth).unwrap(),
             body: Bytes::from(serde_json::to_vec(&body).unwrap()),
         }
     }
@@ -377,11 +522,25 @@ impl RequestSpec {
     fn request(&self) -> Request<Full<Bytes>> {
         let mut req = Request::new(Full::new(self.body.clone()));
         *req.method_mut() = hyper::Method::POST;
-        *req.uri_mut() = Uri::from_static("/v1/chat/completions");
+        *req.uri_mut() = Uri::from_static(match self.api {
+            Api::OpenAi => "/v1/chat/completions",
+            Api::Anthropic => "/v1/messages",
+        });
         let h = req.headers_mut();
         h.insert(HOST, self.host.clone());
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        h.insert(AUTHORIZATION, self.auth.clone());
+        match self.api {
+            Api::OpenAi => {
+                h.insert(AUTHORIZATION, self.auth.clone());
+            }
+            Api::Anthropic => {
+                h.insert("x-api-key", self.auth.clone());
+                h.insert(
+                    "anthropic-version",
+                    HeaderValue::from_static(ANTHROPIC_VERSION),
+                );
+            }
+        }
         req
     }
 }
@@ -488,8 +647,9 @@ fn micros(d: Duration) -> u32 {
     u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
 }
 
-/// Sends one request and checks the answer is a real completion, so a misconfigured target
-/// fails loudly instead of benchmarking error pages.
+/// Sends one request and checks the answer is a real completion in the client's protocol, so a
+/// misconfigured target fails loudly instead of benchmarking error pages. Returns the number of
+/// SSE events of a stream.
 fn sanity_check(
     rt: &tokio::runtime::Runtime,
     spec: &RequestSpec,
@@ -497,7 +657,7 @@ fn sanity_check(
     workload: Workload,
     dp: &DataPlane,
     watched: &Watched,
-) {
+) -> Option<usize> {
     let result = rt.block_on(async {
         let mut sender = connect(spec.addr).await.ok()?;
         tokio::time::timeout(REQUEST_TIMEOUT, exchange(&mut sender, spec, true))
@@ -512,9 +672,10 @@ fn sanity_check(
             String::new()
         };
         panic!(
-            "{} / {:?}: sanity request failed: {why}\nprocesses: {}{log}",
+            "{} / {} / {}: sanity request failed: {why}\nprocesses: {}{log}",
             target.kind.label(),
-            workload,
+            workload.route(),
+            workload.label(0),
             watched.states()
         );
     };
@@ -525,16 +686,36 @@ fn sanity_check(
     if ex.status != StatusCode::OK {
         fail(format!("status {}: {}", ex.status, tail(&text, 1_000)));
     }
-    let ok = match workload {
-        Workload::Chat => serde_json::from_slice::<serde_json::Value>(&ex.body)
+    let content = |v: &serde_json::Value| -> Option<usize> {
+        match workload.client {
+            Api::OpenAi => v["choices"][0]["message"]["content"].as_str().map(str::len),
+            Api::Anthropic => v["content"][0]["text"].as_str().map(str::len),
+        }
+    };
+    let ok = if workload.stream {
+        let end = match workload.client {
+            Api::OpenAi => "data: [DONE]",
+            Api::Anthropic => "event: message_stop",
+        };
+        text.contains(end) && text.contains("word0")
+    } else {
+        serde_json::from_slice::<serde_json::Value>(&ex.body)
             .ok()
-            .and_then(|v| v["choices"][0]["message"]["content"].as_str().map(str::len))
-            .is_some_and(|len| len > 0),
-        Workload::Stream => text.contains("data: [DONE]") && text.contains("word0"),
+            .and_then(|v| content(&v))
+            .is_some_and(|len| len > 0)
     };
     if !ok {
         fail(format!("unexpected body: {}", tail(&text, 1_000)));
     }
+    workload.stream.then(|| sse_events(&text))
+}
+
+/// SSE events in a body: blank-line-separated blocks with at least one `data:` line.
+fn sse_events(text: &str) -> usize {
+    text.replace("\r\n", "\n")
+        .split("\n\n")
+        .filter(|block| block.lines().any(|l| l.starts_with("data:")))
+        .count()
 }
 
 fn tail(s: &str, max: usize) -> &str {
@@ -555,8 +736,8 @@ fn run(
     watched: &Watched,
     dp: &DataPlane,
 ) -> RunResult {
-    let spec = Arc::new(RequestSpec::new(target.addr, key, workload));
-    sanity_check(rt, &spec, target, workload, dp, watched);
+    let spec = Arc::new(RequestSpec::new(target.addr, key, workload, args.chunks));
+    let events = sanity_check(rt, &spec, target, workload, dp, watched);
     let measured = Duration::from_secs(args.duration_secs);
     let start = Instant::now();
     let measure_start = start + Duration::from_secs(args.warmup_secs);
@@ -583,6 +764,7 @@ fn run(
         measured,
         latency_us: Vec::new(),
         ttfb_us: Vec::new(),
+        events,
         cpu_secs: usage.cpu_secs,
         peak_rss_kb: usage.peak_rss_kb,
     };
@@ -595,13 +777,14 @@ fn run(
     }
     result.latency_us.sort_unstable();
     result.ttfb_us.sort_unstable();
-    if workload == Workload::Chat {
+    if !workload.stream {
         // For a non-stream answer the first byte is the whole answer; not reported.
         result.ttfb_us.clear();
     }
     eprintln!(
-        "keyplane-bench: {:<24} {:<20} {:>9.0} req/s  p50 {}  p99 {}  errors {}",
+        "keyplane-bench: {:<22} {:<22} {:<20} {:>8.0} req/s  p50 {}  p99 {}  errors {}",
         target.kind.label(),
+        workload.route(),
         workload.label(args.chunks),
         result.rps(),
         fmt_ms(percentile(&result.latency_us, 0.50)),
@@ -612,6 +795,31 @@ fn run(
         eprintln!("keyplane-bench: processes: {}", watched.states());
     }
     result
+}
+
+/// The (target, client protocol, upstream protocol) triples `--only` selects, in run order; each
+/// runs non-stream then stream. A translated route runs right after its same-protocol reference,
+/// so the pair sees the same machine conditions as nearly as possible.
+fn run_plan(only: Only) -> Vec<(TargetKind, Api, Api)> {
+    use Api::{Anthropic, OpenAi};
+    let openai = matches!(only, Only::Openai | Only::All);
+    let cross = matches!(only, Only::Cross | Only::All);
+    let mut plan = vec![(TargetKind::Direct, OpenAi, OpenAi)];
+    if cross {
+        plan.push((TargetKind::Direct, Anthropic, Anthropic));
+    }
+    if openai {
+        plan.push((TargetKind::Bare, OpenAi, OpenAi));
+    }
+    plan.push((TargetKind::Keyplane, OpenAi, OpenAi));
+    if cross {
+        plan.extend([
+            (TargetKind::Keyplane, OpenAi, Anthropic),
+            (TargetKind::Keyplane, Anthropic, Anthropic),
+            (TargetKind::Keyplane, Anthropic, OpenAi),
+        ]);
+    }
+    plan
 }
 
 fn bench(args: &Args, bin_dir: &Path) {
@@ -625,7 +833,7 @@ fn bench(args: &Args, bin_dir: &Path) {
     fake_cmd
         .args(["--listen", "127.0.0.1:0", "--name", "bench", "--chunks"])
         .arg(args.chunks.to_string());
-    let fake = ChildProcess::spawn(
+    let mut fake = ChildProcess::spawn(
         "keyplane-fake-upstream",
         fake_cmd,
         "fake-upstream listening on ",
@@ -633,7 +841,7 @@ fn bench(args: &Args, bin_dir: &Path) {
 
     let mut bare_cmd = Command::new(std::env::current_exe().expect("current exe"));
     bare_cmd.arg("--baseline-proxy").arg(fake.addr.to_string());
-    let bare = ChildProcess::spawn("baseline proxy", bare_cmd, "baseline-proxy listening on ");
+    let mut bare = ChildProcess::spawn("baseline proxy", bare_cmd, "baseline-proxy listening on ");
 
     let cp = ControlPlane::start();
     let key = configure(&cp, fake.addr);
@@ -681,30 +889,29 @@ fn bench(args: &Args, bin_dir: &Path) {
         .build()
         .expect("load generator runtime");
 
-    let targets = [
-        Target {
-            kind: TargetKind::Direct,
-            addr: fake.addr,
-        },
-        Target {
-            kind: TargetKind::Bare,
-            addr: bare.addr,
-        },
-        Target {
-            kind: TargetKind::Keyplane,
-            addr: dp.addr,
-        },
-    ];
+    let plan = run_plan(args.only);
     let per_run = args.warmup_secs + args.duration_secs;
     eprintln!(
-        "keyplane-bench: {} runs of {per_run} s each ({} connections)",
-        targets.len() * 2,
-        args.connections
+        "keyplane-bench: {} runs of {per_run} s each ({} connections, --only {})",
+        plan.len() * 2,
+        args.connections,
+        args.only.flag()
     );
     let mut results = Vec::new();
-    for target in &targets {
-        for workload in [Workload::Chat, Workload::Stream] {
-            results.push(run(&rt, args, target, workload, &key, &watched, &dp));
+    for (kind, client, upstream) in plan {
+        let target = Target {
+            kind,
+            addr: match kind {
+                TargetKind::Direct => fake.addr,
+                TargetKind::Bare => bare.addr,
+                TargetKind::Keyplane => dp.addr,
+            },
+        };
+        for stream in [false, true] {
+            let workload = Workload::new(client, upstream, stream);
+            results.push(run(&rt, args, &target, workload, &key, &watched, &dp));
+            fake.assert_alive();
+            bare.assert_alive();
             // Let sockets in TIME_WAIT and background work (usage reporting) settle.
             std::thread::sleep(Duration::from_millis(500));
         }
@@ -882,7 +1089,7 @@ mod monitor {
 // ---------------------------------------------------------------------------------------------
 
 mod report {
-    use super::{Args, RunResult, TargetKind, Watched, Workload};
+    use super::{Api, Args, RunResult, TargetKind, Watched, Workload};
     use std::fmt::Write;
     use std::time::Duration;
 
@@ -917,6 +1124,7 @@ mod report {
 
     pub fn render(input: &Input<'_>) -> String {
         let a = input.args;
+        let results = input.results;
         let mut out = String::new();
         let w = &mut out;
         let _ = writeln!(w);
@@ -925,8 +1133,12 @@ mod report {
         let _ = writeln!(
             w,
             "Command: `cargo build --release --bins && ./target/release/keyplane-bench --connections {} \
-             --duration-secs {} --warmup-secs {} --chunks {}`",
-            a.connections, a.duration_secs, a.warmup_secs, a.chunks
+             --duration-secs {} --warmup-secs {} --chunks {} --only {}`",
+            a.connections,
+            a.duration_secs,
+            a.warmup_secs,
+            a.chunks,
+            a.only.flag()
         );
         let _ = writeln!(w);
         let _ = writeln!(
@@ -947,10 +1159,22 @@ mod report {
         );
         let _ = writeln!(
             w,
-            "- Request: `POST /v1/chat/completions`, model `{}`, same bytes and `Authorization` header to \
-             every target; streams are {} content events plus role, finish and `[DONE]` events. Latency \
-             is to the end of the body; TTFB is to the first body chunk.",
+            "- Requests: an OpenAI client sends `POST /v1/chat/completions` with `Authorization: Bearer`; \
+             an Anthropic client sends `POST /v1/messages` with `x-api-key`, `anthropic-version: {}` and \
+             `max_tokens: {}`. The route column is client protocol → upstream protocol: the model is `{}` \
+             (offered only by an OpenAI-protocol provider) or `{}` (only by an Anthropic-protocol \
+             provider); both providers are the same fake upstream process, which serves both protocols on \
+             one port. Every target gets the same bytes and headers for a given route; the direct \
+             baseline of a row is the fake answering that row's client request shape itself (the model \
+             name does not change what it does). Streams are {} content events plus the protocol's \
+             framing (OpenAI: role, finish, `[DONE]`, and the usage chunk the data plane asks OpenAI \
+             upstreams for; Anthropic: `message_start`, `content_block_start`, `ping`, \
+             `content_block_stop`, `message_delta`, `message_stop`). Latency is to the end of the body; \
+             TTFB is to the first body chunk.",
+            super::ANTHROPIC_VERSION,
+            a.chunks.max(1_024),
             super::MODEL,
+            super::CLAUDE_MODEL,
             a.chunks
         );
         let _ = writeln!(
@@ -958,18 +1182,19 @@ mod report {
             "- Targets: the fake upstream directly (`keyplane-fake-upstream`, multi-thread runtime); a \
              bare reverse proxy in a separate process (this binary, `--baseline-proxy`: hyper 1 auto \
              server + hyper-util legacy pooled client, bodies passed through frame by frame, no parsing, \
-             no auth, TCP_NODELAY both sides); the Keyplane data plane (auth, routing, usage \
-             extraction, billing spool, one `info` log line per request to its log file)."
+             no auth, TCP_NODELAY both sides; OpenAI → OpenAI only); the Keyplane data plane (auth, \
+             routing, protocol translation when the route crosses protocols, usage extraction, billing \
+             spool, one `info` log line per request to its log file)."
         );
         let _ = writeln!(w);
 
         // Main table.
         let _ = writeln!(
             w,
-            "| target | workload | req/s | p50 | p99 | p99.9 | TTFB p50 | TTFB p99 | proxy CPU per request | errors |"
+            "| target | route | workload | req/s | p50 | p99 | p99.9 | TTFB p50 | TTFB p99 | proxy CPU per request | errors |"
         );
-        let _ = writeln!(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-        for r in input.results {
+        let _ = writeln!(w, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for r in results {
             let ttfb = |q| {
                 if r.ttfb_us.is_empty() {
                     "—".to_string()
@@ -984,8 +1209,9 @@ mod report {
             };
             let _ = writeln!(
                 w,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.target.label(),
+                r.workload.route(),
                 r.workload.label(a.chunks),
                 group(r.rps().round() as u64),
                 fmt_ms(percentile(&r.latency_us, 0.50)),
@@ -1003,21 +1229,21 @@ mod report {
         let _ = writeln!(
             w,
             "Gateway overhead: added latency = percentile through the proxy − the same percentile direct \
-             to the upstream."
+             to the upstream with the same client request shape."
         );
         let _ = writeln!(w);
         let _ = writeln!(
             w,
-            "| workload | proxy | added p50 | added p99 | added TTFB p50 | added TTFB p99 | throughput vs direct |"
+            "| workload | route | proxy | added p50 | added p99 | added TTFB p50 | added TTFB p99 | throughput vs direct |"
         );
-        let _ = writeln!(w, "|---|---|---:|---:|---:|---:|---:|");
-        let mut ratios = Vec::new();
-        for workload in [Workload::Chat, Workload::Stream] {
-            let Some(direct) = find(input.results, TargetKind::Direct, workload) else {
-                continue;
-            };
-            for proxy in [TargetKind::Bare, TargetKind::Keyplane] {
-                let Some(r) = find(input.results, proxy, workload) else {
+        let _ = writeln!(w, "|---|---|---|---:|---:|---:|---:|---:|");
+        for stream in [false, true] {
+            for r in results
+                .iter()
+                .filter(|r| r.target != TargetKind::Direct && r.workload.stream == stream)
+            {
+                let Some(direct) = find(results, TargetKind::Direct, r.workload.same_protocol())
+                else {
                     continue;
                 };
                 let added_lat = |q| added(&r.latency_us, &direct.latency_us, q);
@@ -1030,9 +1256,10 @@ mod report {
                 };
                 let _ = writeln!(
                     w,
-                    "| {} | {} | {} | {} | {} | {} | {:.0}% |",
-                    workload.label(a.chunks),
-                    proxy.label(),
+                    "| {} | {} | {} | {} | {} | {} | {} | {:.0}% |",
+                    r.workload.label(a.chunks),
+                    r.workload.route(),
+                    r.target.label(),
                     fmt_signed_ms(added_lat(0.50)),
                     fmt_signed_ms(added_lat(0.99)),
                     added_ttfb(0.50),
@@ -1040,9 +1267,17 @@ mod report {
                     100.0 * r.rps() / direct.rps().max(f64::MIN_POSITIVE)
                 );
             }
-            if let (Some(bare), Some(kp)) = (
-                find(input.results, TargetKind::Bare, workload),
-                find(input.results, TargetKind::Keyplane, workload),
+        }
+        let _ = writeln!(w);
+
+        // Keyplane against the bare proxy (OpenAI → OpenAI, the only route the bare proxy runs).
+        let mut ratios = Vec::new();
+        for stream in [false, true] {
+            let workload = Workload::new(Api::OpenAi, Api::OpenAi, stream);
+            if let (Some(direct), Some(bare), Some(kp)) = (
+                find(results, TargetKind::Direct, workload),
+                find(results, TargetKind::Bare, workload),
+                find(results, TargetKind::Keyplane, workload),
             ) {
                 let bare_p99 = added(&bare.latency_us, &direct.latency_us, 0.99);
                 let kp_p99 = added(&kp.latency_us, &direct.latency_us, 0.99);
@@ -1055,16 +1290,19 @@ mod report {
                 ratios.push((workload, p99_ratio, rps_ratio));
             }
         }
-        let _ = writeln!(w);
-        let _ = writeln!(
-            w,
-            "| workload | Keyplane added p99 / bare proxy added p99 | Keyplane throughput / bare proxy throughput |"
-        );
-        let _ = writeln!(w, "|---|---:|---:|");
-        for (workload, p99, rps) in ratios {
-            let _ = writeln!(w, "| {} | {p99} | {rps} |", workload.label(a.chunks));
+        if !ratios.is_empty() {
+            let _ = writeln!(
+                w,
+                "| workload (OpenAI → OpenAI) | Keyplane added p99 / bare proxy added p99 | Keyplane throughput / bare proxy throughput |"
+            );
+            let _ = writeln!(w, "|---|---:|---:|");
+            for (workload, p99, rps) in ratios {
+                let _ = writeln!(w, "| {} | {p99} | {rps} |", workload.label(a.chunks));
+            }
+            let _ = writeln!(w);
         }
-        let _ = writeln!(w);
+
+        translation(w, input);
 
         // Memory.
         let _ = writeln!(
@@ -1080,13 +1318,14 @@ mod report {
         );
         let _ = writeln!(w, "|---|---:|---:|---:|---:|");
         for (idx, target) in [(BARE, TargetKind::Bare), (DATAPLANE, TargetKind::Keyplane)] {
-            let peak = input
-                .results
+            let Some(peak) = results
                 .iter()
                 .filter(|r| r.target == target)
                 .map(|r| r.peak_rss_kb[idx])
                 .max()
-                .unwrap_or(0);
+            else {
+                continue;
+            };
             let _ = writeln!(
                 w,
                 "| {} | {} | {} | {} | {} |",
@@ -1109,12 +1348,12 @@ mod report {
             input.cores
         );
         let _ = writeln!(w);
-        let _ = write!(w, "| target | workload |");
+        let _ = write!(w, "| target | route | workload |");
         for name in &input.watched.names {
             let _ = write!(w, " {name} |");
         }
         let _ = writeln!(w, " rest | machine total |");
-        let _ = write!(w, "|---|---|");
+        let _ = write!(w, "|---|---|---|");
         for _ in 0..input.watched.names.len() + 2 {
             let _ = write!(w, "---:|");
         }
@@ -1123,18 +1362,43 @@ mod report {
             let secs = r.measured.as_secs_f64();
             let _ = write!(
                 w,
-                "| {} | {} |",
+                "| {} | {} | {} |",
                 r.target.label(),
+                r.workload.route(),
                 r.workload.label(a.chunks)
             );
             let (machine, procs) = r.cpu_secs.split_last().unwrap_or((&0.0, &[]));
             for cpu in procs {
                 let _ = write!(w, " {:.2} |", cpu / secs);
             }
-            let rest = (machine - procs.iter().sum::<f64>()).max(0.0);
-            let _ = writeln!(w, " {:.2} | {:.2} |", rest / secs, machine / secs);
+            let _ = writeln!(w, " {:.2} | {:.2} |", rest_cores(r), machine / secs);
         }
         let _ = writeln!(w);
+        let busy: Vec<String> = results
+            .iter()
+            .filter(|r| rest_cores(r) > BUSY_REST)
+            .map(|r| {
+                format!(
+                    "{} {} {} ({:.2})",
+                    r.target.label(),
+                    r.workload.route(),
+                    r.workload.label(a.chunks),
+                    rest_cores(r)
+                )
+            })
+            .collect();
+        if !busy.is_empty() {
+            let _ = writeln!(
+                w,
+                "Outside load: \"rest\" exceeded {BUSY_REST} cores during {} of {} runs ({}); other \
+                 work took CPU from those runs, so their rows (and any difference computed from them) \
+                 are skewed. Rerun on a quiet machine to compare them.",
+                busy.len(),
+                results.len(),
+                busy.join("; ")
+            );
+            let _ = writeln!(w);
+        }
         let l = input.ledger;
         let _ = writeln!(
             w,
@@ -1166,10 +1430,142 @@ mod report {
     }
 
     fn cpu_per_request(r: &RunResult, idx: usize) -> String {
-        if r.requests == 0 {
-            return "—".to_string();
+        cpu_us(r, idx).map_or_else(|| "—".to_string(), |us| format!("{us:.0} µs"))
+    }
+
+    /// "rest" above this many cores busy means other work ran on the machine during the run
+    /// (loopback TCP softirq time alone stays around 0.05 on a quiet machine).
+    const BUSY_REST: f64 = 0.2;
+
+    /// Cores busy outside the watched processes during the measured window.
+    fn rest_cores(r: &RunResult) -> f64 {
+        let (machine, procs) = r.cpu_secs.split_last().unwrap_or((&0.0, &[]));
+        (machine - procs.iter().sum::<f64>()).max(0.0) / r.measured.as_secs_f64()
+    }
+
+    /// CPU microseconds of watched process `idx` per successful request of the window.
+    fn cpu_us(r: &RunResult, idx: usize) -> Option<f64> {
+        (r.requests > 0).then(|| r.cpu_secs[idx] * 1e6 / r.requests as f64)
+    }
+
+    /// The cross-protocol tables: each translated Keyplane route against the same-protocol
+    /// Keyplane route of the same client protocol, per request and per stream event.
+    fn translation(w: &mut String, input: &Input<'_>) {
+        let a = input.args;
+        let results = input.results;
+        let pairs: Vec<(&RunResult, &RunResult)> = results
+            .iter()
+            .filter(|r| r.target == TargetKind::Keyplane && r.workload.is_translated())
+            .filter_map(|r| {
+                find(results, TargetKind::Keyplane, r.workload.same_protocol()).map(|re| (r, re))
+            })
+            .collect();
+        if pairs.is_empty() {
+            return;
         }
-        format!("{:.0} µs", r.cpu_secs[idx] * 1e6 / r.requests as f64)
+        let _ = writeln!(
+            w,
+            "Cross-protocol translation cost: a translated route through Keyplane minus the \
+             same-protocol route with the same client request through Keyplane (Anthropic → OpenAI \
+             against Anthropic → Anthropic, OpenAI → Anthropic against OpenAI → OpenAI; each pair ran \
+             back to back). Both go to the same fake upstream, so the difference is the data plane's \
+             request and response translation (plus the fake generating the other protocol, and run \
+             to run noise: differences of a few percent are within it). Latency figures are \
+             Keyplane's percentile of the translated route − the same percentile of the reference \
+             (their shared direct baseline cancels); at saturation they are mostly queueing, so the \
+             CPU figures are the better measure of work per request."
+        );
+        let _ = writeln!(w);
+        let _ = writeln!(
+            w,
+            "| workload | translated route | reference route | req/s, translated / reference | p50, translated / reference | translation p50 | translation TTFB p50 | data plane CPU per request, translated / reference | translation CPU per request | rest (cores), translated / reference |"
+        );
+        let _ = writeln!(w, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
+        for stream in [false, true] {
+            for (t, re) in pairs.iter().filter(|(t, _)| t.workload.stream == stream) {
+                let ttfb = if t.ttfb_us.is_empty() || re.ttfb_us.is_empty() {
+                    "—".to_string()
+                } else {
+                    fmt_signed_ms(added(&t.ttfb_us, &re.ttfb_us, 0.50))
+                };
+                let cpu = match (cpu_us(t, DATAPLANE), cpu_us(re, DATAPLANE)) {
+                    (Some(ct), Some(cr)) => format!("{:+.1} µs", ct - cr),
+                    _ => "—".to_string(),
+                };
+                let _ = writeln!(
+                    w,
+                    "| {} | {} | {} | {} / {} | {} / {} | {} | {} | {} / {} | {} | {:.2} / {:.2} |",
+                    t.workload.label(a.chunks),
+                    t.workload.route(),
+                    re.workload.route(),
+                    group(t.rps().round() as u64),
+                    group(re.rps().round() as u64),
+                    fmt_ms(percentile(&t.latency_us, 0.50)),
+                    fmt_ms(percentile(&re.latency_us, 0.50)),
+                    fmt_signed_ms(added(&t.latency_us, &re.latency_us, 0.50)),
+                    ttfb,
+                    cpu_per_request(t, DATAPLANE),
+                    cpu_per_request(re, DATAPLANE),
+                    cpu,
+                    rest_cores(t),
+                    rest_cores(re)
+                );
+            }
+        }
+        let _ = writeln!(w);
+
+        let streams: Vec<_> = pairs.iter().filter(|(t, _)| t.workload.stream).collect();
+        if streams.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            w,
+            "Per stream event: the stream's per-request translation cost above divided by the SSE \
+             events the client receives in one translated stream (counted on a sanity request; {} of \
+             them carry content). This charges the per-request part of translation (request body, \
+             stream set-up) to the events too, so it is an upper bound on the marginal cost of one \
+             more event; the last column first subtracts the chat row's translation CPU per request \
+             (the per-request part alone).",
+            a.chunks
+        );
+        let _ = writeln!(w);
+        let _ = writeln!(
+            w,
+            "| translated route | events per stream, translated / reference | translation p50 per event | translation CPU per event | translation CPU per event, per-request part (chat row) removed |"
+        );
+        let _ = writeln!(w, "|---|---:|---:|---:|---:|");
+        for (t, re) in streams {
+            let events = t.events.unwrap_or(0).max(1) as f64;
+            let p50 = added(&t.latency_us, &re.latency_us, 0.50) as f64 / events;
+            let stream_cpu = cpu_us(t, DATAPLANE)
+                .zip(cpu_us(re, DATAPLANE))
+                .map(|(ct, cr)| ct - cr);
+            let chat_cpu = pairs
+                .iter()
+                .find(|(tc, _)| {
+                    tc.workload
+                        == Workload {
+                            stream: false,
+                            ..t.workload
+                        }
+                })
+                .and_then(|(tc, rc)| cpu_us(tc, DATAPLANE).zip(cpu_us(rc, DATAPLANE)))
+                .map(|(ct, cr)| ct - cr);
+            let per_event = |us: Option<f64>| {
+                us.map_or_else(|| "—".to_string(), |us| format!("{:+.2} µs", us / events))
+            };
+            let _ = writeln!(
+                w,
+                "| {} | {} / {} | {:+.1} µs | {} | {} |",
+                t.workload.route(),
+                t.events.map_or_else(|| "?".to_string(), |n| n.to_string()),
+                re.events.map_or_else(|| "?".to_string(), |n| n.to_string()),
+                p50,
+                per_event(stream_cpu),
+                per_event(stream_cpu.zip(chat_cpu).map(|(s, c)| s - c))
+            );
+        }
+        let _ = writeln!(w);
     }
 
     /// `percentile(proxy) − percentile(direct)`, microseconds.
