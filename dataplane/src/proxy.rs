@@ -635,6 +635,7 @@ impl Proxy {
             started: ctx.started,
             started_at_ms: ctx.started_at_ms,
             ttfb_ms: 0,
+            input_estimate: (client_body.len() as u64 / 4).max(1),
         };
         if inbound.stream() {
             let adapter = match (inbound, upstream) {
@@ -1097,17 +1098,20 @@ struct Record {
     started: Instant,
     started_at_ms: i64,
     ttfb_ms: u32,
+    /// Input tokens to bill when the upstream reports none: the client body's bytes / 4.
+    input_estimate: u64,
 }
 
 impl Record {
-    /// Bills the upstream's counts if it gave them, else `estimated_output` output tokens (and
-    /// no input: the prompt size is not known exactly), flagged as estimated. Cached input is
+    /// Bills the upstream's counts if it gave them, else `estimated_output` output tokens and the
+    /// input estimated from the request body's size, flagged as estimated. Cached input is
     /// priced at the offering's cache prices (the input price where it has none).
     fn finish(self, usage: Option<Usage>, estimated_output: u64, status: u32) {
         let (u, estimated) = match usage {
             Some(u) => (u, false),
             None => (
                 Usage {
+                    input_tokens: self.input_estimate,
                     output_tokens: estimated_output,
                     ..Usage::default()
                 },

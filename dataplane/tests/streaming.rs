@@ -169,4 +169,8 @@ fn a_client_disconnect_cancels_the_upstream_request() {
     // What was streamed is billed, marked as estimated where the upstream sent no usage.
     let rows = c.wait_usage(1);
     assert!(total(&rows, "output_tokens") >= 2);
+    assert!(
+        total(&rows, "input_tokens") > 0,
+        "the prompt is estimated too: {rows:?}"
+    );
 }
