@@ -45,6 +45,9 @@ struct Args {
     /// Longest silence between two chunks of an upstream body.
     #[arg(long, default_value_t = 120_000)]
     idle_timeout_ms: u64,
+    /// How long a client may take to send a request's head before the connection is closed.
+    #[arg(long, default_value_t = 30_000)]
+    header_read_timeout_ms: u64,
     /// How long in-flight requests get to finish after SIGTERM.
     #[arg(long, default_value_t = 30)]
     drain_timeout_secs: u64,
@@ -227,6 +230,7 @@ async fn run(args: Args) -> Result<(), (u8, String)> {
         gateway,
         cancel.clone(),
         Duration::from_secs(args.drain_timeout_secs),
+        Duration::from_millis(args.header_read_timeout_ms),
     )
     .await;
     let _ = subscription.await;

@@ -25,9 +25,16 @@ pub async fn serve(
     gateway: Arc<Gateway>,
     cancel: CancellationToken,
     drain: Duration,
+    header_read_timeout: Duration,
 ) {
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // A client gets this long to send its request head: a slow-loris connection cannot hold a
+    // task and a socket forever.
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {

@@ -290,3 +290,25 @@ fn a_revoked_key_is_refused_within_a_second() {
         revoked_at.elapsed()
     );
 }
+
+#[test]
+fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    use std::io::{Read, Write};
+    let c = Cluster::start(&THREE, &["--header-read-timeout-ms", "300"]);
+    let mut slow = std::net::TcpStream::connect(c.dp.addr).unwrap();
+    slow.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
+        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    // The server answers 408 or simply closes; either way the read ends well before 10 s.
+    let _ = slow.read_to_end(&mut buf);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "connection held for {:?}",
+        started.elapsed()
+    );
+    // And everyone else is still served.
+    assert_eq!(c.chat(&chat_body(false)).status, 200);
+}
