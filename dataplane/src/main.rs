@@ -65,7 +65,7 @@ fn main() -> ExitCode {
     // stderr. Not lossy: when the buffer is full, logging waits rather than drops lines.
     let (writer, _log_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
-        .buffered_lines_limit(8192)
+        .buffered_lines_limit(1024)
         .finish(std::io::stderr());
     tracing_subscriber::fmt()
         .with_writer(writer)
