@@ -73,15 +73,9 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed_unsync()
 }
 
-/// Builds an OpenAI-shaped error response.
-pub fn openai_error(
-    status: StatusCode,
-    message: &str,
-    kind: &str,
-    code: Option<&str>,
-    param: Option<&str>,
-) -> Response<Body> {
-    let mut resp = Response::new(full(openai::error_body(message, kind, param, code)));
+/// A JSON response with `status`.
+pub fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut resp = Response::new(full(body));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -90,15 +84,20 @@ pub fn openai_error(
     resp
 }
 
+/// Builds an OpenAI-shaped error response.
+pub fn openai_error(
+    status: StatusCode,
+    message: &str,
+    kind: &str,
+    code: Option<&str>,
+    param: Option<&str>,
+) -> Response<Body> {
+    json_response(status, openai::error_body(message, kind, param, code))
+}
+
 /// Builds an Anthropic-shaped error response.
 pub fn anthropic_error(status: StatusCode, kind: &str, message: &str) -> Response<Body> {
-    let mut resp = Response::new(full(anthropic::error_body(kind, message)));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
+    json_response(status, anthropic::error_body(kind, message))
 }
 
 /// An error in the client's protocol. `code` is OpenAI's `code`; Anthropic's error type follows
@@ -233,6 +232,38 @@ fn forwardable(name: &http::HeaderName, upstream: Protocol) -> bool {
             | "cookie"
             | "expect"
     )
+}
+
+/// The request to `cand`'s upstream: the client's forwardable headers, JSON, no compression (the
+/// relay reads the body), the protocol's version header, and the credential.
+fn upstream_request(
+    cand: &Candidate,
+    uri: http::Uri,
+    client_headers: &HeaderMap,
+    body: Bytes,
+) -> Result<http::Request<Full<Bytes>>, http::Error> {
+    let upstream = cand.provider.protocol;
+    let mut builder = http::Request::post(uri);
+    if let Some(headers) = builder.headers_mut() {
+        for (name, value) in client_headers {
+            if forwardable(name, upstream) {
+                headers.append(name, value.clone());
+            }
+        }
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+        if upstream == Protocol::Anthropic && !headers.contains_key("anthropic-version") {
+            headers.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
+        }
+        headers.insert(cand.auth.0.clone(), cand.auth.1.clone());
+    }
+    builder.body(Full::new(body))
 }
 
 /// The client's request, parsed in its own protocol.
@@ -382,27 +413,8 @@ impl Proxy {
                 &[],
             );
             let url = format!("{}/count_tokens", cand.provider.chat_url);
-            let mut builder = http::Request::post(url);
-            if let Some(headers) = builder.headers_mut() {
-                for (name, value) in client_headers {
-                    if forwardable(name, Protocol::Anthropic) {
-                        headers.append(name, value.clone());
-                    }
-                }
-                headers.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                headers.insert(
-                    header::ACCEPT_ENCODING,
-                    HeaderValue::from_static("identity"),
-                );
-                if !headers.contains_key("anthropic-version") {
-                    headers.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
-                }
-                headers.insert(cand.auth.0.clone(), cand.auth.1.clone());
-            }
-            if let Ok(req) = builder.body(Full::new(Bytes::from(rewritten)))
+            if let Ok(uri) = url.parse::<http::Uri>()
+                && let Ok(req) = upstream_request(cand, uri, client_headers, Bytes::from(rewritten))
                 && let Ok(Ok(resp)) =
                     tokio::time::timeout(self.limits.first_byte_timeout, self.client.request(req))
                         .await
@@ -410,23 +422,14 @@ impl Proxy {
                 && let Ok(bytes) =
                     read_body(resp.into_body(), self.limits.idle_timeout, 1 << 20).await
             {
-                let mut out = Response::new(full(bytes));
-                out.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                return out;
+                return json_response(StatusCode::OK, bytes);
             }
         }
-        let mut out = Response::new(full(
+        json_response(
+            StatusCode::OK,
             serde_json::to_vec(&serde_json::json!({ "input_tokens": estimate }))
                 .unwrap_or_default(),
-        ));
-        out.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        out
+        )
     }
 
     async fn serve(
@@ -553,28 +556,7 @@ impl Proxy {
             }
             _ => cand.provider.chat_url.clone(),
         };
-        let mut builder = http::Request::post(uri);
-        if let Some(headers) = builder.headers_mut() {
-            for (name, value) in client_headers {
-                if forwardable(name, upstream) {
-                    headers.append(name, value.clone());
-                }
-            }
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            headers.insert(
-                header::ACCEPT_ENCODING,
-                HeaderValue::from_static("identity"),
-            );
-            if upstream == Protocol::Anthropic && !headers.contains_key("anthropic-version") {
-                headers.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
-            }
-            headers.insert(cand.auth.0.clone(), cand.auth.1.clone());
-        }
-        let upstream_req = builder
-            .body(Full::new(body))
+        let upstream_req = upstream_request(cand, uri, client_headers, body)
             .map_err(|e| Attempt::Failed(Failure::Connect(e.to_string())))?;
 
         let sent = Instant::now();
@@ -705,12 +687,7 @@ impl Proxy {
             };
             let estimate = estimate_tokens(bytes.len());
             record.finish(usage, estimate, 200);
-            let mut out = Response::new(full(bytes));
-            out.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            Ok(out)
+            Ok(json_response(StatusCode::OK, bytes))
         }
     }
 }

@@ -2,7 +2,7 @@
 //! shutdown.
 
 use crate::gateway::Gateway;
-use crate::proxy::{Body, RequestCtx, client_error, full, now_ms, openai_error};
+use crate::proxy::{Body, RequestCtx, client_error, full, json_response, now_ms, openai_error};
 use crate::table::Protocol;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -245,12 +245,10 @@ fn models(gw: &Gateway, req: &Request<Incoming>) -> Response<Body> {
         })
         .collect();
     let body = serde_json::json!({ "object": "list", "data": data });
-    let mut resp = Response::new(full(serde_json::to_vec(&body).unwrap_or_default()));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
+    json_response(
+        StatusCode::OK,
+        serde_json::to_vec(&body).unwrap_or_default(),
+    )
 }
 
 /// Reads the body within the limit, or the error response in the client's shape.

@@ -52,7 +52,11 @@ pub struct Prices {
 }
 
 impl Prices {
-    /// Cost in nano-USD of uncached input, cache reads, cache writes and output.
+    /// Cost in nano-USD of uncached input, cache reads, cache writes and output, rounded to the
+    /// nearest nano-USD: the one price formula of the data plane.
+    ///
+    /// micro-USD per million tokens is 10^-12 USD per token; times ppm / 10^6, divided by 10^3
+    /// gives nano-USD. An overflow saturates at `u64::MAX`.
     pub fn cost_nano(&self, input: u64, cache_read: u64, cache_write: u64, output: u64) -> u64 {
         let pico = [
             (input, self.input),
@@ -89,34 +93,8 @@ impl Candidate {
 
     /// This candidate's cost of a request, in nano-USD.
     pub fn cost_nano(&self, input_tokens: u64, output_tokens: u64) -> u64 {
-        cost_nano(
-            input_tokens,
-            output_tokens,
-            self.input_micro_usd_per_mtok,
-            self.output_micro_usd_per_mtok,
-            self.multiplier_ppm,
-        )
+        self.prices().cost_nano(input_tokens, 0, 0, output_tokens)
     }
-}
-
-/// Cost in nano-USD of `input` and `output` tokens at prices in micro-USD per million tokens,
-/// times a multiplier in parts per million, rounded to the nearest nano-USD.
-///
-/// micro-USD per million tokens is 10^-12 USD per token; times ppm / 10^6, divided by 10^3 gives
-/// nano-USD.
-pub fn cost_nano(
-    input: u64,
-    output: u64,
-    input_price: u64,
-    output_price: u64,
-    multiplier_ppm: u64,
-) -> u64 {
-    let nano = (u128::from(input) * u128::from(input_price))
-        .checked_add(u128::from(output) * u128::from(output_price))
-        .and_then(|pico| pico.checked_mul(u128::from(multiplier_ppm)))
-        .and_then(|scaled| scaled.checked_add(500_000_000))
-        .map(|scaled| scaled / 1_000_000_000);
-    nano.and_then(|n| u64::try_from(n).ok()).unwrap_or(u64::MAX)
 }
 
 /// Per-credential observations that outlive table swaps (latency for tie-breaks now; health
@@ -466,6 +444,16 @@ mod tests {
 
     #[test]
     fn cost_arithmetic() {
+        let cost_nano = |input, output, input_price, output_price, multiplier_ppm| {
+            Prices {
+                input: input_price,
+                output: output_price,
+                cache_read: input_price,
+                cache_write: input_price,
+                multiplier_ppm,
+            }
+            .cost_nano(input, 0, 0, output)
+        };
         // 1,000 input at $0.28/M and 500 output at $0.42/M = $0.00028 + $0.00021 = 490,000 nano.
         assert_eq!(cost_nano(1000, 500, 280_000, 420_000, 1_000_000), 490_000);
         assert_eq!(cost_nano(1000, 500, 280_000, 420_000, 800_000), 392_000);
