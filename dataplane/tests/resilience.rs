@@ -33,8 +33,8 @@ fn control_plane_sigkill_while_serving_loses_and_doubles_nothing() {
     c.cp.restart();
     let rows = c.wait_usage(served);
     assert_eq!(total(&rows, "output_tokens"), served * 20);
-    // Nothing more arrives later: each record counted once.
-    std::thread::sleep(Duration::from_millis(2000));
+    // Once the spool has nothing left to report, the count is final: each record counted once.
+    c.wait_spool_settled();
     assert_eq!(total(&c.usage(), "requests"), served);
 }
 
@@ -51,19 +51,36 @@ fn a_data_plane_restarted_while_the_control_plane_is_down_serves_from_its_snapsh
         "ready from the snapshot: {}",
         c.dp.logs()
     );
+    let mut request_ids = Vec::new();
     for i in 0..5 {
         let resp = c.chat(&chat_body(i % 2 == 1));
         assert_eq!(resp.status, 200, "{}", resp.text());
+        request_ids.push(resp.header("x-request-id").unwrap().to_string());
     }
-    // Kill it hard this time: the spool is fsynced before anything is reported.
-    std::thread::sleep(Duration::from_millis(200));
+    // Kill it hard this time, once every record is in the spool (written and fsynced together,
+    // in the background: the responses did not wait for it).
+    let spool = c.dp.state_dir.join("spool");
+    assert!(
+        wait_until(TIMEOUT, || {
+            let bytes: Vec<u8> = keyplane_testkit::process::files_below(&spool)
+                .iter()
+                .filter_map(|f| std::fs::read(f).ok())
+                .flatten()
+                .collect();
+            request_ids
+                .iter()
+                .all(|id| bytes.windows(id.len()).any(|w| w == id.as_bytes()))
+        }),
+        "the usage records never reached the spool"
+    );
     c.dp.kill9();
     c.dp.restart();
     assert!(c.dp.wait_ready(TIMEOUT));
     c.cp.restart();
     let rows = c.wait_usage(6);
     assert_eq!(total(&rows, "output_tokens"), 6 * 20);
-    std::thread::sleep(Duration::from_millis(2000));
+    // Once the spool has nothing left to report, the count is final: each record counted once.
+    c.wait_spool_settled();
     assert_eq!(total(&c.usage(), "requests"), 6);
     // And the snapshot holds no secret in plaintext.
     for file in keyplane_testkit::process::files_below(&c.dp.state_dir) {

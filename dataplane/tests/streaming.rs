@@ -106,8 +106,8 @@ fn usage_is_billed_once_with_and_without_include_usage_and_non_stream() {
         (cost - expected_cost).abs() < 1e-9,
         "{cost} vs {expected_cost}"
     );
-    // And it stays at 3: nothing is counted twice.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Once the spool has nothing left to report, the count is final: each record counted once.
+    c.wait_spool_settled();
     assert_eq!(total(&c.usage(), "requests"), 3);
 }
 

@@ -18,7 +18,6 @@ use keyplane_testkit::fake_upstream::{
 };
 use keyplane_testkit::http::{HttpRequest, HttpResponse};
 use serde_json::{Value, json};
-use std::time::Duration;
 use support::*;
 
 /// The call the upstream makes: keys not in sorted order, and a non-ASCII character.
@@ -158,8 +157,8 @@ fn assert_billed_once(c: &Cluster, fake: &str, requests: u64, output_tokens: u64
         .sum();
     assert_eq!(total(&rows, "input_tokens"), input, "{rows:?}");
     assert_eq!(total(&rows, "output_tokens"), output_tokens, "{rows:?}");
-    // A record sent twice would arrive in the same or the next report.
-    std::thread::sleep(Duration::from_millis(500));
+    // Once the spool has nothing left to report, the count is final: each record counted once.
+    c.wait_spool_settled();
     assert_eq!(total(&c.usage(), "requests"), requests);
 }
 

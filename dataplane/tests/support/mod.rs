@@ -122,6 +122,26 @@ impl Cluster {
             .clone()
     }
 
+    /// Waits until the data plane's spool holds no unacknowledged record (`/metrics`
+    /// `keyplane_usage_spool_depth 0`): from then on nothing more can reach the ledger, so a
+    /// count read afterwards is final.
+    pub fn wait_spool_settled(&self) {
+        let depth = || {
+            let text = HttpRequest::get("/metrics")
+                .send(self.dp.addr, TIMEOUT)
+                .ok()?
+                .text();
+            text.lines()
+                .find_map(|l| l.strip_prefix("keyplane_usage_spool_depth "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        assert!(
+            wait_until(TIMEOUT, || depth() == Some(0)),
+            "the spool never settled: depth {:?}",
+            depth()
+        );
+    }
+
     /// Waits until the ledger holds `requests` requests in all; returns the rows.
     pub fn wait_usage(&self, requests: u64) -> Vec<Value> {
         let mut rows = Vec::new();
