@@ -401,7 +401,7 @@ impl Proxy {
                 None,
             );
         };
-        let estimate = (body.len() as u64 / 4).max(1);
+        let estimate = estimate_tokens(body.len());
         let order = Table::rank(candidates, estimate, 0);
         if let Some(cand) = order.first().map(|&i| &candidates[i])
             && cand.provider.protocol == Protocol::Anthropic
@@ -465,7 +465,7 @@ impl Proxy {
             );
         }
         // Prompt tokens from the body size (about 4 bytes a token), output from the limit.
-        let input_estimate = (body.len() as u64 / 4).max(1);
+        let input_estimate = estimate_tokens(body.len());
         let order = Table::rank(candidates, input_estimate, inbound.output_estimate());
 
         let mut failures: Vec<Failure> = Vec::new();
@@ -617,7 +617,7 @@ impl Proxy {
             started: ctx.started,
             started_at_ms: ctx.started_at_ms,
             ttfb_ms: 0,
-            input_estimate: (client_body.len() as u64 / 4).max(1),
+            input_estimate: estimate_tokens(client_body.len()),
         };
         if inbound.stream() {
             let adapter = match (inbound, upstream) {
@@ -702,6 +702,8 @@ fn ms_since(t: Instant) -> u32 {
     t.elapsed().as_millis().min(u128::from(u32::MAX)) as u32
 }
 
+/// Tokens in `bytes` of text, for ranking and for billing what an upstream did not count: about
+/// 4 bytes a token.
 fn estimate_tokens(bytes: usize) -> u64 {
     (bytes as u64 / 4).max(1)
 }
