@@ -83,11 +83,16 @@ fn tune_allocator() {
 fn main() -> ExitCode {
     tune_allocator();
     // Log lines are written by a background thread, so a request never waits on a write to
-    // stderr. Not lossy: when the buffer is full, logging waits rather than drops lines.
+    // stderr. Not lossy: when the buffer is full, logging waits rather than drops lines. The
+    // thread drains every queued line into the BufWriter and flushes once the queue is empty:
+    // one write(2) per burst instead of one per line.
     let (writer, _log_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .buffered_lines_limit(1024)
-        .finish(std::io::stderr());
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     tracing_subscriber::fmt()
         .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
