@@ -66,8 +66,10 @@
 //!   `seed`. All are reported as dropped.
 //! - Thinking signatures cannot survive a trip through an OpenAI upstream: thinking blocks in an
 //!   Anthropic history are dropped on the way to OpenAI.
-//! - Upstream-specific limits (a model's `max_tokens` ceiling, `reasoning_effort` on a model without
-//!   reasoning, tool-call id formats some upstreams insist on) are the caller's to adapt.
+//! - OpenAI model families are recognised by id (`openai_model_family`): reasoning models (o1, o3,
+//!   o4, gpt-5) get `max_completion_tokens` instead of `max_tokens` and no `temperature`/`top_p`;
+//!   classic chat models (gpt-4o, gpt-4.1, gpt-3.5) get no `reasoning_effort`. Other limits (a
+//!   model's `max_tokens` ceiling, tool-call id formats some upstreams insist on) are not adapted.
 
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
@@ -697,6 +699,8 @@ struct OaRequestOut<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     max_tokens: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    max_completion_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     top_p: Option<&'a RawValue>,
@@ -928,12 +932,67 @@ pub fn anthropic_to_openai_request(
             }
         };
     }
+    match openai_model_family(upstream_model) {
+        OpenAiFamily::Reasoning => {
+            // They reject `max_tokens` (samples/openai-error.json) and sampling parameters.
+            out.max_completion_tokens = out.max_tokens.take();
+            for (name, value) in [
+                ("temperature", &mut out.temperature),
+                ("top_p", &mut out.top_p),
+            ] {
+                if value.take().is_some() {
+                    note(&mut dropped, name);
+                }
+            }
+        }
+        OpenAiFamily::Classic => {
+            if out.reasoning_effort.take().is_some() {
+                note(&mut dropped, "thinking");
+            }
+        }
+        OpenAiFamily::Other => {}
+    }
     if out.stream == Some(true) {
         out.stream_options = Some(OaStreamOptionsOut {
             include_usage: true,
         });
     }
     Ok((to_body(&out)?, dropped))
+}
+
+/// What an upstream model id says about the request parameters it accepts.
+#[derive(Debug, PartialEq, Eq)]
+enum OpenAiFamily {
+    /// OpenAI's reasoning models (o1, o3, o4-mini, gpt-5…): `max_completion_tokens` only, no
+    /// `temperature`/`top_p`.
+    Reasoning,
+    /// OpenAI's non-reasoning chat models (gpt-4o, gpt-4.1, gpt-3.5…): no `reasoning_effort`.
+    Classic,
+    /// Anything else (DeepSeek, Groq, Qwen, …): sent as translated.
+    Other,
+}
+
+/// Classifies by the id's last path segment, so `openai/o3-mini` (OpenRouter) and `o3-mini`
+/// (OpenAI) agree; `gpt-5-chat` is OpenAI's non-reasoning GPT-5 variant.
+fn openai_model_family(upstream_model: &str) -> OpenAiFamily {
+    let name = upstream_model.rsplit('/').next().unwrap_or(upstream_model);
+    let name = name.to_ascii_lowercase();
+    let o_series = ["o1", "o3", "o4"].iter().any(|p| {
+        name.strip_prefix(p)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
+    });
+    if name.starts_with("gpt-5-chat") {
+        OpenAiFamily::Classic
+    } else if o_series || name.starts_with("gpt-5") {
+        OpenAiFamily::Reasoning
+    } else if name.starts_with("gpt-4")
+        || name.starts_with("gpt-3.5")
+        || name.starts_with("chatgpt-")
+    {
+        OpenAiFamily::Classic
+    } else {
+        OpenAiFamily::Other
+    }
 }
 
 /// An Anthropic user turn: its `tool_result` blocks become `tool` messages first, then the rest
@@ -2920,6 +2979,55 @@ mod tests {
     }
 
     // ---- Requests: Anthropic → OpenAI ----
+
+    #[test]
+    fn a2o_adapts_to_openai_model_families() {
+        // Claude Code's request shape: max_tokens 32000, temperature, thinking.
+        let body = json!({
+            "model": "claude", "max_tokens": 32000, "temperature": 1, "top_p": 0.9,
+            "thinking": {"type": "enabled", "budget_tokens": 4096},
+            "messages": [{"role": "user", "content": "hi"}]
+        });
+        let translate = |model: &str| {
+            let (out, dropped) =
+                anthropic_to_openai_request(body.to_string().as_bytes(), model).unwrap();
+            (parse(&out), dropped)
+        };
+        // samples/openai-error.json: reasoning models refuse `max_tokens`.
+        for model in [
+            "o3-mini",
+            "o1",
+            "openai/o4-mini",
+            "gpt-5",
+            "gpt-5-mini-2025-08-07",
+        ] {
+            let (out, dropped) = translate(model);
+            assert_eq!(out["max_completion_tokens"], 32000, "{model}");
+            assert!(out.get("max_tokens").is_none(), "{model}");
+            assert!(out.get("temperature").is_none() && out.get("top_p").is_none());
+            assert_eq!(out["reasoning_effort"], "medium", "{model}");
+            assert!(dropped.contains(&"temperature".to_string()), "{dropped:?}");
+        }
+        for model in ["gpt-4o-mini", "openai/gpt-4.1", "gpt-5-chat-latest"] {
+            let (out, dropped) = translate(model);
+            assert_eq!(out["max_tokens"], 32000, "{model}");
+            assert!(out.get("reasoning_effort").is_none(), "{model}");
+            assert!(dropped.contains(&"thinking".to_string()), "{dropped:?}");
+            assert_eq!(out["temperature"], 1);
+        }
+        // Other OpenAI-protocol providers get the request as translated.
+        for model in [
+            "deepseek-reasoner",
+            "o3x-custom",
+            "qwen/qwen3-max",
+            "omni-1",
+        ] {
+            let (out, _) = translate(model);
+            assert_eq!(out["max_tokens"], 32000, "{model}");
+            assert_eq!(out["reasoning_effort"], "medium", "{model}");
+            assert_eq!(out["top_p"], 0.9);
+        }
+    }
 
     #[test]
     fn a2o_system_string_blocks_and_system_inside_messages() {
