@@ -139,7 +139,8 @@ def render_with_kubectl(kubectl: str, directory: Path) -> list[dict]:
     proc = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True,
                           timeout=60, check=False)
     if proc.returncode != 0:
-        raise ValueError(f"kubectl kustomize {directory} failed: {proc.stderr.strip()}")
+        message = proc.stderr.strip().replace(str(directory), directory.name)
+        raise ValueError(f"kubectl kustomize failed: {message[-300:]}")
     return load_yaml_docs(proc.stdout)
 
 
@@ -379,6 +380,8 @@ def k8s_policy_errors(docs: list[dict], where: str, external_secrets: set[str]) 
         ref = hpa["spec"]["scaleTargetRef"]
         if ref["kind"] != "Deployment" or ref["name"] not in deployments:
             err(hpa, f"scaleTargetRef {ref['kind']}/{ref['name']} is not in the render")
+        elif "replicas" in deployments[ref["name"]]["spec"]:
+            err(hpa, f"Deployment/{ref['name']} sets spec.replicas although this HPA owns it")
         if hpa["spec"].get("minReplicas", 1) < 2:
             err(hpa, "minReplicas must be at least 2 (the PDB keeps one during disruptions)")
     for pdb in by_kind.get("PodDisruptionBudget", []):
@@ -786,6 +789,8 @@ MUTATIONS: list[Mutation] = [
     ("k8s: Service selector matches nothing", "deploy/kubernetes/base/dataplane-service.yaml",
      "  selector:\n    app.kubernetes.io/name: keyplane-dataplane",
      "  selector:\n    app.kubernetes.io/name: keyplane-data-plane", check_kubernetes),
+    ("k8s: replica count fights the HPA", "deploy/kubernetes/base/dataplane-deployment.yaml",
+     "  revisionHistoryLimit: 5", "  replicas: 3\n  revisionHistoryLimit: 5", check_kubernetes),
     ("k8s: invented flag", "deploy/kubernetes/base/dataplane-deployment.yaml",
      "- --state-dir", "- --state-directory", check_kubernetes),
     ("k8s: resource missing from kustomization", "deploy/kubernetes/base/kustomization.yaml",
