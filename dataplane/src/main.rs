@@ -2,7 +2,7 @@
 //! serves HTTP until SIGTERM or SIGINT; then drains in-flight requests, makes the usage spool
 //! durable and exits 0.
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use keyplane_dataplane::control::Subscriber;
 use keyplane_dataplane::gateway::Gateway;
 use keyplane_dataplane::metrics::Metrics;
@@ -51,6 +51,36 @@ struct Args {
     /// How long in-flight requests get to finish after SIGTERM.
     #[arg(long, default_value_t = 30)]
     drain_timeout_secs: u64,
+    /// PEM certificate chain of the HTTPS listener (with --tls-key); reloaded on SIGHUP and when
+    /// the file changes. Also the client certificate for mutual TLS to the control plane unless
+    /// --control-cert is given.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA certificate that signs the control plane's certificate (default: the public web
+    /// roots). Needs an https:// --control URL.
+    #[arg(long)]
+    control_ca: Option<PathBuf>,
+    /// PEM client certificate presented to the control plane (mutual TLS).
+    #[arg(long, requires = "control_key")]
+    control_cert: Option<PathBuf>,
+    /// PEM private key of --control-cert.
+    #[arg(long, requires = "control_cert")]
+    control_key: Option<PathBuf>,
+    /// Log line format on stderr.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Allow a non-loopback --listen address without TLS.
+    #[arg(long)]
+    insecure: bool,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 const NODE_TOKEN_ENV: &str = "KEYPLANE_NODE_TOKEN";
@@ -63,19 +93,27 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     // Log lines are written by a background thread, so a request never waits on a write to
     // stderr. Not lossy: when the buffer is full, logging waits rather than drops lines.
+    let args = Args::parse();
     let (writer, _log_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .buffered_lines_limit(1024)
         .finish(std::io::stderr());
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_writer(writer)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    let args = Args::parse();
+        );
+    match args.log_format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
     // Blocking threads serve the spool's fsyncs and snapshot writes; a few are plenty.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -139,6 +177,19 @@ async fn run(args: Args) -> Result<(), (u8, String)> {
             args.state_dir.display()
         ))
     })?;
+    if args.tls_cert.is_none() && !args.listen.ip().is_loopback() && !args.insecure {
+        return Err(config(format!(
+            "refusing to serve plain HTTP on {} (not loopback): give --tls-cert and --tls-key, \
+             or --insecure",
+            args.listen
+        )));
+    }
+    let https_listener = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(keyplane_dataplane::tls::Reloader::load(cert, key).map_err(config)?)
+        }
+        _ => None,
+    };
     let endpoint = tonic::transport::Endpoint::from_shared(args.control.clone())
         .map_err(|e| {
             config(format!(
@@ -151,6 +202,7 @@ async fn run(args: Args) -> Result<(), (u8, String)> {
         .keep_alive_timeout(Duration::from_secs(20))
         .keep_alive_while_idle(true)
         .tcp_nodelay(true);
+    let endpoint = control_tls(&args, endpoint).map_err(config)?;
     let channel = endpoint.connect_lazy();
 
     let (usage_sink, usage_handle) = usage::start(
@@ -225,12 +277,16 @@ async fn run(args: Args) -> Result<(), (u8, String)> {
         gateway: Arc::clone(&gateway),
     };
     let subscription = tokio::spawn(subscriber.run(cancel.clone()));
+    if let Some(tls) = &https_listener {
+        tokio::spawn(Arc::clone(tls).watch(cancel.clone()));
+    }
     server::serve(
         listener,
         gateway,
         cancel.clone(),
         Duration::from_secs(args.drain_timeout_secs),
         Duration::from_millis(args.header_read_timeout_ms),
+        https_listener,
     )
     .await;
     let _ = subscription.await;
@@ -238,6 +294,44 @@ async fn run(args: Args) -> Result<(), (u8, String)> {
     usage_handle.shutdown(Duration::from_secs(5)).await;
     tracing::info!("usage spool flushed; bye");
     Ok(())
+}
+
+/// TLS to the control plane for an `https://` URL: its CA (`--control-ca`, else the public
+/// roots) and, for mutual TLS, a client certificate (`--control-cert`, else `--tls-cert`).
+fn control_tls(
+    args: &Args,
+    endpoint: tonic::transport::Endpoint,
+) -> Result<tonic::transport::Endpoint, String> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let read = |flag: &str, path: &PathBuf| {
+        std::fs::read(path).map_err(|e| format!("{flag} {}: cannot read: {e}", path.display()))
+    };
+    if !args.control.starts_with("https://") {
+        if args.control_ca.is_some() || args.control_cert.is_some() {
+            return Err(
+                "--control-ca and --control-cert need an https:// --control URL".to_string(),
+            );
+        }
+        return Ok(endpoint);
+    }
+    let mut tls = ClientTlsConfig::new();
+    tls = match &args.control_ca {
+        Some(ca) => tls.ca_certificate(Certificate::from_pem(read("--control-ca", ca)?)),
+        None => tls.with_webpki_roots(),
+    };
+    let identity = match (&args.control_cert, &args.control_key) {
+        (Some(c), Some(k)) => Some((read("--control-cert", c)?, read("--control-key", k)?)),
+        _ => match (&args.tls_cert, &args.tls_key) {
+            (Some(c), Some(k)) => Some((read("--tls-cert", c)?, read("--tls-key", k)?)),
+            _ => None,
+        },
+    };
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    endpoint
+        .tls_config(tls)
+        .map_err(|e| format!("--control TLS setup: {e}"))
 }
 
 /// Installs the SIGTERM and SIGINT handlers now; the returned task fires `cancel` on either.
