@@ -188,6 +188,15 @@ fn main() -> ExitCode {
             eprintln!("keyplanectl: {msg}");
             ExitCode::from(2)
         }
+        // No answer from a control plane at all (plain text to a TLS port, say): the status
+        // was made on this side, from a transport error.
+        Err(Failure::Refused(status)) if std::error::Error::source(&status).is_some() => {
+            eprintln!(
+                "keyplanectl: cannot talk to the control plane: {} (is it https://, or http://?)",
+                source_chain(&status)
+            );
+            ExitCode::from(2)
+        }
         Err(Failure::Refused(status)) if status.code() == Code::Unavailable => {
             eprintln!(
                 "keyplanectl: control plane unavailable: {}",
