@@ -177,6 +177,24 @@ fn a_node_subscribes_over_mutual_tls_and_serves_https_over_h1_and_h2_with_reload
     });
     assert!(dp.logs().contains("TLS certificate reloaded"));
     assert!(fake.request_count() >= 4);
+
+    // SIGHUP reloads too, and the listener keeps serving.
+    keyplane_testkit::process::send_signal(dp.pid().unwrap(), libc_sighup());
+    assert!(
+        wait_until(TIMEOUT, || dp.logs().contains("reason=\"SIGHUP\"")
+            || dp.logs().contains("reason=SIGHUP")),
+        "no reload on SIGHUP; log:\n{}",
+        dp.logs()
+    );
+    let resp = HttpRequest::get("/healthz")
+        .send_tls(dp.addr, &tmp.path().join("other").join("ca.pem"), TIMEOUT)
+        .unwrap();
+    assert_eq!(resp.status, 200);
+}
+
+/// SIGHUP's number on Linux.
+fn libc_sighup() -> i32 {
+    1
 }
 
 #[test]
