@@ -233,7 +233,10 @@ fn server_tls(args: &Args) -> Result<Option<tonic::transport::ServerTlsConfig>, 
     };
     let cert = tls::read_pem("--tls-cert", cert).map_err(Failure::Config)?;
     let key = tls::read_pem("--tls-key", key).map_err(Failure::Config)?;
-    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+    // A client that never finishes its handshake must not hold a slot forever.
+    let mut config = ServerTlsConfig::new()
+        .identity(Identity::from_pem(cert, key))
+        .timeout(Duration::from_secs(10));
     if let Some(ca) = &args.client_ca {
         let ca = tls::read_pem("--client-ca", ca).map_err(Failure::Config)?;
         // Optional at the handshake so that keyplanectl (admin token only) still connects; the
