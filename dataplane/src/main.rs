@@ -91,29 +91,7 @@ const NODE_TOKEN_ENV: &str = "KEYPLANE_NODE_TOKEN";
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    // Log lines are written by a background thread, so a request never waits on a write to
-    // stderr. Not lossy: when the buffer is full, logging waits rather than drops lines.
     let args = Args::parse();
-    let (writer, _log_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(1024)
-        .finish(std::io::stderr());
-    let logs = tracing_subscriber::fmt()
-        .with_writer(writer)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        );
-    match args.log_format {
-        LogFormat::Text => logs
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-        LogFormat::Json => logs
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .init(),
-    }
     // Blocking threads serve the spool's fsyncs and snapshot writes; a few are plenty.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -126,13 +104,109 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(args)) {
+    // Log lines are written by a background thread, so a request never waits on a write to
+    // stderr. Not lossy: when the buffer is full, logging waits rather than drops lines.
+    let (writer, _log_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(1024)
+        .finish(std::io::stderr());
+    let logs = {
+        // Inside the runtime: the OTLP exporter's gRPC channel runs its tasks there.
+        let _enter = runtime.enter();
+        init_logs(args.log_format, writer)
+    };
+    let result = runtime.block_on(run(args));
+    logs.shutdown();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err((code, msg)) => {
             eprintln!("keyplane-dataplane: {msg}");
             ExitCode::from(code)
         }
     }
+}
+
+/// What must be flushed at exit: the OTLP span exporter (with `--features otlp`).
+struct Logs {
+    #[cfg(feature = "otlp")]
+    otlp: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Logs {
+    fn shutdown(self) {
+        #[cfg(feature = "otlp")]
+        if let Some(provider) = self.otlp {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+/// The stderr log layer in the chosen format, filtered by `RUST_LOG`; with `--features otlp`
+/// and `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans also go to an OTLP/gRPC collector.
+fn init_logs(format: LogFormat, writer: tracing_appender::non_blocking::NonBlocking) -> Logs {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let fmt_layer = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(writer)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .with_writer(writer)
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .boxed(),
+    };
+    let registry = tracing_subscriber::registry().with(filter).with(fmt_layer);
+    #[cfg(feature = "otlp")]
+    {
+        use opentelemetry::trace::TracerProvider as _;
+        let provider = match otlp_provider() {
+            Ok(p) => p,
+            Err(err) => {
+                eprintln!("keyplane-dataplane: OTLP exporter disabled: {err}");
+                None
+            }
+        };
+        let layer = provider
+            .as_ref()
+            .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("keyplane-dataplane")));
+        registry.with(layer).init();
+        Logs { otlp: provider }
+    }
+    #[cfg(not(feature = "otlp"))]
+    {
+        registry.init();
+        Logs {}
+    }
+}
+
+/// An OTLP/gRPC span exporter when `OTEL_EXPORTER_OTLP_ENDPOINT` (or the traces-only variable)
+/// is set; the exporter reads the standard `OTEL_*` variables itself.
+#[cfg(feature = "otlp")]
+fn otlp_provider() -> Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>, String> {
+    let set = |v: &str| std::env::var_os(v).is_some_and(|x| !x.is_empty());
+    if !set("OTEL_EXPORTER_OTLP_ENDPOINT") && !set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+        return Ok(None);
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name("keyplane-dataplane")
+        .build();
+    Ok(Some(
+        opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource)
+            .build(),
+    ))
 }
 
 /// A host name cut down to what a node id may hold.

@@ -141,6 +141,19 @@ fn presented_key(req: &Request<Incoming>, allow_x_api_key: bool) -> Option<&str>
 
 async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Body> {
     let request_id = uuid::Uuid::now_v7().to_string();
+    // With OTLP traces built in, each request is a span (its events become span events).
+    #[cfg(feature = "otlp")]
+    let resp = {
+        use tracing::Instrument;
+        let span = tracing::info_span!(
+            "request",
+            request_id = %request_id,
+            method = %req.method(),
+            path = req.uri().path(),
+        );
+        route(&gw, req, &request_id).instrument(span).await
+    };
+    #[cfg(not(feature = "otlp"))]
     let resp = route(&gw, req, &request_id).await;
     with_request_id(resp, &request_id)
 }
