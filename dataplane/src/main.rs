@@ -381,6 +381,19 @@ fn control_tls(
         std::fs::read(path).map_err(|e| format!("{flag} {}: cannot read: {e}", path.display()))
     };
     if !args.control.starts_with("https://") {
+        let host = endpoint.uri().host().unwrap_or_default();
+        let loopback = host == "localhost"
+            || host
+                .trim_matches(|c| c == '[' || c == ']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !loopback {
+            tracing::warn!(
+                control = %args.control,
+                "the control plane link is plain text to a non-loopback host: the node token \
+                 and the route table's upstream secrets cross the network unencrypted; use https://"
+            );
+        }
         if args.control_ca.is_some() || args.control_cert.is_some() {
             return Err(
                 "--control-ca and --control-cert need an https:// --control URL".to_string(),
