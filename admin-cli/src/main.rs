@@ -40,6 +40,10 @@ struct Cli {
         global = true
     )]
     token: Option<String>,
+    /// PEM CA certificate that signs the control plane's certificate, for an https:// --control
+    /// (default: the public web roots).
+    #[arg(long, env = "KEYPLANE_CA", global = true)]
+    ca: Option<std::path::PathBuf>,
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     json: bool,
@@ -69,6 +73,12 @@ enum Command {
     },
     /// Data planes known to the control plane.
     Nodes,
+    /// Write a consistent backup of the control plane's store to FILE (mode 0600). Secrets in it
+    /// stay sealed under the master key; `keyplane-control restore` reads it.
+    Backup {
+        /// Where to write it; an existing file is replaced only once the backup is complete.
+        file: std::path::PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -178,6 +188,15 @@ fn main() -> ExitCode {
             eprintln!("keyplanectl: {msg}");
             ExitCode::from(2)
         }
+        // No answer from a control plane at all (plain text to a TLS port, say): the status
+        // was made on this side, from a transport error.
+        Err(Failure::Refused(status)) if std::error::Error::source(&status).is_some() => {
+            eprintln!(
+                "keyplanectl: cannot talk to the control plane: {} (is it https://, or http://?)",
+                source_chain(&status)
+            );
+            ExitCode::from(2)
+        }
         Err(Failure::Refused(status)) if status.code() == Code::Unavailable => {
             eprintln!(
                 "keyplanectl: control plane unavailable: {}",
@@ -238,6 +257,23 @@ async fn connect(cli: &Cli) -> Result<Admin, Failure> {
         })?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(60));
+    let endpoint = if cli.control.starts_with("https://") {
+        let mut tls = tonic::transport::ClientTlsConfig::new();
+        tls = match &cli.ca {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    Failure::Usage(format!("--ca {}: cannot read: {e}", path.display()))
+                })?;
+                tls.ca_certificate(tonic::transport::Certificate::from_pem(pem))
+            }
+            None => tls.with_webpki_roots(),
+        };
+        endpoint
+            .tls_config(tls)
+            .map_err(|e| Failure::Usage(format!("TLS setup: {}", source_chain(&e))))?
+    } else {
+        endpoint
+    };
     let channel = endpoint.connect().await.map_err(|e| {
         Failure::Usage(format!(
             "cannot reach the control plane at {}: {}",
@@ -260,6 +296,24 @@ fn source_chain(err: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// Writes `bytes` to `path` with mode 0600, through a temporary file and a rename.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Reads the secret: one line from stdin, without its line ending. On a terminal, without echo.
@@ -382,6 +436,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let req = admin.request(pb::ListNodesRequest {})?;
             let list = admin.client.list_nodes(req).await?.into_inner();
             out.nodes(&list.nodes);
+        }
+        Command::Backup { file } => {
+            let req = admin.request(pb::BackupRequest {})?;
+            let mut stream = admin.client.backup(req).await?.into_inner();
+            let mut bytes = Vec::new();
+            while let Some(chunk) = stream.message().await? {
+                bytes.extend_from_slice(&chunk.data);
+            }
+            write_private(&file, &bytes)
+                .map_err(|e| Failure::Usage(format!("cannot write {}: {e}", file.display())))?;
+            out.backup(&file, bytes.len());
         }
     }
     Ok(())

@@ -273,6 +273,15 @@ impl Output {
         );
     }
 
+    /// `backup FILE`: `{"file", "bytes"}` with `--json`.
+    pub fn backup(&self, file: &std::path::Path, bytes: usize) {
+        if self.json {
+            print_json(&json!({ "file": file.display().to_string(), "bytes": bytes }));
+        } else {
+            println!("backup written to {} ({bytes} bytes)", file.display());
+        }
+    }
+
     pub fn nodes(&self, nodes: &[pb::Node]) {
         let values = nodes
             .iter()

@@ -115,6 +115,8 @@ async fn main() {
             registry,
             admin_token: TokenCheck::new(ADMIN, "admin token"),
             node_token: TokenCheck::new(NODE, "node token"),
+            tls: None,
+            require_node_cert: false,
         },
         cancel.clone(),
     ));

@@ -11,6 +11,8 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 pub const MASTER_KEY_ENV: &str = "KEYPLANE_MASTER_KEY";
+/// The key `rotate-master-key` re-encrypts to.
+pub const NEW_MASTER_KEY_ENV: &str = "KEYPLANE_NEW_MASTER_KEY";
 pub const ADMIN_TOKEN_ENV: &str = "KEYPLANE_ADMIN_TOKEN";
 pub const NODE_TOKEN_ENV: &str = "KEYPLANE_NODE_TOKEN";
 

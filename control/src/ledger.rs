@@ -181,6 +181,11 @@ impl Store {
             }
         }
 
+        // Shared: ingests run side by side; only a backup's export waits for them.
+        let _export = self
+            .export_lock
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let inserted = (&self.usage, &self.usage_totals).transaction(|(usage, totals)| {
             let mut sums: BTreeMap<Vec<u8>, Counts> = BTreeMap::new();
             let mut inserted = 0usize;

@@ -5,6 +5,7 @@
 //! those to data planes ([`routes`]); and ingests the data planes' usage, idempotently
 //! ([`ledger`]). Everything reaches the outside through [`grpc`].
 
+pub mod backup;
 pub mod catalog;
 pub mod config;
 pub mod creds;
@@ -12,7 +13,10 @@ pub mod error;
 pub mod grpc;
 pub mod keys;
 pub mod ledger;
+pub mod metrics;
 pub mod money;
 pub mod nodes;
+pub mod rotate;
 pub mod routes;
 pub mod store;
+pub mod tls;

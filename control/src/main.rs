@@ -1,12 +1,13 @@
 //! `keyplane-control`: parses flags, loads secrets, opens the store, serves gRPC until SIGTERM or
 //! SIGINT, then flushes the store and exits 0.
 
-use clap::Parser;
+use clap::{Parser, Subcommand, ValueEnum};
 use keyplane_control::config::{self, ConfigError};
 use keyplane_control::grpc::{self, TokenCheck};
 use keyplane_control::nodes::Registry;
 use keyplane_control::routes::Routes;
 use keyplane_control::store::{OpenStoreError, Store};
+use keyplane_control::tls;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,8 +18,14 @@ use tokio_util::sync::CancellationToken;
 
 /// Keyplane's control plane: credentials, catalog, client keys, usage ledger and route tables.
 #[derive(Parser, Debug)]
-#[command(name = "keyplane-control", version)]
+#[command(
+    name = "keyplane-control",
+    version,
+    args_conflicts_with_subcommands = true
+)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Cmd>,
     /// Directory of the sled store (created if missing).
     #[arg(long, default_value = "keyplane-data")]
     data_dir: PathBuf,
@@ -29,21 +36,88 @@ struct Args {
     /// are missing into files in the data dir (mode 0600). For local use only.
     #[arg(long)]
     dev: bool,
+    /// PEM certificate chain of the gRPC server: TLS is on when given (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA that signs the data planes' client certificates: mutual TLS, required of every
+    /// data plane on top of the node token. Needs --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
+    /// Address of a plain-HTTP listener serving Prometheus `GET /metrics`.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+    /// Log line format on stderr.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Allow a non-loopback --listen address without TLS (tokens and secrets cross the network
+    /// in plain text).
+    #[arg(long)]
+    insecure: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Write a private CA and certificates: ca.pem, ca-key.pem, control.pem, control-key.pem,
+    /// node.pem, node-key.pem (valid for localhost, 127.0.0.1, ::1 and --hosts).
+    GenCerts {
+        /// Directory to write into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// More names or IP addresses the certificates are valid for, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        hosts: Vec<String>,
+    },
+    /// Re-encrypt every secret from KEYPLANE_MASTER_KEY to KEYPLANE_NEW_MASTER_KEY, offline
+    /// (stop the control plane first). Crash-safe: rerun it until it says done.
+    RotateMasterKey {
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// Restore a `keyplanectl backup` file into an empty data dir, offline.
+    Restore {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The backup file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
 }
 
 /// How long in-flight calls get to finish after SIGTERM.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let args = Args::parse();
+    init_logs(args.log_format);
+    if let Some(cmd) = args.command {
+        return offline(cmd);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(err) => {
@@ -77,14 +151,123 @@ impl From<ConfigError> for Failure {
     }
 }
 
+/// The offline subcommands: no server, a one-line outcome, exit 0 / 1 / 2.
+fn offline(cmd: Cmd) -> ExitCode {
+    let result = match cmd {
+        Cmd::GenCerts { out, hosts } => tls::gen_certs(&out, &hosts)
+            .map(|files| {
+                for f in files {
+                    println!("{}", f.display());
+                }
+            })
+            .map_err(Failure::Config),
+        Cmd::RotateMasterKey { data_dir } => rotate(&data_dir),
+        Cmd::Restore { data_dir, file } => {
+            keyplane_control::backup::restore(&data_dir, &file, |k| std::env::var(k).ok())
+                .map(|n| println!("restored {n} records into {}", data_dir.display()))
+                .map_err(|e| match e {
+                    keyplane_control::backup::RestoreError::Usage(m) => Failure::Config(m),
+                    keyplane_control::backup::RestoreError::Failed(m) => Failure::Runtime(m),
+                })
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(msg)) => {
+            eprintln!("keyplane-control: {msg}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(msg)) => {
+            eprintln!("keyplane-control: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn rotate(data_dir: &std::path::Path) -> Result<(), Failure> {
+    use keyplane_control::config::{MASTER_KEY_ENV, NEW_MASTER_KEY_ENV};
+    use keyplane_control::creds::MasterKey;
+    let key = |var: &str| -> Result<MasterKey, Failure> {
+        let text = std::env::var(var)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| Failure::Config(format!("{var} is not set")))?;
+        MasterKey::from_base64(&text).map_err(|why| {
+            Failure::Config(format!(
+                "{var} is malformed: {why} (want base64 of 32 random bytes)"
+            ))
+        })
+    };
+    let old = key(MASTER_KEY_ENV)?;
+    let new = key(NEW_MASTER_KEY_ENV)?;
+    match keyplane_control::rotate::rotate_master_key(data_dir, &old, &new) {
+        Ok(report) => {
+            println!(
+                "master key rotated: {} secrets re-encrypted, {} already under the new key; \
+                 start keyplane-control with the new key as {MASTER_KEY_ENV}",
+                report.rewritten, report.already
+            );
+            Ok(())
+        }
+        Err(keyplane_control::rotate::RotateError::Usage(m)) => Err(Failure::Config(m)),
+        Err(keyplane_control::rotate::RotateError::Failed(m)) => Err(Failure::Runtime(m)),
+    }
+}
+
+/// Refuses plain text on a non-loopback address unless `--insecure` says so.
+fn check_insecure(args: &Args) -> Result<(), Failure> {
+    if args.tls_cert.is_none() && !args.listen.ip().is_loopback() && !args.insecure {
+        return Err(Failure::Config(format!(
+            "refusing to serve gRPC in plain text on {} (not loopback): give --tls-cert and \
+             --tls-key, or --insecure",
+            args.listen
+        )));
+    }
+    Ok(())
+}
+
+fn server_tls(args: &Args) -> Result<Option<tonic::transport::ServerTlsConfig>, Failure> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let cert = tls::read_pem("--tls-cert", cert).map_err(Failure::Config)?;
+    let key = tls::read_pem("--tls-key", key).map_err(Failure::Config)?;
+    // A client that never finishes its handshake must not hold a slot forever.
+    let mut config = ServerTlsConfig::new()
+        .identity(Identity::from_pem(cert, key))
+        .timeout(Duration::from_secs(10));
+    if let Some(ca) = &args.client_ca {
+        let ca = tls::read_pem("--client-ca", ca).map_err(Failure::Config)?;
+        // Optional at the handshake so that keyplanectl (admin token only) still connects; the
+        // Nodes service refuses a call without a verified client certificate.
+        config = config
+            .client_ca_root(Certificate::from_pem(ca))
+            .client_auth_optional(true);
+    }
+    Ok(Some(config))
+}
+
 async fn run(args: Args) -> Result<(), Failure> {
     // Before anything else, so that a SIGTERM at any later moment is a graceful stop.
     let cancel = CancellationToken::new();
     let signals = install_shutdown_signals(cancel.clone())?;
+    check_insecure(&args)?;
     let secrets = config::load_secrets(|k| std::env::var(k).ok(), args.dev, &args.data_dir)?;
+    let dev_certs = if args.dev {
+        let (files, _) = tls::dev_certs(&args.data_dir.join("tls")).map_err(Failure::Config)?;
+        files
+    } else {
+        Vec::new()
+    };
+    let tls_config = server_tls(&args)?;
     let store = match Store::open(&args.data_dir, &secrets.master_key) {
         Ok(store) => Arc::new(store),
-        Err(err @ (OpenStoreError::WrongMasterKey | OpenStoreError::Migration(_))) => {
+        Err(
+            err @ (OpenStoreError::WrongMasterKey
+            | OpenStoreError::Migration(_)
+            | OpenStoreError::RotationUnfinished),
+        ) => {
             return Err(Failure::Config(err.to_string()));
         }
         Err(err) => return Err(Failure::Runtime(err.to_string())),
@@ -100,6 +283,30 @@ async fn run(args: Args) -> Result<(), Failure> {
         .local_addr()
         .map_err(|e| Failure::Runtime(format!("cannot read the listen address: {e}")))?;
 
+    let metrics_task = match args.metrics_listen {
+        Some(addr) => {
+            let metrics_listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| Failure::Runtime(format!("cannot listen on {addr}: {e}")))?;
+            let bound = metrics_listener
+                .local_addr()
+                .map_err(|e| Failure::Runtime(format!("cannot read the metrics address: {e}")))?;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "keyplane-control metrics on {bound}");
+            let _ = out.flush();
+            let source = Arc::new(keyplane_control::metrics::Source {
+                store: Arc::clone(&store),
+                routes: Arc::clone(&routes),
+                registry: Arc::clone(&registry),
+            });
+            Some(tokio::spawn(keyplane_control::metrics::serve(
+                metrics_listener,
+                source,
+                cancel.clone(),
+            )))
+        }
+        None => None,
+    };
     // One line on stdout that scripts (and the testkit) wait for; logs go to stderr.
     let mut out = std::io::stdout().lock();
     if !secrets.dev_files.is_empty() {
@@ -110,10 +317,20 @@ async fn run(args: Args) -> Result<(), Failure> {
             .collect();
         let _ = writeln!(out, "dev secrets (mode 0600): {}", files.join(", "));
     }
+    if !dev_certs.is_empty() {
+        let files: Vec<String> = dev_certs.iter().map(|p| p.display().to_string()).collect();
+        let _ = writeln!(out, "dev TLS certificates: {}", files.join(", "));
+    }
     let _ = writeln!(out, "keyplane-control listening on {local}");
     let _ = out.flush();
     drop(out);
-    tracing::info!(listen = %local, data_dir = %args.data_dir.display(), "keyplane-control serving");
+    tracing::info!(
+        listen = %local,
+        data_dir = %args.data_dir.display(),
+        tls = tls_config.is_some(),
+        mutual_tls = args.client_ca.is_some(),
+        "keyplane-control serving"
+    );
 
     let compiler = tokio::spawn(Arc::clone(&routes).run(cancel.clone()));
     let services = grpc::Services {
@@ -122,6 +339,8 @@ async fn run(args: Args) -> Result<(), Failure> {
         registry,
         admin_token: TokenCheck::new(&secrets.admin_token, "admin token"),
         node_token: TokenCheck::new(&secrets.node_token, "node token"),
+        require_node_cert: args.client_ca.is_some(),
+        tls: tls_config,
     };
     drop(secrets);
 
@@ -135,6 +354,9 @@ async fn run(args: Args) -> Result<(), Failure> {
         Err(_) => tracing::warn!("in-flight calls did not finish in time; stopping anyway"),
     }
     let _ = compiler.await;
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
     signals.abort();
     store
         .flush()

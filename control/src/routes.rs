@@ -53,6 +53,7 @@ impl Routes {
             }
             match compile_new_version(&self.store).await {
                 Ok(table) => {
+                    crate::metrics::COUNTERS.route_tables_compiled.inc();
                     tracing::info!(
                         route_version = table.route_version,
                         models = table.models.len(),

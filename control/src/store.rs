@@ -22,8 +22,11 @@ pub(crate) const USAGE_TOTALS: &str = "usage_totals";
 pub(crate) const NODES: &str = "nodes";
 
 pub(crate) const ROUTE_VERSION_KEY: &[u8] = b"route_version";
-const KEY_CHECK_KEY: &[u8] = b"key_check";
-const KEY_CHECK_PLAINTEXT: &[u8] = b"keyplane master key check v1";
+pub(crate) const KEY_CHECK_KEY: &[u8] = b"key_check";
+pub(crate) const KEY_CHECK_PLAINTEXT: &[u8] = b"keyplane master key check v1";
+/// Present while `rotate-master-key` has not finished: the store then holds secrets under two
+/// keys and must not be served.
+pub(crate) const ROTATION_KEY: &[u8] = b"master_key_rotation";
 
 /// Separator inside composite keys; names are validated never to contain it.
 pub(crate) const SEP: u8 = 0;
@@ -40,6 +43,11 @@ pub enum OpenStoreError {
          its secrets cannot be read"
     )]
     WrongMasterKey,
+    #[error(
+        "a master-key rotation of this data dir is unfinished: rerun `keyplane-control \
+         rotate-master-key` with the same two keys"
+    )]
+    RotationUnfinished,
     #[error("cannot initialize the store: {0}")]
     Init(#[from] Error),
 }
@@ -61,6 +69,9 @@ pub struct Store {
     /// provider, a referenced provider existing) cannot race each other. Admin writes are rare;
     /// the ledger and the node registry do not take it.
     pub(crate) admin_lock: Mutex<()>,
+    /// Usage ingest takes it shared; a backup takes it exclusive (with the admin lock), so that
+    /// the export is one consistent cut of the store.
+    pub(crate) export_lock: std::sync::RwLock<()>,
 }
 
 impl Store {
@@ -89,6 +100,7 @@ impl Store {
             nodes: tree(NODES)?,
             cipher: Cipher::new(master_key),
             admin_lock: Mutex::new(()),
+            export_lock: std::sync::RwLock::new(()),
             db,
         };
         store.check_master_key()?;
@@ -96,6 +108,9 @@ impl Store {
     }
 
     fn check_master_key(&self) -> Result<(), OpenStoreError> {
+        if self.meta.contains_key(ROTATION_KEY).map_err(Error::from)? {
+            return Err(OpenStoreError::RotationUnfinished);
+        }
         match self.meta.get(KEY_CHECK_KEY).map_err(Error::from)? {
             Some(sealed) => {
                 let sealed =

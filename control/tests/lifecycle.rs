@@ -143,6 +143,9 @@ fn dev_mode_generates_secrets_and_missing_ones_exit_2() {
     let stdout = child.stdout.take().unwrap();
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
     let first = lines.next().unwrap().unwrap();
+    // Then where the generated TLS certificates are, then the listening line.
+    let certs = lines.next().unwrap().unwrap();
+    assert!(certs.starts_with("dev TLS certificates: "), "{certs}");
     let second = lines.next().unwrap().unwrap();
     keyplane_testkit::process::send_signal(child.id(), libc_sigterm());
     assert_eq!(child.wait().unwrap().code(), Some(0));

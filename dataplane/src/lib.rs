@@ -16,4 +16,5 @@ pub mod server;
 pub mod snapshot;
 pub mod sse;
 pub mod table;
+pub mod tls;
 pub mod usage;

@@ -2,7 +2,7 @@
 //! serves HTTP until SIGTERM or SIGINT; then drains in-flight requests, makes the usage spool
 //! durable and exits 0.
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use keyplane_dataplane::control::Subscriber;
 use keyplane_dataplane::gateway::Gateway;
 use keyplane_dataplane::metrics::Metrics;
@@ -51,6 +51,36 @@ struct Args {
     /// How long in-flight requests get to finish after SIGTERM.
     #[arg(long, default_value_t = 30)]
     drain_timeout_secs: u64,
+    /// PEM certificate chain of the HTTPS listener (with --tls-key); reloaded on SIGHUP and when
+    /// the file changes. Also the client certificate for mutual TLS to the control plane unless
+    /// --control-cert is given.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA certificate that signs the control plane's certificate (default: the public web
+    /// roots). Needs an https:// --control URL.
+    #[arg(long)]
+    control_ca: Option<PathBuf>,
+    /// PEM client certificate presented to the control plane (mutual TLS).
+    #[arg(long, requires = "control_key")]
+    control_cert: Option<PathBuf>,
+    /// PEM private key of --control-cert.
+    #[arg(long, requires = "control_cert")]
+    control_key: Option<PathBuf>,
+    /// Log line format on stderr.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Allow a non-loopback --listen address without TLS.
+    #[arg(long)]
+    insecure: bool,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 const NODE_TOKEN_ENV: &str = "KEYPLANE_NODE_TOKEN";
@@ -82,25 +112,6 @@ fn tune_allocator() {
 
 fn main() -> ExitCode {
     tune_allocator();
-    // Log lines are written by a background thread, so a request never waits on a write to
-    // stderr. Not lossy: when the buffer is full, logging waits rather than drops lines. The
-    // thread drains every queued line into the BufWriter and flushes once the queue is empty:
-    // one write(2) per burst instead of one per line.
-    let (writer, _log_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(1024)
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stderr(),
-        ));
-    tracing_subscriber::fmt()
-        .with_writer(writer)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let args = Args::parse();
     // Blocking threads serve the spool's fsyncs and snapshot writes; a few are plenty.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -114,13 +125,114 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(args)) {
+    // Log lines are written by a background thread, so a request never waits on a write to
+    // stderr. Not lossy: when the buffer is full, logging waits rather than drops lines. The
+    // thread drains every queued line into the BufWriter and flushes once the queue is empty:
+    // one write(2) per burst instead of one per line.
+    let (writer, _log_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(1024)
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
+    let logs = {
+        // Inside the runtime: the OTLP exporter's gRPC channel runs its tasks there.
+        let _enter = runtime.enter();
+        init_logs(args.log_format, writer)
+    };
+    let result = runtime.block_on(run(args));
+    logs.shutdown();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err((code, msg)) => {
             eprintln!("keyplane-dataplane: {msg}");
             ExitCode::from(code)
         }
     }
+}
+
+/// What must be flushed at exit: the OTLP span exporter (with `--features otlp`).
+struct Logs {
+    #[cfg(feature = "otlp")]
+    otlp: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Logs {
+    fn shutdown(self) {
+        #[cfg(feature = "otlp")]
+        if let Some(provider) = self.otlp {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+/// The stderr log layer in the chosen format, filtered by `RUST_LOG`; with `--features otlp`
+/// and `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans also go to an OTLP/gRPC collector.
+fn init_logs(format: LogFormat, writer: tracing_appender::non_blocking::NonBlocking) -> Logs {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let fmt_layer = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(writer)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .with_writer(writer)
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .boxed(),
+    };
+    let registry = tracing_subscriber::registry().with(filter).with(fmt_layer);
+    #[cfg(feature = "otlp")]
+    {
+        use opentelemetry::trace::TracerProvider as _;
+        let provider = match otlp_provider() {
+            Ok(p) => p,
+            Err(err) => {
+                eprintln!("keyplane-dataplane: OTLP exporter disabled: {err}");
+                None
+            }
+        };
+        let layer = provider
+            .as_ref()
+            .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("keyplane-dataplane")));
+        registry.with(layer).init();
+        Logs { otlp: provider }
+    }
+    #[cfg(not(feature = "otlp"))]
+    {
+        registry.init();
+        Logs {}
+    }
+}
+
+/// An OTLP/gRPC span exporter when `OTEL_EXPORTER_OTLP_ENDPOINT` (or the traces-only variable)
+/// is set; the exporter reads the standard `OTEL_*` variables itself.
+#[cfg(feature = "otlp")]
+fn otlp_provider() -> Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>, String> {
+    let set = |v: &str| std::env::var_os(v).is_some_and(|x| !x.is_empty());
+    if !set("OTEL_EXPORTER_OTLP_ENDPOINT") && !set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+        return Ok(None);
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name("keyplane-dataplane")
+        .build();
+    Ok(Some(
+        opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource)
+            .build(),
+    ))
 }
 
 /// A host name cut down to what a node id may hold.
@@ -165,6 +277,19 @@ async fn run(args: Args) -> Result<(), (u8, String)> {
             args.state_dir.display()
         ))
     })?;
+    if args.tls_cert.is_none() && !args.listen.ip().is_loopback() && !args.insecure {
+        return Err(config(format!(
+            "refusing to serve plain HTTP on {} (not loopback): give --tls-cert and --tls-key, \
+             or --insecure",
+            args.listen
+        )));
+    }
+    let https_listener = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(keyplane_dataplane::tls::Reloader::load(cert, key).map_err(config)?)
+        }
+        _ => None,
+    };
     let endpoint = tonic::transport::Endpoint::from_shared(args.control.clone())
         .map_err(|e| {
             config(format!(
@@ -177,6 +302,7 @@ async fn run(args: Args) -> Result<(), (u8, String)> {
         .keep_alive_timeout(Duration::from_secs(20))
         .keep_alive_while_idle(true)
         .tcp_nodelay(true);
+    let endpoint = control_tls(&args, endpoint).map_err(config)?;
     let channel = endpoint.connect_lazy();
 
     let (usage_sink, usage_handle) = usage::start(
@@ -251,12 +377,16 @@ async fn run(args: Args) -> Result<(), (u8, String)> {
         gateway: Arc::clone(&gateway),
     };
     let subscription = tokio::spawn(subscriber.run(cancel.clone()));
+    if let Some(tls) = &https_listener {
+        tokio::spawn(Arc::clone(tls).watch(cancel.clone()));
+    }
     server::serve(
         listener,
         gateway,
         cancel.clone(),
         Duration::from_secs(args.drain_timeout_secs),
         Duration::from_millis(args.header_read_timeout_ms),
+        https_listener,
     )
     .await;
     let _ = subscription.await;
@@ -264,6 +394,57 @@ async fn run(args: Args) -> Result<(), (u8, String)> {
     usage_handle.shutdown(Duration::from_secs(5)).await;
     tracing::info!("usage spool flushed; bye");
     Ok(())
+}
+
+/// TLS to the control plane for an `https://` URL: its CA (`--control-ca`, else the public
+/// roots) and, for mutual TLS, a client certificate (`--control-cert`, else `--tls-cert`).
+fn control_tls(
+    args: &Args,
+    endpoint: tonic::transport::Endpoint,
+) -> Result<tonic::transport::Endpoint, String> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let read = |flag: &str, path: &PathBuf| {
+        std::fs::read(path).map_err(|e| format!("{flag} {}: cannot read: {e}", path.display()))
+    };
+    if !args.control.starts_with("https://") {
+        let host = endpoint.uri().host().unwrap_or_default();
+        let loopback = host == "localhost"
+            || host
+                .trim_matches(|c| c == '[' || c == ']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !loopback {
+            tracing::warn!(
+                control = %args.control,
+                "the control plane link is plain text to a non-loopback host: the node token \
+                 and the route table's upstream secrets cross the network unencrypted; use https://"
+            );
+        }
+        if args.control_ca.is_some() || args.control_cert.is_some() {
+            return Err(
+                "--control-ca and --control-cert need an https:// --control URL".to_string(),
+            );
+        }
+        return Ok(endpoint);
+    }
+    let mut tls = ClientTlsConfig::new();
+    tls = match &args.control_ca {
+        Some(ca) => tls.ca_certificate(Certificate::from_pem(read("--control-ca", ca)?)),
+        None => tls.with_webpki_roots(),
+    };
+    let identity = match (&args.control_cert, &args.control_key) {
+        (Some(c), Some(k)) => Some((read("--control-cert", c)?, read("--control-key", k)?)),
+        _ => match (&args.tls_cert, &args.tls_key) {
+            (Some(c), Some(k)) => Some((read("--tls-cert", c)?, read("--tls-key", k)?)),
+            _ => None,
+        },
+    };
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    endpoint
+        .tls_config(tls)
+        .map_err(|e| format!("--control TLS setup: {e}"))
 }
 
 /// Installs the SIGTERM and SIGINT handlers now; the returned task fires `cancel` on either.

@@ -4,6 +4,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -29,8 +30,18 @@ struct Refusal {
     reason: String,
 }
 
+/// Seconds, from 5 ms to about 82 s.
+fn seconds_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 15))
+}
+
+type Timings = Family<ProviderLabel, Histogram, fn() -> Histogram>;
+
 pub struct Metrics {
     registry: Registry,
+    failovers: Family<ProviderLabel, Counter>,
+    request_duration: Timings,
+    ttfb: Timings,
     requests: Family<Served, Counter>,
     attempts: Family<AttemptLabels, Counter>,
     input_tokens: Family<ProviderLabel, Counter>,
@@ -47,6 +58,9 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("keyplane");
         let m = Metrics {
+            failovers: Family::default(),
+            request_duration: Family::new_with_constructor(seconds_histogram),
+            ttfb: Family::new_with_constructor(seconds_histogram),
             requests: Family::default(),
             attempts: Family::default(),
             input_tokens: Family::default(),
@@ -68,6 +82,21 @@ impl Default for Metrics {
             "upstream_attempts",
             "Upstream attempts by outcome (failovers are the non-ok ones)",
             m.attempts.clone(),
+        );
+        registry.register(
+            "failovers",
+            "Requests served by another candidate after the cheapest one(s) failed, by the provider that served",
+            m.failovers.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from a request's arrival to the end of its response (stream included), by provider",
+            m.request_duration.clone(),
+        );
+        registry.register(
+            "upstream_time_to_first_byte_seconds",
+            "Time from a request's arrival to the upstream's first committed byte, by provider",
+            m.ttfb.clone(),
         );
         registry.register(
             "input_tokens",
@@ -145,6 +174,28 @@ impl Metrics {
                 outcome: outcome.to_string(),
             })
             .inc();
+    }
+
+    /// A request served after failing over from cheaper candidates.
+    pub fn failover(&self, provider: &str) {
+        self.failovers
+            .get_or_create(&ProviderLabel {
+                provider: provider.to_string(),
+            })
+            .inc();
+    }
+
+    /// Latency and time to first byte of a served request.
+    pub fn timing(&self, provider: &str, latency_ms: u32, ttfb_ms: u32) {
+        let p = ProviderLabel {
+            provider: provider.to_string(),
+        };
+        self.request_duration
+            .get_or_create(&p)
+            .observe(f64::from(latency_ms) / 1000.0);
+        self.ttfb
+            .get_or_create(&p)
+            .observe(f64::from(ttfb_ms) / 1000.0);
     }
 
     pub fn refused(&self, reason: &str) {

@@ -477,6 +477,9 @@ impl Proxy {
             {
                 Ok(resp) => {
                     self.metrics.attempt(&cand.provider.name, "ok");
+                    if !failures.is_empty() {
+                        self.metrics.failover(&cand.provider.name);
+                    }
                     return resp;
                 }
                 Err(Attempt::Final(resp)) => {
@@ -1112,6 +1115,9 @@ impl Record {
             u.output_tokens,
             cost,
         );
+        self.proxy
+            .metrics
+            .timing(&self.provider, ms_since(self.started), self.ttfb_ms);
         tracing::info!(
             request_id = %self.request_id,
             client_key_id = %self.key_id,

@@ -19,13 +19,15 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// Serves until `cancel` fires, then stops accepting and gives in-flight requests (streams
-/// included) up to `drain` to finish.
+/// included) up to `drain` to finish. With `tls`, every connection is HTTPS (HTTP/1.1 or HTTP/2
+/// by ALPN), with the certificate the reloader holds when it is accepted.
 pub async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,
     cancel: CancellationToken,
     drain: Duration,
     header_read_timeout: Duration,
+    tls: Option<Arc<crate::tls::Reloader>>,
 ) {
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -54,6 +56,35 @@ pub async fn serve(
             let gw = Arc::clone(&gw);
             async move { Ok::<_, Infallible>(handle(gw, req).await) }
         });
+        if let Some(tls) = &tls {
+            let acceptor = tls.acceptor();
+            let watcher = graceful.watcher();
+            let builder = builder.clone();
+            tokio::spawn(async move {
+                // The handshake gets the same deadline as a request head.
+                let stream = match tokio::time::timeout(
+                    header_read_timeout,
+                    acceptor.accept(stream),
+                )
+                .await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(err)) => {
+                        tracing::debug!(%peer, error = %err, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                if let Err(err) = watcher.watch(conn.into_owned()).await {
+                    tracing::debug!(%peer, error = %err, "connection ended with an error");
+                }
+            });
+            continue;
+        }
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         let conn = graceful.watch(conn.into_owned());
         tokio::spawn(async move {
@@ -110,6 +141,19 @@ fn presented_key(req: &Request<Incoming>, allow_x_api_key: bool) -> Option<&str>
 
 async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Body> {
     let request_id = uuid::Uuid::now_v7().to_string();
+    // With OTLP traces built in, each request is a span (its events become span events).
+    #[cfg(feature = "otlp")]
+    let resp = {
+        use tracing::Instrument;
+        let span = tracing::info_span!(
+            "request",
+            request_id = %request_id,
+            method = %req.method(),
+            path = req.uri().path(),
+        );
+        route(&gw, req, &request_id).instrument(span).await
+    };
+    #[cfg(not(feature = "otlp"))]
     let resp = route(&gw, req, &request_id).await;
     with_request_id(resp, &request_id)
 }
@@ -304,15 +348,30 @@ async fn proxied(
 ) -> Response<Body> {
     let started = Instant::now();
     let started_at_ms = now_ms();
+    // A served request (2xx) is logged with its usage when its response ends; anything else
+    // gets its one line here. Never the key or the body.
+    let not_served = |resp: Response<Body>, key_id: Option<&str>| {
+        if !resp.status().is_success() {
+            tracing::info!(
+                request_id,
+                client_key_id = key_id.unwrap_or(""),
+                status = resp.status().as_u16(),
+                latency_ms = started.elapsed().as_millis() as u64,
+                "request not served"
+            );
+        }
+        resp
+    };
     let (table, key_id) = match authenticate(gw, &req, protocol) {
         Ok(ok) => ok,
-        Err(resp) => return resp,
+        Err(resp) => return not_served(resp, None),
     };
     let query = req.uri().query().map(str::to_string);
     let (parts, body) = match read_body(gw, req, protocol).await {
         Ok(ok) => ok,
-        Err(resp) => return resp,
+        Err(resp) => return not_served(resp, Some(&key_id)),
     };
+    let logged_key = Arc::clone(&key_id);
     let ctx = RequestCtx {
         request_id: request_id.to_string(),
         key_id,
@@ -320,14 +379,15 @@ async fn proxied(
         started_at_ms,
         query,
     };
-    match protocol {
+    let resp = match protocol {
         Protocol::OpenAi => {
             gw.proxy
                 .chat_completions(&table, &parts.headers, &body, ctx)
                 .await
         }
         Protocol::Anthropic => gw.proxy.messages(&table, &parts.headers, &body, ctx).await,
-    }
+    };
+    not_served(resp, Some(&logged_key))
 }
 
 /// `POST /v1/messages/count_tokens`: exact from the upstream when the candidate the request would

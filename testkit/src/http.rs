@@ -1,7 +1,7 @@
 //! A small blocking HTTP/1.1 client for tests: one request per connection, chunked bodies
 //! decoded, and streamed bodies read event by event with the time each arrived.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -86,7 +86,7 @@ impl<'a> HttpRequest<'a> {
         self
     }
 
-    fn write_to(&self, stream: &mut TcpStream, addr: SocketAddr) -> std::io::Result<()> {
+    fn write_to(&self, stream: &mut impl Write, addr: SocketAddr) -> std::io::Result<()> {
         let mut head = format!(
             "{} {} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
             self.method,
@@ -108,33 +108,82 @@ impl<'a> HttpRequest<'a> {
         stream.set_read_timeout(Some(timeout))?;
         stream.set_nodelay(true)?;
         self.write_to(&mut stream, addr)?;
-        let mut reader = BufReader::new(stream);
-        let (status, headers) = read_head(&mut reader)?;
-        let chunked = headers
-            .iter()
-            .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
-        let length = headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, v)| v.trim().parse::<usize>().ok());
-        let mut body = Vec::new();
-        if chunked {
-            while let Some(chunk) = read_chunk(&mut reader)? {
-                body.extend_from_slice(&chunk);
-            }
-        } else if let Some(len) = length {
-            body.resize(len, 0);
-            reader.read_exact(&mut body)?;
-        } else {
-            reader.read_to_end(&mut body)?;
-        }
-        Ok(HttpResponse {
-            status,
-            headers,
-            body,
-        })
+        read_response(BufReader::new(stream))
     }
 
+    /// Like [`HttpRequest::send`], over HTTPS (HTTP/1.1), trusting only the CA in `ca_pem`.
+    pub fn send_tls(
+        &self,
+        addr: SocketAddr,
+        ca_pem: &std::path::Path,
+        timeout: Duration,
+    ) -> std::io::Result<HttpResponse> {
+        let config = tls_client_config(ca_pem, &[b"http/1.1"])?;
+        let name = rustls_pki_types::ServerName::from(addr.ip());
+        let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name)
+            .map_err(std::io::Error::other)?;
+        let tcp = TcpStream::connect_timeout(&addr, timeout)?;
+        tcp.set_read_timeout(Some(timeout))?;
+        tcp.set_write_timeout(Some(timeout))?;
+        let mut stream = rustls::StreamOwned::new(conn, tcp);
+        self.write_to(&mut stream, addr)?;
+        read_response(BufReader::new(stream))
+    }
+}
+
+/// A rustls client config that trusts only the CA certificate(s) in `ca_pem`, offering `alpn`.
+pub fn tls_client_config(
+    ca_pem: &std::path::Path,
+    alpn: &[&[u8]],
+) -> std::io::Result<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in
+        rustls_pki_types::CertificateDer::pem_file_iter(ca_pem).map_err(std::io::Error::other)?
+    {
+        roots
+            .add(cert.map_err(std::io::Error::other)?)
+            .map_err(std::io::Error::other)?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(std::io::Error::other)?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+fn read_response(mut reader: impl BufRead) -> std::io::Result<HttpResponse> {
+    let (status, headers) = read_head(&mut reader)?;
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let length = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok());
+    let mut body = Vec::new();
+    if chunked {
+        while let Some(chunk) = read_chunk(&mut reader)? {
+            body.extend_from_slice(&chunk);
+        }
+    } else if let Some(len) = length {
+        body.resize(len, 0);
+        reader.read_exact(&mut body)?;
+    } else {
+        reader.read_to_end(&mut body)?;
+    }
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+impl HttpRequest<'_> {
     /// Sends and returns the response head with a reader for a chunked (streamed) body.
     pub fn stream(&self, addr: SocketAddr, timeout: Duration) -> std::io::Result<StreamedResponse> {
         let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
@@ -181,7 +230,7 @@ impl StreamedResponse {
     }
 }
 
-fn read_head(reader: &mut BufReader<TcpStream>) -> std::io::Result<(u16, Vec<(String, String)>)> {
+fn read_head(reader: &mut impl BufRead) -> std::io::Result<(u16, Vec<(String, String)>)> {
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let status = line
@@ -204,7 +253,7 @@ fn read_head(reader: &mut BufReader<TcpStream>) -> std::io::Result<(u16, Vec<(St
     Ok((status, headers))
 }
 
-fn read_chunk(reader: &mut BufReader<TcpStream>) -> std::io::Result<Option<Vec<u8>>> {
+fn read_chunk(reader: &mut impl BufRead) -> std::io::Result<Option<Vec<u8>>> {
     let mut line = String::new();
     if reader.read_line(&mut line)? == 0 {
         return Ok(None);

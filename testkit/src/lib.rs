@@ -12,4 +12,6 @@ pub mod http;
 pub mod process;
 
 pub use fake_upstream::{Behavior, FakeConfig, FakeUpstream, RecordedRequest};
-pub use process::{ControlPlane, CtlOutput, DataPlane, bin_path, wait_until};
+pub use process::{
+    ControlOptions, ControlPlane, CtlOutput, DataPlane, TlsFiles, bin_path, wait_until,
+};

@@ -91,11 +91,23 @@ impl CtlOutput {
 /// Spawns `cmd` with stdout piped and stderr appended to `log_path`, and waits (at most 30 s)
 /// for the stdout line `{prefix}ADDR` that says where it listens.
 fn spawn_announced(
-    mut cmd: Command,
+    cmd: Command,
     prefix: &'static str,
     log_path: &Path,
     what: &str,
 ) -> (Child, SocketAddr) {
+    let (child, addr, _) = spawn_announced_with(cmd, prefix, None, log_path, what);
+    (child, addr)
+}
+
+/// [`spawn_announced`], also returning the address of an `{also}ADDR` line printed before it.
+fn spawn_announced_with(
+    mut cmd: Command,
+    prefix: &'static str,
+    also: Option<&'static str>,
+    log_path: &Path,
+    what: &str,
+) -> (Child, SocketAddr, Option<SocketAddr>) {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -112,18 +124,84 @@ fn spawn_announced(
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if let Some(addr) = line.strip_prefix(prefix) {
-                let _ = tx.send(addr.trim().to_string());
+                let _ = tx.send((true, addr.trim().to_string()));
+            } else if let Some(addr) = also.and_then(|a| line.strip_prefix(a)) {
+                let _ = tx.send((false, addr.trim().to_string()));
             }
         }
     });
-    let Ok(addr) = rx.recv_timeout(Duration::from_secs(30)) else {
-        let _ = child.kill();
-        panic!(
-            "{what} did not start; its log:\n{}",
-            std::fs::read_to_string(log_path).unwrap_or_default()
+    let mut other = None;
+    loop {
+        let Ok((main, addr)) = rx.recv_timeout(Duration::from_secs(30)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{what} did not start; its log:\n{}",
+                std::fs::read_to_string(log_path).unwrap_or_default()
+            );
+        };
+        if main {
+            return (child, addr.parse().unwrap(), other);
+        }
+        other = Some(addr.parse().unwrap());
+    }
+}
+
+/// Certificates written by `keyplane-control gen-certs` (a private CA, the control plane's
+/// server certificate, a node certificate for server and client auth).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub dir: PathBuf,
+    pub ca: PathBuf,
+    pub ca_key: PathBuf,
+    pub control_cert: PathBuf,
+    pub control_key: PathBuf,
+    pub node_cert: PathBuf,
+    pub node_key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Runs `keyplane-control gen-certs --out DIR` and names its files.
+    pub fn generate(dir: &Path) -> TlsFiles {
+        let out = Command::new(bin_path("keyplane-control"))
+            .arg("gen-certs")
+            .arg("--out")
+            .arg(dir)
+            .output()
+            .expect("run keyplane-control gen-certs");
+        assert!(
+            out.status.success(),
+            "gen-certs failed: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
-    };
-    (child, addr.parse().unwrap())
+        TlsFiles::in_dir(dir)
+    }
+
+    /// The file names `gen-certs` (and `--dev`, in `<data-dir>/tls`) uses, in `dir`.
+    pub fn in_dir(dir: &Path) -> TlsFiles {
+        TlsFiles {
+            dir: dir.to_path_buf(),
+            ca: dir.join("ca.pem"),
+            ca_key: dir.join("ca-key.pem"),
+            control_cert: dir.join("control.pem"),
+            control_key: dir.join("control-key.pem"),
+            node_cert: dir.join("node.pem"),
+            node_key: dir.join("node-key.pem"),
+        }
+    }
+}
+
+/// How to start a control plane beyond the defaults of [`ControlPlane::start`].
+#[derive(Debug, Clone, Default)]
+pub struct ControlOptions {
+    /// Serve gRPC over TLS with these files' control certificate.
+    pub tls: Option<TlsFiles>,
+    /// Also require node client certificates signed by the same CA (`--client-ca`).
+    pub mutual_tls: bool,
+    /// Start a metrics listener on a free loopback port (`--metrics-listen`).
+    pub metrics: bool,
+    /// More flags (`--log-format json`, say).
+    pub extra_args: Vec<String>,
 }
 
 /// Waits (at most 10 s) until `addr` can be bound again after a stop.
@@ -170,15 +248,31 @@ pub struct ControlPlane {
     pub node_token: String,
     /// stderr of every run, appended: the control plane's logs.
     pub log_path: PathBuf,
+    pub options: ControlOptions,
+    /// The metrics listener's address, with [`ControlOptions::metrics`].
+    pub metrics_addr: Option<SocketAddr>,
     _tmp: tempfile::TempDir,
 }
 
 impl ControlPlane {
     /// Starts a control plane on a free loopback port with a fresh data dir and random secrets.
     pub fn start() -> ControlPlane {
+        Self::start_with(ControlOptions::default())
+    }
+
+    /// [`ControlPlane::start`] with TLS, mutual TLS, a metrics listener or more flags.
+    pub fn start_with(options: ControlOptions) -> ControlPlane {
+        let mut cp = Self::unstarted(options);
+        cp.spawn("127.0.0.1:0".parse().unwrap());
+        cp
+    }
+
+    /// A control plane with its directories and secrets, not started: fill its data dir (with
+    /// `keyplane-control restore`, say) and then [`ControlPlane::restart`] it.
+    pub fn unstarted(options: ControlOptions) -> ControlPlane {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data_dir = tmp.path().join("data");
-        let mut cp = ControlPlane {
+        ControlPlane {
             child: None,
             addr: "127.0.0.1:0".parse().unwrap(),
             log_path: tmp.path().join("control.log"),
@@ -186,15 +280,44 @@ impl ControlPlane {
             master_key: random_b64(32),
             admin_token: random_token(),
             node_token: random_token(),
+            options,
+            metrics_addr: None,
             _tmp: tmp,
-        };
-        cp.spawn("127.0.0.1:0".parse().unwrap());
-        cp
+        }
     }
 
-    /// `http://ADDR`, for `--control` and gRPC clients.
+    /// `http://ADDR` (or `https://ADDR` with TLS), for `--control` and gRPC clients.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// Runs `keyplane-control ARGS…` offline (no server) with this control plane's master key;
+    /// `env` adds variables.
+    pub fn offline(&self, args: &[&str], env: &[(&str, &str)]) -> CtlOutput {
+        let mut cmd = Command::new(bin_path("keyplane-control"));
+        cmd.args(args)
+            .env("KEYPLANE_MASTER_KEY", &self.master_key)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = wait_output(
+            cmd.spawn().expect("spawn keyplane-control"),
+            Duration::from_secs(120),
+        );
+        CtlOutput {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -211,20 +334,39 @@ impl ControlPlane {
             .env("KEYPLANE_ADMIN_TOKEN", &self.admin_token)
             .env("KEYPLANE_NODE_TOKEN", &self.node_token)
             .env("RUST_LOG", "info");
-        let (child, addr) = spawn_announced(
+        if let Some(tls) = &self.options.tls {
+            cmd.arg("--tls-cert")
+                .arg(&tls.control_cert)
+                .arg("--tls-key")
+                .arg(&tls.control_key);
+            if self.options.mutual_tls {
+                cmd.arg("--client-ca").arg(&tls.ca);
+            }
+        }
+        if self.options.metrics {
+            let port = self.metrics_addr.map_or(0, |a| a.port());
+            cmd.arg("--metrics-listen").arg(format!("127.0.0.1:{port}"));
+        }
+        cmd.args(&self.options.extra_args);
+        let (child, addr, metrics) = spawn_announced_with(
             cmd,
             "keyplane-control listening on ",
+            Some("keyplane-control metrics on "),
             &self.log_path,
             "keyplane-control",
         );
         self.addr = addr;
+        self.metrics_addr = metrics;
         self.child = Some(child);
     }
 
-    /// Starts it again on the same address with the same data dir and secrets.
+    /// Starts it again on the same address with the same data dir and secrets (a control plane
+    /// from [`ControlPlane::unstarted`] starts on a free port).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop it before restarting");
-        wait_port_free(self.addr);
+        if self.addr.port() != 0 {
+            wait_port_free(self.addr);
+        }
         self.spawn(self.addr);
     }
 
@@ -245,7 +387,25 @@ impl ControlPlane {
 
     /// Runs `keyplanectl` with `stdin` (for `credential add`) and an explicit admin token.
     pub fn ctl_with(&self, args: &[&str], stdin: Option<&str>, token: &str) -> CtlOutput {
-        run_ctl(&self.url(), token, args, stdin)
+        let ca = self.options.tls.as_ref().map(|t| t.ca.as_path());
+        run_ctl_ca(&self.url(), token, args, stdin, ca)
+    }
+
+    /// The data-plane flags that reach this control plane: `--control URL`, and with TLS
+    /// `--control-ca` (and the node certificate as `--control-cert/--control-key`).
+    pub fn node_tls_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(tls) = &self.options.tls {
+            args.push("--control-ca".to_string());
+            args.push(tls.ca.display().to_string());
+            if self.options.mutual_tls {
+                args.push("--control-cert".to_string());
+                args.push(tls.node_cert.display().to_string());
+                args.push("--control-key".to_string());
+                args.push(tls.node_key.display().to_string());
+            }
+        }
+        args
     }
 
     /// The logs written so far.
@@ -262,7 +422,23 @@ impl Drop for ControlPlane {
 
 /// Runs `keyplanectl --control URL ARGS…` with the admin token in its environment.
 pub fn run_ctl(url: &str, token: &str, args: &[&str], stdin: Option<&str>) -> CtlOutput {
-    let mut child = Command::new(bin_path("keyplanectl"))
+    run_ctl_ca(url, token, args, stdin, None)
+}
+
+/// [`run_ctl`] trusting the CA in `ca` (as `KEYPLANE_CA`) for an `https://` URL.
+pub fn run_ctl_ca(
+    url: &str,
+    token: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+    ca: Option<&Path>,
+) -> CtlOutput {
+    let mut cmd = Command::new(bin_path("keyplanectl"));
+    cmd.env_remove("KEYPLANE_CA");
+    if let Some(ca) = ca {
+        cmd.env("KEYPLANE_CA", ca);
+    }
+    let mut child = cmd
         .arg("--control")
         .arg(url)
         .args(args)
@@ -343,6 +519,9 @@ pub struct DataPlane {
     node_token: String,
     extra_args: Vec<String>,
     pub log_path: PathBuf,
+    /// The CA to trust when the listener is HTTPS (`--tls-cert` among the flags): health checks
+    /// then go over TLS.
+    pub https_ca: Option<PathBuf>,
     _tmp: tempfile::TempDir,
 }
 
@@ -350,7 +529,37 @@ impl DataPlane {
     /// Starts a data plane subscribed to `control`, on a free loopback port. `extra` are more
     /// flags (timeouts, say).
     pub fn start(control: &ControlPlane, node_id: &str, extra: &[&str]) -> DataPlane {
-        Self::start_with(&control.url(), &control.node_token, node_id, extra)
+        let tls_args = control.node_tls_args();
+        let mut args: Vec<&str> = tls_args.iter().map(String::as_str).collect();
+        args.extend_from_slice(extra);
+        Self::start_with(&control.url(), &control.node_token, node_id, &args)
+    }
+
+    /// Starts a data plane whose own listener is HTTPS with `cert`/`key`, trusted through `ca`
+    /// (and, with mutual TLS to `control`, presenting the same certificate to it).
+    pub fn start_https(
+        control: &ControlPlane,
+        node_id: &str,
+        cert: &Path,
+        key: &Path,
+        ca: &Path,
+        extra: &[&str],
+    ) -> DataPlane {
+        let mut args: Vec<String> = Vec::new();
+        if let Some(tls) = &control.options.tls {
+            args.push("--control-ca".into());
+            args.push(tls.ca.display().to_string());
+        }
+        for (flag, path) in [("--tls-cert", cert), ("--tls-key", key)] {
+            args.push(flag.into());
+            args.push(path.display().to_string());
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut dp = Self::unstarted(&control.url(), &control.node_token, node_id, &refs);
+        dp.https_ca = Some(ca.to_path_buf());
+        dp.spawn("127.0.0.1:0".parse().unwrap());
+        dp
     }
 
     /// Starts a data plane for a control plane at `control_url` (which may be down).
@@ -360,8 +569,14 @@ impl DataPlane {
         node_id: &str,
         extra: &[&str],
     ) -> DataPlane {
+        let mut dp = Self::unstarted(control_url, node_token, node_id, extra);
+        dp.spawn("127.0.0.1:0".parse().unwrap());
+        dp
+    }
+
+    fn unstarted(control_url: &str, node_token: &str, node_id: &str, extra: &[&str]) -> DataPlane {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let mut dp = DataPlane {
+        DataPlane {
             child: None,
             addr: "127.0.0.1:0".parse().unwrap(),
             state_dir: tmp.path().join("state"),
@@ -370,10 +585,9 @@ impl DataPlane {
             node_token: node_token.to_string(),
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
             log_path: tmp.path().join("dataplane.log"),
+            https_ca: None,
             _tmp: tmp,
-        };
-        dp.spawn("127.0.0.1:0".parse().unwrap());
-        dp
+        }
     }
 
     fn spawn(&mut self, listen: SocketAddr) {
@@ -405,7 +619,12 @@ impl DataPlane {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.https_ca.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Waits until `/readyz` answers 200.
@@ -415,10 +634,12 @@ impl DataPlane {
 
     /// The status of a GET, `None` if the request failed.
     pub fn get_status(&self, path: &str) -> Option<u16> {
-        crate::http::HttpRequest::get(path)
-            .send(self.addr, Duration::from_secs(5))
-            .ok()
-            .map(|r| r.status)
+        let req = crate::http::HttpRequest::get(path);
+        let resp = match &self.https_ca {
+            Some(ca) => req.send_tls(self.addr, ca, Duration::from_secs(5)),
+            None => req.send(self.addr, Duration::from_secs(5)),
+        };
+        resp.ok().map(|r| r.status)
     }
 
     /// Starts it again on the same address and state dir.

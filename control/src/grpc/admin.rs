@@ -194,4 +194,24 @@ impl Admin for AdminService {
             nodes: nodes.into_iter().map(convert::node).collect(),
         }))
     }
+
+    // --- ops (issue 8) ---
+    type BackupStream =
+        std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<pb::BackupChunk, Status>> + Send>>;
+
+    async fn backup(&self, _: Request<pb::BackupRequest>) -> Reply<Self::BackupStream> {
+        let store = Arc::clone(&self.store);
+        let bytes = tokio::task::spawn_blocking(move || store.export())
+            .await
+            .map_err(|e| Status::internal(format!("backup task failed: {e}")))??;
+        tracing::info!(bytes = bytes.len(), "backup exported");
+        let chunks: Vec<Result<pb::BackupChunk, Status>> = bytes
+            .chunks(BACKUP_CHUNK_BYTES)
+            .map(|c| Ok(pb::BackupChunk { data: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(futures_util::stream::iter(chunks))))
+    }
 }
+
+/// Backup chunks stay well under the gRPC message limit.
+const BACKUP_CHUNK_BYTES: usize = 1 << 20;

@@ -26,6 +26,11 @@ pub struct Services {
     pub registry: Arc<Registry>,
     pub admin_token: TokenCheck,
     pub node_token: TokenCheck,
+    /// gRPC over TLS when set.
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// Mutual TLS: a Nodes call without a verified client certificate is refused (the Admin
+    /// service keeps its bearer token alone, so `keyplanectl` needs no certificate).
+    pub require_node_cert: bool,
 }
 
 /// Serves until `cancel` fires, then stops accepting, ends subscriptions and waits for in-flight
@@ -55,16 +60,29 @@ pub async fn serve(
 
     let admin_token = services.admin_token;
     let node_token = services.node_token;
-    tonic::transport::Server::builder()
+    let require_node_cert = services.require_node_cert;
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = services.tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .tcp_nodelay(true)
         .add_service(InterceptedService::new(admin, move |req| {
             admin_token.check(req)
         }))
-        .add_service(InterceptedService::new(nodes, move |req| {
-            node_token.check(req)
-        }))
+        .add_service(InterceptedService::new(
+            nodes,
+            move |req: tonic::Request<()>| {
+                if require_node_cert && req.peer_certs().is_none_or(|c| c.is_empty()) {
+                    return Err(tonic::Status::unauthenticated(
+                        "a client certificate is required (mutual TLS)",
+                    ));
+                }
+                node_token.check(req)
+            },
+        ))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             cancel.cancelled_owned(),

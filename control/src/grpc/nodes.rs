@@ -72,6 +72,7 @@ impl Nodes for NodesService {
             sub.first = false;
             // The newest table: versions published while this subscriber was busy are skipped.
             let table = Arc::clone(&sub.rx.borrow_and_update());
+            crate::metrics::COUNTERS.table_sent(&sub.node_id);
             if let Err(err) = sub.registry.touch(&sub.node_id, Some(table.route_version)) {
                 tracing::warn!(node_id = %sub.node_id, error = %err, "cannot record node state");
             }
@@ -103,6 +104,14 @@ impl Nodes for NodesService {
         if let Err(err) = self.registry.touch(&req.node_id, None) {
             tracing::warn!(node_id = %req.node_id, error = %err, "cannot record node state");
         }
+        let counters = &*crate::metrics::COUNTERS;
+        counters.usage_ingested.inc_by(outcome.inserted as u64);
+        counters
+            .usage_duplicates
+            .inc_by((outcome.acked.len() as u64).saturating_sub(outcome.inserted as u64));
+        counters
+            .usage_rejected
+            .inc_by(outcome.rejected.len() as u64);
         for (request_id, reason) in &outcome.rejected {
             tracing::warn!(node_id = %req.node_id, %request_id, %reason, "usage record rejected");
         }
