@@ -6,6 +6,7 @@
 //! ([`ledger`]). Everything reaches the outside through [`grpc`].
 
 pub mod catalog;
+pub mod catalog_sync;
 pub mod config;
 pub mod creds;
 pub mod error;
@@ -14,5 +15,7 @@ pub mod keys;
 pub mod ledger;
 pub mod money;
 pub mod nodes;
+pub mod price_import;
+pub mod prices;
 pub mod routes;
 pub mod store;

@@ -2,6 +2,7 @@
 //! SIGINT, then flushes the store and exits 0.
 
 use clap::Parser;
+use keyplane_control::catalog_sync::{SyncConfig, Syncer};
 use keyplane_control::config::{self, ConfigError};
 use keyplane_control::grpc::{self, TokenCheck};
 use keyplane_control::nodes::Registry;
@@ -29,6 +30,13 @@ struct Args {
     /// are missing into files in the data dir (mode 0600). For local use only.
     #[arg(long)]
     dev: bool,
+    /// Seconds between catalog syncs of each provider with a catalog adapter (also synced on
+    /// start). 0 turns automatic sync off: only `keyplanectl catalog sync` syncs.
+    #[arg(long, default_value_t = 300)]
+    catalog_sync_interval_secs: u64,
+    /// Time limit of one provider's catalog sync (fetch and parse), in seconds.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    catalog_sync_timeout_secs: u64,
 }
 
 /// How long in-flight calls get to finish after SIGTERM.
@@ -116,10 +124,22 @@ async fn run(args: Args) -> Result<(), Failure> {
     tracing::info!(listen = %local, data_dir = %args.data_dir.display(), "keyplane-control serving");
 
     let compiler = tokio::spawn(Arc::clone(&routes).run(cancel.clone()));
+    let syncer = Syncer::new(
+        Arc::clone(&store),
+        Arc::clone(&routes),
+        SyncConfig {
+            interval: (args.catalog_sync_interval_secs > 0)
+                .then(|| Duration::from_secs(args.catalog_sync_interval_secs)),
+            timeout: Duration::from_secs(args.catalog_sync_timeout_secs),
+            ..SyncConfig::default()
+        },
+    );
+    let sync_loop = tokio::spawn(Arc::clone(&syncer).run(cancel.clone()));
     let services = grpc::Services {
         store: Arc::clone(&store),
         routes,
         registry,
+        syncer,
         admin_token: TokenCheck::new(&secrets.admin_token, "admin token"),
         node_token: TokenCheck::new(&secrets.node_token, "node token"),
     };
@@ -135,6 +155,7 @@ async fn run(args: Args) -> Result<(), Failure> {
         Err(_) => tracing::warn!("in-flight calls did not finish in time; stopping anyway"),
     }
     let _ = compiler.await;
+    let _ = sync_loop.await;
     signals.abort();
     store
         .flush()
