@@ -613,7 +613,8 @@ impl Proxy {
             model: inbound.model().to_string(),
             provider: Arc::clone(&cand.provider.name),
             credential_id: Arc::clone(&cand.credential_id),
-            prices: cand.prices(),
+            prices: cand.prices_for(estimate_tokens(client_body.len())),
+            reported_cost_nano_usd: None,
             started: ctx.started,
             started_at_ms: ctx.started_at_ms,
             ttfb_ms: 0,
@@ -665,6 +666,10 @@ impl Proxy {
                 .await
                 .map_err(|e| Attempt::Failed(Failure::Stream(e)))?;
             record.ttfb_ms = ms_since(ctx.started);
+            if upstream == Protocol::OpenAi {
+                record.reported_cost_nano_usd =
+                    openai::completion_usage(&bytes).and_then(|u| u.reported_cost_nano);
+            }
             let (bytes, usage) = match (client_protocol, upstream) {
                 (Protocol::OpenAi, Protocol::OpenAi) => {
                     let usage = openai::completion_usage(&bytes).map(openai_usage);
@@ -960,6 +965,15 @@ impl Adapter {
         }
     }
 
+    /// The upstream's own charge, as its usage reported it. Translated streams do not carry it;
+    /// they bill the computed cost.
+    fn reported_cost_nano(&self) -> Option<u64> {
+        match self {
+            Adapter::OpenAi { usage, .. } => usage.and_then(|u| u.reported_cost_nano),
+            _ => None,
+        }
+    }
+
     fn usage(&self) -> Option<Usage> {
         match self {
             Adapter::OpenAi { usage, .. } => usage.map(openai_usage),
@@ -1074,6 +1088,8 @@ struct Record {
     provider: Arc<str>,
     credential_id: Arc<str>,
     prices: crate::table::Prices,
+    /// The provider's own charge, when its usage reported one (OpenAI-protocol upstreams).
+    reported_cost_nano_usd: Option<u64>,
     started: Instant,
     started_at_ms: i64,
     ttfb_ms: u32,
@@ -1124,6 +1140,7 @@ impl Record {
             cache_write_tokens = u.cache_write_tokens,
             output_tokens = u.output_tokens,
             cost_nano_usd = cost,
+            reported_cost_nano_usd = self.reported_cost_nano_usd,
             estimated,
             latency_ms = ms_since(self.started),
             "request served"
@@ -1144,6 +1161,7 @@ impl Record {
             estimated,
             cache_read_tokens: u.cache_read_tokens,
             cache_write_tokens: u.cache_write_tokens,
+            reported_cost_nano_usd: self.reported_cost_nano_usd,
         });
     }
 }
@@ -1214,8 +1232,9 @@ impl Relay {
     }
 
     fn finish(&mut self, status: u32) {
-        if let Some(record) = self.record.take() {
+        if let Some(mut record) = self.record.take() {
             let estimated_output = self.scan.content_events;
+            record.reported_cost_nano_usd = self.scan.adapter.reported_cost_nano();
             record.finish(self.scan.adapter.usage(), estimated_output, status);
         }
     }
