@@ -103,7 +103,10 @@ enum PricesCmd {
 #[derive(Subcommand, Debug)]
 enum FxCmd {
     /// Set the rate of a currency in USD per unit, e.g. `fx set CNY 0.14`.
-    Set { currency: String, usd_per_unit: String },
+    Set {
+        currency: String,
+        usd_per_unit: String,
+    },
     /// List the rates.
     List,
 }
@@ -336,12 +339,23 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Credential(CredentialCmd::Add { provider, .. }) => Some(read_secret(provider)?),
         _ => None,
     };
+    if let Command::Provider(ProviderCmd::Add {
+        protocol,
+        base_url,
+        preset: None,
+        ..
+    }) = &cli.command
+        && (protocol.is_none() || base_url.is_none())
+    {
+        return Err(Failure::Usage(
+            "provider add needs --protocol and --base-url, or --preset".into(),
+        ));
+    }
     let price_file = match &cli.command {
-        Command::Prices(PricesCmd::Import { file, .. }) => {
-            Some(std::fs::read_to_string(file).map_err(|e| {
-                Failure::Usage(format!("cannot read {}: {e}", file.display()))
-            })?)
-        }
+        Command::Prices(PricesCmd::Import { file, .. }) => Some(
+            std::fs::read_to_string(file)
+                .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", file.display())))?,
+        ),
         _ => None,
     };
     let mut admin = connect(&cli).await?;
@@ -353,11 +367,6 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             preset,
             catalog,
         }) => {
-            if preset.is_none() && (protocol.is_none() || base_url.is_none()) {
-                return Err(Failure::Usage(
-                    "provider add needs --protocol and --base-url, or --preset".into(),
-                ));
-            }
             let req = admin.request(pb::AddProviderRequest {
                 name,
                 protocol: protocol.unwrap_or_default(),

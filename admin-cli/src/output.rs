@@ -266,7 +266,13 @@ impl Output {
         self.emit(
             false,
             values,
-            &["provider", "adapter", "last success", "models", "last error"],
+            &[
+                "provider",
+                "adapter",
+                "last success",
+                "models",
+                "last error",
+            ],
             rows,
         );
     }
@@ -308,7 +314,12 @@ impl Output {
                 ]
             })
             .collect();
-        self.emit(single, values, &["currency", "usd per unit", "updated"], rows);
+        self.emit(
+            single,
+            values,
+            &["currency", "usd per unit", "updated"],
+            rows,
+        );
     }
 
     pub fn created_key(&self, created: &pb::CreateKeyResponse) {

@@ -114,7 +114,9 @@ impl Counts {
         self.cache_write_tokens = self
             .cache_write_tokens
             .saturating_add(other.cache_write_tokens);
-        self.reported_requests = self.reported_requests.saturating_add(other.reported_requests);
+        self.reported_requests = self
+            .reported_requests
+            .saturating_add(other.reported_requests);
         self.reported_cost_nano_usd = self
             .reported_cost_nano_usd
             .saturating_add(other.reported_cost_nano_usd);

@@ -130,7 +130,10 @@ pub fn parse_scaled(text: &str, shift: i32) -> Result<u64, DecimalError> {
             .ok_or(DecimalError::TooLarge)?;
         mantissa.checked_mul(factor).ok_or(DecimalError::TooLarge)?
     } else {
-        match u32::try_from(-power).ok().and_then(|p| 10u128.checked_pow(p)) {
+        match u32::try_from(-power)
+            .ok()
+            .and_then(|p| 10u128.checked_pow(p))
+        {
             Some(divisor) => (mantissa + divisor / 2) / divisor,
             None => 0,
         }

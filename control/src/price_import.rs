@@ -60,8 +60,27 @@ fn line_of(content: &str, raw: &RawValue) -> usize {
         + 1
 }
 
+/// The line of `"field"` inside `raw` (the entry's own line if it is not found).
+fn field_line(content: &str, raw: &RawValue, field: &str) -> usize {
+    let start = (raw.get().as_ptr() as usize).saturating_sub(content.as_ptr() as usize);
+    let at = raw
+        .get()
+        .find(&format!("\"{field}\""))
+        .map_or(start, |i| start + i);
+    content[..at.min(content.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
+}
+
 /// Parses a price file. `provider`: the import's `--provider` (empty: each entry's own).
-pub fn parse(content: &str, file_name: &str, provider: &str, today: &str) -> Result<Parsed, String> {
+pub fn parse(
+    content: &str,
+    file_name: &str,
+    provider: &str,
+    today: &str,
+) -> Result<Parsed, String> {
     let root: BTreeMap<String, &RawValue> = serde_json::from_str(content).map_err(|e| {
         format!(
             "line {} column {}: not a JSON object: {e}",
@@ -90,7 +109,10 @@ fn finish(errors: Vec<String>) -> Result<(), String> {
         return Ok(());
     }
     let more = errors.len().saturating_sub(MAX_ERRORS);
-    let mut text = format!("the file has {} error(s); nothing was imported:", errors.len());
+    let mut text = format!(
+        "the file has {} error(s); nothing was imported:",
+        errors.len()
+    );
     for e in errors.iter().take(MAX_ERRORS) {
         text.push_str("\n  ");
         text.push_str(e);
@@ -124,10 +146,18 @@ fn check_currency(c: &str) -> Result<String, String> {
 
 fn check_date(d: &str) -> Result<String, String> {
     let ok = d.len() == 10
-        && d.bytes()
-            .enumerate()
-            .all(|(i, b)| if i == 4 || i == 7 { b == b'-' } else { b.is_ascii_digit() });
-    if ok { Ok(d.to_string()) } else { Err(format!("as_of {d:?} is not a YYYY-MM-DD date")) }
+        && d.bytes().enumerate().all(|(i, b)| {
+            if i == 4 || i == 7 {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        });
+    if ok {
+        Ok(d.to_string())
+    } else {
+        Err(format!("as_of {d:?} is not a YYYY-MM-DD date"))
+    }
 }
 
 fn keyplane(content: &str, file_name: &str, provider: &str, today: &str) -> Result<Parsed, String> {
@@ -151,7 +181,10 @@ fn keyplane(content: &str, file_name: &str, provider: &str, today: &str) -> Resu
     let mut entries = Vec::new();
     for (i, raw) in file.prices.iter().enumerate() {
         let line = line_of(content, raw);
-        let at = |field: &str, msg: &str| format!("line {line}: prices[{i}].{field}: {msg}");
+        let at = |field: &str, msg: &str| {
+            let line = field_line(content, raw, field);
+            format!("line {line}: prices[{i}].{field}: {msg}")
+        };
         let v: Value = match serde_json::from_str(raw.get()) {
             Ok(v @ Value::Object(_)) => v,
             _ => {
@@ -264,6 +297,7 @@ fn litellm(
             match v.get(field) {
                 None | Some(Value::Null) => Ok(None),
                 Some(x) => decimal(x, 12).map(Some).map_err(|e| {
+                    let line = field_line(content, raw, field);
                     errors.push(format!("line {line}: {key:?}.{field}: {e}"));
                 }),
             }
@@ -306,7 +340,10 @@ fn litellm(
             skipped += 1;
             continue;
         };
-        let own = v.get("litellm_provider").and_then(Value::as_str).unwrap_or("");
+        let own = v
+            .get("litellm_provider")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         let entry_provider = if provider.is_empty() { own } else { provider };
         if entry_provider.is_empty() {
             skipped += 1;
@@ -403,11 +440,17 @@ mod tests {
         assert_eq!(p.entries.len(), 3);
         assert_eq!(p.skipped, 1);
         let mini = &p.entries[0];
-        assert_eq!((mini.provider.as_str(), mini.model.as_str()), ("openai", "gpt-4o-mini"));
+        assert_eq!(
+            (mini.provider.as_str(), mini.model.as_str()),
+            ("openai", "gpt-4o-mini")
+        );
         assert_eq!((mini.price.input, mini.price.output), (150_000, 600_000));
         assert_eq!(mini.price.cache_read, Some(75_000));
         let ds = &p.entries[1];
-        assert_eq!((ds.provider.as_str(), ds.model.as_str()), ("deepseek", "deepseek-chat"));
+        assert_eq!(
+            (ds.provider.as_str(), ds.model.as_str()),
+            ("deepseek", "deepseek-chat")
+        );
         assert_eq!((ds.price.input, ds.price.output), (270_000, 1_100_000));
         let gem = &p.entries[2];
         assert_eq!(gem.price.tiers.len(), 1);
@@ -420,12 +463,24 @@ mod tests {
     #[test]
     fn errors_name_lines_and_fields_and_refuse_the_whole_file() {
         let bad = LITELLM
-            .replace("\"output_cost_per_token\": 6e-07", "\"output_cost_per_token\": \"abc\"")
-            .replace("\"input_cost_per_token\": 2.7e-07", "\"input_cost_per_token\": -1");
+            .replace(
+                "\"output_cost_per_token\": 6e-07",
+                "\"output_cost_per_token\": \"abc\"",
+            )
+            .replace(
+                "\"input_cost_per_token\": 2.7e-07",
+                "\"input_cost_per_token\": -1",
+            );
         let err = parse(&bad, "prices.json", "", "2026-11-23").unwrap_err();
         assert!(err.contains("2 error(s)"), "{err}");
-        assert!(err.contains("line 7: \"gpt-4o-mini\".output_cost_per_token"), "{err}");
-        assert!(err.contains("line 15: \"deepseek/deepseek-chat\".input_cost_per_token"), "{err}");
+        assert!(
+            err.contains("line 13: \"gpt-4o-mini\".output_cost_per_token"),
+            "{err}"
+        );
+        assert!(
+            err.contains("line 16: \"deepseek/deepseek-chat\".input_cost_per_token"),
+            "{err}"
+        );
         let broken = parse("{\n  \"a\": \n", "x.json", "", "2026-11-23").unwrap_err();
         assert!(broken.starts_with("line "), "{broken}");
     }
@@ -442,12 +497,17 @@ mod tests {
   ]
 }"#;
         let p = parse(file, "ds.json", "", "2026-11-23").unwrap();
-        assert_eq!((p.format, p.source.as_str(), p.as_of.as_str()), ("keyplane", "DeepSeek pricing page", "2025-09-05"));
+        assert_eq!(
+            (p.format, p.source.as_str(), p.as_of.as_str()),
+            ("keyplane", "DeepSeek pricing page", "2025-09-05")
+        );
         assert_eq!(p.entries[0].price.currency, "CNY");
         assert_eq!(p.entries[0].price.input, 2_000_000);
         assert_eq!(p.entries[0].price.cache_read, Some(200_000));
         assert_eq!(p.entries[1].price.currency, "USD");
-        let bad = file.replace("\"output\": \"3\"", "\"output\": \"x\"").replace("\"model\": \"deepseek-reasoner\", ", "");
+        let bad = file
+            .replace("\"output\": \"3\"", "\"output\": \"x\"")
+            .replace("\"model\": \"deepseek-reasoner\", ", "");
         let err = parse(&bad, "ds.json", "", "2026-11-23").unwrap_err();
         assert!(err.contains("line 6: prices[0].output"), "{err}");
         assert!(err.contains("line 7: prices[1].model"), "{err}");

@@ -122,7 +122,10 @@ impl Store {
 
     pub fn set_alias(&self, alias: &str, target: &str) -> Result<AliasRec> {
         for (what, name) in [("alias", alias), ("target", target)] {
-            if name.is_empty() || name.len() > 256 || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            if name.is_empty()
+                || name.len() > 256
+                || name.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
                 return Err(invalid(format!(
                     "{what} {name:?} is invalid: use 1 to 256 characters without spaces"
                 )));
@@ -156,7 +159,12 @@ impl Store {
     }
 
     /// Imports a price file: all of it, or (on any error) nothing.
-    pub fn import_prices(&self, content: &str, file_name: &str, provider: &str) -> Result<ImportOutcome> {
+    pub fn import_prices(
+        &self,
+        content: &str,
+        file_name: &str,
+        provider: &str,
+    ) -> Result<ImportOutcome> {
         let provider = provider.trim();
         if !provider.is_empty() {
             self.provider(provider)?
@@ -239,8 +247,18 @@ impl Store {
                         cat.last_success_ms,
                     ),
                     None => match lookup(p, &[&m.id, &m.canonical]) {
-                        Some(rec) => (Some(rec.price.clone()), rec.source.clone(), 0, rec.imported_at_ms),
-                        None => (None, format!("sync:{}", cat.adapter), cat.last_success_ms, cat.last_success_ms),
+                        Some(rec) => (
+                            Some(rec.price.clone()),
+                            rec.source.clone(),
+                            0,
+                            rec.imported_at_ms,
+                        ),
+                        None => (
+                            None,
+                            format!("sync:{}", cat.adapter),
+                            cat.last_success_ms,
+                            cat.last_success_ms,
+                        ),
                     },
                 };
                 add(
@@ -326,7 +344,9 @@ mod tests {
     #[test]
     fn sources_merge_manual_wins_and_currencies_convert() {
         let (_d, store) = open_temp();
-        store.add_provider("or", "openai", "http://127.0.0.1:1/v1").unwrap();
+        store
+            .add_provider("or", "openai", "http://127.0.0.1:1/v1")
+            .unwrap();
         store
             .add_provider_with(&crate::catalog::AddProvider {
                 name: "ds",
@@ -364,7 +384,9 @@ mod tests {
                 ..Default::default()
             })
             .unwrap();
-        let all = store.effective_offerings(Some("deepseek/deepseek-chat")).unwrap();
+        let all = store
+            .effective_offerings(Some("deepseek/deepseek-chat"))
+            .unwrap();
         assert_eq!(all.len(), 2);
         let ds = all.iter().find(|e| e.provider == "ds").unwrap();
         assert!(ds.usd.is_none(), "listed without a price");
@@ -418,7 +440,9 @@ mod tests {
     #[test]
     fn aliases_do_not_chain() {
         let (_d, store) = open_temp();
-        store.set_alias("gpt-4o-mini", "openai/gpt-4o-mini").unwrap();
+        store
+            .set_alias("gpt-4o-mini", "openai/gpt-4o-mini")
+            .unwrap();
         assert!(store.set_alias("mini", "gpt-4o-mini").is_err());
         assert!(store.set_alias("openai/gpt-4o-mini", "x").is_err());
         assert!(store.set_alias("a b", "x").is_err());

@@ -170,12 +170,23 @@ pub struct ControlPlane {
     pub node_token: String,
     /// stderr of every run, appended: the control plane's logs.
     pub log_path: PathBuf,
+    /// Extra flags of every run (see [`ControlPlane::start_with`]).
+    extra_args: Vec<String>,
     _tmp: tempfile::TempDir,
 }
 
 impl ControlPlane {
+    /// [`ControlPlane::start`] with extra flags, e.g. `--catalog-sync-interval-secs 0`.
+    pub fn start_with(extra: &[&str]) -> ControlPlane {
+        Self::start_inner(extra)
+    }
+
     /// Starts a control plane on a free loopback port with a fresh data dir and random secrets.
     pub fn start() -> ControlPlane {
+        Self::start_inner(&[])
+    }
+
+    fn start_inner(extra: &[&str]) -> ControlPlane {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data_dir = tmp.path().join("data");
         let mut cp = ControlPlane {
@@ -186,6 +197,7 @@ impl ControlPlane {
             master_key: random_b64(32),
             admin_token: random_token(),
             node_token: random_token(),
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
             _tmp: tmp,
         };
         cp.spawn("127.0.0.1:0".parse().unwrap());
@@ -210,7 +222,8 @@ impl ControlPlane {
             .env("KEYPLANE_MASTER_KEY", &self.master_key)
             .env("KEYPLANE_ADMIN_TOKEN", &self.admin_token)
             .env("KEYPLANE_NODE_TOKEN", &self.node_token)
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", "info")
+            .args(&self.extra_args);
         let (child, addr) = spawn_announced(
             cmd,
             "keyplane-control listening on ",

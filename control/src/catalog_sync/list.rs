@@ -37,15 +37,20 @@ mod tests {
 
     #[test]
     fn deepseek_sample_and_anthropic_paging() {
-        let body =
-            std::fs::read(super::super::tests::sample_path("deepseek-models.json")).unwrap();
+        let body = std::fs::read(super::super::tests::sample_path("deepseek-models.json")).unwrap();
         let models = parse(&body, "deepseek").unwrap();
         let names: Vec<_> = models.iter().map(|m| m.canonical.as_str()).collect();
         assert_eq!(names, ["deepseek/deepseek-chat", "deepseek/deepseek-r1"]);
         assert!(models.iter().all(|m| m.price.is_none()));
         let page = br#"{"data":[{"id":"claude-sonnet-4-5-20250929","type":"model"}],"has_more":true,"last_id":"claude-sonnet-4-5-20250929"}"#;
-        assert_eq!(parse(page, "anthropic").unwrap()[0].canonical, "anthropic/claude-sonnet-4.5");
-        assert_eq!(anthropic_next(page).as_deref(), Some("claude-sonnet-4-5-20250929"));
+        assert_eq!(
+            parse(page, "anthropic").unwrap()[0].canonical,
+            "anthropic/claude-sonnet-4.5"
+        );
+        assert_eq!(
+            anthropic_next(page).as_deref(),
+            Some("claude-sonnet-4-5-20250929")
+        );
         assert_eq!(anthropic_next(br#"{"data":[],"has_more":false}"#), None);
     }
 }

@@ -380,7 +380,10 @@ impl Syncer {
             interval
         } else {
             let factor = 1u32 << rec.consecutive_failures.saturating_sub(1).min(16);
-            self.config.backoff_base.saturating_mul(factor).min(interval)
+            self.config
+                .backoff_base
+                .saturating_mul(factor)
+                .min(interval)
         };
         let mut due = self.next_due.lock().unwrap_or_else(PoisonError::into_inner);
         due.insert(rec.provider.clone(), now + delay.as_millis() as i64);
@@ -416,7 +419,11 @@ impl Syncer {
         }
         let base = p.base_url.trim_end_matches('/');
         if adapter != "anthropic-list" {
-            return Ok(vec![self.fetcher.get(&format!("{base}/models"), &headers).await?]);
+            return Ok(vec![
+                self.fetcher
+                    .get(&format!("{base}/models"), &headers)
+                    .await?,
+            ]);
         }
         headers.push((
             http::HeaderName::from_static("anthropic-version"),

@@ -83,18 +83,28 @@ mod tests {
         let opus = get("anthropic/claude-opus-4").price.clone().unwrap();
         assert_eq!((opus.input, opus.output), (15_000_000, 75_000_000));
         assert_eq!(opus.cache_write, Some(18_750_000));
-        let free = get("deepseek/deepseek-chat-v3-0324:free").price.clone().unwrap();
+        let free = get("deepseek/deepseek-chat-v3-0324:free")
+            .price
+            .clone()
+            .unwrap();
         assert_eq!((free.input, free.output), (0, 0), ":free is a real zero");
         assert!(get("openrouter/auto").price.is_none(), "-1 is not a price");
     }
 
     #[test]
     fn broken_variants_fail_clearly() {
-        assert!(parse(b"<html>", "openrouter").unwrap_err().contains("not JSON"));
+        assert!(
+            parse(b"<html>", "openrouter")
+                .unwrap_err()
+                .contains("not JSON")
+        );
         assert!(parse(br#"{"models":[]}"#, "openrouter").is_err());
         let bad = br#"{"data":[{"id":"a/b","pricing":{"prompt":"abc","completion":"0"}}]}"#;
         let err = parse(bad, "openrouter").unwrap_err();
-        assert!(err.contains("a/b") && err.contains("pricing.prompt"), "{err}");
+        assert!(
+            err.contains("a/b") && err.contains("pricing.prompt"),
+            "{err}"
+        );
         let neg = br#"{"data":[{"id":"a/b","pricing":{"prompt":"-2","completion":"0"}}]}"#;
         assert!(parse(neg, "openrouter").is_err());
         let missing = br#"{"data":[{"id":"a/b","pricing":{"completion":"0.000001"}}]}"#;

@@ -114,14 +114,23 @@ mod tests {
 
     #[test]
     fn canonical_names() {
-        assert_eq!(canonical("deepseek", "deepseek-chat"), "deepseek/deepseek-chat");
-        assert_eq!(canonical("deepseek", "deepseek-reasoner"), "deepseek/deepseek-r1");
+        assert_eq!(
+            canonical("deepseek", "deepseek-chat"),
+            "deepseek/deepseek-chat"
+        );
+        assert_eq!(
+            canonical("deepseek", "deepseek-reasoner"),
+            "deepseek/deepseek-r1"
+        );
         assert_eq!(canonical("openai", "gpt-4o-mini"), "openai/gpt-4o-mini");
         assert_eq!(
             canonical("groq", "llama-3.3-70b-versatile"),
             "meta-llama/llama-3.3-70b-instruct"
         );
-        assert_eq!(canonical("openrouter", "openai/gpt-4o-mini"), "openai/gpt-4o-mini");
+        assert_eq!(
+            canonical("openrouter", "openai/gpt-4o-mini"),
+            "openai/gpt-4o-mini"
+        );
         assert_eq!(canonical("custom", "bare"), "bare");
     }
 }

@@ -22,8 +22,7 @@ pub fn parse(body: &[u8], names: &str) -> Result<Vec<SyncedModel>, String> {
     let mut out = Vec::new();
     for (i, m) in models_array(body)?.iter().enumerate() {
         let id = super::model_id(m, i)?;
-        if m
-            .get("type")
+        if m.get("type")
             .and_then(Value::as_str)
             .is_some_and(|t| SKIPPED_TYPES.contains(&t))
         {

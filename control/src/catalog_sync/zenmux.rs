@@ -82,7 +82,9 @@ fn entries(pricings: &Value, kind: &str) -> Result<Vec<Entry>, String> {
                     other => return Err(format!("{at}: prompt_tokens unit {other:?} is unknown")),
                 };
                 (
-                    tokens(cond, "gte", unit).map_err(|e| format!("{at}.{e}"))?.unwrap_or(0),
+                    tokens(cond, "gte", unit)
+                        .map_err(|e| format!("{at}.{e}"))?
+                        .unwrap_or(0),
                     tokens(cond, "lt", unit).map_err(|e| format!("{at}.{e}"))?,
                 )
             }
@@ -165,8 +167,7 @@ mod tests {
 
     #[test]
     fn recorded_sample_keeps_tiers() {
-        let body =
-            std::fs::read(super::super::tests::sample_path("zenmux-models.json")).unwrap();
+        let body = std::fs::read(super::super::tests::sample_path("zenmux-models.json")).unwrap();
         let models = parse(&body, "zenmux").unwrap();
         assert_eq!(models.len(), 2);
         let sonnet = models[0].price.clone().unwrap();
@@ -185,7 +186,10 @@ mod tests {
             }]
         );
         let gpt = models[1].price.clone().unwrap();
-        assert_eq!((gpt.input, gpt.output, gpt.cache_read), (1_750_000, 14_000_000, Some(175_000)));
+        assert_eq!(
+            (gpt.input, gpt.output, gpt.cache_read),
+            (1_750_000, 14_000_000, Some(175_000))
+        );
         assert!(gpt.tiers.is_empty());
     }
 
@@ -193,8 +197,12 @@ mod tests {
     fn broken_variants_fail_clearly() {
         let bad = br#"{"data":[{"id":"x/y","pricings":{"prompt":[{"value":"abc","unit":"perMTokens"}],"completion":[]}}]}"#;
         let err = parse(bad, "zenmux").unwrap_err();
-        assert!(err.contains("x/y") && err.contains("prompt[0].value"), "{err}");
-        let no_completion = br#"{"data":[{"id":"x/y","pricings":{"prompt":[{"value":1,"unit":"perMTokens"}]}}]}"#;
+        assert!(
+            err.contains("x/y") && err.contains("prompt[0].value"),
+            "{err}"
+        );
+        let no_completion =
+            br#"{"data":[{"id":"x/y","pricings":{"prompt":[{"value":1,"unit":"perMTokens"}]}}]}"#;
         assert!(parse(no_completion, "zenmux").unwrap()[0].price.is_none());
         assert!(parse(br#"{"data":{}}"#, "zenmux").is_err());
     }

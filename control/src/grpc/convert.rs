@@ -3,10 +3,10 @@
 use crate::catalog::{CredentialRec, OfferingRec, ProviderRec};
 use crate::catalog_sync::Status as SyncStatus;
 use crate::error::Error;
-use crate::prices::{AliasRec, Effective, FxRec};
 use crate::keys::ClientKeyRec;
 use crate::ledger::UsageRec;
 use crate::nodes::NodeView;
+use crate::prices::{AliasRec, Effective, FxRec};
 use keyplane_proto::v1 as pb;
 use tonic::Status;
 

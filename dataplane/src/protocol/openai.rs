@@ -200,12 +200,19 @@ fn scaled(n: &serde_json::Number, shift: i32) -> Option<u64> {
     if digits.len() > 36 {
         return None;
     }
-    let mantissa: u128 = if digits.is_empty() { 0 } else { digits.parse().ok()? };
+    let mantissa: u128 = if digits.is_empty() {
+        0
+    } else {
+        digits.parse().ok()?
+    };
     let power = i64::from(shift) + i64::from(exponent) - frac.len() as i64;
     let value = if power >= 0 {
         mantissa.checked_mul(10u128.checked_pow(u32::try_from(power).ok()?)?)?
     } else {
-        match u32::try_from(-power).ok().and_then(|p| 10u128.checked_pow(p)) {
+        match u32::try_from(-power)
+            .ok()
+            .and_then(|p| 10u128.checked_pow(p))
+        {
             Some(d) => (mantissa + d / 2) / d,
             None => 0,
         }
@@ -582,7 +589,10 @@ mod tests {
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/providers/samples");
         // OpenRouter non-stream: "cost": 0.00435825 USD.
         let body = std::fs::read(dir.join("openrouter-usage-cost.json")).unwrap();
-        assert_eq!(completion_usage(&body).unwrap().reported_cost_nano, Some(4_358_250));
+        assert_eq!(
+            completion_usage(&body).unwrap().reported_cost_nano,
+            Some(4_358_250)
+        );
         let body = std::fs::read(dir.join("openrouter-usage-without-include.json")).unwrap();
         assert_eq!(completion_usage(&body).unwrap().reported_cost_nano, None);
         // OpenRouter stream: cost 0.000669 on the last chunk.
@@ -602,7 +612,10 @@ mod tests {
         assert_eq!(usage.reported_cost_nano, Some(146_625));
         // DeepInfra (unverified field name, as the brief gives it).
         let di = br#"{"usage":{"prompt_tokens":1,"completion_tokens":1,"estimated_cost":1.5e-05}}"#;
-        assert_eq!(completion_usage(di).unwrap().reported_cost_nano, Some(15_000));
+        assert_eq!(
+            completion_usage(di).unwrap().reported_cost_nano,
+            Some(15_000)
+        );
         let neg = br#"{"usage":{"prompt_tokens":1,"cost":-1}}"#;
         assert_eq!(completion_usage(neg).unwrap().reported_cost_nano, None);
     }
