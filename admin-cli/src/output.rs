@@ -137,7 +137,8 @@ impl Output {
     }
 
     /// `model list` rows: exactly `model, provider, upstream_model, input, output, currency,
-    /// source, synced_at` in JSON (input / output in USD per million tokens, `null` when the
+    /// source, synced_at` in JSON (`model set`'s answer adds `cache_read`, `cache_write` and
+    /// `updated_at`) (input / output in USD per million tokens, `null` when the
     /// price is unknown; `currency` is the price's own currency). The table also shows the price
     /// in that currency when it is not USD.
     pub fn offerings(&self, list: &[pb::ModelOffering], single: bool) {
@@ -151,7 +152,7 @@ impl Output {
         let values = list
             .iter()
             .map(|o| {
-                json!({
+                let mut row = json!({
                     "model": o.model,
                     "provider": o.provider,
                     "upstream_model": o.upstream_model,
@@ -160,7 +161,20 @@ impl Output {
                     "currency": o.currency,
                     "source": o.source,
                     "synced_at": time(o.synced_at_ms),
-                })
+                });
+                // The answer to `model set` also shows the cached-input prices it was given.
+                if single && let Some(obj) = row.as_object_mut() {
+                    obj.insert(
+                        "cache_read".into(),
+                        json!(o.cache_read_micro_usd_per_mtok.map(micros_f64)),
+                    );
+                    obj.insert(
+                        "cache_write".into(),
+                        json!(o.cache_write_micro_usd_per_mtok.map(micros_f64)),
+                    );
+                    obj.insert("updated_at".into(), time(o.updated_at_ms));
+                }
+                row
             })
             .collect();
         let rows = list
