@@ -613,7 +613,8 @@ impl Proxy {
             model: inbound.model().to_string(),
             provider: Arc::clone(&cand.provider.name),
             credential_id: Arc::clone(&cand.credential_id),
-            prices: cand.prices_for(estimate_tokens(client_body.len())),
+            prices: cand.prices(),
+            tiers: Arc::clone(&cand.tiers),
             reported_cost_nano_usd: None,
             started: ctx.started,
             started_at_ms: ctx.started_at_ms,
@@ -1087,7 +1088,9 @@ struct Record {
     model: String,
     provider: Arc<str>,
     credential_id: Arc<str>,
+    /// Base prices; `tiers` by prompt size pick the ones a request is billed at.
     prices: crate::table::Prices,
+    tiers: Arc<[crate::table::PriceTier]>,
     /// The provider's own charge, when its usage reported one (OpenAI-protocol upstreams).
     reported_cost_nano_usd: Option<u64>,
     started: Instant,
@@ -1114,7 +1117,7 @@ impl Record {
             ),
         };
         let all_input = u.input_tokens + u.cache_read_tokens + u.cache_write_tokens;
-        let cost = self.prices.cost_nano(
+        let cost = self.prices.at_tier(&self.tiers, all_input).cost_nano(
             u.input_tokens,
             u.cache_read_tokens,
             u.cache_write_tokens,

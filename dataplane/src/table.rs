@@ -68,6 +68,24 @@ pub struct Prices {
 }
 
 impl Prices {
+    /// These (base) prices, or those of the last of `tiers` that `prompt_tokens` reaches.
+    pub fn at_tier(self, tiers: &[PriceTier], prompt_tokens: u64) -> Prices {
+        match tiers
+            .iter()
+            .rev()
+            .find(|t| prompt_tokens >= t.min_prompt_tokens)
+        {
+            Some(t) => Prices {
+                input: t.input,
+                output: t.output,
+                cache_read: t.cache_read.unwrap_or(t.input),
+                cache_write: t.cache_write.unwrap_or(t.input),
+                multiplier_ppm: self.multiplier_ppm,
+            },
+            None => self,
+        }
+    }
+
     /// Cost in nano-USD of uncached input, cache reads, cache writes and output, rounded to the
     /// nearest nano-USD: the one price formula of the data plane.
     ///
@@ -110,21 +128,7 @@ impl Candidate {
     /// The prices of the tier a prompt of `prompt_tokens` falls in: the last tier it reaches,
     /// else the base prices.
     pub fn prices_for(&self, prompt_tokens: u64) -> Prices {
-        match self
-            .tiers
-            .iter()
-            .rev()
-            .find(|t| prompt_tokens >= t.min_prompt_tokens)
-        {
-            Some(t) => Prices {
-                input: t.input,
-                output: t.output,
-                cache_read: t.cache_read.unwrap_or(t.input),
-                cache_write: t.cache_write.unwrap_or(t.input),
-                multiplier_ppm: self.multiplier_ppm,
-            },
-            None => self.prices(),
-        }
+        self.prices().at_tier(&self.tiers, prompt_tokens)
     }
 
     /// This candidate's cost of a request, in nano-USD, at the tier its prompt falls in.
