@@ -90,14 +90,32 @@ impl Output {
                     "protocol": p.protocol,
                     "base_url": p.base_url,
                     "created_at": time(p.created_at_ms),
+                    "catalog": if p.catalog.is_empty() { Value::Null } else { json!(p.catalog) },
+                    "preset": if p.preset.is_empty() { Value::Null } else { json!(p.preset) },
                 })
             })
             .collect();
         let rows = list
             .iter()
-            .map(|p| vec![p.name.clone(), p.protocol.clone(), p.base_url.clone()])
+            .map(|p| {
+                vec![
+                    p.name.clone(),
+                    p.protocol.clone(),
+                    p.base_url.clone(),
+                    if p.catalog.is_empty() {
+                        "-".to_string()
+                    } else {
+                        p.catalog.clone()
+                    },
+                ]
+            })
             .collect();
-        self.emit(single, values, &["name", "protocol", "base url"], rows);
+        self.emit(
+            single,
+            values,
+            &["name", "protocol", "base url", "catalog"],
+            rows,
+        );
     }
 
     pub fn credentials(&self, list: &[pb::Credential], single: bool) {

@@ -221,9 +221,18 @@ impl Store {
             })
         };
         let mut out: BTreeMap<(String, String), Effective> = BTreeMap::new();
+        // Two ids of one provider can map to one canonical name (a "-Turbo" variant, say): the
+        // priced one wins over an unknown price, then the cheaper one.
         let mut add = |e: Effective, replace: bool| {
             let key = (e.model.clone(), e.provider.clone());
-            if replace || !out.contains_key(&key) {
+            let better = |old: &Effective| match (&old.usd, &e.usd) {
+                (None, Some(_)) => true,
+                (Some(o), Some(n)) => {
+                    n.input.saturating_add(n.output) < o.input.saturating_add(o.output)
+                }
+                _ => false,
+            };
+            if replace || out.get(&key).is_none_or(better) {
                 out.insert(key, e);
             }
         };

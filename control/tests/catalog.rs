@@ -544,3 +544,64 @@ fn the_providers_reported_cost_is_billed_and_both_costs_are_kept() {
         );
     }
 }
+
+#[test]
+fn anthropic_and_openai_lists_sync_with_their_own_auth() {
+    let cp = ControlPlane::start_with(&["--catalog-sync-interval-secs", "0"]);
+    let fake = FakeUpstream::start(FakeConfig {
+        name: "an".into(),
+        api_key: Some("sk-an".into()),
+        ..FakeConfig::default()
+    });
+    cp.ctl(&[
+        "provider",
+        "add",
+        "an",
+        "--preset",
+        "anthropic",
+        "--base-url",
+        &fake.anthropic_base_url(),
+    ])
+    .ok();
+    // Without a credential the fake refuses the list: a clear status, no models.
+    let s = cp.ctl(&["--json", "catalog", "sync", "an"]).ok().json();
+    assert!(
+        s[0]["last_error"].as_str().unwrap().contains("HTTP 401"),
+        "{s}"
+    );
+    cp.ctl_with(
+        &["credential", "add", "an"],
+        Some("sk-an\n"),
+        &cp.admin_token,
+    )
+    .ok();
+    let s = cp.ctl(&["--json", "catalog", "sync", "an"]).ok().json();
+    assert_eq!(s[0]["models"], 3, "{s}");
+    let get = fake
+        .requests()
+        .into_iter()
+        .rev()
+        .find(|r| r.path.starts_with("/v1/models"))
+        .unwrap();
+    assert_eq!(get.header("x-api-key"), Some("sk-an"));
+    assert_eq!(get.header("anthropic-version"), Some("2023-06-01"));
+    let rows = cp
+        .ctl(&[
+            "--json",
+            "model",
+            "list",
+            "--model",
+            "anthropic/claude-sonnet-4.5",
+        ])
+        .ok()
+        .json();
+    assert_eq!(
+        rows[0]["upstream_model"], "claude-sonnet-4-5-20250929",
+        "{rows}"
+    );
+    assert_eq!(rows[0]["input"], Value::Null, "a list without prices");
+    let providers = cp.ctl(&["--json", "provider", "list"]).ok().json();
+    assert_eq!(providers[0]["protocol"], "anthropic");
+    assert_eq!(providers[0]["catalog"], "anthropic-list");
+    assert_eq!(providers[0]["preset"], "anthropic");
+}

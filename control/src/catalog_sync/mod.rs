@@ -216,9 +216,9 @@ pub struct Syncer {
     config: SyncConfig,
     /// Provider name → when the loop syncs it next (Unix ms). Missing: due now.
     next_due: Mutex<HashMap<String, i64>>,
-    /// One sync round at a time, so a manual sync and the loop never fetch the same provider
-    /// twice at once.
-    round: tokio::sync::Mutex<()>,
+    /// One sync at a time per provider, so a manual sync and the loop never fetch the same
+    /// provider twice at once, while a slow provider holds up nobody else.
+    in_flight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     wake: Notify,
 }
 
@@ -235,7 +235,7 @@ impl Syncer {
             routes,
             config,
             next_due: Mutex::new(HashMap::new()),
-            round: tokio::sync::Mutex::new(()),
+            in_flight: Mutex::new(HashMap::new()),
             wake: Notify::new(),
         })
     }
@@ -300,7 +300,6 @@ impl Syncer {
     }
 
     async fn sync_round(&self, providers: Vec<ProviderRec>) -> Result<()> {
-        let _round = self.round.lock().await;
         let results =
             futures_util::future::join_all(providers.iter().map(|p| self.sync_one(p))).await;
         let mut changed = false;
@@ -318,6 +317,14 @@ impl Syncer {
     /// catalog changed. A fetch or parse failure is an `Ok(false)` with the error recorded; only
     /// a store failure is an `Err`.
     async fn sync_one(&self, p: &ProviderRec) -> Result<bool> {
+        let lock = {
+            let mut map = self
+                .in_flight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            Arc::clone(map.entry(p.name.clone()).or_default())
+        };
+        let _one_at_a_time = lock.lock().await;
         let adapter = adapter_of(p).unwrap_or_default().to_string();
         let names = p.preset.clone().unwrap_or_else(|| adapter.clone());
         let started = std::time::Instant::now();
