@@ -223,7 +223,7 @@ impl Store {
         let mut out: BTreeMap<(String, String), Effective> = BTreeMap::new();
         // Two ids of one provider can map to one canonical name (a "-Turbo" variant, say): the
         // priced one wins over an unknown price, then the cheaper one.
-        let mut add = |e: Effective, replace: bool| {
+        let mut add = |e: Effective| {
             let key = (e.model.clone(), e.provider.clone());
             let better = |old: &Effective| match (&old.usd, &e.usd) {
                 (None, Some(_)) => true,
@@ -232,7 +232,7 @@ impl Store {
                 }
                 _ => false,
             };
-            if replace || out.get(&key).is_none_or(better) {
+            if out.get(&key).is_none_or(better) {
                 out.insert(key, e);
             }
         };
@@ -270,19 +270,16 @@ impl Store {
                         ),
                     },
                 };
-                add(
-                    Effective {
-                        model: m.canonical.clone(),
-                        provider: p.name.clone(),
-                        upstream_model: m.id.clone(),
-                        usd: native.as_ref().and_then(|n| convert(n, &rates)),
-                        native,
-                        source,
-                        synced_at_ms,
-                        updated_at_ms,
-                    },
-                    false,
-                );
+                add(Effective {
+                    model: m.canonical.clone(),
+                    provider: p.name.clone(),
+                    upstream_model: m.id.clone(),
+                    usd: native.as_ref().and_then(|n| convert(n, &rates)),
+                    native,
+                    source,
+                    synced_at_ms,
+                    updated_at_ms,
+                });
             }
         }
 
@@ -297,23 +294,22 @@ impl Store {
                 continue;
             }
             let table = p.preset.as_deref().unwrap_or(p.name.as_str());
-            add(
-                Effective {
-                    model: presets::canonical(table, &rec.model),
-                    provider: p.name.clone(),
-                    upstream_model: rec.model.clone(),
-                    usd: convert(&rec.price, &rates),
-                    native: Some(rec.price.clone()),
-                    source: rec.source.clone(),
-                    synced_at_ms: 0,
-                    updated_at_ms: rec.imported_at_ms,
-                },
-                false,
-            );
+            add(Effective {
+                model: presets::canonical(table, &rec.model),
+                provider: p.name.clone(),
+                upstream_model: rec.model.clone(),
+                usd: convert(&rec.price, &rates),
+                native: Some(rec.price.clone()),
+                source: rec.source.clone(),
+                synced_at_ms: 0,
+                updated_at_ms: rec.imported_at_ms,
+            });
         }
 
-        // Manual prices win.
-        for o in self.offerings(None)? {
+        // Manual prices win. They come sorted by (model, provider) like `out` (the store's key
+        // is `model \0 provider`, and `\0` sorts first), so a merge joins them without a map
+        // insert per manual offering.
+        let manual = self.offerings(only)?.into_iter().map(|o| {
             let price = Price {
                 currency: "USD".into(),
                 input: o.input_micro_usd_per_mtok,
@@ -322,24 +318,38 @@ impl Store {
                 cache_write: o.cache_write_micro_usd_per_mtok,
                 tiers: Vec::new(),
             };
-            add(
-                Effective {
-                    model: o.model,
-                    provider: o.provider,
-                    upstream_model: o.upstream_model,
-                    usd: Some(price.clone()),
-                    native: Some(price),
-                    source: o.source,
-                    synced_at_ms: 0,
-                    updated_at_ms: o.updated_at_ms,
-                },
-                true,
-            );
+            Effective {
+                model: o.model,
+                provider: o.provider,
+                upstream_model: o.upstream_model,
+                usd: Some(price.clone()),
+                native: Some(price),
+                source: o.source,
+                synced_at_ms: 0,
+                updated_at_ms: o.updated_at_ms,
+            }
+        });
+        let mut merged = Vec::with_capacity(out.len());
+        let mut auto = out
+            .into_iter()
+            .filter(|((model, _), _)| only.is_none_or(|m| model == m))
+            .peekable();
+        for m in manual {
+            let key = (m.model.as_str(), m.provider.as_str());
+            while let Some(((am, ap), _)) = auto.peek() {
+                match (am.as_str(), ap.as_str()).cmp(&key) {
+                    std::cmp::Ordering::Less => merged.extend(auto.next().map(|(_, e)| e)),
+                    std::cmp::Ordering::Equal => {
+                        auto.next();
+                        break;
+                    }
+                    std::cmp::Ordering::Greater => break,
+                }
+            }
+            merged.push(m);
         }
-        Ok(out
-            .into_values()
-            .filter(|e| only.is_none_or(|m| e.model == m))
-            .collect())
+        merged.extend(auto.map(|(_, e)| e));
+        Ok(merged)
     }
 }
 
@@ -444,6 +454,61 @@ mod tests {
         assert_eq!(or.usd.unwrap().input, 100_000);
         assert!(store.set_fx_rate("USD", "1").is_err());
         assert!(store.set_fx_rate("CNY", "0").is_err());
+    }
+
+    #[test]
+    fn manual_offerings_merge_in_order() {
+        let (_d, store) = open_temp();
+        store
+            .add_provider("p", "openai", "http://127.0.0.1:1/v1")
+            .unwrap();
+        let mut p = store.provider("p").unwrap().unwrap();
+        p.catalog = Some("list".into());
+        store.providers.insert("p", store::encode(&p)).unwrap();
+        let synced = |id: &str| SyncedModel {
+            id: id.into(),
+            canonical: id.into(),
+            price: Some(Price::usd(5, 5)),
+        };
+        store
+            .put_catalog(&CatalogRec {
+                provider: "p".into(),
+                adapter: "list".into(),
+                models: vec![synced("a/x"), synced("c/z"), synced("c/z-b")],
+                ..Default::default()
+            })
+            .unwrap();
+        for model in ["b/y", "c/z", "d/w"] {
+            store
+                .set_model(&SetModel {
+                    model,
+                    provider: "p",
+                    upstream_model: "",
+                    input_usd_per_mtok: "1",
+                    output_usd_per_mtok: "1",
+                    cache_read_usd_per_mtok: "",
+                    cache_write_usd_per_mtok: "",
+                })
+                .unwrap();
+        }
+        let all = store.effective_offerings(None).unwrap();
+        let seen: Vec<(&str, &str)> = all
+            .iter()
+            .map(|e| (e.model.as_str(), e.source.as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("a/x", "sync:list"),
+                ("b/y", "manual"),
+                ("c/z", "manual"),
+                ("c/z-b", "sync:list"),
+                ("d/w", "manual"),
+            ]
+        );
+        let one = store.effective_offerings(Some("c/z")).unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].source, "manual");
     }
 
     #[test]
