@@ -407,6 +407,22 @@ fn providers_sync_on_start_and_on_schedule() {
         "{}",
         s.cp.logs()
     );
+
+    // Across a restart, with the provider now broken: the sync on start fails, and the last
+    // good catalog (stored) keeps serving.
+    let mut s = s;
+    assert_eq!(s.cp.terminate(), Some(0));
+    fake.set_models_body(Some((502, "upstream down".into())));
+    s.cp.restart();
+    let failed = || {
+        let st = s.cp.ctl(&["--json", "catalog", "status", "or"]).ok().json();
+        st[0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("HTTP 502"))
+            && st[0]["models"] == 10
+    };
+    assert!(wait_until(TIMEOUT, failed), "{}", s.cp.logs());
+    assert_eq!(s.offering(CANONICAL, "or")["input"].as_f64(), Some(1.0));
 }
 
 #[test]
