@@ -79,6 +79,46 @@ enum Command {
         /// Where to write it; an existing file is replaced only once the backup is complete.
         file: std::path::PathBuf,
     },
+    /// Model catalogs synced from the providers' models APIs.
+    #[command(subcommand)]
+    Catalog(CatalogCmd),
+    /// Price files for providers whose models list carries no prices.
+    #[command(subcommand)]
+    Prices(PricesCmd),
+    /// Exchange rates for prices not in USD.
+    #[command(subcommand)]
+    Fx(FxCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum CatalogCmd {
+    /// Sync now: one provider, or every provider with a catalog adapter.
+    Sync { provider: Option<String> },
+    /// Per provider: last success, models, last error, next sync.
+    Status { provider: Option<String> },
+}
+
+#[derive(Subcommand, Debug)]
+enum PricesCmd {
+    /// Import a price file (LiteLLM's model_prices_and_context_window.json, or Keyplane's own
+    /// format, see README); a file with any error is refused whole.
+    Import {
+        file: std::path::PathBuf,
+        /// Apply every price of the file to this provider.
+        #[arg(long)]
+        provider: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum FxCmd {
+    /// Set the rate of a currency in USD per unit, e.g. `fx set CNY 0.14`.
+    Set {
+        currency: String,
+        usd_per_unit: String,
+    },
+    /// List the rates.
+    List,
 }
 
 #[derive(Subcommand, Debug)]
@@ -86,12 +126,20 @@ enum ProviderCmd {
     /// Add a provider. Works whether or not the provider is reachable.
     Add {
         name: String,
-        /// openai or anthropic.
+        /// openai or anthropic (default: the preset's).
         #[arg(long)]
-        protocol: String,
-        /// OpenAI-style URLs end in /v1; Anthropic's do not.
+        protocol: Option<String>,
+        /// OpenAI-style URLs end in /v1; Anthropic's do not (default: the preset's).
         #[arg(long)]
-        base_url: String,
+        base_url: Option<String>,
+        /// A known provider: openrouter, zenmux, deepinfra, deepseek, openai, anthropic, groq,
+        /// together, mistral, xai, qwen, siliconflow, moonshot, zhipu, gemini-openai.
+        #[arg(long)]
+        preset: Option<String>,
+        /// Catalog adapter: openrouter, zenmux, together, deepinfra, list, anthropic-list, or
+        /// none (default: the preset's).
+        #[arg(long)]
+        catalog: Option<String>,
     },
     /// List providers.
     List,
@@ -139,11 +187,15 @@ enum ModelCmd {
         #[arg(long, allow_hyphen_values = true)]
         cache_write: Option<String>,
     },
-    /// List model offerings.
+    /// List model offerings, from every source (sync, price files, manual).
     List {
         #[arg(long)]
         model: Option<String>,
     },
+    /// Add a client-facing alias: requests for NAME go to TARGET's offerings.
+    Alias { name: String, target: String },
+    /// List aliases.
+    Aliases,
 }
 
 #[derive(Subcommand, Debug)]
@@ -341,17 +393,40 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Credential(CredentialCmd::Add { provider, .. }) => Some(read_secret(provider)?),
         _ => None,
     };
+    if let Command::Provider(ProviderCmd::Add {
+        protocol,
+        base_url,
+        preset: None,
+        ..
+    }) = &cli.command
+        && (protocol.is_none() || base_url.is_none())
+    {
+        return Err(Failure::Usage(
+            "provider add needs --protocol and --base-url, or --preset".into(),
+        ));
+    }
+    let price_file = match &cli.command {
+        Command::Prices(PricesCmd::Import { file, .. }) => Some(
+            std::fs::read_to_string(file)
+                .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", file.display())))?,
+        ),
+        _ => None,
+    };
     let mut admin = connect(&cli).await?;
     match cli.command {
         Command::Provider(ProviderCmd::Add {
             name,
             protocol,
             base_url,
+            preset,
+            catalog,
         }) => {
             let req = admin.request(pb::AddProviderRequest {
                 name,
-                protocol,
-                base_url,
+                protocol: protocol.unwrap_or_default(),
+                base_url: base_url.unwrap_or_default(),
+                preset: preset.unwrap_or_default(),
+                catalog: catalog.unwrap_or_default(),
             })?;
             let provider = admin.client.add_provider(req).await?.into_inner();
             out.providers(&[provider], true);
@@ -447,6 +522,61 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             write_private(&file, &bytes)
                 .map_err(|e| Failure::Usage(format!("cannot write {}: {e}", file.display())))?;
             out.backup(&file, bytes.len());
+        }
+        Command::Model(ModelCmd::Alias { name, target }) => {
+            let req = admin.request(pb::SetAliasRequest {
+                alias: name,
+                target,
+            })?;
+            let alias = admin.client.set_alias(req).await?.into_inner();
+            out.aliases(&[alias], true);
+        }
+        Command::Model(ModelCmd::Aliases) => {
+            let req = admin.request(pb::ListAliasesRequest {})?;
+            let list = admin.client.list_aliases(req).await?.into_inner();
+            out.aliases(&list.aliases, false);
+        }
+        Command::Catalog(CatalogCmd::Sync { provider }) => {
+            let req = admin.request(pb::SyncCatalogRequest {
+                provider: provider.unwrap_or_default(),
+            })?;
+            let status = admin.client.sync_catalog(req).await?.into_inner();
+            out.catalog_status(&status.providers);
+        }
+        Command::Catalog(CatalogCmd::Status { provider }) => {
+            let req = admin.request(pb::CatalogStatusRequest {
+                provider: provider.unwrap_or_default(),
+            })?;
+            let status = admin.client.catalog_status(req).await?.into_inner();
+            out.catalog_status(&status.providers);
+        }
+        Command::Prices(PricesCmd::Import { file, provider }) => {
+            let req = admin.request(pb::ImportPricesRequest {
+                content: price_file.unwrap_or_default(),
+                file_name: file
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                provider: provider.unwrap_or_default(),
+            })?;
+            let imported = admin.client.import_prices(req).await?.into_inner();
+            out.imported(&imported);
+        }
+        Command::Fx(FxCmd::Set {
+            currency,
+            usd_per_unit,
+        }) => {
+            let req = admin.request(pb::SetFxRateRequest {
+                currency,
+                usd_per_unit,
+            })?;
+            let rate = admin.client.set_fx_rate(req).await?.into_inner();
+            out.fx_rates(&[rate], true);
+        }
+        Command::Fx(FxCmd::List) => {
+            let req = admin.request(pb::ListFxRatesRequest {})?;
+            let list = admin.client.list_fx_rates(req).await?.into_inner();
+            out.fx_rates(&list.rates, false);
         }
     }
     Ok(())

@@ -59,6 +59,15 @@ fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
     println!("{}", table.trim_fmt());
 }
 
+/// Which cost a usage row billed: the computed one, the provider's reported one, or some of each.
+fn billed(r: &pb::UsageRow) -> &'static str {
+    match r.reported_requests {
+        0 => "computed",
+        n if n >= r.requests => "reported",
+        _ => "mixed",
+    }
+}
+
 impl Output {
     /// `single`: the answer to an add/set/revoke, shown as one object in JSON.
     fn emit(&self, single: bool, values: Vec<Value>, header: &[&str], rows: Vec<Vec<String>>) {
@@ -81,14 +90,32 @@ impl Output {
                     "protocol": p.protocol,
                     "base_url": p.base_url,
                     "created_at": time(p.created_at_ms),
+                    "catalog": if p.catalog.is_empty() { Value::Null } else { json!(p.catalog) },
+                    "preset": if p.preset.is_empty() { Value::Null } else { json!(p.preset) },
                 })
             })
             .collect();
         let rows = list
             .iter()
-            .map(|p| vec![p.name.clone(), p.protocol.clone(), p.base_url.clone()])
+            .map(|p| {
+                vec![
+                    p.name.clone(),
+                    p.protocol.clone(),
+                    p.base_url.clone(),
+                    if p.catalog.is_empty() {
+                        "-".to_string()
+                    } else {
+                        p.catalog.clone()
+                    },
+                ]
+            })
             .collect();
-        self.emit(single, values, &["name", "protocol", "base url"], rows);
+        self.emit(
+            single,
+            values,
+            &["name", "protocol", "base url", "catalog"],
+            rows,
+        );
     }
 
     pub fn credentials(&self, list: &[pb::Credential], single: bool) {
@@ -127,35 +154,76 @@ impl Output {
         );
     }
 
+    /// `model list` rows: exactly `model, provider, upstream_model, input, output, currency,
+    /// source, synced_at` in JSON (`model set`'s answer adds `cache_read`, `cache_write` and
+    /// `updated_at`) (input / output in USD per million tokens, `null` when the
+    /// price is unknown; `currency` is the price's own currency). The table also shows the price
+    /// in that currency when it is not USD.
     pub fn offerings(&self, list: &[pb::ModelOffering], single: bool) {
+        let usd = |o: &pb::ModelOffering, v: u64| {
+            if o.price_unknown {
+                Value::Null
+            } else {
+                json!(micros_f64(v))
+            }
+        };
         let values = list
             .iter()
             .map(|o| {
-                json!({
+                let mut row = json!({
                     "model": o.model,
                     "provider": o.provider,
                     "upstream_model": o.upstream_model,
-                    "input": micros_f64(o.input_micro_usd_per_mtok),
-                    "output": micros_f64(o.output_micro_usd_per_mtok),
-                    "cache_read": o.cache_read_micro_usd_per_mtok.map(micros_f64),
-                    "cache_write": o.cache_write_micro_usd_per_mtok.map(micros_f64),
+                    "input": usd(o, o.input_micro_usd_per_mtok),
+                    "output": usd(o, o.output_micro_usd_per_mtok),
                     "currency": o.currency,
                     "source": o.source,
-                    "synced_at": Value::Null,
-                    "updated_at": time(o.updated_at_ms),
-                })
+                    "synced_at": time(o.synced_at_ms),
+                });
+                // The answer to `model set` also shows the cached-input prices it was given.
+                if single && let Some(obj) = row.as_object_mut() {
+                    obj.insert(
+                        "cache_read".into(),
+                        json!(o.cache_read_micro_usd_per_mtok.map(micros_f64)),
+                    );
+                    obj.insert(
+                        "cache_write".into(),
+                        json!(o.cache_write_micro_usd_per_mtok.map(micros_f64)),
+                    );
+                    obj.insert("updated_at".into(), time(o.updated_at_ms));
+                }
+                row
             })
             .collect();
         let rows = list
             .iter()
             .map(|o| {
+                let price = |v: u64| {
+                    if o.price_unknown {
+                        "?".to_string()
+                    } else {
+                        decimal(v, 6)
+                    }
+                };
+                let native = if o.currency.is_empty() || o.currency == "USD" {
+                    String::new()
+                } else {
+                    format!(
+                        "{} {} / {}",
+                        o.currency,
+                        decimal(o.input_micro_per_mtok_native, 6),
+                        decimal(o.output_micro_per_mtok_native, 6)
+                    )
+                };
                 vec![
                     o.model.clone(),
                     o.provider.clone(),
                     o.upstream_model.clone(),
-                    decimal(o.input_micro_usd_per_mtok, 6),
-                    decimal(o.output_micro_usd_per_mtok, 6),
+                    price(o.input_micro_usd_per_mtok),
+                    price(o.output_micro_usd_per_mtok),
+                    native,
                     o.source.clone(),
+                    time_text(o.synced_at_ms),
                 ]
             })
             .collect();
@@ -168,8 +236,120 @@ impl Output {
                 "upstream model",
                 "input $/Mtok",
                 "output $/Mtok",
+                "native price",
                 "source",
+                "synced",
             ],
+            rows,
+        );
+    }
+
+    pub fn aliases(&self, list: &[pb::ModelAlias], single: bool) {
+        let values = list
+            .iter()
+            .map(|a| {
+                json!({
+                    "alias": a.alias,
+                    "target": a.target,
+                    "created_at": time(a.created_at_ms),
+                })
+            })
+            .collect();
+        let rows = list
+            .iter()
+            .map(|a| vec![a.alias.clone(), a.target.clone()])
+            .collect();
+        self.emit(single, values, &["alias", "target"], rows);
+    }
+
+    pub fn catalog_status(&self, list: &[pb::ProviderCatalogStatus]) {
+        let values = list
+            .iter()
+            .map(|s| {
+                json!({
+                    "provider": s.provider,
+                    "adapter": s.adapter,
+                    "last_success": time(s.last_success_ms),
+                    "last_attempt": time(s.last_attempt_ms),
+                    "models": s.models,
+                    "priced_models": s.priced_models,
+                    "last_error": if s.last_error.is_empty() { Value::Null } else { json!(s.last_error) },
+                    "consecutive_failures": s.consecutive_failures,
+                    "next_sync": time(s.next_sync_ms),
+                })
+            })
+            .collect();
+        let rows = list
+            .iter()
+            .map(|s| {
+                vec![
+                    s.provider.clone(),
+                    s.adapter.clone(),
+                    time_text(s.last_success_ms),
+                    format!("{} ({} priced)", s.models, s.priced_models),
+                    if s.last_error.is_empty() {
+                        "-".to_string()
+                    } else {
+                        s.last_error.clone()
+                    },
+                ]
+            })
+            .collect();
+        self.emit(
+            false,
+            values,
+            &[
+                "provider",
+                "adapter",
+                "last success",
+                "models",
+                "last error",
+            ],
+            rows,
+        );
+    }
+
+    pub fn imported(&self, r: &pb::ImportPricesResponse) {
+        if self.json {
+            print_json(&json!({
+                "imported": r.imported,
+                "skipped": r.skipped,
+                "format": r.format,
+                "source": r.source,
+            }));
+        } else {
+            println!(
+                "imported {} prices ({} format, source {:?}); {} entries skipped",
+                r.imported, r.format, r.source, r.skipped
+            );
+        }
+    }
+
+    pub fn fx_rates(&self, list: &[pb::FxRate], single: bool) {
+        let values = list
+            .iter()
+            .map(|r| {
+                json!({
+                    "currency": r.currency,
+                    "usd_per_unit": micros_f64(r.usd_per_unit_micros),
+                    "updated_at": time(r.updated_at_ms),
+                })
+            })
+            .collect();
+        let rows = list
+            .iter()
+            .map(|r| {
+                vec![
+                    r.currency.clone(),
+                    decimal(r.usd_per_unit_micros, 6),
+                    time_text(r.updated_at_ms),
+                ]
+            })
+            .collect();
+        self.emit(
+            single,
+            values,
+            &["currency", "usd per unit", "updated"],
             rows,
         );
     }
@@ -234,6 +414,10 @@ impl Output {
                     "input_tokens": r.input_tokens,
                     "output_tokens": r.output_tokens,
                     "cost_usd": r.cost_nano_usd as f64 / 1e9,
+                    "computed_cost_usd": r.computed_cost_nano_usd as f64 / 1e9,
+                    "reported_cost_usd": r.reported_cost_nano_usd as f64 / 1e9,
+                    "reported_requests": r.reported_requests,
+                    "billed": billed(r),
                 })
             })
             .collect();
@@ -253,6 +437,7 @@ impl Output {
                     r.input_tokens.to_string(),
                     r.output_tokens.to_string(),
                     format!("${}", decimal(r.cost_nano_usd, 9)),
+                    billed(r).to_string(),
                 ]
             })
             .collect();
@@ -268,6 +453,7 @@ impl Output {
                 "input",
                 "output",
                 "cost",
+                "billed",
             ],
             table,
         );

@@ -110,6 +110,14 @@ async fn main() {
     let server = tokio::spawn(grpc::serve(
         listener,
         grpc::Services {
+            syncer: keyplane_control::catalog_sync::Syncer::new(
+                Arc::clone(&store),
+                Arc::clone(&routes),
+                keyplane_control::catalog_sync::SyncConfig {
+                    interval: None,
+                    ..Default::default()
+                },
+            ),
             store: Arc::clone(&store),
             routes,
             registry,

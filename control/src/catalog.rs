@@ -39,6 +39,12 @@ pub struct ProviderRec {
     pub protocol: Protocol,
     pub base_url: String,
     pub created_at_ms: i64,
+    /// Catalog adapter (`catalog_sync::ADAPTERS`); `None`: the catalog is not synced.
+    #[serde(default)]
+    pub catalog: Option<String>,
+    /// The preset the provider was added with; also names its id → canonical mapping table.
+    #[serde(default)]
+    pub preset: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -179,16 +185,73 @@ fn parse_price(what: &str, text: &str) -> Result<u64> {
     })
 }
 
+/// What `provider add` asks for: explicit fields override the preset's.
+#[derive(Default)]
+pub struct AddProvider<'a> {
+    pub name: &'a str,
+    pub protocol: &'a str,
+    pub base_url: &'a str,
+    pub preset: &'a str,
+    /// Empty: the preset's adapter (or none); `none`: no adapter even with a preset.
+    pub catalog: &'a str,
+}
+
 impl Store {
     pub fn add_provider(&self, name: &str, protocol: &str, base_url: &str) -> Result<ProviderRec> {
+        self.add_provider_with(&AddProvider {
+            name,
+            protocol,
+            base_url,
+            ..AddProvider::default()
+        })
+    }
+
+    pub fn add_provider_with<'a>(&self, req: &AddProvider<'a>) -> Result<ProviderRec> {
+        let name = req.name;
         check_name("provider", name)?;
-        let protocol = Protocol::parse(protocol)?;
-        let base_url = check_base_url(base_url)?;
+        let preset = match req.preset.trim() {
+            "" => None,
+            p => Some(crate::catalog_sync::presets::preset(p).ok_or_else(|| {
+                invalid(format!(
+                    "preset {p:?} is unknown: use one of {}",
+                    crate::catalog_sync::presets::preset_names().join(", ")
+                ))
+            })?),
+        };
+        let pick = |given: &'a str, from_preset: Option<&'a str>| -> &'a str {
+            if given.trim().is_empty() {
+                from_preset.unwrap_or("")
+            } else {
+                given
+            }
+        };
+        let protocol_text = pick(req.protocol, preset.map(|p| p.protocol.as_str()));
+        if protocol_text.trim().is_empty() {
+            return Err(invalid("give --protocol (or --preset)"));
+        }
+        let base_url_text = pick(req.base_url, preset.map(|p| p.base_url.as_str()));
+        if base_url_text.trim().is_empty() {
+            return Err(invalid("give --base-url (or --preset)"));
+        }
+        let protocol = Protocol::parse(protocol_text)?;
+        let base_url = check_base_url(base_url_text)?;
+        let catalog = match pick(req.catalog, preset.map(|p| p.catalog.as_str())).trim() {
+            "" | "none" => None,
+            a if crate::catalog_sync::adapter_known(a) => Some(a.to_string()),
+            a => {
+                return Err(invalid(format!(
+                    "catalog adapter {a:?} is unknown: use one of {} (or none)",
+                    crate::catalog_sync::ADAPTERS.join(", ")
+                )));
+            }
+        };
         let rec = ProviderRec {
             name: name.to_string(),
             protocol,
             base_url,
             created_at_ms: now_ms(),
+            catalog,
+            preset: preset.map(|_| req.preset.trim().to_string()),
         };
         let _guard = self.admin_guard();
         let swapped = self.providers.compare_and_swap(

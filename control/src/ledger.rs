@@ -22,7 +22,14 @@ pub struct UsageRec {
     pub credential_id: String,
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// What was billed: the provider's reported cost when it gave one, else the computed cost.
     pub cost_nano_usd: u64,
+    /// The cost computed from the route table's prices (absent in records older than it).
+    #[serde(default)]
+    pub computed_cost_nano_usd: Option<u64>,
+    /// The provider's own charge for the request, when it reported one.
+    #[serde(default)]
+    pub reported_cost_nano_usd: Option<u64>,
     #[serde(default)]
     pub cache_read_tokens: u64,
     #[serde(default)]
@@ -47,21 +54,30 @@ pub struct UsageTotal {
     pub counts: Counts,
 }
 
-/// The summed columns of a totals row, stored as six big-endian `u64`s.
+/// The summed columns of a totals row, stored as nine big-endian `u64`s. Rows written before the
+/// last three columns existed are six long and read with zeros there, which is exactly right:
+/// no request of theirs was billed at a reported cost.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
     pub requests: u64,
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Billed.
     pub cost_nano_usd: u64,
     pub cache_read_tokens: u64,
     pub cache_write_tokens: u64,
+    /// Requests billed at the provider's reported cost, and the sums of that reported cost and
+    /// of the computed cost of the same requests.
+    pub reported_requests: u64,
+    pub reported_cost_nano_usd: u64,
+    pub computed_of_reported_nano_usd: u64,
 }
 
 impl Counts {
-    const LEN: usize = 48;
+    const LEN: usize = 72;
 
     fn of(rec: &UsageRec) -> Counts {
+        let reported = rec.reported_cost_nano_usd.is_some();
         Counts {
             requests: 1,
             input_tokens: rec.input_tokens,
@@ -69,7 +85,21 @@ impl Counts {
             cost_nano_usd: rec.cost_nano_usd,
             cache_read_tokens: rec.cache_read_tokens,
             cache_write_tokens: rec.cache_write_tokens,
+            reported_requests: u64::from(reported),
+            reported_cost_nano_usd: rec.reported_cost_nano_usd.unwrap_or(0),
+            computed_of_reported_nano_usd: if reported {
+                rec.computed_cost_nano_usd.unwrap_or(0)
+            } else {
+                0
+            },
         }
+    }
+
+    /// The cost computed from catalog prices for every request of the row.
+    pub fn computed_cost_nano_usd(&self) -> u64 {
+        self.cost_nano_usd
+            .saturating_sub(self.reported_cost_nano_usd)
+            .saturating_add(self.computed_of_reported_nano_usd)
     }
 
     fn add(&mut self, other: &Counts) {
@@ -84,6 +114,15 @@ impl Counts {
         self.cache_write_tokens = self
             .cache_write_tokens
             .saturating_add(other.cache_write_tokens);
+        self.reported_requests = self
+            .reported_requests
+            .saturating_add(other.reported_requests);
+        self.reported_cost_nano_usd = self
+            .reported_cost_nano_usd
+            .saturating_add(other.reported_cost_nano_usd);
+        self.computed_of_reported_nano_usd = self
+            .computed_of_reported_nano_usd
+            .saturating_add(other.computed_of_reported_nano_usd);
     }
 
     fn to_bytes(self) -> [u8; Self::LEN] {
@@ -95,6 +134,9 @@ impl Counts {
             self.cost_nano_usd,
             self.cache_read_tokens,
             self.cache_write_tokens,
+            self.reported_requests,
+            self.reported_cost_nano_usd,
+            self.computed_of_reported_nano_usd,
         ];
         for (chunk, value) in out.chunks_exact_mut(8).zip(fields) {
             chunk.copy_from_slice(&value.to_be_bytes());
@@ -103,7 +145,7 @@ impl Counts {
     }
 
     fn from_bytes(raw: &[u8]) -> Counts {
-        let mut fields = [0u64; 6];
+        let mut fields = [0u64; 9];
         for (field, chunk) in fields.iter_mut().zip(raw.chunks_exact(8)) {
             let mut bytes = [0u8; 8];
             bytes.copy_from_slice(chunk);
@@ -116,6 +158,9 @@ impl Counts {
             cost_nano_usd,
             cache_read_tokens,
             cache_write_tokens,
+            reported_requests,
+            reported_cost_nano_usd,
+            computed_of_reported_nano_usd,
         ] = fields;
         Counts {
             requests,
@@ -124,6 +169,9 @@ impl Counts {
             cost_nano_usd,
             cache_read_tokens,
             cache_write_tokens,
+            reported_requests,
+            reported_cost_nano_usd,
+            computed_of_reported_nano_usd,
         }
     }
 }
@@ -338,7 +386,32 @@ mod tests {
             cost_nano_usd: u64::MAX,
             cache_read_tokens: 5,
             cache_write_tokens: 6,
+            reported_requests: 7,
+            reported_cost_nano_usd: 8,
+            computed_of_reported_nano_usd: 9,
         };
         assert_eq!(Counts::from_bytes(&c.to_bytes()), c);
+        // A row written before the reported-cost columns reads with zeros there.
+        let old = Counts::from_bytes(&c.to_bytes()[..48]);
+        assert_eq!(old.reported_requests, 0);
+        assert_eq!(old.computed_cost_nano_usd(), u64::MAX);
+    }
+
+    #[test]
+    fn reported_cost_is_billed_and_computed_kept() {
+        let (_d, store) = open_temp();
+        let mut a = rec("a", "k", 10, 10, 900);
+        a.computed_cost_nano_usd = Some(1_000);
+        a.reported_cost_nano_usd = Some(900);
+        let mut b = rec("b", "k", 10, 10, 500);
+        b.computed_cost_nano_usd = Some(500);
+        store.ingest_usage("n", vec![a, b]).unwrap();
+        let c = store.usage_totals(None).unwrap()[0].counts;
+        assert_eq!(c.cost_nano_usd, 1_400);
+        assert_eq!((c.reported_requests, c.reported_cost_nano_usd), (1, 900));
+        assert_eq!(c.computed_cost_nano_usd(), 1_500);
+        let stored = store.usage_record("a").unwrap().unwrap();
+        assert_eq!(stored.reported_cost_nano_usd, Some(900));
+        assert_eq!(stored.computed_cost_nano_usd, Some(1_000));
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod backup;
 pub mod catalog;
+pub mod catalog_sync;
 pub mod config;
 pub mod creds;
 pub mod error;
@@ -16,6 +17,8 @@ pub mod ledger;
 pub mod metrics;
 pub mod money;
 pub mod nodes;
+pub mod price_import;
+pub mod prices;
 pub mod rotate;
 pub mod routes;
 pub mod store;

@@ -2,6 +2,7 @@
 //! SIGINT, then flushes the store and exits 0.
 
 use clap::{Parser, Subcommand, ValueEnum};
+use keyplane_control::catalog_sync::{SyncConfig, Syncer};
 use keyplane_control::config::{self, ConfigError};
 use keyplane_control::grpc::{self, TokenCheck};
 use keyplane_control::nodes::Registry;
@@ -56,6 +57,13 @@ struct Args {
     /// in plain text).
     #[arg(long)]
     insecure: bool,
+    /// Seconds between catalog syncs of each provider with a catalog adapter (also synced on
+    /// start). 0 turns automatic sync off: only `keyplanectl catalog sync` syncs.
+    #[arg(long, default_value_t = 300)]
+    catalog_sync_interval_secs: u64,
+    /// Time limit of one provider's catalog sync (fetch and parse), in seconds.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    catalog_sync_timeout_secs: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -333,10 +341,22 @@ async fn run(args: Args) -> Result<(), Failure> {
     );
 
     let compiler = tokio::spawn(Arc::clone(&routes).run(cancel.clone()));
+    let syncer = Syncer::new(
+        Arc::clone(&store),
+        Arc::clone(&routes),
+        SyncConfig {
+            interval: (args.catalog_sync_interval_secs > 0)
+                .then(|| Duration::from_secs(args.catalog_sync_interval_secs)),
+            timeout: Duration::from_secs(args.catalog_sync_timeout_secs),
+            ..SyncConfig::default()
+        },
+    );
+    let sync_loop = tokio::spawn(Arc::clone(&syncer).run(cancel.clone()));
     let services = grpc::Services {
         store: Arc::clone(&store),
         routes,
         registry,
+        syncer,
         admin_token: TokenCheck::new(&secrets.admin_token, "admin token"),
         node_token: TokenCheck::new(&secrets.node_token, "node token"),
         require_node_cert: args.client_ca.is_some(),
@@ -357,6 +377,7 @@ async fn run(args: Args) -> Result<(), Failure> {
     if let Some(task) = metrics_task {
         let _ = task.await;
     }
+    let _ = sync_loop.await;
     signals.abort();
     store
         .flush()

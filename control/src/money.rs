@@ -81,9 +81,101 @@ pub fn format_micros(value: u64) -> String {
     format!("{whole}.{}", digits.trim_end_matches('0'))
 }
 
+/// Parses a non-negative decimal as providers write it (`"0.00000015"`, `1.5e-7`, `22.5`) and
+/// returns it times 10^`shift`, rounded half up to an integer: `parse_scaled("0.00000015", 12)`
+/// is USD per token turned into micro-USD per million tokens (150,000). The text is read as
+/// digits, never through a binary float, so `"0.0000003"` gives exactly 300,000.
+pub fn parse_scaled(text: &str, shift: i32) -> Result<u64, DecimalError> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(DecimalError::Empty);
+    }
+    if text.starts_with('-') {
+        return Err(DecimalError::Negative);
+    }
+    let text = text.strip_prefix('+').unwrap_or(text);
+    let (number, exponent) = match text.find(['e', 'E']) {
+        Some(at) => {
+            let exp: i32 = text[at + 1..]
+                .parse()
+                .map_err(|_| DecimalError::NotANumber)?;
+            (&text[..at], exp)
+        }
+        None => (text, 0),
+    };
+    let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
+    if (whole.is_empty() && frac.is_empty())
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(DecimalError::NotANumber);
+    }
+    let frac = frac.trim_end_matches('0');
+    let whole = whole.trim_start_matches('0');
+    let digits = format!("{whole}{frac}");
+    let digits = digits.trim_start_matches('0');
+    if digits.len() > 36 {
+        return Err(DecimalError::TooLarge);
+    }
+    let mantissa: u128 = if digits.is_empty() {
+        0
+    } else {
+        digits.parse().map_err(|_| DecimalError::NotANumber)?
+    };
+    let power = i64::from(shift) + i64::from(exponent) - frac.len() as i64;
+    let value = if power >= 0 {
+        let factor = u32::try_from(power)
+            .ok()
+            .and_then(|p| 10u128.checked_pow(p))
+            .ok_or(DecimalError::TooLarge)?;
+        mantissa.checked_mul(factor).ok_or(DecimalError::TooLarge)?
+    } else {
+        match u32::try_from(-power)
+            .ok()
+            .and_then(|p| 10u128.checked_pow(p))
+        {
+            Some(divisor) => (mantissa + divisor / 2) / divisor,
+            None => 0,
+        }
+    };
+    u64::try_from(value).map_err(|_| DecimalError::TooLarge)
+}
+
+/// `amount * ppm / 10^6`, rounded half up, saturating: a price in one currency converted with
+/// a rate in millionths of a USD per unit.
+pub fn convert_ppm(amount: u64, ppm: u64) -> u64 {
+    let scaled = (u128::from(amount) * u128::from(ppm) + u128::from(SCALE / 2)) / u128::from(SCALE);
+    u64::try_from(scaled).unwrap_or(u64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scaled_decimals_are_exact() {
+        assert_eq!(parse_scaled("0.00000015", 12), Ok(150_000));
+        assert_eq!(parse_scaled("0.0000003", 12), Ok(300_000));
+        assert_eq!(parse_scaled("0.000075", 12), Ok(75_000_000));
+        assert_eq!(parse_scaled("0.00000007", 12), Ok(70_000));
+        assert_eq!(parse_scaled("1.5e-07", 12), Ok(150_000));
+        assert_eq!(parse_scaled("1.25E-6", 12), Ok(1_250_000));
+        assert_eq!(parse_scaled("22.5", 6), Ok(22_500_000));
+        assert_eq!(parse_scaled("0", 12), Ok(0));
+        assert_eq!(parse_scaled("0.00435825", 9), Ok(4_358_250));
+        assert_eq!(parse_scaled("4.25e-06", 9), Ok(4_250));
+        // Below the unit: rounded half up.
+        assert_eq!(parse_scaled("0.0000000000005", 12), Ok(1));
+        assert_eq!(parse_scaled("0.0000000000004", 12), Ok(0));
+        assert_eq!(parse_scaled("-1", 12), Err(DecimalError::Negative));
+        assert_eq!(parse_scaled("abc", 12), Err(DecimalError::NotANumber));
+        assert_eq!(parse_scaled("1e", 12), Err(DecimalError::NotANumber));
+        assert_eq!(parse_scaled("", 12), Err(DecimalError::Empty));
+        assert_eq!(parse_scaled("1e30", 12), Err(DecimalError::TooLarge));
+        assert_eq!(parse_scaled("1e-400", 12), Ok(0));
+        assert_eq!(convert_ppm(1_000_000, 140_000), 140_000);
+        assert_eq!(convert_ppm(3, 500_000), 2);
+    }
 
     #[test]
     fn parses_exact_decimals() {

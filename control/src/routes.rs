@@ -92,6 +92,37 @@ async fn compile_new_version(store: &Arc<Store>) -> Result<pb::RouteTable> {
         .map_err(|e| crate::error::Error::Internal(format!("compile task failed: {e}")))?
 }
 
+fn route_offering(provider_index: u32, e: &crate::prices::Effective) -> pb::RouteOffering {
+    let usd = e.usd.as_ref();
+    pb::RouteOffering {
+        provider_index,
+        upstream_model: if e.upstream_model == e.model {
+            String::new()
+        } else {
+            e.upstream_model.clone()
+        },
+        input_micro_usd_per_mtok: usd.map_or(0, |p| p.input),
+        output_micro_usd_per_mtok: usd.map_or(0, |p| p.output),
+        cache_read_micro_usd_per_mtok: usd.and_then(|p| p.cache_read),
+        cache_write_micro_usd_per_mtok: usd.and_then(|p| p.cache_write),
+        price_unknown: usd.is_none(),
+        tiers: usd.map(|p| route_tiers(&p.tiers)).unwrap_or_default(),
+    }
+}
+
+pub fn route_tiers(tiers: &[crate::catalog_sync::Tier]) -> Vec<pb::RoutePriceTier> {
+    tiers
+        .iter()
+        .map(|t| pb::RoutePriceTier {
+            min_prompt_tokens: t.min_prompt_tokens,
+            input_micro_usd_per_mtok: t.input,
+            output_micro_usd_per_mtok: t.output,
+            cache_read_micro_usd_per_mtok: t.cache_read,
+            cache_write_micro_usd_per_mtok: t.cache_write,
+        })
+        .collect()
+}
+
 /// Builds the table for `version` from the store as it is now.
 pub fn compile(store: &Store, version: u64) -> Result<pb::RouteTable> {
     let providers = store.providers()?;
@@ -119,23 +150,12 @@ pub fn compile(store: &Store, version: u64) -> Result<pb::RouteTable> {
     }
 
     let mut models: Vec<pb::RouteModel> = Vec::new();
-    for offering in store.offerings(None)? {
+    for offering in store.effective_offerings(None)? {
         let Some(&provider_index) = index.get(offering.provider.as_str()) else {
             continue;
         };
-        let route_offering = pb::RouteOffering {
-            provider_index,
-            upstream_model: if offering.upstream_model == offering.model {
-                String::new()
-            } else {
-                offering.upstream_model
-            },
-            input_micro_usd_per_mtok: offering.input_micro_usd_per_mtok,
-            output_micro_usd_per_mtok: offering.output_micro_usd_per_mtok,
-            cache_read_micro_usd_per_mtok: offering.cache_read_micro_usd_per_mtok,
-            cache_write_micro_usd_per_mtok: offering.cache_write_micro_usd_per_mtok,
-        };
-        // Offerings are stored sorted by model, so one model's offerings are adjacent.
+        let route_offering = route_offering(provider_index, &offering);
+        // Effective offerings come sorted by model, so one model's offerings are adjacent.
         match models.last_mut() {
             Some(last) if last.name == offering.model => last.offerings.push(route_offering),
             _ => models.push(pb::RouteModel {
@@ -143,6 +163,43 @@ pub fn compile(store: &Store, version: u64) -> Result<pb::RouteTable> {
                 offerings: vec![route_offering],
             }),
         }
+    }
+    // Aliases: the target's offerings under a second name, with explicit upstream ids. A real
+    // model of the same name wins over an alias.
+    let aliases = store.aliases()?;
+    if !aliases.is_empty() {
+        let by_name: HashMap<&str, usize> = models
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.name.as_str(), i))
+            .collect();
+        let mut extra = Vec::new();
+        for alias in aliases {
+            if by_name.contains_key(alias.alias.as_str()) {
+                continue;
+            }
+            let Some(&target) = by_name.get(alias.target.as_str()) else {
+                continue;
+            };
+            let target = &models[target];
+            let offerings = target
+                .offerings
+                .iter()
+                .map(|o| pb::RouteOffering {
+                    upstream_model: if o.upstream_model.is_empty() {
+                        target.name.clone()
+                    } else {
+                        o.upstream_model.clone()
+                    },
+                    ..o.clone()
+                })
+                .collect();
+            extra.push(pb::RouteModel {
+                name: alias.alias,
+                offerings,
+            });
+        }
+        models.extend(extra);
     }
 
     let mut keys = Vec::new();

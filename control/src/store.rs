@@ -20,6 +20,10 @@ pub(crate) const CLIENT_KEY_NAMES: &str = "client_key_names";
 pub(crate) const USAGE: &str = "usage";
 pub(crate) const USAGE_TOTALS: &str = "usage_totals";
 pub(crate) const NODES: &str = "nodes";
+pub(crate) const CATALOGS: &str = "catalogs";
+pub(crate) const PRICES: &str = "prices";
+pub(crate) const FX_RATES: &str = "fx_rates";
+pub(crate) const ALIASES: &str = "aliases";
 
 pub(crate) const ROUTE_VERSION_KEY: &[u8] = b"route_version";
 pub(crate) const KEY_CHECK_KEY: &[u8] = b"key_check";
@@ -64,6 +68,14 @@ pub struct Store {
     pub(crate) usage: sled::Tree,
     pub(crate) usage_totals: sled::Tree,
     pub(crate) nodes: sled::Tree,
+    /// Provider name → its last good synced catalog and sync status.
+    pub(crate) catalogs: sled::Tree,
+    /// Provider `\0` model id → an imported price.
+    pub(crate) prices: sled::Tree,
+    /// Currency code → USD per unit.
+    pub(crate) fx_rates: sled::Tree,
+    /// Client-facing alias → target model name.
+    pub(crate) aliases: sled::Tree,
     pub(crate) cipher: Cipher,
     /// Serializes admin writes, so that check-then-write validations (a label unique within a
     /// provider, a referenced provider existing) cannot race each other. Admin writes are rare;
@@ -98,6 +110,10 @@ impl Store {
             usage: tree(USAGE)?,
             usage_totals: tree(USAGE_TOTALS)?,
             nodes: tree(NODES)?,
+            catalogs: tree(CATALOGS)?,
+            prices: tree(PRICES)?,
+            fx_rates: tree(FX_RATES)?,
+            aliases: tree(ALIASES)?,
             cipher: Cipher::new(master_key),
             admin_lock: Mutex::new(()),
             export_lock: std::sync::RwLock::new(()),

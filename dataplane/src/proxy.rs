@@ -617,6 +617,8 @@ impl Proxy {
             provider: Arc::clone(&cand.provider.name),
             credential_id: Arc::clone(&cand.credential_id),
             prices: cand.prices(),
+            tiers: Arc::clone(&cand.tiers),
+            reported_cost_nano_usd: None,
             started: ctx.started,
             started_at_ms: ctx.started_at_ms,
             ttfb_ms: 0,
@@ -668,6 +670,10 @@ impl Proxy {
                 .await
                 .map_err(|e| Attempt::Failed(Failure::Stream(e)))?;
             record.ttfb_ms = ms_since(ctx.started);
+            if upstream == Protocol::OpenAi {
+                record.reported_cost_nano_usd =
+                    openai::completion_usage(&bytes).and_then(|u| u.reported_cost_nano);
+            }
             let (bytes, usage) = match (client_protocol, upstream) {
                 (Protocol::OpenAi, Protocol::OpenAi) => {
                     let usage = openai::completion_usage(&bytes).map(openai_usage);
@@ -963,6 +969,15 @@ impl Adapter {
         }
     }
 
+    /// The upstream's own charge, as its usage reported it. Translated streams do not carry it;
+    /// they bill the computed cost.
+    fn reported_cost_nano(&self) -> Option<u64> {
+        match self {
+            Adapter::OpenAi { usage, .. } => usage.and_then(|u| u.reported_cost_nano),
+            _ => None,
+        }
+    }
+
     fn usage(&self) -> Option<Usage> {
         match self {
             Adapter::OpenAi { usage, .. } => usage.map(openai_usage),
@@ -1076,7 +1091,11 @@ struct Record {
     model: String,
     provider: Arc<str>,
     credential_id: Arc<str>,
+    /// Base prices; `tiers` by prompt size pick the ones a request is billed at.
     prices: crate::table::Prices,
+    tiers: Arc<[crate::table::PriceTier]>,
+    /// The provider's own charge, when its usage reported one (OpenAI-protocol upstreams).
+    reported_cost_nano_usd: Option<u64>,
     started: Instant,
     started_at_ms: i64,
     ttfb_ms: u32,
@@ -1101,7 +1120,7 @@ impl Record {
             ),
         };
         let all_input = u.input_tokens + u.cache_read_tokens + u.cache_write_tokens;
-        let cost = self.prices.cost_nano(
+        let cost = self.prices.at_tier(&self.tiers, all_input).cost_nano(
             u.input_tokens,
             u.cache_read_tokens,
             u.cache_write_tokens,
@@ -1130,6 +1149,7 @@ impl Record {
             cache_write_tokens = u.cache_write_tokens,
             output_tokens = u.output_tokens,
             cost_nano_usd = cost,
+            reported_cost_nano_usd = self.reported_cost_nano_usd,
             estimated,
             latency_ms = ms_since(self.started),
             "request served"
@@ -1150,6 +1170,7 @@ impl Record {
             estimated,
             cache_read_tokens: u.cache_read_tokens,
             cache_write_tokens: u.cache_write_tokens,
+            reported_cost_nano_usd: self.reported_cost_nano_usd,
         });
     }
 }
@@ -1220,8 +1241,9 @@ impl Relay {
     }
 
     fn finish(&mut self, status: u32) {
-        if let Some(record) = self.record.take() {
+        if let Some(mut record) = self.record.take() {
             let estimated_output = self.scan.content_events;
+            record.reported_cost_nano_usd = self.scan.adapter.reported_cost_nano();
             record.finish(self.scan.adapter.usage(), estimated_output, status);
         }
     }

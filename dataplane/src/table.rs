@@ -39,6 +39,22 @@ pub struct Candidate {
     pub cache_write_micro_usd_per_mtok: Option<u64>,
     pub multiplier_ppm: u64,
     pub stats: Arc<CredentialStats>,
+    /// The catalog lists this offering without a usable price: it ranks after every priced
+    /// candidate (never as free) and bills at the prices above (0) unless the provider reports
+    /// its own cost.
+    pub price_unknown: bool,
+    /// Prices for larger prompts, ascending by `min_prompt_tokens` (ZenMux-style tiers).
+    pub tiers: Arc<[PriceTier]>,
+}
+
+/// The prices of an offering from `min_prompt_tokens` prompt tokens up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PriceTier {
+    pub min_prompt_tokens: u64,
+    pub input: u64,
+    pub output: u64,
+    pub cache_read: Option<u64>,
+    pub cache_write: Option<u64>,
 }
 
 /// What a candidate charges, as the usage record needs it after the request.
@@ -52,6 +68,24 @@ pub struct Prices {
 }
 
 impl Prices {
+    /// These (base) prices, or those of the last of `tiers` that `prompt_tokens` reaches.
+    pub fn at_tier(self, tiers: &[PriceTier], prompt_tokens: u64) -> Prices {
+        match tiers
+            .iter()
+            .rev()
+            .find(|t| prompt_tokens >= t.min_prompt_tokens)
+        {
+            Some(t) => Prices {
+                input: t.input,
+                output: t.output,
+                cache_read: t.cache_read.unwrap_or(t.input),
+                cache_write: t.cache_write.unwrap_or(t.input),
+                multiplier_ppm: self.multiplier_ppm,
+            },
+            None => self,
+        }
+    }
+
     /// Cost in nano-USD of uncached input, cache reads, cache writes and output, rounded to the
     /// nearest nano-USD: the one price formula of the data plane.
     ///
@@ -91,9 +125,16 @@ impl Candidate {
         }
     }
 
-    /// This candidate's cost of a request, in nano-USD.
+    /// The prices of the tier a prompt of `prompt_tokens` falls in: the last tier it reaches,
+    /// else the base prices.
+    pub fn prices_for(&self, prompt_tokens: u64) -> Prices {
+        self.prices().at_tier(&self.tiers, prompt_tokens)
+    }
+
+    /// This candidate's cost of a request, in nano-USD, at the tier its prompt falls in.
     pub fn cost_nano(&self, input_tokens: u64, output_tokens: u64) -> u64 {
-        self.prices().cost_nano(input_tokens, 0, 0, output_tokens)
+        self.prices_for(input_tokens)
+            .cost_nano(input_tokens, 0, 0, output_tokens)
     }
 }
 
@@ -226,6 +267,17 @@ impl Table {
                 let Some(provider) = providers.get(o.provider_index as usize) else {
                     continue;
                 };
+                let tiers: Arc<[PriceTier]> = o
+                    .tiers
+                    .iter()
+                    .map(|t| PriceTier {
+                        min_prompt_tokens: t.min_prompt_tokens,
+                        input: t.input_micro_usd_per_mtok,
+                        output: t.output_micro_usd_per_mtok,
+                        cache_read: t.cache_read_micro_usd_per_mtok,
+                        cache_write: t.cache_write_micro_usd_per_mtok,
+                    })
+                    .collect();
                 let upstream_model: Arc<str> = if o.upstream_model.is_empty() {
                     Arc::from(m.name.as_str())
                 } else {
@@ -247,6 +299,8 @@ impl Table {
                         cache_write_micro_usd_per_mtok: o.cache_write_micro_usd_per_mtok,
                         multiplier_ppm: cred.multiplier_ppm,
                         stats: Arc::clone(&cred.stats),
+                        price_unknown: o.price_unknown,
+                        tiers: Arc::clone(&tiers),
                     });
                 }
             }
@@ -283,9 +337,11 @@ impl Table {
     }
 
     /// Candidate indexes of `model`, cheapest first for a request of about `input_tokens` in and
-    /// `output_tokens` out; equal costs go to the lower recent latency (unknown latency last).
+    /// `output_tokens` out, each priced at the tier that prompt falls in; equal costs go to the
+    /// lower recent latency (unknown latency last). Candidates with an unknown price come after
+    /// every priced one.
     pub fn rank(candidates: &[Candidate], input_tokens: u64, output_tokens: u64) -> Vec<usize> {
-        let mut order: Vec<(u64, u64, usize)> = candidates
+        let mut order: Vec<(bool, u64, u64, usize)> = candidates
             .iter()
             .enumerate()
             .map(|(i, c)| {
@@ -293,11 +349,16 @@ impl Table {
                     0 => u64::MAX,
                     us => us,
                 };
-                (c.cost_nano(input_tokens, output_tokens), latency, i)
+                (
+                    c.price_unknown,
+                    c.cost_nano(input_tokens, output_tokens),
+                    latency,
+                    i,
+                )
             })
             .collect();
         order.sort_unstable();
-        order.into_iter().map(|(_, _, i)| i).collect()
+        order.into_iter().map(|(_, _, _, i)| i).collect()
     }
 }
 
@@ -384,6 +445,33 @@ mod tests {
             names(Table::rank(cands, 1000, 1000)),
             ["gamma", "beta", "alpha"]
         );
+    }
+
+    #[test]
+    fn tiers_by_prompt_size_and_unknown_prices_last() {
+        let stats = StatsRegistry::default();
+        let mut raw = table();
+        // alpha: $1/$1 below 200k prompt tokens, $10/$10 from there; beta $2/$2; gamma unknown.
+        raw.models[0].offerings[0].input_micro_usd_per_mtok = 1_000_000;
+        raw.models[0].offerings[0].output_micro_usd_per_mtok = 1_000_000;
+        raw.models[0].offerings[0].tiers = vec![pb::RoutePriceTier {
+            min_prompt_tokens: 200_000,
+            input_micro_usd_per_mtok: 10_000_000,
+            output_micro_usd_per_mtok: 10_000_000,
+            ..Default::default()
+        }];
+        raw.models[0].offerings[1].input_micro_usd_per_mtok = 2_000_000;
+        raw.models[0].offerings[1].output_micro_usd_per_mtok = 2_000_000;
+        raw.models[0].offerings[2].input_micro_usd_per_mtok = 0;
+        raw.models[0].offerings[2].output_micro_usd_per_mtok = 0;
+        raw.models[0].offerings[2].price_unknown = true;
+        let t = Table::compile(&raw, &stats).unwrap();
+        let cands = &t.models["m"];
+        assert_eq!(Table::rank(cands, 1_000, 100), vec![0, 1, 2]);
+        assert_eq!(Table::rank(cands, 250_000, 100), vec![1, 0, 2]);
+        assert_eq!(cands[0].prices_for(199_999).input, 1_000_000);
+        assert_eq!(cands[0].prices_for(200_000).input, 10_000_000);
+        assert_eq!(cands[0].prices_for(200_000).cache_read, 10_000_000);
     }
 
     #[test]

@@ -25,6 +25,19 @@
 //! | `usage_totals`     | key id `\0` model `\0` provider `\0` credential id | 6 x `u64` BE: requests, input, output, cost nano-USD, cache read, cache write |
 //! | `nodes`            | node id                                      | node record                |
 //!
+//! Added without a layout change (new trees, and fields that older records read with defaults):
+//!
+//! | tree               | key                                          | value                      |
+//! |--------------------|----------------------------------------------|----------------------------|
+//! | `catalogs`         | provider name                                | last good synced catalog + sync status |
+//! | `prices`           | provider `\0` model id                       | imported price record      |
+//! | `fx_rates`         | currency code                                | exchange rate record       |
+//! | `aliases`          | alias                                        | alias record               |
+//!
+//! `usage_totals` values may be 9 x `u64` BE: the six above, then requests billed at a reported
+//! cost, their reported cost and their computed cost (nano-USD). A six-column row reads with
+//! zeros there, which is its exact meaning; readers take the first six of a longer row.
+//!
 //! A sealed value is base64 of `nonce (12 bytes) || AES-256-GCM ciphertext`, with the record's id
 //! as associated data.
 

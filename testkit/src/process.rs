@@ -255,6 +255,14 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
+    /// [`ControlPlane::start`] with extra flags, e.g. `--catalog-sync-interval-secs 0`.
+    pub fn start_with_args(extra: &[&str]) -> ControlPlane {
+        Self::start_with(ControlOptions {
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            ..ControlOptions::default()
+        })
+    }
+
     /// Starts a control plane on a free loopback port with a fresh data dir and random secrets.
     pub fn start() -> ControlPlane {
         Self::start_with(ControlOptions::default())

@@ -1197,3 +1197,40 @@ async fn works_from_inside_an_async_test() {
     // Dropping it here (on a runtime thread) must not panic or hang.
     drop(fake);
 }
+
+#[test]
+fn a_set_models_body_replaces_the_list_and_takes_no_behavior() {
+    let fake = FakeUpstream::start(FakeConfig {
+        api_key: Some("sk-test".into()),
+        ..config(2)
+    });
+    let url = format!("{}/models", fake.openai_base_url());
+    fake.set_models_body(Some((200, r#"{"data":[{"id":"x/y"}]}"#.into())));
+    fake.push_once(Behavior::status(429));
+    let reply = block_on(send(
+        Method::GET,
+        &url,
+        &[("authorization", "Bearer sk-test")],
+        "",
+    ));
+    assert_eq!(reply.json()["data"][0]["id"], "x/y");
+    fake.set_models_body(Some((503, "<html>down</html>".into())));
+    let down = block_on(send(
+        Method::GET,
+        &url,
+        &[("authorization", "Bearer sk-test")],
+        "",
+    ));
+    assert_eq!(down.status, 503);
+    let unauthenticated = block_on(send(Method::GET, &url, &[], ""));
+    assert_eq!(unauthenticated.status, 401, "the key check still applies");
+    fake.set_models_body(None);
+    // The queued 429 was not used by the models requests.
+    let chat = block_on(send(
+        Method::POST,
+        &format!("{}/chat/completions", fake.openai_base_url()),
+        &[("authorization", "Bearer sk-test")],
+        &openai_body(false).to_string(),
+    ));
+    assert_eq!(chat.status, 429);
+}

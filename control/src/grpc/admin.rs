@@ -1,7 +1,8 @@
 //! The Admin service: what keyplanectl calls.
 
 use super::convert;
-use crate::catalog::SetModel;
+use crate::catalog::{AddProvider, SetModel};
+use crate::catalog_sync::Syncer;
 use crate::creds::Secret;
 use crate::error::Error;
 use crate::nodes::Registry;
@@ -17,6 +18,7 @@ pub struct AdminService {
     pub store: Arc<Store>,
     pub routes: Arc<Routes>,
     pub registry: Arc<Registry>,
+    pub syncer: Arc<Syncer>,
 }
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -35,11 +37,21 @@ impl AdminService {
 impl Admin for AdminService {
     async fn add_provider(&self, req: Request<pb::AddProviderRequest>) -> Reply<pb::Provider> {
         let req = req.into_inner();
-        let rec = self
-            .store
-            .add_provider(&req.name, &req.protocol, &req.base_url)?;
+        let rec = self.store.add_provider_with(&AddProvider {
+            name: &req.name,
+            protocol: &req.protocol,
+            base_url: &req.base_url,
+            preset: &req.preset,
+            catalog: &req.catalog,
+        })?;
         self.committed().await?;
-        tracing::info!(provider = %rec.name, protocol = rec.protocol.as_str(), "provider added");
+        self.syncer.wake();
+        tracing::info!(
+            provider = %rec.name,
+            protocol = rec.protocol.as_str(),
+            catalog = rec.catalog.as_deref().unwrap_or(""),
+            "provider added"
+        );
         Ok(Response::new(convert::provider(rec)))
     }
 
@@ -107,9 +119,19 @@ impl Admin for AdminService {
     ) -> Reply<pb::ListModelsResponse> {
         let model = req.into_inner().model;
         let filter = (!model.is_empty()).then_some(model.as_str());
-        let offerings = self.store.offerings(filter)?;
+        let mut offerings = self.store.effective_offerings(filter)?;
+        // A client-facing alias lists its target's offerings under its own name.
+        if let Some(name) = filter
+            && offerings.is_empty()
+            && let Some(alias) = self.store.aliases()?.into_iter().find(|a| a.alias == name)
+        {
+            offerings = self.store.effective_offerings(Some(&alias.target))?;
+            for o in &mut offerings {
+                o.model = alias.alias.clone();
+            }
+        }
         Ok(Response::new(pb::ListModelsResponse {
-            offerings: offerings.into_iter().map(convert::offering).collect(),
+            offerings: offerings.into_iter().map(convert::effective).collect(),
         }))
     }
 
@@ -183,6 +205,9 @@ impl Admin for AdminService {
                 input_tokens: t.counts.input_tokens,
                 output_tokens: t.counts.output_tokens,
                 cost_nano_usd: t.counts.cost_nano_usd,
+                reported_cost_nano_usd: t.counts.reported_cost_nano_usd,
+                computed_cost_nano_usd: t.counts.computed_cost_nano_usd(),
+                reported_requests: t.counts.reported_requests,
             })
             .collect();
         Ok(Response::new(pb::QueryUsageResponse { rows }))
@@ -210,6 +235,91 @@ impl Admin for AdminService {
             .map(|c| Ok(pb::BackupChunk { data: c.to_vec() }))
             .collect();
         Ok(Response::new(Box::pin(futures_util::stream::iter(chunks))))
+    }
+
+    // --- catalog (issue 6) ---
+    async fn sync_catalog(
+        &self,
+        req: Request<pb::SyncCatalogRequest>,
+    ) -> Reply<pb::CatalogStatusResponse> {
+        let provider = req.into_inner().provider;
+        let only = (!provider.is_empty()).then_some(provider.as_str());
+        let statuses = self.syncer.sync_now(only).await?;
+        Ok(Response::new(pb::CatalogStatusResponse {
+            providers: statuses.into_iter().map(convert::catalog_status).collect(),
+        }))
+    }
+
+    async fn catalog_status(
+        &self,
+        req: Request<pb::CatalogStatusRequest>,
+    ) -> Reply<pb::CatalogStatusResponse> {
+        let provider = req.into_inner().provider;
+        let only = (!provider.is_empty()).then_some(provider.as_str());
+        let statuses = self.syncer.status(only)?;
+        Ok(Response::new(pb::CatalogStatusResponse {
+            providers: statuses.into_iter().map(convert::catalog_status).collect(),
+        }))
+    }
+
+    async fn set_alias(&self, req: Request<pb::SetAliasRequest>) -> Reply<pb::ModelAlias> {
+        let req = req.into_inner();
+        let rec = self.store.set_alias(&req.alias, &req.target)?;
+        self.committed().await?;
+        tracing::info!(alias = %rec.alias, target = %rec.target, "model alias set");
+        Ok(Response::new(convert::alias(rec)))
+    }
+
+    async fn list_aliases(
+        &self,
+        _: Request<pb::ListAliasesRequest>,
+    ) -> Reply<pb::ListAliasesResponse> {
+        let aliases = self.store.aliases()?;
+        Ok(Response::new(pb::ListAliasesResponse {
+            aliases: aliases.into_iter().map(convert::alias).collect(),
+        }))
+    }
+
+    async fn import_prices(
+        &self,
+        req: Request<pb::ImportPricesRequest>,
+    ) -> Reply<pb::ImportPricesResponse> {
+        let req = req.into_inner();
+        let out = self
+            .store
+            .import_prices(&req.content, &req.file_name, &req.provider)?;
+        self.committed().await?;
+        tracing::info!(
+            format = out.parsed.format,
+            source = %out.parsed.source,
+            imported = out.imported,
+            skipped = out.parsed.skipped,
+            "prices imported"
+        );
+        Ok(Response::new(pb::ImportPricesResponse {
+            imported: out.imported,
+            skipped: out.parsed.skipped,
+            format: out.parsed.format.to_string(),
+            source: out.parsed.source,
+        }))
+    }
+
+    async fn set_fx_rate(&self, req: Request<pb::SetFxRateRequest>) -> Reply<pb::FxRate> {
+        let req = req.into_inner();
+        let rec = self.store.set_fx_rate(&req.currency, &req.usd_per_unit)?;
+        self.committed().await?;
+        tracing::info!(currency = %rec.currency, usd_per_unit_micros = rec.usd_per_unit_micros, "exchange rate set");
+        Ok(Response::new(convert::fx(rec)))
+    }
+
+    async fn list_fx_rates(
+        &self,
+        _: Request<pb::ListFxRatesRequest>,
+    ) -> Reply<pb::ListFxRatesResponse> {
+        let rates = self.store.fx_rates()?;
+        Ok(Response::new(pb::ListFxRatesResponse {
+            rates: rates.into_iter().map(convert::fx).collect(),
+        }))
     }
 }
 

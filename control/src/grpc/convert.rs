@@ -1,10 +1,12 @@
 //! Conversions between the store's records and the gRPC messages, and from errors to statuses.
 
 use crate::catalog::{CredentialRec, OfferingRec, ProviderRec};
+use crate::catalog_sync::Status as SyncStatus;
 use crate::error::Error;
 use crate::keys::ClientKeyRec;
 use crate::ledger::UsageRec;
 use crate::nodes::NodeView;
+use crate::prices::{AliasRec, Effective, FxRec};
 use keyplane_proto::v1 as pb;
 use tonic::Status;
 
@@ -28,6 +30,8 @@ pub fn provider(rec: ProviderRec) -> pb::Provider {
         protocol: rec.protocol.as_str().to_string(),
         base_url: rec.base_url,
         created_at_ms: rec.created_at_ms,
+        catalog: rec.catalog.unwrap_or_default(),
+        preset: rec.preset.unwrap_or_default(),
     }
 }
 
@@ -56,6 +60,66 @@ pub fn offering(rec: OfferingRec) -> pb::ModelOffering {
         currency: rec.currency,
         source: rec.source,
         updated_at_ms: rec.updated_at_ms,
+        input_micro_per_mtok_native: rec.input_micro_usd_per_mtok,
+        output_micro_per_mtok_native: rec.output_micro_usd_per_mtok,
+        ..Default::default()
+    }
+}
+
+/// An offering from any source; prices in USD, plus the native currency's.
+pub fn effective(e: Effective) -> pb::ModelOffering {
+    let usd = e.usd.as_ref();
+    pb::ModelOffering {
+        model: e.model,
+        provider: e.provider,
+        upstream_model: e.upstream_model,
+        input_micro_usd_per_mtok: usd.map_or(0, |p| p.input),
+        output_micro_usd_per_mtok: usd.map_or(0, |p| p.output),
+        cache_read_micro_usd_per_mtok: usd.and_then(|p| p.cache_read),
+        cache_write_micro_usd_per_mtok: usd.and_then(|p| p.cache_write),
+        currency: e
+            .native
+            .as_ref()
+            .map_or_else(|| "USD".to_string(), |p| p.currency.clone()),
+        source: e.source,
+        updated_at_ms: e.updated_at_ms,
+        synced_at_ms: e.synced_at_ms,
+        input_micro_per_mtok_native: e.native.as_ref().map_or(0, |p| p.input),
+        output_micro_per_mtok_native: e.native.as_ref().map_or(0, |p| p.output),
+        price_unknown: usd.is_none(),
+        tiers: usd
+            .map(|p| crate::routes::route_tiers(&p.tiers))
+            .unwrap_or_default(),
+    }
+}
+
+pub fn catalog_status(s: SyncStatus) -> pb::ProviderCatalogStatus {
+    pb::ProviderCatalogStatus {
+        provider: s.rec.provider,
+        adapter: s.rec.adapter,
+        last_success_ms: s.rec.last_success_ms,
+        last_attempt_ms: s.rec.last_attempt_ms,
+        models: s.rec.models.len() as u64,
+        priced_models: s.rec.models.iter().filter(|m| m.price.is_some()).count() as u64,
+        last_error: s.rec.last_error,
+        consecutive_failures: s.rec.consecutive_failures,
+        next_sync_ms: s.next_sync_ms,
+    }
+}
+
+pub fn alias(a: AliasRec) -> pb::ModelAlias {
+    pb::ModelAlias {
+        alias: a.alias,
+        target: a.target,
+        created_at_ms: a.created_at_ms,
+    }
+}
+
+pub fn fx(r: FxRec) -> pb::FxRate {
+    pb::FxRate {
+        currency: r.currency,
+        usd_per_unit_micros: r.usd_per_unit_micros,
+        updated_at_ms: r.updated_at_ms,
     }
 }
 
@@ -79,8 +143,12 @@ pub fn node(view: NodeView) -> pb::Node {
     }
 }
 
+/// The wire record's `cost_nano_usd` is the computed cost; what the ledger bills is the
+/// provider's reported cost when the record carries one.
 pub fn usage_record(rec: pb::UsageRecord) -> UsageRec {
     UsageRec {
+        computed_cost_nano_usd: Some(rec.cost_nano_usd),
+        reported_cost_nano_usd: rec.reported_cost_nano_usd,
         request_id: rec.request_id,
         node_id: String::new(),
         key_id: rec.key_id,
@@ -89,7 +157,7 @@ pub fn usage_record(rec: pb::UsageRecord) -> UsageRec {
         credential_id: rec.credential_id,
         input_tokens: rec.input_tokens,
         output_tokens: rec.output_tokens,
-        cost_nano_usd: rec.cost_nano_usd,
+        cost_nano_usd: rec.reported_cost_nano_usd.unwrap_or(rec.cost_nano_usd),
         cache_read_tokens: rec.cache_read_tokens,
         cache_write_tokens: rec.cache_write_tokens,
         latency_ms: rec.latency_ms,

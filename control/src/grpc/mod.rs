@@ -7,6 +7,7 @@ mod nodes;
 
 pub use auth::TokenCheck;
 
+use crate::catalog_sync::Syncer;
 use crate::nodes::Registry;
 use crate::routes::Routes;
 use crate::store::Store;
@@ -24,6 +25,7 @@ pub struct Services {
     pub store: Arc<Store>,
     pub routes: Arc<Routes>,
     pub registry: Arc<Registry>,
+    pub syncer: Arc<Syncer>,
     pub admin_token: TokenCheck,
     pub node_token: TokenCheck,
     /// gRPC over TLS when set.
@@ -44,6 +46,7 @@ pub async fn serve(
         store: Arc::clone(&services.store),
         routes: Arc::clone(&services.routes),
         registry: Arc::clone(&services.registry),
+        syncer: Arc::clone(&services.syncer),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);

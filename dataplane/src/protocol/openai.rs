@@ -161,6 +161,10 @@ pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub cached_tokens: u64,
+    /// The upstream's own charge for the request, in nano-USD, when its usage carries one:
+    /// xAI `cost_in_usd_ticks` (10^10 per USD), OpenRouter `cost` (USD), DeepInfra
+    /// `estimated_cost` (USD), in that order of preference.
+    pub reported_cost_nano: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -171,6 +175,62 @@ struct RawUsage {
     completion_tokens: u64,
     #[serde(default)]
     prompt_tokens_details: Option<PromptDetails>,
+    #[serde(default)]
+    cost: Option<serde_json::Number>,
+    #[serde(default)]
+    cost_in_usd_ticks: Option<serde_json::Number>,
+    #[serde(default)]
+    estimated_cost: Option<serde_json::Number>,
+}
+
+/// A non-negative decimal times 10^`shift`, rounded half up; read from the number's shortest
+/// decimal text, never through float arithmetic. `None` for a negative or absurd value.
+fn scaled(n: &serde_json::Number, shift: i32) -> Option<u64> {
+    let text = n.to_string();
+    if text.starts_with('-') {
+        return None;
+    }
+    let (number, exponent) = match text.find(['e', 'E']) {
+        Some(at) => (&text[..at], text[at + 1..].parse::<i32>().ok()?),
+        None => (text.as_str(), 0),
+    };
+    let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
+    let digits = format!("{whole}{frac}");
+    let digits = digits.trim_start_matches('0');
+    if digits.len() > 36 {
+        return None;
+    }
+    let mantissa: u128 = if digits.is_empty() {
+        0
+    } else {
+        digits.parse().ok()?
+    };
+    let power = i64::from(shift) + i64::from(exponent) - frac.len() as i64;
+    let value = if power >= 0 {
+        mantissa.checked_mul(10u128.checked_pow(u32::try_from(power).ok()?)?)?
+    } else {
+        match u32::try_from(-power)
+            .ok()
+            .and_then(|p| 10u128.checked_pow(p))
+        {
+            Some(d) => (mantissa + d / 2) / d,
+            None => 0,
+        }
+    };
+    u64::try_from(value).ok()
+}
+
+impl RawUsage {
+    fn reported_cost_nano(&self) -> Option<u64> {
+        // 10^10 ticks per USD: nano-USD = ticks / 10.
+        if let Some(ticks) = &self.cost_in_usd_ticks {
+            return scaled(ticks, -1);
+        }
+        self.cost
+            .as_ref()
+            .or(self.estimated_cost.as_ref())
+            .and_then(|usd| scaled(usd, 9))
+    }
 }
 
 #[derive(Deserialize)]
@@ -182,6 +242,7 @@ struct PromptDetails {
 impl From<RawUsage> for Usage {
     fn from(u: RawUsage) -> Usage {
         Usage {
+            reported_cost_nano: u.reported_cost_nano(),
             prompt_tokens: u.prompt_tokens,
             completion_tokens: u.completion_tokens,
             cached_tokens: u
@@ -520,6 +581,43 @@ mod tests {
         assert!(may_matter(None, br#"{"error":{"message":"x"}}"#));
         assert!(may_matter(Some(b"error"), b"{}"));
         assert!(may_matter(None, b"[DONE]"));
+    }
+
+    #[test]
+    fn reported_costs_from_samples() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/providers/samples");
+        // OpenRouter non-stream: "cost": 0.00435825 USD.
+        let body = std::fs::read(dir.join("openrouter-usage-cost.json")).unwrap();
+        assert_eq!(
+            completion_usage(&body).unwrap().reported_cost_nano,
+            Some(4_358_250)
+        );
+        let body = std::fs::read(dir.join("openrouter-usage-without-include.json")).unwrap();
+        assert_eq!(completion_usage(&body).unwrap().reported_cost_nano, None);
+        // OpenRouter stream: cost 0.000669 on the last chunk.
+        let chunks = events("openrouter-stream-usage-cost.sse");
+        let cost = chunks.iter().find_map(|c| match c {
+            Chunk::Content { usage: Some(u) } => u.reported_cost_nano,
+            _ => None,
+        });
+        assert_eq!(cost, Some(669_000));
+        // xAI: 1466250 ticks = $0.000146625.
+        let xai = std::fs::read_to_string(dir.join("xai-chat-stream.recorded.jsonl")).unwrap();
+        let last = xai.lines().last().unwrap();
+        let usage = match classify(None, Some(last.as_bytes())) {
+            Chunk::UsageOnly(u) => u,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(usage.reported_cost_nano, Some(146_625));
+        // DeepInfra (unverified field name, as the brief gives it).
+        let di = br#"{"usage":{"prompt_tokens":1,"completion_tokens":1,"estimated_cost":1.5e-05}}"#;
+        assert_eq!(
+            completion_usage(di).unwrap().reported_cost_nano,
+            Some(15_000)
+        );
+        let neg = br#"{"usage":{"prompt_tokens":1,"cost":-1}}"#;
+        assert_eq!(completion_usage(neg).unwrap().reported_cost_nano, None);
     }
 
     #[test]

@@ -18,6 +18,10 @@
 //! | `POST /v1/messages/count_tokens` | Anthropic | `x-api-key: <key>` or Bearer |
 //! | `GET /v1/models` | Anthropic shape if the request has `x-api-key` or `anthropic-version`, else OpenAI | either |
 //!
+//! [`FakeUpstream::set_models_body`] replaces the `GET /v1/models` answer with a given status
+//! and body (a recorded catalog such as `openrouter-models.json`, or a broken one), so the
+//! control plane's catalog sync can be tested against it; such an answer takes no behaviour.
+//!
 //! Anything else is a 404 in the shape of the protocol guessed the same way. Checks run in this
 //! order, each answering in the protocol's own error shape: unknown path (404), key (401), body
 //! not a JSON object (400), missing required fields (400: `model` and `messages`; for Anthropic
@@ -293,6 +297,8 @@ struct Shared {
     /// `x-fake-upstream` value, built once.
     name_header: HeaderValue,
     behaviors: Mutex<Behaviors>,
+    /// `GET /v1/models` answer (status, body) that replaces the generated list, if set.
+    models_body: Mutex<Option<(u16, String)>>,
     requests: Mutex<Vec<RecordedRequest>>,
     /// Requests received, counted even when recording is off.
     count: AtomicUsize,
@@ -314,6 +320,7 @@ impl Shared {
             config,
             name_header,
             behaviors: Mutex::new(Behaviors::default()),
+            models_body: Mutex::new(None),
             requests: Mutex::new(Vec::new()),
             count: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
@@ -435,6 +442,12 @@ impl FakeUpstream {
     pub fn push_once(&self, b: Behavior) {
         b.validate();
         lock(&self.shared.behaviors).queue.push_back(b);
+    }
+
+    /// Answers `GET /v1/models` with this status and body from now on (after the usual path and
+    /// key checks); `None` goes back to the generated list of [`FakeConfig::models`].
+    pub fn set_models_body(&self, answer: Option<(u16, String)>) {
+        *lock(&self.shared.models_body) = answer;
     }
 
     /// Every request received so far (since the last [`FakeUpstream::clear_requests`]), in

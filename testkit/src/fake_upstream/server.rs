@@ -184,6 +184,14 @@ impl Exchange {
             guard.disarm();
             return self.reply(rejection.status, JSON, FakeBody::full(rejection.body), None);
         }
+        if let Route::Models(_) = self.route
+            && let Some((code, body)) = super::lock(&self.shared.models_body).clone()
+        {
+            // A set models body (a recorded catalog, or a broken one) takes no behaviour.
+            guard.disarm();
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
+            return self.reply(status, JSON, FakeBody::full(body), None);
+        }
         let behavior = self.shared.take_behavior();
         self.shared
             .update(self.index, |r| r.behavior = Some(behavior.clone()));
