@@ -969,12 +969,13 @@ impl Adapter {
         }
     }
 
-    /// The upstream's own charge, as its usage reported it. Translated streams do not carry it;
-    /// they bill the computed cost.
+    /// The upstream's own charge, as its usage reported it (OpenAI-protocol upstreams only:
+    /// Anthropic reports none).
     fn reported_cost_nano(&self) -> Option<u64> {
         match self {
             Adapter::OpenAi { usage, .. } => usage.and_then(|u| u.reported_cost_nano),
-            _ => None,
+            Adapter::OpenAiToAnthropic(t) => t.reported_cost_nano(),
+            Adapter::Anthropic(_) | Adapter::AnthropicToOpenAi(_) => None,
         }
     }
 

@@ -260,6 +260,14 @@ struct CompletionBody {
 }
 
 /// The usage of a non-streamed completion body, if it has one.
+/// The provider's own charge in one `usage` object (OpenRouter `cost`, xAI `cost_in_usd_ticks`,
+/// DeepInfra `estimated_cost`), in nano-USD; for translators that read usage themselves.
+pub fn usage_reported_cost_nano(usage_json: &str) -> Option<u64> {
+    serde_json::from_str::<RawUsage>(usage_json)
+        .ok()?
+        .reported_cost_nano()
+}
+
 pub fn completion_usage(body: &[u8]) -> Option<Usage> {
     serde_json::from_slice::<CompletionBody>(body)
         .ok()?

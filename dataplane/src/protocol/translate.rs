@@ -2158,6 +2158,7 @@ pub struct OpenAiToAnthropicStream {
     tools: Vec<ToolSlot>,
     stop_reason: Option<&'static str>,
     usage: Option<Usage>,
+    reported_cost_nano: Option<u64>,
 }
 
 impl OpenAiToAnthropicStream {
@@ -2172,7 +2173,13 @@ impl OpenAiToAnthropicStream {
             tools: Vec::new(),
             stop_reason: None,
             usage: None,
+            reported_cost_nano: None,
         }
+    }
+
+    /// The provider's own charge, when its usage carried one (OpenRouter's `cost`, …).
+    pub fn reported_cost_nano(&self) -> Option<u64> {
+        self.reported_cost_nano
     }
 
     /// Feeds one upstream event's data (a chunk's JSON, or `[DONE]`), appending complete
@@ -2187,8 +2194,13 @@ impl OpenAiToAnthropicStream {
             // Not a chunk (a comment's stray data, a keep-alive): nothing to show.
             return StreamNote::Nothing;
         };
-        if let Some(usage) = chunk.usage.and_then(openai_usage) {
-            self.usage = Some(usage);
+        if let Some(raw) = chunk.usage {
+            if let Some(usage) = openai_usage(raw) {
+                self.usage = Some(usage);
+            }
+            if let Some(cost) = super::openai::usage_reported_cost_nano(raw.get()) {
+                self.reported_cost_nano = Some(cost);
+            }
         }
         if let Some(error) = chunk.error.and_then(present) {
             return StreamNote::Error(error_message(error));
@@ -2976,6 +2988,24 @@ mod tests {
         openai_to_anthropic_request(body.to_string().as_bytes(), "m")
             .unwrap_err()
             .message
+    }
+
+    #[test]
+    fn openai_stream_to_anthropic_keeps_the_providers_reported_cost() {
+        let mut t = OpenAiToAnthropicStream::new("m", "msg_1");
+        let mut out = Vec::new();
+        for (_, data) in sse_events(&sample("openrouter-stream-usage-cost.sse")) {
+            if let Some(data) = data {
+                t.event(&data, &mut out);
+            }
+        }
+        let usage = t.usage().expect("usage");
+        assert!(usage.input_tokens + usage.output_tokens > 0);
+        assert!(
+            t.reported_cost_nano().is_some_and(|c| c > 0),
+            "{:?}",
+            t.reported_cost_nano()
+        );
     }
 
     // ---- Requests: Anthropic → OpenAI ----
