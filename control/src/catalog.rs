@@ -39,6 +39,20 @@ pub struct ProviderRec {
     pub protocol: Protocol,
     pub base_url: String,
     pub created_at_ms: i64,
+    /// Per-provider timeouts in ms; 0: the data plane's default.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+}
+
+/// A provider's timeouts in ms; 0 means the data plane's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timeouts {
+    #[serde(default)]
+    pub connect_ms: u32,
+    #[serde(default)]
+    pub first_byte_ms: u32,
+    #[serde(default)]
+    pub idle_ms: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -55,6 +69,28 @@ pub struct CredentialRec {
     #[serde(default)]
     pub state_since_ms: i64,
     pub created_at_ms: i64,
+    /// Why the state was entered, as a node reported it.
+    #[serde(default)]
+    pub state_reason: String,
+    /// For `cooldown` and `circuit_open`: when it ends.
+    #[serde(default)]
+    pub state_until_ms: i64,
+}
+
+/// Health states a node may report (`active` clears).
+pub const HEALTH_STATES: &[&str] = &["active", "cooldown", "circuit_open", "invalid", "exhausted"];
+
+impl CredentialRec {
+    /// The state as operators see it now: a cooldown or open circuit whose time has passed is
+    /// `active` again (since its end).
+    pub fn effective_state(&self, now_ms: i64) -> (&str, i64) {
+        match self.state.as_str() {
+            "cooldown" | "circuit_open" if self.state_until_ms <= now_ms => {
+                ("active", self.state_until_ms)
+            }
+            s => (s, self.state_since_ms),
+        }
+    }
 }
 
 fn active() -> String {
@@ -181,6 +217,16 @@ fn parse_price(what: &str, text: &str) -> Result<u64> {
 
 impl Store {
     pub fn add_provider(&self, name: &str, protocol: &str, base_url: &str) -> Result<ProviderRec> {
+        self.add_provider_with(name, protocol, base_url, Timeouts::default())
+    }
+
+    pub fn add_provider_with(
+        &self,
+        name: &str,
+        protocol: &str,
+        base_url: &str,
+        timeouts: Timeouts,
+    ) -> Result<ProviderRec> {
         check_name("provider", name)?;
         let protocol = Protocol::parse(protocol)?;
         let base_url = check_base_url(base_url)?;
@@ -189,6 +235,7 @@ impl Store {
             protocol,
             base_url,
             created_at_ms: now_ms(),
+            timeouts,
         };
         let _guard = self.admin_guard();
         let swapped = self.providers.compare_and_swap(
@@ -264,10 +311,84 @@ impl Store {
             state: active(),
             state_since_ms: now,
             created_at_ms: now,
+            state_reason: String::new(),
+            state_until_ms: 0,
         };
         self.credentials
             .insert(id.as_bytes(), store::encode(&rec))?;
         Ok(rec)
+    }
+
+    /// Changes a provider's timeouts (`None`: unchanged).
+    pub fn set_provider_timeouts(
+        &self,
+        name: &str,
+        connect_ms: Option<u32>,
+        first_byte_ms: Option<u32>,
+        idle_ms: Option<u32>,
+    ) -> Result<ProviderRec> {
+        let _guard = self.admin_guard();
+        let mut rec = self.require_provider(name)?;
+        if let Some(v) = connect_ms {
+            rec.timeouts.connect_ms = v;
+        }
+        if let Some(v) = first_byte_ms {
+            rec.timeouts.first_byte_ms = v;
+        }
+        if let Some(v) = idle_ms {
+            rec.timeouts.idle_ms = v;
+        }
+        self.providers.insert(name, store::encode(&rec))?;
+        Ok(rec)
+    }
+
+    fn credential(&self, id: &str) -> Result<Option<CredentialRec>> {
+        store::get(&self.credentials, CREDENTIALS, id)
+    }
+
+    /// `credential enable`: back to `active`, now, whatever a node reported.
+    pub fn enable_credential(&self, id: &str) -> Result<CredentialRec> {
+        let _guard = self.admin_guard();
+        let mut rec = self
+            .credential(id)?
+            .ok_or_else(|| Error::NotFound(format!("no credential with id {id:?}")))?;
+        rec.state = active();
+        rec.state_since_ms = now_ms().max(rec.state_since_ms + 1);
+        rec.state_reason = "enabled by an operator".to_string();
+        rec.state_until_ms = 0;
+        self.credentials
+            .insert(id.as_bytes(), store::encode(&rec))?;
+        Ok(rec)
+    }
+
+    /// A node's health report. Applied only if it is newer than the stored state (an operator's
+    /// later `enable` wins over an older report). Returns whether anything changed.
+    pub fn apply_health(
+        &self,
+        id: &str,
+        state: &str,
+        since_ms: i64,
+        until_ms: i64,
+        reason: &str,
+    ) -> Result<bool> {
+        if !HEALTH_STATES.contains(&state) {
+            return Err(invalid(format!("unknown credential state {state:?}")));
+        }
+        let _guard = self.admin_guard();
+        let Some(mut rec) = self.credential(id)? else {
+            return Ok(false);
+        };
+        if since_ms <= rec.state_since_ms || (rec.state == state && rec.state_until_ms == until_ms)
+        {
+            return Ok(false);
+        }
+        rec.state = state.to_string();
+        rec.state_since_ms = since_ms;
+        rec.state_until_ms = until_ms;
+        rec.state_reason = reason.chars().take(200).collect();
+        self.credentials
+            .insert(id.as_bytes(), store::encode(&rec))?;
+        Ok(true)
     }
 
     pub fn credentials(&self) -> Result<Vec<CredentialRec>> {

@@ -6,13 +6,16 @@
 //! ([`ledger`]). Everything reaches the outside through [`grpc`].
 
 pub mod catalog;
+pub mod chains;
 pub mod config;
 pub mod creds;
 pub mod error;
 pub mod grpc;
 pub mod keys;
+pub mod leases;
 pub mod ledger;
 pub mod money;
 pub mod nodes;
+pub mod period;
 pub mod routes;
 pub mod store;

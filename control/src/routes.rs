@@ -105,10 +105,16 @@ pub fn compile(store: &Store, version: u64) -> Result<pb::RouteTable> {
         let Some(&provider_index) = index.get(cred.provider.as_str()) else {
             continue;
         };
-        if cred.state != "active" {
-            continue;
-        }
+        // Invalid and exhausted credentials stay out until an operator enables them; a cooldown
+        // or open circuit travels as a time before which every node skips the credential.
+        let blocked_until_ms = match cred.state.as_str() {
+            "active" => 0,
+            "cooldown" | "circuit_open" => cred.state_until_ms,
+            _ => continue,
+        };
         credentials.push(pb::RouteCredential {
+            blocked_until_ms,
+            state_since_ms: cred.state_since_ms,
             secret: store.credential_secret(&cred)?.expose().to_string(),
             id: cred.id,
             provider_index,
@@ -153,7 +159,12 @@ pub fn compile(store: &Store, version: u64) -> Result<pb::RouteTable> {
             tracing::error!(key_id = %key.id, "client key record has a malformed hash; skipped");
             continue;
         };
-        keys.push(pb::RouteClientKey { id: key.id, sha256 });
+        let policy = crate::grpc::convert_policy(&key.policy);
+        keys.push(pb::RouteClientKey {
+            id: key.id,
+            sha256,
+            policy: Some(policy),
+        });
     }
 
     Ok(pb::RouteTable {
@@ -169,11 +180,22 @@ pub fn compile(store: &Store, version: u64) -> Result<pb::RouteTable> {
                     Protocol::Anthropic => pb::Protocol::Anthropic,
                 } as i32,
                 base_url: p.base_url,
+                connect_timeout_ms: p.timeouts.connect_ms,
+                first_byte_timeout_ms: p.timeouts.first_byte_ms,
+                idle_timeout_ms: p.timeouts.idle_ms,
             })
             .collect(),
         credentials,
         models,
         keys,
+        chains: store
+            .chains()?
+            .into_iter()
+            .map(|c| pb::RouteChain {
+                name: c.name,
+                models: c.models,
+            })
+            .collect(),
     })
 }
 

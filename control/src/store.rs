@@ -20,6 +20,9 @@ pub(crate) const CLIENT_KEY_NAMES: &str = "client_key_names";
 pub(crate) const USAGE: &str = "usage";
 pub(crate) const USAGE_TOTALS: &str = "usage_totals";
 pub(crate) const NODES: &str = "nodes";
+// --- health, chains, limits (issue 7): new trees, no layout change ---
+pub(crate) const CHAINS: &str = "chains";
+pub(crate) const KEY_DAYS: &str = "usage_key_days";
 
 pub(crate) const ROUTE_VERSION_KEY: &[u8] = b"route_version";
 const KEY_CHECK_KEY: &[u8] = b"key_check";
@@ -56,6 +59,10 @@ pub struct Store {
     pub(crate) usage: sled::Tree,
     pub(crate) usage_totals: sled::Tree,
     pub(crate) nodes: sled::Tree,
+    /// Fallback chains by name.
+    pub(crate) chains: sled::Tree,
+    /// Per (key id, UTC day number) totals, for budgets by period.
+    pub(crate) key_days: sled::Tree,
     pub(crate) cipher: Cipher,
     /// Serializes admin writes, so that check-then-write validations (a label unique within a
     /// provider, a referenced provider existing) cannot race each other. Admin writes are rare;
@@ -87,6 +94,8 @@ impl Store {
             usage: tree(USAGE)?,
             usage_totals: tree(USAGE_TOTALS)?,
             nodes: tree(NODES)?,
+            chains: tree(CHAINS)?,
+            key_days: tree(KEY_DAYS)?,
             cipher: Cipher::new(master_key),
             admin_lock: Mutex::new(()),
             db,
