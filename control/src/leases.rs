@@ -32,6 +32,8 @@ pub struct Use {
     pub period_start_ms: i64,
     pub used_nano_usd: u64,
     pub used_tokens: u64,
+    /// A refused request's reservation: the slice should fit at least that.
+    pub want: [u64; 2],
 }
 
 /// A node's allowance for one key.
@@ -74,6 +76,7 @@ fn grant_one(
     me_used: u64,
     others: &[(u64, u64)],
     nodes: u64,
+    want: u64,
 ) -> u64 {
     if budget == 0 {
         return u64::MAX;
@@ -83,7 +86,9 @@ fn grant_one(
     let spent = ledger_spent.max(retired.saturating_add(me_used).saturating_add(others_used));
     let available = budget.saturating_sub(spent.saturating_add(others_out));
     let floor = available.min((budget / 50).max(1));
-    let slice = (available / (2 * nodes.max(1))).max(floor);
+    let slice = (available / (2 * nodes.max(1)))
+        .max(floor)
+        .max(want.min(available));
     me_used.saturating_add(slice)
 }
 
@@ -175,6 +180,7 @@ impl Leases {
                     me_used[0],
                     &others(0),
                     nodes,
+                    u.want[0],
                 ),
                 grant_one(
                     policy.budget_tokens,
@@ -183,6 +189,7 @@ impl Leases {
                     me_used[1],
                     &others(1),
                     nodes,
+                    u.want[1],
                 ),
             ];
             if let Some(entry) = state.nodes.get_mut(node_id) {
@@ -216,11 +223,22 @@ mod tests {
             let me = round % 2;
             let other = 1 - me;
             used[me] = granted[me];
-            granted[me] = grant_one(budget, 0, 0, used[me], &[(granted[other], used[other])], 2);
+            granted[me] = grant_one(
+                budget,
+                0,
+                0,
+                used[me],
+                &[(granted[other], used[other])],
+                2,
+                0,
+            );
             assert!(granted[0].max(used[0]) + granted[1].max(used[1]) <= budget);
         }
         assert!(used[0] + used[1] > budget * 9 / 10, "{used:?}");
-        assert_eq!(grant_one(0, 5, 0, 0, &[], 1), u64::MAX);
+        assert_eq!(grant_one(0, 5, 0, 0, &[], 1, 0), u64::MAX);
+        // A refused request's size is granted when it fits.
+        assert_eq!(grant_one(1000, 0, 0, 0, &[], 2, 600), 600);
+        assert_eq!(grant_one(1000, 900, 0, 0, &[], 2, 600), 100);
         assert_eq!(share(10u32, 3), 4);
         assert_eq!(share(1u32, 3), 1);
         assert_eq!(share(0u32, 3), 0);

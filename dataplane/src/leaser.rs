@@ -47,12 +47,14 @@ impl Leaser {
                 if !(full || wants || !state.has_lease()) {
                     continue;
                 }
-                let (period_start_ms, used) = state.usage();
+                let (period_start_ms, used, want) = state.usage();
                 uses.push(pb::LeaseUse {
                     key_id: key.id.to_string(),
                     period_start_ms,
                     used_nano_usd: used[0],
                     used_tokens: used[1],
+                    want_nano_usd: want[0],
+                    want_tokens: want[1],
                 });
             }
             if full {

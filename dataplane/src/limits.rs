@@ -145,6 +145,8 @@ struct Local {
     used: [u64; 2],
     /// Reserved by requests in flight.
     reserved: [u64; 2],
+    /// The reservation of the last request refused for want of lease.
+    want: [u64; 2],
     in_flight: u32,
     requests: Option<Bucket>,
     tokens: Option<Bucket>,
@@ -167,6 +169,7 @@ impl Default for KeyState {
                 lease: None,
                 used: [0; 2],
                 reserved: [0; 2],
+                want: [0; 2],
                 in_flight: 0,
                 requests: None,
                 tokens: None,
@@ -294,6 +297,7 @@ impl KeyState {
             };
             let committed = l.used[dim].saturating_add(l.reserved[dim]);
             if committed.saturating_add(reserve[dim]) > granted {
+                l.want[dim] = reserve[dim];
                 self.wants_lease
                     .store(true, std::sync::atomic::Ordering::Relaxed);
                 return Err(Refusal {
@@ -327,8 +331,9 @@ impl KeyState {
         })
     }
 
-    /// What this node used (billed + reserved) for the lease request.
-    pub fn usage(&self) -> (i64, [u64; 2]) {
+    /// What this node used (billed + reserved), and the size of a refused request, for the
+    /// lease request.
+    pub fn usage(&self) -> (i64, [u64; 2], [u64; 2]) {
         let l = self.lock();
         (
             l.lease.map_or(0, |x| x.period_start_ms),
@@ -336,6 +341,7 @@ impl KeyState {
                 l.used[0].saturating_add(l.reserved[0]),
                 l.used[1].saturating_add(l.reserved[1]),
             ],
+            l.want,
         )
     }
 
@@ -352,6 +358,7 @@ impl KeyState {
             l.used = [0, 0];
         }
         l.lease = Some(lease);
+        l.want = [0, 0];
         drop(l);
         self.leased.notify_waiters();
     }
@@ -461,6 +468,8 @@ mod tests {
         let b = s.admit(&p, 600, 0).unwrap();
         b.settle(600, 0);
         assert_eq!(s.usage().1[0], 700);
+        assert!(s.admit(&p, 400, 0).is_err());
+        assert_eq!(s.usage().2[0], 400);
         assert!(s.admit(&p, 400, 0).is_err());
     }
 }

@@ -127,6 +127,7 @@ impl Nodes for NodesService {
                 period_start_ms: u.period_start_ms,
                 used_nano_usd: u.used_nano_usd,
                 used_tokens: u.used_tokens,
+                want: [u.want_nano_usd, u.want_tokens],
             })
             .collect();
         let nodes = self.registry.connected_count();
