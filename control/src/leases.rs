@@ -244,3 +244,147 @@ mod tests {
         assert_eq!(share(0u32, 3), 0);
     }
 }
+
+#[cfg(test)]
+mod store_tests {
+    use super::*;
+    use crate::keys::PolicyInput;
+    use crate::ledger::UsageRec;
+    use crate::store::testing::open_temp;
+
+    #[test]
+    fn grants_count_the_ledger_and_restarted_nodes() {
+        let (_d, store) = open_temp();
+        let store = Arc::new(store);
+        let (key, _) = store
+            .create_key_with(
+                "k",
+                &PolicyInput {
+                    budget_usd: Some("0.000001".into()), // 1,000 nano-USD
+                    rpm: Some(10),
+                    ..PolicyInput::default()
+                },
+            )
+            .unwrap();
+        let leases = Leases::new(Arc::clone(&store));
+        let ask = |node: &str, epoch: &str, used: u64| {
+            leases
+                .grant(
+                    node,
+                    epoch,
+                    &[Use {
+                        key_id: key.id.clone(),
+                        period_start_ms: 0,
+                        used_nano_usd: used,
+                        ..Use::default()
+                    }],
+                    2,
+                )
+                .unwrap()
+                .remove(0)
+        };
+        let a = ask("a", "1", 0);
+        assert_eq!(a.rpm, 5, "rates are split between the nodes");
+        assert_eq!(a.granted_tokens, u64::MAX, "no token budget");
+        let b = ask("b", "1", 0);
+        assert!(a.granted_nano_usd + b.granted_nano_usd <= 1000);
+        // Node a restarts: what it used stays spent.
+        ask("a", "1", a.granted_nano_usd);
+        let a2 = ask("a", "2", 0);
+        assert!(a.granted_nano_usd + b.granted_nano_usd + a2.granted_nano_usd <= 1000);
+        // Spend in the ledger counts even when no node reports it.
+        store
+            .ingest_usage(
+                "x",
+                vec![UsageRec {
+                    request_id: "r".into(),
+                    key_id: key.id.clone(),
+                    model: "m".into(),
+                    provider: "p".into(),
+                    credential_id: "c".into(),
+                    cost_nano_usd: 1000,
+                    started_at_ms: now_ms(),
+                    ..UsageRec::default()
+                }],
+            )
+            .unwrap();
+        assert_eq!(ask("c", "1", 0).granted_nano_usd, 0);
+        assert_eq!(
+            store.key_spend_since(&key.id, 0).unwrap().cost_nano_usd,
+            1000
+        );
+    }
+
+    #[test]
+    fn health_reports_and_enable() {
+        let (_d, store) = open_temp();
+        store
+            .add_provider("p", "openai", "http://127.0.0.1:1/v1")
+            .unwrap();
+        let cred = store
+            .add_credential("p", "", "", &crate::creds::Secret::new("sk-x".into()))
+            .unwrap();
+        let later = cred.state_since_ms + 10;
+        assert!(
+            store
+                .apply_health(&cred.id, "invalid", later, 0, "401")
+                .unwrap()
+        );
+        assert!(
+            store
+                .apply_health(&cred.id, "bogus", later + 1, 0, "")
+                .is_err()
+        );
+        let enabled = store.enable_credential(&cred.id).unwrap();
+        assert_eq!(enabled.state, "active");
+        // A report older than the operator's enable changes nothing.
+        assert!(
+            !store
+                .apply_health(&cred.id, "invalid", later, 0, "401")
+                .unwrap()
+        );
+        let now = now_ms();
+        assert!(
+            store
+                .apply_health(
+                    &cred.id,
+                    "cooldown",
+                    enabled.state_since_ms + 1,
+                    now - 1,
+                    "429"
+                )
+                .unwrap()
+        );
+        let rec = store.credentials().unwrap().remove(0);
+        assert_eq!(
+            rec.effective_state(now).0,
+            "active",
+            "a past cooldown is over"
+        );
+        assert!(store.enable_credential("nope").is_err());
+    }
+
+    #[test]
+    fn policy_input_validates() {
+        let mut p = KeyPolicy::default();
+        let bad = |input: PolicyInput| input.apply(&mut KeyPolicy::default()).is_err();
+        assert!(bad(PolicyInput {
+            budget_usd: Some("-1".into()),
+            ..PolicyInput::default()
+        }));
+        assert!(bad(PolicyInput {
+            period: Some("hourly".into()),
+            ..PolicyInput::default()
+        }));
+        PolicyInput {
+            budget_usd: Some("2.5".into()),
+            models: Some("a/*, b".into()),
+            ..PolicyInput::default()
+        }
+        .apply(&mut p)
+        .unwrap();
+        assert_eq!(p.budget_nano_usd, 2_500_000_000);
+        assert_eq!(p.models, ["a/*", "b"]);
+        assert_eq!(p.period(), "total");
+    }
+}

@@ -218,6 +218,25 @@ fn a_chain_falls_through_to_its_second_model() {
     assert!(rows.iter().all(|r| r["model"] == "second"), "{rows:?}");
     let by_model = c.cp.ctl(&["--json", "usage", "--by", "model"]).ok().json();
     assert_eq!(by_model[0]["group"], "second");
+    assert_eq!(by_model[0]["requests"], 2);
+    let by_day = c.cp.ctl(&["--json", "usage", "--by", "day"]).ok().json();
+    assert_eq!(by_day.as_array().unwrap().len(), 1);
+    assert!(by_day[0]["group"].as_str().unwrap().starts_with("20"));
+    let old =
+        c.cp.ctl(&[
+            "--json",
+            "usage",
+            "--since",
+            "2000-01-01",
+            "--until",
+            "2000-01-02",
+        ])
+        .ok()
+        .json();
+    assert_eq!(old, json!([]));
+    let table = c.cp.ctl(&["usage", "--by", "provider"]).ok();
+    assert!(table.stdout.contains("backup"), "{}", table.stdout);
+    assert_eq!(c.cp.ctl(&["usage", "--by", "color"]).code, 2);
     c.cp.ctl(&["chain", "delete", "smart"]).ok();
 }
 
@@ -441,4 +460,21 @@ fn limits_hold_on_each_node_with_the_control_plane_down() {
     );
     let bound = 500_000 + 2 * worst_case_nano();
     assert!(spent <= bound as f64 + 1.0, "spent {spent}, bound {bound}");
+}
+
+#[test]
+fn a_provider_first_byte_timeout_fails_over_sooner_than_the_default() {
+    let c = Cluster::start(&[offer("slow", "1", "2"), offer("fast", "2", "4")], &[]);
+    c.cp.ctl(&["provider", "set", "slow", "--first-byte-timeout-ms", "300"])
+        .ok();
+    let provider = c.cp.ctl(&["--json", "provider", "list"]).ok().json();
+    assert_eq!(provider[1]["first_byte_timeout_ms"], 300, "{provider}");
+    c.fake("slow")
+        .set_behavior(Behavior::DelayFirstByte(Duration::from_secs(20)));
+    // Once the new table arrives, the slow upstream is given up after 300 ms, not 120 s.
+    // (Without it the slow upstream would answer after 20 s and the fast one would see nothing.)
+    assert!(wait_until(TIMEOUT, || {
+        c.chat(&small_body()).status == 200 && c.fake("fast").request_count() >= 1
+    }));
+    assert!(c.fake("fast").request_count() >= 1);
 }
