@@ -18,7 +18,7 @@
 use keyplane_proto::v1 as pb;
 use keyplane_proto::v1::nodes_client::NodesClient;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -31,6 +31,7 @@ pub const BREAKER_ERROR_PERCENT: u32 = 10;
 pub const BREAKER_OPEN_MS: i64 = 30_000;
 pub const BACKOFF_START_MS: i64 = 1_000;
 pub const MAX_BLOCK_MS: i64 = 300_000;
+pub const PROBE_TIMEOUT_MS: i64 = 30_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -97,8 +98,9 @@ pub struct Health {
     state: AtomicU8,
     /// Skip until then (cooldown, open circuit).
     blocked_until_ms: AtomicI64,
-    /// Half-open: a probe is in flight.
-    probing: AtomicBool,
+    /// Half-open: when the probe in flight started (0: none). A probe that never reports back
+    /// (its client went away) frees the slot after [`PROBE_TIMEOUT_MS`].
+    probing: AtomicI64,
     inner: Mutex<Inner>,
 }
 
@@ -123,10 +125,19 @@ impl Health {
             State::Invalid | State::Exhausted => false,
             State::Cooldown => self.blocked_until_ms() <= now_ms,
             State::CircuitOpen => {
-                self.blocked_until_ms() <= now_ms
+                if self.blocked_until_ms() > now_ms {
+                    return false;
+                }
+                let started = self.probing.load(Ordering::Acquire);
+                (started == 0 || now_ms - started > PROBE_TIMEOUT_MS)
                     && self
                         .probing
-                        .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+                        .compare_exchange(
+                            started,
+                            now_ms.max(1),
+                            Ordering::AcqRel,
+                            Ordering::Relaxed,
+                        )
                         .is_ok()
             }
         }
@@ -143,7 +154,7 @@ impl Health {
         inner.since_ms = now_ms;
         self.blocked_until_ms.store(until_ms, Ordering::Relaxed);
         self.state.store(state as u8, Ordering::Relaxed);
-        self.probing.store(false, Ordering::Release);
+        self.probing.store(0, Ordering::Release);
         Change {
             state,
             since_ms: now_ms,
@@ -277,7 +288,13 @@ impl Health {
         self.blocked_until_ms
             .store(blocked_until_ms, Ordering::Relaxed);
         self.state.store(state as u8, Ordering::Relaxed);
-        self.probing.store(false, Ordering::Release);
+        self.probing.store(0, Ordering::Release);
+    }
+
+    /// An attempt ended in a way that says nothing of the credential's health (the client's own
+    /// 4xx, an untranslatable request): a probe slot it held is free again.
+    pub fn end_probe(&self) {
+        self.probing.store(0, Ordering::Release);
     }
 }
 

@@ -611,6 +611,7 @@ impl Proxy {
                     }
                     Err(Attempt::Final(resp)) => {
                         self.metrics.attempt(&cand.provider.name, "refused");
+                        health.end_probe();
                         return resp;
                     }
                     Err(Attempt::Failed(failure)) => {
@@ -729,7 +730,10 @@ impl Proxy {
             Failure::Timeout | Failure::Connect(_) | Failure::Stream(_) => {
                 health.on_server_error(now)
             }
-            _ => None,
+            _ => {
+                health.end_probe();
+                None
+            }
         };
         self.health_changed(cand, change);
     }
