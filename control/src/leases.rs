@@ -388,3 +388,43 @@ mod store_tests {
         assert_eq!(p.period(), "total");
     }
 }
+
+#[cfg(test)]
+mod backfill_tests {
+    use crate::creds::MasterKey;
+    use crate::ledger::UsageRec;
+    use crate::store::Store;
+
+    #[test]
+    fn spend_from_before_the_day_totals_is_backfilled_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = MasterKey::generate();
+        let store = Store::open(dir.path(), &key).unwrap();
+        store
+            .ingest_usage(
+                "n",
+                vec![UsageRec {
+                    request_id: "r1".into(),
+                    key_id: "k".into(),
+                    model: "m".into(),
+                    provider: "p".into(),
+                    credential_id: "c".into(),
+                    cost_nano_usd: 7,
+                    started_at_ms: 86_400_000 * 3,
+                    ..UsageRec::default()
+                }],
+            )
+            .unwrap();
+        // As a store written before the tree existed: day totals and marker gone.
+        store.key_days.clear().unwrap();
+        store.meta.remove(b"key_days_backfilled").unwrap();
+        store.db.flush().unwrap();
+        drop(store);
+        let store = Store::open(dir.path(), &key).unwrap();
+        assert_eq!(store.key_spend_since("k", 0).unwrap().cost_nano_usd, 7);
+        drop(store);
+        let store = Store::open(dir.path(), &key).unwrap();
+        assert_eq!(store.key_spend_since("k", 3).unwrap().cost_nano_usd, 7);
+        assert_eq!(store.key_spend_since("k", 4).unwrap().cost_nano_usd, 0);
+    }
+}

@@ -269,6 +269,26 @@ impl Store {
         Ok(rows)
     }
 
+    /// Adds every stored record to `usage_key_days` (which must be empty): the one-time backfill
+    /// of a store written before that tree existed.
+    pub(crate) fn rebuild_key_days(&self) -> Result<()> {
+        let mut days: BTreeMap<Vec<u8>, Counts> = BTreeMap::new();
+        for item in self.usage.iter() {
+            let (_, raw) = item?;
+            let rec: UsageRec = crate::store::decode(crate::store::USAGE, &raw)?;
+            days.entry(key_day(
+                &rec.key_id,
+                crate::period::day_of(rec.started_at_ms),
+            ))
+            .or_default()
+            .add(&Counts::of(&rec));
+        }
+        for (key, sum) in days {
+            self.key_days.insert(key, sum.to_bytes().to_vec())?;
+        }
+        Ok(())
+    }
+
     /// A key's billed totals from day `from_day` on (UTC day numbers), for budgets.
     pub fn key_spend_since(&self, key_id: &str, from_day: i64) -> Result<Counts> {
         let mut sum = Counts::default();

@@ -26,6 +26,8 @@ pub(crate) const KEY_DAYS: &str = "usage_key_days";
 
 pub(crate) const ROUTE_VERSION_KEY: &[u8] = b"route_version";
 const KEY_CHECK_KEY: &[u8] = b"key_check";
+/// Set once `usage_key_days` holds every stored record (see [`Store::backfill_key_days`]).
+const KEY_DAYS_BACKFILLED: &[u8] = b"key_days_backfilled";
 const KEY_CHECK_PLAINTEXT: &[u8] = b"keyplane master key check v1";
 
 /// Separator inside composite keys; names are validated never to contain it.
@@ -101,6 +103,7 @@ impl Store {
             db,
         };
         store.check_master_key()?;
+        store.backfill_key_days()?;
         Ok(store)
     }
 
@@ -126,6 +129,27 @@ impl Store {
                 Ok(())
             }
         }
+    }
+
+    /// `usage_key_days` (issue 7) is a new tree: a store that holds usage from before it is
+    /// backfilled from the stored records once, before serving, so that budgets count that
+    /// spend too. Idempotent: it rebuilds the tree from scratch and only then sets its marker.
+    fn backfill_key_days(&self) -> Result<(), OpenStoreError> {
+        if self
+            .meta
+            .get(KEY_DAYS_BACKFILLED)
+            .map_err(Error::from)?
+            .is_some()
+        {
+            return Ok(());
+        }
+        self.key_days.clear().map_err(Error::from)?;
+        self.rebuild_key_days()?;
+        self.meta
+            .insert(KEY_DAYS_BACKFILLED, b"1".as_slice())
+            .map_err(Error::from)?;
+        self.db.flush().map_err(Error::from)?;
+        Ok(())
     }
 
     /// Makes every write so far durable.
