@@ -478,3 +478,31 @@ fn a_provider_first_byte_timeout_fails_over_sooner_than_the_default() {
     }));
     assert!(c.fake("fast").request_count() >= 1);
 }
+
+#[test]
+fn token_budget_and_tpm_refuse_with_their_own_messages() {
+    let c = Cluster::start(&[offer("solo", "1", "2")], &[]);
+    // One small_body request reserves about 30 prompt tokens + 20 output tokens.
+    let key = limited_key(&c, "tok", &["--budget-tokens", "100"], &[&c.dp]);
+    let (ok, refusal) = spend_until_refused(c.dp.addr, &key, 10);
+    let r = refusal.expect("the token budget runs out");
+    assert!((1..=3).contains(&ok), "{ok}");
+    assert_eq!(r.json()["error"]["code"], "budget_exceeded");
+    assert!(r.text().contains("token budget"), "{}", r.text());
+
+    let key = limited_key(&c, "tpm", &["--tpm", "60"], &[&c.dp]);
+    assert_eq!(chat_to(c.dp.addr, &key, &small_body()).status, 200);
+    let r = chat_to(c.dp.addr, &key, &small_body());
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.header("x-ratelimit-limit-tokens"), Some("60"));
+    assert!(r.header("x-ratelimit-reset-tokens").is_some());
+    assert!(r.text().contains("tokens per minute"), "{}", r.text());
+    let metrics = HttpRequest::get("/metrics")
+        .send(c.dp.addr, TIMEOUT)
+        .unwrap()
+        .text();
+    assert!(
+        metrics.contains("keyplane_limit_refusals_total{limit=\"tpm\"} 1"),
+        "{metrics}"
+    );
+}
