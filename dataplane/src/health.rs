@@ -298,8 +298,9 @@ impl Health {
     }
 }
 
-/// How long a 429 asks to wait, in ms: `retry-after-ms`, then `Retry-After` (seconds), then the
-/// largest `x-ratelimit-reset-requests` / `-tokens` (`1s`, `6m0s`, `250ms`).
+/// How long a 429 asks to wait, in ms: `retry-after-ms`, then `Retry-After` (seconds or an HTTP
+/// date), then the largest of OpenAI's `x-ratelimit-reset-requests` / `-tokens` (`1s`, `6m0s`,
+/// `250ms`) and Anthropic's `anthropic-ratelimit-requests-reset` / `-tokens-reset` (RFC 3339).
 pub fn retry_wait_ms(headers: &http::HeaderMap) -> Option<i64> {
     let text = |name: &str| {
         headers
@@ -310,13 +311,32 @@ pub fn retry_wait_ms(headers: &http::HeaderMap) -> Option<i64> {
     if let Some(ms) = text("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
         return Some(ms.max(0.0) as i64);
     }
-    if let Some(s) = text("retry-after").and_then(|v| v.parse::<f64>().ok()) {
-        return Some((s.max(0.0) * 1000.0) as i64);
+    if let Some(v) = text("retry-after") {
+        if let Ok(s) = v.parse::<f64>() {
+            return Some((s.max(0.0) * 1000.0) as i64);
+        }
+        if let Ok(at) = httpdate::parse_http_date(v) {
+            return Some(ms_until(at));
+        }
     }
-    ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"]
+    let openai = ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"]
         .iter()
-        .filter_map(|h| text(h).and_then(parse_go_duration_ms))
-        .max()
+        .filter_map(|h| text(h).and_then(parse_go_duration_ms));
+    let anthropic = [
+        "anthropic-ratelimit-requests-reset",
+        "anthropic-ratelimit-tokens-reset",
+        "anthropic-ratelimit-input-tokens-reset",
+        "anthropic-ratelimit-output-tokens-reset",
+    ]
+    .iter()
+    .filter_map(|h| text(h).and_then(|v| humantime::parse_rfc3339_weak(v).ok()))
+    .map(ms_until);
+    openai.chain(anthropic).max()
+}
+
+fn ms_until(at: std::time::SystemTime) -> i64 {
+    at.duration_since(std::time::SystemTime::now())
+        .map_or(0, |d| d.as_millis().min(i64::MAX as u128) as i64)
 }
 
 /// `1h2m3.5s`, `250ms`, `20s` to ms.
@@ -447,6 +467,19 @@ mod tests {
         headers.insert("x-ratelimit-reset-tokens", "250ms".parse().unwrap());
         assert_eq!(retry_wait_ms(&headers), Some(360_000));
         assert_eq!(retry_wait_ms(&http::HeaderMap::new()), None);
+        let in_a_minute = std::time::SystemTime::now() + Duration::from_secs(60);
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            "retry-after",
+            httpdate::fmt_http_date(in_a_minute).parse().unwrap(),
+        );
+        let wait = retry_wait_ms(&headers).unwrap();
+        assert!((55_000..=60_000).contains(&wait), "{wait}");
+        let mut headers = http::HeaderMap::new();
+        let at = humantime::format_rfc3339_seconds(in_a_minute).to_string();
+        headers.insert("anthropic-ratelimit-requests-reset", at.parse().unwrap());
+        let wait = retry_wait_ms(&headers).unwrap();
+        assert!((55_000..=60_000).contains(&wait), "{wait}");
     }
 
     #[test]
