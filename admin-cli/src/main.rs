@@ -211,6 +211,10 @@ enum CredentialCmd {
         /// Cost multiplier for this credential (e.g. 0.8 for a discount).
         #[arg(long, allow_hyphen_values = true)]
         multiplier: Option<String>,
+        /// When the upstream's quota resets (daily, weekly, monthly; UTC): an `exhausted`
+        /// credential comes back by itself then.
+        #[arg(long)]
+        quota_resets: Option<String>,
     },
     /// List credentials (never their secrets).
     List {
@@ -441,12 +445,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             provider,
             label,
             multiplier,
+            quota_resets,
         }) => {
             let req = admin.request(pb::AddCredentialRequest {
                 provider,
                 label,
                 multiplier: multiplier.unwrap_or_default(),
                 secret: secret.unwrap_or_default(),
+                quota_resets: quota_resets.unwrap_or_default(),
             })?;
             let credential = admin.client.add_credential(req).await?.into_inner();
             out.credentials(&[credential], true);

@@ -108,6 +108,7 @@ impl Output {
                     "created_at": time(c.created_at_ms),
                     "state_reason": c.state_reason,
                     "state_until": time(c.state_until_ms),
+                    "quota_resets": c.quota_resets,
                 })
             })
             .collect();

@@ -75,6 +75,9 @@ pub struct CredentialRec {
     /// For `cooldown` and `circuit_open`: when it ends.
     #[serde(default)]
     pub state_until_ms: i64,
+    /// "", daily, weekly or monthly: when an `exhausted` state ends by itself.
+    #[serde(default)]
+    pub quota_resets: String,
 }
 
 /// Health states a node may report (`active` clears).
@@ -87,6 +90,14 @@ impl CredentialRec {
         match self.state.as_str() {
             "cooldown" | "circuit_open" if self.state_until_ms <= now_ms => {
                 ("active", self.state_until_ms)
+            }
+            "exhausted" if !self.quota_resets.is_empty() => {
+                let reset = crate::period::period_start_ms(&self.quota_resets, now_ms);
+                if reset > self.state_since_ms {
+                    ("active", reset)
+                } else {
+                    ("exhausted", self.state_since_ms)
+                }
             }
             s => (s, self.state_since_ms),
         }
@@ -271,6 +282,24 @@ impl Store {
         multiplier: &str,
         secret: &Secret,
     ) -> Result<CredentialRec> {
+        self.add_credential_with(provider, label, multiplier, secret, "")
+    }
+
+    /// `credential add` with `--quota-resets` (daily, weekly, monthly or empty).
+    pub fn add_credential_with(
+        &self,
+        provider: &str,
+        label: &str,
+        multiplier: &str,
+        secret: &Secret,
+        quota_resets: &str,
+    ) -> Result<CredentialRec> {
+        let quota_resets = quota_resets.trim();
+        if !matches!(quota_resets, "" | "daily" | "weekly" | "monthly") {
+            return Err(invalid(format!(
+                "quota reset {quota_resets:?} is not one of daily, weekly, monthly"
+            )));
+        }
         let label = label.trim();
         if label.len() > 64 || label.chars().any(char::is_control) {
             return Err(invalid(
@@ -313,6 +342,7 @@ impl Store {
             created_at_ms: now,
             state_reason: String::new(),
             state_until_ms: 0,
+            quota_resets: quota_resets.to_string(),
         };
         self.credentials
             .insert(id.as_bytes(), store::encode(&rec))?;

@@ -428,3 +428,46 @@ mod backfill_tests {
         assert_eq!(store.key_spend_since("k", 4).unwrap().cost_nano_usd, 0);
     }
 }
+
+#[cfg(test)]
+mod quota_reset_tests {
+    use crate::store::testing::open_temp;
+
+    #[test]
+    fn an_exhausted_credential_returns_at_its_quota_reset() {
+        let (_d, store) = open_temp();
+        store
+            .add_provider("p", "openai", "http://127.0.0.1:1/v1")
+            .unwrap();
+        let secret = crate::creds::Secret::new("sk-x".into());
+        assert!(
+            store
+                .add_credential_with("p", "a", "", &secret, "hourly")
+                .is_err()
+        );
+        let cred = store
+            .add_credential_with("p", "b", "", &secret, "daily")
+            .unwrap();
+        let day = 86_400_000;
+        let tomorrow = crate::period::period_start_ms("daily", crate::store::now_ms()) + day;
+        // Exhausted at noon tomorrow (as a node would report it then).
+        assert!(
+            store
+                .apply_health(&cred.id, "exhausted", tomorrow + day / 2, 0, "402")
+                .unwrap()
+        );
+        let rec = store.credentials().unwrap().remove(0);
+        assert_eq!(rec.effective_state(tomorrow + day * 3 / 4).0, "exhausted");
+        assert_eq!(
+            rec.effective_state(tomorrow + day + 1),
+            ("active", tomorrow + day)
+        );
+        assert!(
+            crate::routes::compile(&store, 1)
+                .unwrap()
+                .credentials
+                .is_empty(),
+            "out of the table until the reset"
+        );
+    }
+}

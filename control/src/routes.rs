@@ -39,6 +39,17 @@ impl Routes {
         self.tx.subscribe()
     }
 
+    /// Whether an exhausted credential's quota reset since `since_ms`.
+    fn quota_reset_since(&self, since_ms: i64) -> bool {
+        let now = now_ms();
+        self.store.credentials().is_ok_and(|creds| {
+            creds.iter().any(|c| {
+                c.state == "exhausted"
+                    && matches!(c.effective_state(now), ("active", at) if at > since_ms)
+            })
+        })
+    }
+
     pub fn current(&self) -> Arc<pb::RouteTable> {
         self.tx.borrow().clone()
     }
@@ -46,11 +57,19 @@ impl Routes {
     /// Recompiles after every [`Routes::changed`] until `cancel` fires. A failed compile is logged
     /// and retried on the next change or after a short delay; subscribers keep the last good table.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let mut compiled_at_ms = now_ms();
         loop {
             tokio::select! {
                 () = self.dirty.notified() => {}
+                // An exhausted credential whose quota period has reset comes back by itself.
+                () = tokio::time::sleep(std::time::Duration::from_secs(60)) => {
+                    if !self.quota_reset_since(compiled_at_ms) {
+                        continue;
+                    }
+                }
                 () = cancel.cancelled() => return,
             }
+            compiled_at_ms = now_ms();
             match compile_new_version(&self.store).await {
                 Ok(table) => {
                     tracing::info!(
@@ -107,14 +126,15 @@ pub fn compile(store: &Store, version: u64) -> Result<pb::RouteTable> {
         };
         // Invalid and exhausted credentials stay out until an operator enables them; a cooldown
         // or open circuit travels as a time before which every node skips the credential.
-        let blocked_until_ms = match cred.state.as_str() {
+        let (state, state_since_ms) = cred.effective_state(now_ms());
+        let blocked_until_ms = match state {
             "active" => 0,
             "cooldown" | "circuit_open" => cred.state_until_ms,
             _ => continue,
         };
         credentials.push(pb::RouteCredential {
             blocked_until_ms,
-            state_since_ms: cred.state_since_ms,
+            state_since_ms,
             secret: store.credential_secret(&cred)?.expose().to_string(),
             id: cred.id,
             provider_index,

@@ -147,9 +147,13 @@ impl Admin for AdminService {
     ) -> Reply<pb::Credential> {
         let req = req.into_inner();
         let secret = Secret::new(req.secret);
-        let rec = self
-            .store
-            .add_credential(&req.provider, &req.label, &req.multiplier, &secret)?;
+        let rec = self.store.add_credential_with(
+            &req.provider,
+            &req.label,
+            &req.multiplier,
+            &secret,
+            &req.quota_resets,
+        )?;
         self.committed().await?;
         tracing::info!(provider = %rec.provider, credential_id = %rec.id, "credential added");
         Ok(Response::new(convert::credential(rec)))

@@ -54,6 +54,7 @@ pub fn credential(rec: CredentialRec) -> pb::Credential {
             rec.state_reason
         },
         state_until_ms: if active { 0 } else { rec.state_until_ms },
+        quota_resets: rec.quota_resets,
     }
 }
 
