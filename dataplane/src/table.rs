@@ -154,7 +154,7 @@ pub struct ClientKey {
 pub struct Table {
     pub version: u64,
     pub models: HashMap<String, Vec<Candidate>>,
-    /// Client-facing model names, sorted, for `GET /v1/models`.
+    /// Client-facing model and chain names, sorted, for `GET /v1/models`.
     pub model_names: Vec<String>,
     keys: HashMap<[u8; 32], ClientKey>,
     /// Keys with rate or budget limits (the ones the leaser renews).
@@ -279,8 +279,14 @@ impl Table {
             }
             models.insert(m.name.clone(), candidates);
         }
-        let mut model_names: Vec<String> = models.keys().cloned().collect();
+        // Chains are listed beside models: a client picks either by name.
+        let mut model_names: Vec<String> = models
+            .keys()
+            .chain(table.chains.iter().map(|c| &c.name))
+            .cloned()
+            .collect();
         model_names.sort();
+        model_names.dedup();
 
         let mut limited = Vec::new();
         let keys = table

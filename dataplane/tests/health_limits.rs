@@ -192,6 +192,17 @@ fn a_chain_falls_through_to_its_second_model() {
     assert_eq!(chain["models"], json!([MODEL, "second"]));
     let listed = c.cp.ctl(&["--json", "chain", "list"]).ok().json();
     assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert!(
+        wait_until(TIMEOUT, || {
+            HttpRequest::get("/v1/models")
+                .bearer(&c.key)
+                .send(c.dp.addr, TIMEOUT)
+                .unwrap()
+                .text()
+                .contains("\"smart\"")
+        }),
+        "GET /v1/models lists the chain"
+    );
 
     let body =
         |model: &str| json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
