@@ -70,7 +70,19 @@ enum Command {
         /// Only this client key (by name).
         #[arg(long)]
         key: Option<String>,
+        /// Only requests started at or after this time (RFC 3339, or YYYY-MM-DD in UTC).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only requests started before this time (RFC 3339, or YYYY-MM-DD in UTC).
+        #[arg(long)]
+        until: Option<String>,
+        /// Group by key, model, provider, credential or day.
+        #[arg(long)]
+        by: Option<String>,
     },
+    /// Fallback chains: a name that tries model after model.
+    #[command(subcommand)]
+    Chain(ChainCmd),
     /// Data planes known to the control plane.
     Nodes,
     /// Write a consistent backup of the control plane's store to FILE (mode 0600). Secrets in it
@@ -140,9 +152,111 @@ enum ProviderCmd {
         /// none (default: the preset's).
         #[arg(long)]
         catalog: Option<String>,
+        #[command(flatten)]
+        timeouts: TimeoutFlags,
     },
     /// List providers.
     List,
+    /// Change a provider's timeouts (0: back to the data plane's default).
+    Set {
+        name: String,
+        #[command(flatten)]
+        timeouts: TimeoutFlags,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct TimeoutFlags {
+    /// Upstream connect timeout in ms (default: the data plane's --connect-timeout-ms).
+    #[arg(long)]
+    connect_timeout_ms: Option<u32>,
+    /// Time to response headers / first streamed content in ms.
+    #[arg(long)]
+    first_byte_timeout_ms: Option<u32>,
+    /// Longest silence between two chunks in ms.
+    #[arg(long)]
+    idle_timeout_ms: Option<u32>,
+}
+
+#[derive(Subcommand, Debug)]
+enum ChainCmd {
+    /// Create or replace a chain.
+    Set {
+        name: String,
+        /// Models in order, comma-separated.
+        #[arg(long, required = true)]
+        models: String,
+    },
+    /// List chains.
+    List,
+    /// Delete a chain.
+    Delete { name: String },
+}
+
+/// A key's limits; on `key set`, only the flags given change (0 or "" clears a limit).
+#[derive(clap::Args, Debug)]
+struct PolicyFlags {
+    /// Budget in USD per period (billed cost).
+    #[arg(long)]
+    budget_usd: Option<String>,
+    /// Budget in tokens (input + output) per period.
+    #[arg(long)]
+    budget_tokens: Option<u64>,
+    /// daily, weekly, monthly (UTC calendar) or total.
+    #[arg(long)]
+    period: Option<String>,
+    /// Requests per minute.
+    #[arg(long)]
+    rpm: Option<u32>,
+    /// Tokens per minute.
+    #[arg(long)]
+    tpm: Option<u64>,
+    /// Requests in flight at once.
+    #[arg(long)]
+    concurrency: Option<u32>,
+    /// Comma-separated globs of allowed models, e.g. 'gpt-4o*,claude-*'.
+    #[arg(long)]
+    models: Option<String>,
+    /// Expiry time, RFC 3339 (e.g. 2026-12-31T00:00:00Z); "" clears.
+    #[arg(long)]
+    expires: Option<String>,
+}
+
+impl PolicyFlags {
+    fn input(self) -> Result<pb::KeyPolicyInput, Failure> {
+        let expires_at_ms = match self.expires.as_deref().map(str::trim) {
+            None => None,
+            Some("") => Some(0),
+            Some(text) => Some(parse_time(text, "--expires")?),
+        };
+        Ok(pb::KeyPolicyInput {
+            budget_usd: self.budget_usd,
+            budget_tokens: self.budget_tokens,
+            period: self.period,
+            rpm: self.rpm,
+            tpm: self.tpm,
+            concurrency: self.concurrency,
+            models: self.models,
+            expires_at_ms,
+        })
+    }
+}
+
+/// RFC 3339 (or a bare `YYYY-MM-DD`, midnight UTC) to Unix ms.
+fn parse_time(text: &str, flag: &str) -> Result<i64, Failure> {
+    let full = if text.len() == 10 {
+        format!("{text}T00:00:00Z")
+    } else {
+        text.to_string()
+    };
+    let t = humantime::parse_rfc3339_weak(&full)
+        .or_else(|_| humantime::parse_rfc3339(&full))
+        .map_err(|e| Failure::Usage(format!("{flag} {text:?} is not an RFC 3339 time: {e}")))?;
+    let ms = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| Failure::Usage(format!("{flag} {text:?} is before 1970")))?
+        .as_millis();
+    Ok(ms.min(i64::MAX as u128) as i64)
 }
 
 #[derive(Subcommand, Debug)]
@@ -155,12 +269,18 @@ enum CredentialCmd {
         /// Cost multiplier for this credential (e.g. 0.8 for a discount).
         #[arg(long, allow_hyphen_values = true)]
         multiplier: Option<String>,
+        /// When the upstream's quota resets (daily, weekly, monthly; UTC): an `exhausted`
+        /// credential comes back by itself then.
+        #[arg(long)]
+        quota_resets: Option<String>,
     },
     /// List credentials (never their secrets).
     List {
         #[arg(long)]
         provider: Option<String>,
     },
+    /// Clear a credential's health state (cooldown, invalid, exhausted, open circuit).
+    Enable { id: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -201,7 +321,17 @@ enum ModelCmd {
 #[derive(Subcommand, Debug)]
 enum KeyCmd {
     /// Create a client key; it is printed once and cannot be shown again.
-    Create { name: String },
+    Create {
+        name: String,
+        #[command(flatten)]
+        policy: PolicyFlags,
+    },
+    /// Change a key's limits; only the flags given change.
+    Set {
+        name: String,
+        #[command(flatten)]
+        policy: PolicyFlags,
+    },
     /// List client keys (never the keys themselves).
     List,
     /// Revoke a client key; data planes refuse it within a second.
@@ -420,6 +550,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             base_url,
             preset,
             catalog,
+            timeouts,
         }) => {
             let req = admin.request(pb::AddProviderRequest {
                 name,
@@ -427,6 +558,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 base_url: base_url.unwrap_or_default(),
                 preset: preset.unwrap_or_default(),
                 catalog: catalog.unwrap_or_default(),
+                connect_timeout_ms: timeouts.connect_timeout_ms.unwrap_or(0),
+                first_byte_timeout_ms: timeouts.first_byte_timeout_ms.unwrap_or(0),
+                idle_timeout_ms: timeouts.idle_timeout_ms.unwrap_or(0),
             })?;
             let provider = admin.client.add_provider(req).await?.into_inner();
             out.providers(&[provider], true);
@@ -440,12 +574,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             provider,
             label,
             multiplier,
+            quota_resets,
         }) => {
             let req = admin.request(pb::AddCredentialRequest {
                 provider,
                 label,
                 multiplier: multiplier.unwrap_or_default(),
                 secret: secret.unwrap_or_default(),
+                quota_resets: quota_resets.unwrap_or_default(),
             })?;
             let credential = admin.client.add_credential(req).await?.into_inner();
             out.credentials(&[credential], true);
@@ -485,8 +621,52 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let list = admin.client.list_models(req).await?.into_inner();
             out.offerings(&list.offerings, false);
         }
-        Command::Key(KeyCmd::Create { name }) => {
-            let req = admin.request(pb::CreateKeyRequest { name })?;
+        Command::Provider(ProviderCmd::Set { name, timeouts }) => {
+            let req = admin.request(pb::SetProviderRequest {
+                name,
+                connect_timeout_ms: timeouts.connect_timeout_ms,
+                first_byte_timeout_ms: timeouts.first_byte_timeout_ms,
+                idle_timeout_ms: timeouts.idle_timeout_ms,
+            })?;
+            let provider = admin.client.set_provider(req).await?.into_inner();
+            out.providers(&[provider], true);
+        }
+        Command::Credential(CredentialCmd::Enable { id }) => {
+            let req = admin.request(pb::EnableCredentialRequest { id })?;
+            let credential = admin.client.enable_credential(req).await?.into_inner();
+            out.credentials(&[credential], true);
+        }
+        Command::Chain(ChainCmd::Set { name, models }) => {
+            let req = admin.request(pb::SetChainRequest {
+                name,
+                models: vec![models],
+            })?;
+            let chain = admin.client.set_chain(req).await?.into_inner();
+            out.chains(&[chain], true);
+        }
+        Command::Chain(ChainCmd::List) => {
+            let req = admin.request(pb::ListChainsRequest {})?;
+            let list = admin.client.list_chains(req).await?.into_inner();
+            out.chains(&list.chains, false);
+        }
+        Command::Chain(ChainCmd::Delete { name }) => {
+            let req = admin.request(pb::DeleteChainRequest { name })?;
+            let chain = admin.client.delete_chain(req).await?.into_inner();
+            out.chains(&[chain], true);
+        }
+        Command::Key(KeyCmd::Set { name, policy }) => {
+            let req = admin.request(pb::SetKeyRequest {
+                name,
+                policy: Some(policy.input()?),
+            })?;
+            let key = admin.client.set_key(req).await?.into_inner();
+            out.keys(&[key], true);
+        }
+        Command::Key(KeyCmd::Create { name, policy }) => {
+            let req = admin.request(pb::CreateKeyRequest {
+                name,
+                policy: Some(policy.input()?),
+            })?;
             let created = admin.client.create_key(req).await?.into_inner();
             out.created_key(&created);
         }
@@ -500,12 +680,43 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let key = admin.client.revoke_key(req).await?.into_inner();
             out.keys(&[key], true);
         }
-        Command::Usage { key } => {
+        Command::Usage {
+            key,
+            since,
+            until,
+            by,
+        } => {
+            let since_ms = since
+                .as_deref()
+                .map(|t| parse_time(t, "--since"))
+                .transpose()?
+                .unwrap_or(0);
+            let until_ms = until
+                .as_deref()
+                .map(|t| parse_time(t, "--until"))
+                .transpose()?
+                .unwrap_or(0);
+            let by = by.unwrap_or_default();
+            if !matches!(
+                by.as_str(),
+                "" | "key" | "model" | "provider" | "credential" | "day"
+            ) {
+                return Err(Failure::Usage(format!(
+                    "--by {by:?} is not one of key, model, provider, credential, day"
+                )));
+            }
             let req = admin.request(pb::QueryUsageRequest {
                 key: key.unwrap_or_default(),
+                since_ms,
+                until_ms,
+                by: by.clone(),
             })?;
             let usage = admin.client.query_usage(req).await?.into_inner();
-            out.usage(&usage.rows);
+            if by.is_empty() {
+                out.usage(&usage.rows);
+            } else {
+                out.usage_by(&by, &usage.rows);
+            }
         }
         Command::Nodes => {
             let req = admin.request(pb::ListNodesRequest {})?;

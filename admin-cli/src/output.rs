@@ -92,6 +92,9 @@ impl Output {
                     "created_at": time(p.created_at_ms),
                     "catalog": if p.catalog.is_empty() { Value::Null } else { json!(p.catalog) },
                     "preset": if p.preset.is_empty() { Value::Null } else { json!(p.preset) },
+                    "connect_timeout_ms": p.connect_timeout_ms,
+                    "first_byte_timeout_ms": p.first_byte_timeout_ms,
+                    "idle_timeout_ms": p.idle_timeout_ms,
                 })
             })
             .collect();
@@ -130,6 +133,9 @@ impl Output {
                     "state": c.state,
                     "state_since": time(c.state_since_ms),
                     "created_at": time(c.created_at_ms),
+                    "state_reason": c.state_reason,
+                    "state_until": time(c.state_until_ms),
+                    "quota_resets": c.quota_resets,
                 })
             })
             .collect();
@@ -383,6 +389,7 @@ impl Output {
                     "revoked": k.revoked,
                     "created_at": time(k.created_at_ms),
                     "revoked_at": time(k.revoked_at_ms),
+                    "policy": k.policy.as_ref().map(policy_json),
                 })
             })
             .collect();
@@ -394,10 +401,16 @@ impl Output {
                     k.id.clone(),
                     if k.revoked { "revoked" } else { "active" }.to_string(),
                     time_text(k.created_at_ms),
+                    k.policy.as_ref().map(policy_text).unwrap_or_default(),
                 ]
             })
             .collect();
-        self.emit(single, values, &["name", "id", "state", "created"], rows);
+        self.emit(
+            single,
+            values,
+            &["name", "id", "state", "created", "limits"],
+            rows,
+        );
     }
 
     pub fn usage(&self, rows: &[pb::UsageRow]) {
@@ -418,6 +431,7 @@ impl Output {
                     "reported_cost_usd": r.reported_cost_nano_usd as f64 / 1e9,
                     "reported_requests": r.reported_requests,
                     "billed": billed(r),
+                    "group": r.group,
                 })
             })
             .collect();
@@ -468,6 +482,44 @@ impl Output {
         }
     }
 
+    /// `usage --by X`: one row per group.
+    pub fn usage_by(&self, by: &str, rows: &[pb::UsageRow]) {
+        if self.json {
+            return self.usage(rows);
+        }
+        let table = rows
+            .iter()
+            .map(|r| {
+                vec![
+                    r.group.clone(),
+                    r.requests.to_string(),
+                    r.input_tokens.to_string(),
+                    r.output_tokens.to_string(),
+                    format!("${}", decimal(r.cost_nano_usd, 9)),
+                ]
+            })
+            .collect();
+        print_table(&[by, "requests", "input", "output", "cost"], table);
+    }
+
+    pub fn chains(&self, list: &[pb::Chain], single: bool) {
+        let values = list
+            .iter()
+            .map(|c| {
+                json!({
+                    "name": c.name,
+                    "models": c.models,
+                    "updated_at": time(c.updated_at_ms),
+                })
+            })
+            .collect();
+        let rows = list
+            .iter()
+            .map(|c| vec![c.name.clone(), c.models.join(", ")])
+            .collect();
+        self.emit(single, values, &["name", "models"], rows);
+    }
+
     pub fn nodes(&self, nodes: &[pb::Node]) {
         let values = nodes
             .iter()
@@ -499,6 +551,46 @@ impl Output {
             rows,
         );
     }
+}
+
+fn policy_json(p: &pb::KeyPolicy) -> Value {
+    let opt = |v: u64| if v == 0 { Value::Null } else { json!(v) };
+    json!({
+        "budget_usd": if p.budget_nano_usd == 0 { Value::Null } else { json!(p.budget_nano_usd as f64 / 1e9) },
+        "budget_tokens": opt(p.budget_tokens),
+        "period": p.period,
+        "rpm": opt(u64::from(p.rpm)),
+        "tpm": opt(p.tpm),
+        "concurrency": opt(u64::from(p.concurrency)),
+        "models": p.models,
+        "expires_at": time(p.expires_at_ms),
+    })
+}
+
+fn policy_text(p: &pb::KeyPolicy) -> String {
+    let mut parts = Vec::new();
+    if p.budget_nano_usd > 0 {
+        parts.push(format!("${} {}", decimal(p.budget_nano_usd, 9), p.period));
+    }
+    if p.budget_tokens > 0 {
+        parts.push(format!("{} tok {}", p.budget_tokens, p.period));
+    }
+    if p.rpm > 0 {
+        parts.push(format!("{} rpm", p.rpm));
+    }
+    if p.tpm > 0 {
+        parts.push(format!("{} tpm", p.tpm));
+    }
+    if p.concurrency > 0 {
+        parts.push(format!("{} concurrent", p.concurrency));
+    }
+    if !p.models.is_empty() {
+        parts.push(format!("models {}", p.models.join(",")));
+    }
+    if p.expires_at_ms > 0 {
+        parts.push(format!("expires {}", time_text(p.expires_at_ms)));
+    }
+    parts.join("; ")
 }
 
 #[cfg(test)]

@@ -45,6 +45,20 @@ pub struct ProviderRec {
     /// The preset the provider was added with; also names its id → canonical mapping table.
     #[serde(default)]
     pub preset: Option<String>,
+    /// Per-provider timeouts in ms; 0: the data plane's default.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+}
+
+/// A provider's timeouts in ms; 0 means the data plane's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timeouts {
+    #[serde(default)]
+    pub connect_ms: u32,
+    #[serde(default)]
+    pub first_byte_ms: u32,
+    #[serde(default)]
+    pub idle_ms: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -61,6 +75,39 @@ pub struct CredentialRec {
     #[serde(default)]
     pub state_since_ms: i64,
     pub created_at_ms: i64,
+    /// Why the state was entered, as a node reported it.
+    #[serde(default)]
+    pub state_reason: String,
+    /// For `cooldown` and `circuit_open`: when it ends.
+    #[serde(default)]
+    pub state_until_ms: i64,
+    /// "", daily, weekly or monthly: when an `exhausted` state ends by itself.
+    #[serde(default)]
+    pub quota_resets: String,
+}
+
+/// Health states a node may report (`active` clears).
+pub const HEALTH_STATES: &[&str] = &["active", "cooldown", "circuit_open", "invalid", "exhausted"];
+
+impl CredentialRec {
+    /// The state as operators see it now: a cooldown or open circuit whose time has passed is
+    /// `active` again (since its end).
+    pub fn effective_state(&self, now_ms: i64) -> (&str, i64) {
+        match self.state.as_str() {
+            "cooldown" | "circuit_open" if self.state_until_ms <= now_ms => {
+                ("active", self.state_until_ms)
+            }
+            "exhausted" if !self.quota_resets.is_empty() => {
+                let reset = crate::period::period_start_ms(&self.quota_resets, now_ms);
+                if reset > self.state_since_ms {
+                    ("active", reset)
+                } else {
+                    ("exhausted", self.state_since_ms)
+                }
+            }
+            s => (s, self.state_since_ms),
+        }
+    }
 }
 
 fn active() -> String {
@@ -194,6 +241,8 @@ pub struct AddProvider<'a> {
     pub preset: &'a str,
     /// Empty: the preset's adapter (or none); `none`: no adapter even with a preset.
     pub catalog: &'a str,
+    /// Per-provider timeouts; 0: the data plane's default.
+    pub timeouts: Timeouts,
 }
 
 impl Store {
@@ -252,6 +301,7 @@ impl Store {
             created_at_ms: now_ms(),
             catalog,
             preset: preset.map(|_| req.preset.trim().to_string()),
+            timeouts: req.timeouts,
         };
         let _guard = self.admin_guard();
         let swapped = self.providers.compare_and_swap(
@@ -287,6 +337,24 @@ impl Store {
         multiplier: &str,
         secret: &Secret,
     ) -> Result<CredentialRec> {
+        self.add_credential_with(provider, label, multiplier, secret, "")
+    }
+
+    /// `credential add` with `--quota-resets` (daily, weekly, monthly or empty).
+    pub fn add_credential_with(
+        &self,
+        provider: &str,
+        label: &str,
+        multiplier: &str,
+        secret: &Secret,
+        quota_resets: &str,
+    ) -> Result<CredentialRec> {
+        let quota_resets = quota_resets.trim();
+        if !matches!(quota_resets, "" | "daily" | "weekly" | "monthly") {
+            return Err(invalid(format!(
+                "quota reset {quota_resets:?} is not one of daily, weekly, monthly"
+            )));
+        }
         let label = label.trim();
         if label.len() > 64 || label.chars().any(char::is_control) {
             return Err(invalid(
@@ -327,10 +395,85 @@ impl Store {
             state: active(),
             state_since_ms: now,
             created_at_ms: now,
+            state_reason: String::new(),
+            state_until_ms: 0,
+            quota_resets: quota_resets.to_string(),
         };
         self.credentials
             .insert(id.as_bytes(), store::encode(&rec))?;
         Ok(rec)
+    }
+
+    /// Changes a provider's timeouts (`None`: unchanged).
+    pub fn set_provider_timeouts(
+        &self,
+        name: &str,
+        connect_ms: Option<u32>,
+        first_byte_ms: Option<u32>,
+        idle_ms: Option<u32>,
+    ) -> Result<ProviderRec> {
+        let _guard = self.admin_guard();
+        let mut rec = self.require_provider(name)?;
+        if let Some(v) = connect_ms {
+            rec.timeouts.connect_ms = v;
+        }
+        if let Some(v) = first_byte_ms {
+            rec.timeouts.first_byte_ms = v;
+        }
+        if let Some(v) = idle_ms {
+            rec.timeouts.idle_ms = v;
+        }
+        self.providers.insert(name, store::encode(&rec))?;
+        Ok(rec)
+    }
+
+    fn credential(&self, id: &str) -> Result<Option<CredentialRec>> {
+        store::get(&self.credentials, CREDENTIALS, id)
+    }
+
+    /// `credential enable`: back to `active`, now, whatever a node reported.
+    pub fn enable_credential(&self, id: &str) -> Result<CredentialRec> {
+        let _guard = self.admin_guard();
+        let mut rec = self
+            .credential(id)?
+            .ok_or_else(|| Error::NotFound(format!("no credential with id {id:?}")))?;
+        rec.state = active();
+        rec.state_since_ms = now_ms().max(rec.state_since_ms + 1);
+        rec.state_reason = "enabled by an operator".to_string();
+        rec.state_until_ms = 0;
+        self.credentials
+            .insert(id.as_bytes(), store::encode(&rec))?;
+        Ok(rec)
+    }
+
+    /// A node's health report. Applied only if it is newer than the stored state (an operator's
+    /// later `enable` wins over an older report). Returns whether anything changed.
+    pub fn apply_health(
+        &self,
+        id: &str,
+        state: &str,
+        since_ms: i64,
+        until_ms: i64,
+        reason: &str,
+    ) -> Result<bool> {
+        if !HEALTH_STATES.contains(&state) {
+            return Err(invalid(format!("unknown credential state {state:?}")));
+        }
+        let _guard = self.admin_guard();
+        let Some(mut rec) = self.credential(id)? else {
+            return Ok(false);
+        };
+        if since_ms <= rec.state_since_ms || (rec.state == state && rec.state_until_ms == until_ms)
+        {
+            return Ok(false);
+        }
+        rec.state = state.to_string();
+        rec.state_since_ms = since_ms;
+        rec.state_until_ms = until_ms;
+        rec.state_reason = reason.chars().take(200).collect();
+        self.credentials
+            .insert(id.as_bytes(), store::encode(&rec))?;
+        Ok(true)
     }
 
     pub fn credentials(&self) -> Result<Vec<CredentialRec>> {

@@ -2,7 +2,7 @@
 
 use crate::catalog::check_name;
 use crate::creds::Secret;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, invalid};
 use crate::store::{self, CLIENT_KEYS, Store, now_ms};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -23,6 +23,113 @@ pub struct ClientKeyRec {
     pub created_at_ms: i64,
     #[serde(default)]
     pub revoked_at_ms: Option<i64>,
+    #[serde(default)]
+    pub policy: KeyPolicy,
+}
+
+/// A key's limits; 0 / empty means no limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyPolicy {
+    #[serde(default)]
+    pub budget_nano_usd: u64,
+    #[serde(default)]
+    pub budget_tokens: u64,
+    /// daily, weekly, monthly or total (the default).
+    #[serde(default)]
+    pub period: String,
+    #[serde(default)]
+    pub rpm: u32,
+    #[serde(default)]
+    pub tpm: u64,
+    #[serde(default)]
+    pub concurrency: u32,
+    #[serde(default)]
+    pub models: Vec<String>,
+    #[serde(default)]
+    pub expires_at_ms: i64,
+}
+
+impl KeyPolicy {
+    pub fn period(&self) -> &str {
+        if self.period.is_empty() {
+            "total"
+        } else {
+            &self.period
+        }
+    }
+
+    pub fn is_limited(&self) -> bool {
+        self.budget_nano_usd > 0
+            || self.budget_tokens > 0
+            || self.rpm > 0
+            || self.tpm > 0
+            || self.concurrency > 0
+    }
+}
+
+/// A policy change: `None` leaves a field as it is; a zero / empty value clears a limit.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyInput {
+    pub budget_usd: Option<String>,
+    pub budget_tokens: Option<u64>,
+    pub period: Option<String>,
+    pub rpm: Option<u32>,
+    pub tpm: Option<u64>,
+    pub concurrency: Option<u32>,
+    pub models: Option<String>,
+    pub expires_at_ms: Option<i64>,
+}
+
+impl PolicyInput {
+    /// Applies the change to `policy`, validating every field first.
+    pub fn apply(&self, policy: &mut KeyPolicy) -> Result<()> {
+        let mut next = policy.clone();
+        if let Some(text) = &self.budget_usd {
+            let micros = if text.trim().is_empty() {
+                0
+            } else {
+                crate::money::parse_micros(text)
+                    .map_err(|e| invalid(format!("budget {text:?} {e}")))?
+            };
+            next.budget_nano_usd = micros.saturating_mul(1000);
+        }
+        if let Some(v) = self.budget_tokens {
+            next.budget_tokens = v;
+        }
+        if let Some(p) = &self.period {
+            let p = p.trim();
+            crate::period::check_period(p).map_err(invalid)?;
+            next.period = p.to_string();
+        }
+        if let Some(v) = self.rpm {
+            next.rpm = v;
+        }
+        if let Some(v) = self.tpm {
+            next.tpm = v;
+        }
+        if let Some(v) = self.concurrency {
+            next.concurrency = v;
+        }
+        if let Some(text) = &self.models {
+            let globs: Vec<String> = text
+                .split(',')
+                .map(|g| g.trim().to_string())
+                .filter(|g| !g.is_empty())
+                .collect();
+            if globs
+                .iter()
+                .any(|g| g.len() > 256 || g.chars().any(char::is_control))
+            {
+                return Err(invalid("a model glob is malformed"));
+            }
+            next.models = globs;
+        }
+        if let Some(v) = self.expires_at_ms {
+            next.expires_at_ms = v.max(0);
+        }
+        *policy = next;
+        Ok(())
+    }
 }
 
 /// `kp_` followed by 32 random bytes from the OS, base64url without padding.
@@ -39,7 +146,18 @@ pub fn hash_key(key: &str) -> [u8; 32] {
 impl Store {
     /// Creates a key named `name`; returns its record and the key itself, which is not kept.
     pub fn create_key(&self, name: &str) -> Result<(ClientKeyRec, Secret)> {
+        self.create_key_with(name, &PolicyInput::default())
+    }
+
+    /// Creates a key with a policy.
+    pub fn create_key_with(
+        &self,
+        name: &str,
+        policy: &PolicyInput,
+    ) -> Result<(ClientKeyRec, Secret)> {
         check_name("key", name)?;
+        let mut limits = KeyPolicy::default();
+        policy.apply(&mut limits)?;
         let key = generate_key();
         let rec = ClientKeyRec {
             id: uuid::Uuid::now_v7().to_string(),
@@ -47,6 +165,7 @@ impl Store {
             sha256: hex::encode(hash_key(key.expose())),
             created_at_ms: now_ms(),
             revoked_at_ms: None,
+            policy: limits,
         };
         let value = store::encode(&rec);
         let _guard = self.admin_guard();
@@ -78,6 +197,18 @@ impl Store {
 
     pub fn key_by_id(&self, id: &str) -> Result<Option<ClientKeyRec>> {
         store::get(&self.client_keys, CLIENT_KEYS, id)
+    }
+
+    /// `key set`: changes a key's policy.
+    pub fn set_key_policy(&self, name: &str, policy: &PolicyInput) -> Result<ClientKeyRec> {
+        let _guard = self.admin_guard();
+        let mut rec = self
+            .key_by_name(name)?
+            .ok_or_else(|| Error::NotFound(format!("no key named {name:?}")))?;
+        policy.apply(&mut rec.policy)?;
+        self.client_keys
+            .insert(rec.id.as_bytes(), store::encode(&rec))?;
+        Ok(rec)
     }
 
     /// Revokes a key; revoking a revoked key changes nothing and succeeds.

@@ -42,6 +42,9 @@ pub struct UsageRec {
     pub estimated: bool,
     #[serde(default)]
     pub received_at_ms: i64,
+    /// The fallback chain the client asked for, if any.
+    #[serde(default)]
+    pub chain: String,
 }
 
 /// Totals of one (key, model, provider, credential).
@@ -187,6 +190,14 @@ pub struct Ingested {
     pub inserted: usize,
 }
 
+/// `key_days` key: key id, SEP, day number as big-endian `u32` (days after 1970 are positive).
+fn key_day(key_id: &str, day: i64) -> Vec<u8> {
+    let mut key = key_id.as_bytes().to_vec();
+    key.push(SEP);
+    key.extend_from_slice(&(day.clamp(0, i64::from(u32::MAX)) as u32).to_be_bytes());
+    key
+}
+
 fn check_field(name: &str, value: &str) -> Result<(), String> {
     if value.is_empty() {
         return Err(format!("{name} is empty"));
@@ -234,28 +245,46 @@ impl Store {
             .export_lock
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let inserted = (&self.usage, &self.usage_totals).transaction(|(usage, totals)| {
-            let mut sums: BTreeMap<Vec<u8>, Counts> = BTreeMap::new();
-            let mut inserted = 0usize;
-            for rec in &valid {
-                if usage.get(rec.request_id.as_bytes())?.is_some() {
-                    continue;
+        let inserted = (&self.usage, &self.usage_totals, &self.key_days).transaction(
+            |(usage, totals, key_days)| {
+                let mut sums: BTreeMap<Vec<u8>, Counts> = BTreeMap::new();
+                let mut days: BTreeMap<Vec<u8>, Counts> = BTreeMap::new();
+                let mut inserted = 0usize;
+                for rec in &valid {
+                    if usage.get(rec.request_id.as_bytes())?.is_some() {
+                        continue;
+                    }
+                    usage.insert(rec.request_id.as_bytes(), crate::store::encode(rec))?;
+                    inserted += 1;
+                    let key =
+                        composite(&[&rec.key_id, &rec.model, &rec.provider, &rec.credential_id]);
+                    sums.entry(key).or_default().add(&Counts::of(rec));
+                    days.entry(key_day(
+                        &rec.key_id,
+                        crate::period::day_of(rec.started_at_ms),
+                    ))
+                    .or_default()
+                    .add(&Counts::of(rec));
                 }
-                usage.insert(rec.request_id.as_bytes(), crate::store::encode(rec))?;
-                inserted += 1;
-                let key = composite(&[&rec.key_id, &rec.model, &rec.provider, &rec.credential_id]);
-                sums.entry(key).or_default().add(&Counts::of(rec));
-            }
-            for (key, sum) in sums {
-                let mut total = totals
-                    .get(&key)?
-                    .map(|raw| Counts::from_bytes(&raw))
-                    .unwrap_or_default();
-                total.add(&sum);
-                totals.insert(key, total.to_bytes().to_vec())?;
-            }
-            Ok(inserted)
-        })?;
+                for (key, sum) in days {
+                    let mut total = key_days
+                        .get(&key)?
+                        .map(|raw| Counts::from_bytes(&raw))
+                        .unwrap_or_default();
+                    total.add(&sum);
+                    key_days.insert(key, total.to_bytes().to_vec())?;
+                }
+                for (key, sum) in sums {
+                    let mut total = totals
+                        .get(&key)?
+                        .map(|raw| Counts::from_bytes(&raw))
+                        .unwrap_or_default();
+                    total.add(&sum);
+                    totals.insert(key, total.to_bytes().to_vec())?;
+                }
+                Ok(inserted)
+            },
+        )?;
         out.inserted = inserted;
         out.acked.extend(valid.into_iter().map(|r| r.request_id));
         Ok(out)
@@ -291,6 +320,65 @@ impl Store {
             });
         }
         Ok(rows)
+    }
+
+    /// Adds every stored record to `usage_key_days` (which must be empty): the one-time backfill
+    /// of a store written before that tree existed.
+    pub(crate) fn rebuild_key_days(&self) -> Result<()> {
+        let mut days: BTreeMap<Vec<u8>, Counts> = BTreeMap::new();
+        for item in self.usage.iter() {
+            let (_, raw) = item?;
+            let rec: UsageRec = crate::store::decode(crate::store::USAGE, &raw)?;
+            days.entry(key_day(
+                &rec.key_id,
+                crate::period::day_of(rec.started_at_ms),
+            ))
+            .or_default()
+            .add(&Counts::of(&rec));
+        }
+        for (key, sum) in days {
+            self.key_days.insert(key, sum.to_bytes().to_vec())?;
+        }
+        Ok(())
+    }
+
+    /// A key's billed totals from day `from_day` on (UTC day numbers), for budgets.
+    pub fn key_spend_since(&self, key_id: &str, from_day: i64) -> Result<Counts> {
+        let mut sum = Counts::default();
+        let start = key_day(key_id, from_day);
+        let mut end = key_id.as_bytes().to_vec();
+        end.push(SEP + 1);
+        for item in self.key_days.range(start..end) {
+            let (_, value) = item?;
+            sum.add(&Counts::from_bytes(&value));
+        }
+        Ok(sum)
+    }
+
+    /// Records started in `[since_ms, until_ms)` (0: unbounded) of one key or all, grouped by
+    /// `group_of`. Scans the records: meant for reports, not for the request path.
+    pub fn usage_grouped(
+        &self,
+        key_id: Option<&str>,
+        since_ms: i64,
+        until_ms: i64,
+        group_of: &dyn Fn(&UsageRec) -> Vec<String>,
+    ) -> Result<BTreeMap<Vec<String>, Counts>> {
+        let mut out: BTreeMap<Vec<String>, Counts> = BTreeMap::new();
+        for item in self.usage.iter() {
+            let (_, raw) = item?;
+            let rec: UsageRec = crate::store::decode(crate::store::USAGE, &raw)?;
+            if key_id.is_some_and(|k| k != rec.key_id)
+                || (since_ms > 0 && rec.started_at_ms < since_ms)
+                || (until_ms > 0 && rec.started_at_ms >= until_ms)
+            {
+                continue;
+            }
+            out.entry(group_of(&rec))
+                .or_default()
+                .add(&Counts::of(&rec));
+        }
+        Ok(out)
     }
 
     /// One stored record, for tests and audits.

@@ -108,6 +108,11 @@ impl Registry {
         Ok(())
     }
 
+    /// Nodes with an open subscription now.
+    pub fn connected_count(&self) -> usize {
+        self.lock().len()
+    }
+
     pub fn list(&self) -> Result<Vec<NodeView>> {
         let stored: Vec<NodeRec> = store::scan(&self.store.nodes, NODES, b"")?;
         let live = self.lock();

@@ -39,6 +39,17 @@ impl Routes {
         self.tx.subscribe()
     }
 
+    /// Whether an exhausted credential's quota reset since `since_ms`.
+    fn quota_reset_since(&self, since_ms: i64) -> bool {
+        let now = now_ms();
+        self.store.credentials().is_ok_and(|creds| {
+            creds.iter().any(|c| {
+                c.state == "exhausted"
+                    && matches!(c.effective_state(now), ("active", at) if at > since_ms)
+            })
+        })
+    }
+
     pub fn current(&self) -> Arc<pb::RouteTable> {
         self.tx.borrow().clone()
     }
@@ -46,11 +57,19 @@ impl Routes {
     /// Recompiles after every [`Routes::changed`] until `cancel` fires. A failed compile is logged
     /// and retried on the next change or after a short delay; subscribers keep the last good table.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let mut compiled_at_ms = now_ms();
         loop {
             tokio::select! {
                 () = self.dirty.notified() => {}
+                // An exhausted credential whose quota period has reset comes back by itself.
+                () = tokio::time::sleep(std::time::Duration::from_secs(60)) => {
+                    if !self.quota_reset_since(compiled_at_ms) {
+                        continue;
+                    }
+                }
                 () = cancel.cancelled() => return,
             }
+            compiled_at_ms = now_ms();
             match compile_new_version(&self.store).await {
                 Ok(table) => {
                     crate::metrics::COUNTERS.route_tables_compiled.inc();
@@ -137,10 +156,17 @@ pub fn compile(store: &Store, version: u64) -> Result<pb::RouteTable> {
         let Some(&provider_index) = index.get(cred.provider.as_str()) else {
             continue;
         };
-        if cred.state != "active" {
-            continue;
-        }
+        // Invalid and exhausted credentials stay out until an operator enables them; a cooldown
+        // or open circuit travels as a time before which every node skips the credential.
+        let (state, state_since_ms) = cred.effective_state(now_ms());
+        let blocked_until_ms = match state {
+            "active" => 0,
+            "cooldown" | "circuit_open" => cred.state_until_ms,
+            _ => continue,
+        };
         credentials.push(pb::RouteCredential {
+            blocked_until_ms,
+            state_since_ms,
             secret: store.credential_secret(&cred)?.expose().to_string(),
             id: cred.id,
             provider_index,
@@ -211,7 +237,12 @@ pub fn compile(store: &Store, version: u64) -> Result<pb::RouteTable> {
             tracing::error!(key_id = %key.id, "client key record has a malformed hash; skipped");
             continue;
         };
-        keys.push(pb::RouteClientKey { id: key.id, sha256 });
+        let policy = crate::grpc::convert_policy(&key.policy);
+        keys.push(pb::RouteClientKey {
+            id: key.id,
+            sha256,
+            policy: Some(policy),
+        });
     }
 
     Ok(pb::RouteTable {
@@ -227,11 +258,22 @@ pub fn compile(store: &Store, version: u64) -> Result<pb::RouteTable> {
                     Protocol::Anthropic => pb::Protocol::Anthropic,
                 } as i32,
                 base_url: p.base_url,
+                connect_timeout_ms: p.timeouts.connect_ms,
+                first_byte_timeout_ms: p.timeouts.first_byte_ms,
+                idle_timeout_ms: p.timeouts.idle_ms,
             })
             .collect(),
         credentials,
         models,
         keys,
+        chains: store
+            .chains()?
+            .into_iter()
+            .map(|c| pb::RouteChain {
+                name: c.name,
+                models: c.models,
+            })
+            .collect(),
     })
 }
 

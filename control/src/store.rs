@@ -32,6 +32,12 @@ pub(crate) const KEY_CHECK_PLAINTEXT: &[u8] = b"keyplane master key check v1";
 /// keys and must not be served.
 pub(crate) const ROTATION_KEY: &[u8] = b"master_key_rotation";
 
+// --- health, chains, limits (issue 7): new trees, no layout change ---
+pub(crate) const CHAINS: &str = "chains";
+pub(crate) const KEY_DAYS: &str = "usage_key_days";
+/// Set once `usage_key_days` holds every stored record (see [`Store::backfill_key_days`]).
+const KEY_DAYS_BACKFILLED: &[u8] = b"key_days_backfilled";
+
 /// Separator inside composite keys; names are validated never to contain it.
 pub(crate) const SEP: u8 = 0;
 
@@ -76,6 +82,10 @@ pub struct Store {
     pub(crate) fx_rates: sled::Tree,
     /// Client-facing alias → target model name.
     pub(crate) aliases: sled::Tree,
+    /// Fallback chains by name.
+    pub(crate) chains: sled::Tree,
+    /// Per (key id, UTC day number) totals, for budgets by period.
+    pub(crate) key_days: sled::Tree,
     pub(crate) cipher: Cipher,
     /// Serializes admin writes, so that check-then-write validations (a label unique within a
     /// provider, a referenced provider existing) cannot race each other. Admin writes are rare;
@@ -114,12 +124,15 @@ impl Store {
             prices: tree(PRICES)?,
             fx_rates: tree(FX_RATES)?,
             aliases: tree(ALIASES)?,
+            chains: tree(CHAINS)?,
+            key_days: tree(KEY_DAYS)?,
             cipher: Cipher::new(master_key),
             admin_lock: Mutex::new(()),
             export_lock: std::sync::RwLock::new(()),
             db,
         };
         store.check_master_key()?;
+        store.backfill_key_days()?;
         Ok(store)
     }
 
@@ -148,6 +161,27 @@ impl Store {
                 Ok(())
             }
         }
+    }
+
+    /// `usage_key_days` (issue 7) is a new tree: a store that holds usage from before it is
+    /// backfilled from the stored records once, before serving, so that budgets count that
+    /// spend too. Idempotent: it rebuilds the tree from scratch and only then sets its marker.
+    fn backfill_key_days(&self) -> Result<(), OpenStoreError> {
+        if self
+            .meta
+            .get(KEY_DAYS_BACKFILLED)
+            .map_err(Error::from)?
+            .is_some()
+        {
+            return Ok(());
+        }
+        self.key_days.clear().map_err(Error::from)?;
+        self.rebuild_key_days()?;
+        self.meta
+            .insert(KEY_DAYS_BACKFILLED, b"1".as_slice())
+            .map_err(Error::from)?;
+        self.db.flush().map_err(Error::from)?;
+        Ok(())
     }
 
     /// Makes every write so far durable.

@@ -22,6 +22,17 @@ pub struct Gateway {
 impl Gateway {
     pub fn install(&self, table: Table, generated_at_ms: i64) {
         let version = table.version;
+        // Every credential's health state, once per credential.
+        let mut seen = std::collections::HashSet::new();
+        for cand in table.models.values().flatten() {
+            if seen.insert(Arc::clone(&cand.credential_id)) {
+                self.metrics.health_limits.credential_state(
+                    &cand.provider.name,
+                    &cand.credential_id,
+                    cand.stats.health.state().as_str(),
+                );
+            }
+        }
         self.table.store(Some(Arc::new(table)));
         self.table_generated_at_ms
             .store(generated_at_ms, std::sync::atomic::Ordering::Relaxed);

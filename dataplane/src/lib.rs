@@ -9,6 +9,9 @@
 
 pub mod control;
 pub mod gateway;
+pub mod health;
+pub mod leaser;
+pub mod limits;
 pub mod metrics;
 pub mod protocol;
 pub mod proxy;

@@ -5,6 +5,8 @@
 use clap::{Parser, ValueEnum};
 use keyplane_dataplane::control::Subscriber;
 use keyplane_dataplane::gateway::Gateway;
+use keyplane_dataplane::health::HealthSink;
+use keyplane_dataplane::leaser::Leaser;
 use keyplane_dataplane::metrics::Metrics;
 use keyplane_dataplane::proxy::{Limits, Proxy, build_client};
 use keyplane_dataplane::table::{StatsRegistry, Table};
@@ -326,11 +328,16 @@ async fn run(args: Args) -> Result<(), (u8, String)> {
         max_body_bytes: args.max_body_bytes,
     };
     let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(HealthSink::default());
+    let lease_wake = Arc::new(tokio::sync::Notify::new());
     let proxy = Arc::new(Proxy {
         client: build_client(&limits),
         limits,
         usage: usage_sink,
         metrics: Arc::clone(&metrics),
+        health: Arc::clone(&health),
+        lease_wake: Arc::clone(&lease_wake),
+        clients: std::sync::Mutex::new(std::collections::HashMap::new()),
     });
     let gateway = Arc::new(Gateway {
         table: arc_swap::ArcSwapOption::empty(),
@@ -369,6 +376,26 @@ async fn run(args: Args) -> Result<(), (u8, String)> {
     }
     tracing::info!(listen = %local, node_id = %node_id, control = %args.control, "keyplane-dataplane serving");
 
+    let mut authorization: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+        format!("Bearer {node_token}")
+            .parse()
+            .map_err(|_| config(format!("{NODE_TOKEN_ENV} is not a valid header value")))?;
+    authorization.set_sensitive(true);
+    let health_task = tokio::spawn(health.run(
+        channel.clone(),
+        node_id.clone(),
+        authorization.clone(),
+        cancel.clone(),
+    ));
+    let leaser = Leaser {
+        channel: channel.clone(),
+        node_id: node_id.clone(),
+        authorization,
+        gateway: Arc::clone(&gateway),
+        epoch: uuid::Uuid::new_v4().to_string(),
+        wake: lease_wake,
+    };
+    let leaser_task = tokio::spawn(leaser.run(cancel.clone()));
     let subscriber = Subscriber {
         channel,
         node_id,
@@ -390,6 +417,8 @@ async fn run(args: Args) -> Result<(), (u8, String)> {
     )
     .await;
     let _ = subscription.await;
+    let _ = health_task.await;
+    let _ = leaser_task.await;
     signals.abort();
     usage_handle.shutdown(Duration::from_secs(5)).await;
     tracing::info!("usage spool flushed; bye");

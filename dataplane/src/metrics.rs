@@ -42,6 +42,8 @@ pub struct Metrics {
     failovers: Family<ProviderLabel, Counter>,
     request_duration: Timings,
     ttfb: Timings,
+    /// Issue 7: credential health and limit refusals (see `health_limits` below).
+    pub health_limits: HealthLimitMetrics,
     requests: Family<Served, Counter>,
     attempts: Family<AttemptLabels, Counter>,
     input_tokens: Family<ProviderLabel, Counter>,
@@ -72,7 +74,9 @@ impl Default for Metrics {
             spool_depth: Gauge::default(),
             spool_oldest_age_seconds: Gauge::default(),
             registry: Registry::default(),
+            health_limits: HealthLimitMetrics::default(),
         };
+        m.health_limits.register(&mut registry);
         registry.register(
             "requests",
             "Requests served by an upstream, by final status",
@@ -213,5 +217,62 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+// --- health, chains, limits (issue 7) ---
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CredentialStateLabels {
+    provider: String,
+    credential: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabel {
+    limit: String,
+}
+
+/// `keyplane_credential_state{provider,credential,state}` (1 for the credential's current state,
+/// 0 for the others) and `keyplane_limit_refusals_total{limit}`.
+#[derive(Default)]
+pub struct HealthLimitMetrics {
+    credential_state: Family<CredentialStateLabels, Gauge>,
+    limit_refusals: Family<LimitLabel, Counter>,
+}
+
+impl HealthLimitMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "credential_state",
+            "Health state of each upstream credential on this node (1 = current state)",
+            self.credential_state.clone(),
+        );
+        registry.register(
+            "limit_refusals",
+            "Requests refused by a client key's limit, by limit",
+            self.limit_refusals.clone(),
+        );
+    }
+
+    pub fn credential_state(&self, provider: &str, credential: &str, state: &str) {
+        for s in crate::health::State::ALL {
+            self.credential_state
+                .get_or_create(&CredentialStateLabels {
+                    provider: provider.to_string(),
+                    credential: credential.to_string(),
+                    state: s.as_str().to_string(),
+                })
+                .set(i64::from(s.as_str() == state));
+        }
+    }
+
+    pub fn limit_refused(&self, limit: &str) {
+        self.limit_refusals
+            .get_or_create(&LimitLabel {
+                limit: limit.to_string(),
+            })
+            .inc();
     }
 }

@@ -7,6 +7,8 @@
 //! content, reasoning, a tool call or a finish reason commits the stream, together with what was
 //! held, at once.
 
+use crate::health::HealthSink;
+use crate::limits::{KeyState, Limit, Permit, Policy, Refusal};
 use crate::metrics::Metrics;
 use crate::protocol::anthropic::{self, MessagesRequest};
 use crate::protocol::openai::{self, ChatRequest, Chunk};
@@ -137,6 +139,9 @@ pub fn client_error(
 pub struct RequestCtx {
     pub request_id: String,
     pub key_id: Arc<str>,
+    /// The key's policy and limit counters, if it has any.
+    pub policy: Option<Arc<Policy>>,
+    pub limits: Option<Arc<KeyState>>,
     pub started: Instant,
     pub started_at_ms: i64,
     /// The client's query string (`beta=true` from Claude Code), passed on to Anthropic upstreams
@@ -157,6 +162,12 @@ pub struct Proxy {
     pub limits: Limits,
     pub usage: UsageSink,
     pub metrics: Arc<Metrics>,
+    /// Credential health changes, reported to the control plane in the background.
+    pub health: Arc<HealthSink>,
+    /// Wakes the leaser when a key's allowance runs out.
+    pub lease_wake: Arc<tokio::sync::Notify>,
+    /// Clients for providers with their own connect timeout, by timeout in ms.
+    pub clients: std::sync::Mutex<std::collections::HashMap<u64, HttpClient>>,
 }
 
 /// Why one candidate did not serve the request.
@@ -166,6 +177,10 @@ enum Failure {
     Status {
         status: StatusCode,
         retry_after: Option<HeaderValue>,
+        /// For 429: how long the upstream asked to wait, from any of its headers.
+        wait_ms: Option<i64>,
+        /// A 402, or an error saying the account is out of quota.
+        quota: bool,
     },
     Timeout,
     Connect(String),
@@ -441,6 +456,51 @@ impl Proxy {
         ctx: RequestCtx,
     ) -> Response<Body> {
         let protocol = inbound.protocol();
+        // A chain (by name, or `chain:NAME`) tries its models in order.
+        let requested = inbound.model();
+        let chain_name = if table.models.contains_key(requested) {
+            None
+        } else {
+            let name = requested.strip_prefix("chain:").unwrap_or(requested);
+            table.chains.get_key_value(name).map(|(k, _)| k.as_str())
+        };
+        let hops: Vec<&str> = match chain_name {
+            Some(name) => table.chains[name].iter().map(String::as_str).collect(),
+            None => vec![requested],
+        };
+        let hops: Vec<&str> = match &ctx.policy {
+            Some(p) if !p.models.is_empty() => {
+                let allowed: Vec<&str> = hops
+                    .iter()
+                    .copied()
+                    .filter(|m| p.model_allowed(m))
+                    .collect();
+                if allowed.is_empty() {
+                    self.metrics.refused("model_not_allowed");
+                    self.metrics.health_limits.limit_refused("models");
+                    return client_error(
+                        protocol,
+                        StatusCode::FORBIDDEN,
+                        &format!(
+                            "This API key may not use the model `{requested}`; it may use models matching: {}.",
+                            p.models.join(", ")
+                        ),
+                        Some("model_not_allowed"),
+                    );
+                }
+                allowed
+            }
+            _ => hops,
+        };
+        if chain_name.is_some() {
+            let routes: Vec<(&str, &Vec<Candidate>)> = hops
+                .iter()
+                .filter_map(|m| table.models.get(*m).map(|c| (*m, c)))
+                .collect();
+            return self
+                .serve_routes(routes, chain_name, client_headers, body, &inbound, ctx)
+                .await;
+        }
         let Some(candidates) = table.models.get(inbound.model()) else {
             self.metrics.refused("unknown_model");
             return client_error(
@@ -464,43 +524,245 @@ impl Proxy {
                 Some("no_upstream"),
             );
         }
+        let model = inbound.model();
+        self.serve_routes(
+            vec![(model, candidates)],
+            None,
+            client_headers,
+            body,
+            &inbound,
+            ctx,
+        )
+        .await
+    }
+
+    /// Tries each model of `routes` in order, each model's healthy candidates cheapest first,
+    /// under the key's limits.
+    async fn serve_routes(
+        self: &Arc<Self>,
+        routes: Vec<(&str, &Vec<Candidate>)>,
+        chain: Option<&str>,
+        client_headers: &HeaderMap,
+        body: &[u8],
+        inbound: &Inbound<'_>,
+        ctx: RequestCtx,
+    ) -> Response<Body> {
+        let protocol = inbound.protocol();
         // Prompt tokens from the body size (about 4 bytes a token), output from the limit.
         let input_estimate = estimate_tokens(body.len());
-        let order = Table::rank(candidates, input_estimate, inbound.output_estimate());
-
-        let mut failures: Vec<Failure> = Vec::new();
-        for idx in order {
-            let cand = &candidates[idx];
+        let output_estimate = inbound.output_estimate();
+        let mut permit = None;
+        if let (Some(policy), Some(state)) = (&ctx.policy, &ctx.limits) {
+            // Worst case: the dearest candidate that may serve, at the full output limit.
+            let reserve_nano = routes
+                .iter()
+                .flat_map(|(_, c)| c.iter())
+                .map(|c| c.cost_nano(input_estimate, output_estimate))
+                .max()
+                .unwrap_or(0);
+            let reserve_tokens = input_estimate.saturating_add(output_estimate);
             match self
-                .attempt(cand, client_headers, body, &inbound, &ctx)
+                .admit(policy, state, reserve_nano, reserve_tokens)
                 .await
             {
-                Ok(resp) => {
-                    self.metrics.attempt(&cand.provider.name, "ok");
-                    if !failures.is_empty() {
-                        self.metrics.failover(&cand.provider.name);
+                Ok(p) => permit = Some(p),
+                Err(refusal) => return limit_refusal(protocol, policy, &refusal, &self.metrics),
+            }
+        }
+
+        let now = now_ms();
+        let mut failures: Vec<Failure> = Vec::new();
+        let mut skipped_until: Option<i64> = None;
+        let mut skipped_dead = 0usize;
+        for (model, candidates) in &routes {
+            let order = Table::rank(candidates, input_estimate, output_estimate);
+            for idx in order {
+                let cand = &candidates[idx];
+                let health = &cand.stats.health;
+                if !health.admit(now) {
+                    match health.state() {
+                        crate::health::State::Invalid | crate::health::State::Exhausted => {
+                            skipped_dead += 1;
+                        }
+                        _ => {
+                            let until = health.blocked_until_ms();
+                            skipped_until = Some(skipped_until.map_or(until, |u| u.min(until)));
+                        }
                     }
-                    return resp;
+                    continue;
                 }
-                Err(Attempt::Final(resp)) => {
-                    self.metrics.attempt(&cand.provider.name, "refused");
-                    return resp;
-                }
-                Err(Attempt::Failed(failure)) => {
-                    self.metrics.attempt(&cand.provider.name, failure.outcome());
-                    tracing::info!(
-                        request_id = %ctx.request_id,
-                        provider = %cand.provider.name,
-                        credential_id = %cand.credential_id,
-                        outcome = failure.outcome(),
-                        "upstream attempt failed; trying the next candidate"
-                    );
-                    tracing::debug!(request_id = %ctx.request_id, detail = %failure.detail(), "upstream failure detail");
-                    failures.push(failure);
+                match self
+                    .attempt(
+                        cand,
+                        client_headers,
+                        body,
+                        inbound,
+                        &ctx,
+                        model,
+                        chain,
+                        &mut permit,
+                    )
+                    .await
+                {
+                    Ok(resp) => {
+                        self.metrics.attempt(&cand.provider.name, "ok");
+                        if !failures.is_empty() {
+                            self.metrics.failover(&cand.provider.name);
+                        }
+                        self.health_changed(cand, health.on_success(now_ms()));
+                        return resp;
+                    }
+                    Err(Attempt::Final(resp)) => {
+                        self.metrics.attempt(&cand.provider.name, "refused");
+                        health.end_probe();
+                        return resp;
+                    }
+                    Err(Attempt::Failed(failure)) => {
+                        self.metrics.attempt(&cand.provider.name, failure.outcome());
+                        self.note_failure(cand, &failure);
+                        tracing::info!(
+                            request_id = %ctx.request_id,
+                            provider = %cand.provider.name,
+                            credential_id = %cand.credential_id,
+                            model = %model,
+                            outcome = failure.outcome(),
+                            "upstream attempt failed; trying the next candidate"
+                        );
+                        tracing::debug!(request_id = %ctx.request_id, detail = %failure.detail(), "upstream failure detail");
+                        failures.push(failure);
+                    }
                 }
             }
         }
+        if failures.is_empty() {
+            if let Some(until) = skipped_until {
+                let secs = ((until - now).max(0) as u64).div_ceil(1000).max(1);
+                let mut resp = client_error(
+                    protocol,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "Every upstream credential for this model is cooling down after rate limits or errors. Retry after the time in Retry-After.",
+                    Some("rate_limit_exceeded"),
+                );
+                if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                    resp.headers_mut().insert(header::RETRY_AFTER, v);
+                }
+                return resp;
+            }
+            if skipped_dead > 0 || routes.is_empty() {
+                return client_error(
+                    protocol,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!(
+                        "No usable upstream credential serves `{}` right now.",
+                        inbound.model()
+                    ),
+                    Some("no_upstream"),
+                );
+            }
+        }
         all_failed(protocol, &failures)
+    }
+
+    /// Checks and reserves the key's limits. A budget that does not fit wakes the leaser and
+    /// waits (at most 1 s) for a renewed lease before refusing.
+    async fn admit(
+        &self,
+        policy: &Policy,
+        state: &Arc<KeyState>,
+        reserve_nano: u64,
+        reserve_tokens: u64,
+    ) -> Result<Permit, Refusal> {
+        match state.admit(policy, reserve_nano, reserve_tokens) {
+            Ok(p) => Ok(p),
+            Err(r) if matches!(r.limit, Limit::BudgetUsd | Limit::BudgetTokens) => {
+                let notified = state.leased.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                state
+                    .wants_lease
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                self.lease_wake.notify_one();
+                let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
+                state.admit(policy, reserve_nano, reserve_tokens)
+            }
+            Err(r) => Err(r),
+        }
+    }
+
+    fn health_changed(&self, cand: &Candidate, change: Option<crate::health::Change>) {
+        let Some(change) = change else { return };
+        tracing::info!(
+            provider = %cand.provider.name,
+            credential_id = %cand.credential_id,
+            state = change.state.as_str(),
+            until_ms = change.until_ms,
+            reason = %change.reason,
+            "credential health changed"
+        );
+        self.metrics.health_limits.credential_state(
+            &cand.provider.name,
+            &cand.credential_id,
+            change.state.as_str(),
+        );
+        self.health.report(&cand.credential_id, change);
+    }
+
+    /// What a failed attempt says about the credential.
+    fn note_failure(&self, cand: &Candidate, failure: &Failure) {
+        let health = &cand.stats.health;
+        let now = now_ms();
+        let change = match failure {
+            Failure::Status {
+                quota: true,
+                status,
+                ..
+            } => {
+                Some(health.on_exhausted(now, &format!("upstream answered {status}: out of quota")))
+            }
+            Failure::Status {
+                status, wait_ms, ..
+            } if *status == StatusCode::TOO_MANY_REQUESTS => {
+                Some(health.on_rate_limited(now, *wait_ms))
+            }
+            Failure::Status { status, .. } if matches!(status.as_u16(), 401 | 403) => {
+                Some(health.on_invalid(now, status.as_u16()))
+            }
+            Failure::Status { status, .. } if status.is_server_error() => {
+                health.on_server_error(now)
+            }
+            Failure::Timeout | Failure::Connect(_) | Failure::Stream(_) => {
+                health.on_server_error(now)
+            }
+            _ => {
+                health.end_probe();
+                None
+            }
+        };
+        self.health_changed(cand, change);
+    }
+
+    /// The upstream client for `cand`: the shared one, or one with the provider's connect
+    /// timeout.
+    fn client_for(&self, cand: &Candidate) -> HttpClient {
+        match cand.provider.connect_timeout {
+            Some(t) if t != self.limits.connect_timeout => {
+                let ms = t.as_millis() as u64;
+                let mut clients = self
+                    .clients
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                clients
+                    .entry(ms)
+                    .or_insert_with(|| {
+                        build_client(&Limits {
+                            connect_timeout: t,
+                            ..self.limits.clone()
+                        })
+                    })
+                    .clone()
+            }
+            _ => self.client.clone(),
+        }
     }
 
     /// The body for `cand`'s upstream: the client's bytes with the model replaced (same
@@ -539,6 +801,7 @@ impl Proxy {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn attempt(
         self: &Arc<Self>,
         cand: &Candidate,
@@ -546,7 +809,18 @@ impl Proxy {
         client_body: &[u8],
         inbound: &Inbound<'_>,
         ctx: &RequestCtx,
+        model: &str,
+        chain: Option<&str>,
+        permit: &mut Option<Permit>,
     ) -> Result<Response<Body>, Attempt> {
+        let first_byte_timeout = cand
+            .provider
+            .first_byte_timeout
+            .unwrap_or(self.limits.first_byte_timeout);
+        let idle_timeout = cand
+            .provider
+            .idle_timeout
+            .unwrap_or(self.limits.idle_timeout);
         let client_protocol = inbound.protocol();
         let upstream = cand.provider.protocol;
         let body = Self::upstream_body(inbound, client_body, cand, &ctx.request_id)
@@ -563,30 +837,41 @@ impl Proxy {
             .map_err(|e| Attempt::Failed(Failure::Connect(e.to_string())))?;
 
         let sent = Instant::now();
-        let deadline = sent + self.limits.first_byte_timeout;
-        let resp = match tokio::time::timeout_at(deadline.into(), self.client.request(upstream_req))
-            .await
-        {
-            Err(_) => return Err(Attempt::Failed(Failure::Timeout)),
-            Ok(Err(err)) => return Err(Attempt::Failed(Failure::Connect(error_chain(&err)))),
-            Ok(Ok(resp)) => resp,
-        };
+        let deadline = sent + first_byte_timeout;
+        let client = self.client_for(cand);
+        let resp =
+            match tokio::time::timeout_at(deadline.into(), client.request(upstream_req)).await {
+                Err(_) => return Err(Attempt::Failed(Failure::Timeout)),
+                Ok(Err(err)) => return Err(Attempt::Failed(Failure::Connect(error_chain(&err)))),
+                Ok(Ok(resp)) => resp,
+            };
         cand.stats
             .observe_latency(sent.elapsed().as_micros().min(u128::from(u64::MAX)) as u64);
         let status = resp.status();
         if !status.is_success() {
             let retry_after = resp.headers().get(header::RETRY_AFTER).cloned();
             if is_retryable(status) {
-                // Dropping the body closes or recycles the connection; the error text is not
-                // needed (and may echo the request).
+                let wait_ms = crate::health::retry_wait_ms(resp.headers());
+                // A 429 may mean "out of quota" (OpenAI's insufficient_quota): read the short
+                // error body to tell. Otherwise dropping the body closes or recycles the
+                // connection; the error text is not needed (and may echo the request).
+                let quota = match status.as_u16() {
+                    402 => true,
+                    429 => read_body(resp.into_body(), idle_timeout, 64 * 1024)
+                        .await
+                        .is_ok_and(|b| is_quota_error(&b)),
+                    _ => false,
+                };
                 return Err(Attempt::Failed(Failure::Status {
                     status,
                     retry_after,
+                    wait_ms,
+                    quota,
                 }));
             }
             // The client's fault: the upstream's own error, in the client's shape.
             let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
-            let bytes = read_body(resp.into_body(), self.limits.idle_timeout, 1 << 20)
+            let bytes = read_body(resp.into_body(), idle_timeout, 1 << 20)
                 .await
                 .unwrap_or_default();
             let (status, bytes) = match (client_protocol, upstream) {
@@ -613,7 +898,9 @@ impl Proxy {
             proxy: Arc::clone(self),
             request_id: ctx.request_id.clone(),
             key_id: Arc::clone(&ctx.key_id),
-            model: inbound.model().to_string(),
+            model: model.to_string(),
+            chain: chain.map(str::to_string).unwrap_or_default(),
+            permit: None,
             provider: Arc::clone(&cand.provider.name),
             credential_id: Arc::clone(&cand.credential_id),
             prices: cand.prices(),
@@ -646,16 +933,13 @@ impl Proxy {
                     )))
                 }
             };
-            let (upstream_body, scan) = precommit(
-                resp.into_body(),
-                adapter,
-                deadline,
-                self.limits.idle_timeout,
-            )
-            .await
-            .map_err(Attempt::Failed)?;
+            let (upstream_body, scan) =
+                precommit(resp.into_body(), adapter, deadline, idle_timeout)
+                    .await
+                    .map_err(Attempt::Failed)?;
             record.ttfb_ms = ms_since(ctx.started);
-            let relay = Relay::new(upstream_body, scan, self.limits.idle_timeout, record);
+            record.permit = permit.take();
+            let relay = Relay::new(upstream_body, scan, idle_timeout, record);
             let mut out = Response::new(relay.boxed_unsync());
             let headers = out.headers_mut();
             headers.insert(
@@ -666,7 +950,7 @@ impl Proxy {
             headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
             Ok(out)
         } else {
-            let bytes = read_body(resp.into_body(), self.limits.idle_timeout, usize::MAX)
+            let bytes = read_body(resp.into_body(), idle_timeout, usize::MAX)
                 .await
                 .map_err(|e| Attempt::Failed(Failure::Stream(e)))?;
             record.ttfb_ms = ms_since(ctx.started);
@@ -695,6 +979,7 @@ impl Proxy {
                 }
             };
             let estimate = estimate_tokens(bytes.len());
+            record.permit = permit.take();
             record.finish(usage, estimate, 200);
             Ok(json_response(StatusCode::OK, bytes))
         }
@@ -705,6 +990,120 @@ enum Attempt {
     Failed(Failure),
     /// A response to give the client as is (a non-retryable upstream error).
     Final(Response<Body>),
+}
+
+/// An upstream error body that says the account is out of money or quota.
+fn is_quota_error(body: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(body);
+    text.contains("insufficient_quota")
+        || text.contains("credit balance is too low")
+        || text.contains("billing_hard_limit")
+}
+
+/// The 429 (403 for nothing) of a key's own limit, in the client's shape, with `Retry-After`
+/// and `x-ratelimit-*` headers.
+fn limit_refusal(
+    protocol: Protocol,
+    policy: &Policy,
+    r: &Refusal,
+    metrics: &Metrics,
+) -> Response<Body> {
+    metrics.refused("key_limit");
+    metrics.health_limits.limit_refused(r.limit.as_str());
+    let (message, code) = match r.limit {
+        Limit::BudgetUsd => (
+            format!(
+                "This API key's budget of ${} is spent{}.",
+                nano_text(policy.budget_nano_usd),
+                if r.no_lease {
+                    " or cannot be checked right now"
+                } else {
+                    ""
+                }
+            ),
+            "budget_exceeded",
+        ),
+        Limit::BudgetTokens => (
+            format!(
+                "This API key's token budget of {} tokens is spent{}.",
+                policy.budget_tokens,
+                if r.no_lease {
+                    " or cannot be checked right now"
+                } else {
+                    ""
+                }
+            ),
+            "budget_exceeded",
+        ),
+        Limit::Rpm => (
+            format!(
+                "Rate limit reached: this API key allows {} requests per minute.",
+                policy.rpm
+            ),
+            "rate_limit_exceeded",
+        ),
+        Limit::Tpm => (
+            format!(
+                "Rate limit reached: this API key allows {} tokens per minute.",
+                policy.tpm
+            ),
+            "rate_limit_exceeded",
+        ),
+        Limit::Concurrency => (
+            format!(
+                "Concurrency limit reached: this API key allows {} requests at once.",
+                policy.concurrency
+            ),
+            "concurrency_limit_exceeded",
+        ),
+    };
+    let mut resp = client_error(
+        protocol,
+        StatusCode::TOO_MANY_REQUESTS,
+        &message,
+        Some(code),
+    );
+    let h = resp.headers_mut();
+    let mut put = |name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(name, v);
+        }
+    };
+    put("retry-after", r.retry_after_secs.to_string());
+    put("x-ratelimit-limit-key", r.limit.as_str().to_string());
+    let reset = format!("{}s", r.retry_after_secs);
+    match r.limit {
+        Limit::Rpm => {
+            put("x-ratelimit-limit-requests", r.limit_value.to_string());
+            put("x-ratelimit-remaining-requests", r.remaining.to_string());
+            put("x-ratelimit-reset-requests", reset);
+        }
+        Limit::Tpm => {
+            put("x-ratelimit-limit-tokens", r.limit_value.to_string());
+            put("x-ratelimit-remaining-tokens", r.remaining.to_string());
+            put("x-ratelimit-reset-tokens", reset);
+        }
+        Limit::Concurrency => {
+            put("x-ratelimit-limit-concurrency", r.limit_value.to_string());
+            put("x-ratelimit-remaining-concurrency", "0".to_string());
+        }
+        Limit::BudgetUsd | Limit::BudgetTokens => {
+            put("x-ratelimit-limit-budget", r.limit_value.to_string());
+            put("x-ratelimit-remaining-budget", r.remaining.to_string());
+        }
+    }
+    resp
+}
+
+/// Nano-USD as decimal dollars.
+fn nano_text(nano: u64) -> String {
+    let whole = nano / 1_000_000_000;
+    let frac = nano % 1_000_000_000;
+    if frac == 0 {
+        return whole.to_string();
+    }
+    let digits = format!("{frac:09}");
+    format!("{whole}.{}", digits.trim_end_matches('0'))
 }
 
 fn ms_since(t: Instant) -> u32 {
@@ -1102,13 +1501,17 @@ struct Record {
     ttfb_ms: u32,
     /// Input tokens to bill when the upstream reports none: the client body's bytes / 4.
     input_estimate: u64,
+    /// The chain the client asked for ("" if none).
+    chain: String,
+    /// The key's limits, settled to the billed cost when the record is written.
+    permit: Option<Permit>,
 }
 
 impl Record {
     /// Bills the upstream's counts if it gave them, else `estimated_output` output tokens and the
     /// input estimated from the request body's size, flagged as estimated. Cached input is
     /// priced at the offering's cache prices (the input price where it has none).
-    fn finish(self, usage: Option<Usage>, estimated_output: u64, status: u32) {
+    fn finish(mut self, usage: Option<Usage>, estimated_output: u64, status: u32) {
         let (u, estimated) = match usage {
             Some(u) => (u, false),
             None => (
@@ -1127,6 +1530,9 @@ impl Record {
             u.cache_write_tokens,
             u.output_tokens,
         );
+        if let Some(permit) = self.permit.take() {
+            permit.settle(cost, all_input.saturating_add(u.output_tokens));
+        }
         self.proxy.metrics.served(
             &self.provider,
             &self.model,
@@ -1172,6 +1578,7 @@ impl Record {
             cache_read_tokens: u.cache_read_tokens,
             cache_write_tokens: u.cache_write_tokens,
             reported_cost_nano_usd: self.reported_cost_nano_usd,
+            chain: self.chain,
         });
     }
 }

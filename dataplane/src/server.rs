@@ -255,7 +255,7 @@ fn authenticate(
     gw: &Gateway,
     req: &Request<Incoming>,
     protocol: Protocol,
-) -> Result<(Arc<crate::table::Table>, Arc<str>), Response<Body>> {
+) -> Result<(Arc<crate::table::Table>, crate::table::ClientKey), Response<Body>> {
     let Some(table) = gw.table.load_full() else {
         return Err(not_ready(gw, protocol));
     };
@@ -267,8 +267,23 @@ fn authenticate(
     let Some(key) = table.authenticate(presented) else {
         return Err(unauthorized(gw, protocol, BAD_KEY));
     };
-    let id = Arc::clone(&key.id);
-    Ok((table, id))
+    // Expiry is checked here, not only by the control plane, so that it holds while the control
+    // plane is unreachable.
+    if let Some(p) = &key.policy
+        && p.expires_at_ms > 0
+        && now_ms() >= p.expires_at_ms
+    {
+        gw.metrics.refused("unauthenticated");
+        gw.metrics.health_limits.limit_refused("expired");
+        return Err(client_error(
+            protocol,
+            StatusCode::UNAUTHORIZED,
+            "This API key has expired.",
+            Some("key_expired"),
+        ));
+    }
+    let key = key.clone();
+    Ok((table, key))
 }
 
 fn models(gw: &Gateway, req: &Request<Incoming>) -> Response<Body> {
@@ -362,19 +377,21 @@ async fn proxied(
         }
         resp
     };
-    let (table, key_id) = match authenticate(gw, &req, protocol) {
+    let (table, key) = match authenticate(gw, &req, protocol) {
         Ok(ok) => ok,
         Err(resp) => return not_served(resp, None),
     };
     let query = req.uri().query().map(str::to_string);
     let (parts, body) = match read_body(gw, req, protocol).await {
         Ok(ok) => ok,
-        Err(resp) => return not_served(resp, Some(&key_id)),
+        Err(resp) => return not_served(resp, Some(&key.id)),
     };
-    let logged_key = Arc::clone(&key_id);
+    let logged_key = Arc::clone(&key.id);
     let ctx = RequestCtx {
         request_id: request_id.to_string(),
-        key_id,
+        key_id: key.id,
+        policy: key.policy,
+        limits: key.state,
         started,
         started_at_ms,
         query,

@@ -9,6 +9,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::limits::{KeyState, LimitsRegistry, Policy};
+
 /// The wire protocol of an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -22,6 +24,10 @@ pub struct Provider {
     pub protocol: Protocol,
     /// The full URL of the chat endpoint (`{base}/chat/completions` or `{base}/v1/messages`).
     pub chat_url: http::Uri,
+    /// Per-provider timeouts; `None`: the data plane's default.
+    pub connect_timeout: Option<std::time::Duration>,
+    pub first_byte_timeout: Option<std::time::Duration>,
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 /// One way to serve a model: an offering of a provider, through one of its credentials.
@@ -138,13 +144,13 @@ impl Candidate {
     }
 }
 
-/// Per-credential observations that outlive table swaps (latency for tie-breaks now; health
-/// later).
+/// Per-credential observations that outlive table swaps: latency for tie-breaks, and health.
 #[derive(Debug, Default)]
 pub struct CredentialStats {
     /// Exponentially weighted moving average of upstream time to first byte, in microseconds;
     /// 0 = no observation yet.
     latency_ewma_us: AtomicU64,
+    pub health: crate::health::Health,
 }
 
 impl CredentialStats {
@@ -161,10 +167,12 @@ impl CredentialStats {
     }
 }
 
-/// Keeps [`CredentialStats`] per credential id across table swaps.
+/// Keeps [`CredentialStats`] per credential id, and key limit counters per key id, across table
+/// swaps.
 #[derive(Default)]
 pub struct StatsRegistry {
     map: Mutex<HashMap<String, Arc<CredentialStats>>>,
+    pub limits: LimitsRegistry,
 }
 
 impl StatsRegistry {
@@ -178,14 +186,22 @@ impl StatsRegistry {
 #[derive(Debug, Clone)]
 pub struct ClientKey {
     pub id: Arc<str>,
+    /// `None`: no limits, no expiry, every model.
+    pub policy: Option<Arc<Policy>>,
+    /// Counters and lease, for a key with rate or budget limits.
+    pub state: Option<Arc<KeyState>>,
 }
 
 pub struct Table {
     pub version: u64,
     pub models: HashMap<String, Vec<Candidate>>,
-    /// Client-facing model names, sorted, for `GET /v1/models`.
+    /// Client-facing model and chain names, sorted, for `GET /v1/models`.
     pub model_names: Vec<String>,
     keys: HashMap<[u8; 32], ClientKey>,
+    /// Keys with rate or budget limits (the ones the leaser renews).
+    limited: Vec<ClientKey>,
+    /// Fallback chains: name to models in order.
+    pub chains: HashMap<String, Vec<String>>,
 }
 
 /// Why a table from the control plane was not usable.
@@ -220,10 +236,14 @@ impl Table {
             let chat_url = url.parse::<http::Uri>().map_err(|_| TableError::BadUrl {
                 name: p.name.clone(),
             })?;
+            let ms = |v: u32| (v > 0).then(|| std::time::Duration::from_millis(u64::from(v)));
             providers.push(Arc::new(Provider {
                 name: Arc::from(p.name.as_str()),
                 protocol,
                 chat_url,
+                connect_timeout: ms(p.connect_timeout_ms),
+                first_byte_timeout: ms(p.first_byte_timeout_ms),
+                idle_timeout: ms(p.idle_timeout_ms),
             }));
         }
 
@@ -234,6 +254,7 @@ impl Table {
             stats: Arc<CredentialStats>,
         }
         let mut creds_by_provider: HashMap<u32, Vec<Cred>> = HashMap::new();
+        let now = crate::proxy::now_ms();
         for c in &table.credentials {
             let Some(provider) = providers.get(c.provider_index as usize) else {
                 continue;
@@ -249,6 +270,12 @@ impl Table {
                 continue;
             };
             value.set_sensitive(true);
+            let cred_stats = stats.get(&c.id);
+            if c.state_since_ms > 0 {
+                cred_stats
+                    .health
+                    .apply_shared(c.state_since_ms, c.blocked_until_ms, now);
+            }
             creds_by_provider
                 .entry(c.provider_index)
                 .or_default()
@@ -256,7 +283,7 @@ impl Table {
                     id: Arc::from(c.id.as_str()),
                     auth: (name, value),
                     multiplier_ppm: c.multiplier_ppm,
-                    stats: stats.get(&c.id),
+                    stats: cred_stats,
                 });
         }
 
@@ -306,28 +333,63 @@ impl Table {
             }
             models.insert(m.name.clone(), candidates);
         }
-        let mut model_names: Vec<String> = models.keys().cloned().collect();
+        // Chains are listed beside models: a client picks either by name.
+        let mut model_names: Vec<String> = models
+            .keys()
+            .chain(table.chains.iter().map(|c| &c.name))
+            .cloned()
+            .collect();
         model_names.sort();
+        model_names.dedup();
 
+        let mut limited = Vec::new();
         let keys = table
             .keys
             .iter()
             .filter_map(|k| {
                 let hash: [u8; 32] = k.sha256.as_slice().try_into().ok()?;
-                Some((
-                    hash,
-                    ClientKey {
-                        id: Arc::from(k.id.as_str()),
-                    },
-                ))
+                let policy = k
+                    .policy
+                    .as_ref()
+                    .map(Policy::from_pb)
+                    .filter(|p| p.is_limited() || !p.models.is_empty() || p.expires_at_ms > 0);
+                let state = policy
+                    .as_ref()
+                    .filter(|p| p.is_limited())
+                    .map(|_| stats.limits.get(&k.id));
+                let key = ClientKey {
+                    id: Arc::from(k.id.as_str()),
+                    policy: policy.map(Arc::new),
+                    state,
+                };
+                if key.state.is_some() {
+                    limited.push(key.clone());
+                }
+                Some((hash, key))
             })
+            .collect();
+        let chains = table
+            .chains
+            .iter()
+            .map(|c| (c.name.clone(), c.models.clone()))
             .collect();
         Ok(Table {
             version: table.route_version,
             models,
             model_names,
             keys,
+            limited,
+            chains,
         })
+    }
+
+    /// Keys with rate or budget limits.
+    pub fn limited_keys(&self) -> &[ClientKey] {
+        &self.limited
+    }
+
+    pub fn key_by_id(&self, id: &str) -> Option<&ClientKey> {
+        self.limited.iter().find(|k| &*k.id == id)
     }
 
     /// The client key whose SHA-256 matches `presented`, if the table allows it.
@@ -371,6 +433,7 @@ mod tests {
             name: name.into(),
             protocol: pb::Protocol::Openai as i32,
             base_url: format!("http://127.0.0.1:{port}/v1"),
+            ..Default::default()
         };
         let cred = |id: &str, p: u32, mult: u64| pb::RouteCredential {
             id: id.into(),
@@ -378,6 +441,7 @@ mod tests {
             secret: format!("sk-{id}"),
             multiplier_ppm: mult,
             label: String::new(),
+            ..Default::default()
         };
         let offer = |p: u32, input: u64, output: u64| pb::RouteOffering {
             provider_index: p,
@@ -411,7 +475,9 @@ mod tests {
             keys: vec![pb::RouteClientKey {
                 id: "k1".into(),
                 sha256: Sha256::digest(b"kp_test").to_vec(),
+                ..Default::default()
             }],
+            ..Default::default()
         }
     }
 

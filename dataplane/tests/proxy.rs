@@ -175,22 +175,42 @@ fn every_upstream_failing_gives_an_openai_error() {
     assert_eq!(resp.status, 429);
     assert_eq!(resp.header("retry-after"), Some("7"));
     assert_eq!(resp.json()["error"]["code"], "rate_limit_exceeded");
+    // Every credential now cools down for 7 s: the next request touches none of them.
+    let resp = c.chat(&chat_body(false));
+    assert_eq!(resp.status, 429);
+    assert!(resp.header("retry-after").is_some());
+    assert_eq!(c.fake("c-cheap").request_count(), 1);
+    // An operator clears the cooldowns.
+    let creds = c.cp.ctl(&["--json", "credential", "list"]).ok().json();
+    for cred in creds.as_array().unwrap() {
+        c.cp.ctl(&["credential", "enable", cred["id"].as_str().unwrap()])
+            .ok();
+    }
     for f in &c.fakes {
         f.set_behavior(Behavior::status(503));
     }
-    let resp = c.chat(&chat_body(true));
-    assert_eq!(resp.status, 503);
-    assert!(resp.json()["error"]["message"].is_string());
+    let mut resp = None;
+    assert!(keyplane_testkit::wait_until(TIMEOUT, || {
+        let r = c.chat(&chat_body(true));
+        let done = r.status == 503;
+        resp = Some(r);
+        done
+    }));
+    assert!(resp.unwrap().json()["error"]["message"].is_string());
     for f in &c.fakes {
         f.set_behavior(Behavior::status(400));
     }
+    let (cheap, mid) = (
+        c.fake("c-cheap").request_count(),
+        c.fake("b-mid").request_count(),
+    );
     let resp = c.chat(&chat_body(false));
     assert_eq!(
         resp.status, 400,
         "the client's own fault is passed through, not retried"
     );
-    assert_eq!(c.fake("c-cheap").request_count(), 3);
-    assert_eq!(c.fake("b-mid").request_count(), 2);
+    assert_eq!(c.fake("c-cheap").request_count(), cheap + 1);
+    assert_eq!(c.fake("b-mid").request_count(), mid);
 }
 
 #[test]

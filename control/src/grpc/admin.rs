@@ -24,6 +24,87 @@ pub struct AdminService {
 type Reply<T> = Result<Response<T>, Status>;
 
 impl AdminService {
+    /// `usage --since/--until/--by`: grouped from the stored records.
+    fn grouped_usage(
+        &self,
+        key_id: Option<&str>,
+        req: &pb::QueryUsageRequest,
+        names: &HashMap<String, String>,
+        labels: &HashMap<String, String>,
+    ) -> Result<Vec<pb::UsageRow>, Status> {
+        let by = req.by.as_str();
+        if !matches!(by, "" | "key" | "model" | "provider" | "credential" | "day") {
+            return Err(Status::invalid_argument(format!(
+                "--by {by:?} is not one of key, model, provider, credential, day"
+            )));
+        }
+        let group_of = |r: &crate::ledger::UsageRec| -> Vec<String> {
+            match by {
+                "key" => vec![r.key_id.clone()],
+                "model" => vec![r.model.clone()],
+                "provider" => vec![r.provider.clone()],
+                "credential" => vec![r.provider.clone(), r.credential_id.clone()],
+                "day" => vec![crate::period::day_text(crate::period::day_of(
+                    r.started_at_ms,
+                ))],
+                _ => vec![
+                    r.key_id.clone(),
+                    r.model.clone(),
+                    r.provider.clone(),
+                    r.credential_id.clone(),
+                ],
+            }
+        };
+        let groups = self
+            .store
+            .usage_grouped(key_id, req.since_ms, req.until_ms, &group_of)?;
+        let name = |id: &str| names.get(id).cloned().unwrap_or_else(|| id.to_string());
+        Ok(groups
+            .into_iter()
+            .map(|(g, c)| {
+                let mut row = pb::UsageRow {
+                    requests: c.requests,
+                    input_tokens: c.input_tokens,
+                    output_tokens: c.output_tokens,
+                    cost_nano_usd: c.cost_nano_usd,
+                    ..Default::default()
+                };
+                match (by, g.as_slice()) {
+                    ("key", [k]) => {
+                        row.key = name(k);
+                        row.key_id = k.clone();
+                        row.group = row.key.clone();
+                    }
+                    ("model", [m]) => {
+                        row.model = m.clone();
+                        row.group = m.clone();
+                    }
+                    ("provider", [p]) => {
+                        row.provider = p.clone();
+                        row.group = p.clone();
+                    }
+                    ("credential", [p, c]) => {
+                        row.provider = p.clone();
+                        row.credential = c.clone();
+                        row.credential_label = labels.get(c).cloned().unwrap_or_default();
+                        row.group = c.clone();
+                    }
+                    ("day", [d]) => row.group = d.clone(),
+                    (_, [k, m, p, c]) => {
+                        row.key = name(k);
+                        row.key_id = k.clone();
+                        row.model = m.clone();
+                        row.provider = p.clone();
+                        row.credential = c.clone();
+                        row.credential_label = labels.get(c).cloned().unwrap_or_default();
+                    }
+                    _ => {}
+                }
+                row
+            })
+            .collect())
+    }
+
     /// After a successful write: make it durable before answering, then have the route table
     /// recompiled.
     async fn committed(&self) -> Result<(), Status> {
@@ -43,6 +124,11 @@ impl Admin for AdminService {
             base_url: &req.base_url,
             preset: &req.preset,
             catalog: &req.catalog,
+            timeouts: crate::catalog::Timeouts {
+                connect_ms: req.connect_timeout_ms,
+                first_byte_ms: req.first_byte_timeout_ms,
+                idle_ms: req.idle_timeout_ms,
+            },
         })?;
         self.committed().await?;
         self.syncer.wake();
@@ -71,9 +157,13 @@ impl Admin for AdminService {
     ) -> Reply<pb::Credential> {
         let req = req.into_inner();
         let secret = Secret::new(req.secret);
-        let rec = self
-            .store
-            .add_credential(&req.provider, &req.label, &req.multiplier, &secret)?;
+        let rec = self.store.add_credential_with(
+            &req.provider,
+            &req.label,
+            &req.multiplier,
+            &secret,
+            &req.quota_resets,
+        )?;
         self.committed().await?;
         tracing::info!(provider = %rec.provider, credential_id = %rec.id, "credential added");
         Ok(Response::new(convert::credential(rec)))
@@ -136,8 +226,11 @@ impl Admin for AdminService {
     }
 
     async fn create_key(&self, req: Request<pb::CreateKeyRequest>) -> Reply<pb::CreateKeyResponse> {
-        let name = req.into_inner().name;
-        let (rec, key) = self.store.create_key(&name)?;
+        let req = req.into_inner();
+        let name = req.name;
+        let (rec, key) = self
+            .store
+            .create_key_with(&name, &convert::policy_input(req.policy))?;
         self.committed().await?;
         tracing::info!(key_name = %rec.name, client_key_id = %rec.id, "client key created");
         Ok(Response::new(pb::CreateKeyResponse {
@@ -165,7 +258,8 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::QueryUsageRequest>,
     ) -> Reply<pb::QueryUsageResponse> {
-        let key = req.into_inner().key;
+        let req = req.into_inner();
+        let key = req.key.clone();
         let key_id = if key.is_empty() {
             None
         } else {
@@ -187,6 +281,10 @@ impl Admin for AdminService {
             .into_iter()
             .map(|c| (c.id, c.label))
             .collect();
+        if req.since_ms > 0 || req.until_ms > 0 || !req.by.is_empty() {
+            let rows = self.grouped_usage(key_id.as_deref(), &req, &names, &labels)?;
+            return Ok(Response::new(pb::QueryUsageResponse { rows }));
+        }
         let rows = self
             .store
             .usage_totals(key_id.as_deref())?
@@ -208,9 +306,72 @@ impl Admin for AdminService {
                 reported_cost_nano_usd: t.counts.reported_cost_nano_usd,
                 computed_cost_nano_usd: t.counts.computed_cost_nano_usd(),
                 reported_requests: t.counts.reported_requests,
+                group: String::new(),
             })
             .collect();
         Ok(Response::new(pb::QueryUsageResponse { rows }))
+    }
+
+    // --- health, chains, limits (issue 7) ---
+
+    async fn enable_credential(
+        &self,
+        req: Request<pb::EnableCredentialRequest>,
+    ) -> Reply<pb::Credential> {
+        let id = req.into_inner().id;
+        let rec = self.store.enable_credential(&id)?;
+        self.committed().await?;
+        tracing::info!(credential_id = %rec.id, "credential enabled");
+        Ok(Response::new(convert::credential(rec)))
+    }
+
+    async fn set_provider(&self, req: Request<pb::SetProviderRequest>) -> Reply<pb::Provider> {
+        let req = req.into_inner();
+        let rec = self.store.set_provider_timeouts(
+            &req.name,
+            req.connect_timeout_ms,
+            req.first_byte_timeout_ms,
+            req.idle_timeout_ms,
+        )?;
+        self.committed().await?;
+        tracing::info!(provider = %rec.name, "provider timeouts set");
+        Ok(Response::new(convert::provider(rec)))
+    }
+
+    async fn set_chain(&self, req: Request<pb::SetChainRequest>) -> Reply<pb::Chain> {
+        let req = req.into_inner();
+        let rec = self.store.set_chain(&req.name, &req.models)?;
+        self.committed().await?;
+        tracing::info!(chain = %rec.name, "chain set");
+        Ok(Response::new(convert::chain(rec)))
+    }
+
+    async fn list_chains(
+        &self,
+        _: Request<pb::ListChainsRequest>,
+    ) -> Reply<pb::ListChainsResponse> {
+        let chains = self.store.chains()?;
+        Ok(Response::new(pb::ListChainsResponse {
+            chains: chains.into_iter().map(convert::chain).collect(),
+        }))
+    }
+
+    async fn delete_chain(&self, req: Request<pb::DeleteChainRequest>) -> Reply<pb::Chain> {
+        let name = req.into_inner().name;
+        let rec = self.store.delete_chain(&name)?;
+        self.committed().await?;
+        tracing::info!(chain = %rec.name, "chain deleted");
+        Ok(Response::new(convert::chain(rec)))
+    }
+
+    async fn set_key(&self, req: Request<pb::SetKeyRequest>) -> Reply<pb::ClientKey> {
+        let req = req.into_inner();
+        let rec = self
+            .store
+            .set_key_policy(&req.name, &convert::policy_input(req.policy))?;
+        self.committed().await?;
+        tracing::info!(key_name = %rec.name, client_key_id = %rec.id, "client key policy set");
+        Ok(Response::new(convert::client_key(rec)))
     }
 
     async fn list_nodes(&self, _: Request<pb::ListNodesRequest>) -> Reply<pb::ListNodesResponse> {

@@ -2,8 +2,9 @@
 
 use crate::catalog::{CredentialRec, OfferingRec, ProviderRec};
 use crate::catalog_sync::Status as SyncStatus;
+use crate::chains::ChainRec;
 use crate::error::Error;
-use crate::keys::ClientKeyRec;
+use crate::keys::{ClientKeyRec, KeyPolicy, PolicyInput};
 use crate::ledger::UsageRec;
 use crate::nodes::NodeView;
 use crate::prices::{AliasRec, Effective, FxRec};
@@ -32,19 +33,67 @@ pub fn provider(rec: ProviderRec) -> pb::Provider {
         created_at_ms: rec.created_at_ms,
         catalog: rec.catalog.unwrap_or_default(),
         preset: rec.preset.unwrap_or_default(),
+        connect_timeout_ms: rec.timeouts.connect_ms,
+        first_byte_timeout_ms: rec.timeouts.first_byte_ms,
+        idle_timeout_ms: rec.timeouts.idle_ms,
     }
 }
 
 /// Never carries the secret: the message has no field for it.
 pub fn credential(rec: CredentialRec) -> pb::Credential {
+    let (state, since) = rec.effective_state(crate::store::now_ms());
+    let (state, since) = (state.to_string(), since);
+    let active = state == "active";
     pb::Credential {
         id: rec.id,
         provider: rec.provider,
         label: rec.label,
         multiplier_ppm: rec.multiplier_ppm,
-        state: rec.state,
+        state,
         created_at_ms: rec.created_at_ms,
-        state_since_ms: rec.state_since_ms,
+        state_since_ms: since,
+        state_reason: if active && rec.state != "active" {
+            String::new()
+        } else {
+            rec.state_reason
+        },
+        state_until_ms: if active { 0 } else { rec.state_until_ms },
+        quota_resets: rec.quota_resets,
+    }
+}
+
+pub fn policy(p: &KeyPolicy) -> pb::KeyPolicy {
+    pb::KeyPolicy {
+        budget_nano_usd: p.budget_nano_usd,
+        budget_tokens: p.budget_tokens,
+        period: p.period().to_string(),
+        rpm: p.rpm,
+        tpm: p.tpm,
+        concurrency: p.concurrency,
+        models: p.models.clone(),
+        expires_at_ms: p.expires_at_ms,
+    }
+}
+
+pub fn policy_input(p: Option<pb::KeyPolicyInput>) -> PolicyInput {
+    let p = p.unwrap_or_default();
+    PolicyInput {
+        budget_usd: p.budget_usd,
+        budget_tokens: p.budget_tokens,
+        period: p.period,
+        rpm: p.rpm,
+        tpm: p.tpm,
+        concurrency: p.concurrency,
+        models: p.models,
+        expires_at_ms: p.expires_at_ms,
+    }
+}
+
+pub fn chain(rec: ChainRec) -> pb::Chain {
+    pb::Chain {
+        name: rec.name,
+        models: rec.models,
+        updated_at_ms: rec.updated_at_ms,
     }
 }
 
@@ -130,6 +179,7 @@ pub fn client_key(rec: ClientKeyRec) -> pb::ClientKey {
         created_at_ms: rec.created_at_ms,
         revoked: rec.revoked_at_ms.is_some(),
         revoked_at_ms: rec.revoked_at_ms.unwrap_or(0),
+        policy: Some(policy(&rec.policy)),
     }
 }
 
@@ -166,5 +216,6 @@ pub fn usage_record(rec: pb::UsageRecord) -> UsageRec {
         started_at_ms: rec.started_at_ms,
         estimated: rec.estimated,
         received_at_ms: 0,
+        chain: rec.chain,
     }
 }

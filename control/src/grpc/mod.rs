@@ -6,6 +6,7 @@ mod convert;
 mod nodes;
 
 pub use auth::TokenCheck;
+pub use convert::policy as convert_policy;
 
 use crate::catalog_sync::Syncer;
 use crate::nodes::Registry;
@@ -51,6 +52,7 @@ pub async fn serve(
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let nodes = NodesServer::new(nodes::NodesService {
+        leases: Arc::new(crate::leases::Leases::new(Arc::clone(&services.store))),
         store: services.store,
         routes: services.routes,
         registry: services.registry,

@@ -18,6 +18,7 @@ pub struct NodesService {
     pub store: Arc<Store>,
     pub routes: Arc<Routes>,
     pub registry: Arc<Registry>,
+    pub leases: Arc<crate::leases::Leases>,
     /// Ends every subscription at shutdown, so that graceful shutdown does not wait on streams
     /// that never end by themselves.
     pub cancel: CancellationToken,
@@ -79,6 +80,78 @@ impl Nodes for NodesService {
             Some((Ok((*table).clone()), sub))
         });
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn report_health(
+        &self,
+        req: Request<pb::ReportHealthRequest>,
+    ) -> Result<Response<pb::ReportHealthResponse>, Status> {
+        let req = req.into_inner();
+        check_name("node", &req.node_id)?;
+        let mut changed = false;
+        for r in &req.reports {
+            if self.store.apply_health(
+                &r.credential_id,
+                &r.state,
+                r.since_ms,
+                r.until_ms,
+                &r.reason,
+            )? {
+                tracing::info!(
+                    node_id = %req.node_id,
+                    credential_id = %r.credential_id,
+                    state = %r.state,
+                    until_ms = r.until_ms,
+                    "credential health changed"
+                );
+                changed = true;
+            }
+        }
+        if changed {
+            self.store.flush().await?;
+            self.routes.changed();
+        }
+        Ok(Response::new(pb::ReportHealthResponse {}))
+    }
+
+    async fn lease(
+        &self,
+        req: Request<pb::LeaseRequest>,
+    ) -> Result<Response<pb::LeaseResponse>, Status> {
+        let req = req.into_inner();
+        check_name("node", &req.node_id)?;
+        let uses: Vec<crate::leases::Use> = req
+            .uses
+            .into_iter()
+            .map(|u| crate::leases::Use {
+                key_id: u.key_id,
+                period_start_ms: u.period_start_ms,
+                used_nano_usd: u.used_nano_usd,
+                used_tokens: u.used_tokens,
+                want: [u.want_nano_usd, u.want_tokens],
+            })
+            .collect();
+        let nodes = self.registry.connected_count();
+        let leases = Arc::clone(&self.leases);
+        let node_id = req.node_id.clone();
+        let grants =
+            tokio::task::spawn_blocking(move || leases.grant(&node_id, &req.epoch, &uses, nodes))
+                .await
+                .map_err(|e| Status::internal(format!("lease task failed: {e}")))??;
+        Ok(Response::new(pb::LeaseResponse {
+            grants: grants
+                .into_iter()
+                .map(|g| pb::LeaseGrant {
+                    key_id: g.key_id,
+                    period_start_ms: g.period_start_ms,
+                    granted_nano_usd: g.granted_nano_usd,
+                    granted_tokens: g.granted_tokens,
+                    rpm: g.rpm,
+                    tpm: g.tpm,
+                    concurrency: g.concurrency,
+                })
+                .collect(),
+        }))
     }
 
     async fn report_usage(

@@ -437,6 +437,20 @@ pub(super) mod tests {
             Err(Status::unimplemented("not in this fake"))
         }
 
+        async fn report_health(
+            &self,
+            _req: Request<pb::ReportHealthRequest>,
+        ) -> Result<Response<pb::ReportHealthResponse>, Status> {
+            Err(Status::unimplemented("not in this fake"))
+        }
+
+        async fn lease(
+            &self,
+            _req: Request<pb::LeaseRequest>,
+        ) -> Result<Response<pb::LeaseResponse>, Status> {
+            Err(Status::unimplemented("not in this fake"))
+        }
+
         async fn report_usage(
             &self,
             req: Request<pb::ReportUsageRequest>,

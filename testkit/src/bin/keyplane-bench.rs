@@ -396,6 +396,9 @@ enum TargetKind {
     Direct,
     Bare,
     Keyplane,
+    /// Keyplane with a client key that has every limit set (budgets, RPM, TPM, concurrency,
+    /// model globs, expiry), all far above what the bench sends: the hot-path cost of limits.
+    KeyplaneLimited,
 }
 
 impl TargetKind {
@@ -404,6 +407,7 @@ impl TargetKind {
             TargetKind::Direct => "direct (fake upstream)",
             TargetKind::Bare => "bare proxy",
             TargetKind::Keyplane => "Keyplane data plane",
+            TargetKind::KeyplaneLimited => "Keyplane, key with every limit",
         }
     }
 }
@@ -672,7 +676,10 @@ fn sanity_check(
             .flatten()
     });
     let fail = |why: String| -> ! {
-        let log = if target.kind == TargetKind::Keyplane {
+        let log = if matches!(
+            target.kind,
+            TargetKind::Keyplane | TargetKind::KeyplaneLimited
+        ) {
             format!("\ndata plane log:\n{}", tail(&dp.logs(), 4_000))
         } else {
             String::new()
@@ -818,6 +825,9 @@ fn run_plan(only: Only) -> Vec<(TargetKind, Api, Api)> {
         plan.push((TargetKind::Bare, OpenAi, OpenAi));
     }
     plan.push((TargetKind::Keyplane, OpenAi, OpenAi));
+    if openai {
+        plan.push((TargetKind::KeyplaneLimited, OpenAi, OpenAi));
+    }
     if cross {
         plan.extend([
             (TargetKind::Keyplane, OpenAi, Anthropic),
@@ -851,6 +861,35 @@ fn bench(args: &Args, bin_dir: &Path) {
 
     let cp = ControlPlane::start();
     let key = configure(&cp, fake.addr);
+    // Every limit set, none of them reached by the bench's load.
+    let limited_key = cp
+        .ctl(&[
+            "--json",
+            "key",
+            "create",
+            "bench-limited",
+            "--budget-usd",
+            "1000000",
+            "--budget-tokens",
+            "1000000000000",
+            "--period",
+            "monthly",
+            "--rpm",
+            "1000000000",
+            "--tpm",
+            "1000000000000",
+            "--concurrency",
+            "100000",
+            "--models",
+            "bench/*",
+            "--expires",
+            "2099-01-01T00:00:00Z",
+        ])
+        .ok()
+        .json()["key"]
+        .as_str()
+        .expect("`key create --json` prints a key")
+        .to_string();
     let dp = DataPlane::start(&cp, "bench", &[]);
     renice(cp.pid().expect("control plane pid"), args.control_nice);
     assert!(
@@ -911,12 +950,17 @@ fn bench(args: &Args, bin_dir: &Path) {
             addr: match kind {
                 TargetKind::Direct => fake.addr,
                 TargetKind::Bare => bare.addr,
-                TargetKind::Keyplane => dp.addr,
+                TargetKind::Keyplane | TargetKind::KeyplaneLimited => dp.addr,
             },
         };
         for stream in [false, true] {
             let workload = Workload::new(client, upstream, stream);
-            results.push(run(&rt, args, &target, workload, &key, &watched, &dp));
+            let key = if kind == TargetKind::KeyplaneLimited {
+                &limited_key
+            } else {
+                &key
+            };
+            results.push(run(&rt, args, &target, workload, key, &watched, &dp));
             fake.assert_alive();
             bare.assert_alive();
             // Let sockets in TIME_WAIT and background work (usage reporting) settle.
@@ -929,7 +973,7 @@ fn bench(args: &Args, bin_dir: &Path) {
     // the background, about once a second).
     let served: u64 = results
         .iter()
-        .filter(|r| r.target == TargetKind::Keyplane)
+        .filter(|r| matches!(r.target, TargetKind::Keyplane | TargetKind::KeyplaneLimited))
         .map(|r| r.all_ok)
         .sum();
     let waited = Instant::now();
@@ -1216,7 +1260,7 @@ mod report {
             let proxy_cpu = match r.target {
                 TargetKind::Direct => "—".to_string(),
                 TargetKind::Bare => cpu_per_request(r, BARE),
-                TargetKind::Keyplane => cpu_per_request(r, DATAPLANE),
+                TargetKind::Keyplane | TargetKind::KeyplaneLimited => cpu_per_request(r, DATAPLANE),
             };
             let _ = writeln!(
                 w,
