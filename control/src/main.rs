@@ -77,6 +77,10 @@ enum Cmd {
         /// More names or IP addresses the certificates are valid for, comma-separated.
         #[arg(long, value_delimiter = ',')]
         hosts: Vec<String>,
+        /// Replace a complete set already in --out (by default it is kept, so that rerunning,
+        /// as `docker compose up` does, never breaks the trust between running nodes).
+        #[arg(long)]
+        force: bool,
     },
     /// Re-encrypt every secret from KEYPLANE_MASTER_KEY to KEYPLANE_NEW_MASTER_KEY, offline
     /// (stop the control plane first). Crash-safe: rerun it until it says done.
@@ -162,13 +166,28 @@ impl From<ConfigError> for Failure {
 /// The offline subcommands: no server, a one-line outcome, exit 0 / 1 / 2.
 fn offline(cmd: Cmd) -> ExitCode {
     let result = match cmd {
-        Cmd::GenCerts { out, hosts } => tls::gen_certs(&out, &hosts)
-            .map(|files| {
-                for f in files {
-                    println!("{}", f.display());
+        Cmd::GenCerts { out, hosts, force } => {
+            let existing = tls::existing_certs(&out);
+            match existing {
+                Some(files) if !force => {
+                    eprintln!(
+                        "keyplane-control: certificates already in {}; kept (--force replaces them)",
+                        out.display()
+                    );
+                    for f in files {
+                        println!("{}", f.display());
+                    }
+                    Ok(())
                 }
-            })
-            .map_err(Failure::Config),
+                _ => tls::gen_certs(&out, &hosts)
+                    .map(|files| {
+                        for f in files {
+                            println!("{}", f.display());
+                        }
+                    })
+                    .map_err(Failure::Config),
+            }
+        }
         Cmd::RotateMasterKey { data_dir } => rotate(&data_dir),
         Cmd::Restore { data_dir, file } => {
             keyplane_control::backup::restore(&data_dir, &file, |k| std::env::var(k).ok())

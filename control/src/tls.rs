@@ -114,11 +114,16 @@ fn write_file(path: &Path, bytes: &[u8], private: bool) -> std::io::Result<()> {
     fs::rename(&tmp, path)
 }
 
+/// The paths of a complete set of certificates in `dir`, if every file is there.
+pub fn existing_certs(dir: &Path) -> Option<Vec<PathBuf>> {
+    let paths: Vec<PathBuf> = CERT_FILES.iter().map(|f| dir.join(f)).collect();
+    paths.iter().all(|p| p.exists()).then_some(paths)
+}
+
 /// `--dev`: generates the certificates into `dir` unless they are all there already; returns
 /// the paths, and whether they were generated now.
 pub fn dev_certs(dir: &Path) -> Result<(Vec<PathBuf>, bool), String> {
-    let paths: Vec<PathBuf> = CERT_FILES.iter().map(|f| dir.join(f)).collect();
-    if paths.iter().all(|p| p.exists()) {
+    if let Some(paths) = existing_certs(dir) {
         return Ok((paths, false));
     }
     Ok((gen_certs(dir, &[])?, true))

@@ -357,3 +357,32 @@ fn plain_text_on_a_non_loopback_address_needs_insecure() {
     assert!(stderr.contains("--insecure"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }
+
+#[test]
+fn gen_certs_keeps_a_complete_set_unless_forced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("tls");
+    let run = |extra: &[&str]| {
+        let out = Command::new(bin_path("keyplane-control"))
+            .arg("gen-certs")
+            .arg("--out")
+            .arg(&dir)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    run(&[]);
+    let ca = std::fs::read(dir.join("ca.pem")).unwrap();
+    // A rerun (`docker compose up` again) keeps the CA the running nodes trust.
+    let said = run(&["--hosts", "extra.example"]);
+    assert!(said.contains("kept"), "{said}");
+    assert_eq!(std::fs::read(dir.join("ca.pem")).unwrap(), ca);
+    run(&["--force"]);
+    assert_ne!(std::fs::read(dir.join("ca.pem")).unwrap(), ca);
+}
