@@ -69,12 +69,6 @@ struct Args {
     /// Keyplane, with their direct baselines) or `all`.
     #[arg(long, value_enum, default_value_t = Only::All)]
     only: Only,
-    /// Scheduling niceness of the control plane during the runs (0-19). In production it runs on
-    /// its own machine; at 19 it takes only CPU the measured processes leave idle and catches up
-    /// on usage afterwards (the report gives its CPU and how long the ledger took to catch up).
-    /// 0 measures everything co-located at equal priority.
-    #[arg(long, default_value_t = 19, value_parser = clap::value_parser!(u8).range(0..=19))]
-    control_nice: u8,
     /// Internal: serve only the bare reverse proxy in front of UPSTREAM (`host:port`), print
     /// `baseline-proxy listening on ADDR`, and exit on SIGTERM, SIGINT or end of stdin.
     #[arg(long, hide = true, value_name = "UPSTREAM")]
@@ -891,7 +885,6 @@ fn bench(args: &Args, bin_dir: &Path) {
         .expect("`key create --json` prints a key")
         .to_string();
     let dp = DataPlane::start(&cp, "bench", &[]);
-    renice(cp.pid().expect("control plane pid"), args.control_nice);
     assert!(
         dp.wait_ready(SETUP_TIMEOUT),
         "the data plane never became ready; log:\n{}",
@@ -1184,13 +1177,12 @@ mod report {
         let _ = writeln!(
             w,
             "Command: `cargo build --release --bins && ./target/release/keyplane-bench --connections {} \
-             --duration-secs {} --warmup-secs {} --chunks {} --only {} --control-nice {}`",
+             --duration-secs {} --warmup-secs {} --chunks {} --only {}`",
             a.connections,
             a.duration_secs,
             a.warmup_secs,
             a.chunks,
-            a.only.flag(),
-            a.control_nice
+            a.only.flag()
         );
         let _ = writeln!(w);
         let _ = writeln!(
@@ -1198,11 +1190,8 @@ mod report {
             "- Machine: {} cores. The load generator, the fake upstream, the proxy under test (and, for \
              Keyplane, the control plane ingesting usage) all share them, so every figure includes CPU \
              contention with the load generator; compare rows with each other, not with other machines. \
-             Load average before the run: {} (anything above 0 is other work competing too). The control \
-             plane runs at nice {} (`--control-nice`; in production it has its own machine, and at 19 it \
-             only takes CPU the measured processes leave idle: its CPU column and the billing line at the \
-             end show what it did and when the ledger caught up).",
-            input.cores, input.loadavg, a.control_nice
+             Load average before the run: {} (anything above 0 is other work competing too).",
+            input.cores, input.loadavg
         );
         let _ = writeln!(
             w,
@@ -1815,22 +1804,5 @@ mod baseline {
         let mut resp = Response::new(Either::Right(Empty::new()));
         *resp.status_mut() = StatusCode::BAD_GATEWAY;
         resp
-    }
-}
-
-/// Lowers the control plane's scheduling priority (`--control-nice`) with util-linux's `renice`.
-fn renice(pid: u32, nice: u8) {
-    if nice == 0 {
-        return;
-    }
-    let status = Command::new("renice")
-        .args(["-n", &nice.to_string(), "-p", &pid.to_string()])
-        .stdout(std::process::Stdio::null())
-        .status();
-    match status {
-        Ok(s) if s.success() => {}
-        other => eprintln!(
-            "keyplane-bench: renice of the control plane failed ({other:?}); it runs at nice 0"
-        ),
     }
 }
