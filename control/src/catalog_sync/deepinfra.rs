@@ -2,41 +2,23 @@
 //! put prices in `metadata.pricing.input_tokens` / `output_tokens`; this adapter reads them as
 //! USD per million tokens when present and lists the model without a price otherwise.
 
-use super::{Price, SyncedModel, field_error, models_array, string_or_number};
-use crate::money;
+use super::{Price, SyncedModel, per_mtok, priced_models};
 use serde_json::Value;
 
 pub fn parse(body: &[u8], names: &str) -> Result<Vec<SyncedModel>, String> {
-    let mut out = Vec::new();
-    for (i, m) in models_array(body)?.iter().enumerate() {
-        let id = super::model_id(m, i)?;
-        let pricing = m.get("metadata").and_then(|md| md.get("pricing"));
-        let price = match pricing {
-            None | Some(Value::Null) => None,
-            Some(p) => price(p).map_err(|e| field_error(id, &e))?,
-        };
-        out.push(SyncedModel {
-            canonical: super::presets::canonical(names, id),
-            id: id.to_string(),
-            price,
-        });
-    }
-    Ok(out)
-}
-
-fn per_mtok(p: &Value, field: &str) -> Result<Option<u64>, String> {
-    let Some(text) = string_or_number(p, field)? else {
-        return Ok(None);
-    };
-    money::parse_scaled(&text, 6)
-        .map(Some)
-        .map_err(|e| format!("metadata.pricing.{field} {text:?} {e}"))
+    priced_models(
+        body,
+        names,
+        |_| true,
+        |m| m.get("metadata").and_then(|md| md.get("pricing")),
+        |_, p| price(p),
+    )
 }
 
 fn price(p: &Value) -> Result<Option<Price>, String> {
-    let input = per_mtok(p, "input_tokens")?;
-    let output = per_mtok(p, "output_tokens")?;
-    let cache_read = per_mtok(p, "cache_read_tokens")?;
+    let input = per_mtok(p, "metadata.pricing.", "input_tokens")?;
+    let output = per_mtok(p, "metadata.pricing.", "output_tokens")?;
+    let cache_read = per_mtok(p, "metadata.pricing.", "cache_read_tokens")?;
     Ok(match (input, output) {
         (Some(input), Some(output)) => Some(Price {
             cache_read,

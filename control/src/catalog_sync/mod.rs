@@ -152,6 +152,46 @@ fn model_id(m: &Value, i: usize) -> Result<&str, String> {
         .ok_or_else(|| format!("model #{i} has no valid string `id`"))
 }
 
+/// Every model of a list body that `keep` accepts, with the price `price` reads from the object
+/// `pricing` finds in it (missing or `null` there: the price is unknown, not zero). Errors name
+/// the model.
+fn priced_models(
+    body: &[u8],
+    names: &str,
+    keep: impl Fn(&Value) -> bool,
+    pricing: impl Fn(&Value) -> Option<&Value>,
+    price: impl Fn(&str, &Value) -> Result<Option<Price>, String>,
+) -> Result<Vec<SyncedModel>, String> {
+    let mut out = Vec::new();
+    for (i, m) in models_array(body)?.iter().enumerate() {
+        let id = model_id(m, i)?;
+        if !keep(m) {
+            continue;
+        }
+        let price = match pricing(m) {
+            None | Some(Value::Null) => None,
+            Some(p) => price(id, p).map_err(|e| field_error(id, &e))?,
+        };
+        out.push(SyncedModel {
+            canonical: presets::canonical(names, id),
+            id: id.to_string(),
+            price,
+        });
+    }
+    Ok(out)
+}
+
+/// A price field in USD per million tokens (a string or a number) as micro-USD per million;
+/// `path` is where the field sits, for errors.
+fn per_mtok(p: &Value, path: &str, field: &str) -> Result<Option<u64>, String> {
+    let Some(text) = string_or_number(p, field)? else {
+        return Ok(None);
+    };
+    crate::money::parse_scaled(&text, 6)
+        .map(Some)
+        .map_err(|e| format!("{path}{field} {text:?} {e}"))
+}
+
 fn field_error(id: &str, err: &str) -> String {
     format!("model {id:?}: {err}")
 }

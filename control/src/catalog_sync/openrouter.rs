@@ -2,7 +2,7 @@
 //! strings in USD per token. `"-1"` (e.g. `openrouter/auto`) and a missing price mean "unknown":
 //! the model is listed without a price, never as free. `:free` models carry real `"0"` prices.
 
-use super::{Price, SyncedModel, field_error, models_array, string_or_number};
+use super::{Price, SyncedModel, priced_models, string_or_number};
 use crate::money;
 use serde_json::Value;
 
@@ -10,20 +10,7 @@ use serde_json::Value;
 const SHIFT: i32 = 12;
 
 pub fn parse(body: &[u8], names: &str) -> Result<Vec<SyncedModel>, String> {
-    let mut out = Vec::new();
-    for (i, m) in models_array(body)?.iter().enumerate() {
-        let id = super::model_id(m, i)?;
-        let price = match m.get("pricing") {
-            None | Some(Value::Null) => None,
-            Some(p) => price(p).map_err(|e| field_error(id, &e))?,
-        };
-        out.push(SyncedModel {
-            canonical: super::presets::canonical(names, id),
-            id: id.to_string(),
-            price,
-        });
-    }
-    Ok(out)
+    priced_models(body, names, |_| true, |m| m.get("pricing"), |_, p| price(p))
 }
 
 /// `Ok(None)`: the price is unknown. `Err`: a value that is not a price.

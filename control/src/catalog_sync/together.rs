@@ -5,8 +5,7 @@
 //! whose input and output prices are both 0 is listed without a price unless its id says it is
 //! free, since Together lists dedicated-only models at 0.
 
-use super::{Price, SyncedModel, field_error, models_array, string_or_number};
-use crate::money;
+use super::{Price, SyncedModel, per_mtok, priced_models};
 use serde_json::Value;
 
 const SKIPPED_TYPES: &[&str] = &[
@@ -19,39 +18,19 @@ const SKIPPED_TYPES: &[&str] = &[
 ];
 
 pub fn parse(body: &[u8], names: &str) -> Result<Vec<SyncedModel>, String> {
-    let mut out = Vec::new();
-    for (i, m) in models_array(body)?.iter().enumerate() {
-        let id = super::model_id(m, i)?;
-        if m.get("type")
+    let keep = |m: &Value| {
+        !m.get("type")
             .and_then(Value::as_str)
             .is_some_and(|t| SKIPPED_TYPES.contains(&t))
-        {
-            continue;
-        }
-        let price = match m.get("pricing") {
-            None | Some(Value::Null) => None,
-            Some(p) => price(id, p).map_err(|e| field_error(id, &e))?,
-        };
-        out.push(SyncedModel {
-            canonical: super::presets::canonical(names, id),
-            id: id.to_string(),
-            price,
-        });
-    }
-    Ok(out)
-}
-
-fn per_mtok(p: &Value, field: &str) -> Result<Option<u64>, String> {
-    let Some(text) = string_or_number(p, field)? else {
-        return Ok(None);
     };
-    money::parse_scaled(&text, 6)
-        .map(Some)
-        .map_err(|e| format!("pricing.{field} {text:?} {e}"))
+    priced_models(body, names, keep, |m| m.get("pricing"), price)
 }
 
 fn price(id: &str, p: &Value) -> Result<Option<Price>, String> {
-    let (Some(input), Some(output)) = (per_mtok(p, "input")?, per_mtok(p, "output")?) else {
+    let (Some(input), Some(output)) = (
+        per_mtok(p, "pricing.", "input")?,
+        per_mtok(p, "pricing.", "output")?,
+    ) else {
         return Ok(None);
     };
     if input == 0 && output == 0 && !id.to_ascii_lowercase().contains("free") {

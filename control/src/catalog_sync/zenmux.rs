@@ -3,7 +3,7 @@
 //! Only `perMTokens` entries are token prices. Tiers by prompt size are kept: the base price is
 //! the tier from 0 tokens, each higher `gte` becomes a [`Tier`].
 
-use super::{Price, SyncedModel, Tier, field_error, models_array};
+use super::{Price, SyncedModel, Tier, priced_models};
 use crate::money;
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -12,20 +12,13 @@ use std::collections::BTreeSet;
 const SHIFT: i32 = 6;
 
 pub fn parse(body: &[u8], names: &str) -> Result<Vec<SyncedModel>, String> {
-    let mut out = Vec::new();
-    for (i, m) in models_array(body)?.iter().enumerate() {
-        let id = super::model_id(m, i)?;
-        let price = match m.get("pricings") {
-            None | Some(Value::Null) => None,
-            Some(p) => price(p).map_err(|e| field_error(id, &e))?,
-        };
-        out.push(SyncedModel {
-            canonical: super::presets::canonical(names, id),
-            id: id.to_string(),
-            price,
-        });
-    }
-    Ok(out)
+    priced_models(
+        body,
+        names,
+        |_| true,
+        |m| m.get("pricings"),
+        |_, p| price(p),
+    )
 }
 
 /// One `perMTokens` entry: its range of prompt tokens and its price.
