@@ -954,14 +954,17 @@ impl Proxy {
                 .await
                 .map_err(|e| Attempt::Failed(Failure::Stream(e)))?;
             record.ttfb_ms = ms_since(ctx.started);
-            if upstream == Protocol::OpenAi {
-                record.reported_cost_nano_usd =
-                    openai::completion_usage(&bytes).and_then(|u| u.reported_cost_nano);
-            }
+            // One parse of an OpenAI body gives both the counts and the provider's own charge.
+            let openai_body_usage = match upstream {
+                Protocol::OpenAi => openai::completion_usage(&bytes),
+                Protocol::Anthropic => None,
+            };
+            record.reported_cost_nano_usd = openai_body_usage
+                .as_ref()
+                .and_then(|u| u.reported_cost_nano);
             let (bytes, usage) = match (client_protocol, upstream) {
                 (Protocol::OpenAi, Protocol::OpenAi) => {
-                    let usage = openai::completion_usage(&bytes).map(openai_usage);
-                    (bytes, usage)
+                    (bytes, openai_body_usage.map(openai_usage))
                 }
                 (Protocol::Anthropic, Protocol::Anthropic) => {
                     let usage = anthropic::message_usage(&bytes).map(anthropic_usage);
