@@ -559,6 +559,21 @@ fn the_providers_reported_cost_is_billed_and_both_costs_are_kept() {
             "contract field {field} missing: {r}"
         );
     }
+    // Grouped reports (`--by`, read from the stored records) carry the same three figures.
+    let by =
+        s.cp.ctl(&["--json", "usage", "--by", "provider"])
+            .ok()
+            .json();
+    let g = &by.as_array().unwrap()[0];
+    assert_eq!(g["billed"], "reported", "{g}");
+    for field in [
+        "cost_usd",
+        "reported_cost_usd",
+        "computed_cost_usd",
+        "requests",
+    ] {
+        assert_eq!(g[field], r[field], "{field}: {g} vs {r}");
+    }
 }
 
 #[test]

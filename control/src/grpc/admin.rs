@@ -67,6 +67,9 @@ impl AdminService {
                     input_tokens: c.input_tokens,
                     output_tokens: c.output_tokens,
                     cost_nano_usd: c.cost_nano_usd,
+                    reported_cost_nano_usd: c.reported_cost_nano_usd,
+                    computed_cost_nano_usd: c.computed_cost_nano_usd(),
+                    reported_requests: c.reported_requests,
                     ..Default::default()
                 };
                 match (by, g.as_slice()) {
