@@ -1533,8 +1533,10 @@ impl Record {
             u.cache_write_tokens,
             u.output_tokens,
         );
+        // What the ledger will bill: the provider's own charge when it reported one.
+        let billed = self.reported_cost_nano_usd.unwrap_or(cost);
         if let Some(permit) = self.permit.take() {
-            permit.settle(cost, all_input.saturating_add(u.output_tokens));
+            permit.settle(billed, all_input.saturating_add(u.output_tokens));
         }
         self.proxy.metrics.served(
             &self.provider,
@@ -1542,7 +1544,7 @@ impl Record {
             status,
             all_input,
             u.output_tokens,
-            cost,
+            billed,
         );
         self.proxy
             .metrics
