@@ -10,9 +10,10 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// Where the workspace's binaries are: `KEYPLANE_BIN_DIR`, else the target directory of the
-/// running test (`target/<profile>/deps/<test>` → `target/<profile>/`).
-pub fn bin_path(name: &str) -> PathBuf {
-    let dir = match std::env::var_os("KEYPLANE_BIN_DIR") {
+/// running executable (`target/<profile>/deps/<test>` → `target/<profile>/`; a binary such as
+/// `keyplane-bench` is already there).
+pub fn bin_dir() -> PathBuf {
+    match std::env::var_os("KEYPLANE_BIN_DIR") {
         Some(dir) => PathBuf::from(dir),
         None => {
             let exe = std::env::current_exe().expect("current exe");
@@ -22,8 +23,12 @@ pub fn bin_path(name: &str) -> PathBuf {
             }
             dir
         }
-    };
-    let path = dir.join(name);
+    }
+}
+
+/// The path of the workspace binary `name` in [`bin_dir`]; panics with a hint when it is not built.
+pub fn bin_path(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
     assert!(
         path.exists(),
         "{} is not built: run the tests with `cargo test --workspace` (or `cargo build --bins` first)",

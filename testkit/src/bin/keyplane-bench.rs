@@ -42,7 +42,7 @@ use keyplane_testkit::{ControlPlane, DataPlane, wait_until};
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -118,7 +118,7 @@ fn main() {
         baseline::run(upstream);
         return;
     }
-    let bin_dir = bin_dir();
+    let bin_dir = keyplane_testkit::process::bin_dir();
     let missing: Vec<&str> = [
         "keyplane-fake-upstream",
         "keyplane-control",
@@ -143,22 +143,6 @@ fn main() {
         );
     }
     bench(&args, &bin_dir);
-}
-
-/// Where the workspace binaries are: `KEYPLANE_BIN_DIR`, else this executable's directory (the
-/// same rule as `keyplane_testkit::bin_path`, checked here to give a bench-specific hint).
-fn bin_dir() -> PathBuf {
-    match std::env::var_os("KEYPLANE_BIN_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => {
-            let exe = std::env::current_exe().expect("current exe");
-            let mut dir = exe.parent().expect("exe dir").to_path_buf();
-            if dir.ends_with("deps") {
-                dir.pop();
-            }
-            dir
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
