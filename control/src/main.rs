@@ -143,17 +143,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Config(msg)) => {
-            eprintln!("keyplane-control: {msg}");
-            ExitCode::from(2)
-        }
-        Err(Failure::Runtime(msg)) => {
-            eprintln!("keyplane-control: {msg}");
-            ExitCode::from(1)
-        }
-    }
+    exit_code(runtime.block_on(run(args)))
 }
 
 enum Failure {
@@ -161,6 +151,17 @@ enum Failure {
     Config(String),
     /// Anything else. Exit code 1.
     Runtime(String),
+}
+
+/// The one-line message on stderr and the exit code of a run or an offline subcommand.
+fn exit_code(result: Result<(), Failure>) -> ExitCode {
+    let (code, msg) = match result {
+        Ok(()) => return ExitCode::SUCCESS,
+        Err(Failure::Config(msg)) => (2, msg),
+        Err(Failure::Runtime(msg)) => (1, msg),
+    };
+    eprintln!("keyplane-control: {msg}");
+    ExitCode::from(code)
 }
 
 impl From<ConfigError> for Failure {
@@ -204,17 +205,7 @@ fn offline(cmd: Cmd) -> ExitCode {
                 })
         }
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Config(msg)) => {
-            eprintln!("keyplane-control: {msg}");
-            ExitCode::from(2)
-        }
-        Err(Failure::Runtime(msg)) => {
-            eprintln!("keyplane-control: {msg}");
-            ExitCode::from(1)
-        }
-    }
+    exit_code(result)
 }
 
 fn rotate(data_dir: &std::path::Path) -> Result<(), Failure> {
