@@ -31,8 +31,9 @@ impl fmt::Display for DecimalError {
     }
 }
 
-/// Parses a non-negative decimal such as `0.15`, `3`, `.5` or `2.000001` into millionths.
-pub fn parse_micros(text: &str) -> Result<u64, DecimalError> {
+/// The text of a decimal without surrounding spaces and an optional `+`; refuses empty and
+/// negative ones.
+fn unsigned(text: &str) -> Result<&str, DecimalError> {
     let text = text.trim();
     if text.is_empty() {
         return Err(DecimalError::Empty);
@@ -40,7 +41,12 @@ pub fn parse_micros(text: &str) -> Result<u64, DecimalError> {
     if text.starts_with('-') {
         return Err(DecimalError::Negative);
     }
-    let text = text.strip_prefix('+').unwrap_or(text);
+    Ok(text.strip_prefix('+').unwrap_or(text))
+}
+
+/// Parses a non-negative decimal such as `0.15`, `3`, `.5` or `2.000001` into millionths.
+pub fn parse_micros(text: &str) -> Result<u64, DecimalError> {
+    let text = unsigned(text)?;
     let (whole, frac) = match text.split_once('.') {
         Some((w, f)) => (w, f),
         None => (text, ""),
@@ -86,14 +92,7 @@ pub fn format_micros(value: u64) -> String {
 /// is USD per token turned into micro-USD per million tokens (150,000). The text is read as
 /// digits, never through a binary float, so `"0.0000003"` gives exactly 300,000.
 pub fn parse_scaled(text: &str, shift: i32) -> Result<u64, DecimalError> {
-    let text = text.trim();
-    if text.is_empty() {
-        return Err(DecimalError::Empty);
-    }
-    if text.starts_with('-') {
-        return Err(DecimalError::Negative);
-    }
-    let text = text.strip_prefix('+').unwrap_or(text);
+    let text = unsigned(text)?;
     let (number, exponent) = match text.find(['e', 'E']) {
         Some(at) => {
             let exp: i32 = text[at + 1..]
