@@ -210,6 +210,13 @@ impl Metrics {
             .inc();
     }
 
+    /// A request a key's policy refused: counted among refusals (`reason`) and by the limit it
+    /// hit (`keyplane_limit_refusals_total{limit}`).
+    pub fn key_limit_refused(&self, reason: &str, limit: &str) {
+        self.refused(reason);
+        self.health_limits.limit_refused(limit);
+    }
+
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();

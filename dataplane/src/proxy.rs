@@ -476,8 +476,8 @@ impl Proxy {
                     .filter(|m| p.model_allowed(m))
                     .collect();
                 if allowed.is_empty() {
-                    self.metrics.refused("model_not_allowed");
-                    self.metrics.health_limits.limit_refused("models");
+                    self.metrics
+                        .key_limit_refused("model_not_allowed", "models");
                     return client_error(
                         protocol,
                         StatusCode::FORBIDDEN,
@@ -1011,8 +1011,7 @@ fn limit_refusal(
     r: &Refusal,
     metrics: &Metrics,
 ) -> Response<Body> {
-    metrics.refused("key_limit");
-    metrics.health_limits.limit_refused(r.limit.as_str());
+    metrics.key_limit_refused("key_limit", r.limit.as_str());
     let (message, code) = match r.limit {
         Limit::BudgetUsd => (
             format!(

@@ -273,8 +273,7 @@ fn authenticate(
         && p.expires_at_ms > 0
         && now_ms() >= p.expires_at_ms
     {
-        gw.metrics.refused("unauthenticated");
-        gw.metrics.health_limits.limit_refused("expired");
+        gw.metrics.key_limit_refused("unauthenticated", "expired");
         return Err(client_error(
             protocol,
             StatusCode::UNAUTHORIZED,
