@@ -481,36 +481,26 @@ mod tests {
         }
     }
 
+    /// Provider names of `cands` in rank order for a 1,000-in / 1,000-out request.
+    fn ranked_names(cands: &[Candidate]) -> Vec<String> {
+        Table::rank(cands, 1000, 1000)
+            .iter()
+            .map(|&i| cands[i].provider.name.to_string())
+            .collect()
+    }
+
     #[test]
     fn cheapest_first_and_multiplier_changes_the_order() {
         let stats = StatsRegistry::default();
         let t = Table::compile(&table(), &stats).unwrap();
         let cands = &t.models["m"];
-        let names = |order: Vec<usize>| {
-            order
-                .iter()
-                .map(|&i| cands[i].provider.name.to_string())
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(
-            names(Table::rank(cands, 1000, 1000)),
-            ["beta", "gamma", "alpha"]
-        );
+        assert_eq!(ranked_names(cands), ["beta", "gamma", "alpha"]);
 
         let mut raw = table();
         raw.credentials[1].multiplier_ppm = 3_000_000;
         let t = Table::compile(&raw, &stats).unwrap();
         let cands = &t.models["m"];
-        let names = |order: Vec<usize>| {
-            order
-                .iter()
-                .map(|&i| cands[i].provider.name.to_string())
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(
-            names(Table::rank(cands, 1000, 1000)),
-            ["gamma", "beta", "alpha"]
-        );
+        assert_eq!(ranked_names(cands), ["gamma", "beta", "alpha"]);
     }
 
     #[test]
