@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use std::collections::{BTreeMap, HashSet};
 
+mod codec;
+
 /// One billable request, as stored.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct UsageRec {
@@ -254,7 +256,7 @@ impl Store {
                     if usage.get(rec.request_id.as_bytes())?.is_some() {
                         continue;
                     }
-                    usage.insert(rec.request_id.as_bytes(), crate::store::encode(rec))?;
+                    usage.insert(rec.request_id.as_bytes(), codec::encode(rec))?;
                     inserted += 1;
                     let key =
                         composite(&[&rec.key_id, &rec.model, &rec.provider, &rec.credential_id]);
@@ -327,8 +329,8 @@ impl Store {
     pub(crate) fn rebuild_key_days(&self) -> Result<()> {
         let mut days: BTreeMap<Vec<u8>, Counts> = BTreeMap::new();
         for item in self.usage.iter() {
-            let (_, raw) = item?;
-            let rec: UsageRec = crate::store::decode(crate::store::USAGE, &raw)?;
+            let (key, raw) = item?;
+            let rec = codec::decode(&key, &raw)?;
             days.entry(key_day(
                 &rec.key_id,
                 crate::period::day_of(rec.started_at_ms),
@@ -366,8 +368,8 @@ impl Store {
     ) -> Result<BTreeMap<Vec<String>, Counts>> {
         let mut out: BTreeMap<Vec<String>, Counts> = BTreeMap::new();
         for item in self.usage.iter() {
-            let (_, raw) = item?;
-            let rec: UsageRec = crate::store::decode(crate::store::USAGE, &raw)?;
+            let (key, raw) = item?;
+            let rec = codec::decode(&key, &raw)?;
             if key_id.is_some_and(|k| k != rec.key_id)
                 || (since_ms > 0 && rec.started_at_ms < since_ms)
                 || (until_ms > 0 && rec.started_at_ms >= until_ms)
@@ -383,7 +385,10 @@ impl Store {
 
     /// One stored record, for tests and audits.
     pub fn usage_record(&self, request_id: &str) -> Result<Option<UsageRec>> {
-        crate::store::get(&self.usage, crate::store::USAGE, request_id)
+        self.usage
+            .get(request_id)?
+            .map(|raw| codec::decode(request_id.as_bytes(), &raw))
+            .transpose()
     }
 }
 

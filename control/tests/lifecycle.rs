@@ -217,10 +217,7 @@ fn a_store_written_by_layout_v1_opens() {
     {
         let db = sled::open(cp.data_dir.join("store")).unwrap();
         let meta = db.open_tree("meta").unwrap();
-        assert_eq!(
-            meta.get("schema_version").unwrap().unwrap().as_ref(),
-            1u32.to_be_bytes()
-        );
+        meta.insert("schema_version", &1u32.to_be_bytes()).unwrap();
         db.open_tree("providers")
             .unwrap()
             .insert(
@@ -254,6 +251,18 @@ fn a_store_written_by_layout_v1_opens() {
             .unwrap()
             .insert(b"key-1\0old-model\0legacy\0cred-9".as_slice(), totals)
             .unwrap();
+        // The three records behind those totals, as version 1 wrote them (JSON).
+        let usage = db.open_tree("usage").unwrap();
+        for (id, input, output, cost) in [
+            ("r1", 10, 5, 1_000),
+            ("r2", 10, 5, 2_000),
+            ("r3", 10, 10, 2_000),
+        ] {
+            let record = format!(
+                r#"{{"request_id":"{id}","node_id":"n","key_id":"key-1","model":"old-model","provider":"legacy","credential_id":"cred-9","input_tokens":{input},"output_tokens":{output},"cost_nano_usd":{cost},"latency_ms":9,"ttfb_ms":3,"status":200,"started_at_ms":1700000000000}}"#
+            );
+            usage.insert(id, record.as_bytes()).unwrap();
+        }
         db.flush().unwrap();
     }
     cp.restart();
@@ -275,6 +284,29 @@ fn a_store_written_by_layout_v1_opens() {
     let usage = cp.ctl(&["--json", "usage", "--key", "old-key"]).ok().json();
     assert_eq!(usage[0]["requests"], 3);
     assert_eq!(usage[0]["cost_usd"], 0.000005);
+    // The version 1 records are read by the scans that group records.
+    let by_day = cp
+        .ctl(&["--json", "usage", "--key", "old-key", "--by", "day"])
+        .ok()
+        .json();
+    assert_eq!(by_day[0]["group"], "2023-11-14");
+    assert_eq!(by_day[0]["requests"], 3);
+    assert_eq!(by_day[0]["input_tokens"], 30);
+    {
+        assert_eq!(cp.terminate(), Some(0));
+        let db = sled::open(cp.data_dir.join("store")).unwrap();
+        assert_eq!(
+            db.open_tree("meta")
+                .unwrap()
+                .get("schema_version")
+                .unwrap()
+                .unwrap()
+                .as_ref(),
+            keyplane_migrations::CURRENT.to_be_bytes(),
+            "migrated on start"
+        );
+    }
+    cp.restart();
     assert!(wait_until(Duration::from_secs(5), || cp
         .logs()
         .contains("keyplane-control serving")));

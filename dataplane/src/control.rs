@@ -64,6 +64,7 @@ impl Subscriber {
     async fn session(&self, cancel: &CancellationToken) -> Result<bool, tonic::Status> {
         let mut client = NodesClient::new(self.channel.clone())
             .max_decoding_message_size(keyplane_proto::MAX_MESSAGE_BYTES)
+            .accept_compressed(CompressionEncoding::Zstd)
             .accept_compressed(CompressionEncoding::Gzip);
         let have = self.gateway.table.load().as_ref().map_or(0, |t| t.version);
         let mut req = tonic::Request::new(pb::SubscribeRequest {

@@ -38,13 +38,22 @@
 //! cost, their reported cost and their computed cost (nano-USD). A six-column row reads with
 //! zeros there, which is its exact meaning; readers take the first six of a longer row.
 //!
+//! # Layout version 2
+//!
+//! `usage` values may be binary: `0x01` followed by the protobuf encoding of the record without
+//! its request id (the key); field tags in `keyplane-control`'s `ledger/codec.rs`, frozen. New
+//! records are written so (about a third of the JSON's size, and sled's cost per insert grows
+//! with the bytes it moves); version 1 JSON records (starting with `{`) are left as they are and
+//! still read, so the step itself rewrites nothing. The version is stamped so that a version 1
+//! binary, which cannot read binary records, refuses the store instead of failing on them.
+//!
 //! A sealed value is base64 of `nonce (12 bytes) || AES-256-GCM ciphertext`, with the record's id
 //! as associated data.
 
 use thiserror::Error;
 
 /// The layout version this build writes.
-pub const CURRENT: u32 = 1;
+pub const CURRENT: u32 = 2;
 
 /// Tree holding the schema version.
 pub const META_TREE: &str = "meta";
@@ -77,11 +86,18 @@ pub struct Migration {
 }
 
 /// Every step, in order.
-pub const STEPS: &[Migration] = &[Migration {
-    to: 1,
-    name: "create the version 1 trees",
-    apply: create_v1_trees,
-}];
+pub const STEPS: &[Migration] = &[
+    Migration {
+        to: 1,
+        name: "create the version 1 trees",
+        apply: create_v1_trees,
+    },
+    Migration {
+        to: 2,
+        name: "usage records may be binary (version 1 records stay as they are)",
+        apply: allow_binary_usage,
+    },
+];
 
 /// Why a store could not be brought to the current layout.
 #[derive(Debug, Error)]
@@ -188,6 +204,12 @@ fn create_v1_trees(db: &sled::Db) -> Result<(), sled::Error> {
     Ok(())
 }
 
+/// Nothing to rewrite: readers take both forms (see "Layout version 2").
+fn allow_binary_usage(db: &sled::Db) -> Result<(), sled::Error> {
+    db.open_tree("usage")?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,19 +250,29 @@ mod tests {
         Err(sled::Error::Unsupported("boom".into()))
     }
 
+    /// The real steps followed by `extra` as the next version.
+    fn with_next(extra: fn(&sled::Db) -> Result<(), sled::Error>) -> Vec<Migration> {
+        let mut steps = STEPS.to_vec();
+        steps.push(Migration {
+            to: CURRENT + 1,
+            name: "next",
+            apply: extra,
+        });
+        steps
+    }
+
     #[test]
     fn later_steps_run_in_order_once() {
         let (_dir, db) = open();
         migrate(&db).unwrap();
-        let steps = [
-            STEPS[0],
-            Migration {
-                to: 2,
-                name: "marker",
-                apply: add_marker,
-            },
-        ];
-        assert_eq!(run(&db, &steps).unwrap(), Outcome { from: 1, to: 2 });
+        let steps = with_next(add_marker);
+        assert_eq!(
+            run(&db, &steps).unwrap(),
+            Outcome {
+                from: CURRENT,
+                to: CURRENT + 1
+            }
+        );
         assert_eq!(
             db.open_tree("providers")
                 .unwrap()
@@ -250,29 +282,33 @@ mod tests {
             "v2".as_bytes()
         );
         // The current binary now refuses the newer store.
-        assert!(matches!(
-            migrate(&db),
-            Err(MigrationError::TooNew {
-                found: 2,
-                supported: 1
-            })
-        ));
+        let err = migrate(&db).unwrap_err();
+        assert!(
+            matches!(err, MigrationError::TooNew { found, supported } if found == CURRENT + 1 && supported == CURRENT),
+            "{err}"
+        );
     }
 
     #[test]
     fn failed_step_leaves_version_unchanged() {
         let (_dir, db) = open();
         migrate(&db).unwrap();
-        let steps = [
-            STEPS[0],
-            Migration {
-                to: 2,
-                name: "fails",
-                apply: fail,
-            },
-        ];
-        assert!(run(&db, &steps).is_err());
-        assert_eq!(schema_version(&db).unwrap(), 1);
+        assert!(run(&db, &with_next(fail)).is_err());
+        assert_eq!(schema_version(&db).unwrap(), CURRENT);
+    }
+
+    #[test]
+    fn a_version_1_store_upgrades_to_2_without_touching_usage() {
+        let (_dir, db) = open();
+        run(&db, &STEPS[..1]).unwrap();
+        let usage = db.open_tree("usage").unwrap();
+        usage.insert("r1", r#"{"request_id":"r1"}"#).unwrap();
+        assert_eq!(migrate(&db).unwrap(), Outcome { from: 1, to: 2 });
+        assert_eq!(schema_version(&db).unwrap(), 2);
+        assert_eq!(
+            usage.get("r1").unwrap().unwrap(),
+            r#"{"request_id":"r1"}"#.as_bytes()
+        );
     }
 
     #[test]

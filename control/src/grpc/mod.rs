@@ -60,7 +60,11 @@ pub async fn serve(
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    // zstd for data planes that offer it (several times cheaper than gzip to compress usage
+    // batches and their acks); gzip for older ones and other clients.
+    .accept_compressed(CompressionEncoding::Zstd)
     .accept_compressed(CompressionEncoding::Gzip)
+    .send_compressed(CompressionEncoding::Zstd)
     .send_compressed(CompressionEncoding::Gzip);
 
     let admin_token = services.admin_token;

@@ -333,7 +333,8 @@ async fn start_with(
     let client = NodesClient::new(channel)
         .max_decoding_message_size(keyplane_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(keyplane_proto::MAX_MESSAGE_BYTES)
-        .send_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Zstd)
+        .accept_compressed(CompressionEncoding::Zstd)
         .accept_compressed(CompressionEncoding::Gzip);
     let reporter = Reporter::new(
         client,

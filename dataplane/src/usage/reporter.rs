@@ -15,6 +15,9 @@
 //!   waited `batch_delay` (at once while shutting down). Records keep arriving while a call is in
 //!   flight; they simply wait for the next one.
 //! - **Nothing here blocks the writer**: the writer's events queue on an unbounded channel.
+//!
+//! Batches are zstd-compressed (several times cheaper than gzip for the same size); a control
+//! plane too old to take zstd answers `Unimplemented`, and from then on this process sends gzip.
 
 use super::StatsInner;
 use super::spool::segment_path;
@@ -93,6 +96,8 @@ pub(super) struct Reporter {
     by_id: HashMap<String, Vec<u64>>,
     segments: BTreeMap<u64, SegmentState>,
     next_key: u64,
+    /// Set once the control plane refused zstd: batches go out gzip-compressed.
+    gzip_fallback: bool,
 }
 
 impl Reporter {
@@ -115,6 +120,7 @@ impl Reporter {
             by_id: HashMap::new(),
             segments: BTreeMap::new(),
             next_key: 0,
+            gzip_fallback: false,
         }
     }
 
@@ -241,6 +247,19 @@ impl Reporter {
                 ));
             }
             Ok(Err(status)) => {
+                if status.code() == tonic::Code::Unimplemented
+                    && status.message().contains("compressed")
+                    && !self.gzip_fallback
+                {
+                    tracing::info!(
+                        "the control plane does not take zstd-compressed usage; sending gzip"
+                    );
+                    self.gzip_fallback = true;
+                    self.client = self
+                        .client
+                        .clone()
+                        .send_compressed(tonic::codec::CompressionEncoding::Gzip);
+                }
                 return Err((format!("{:?}: {}", status.code(), status.message()), count));
             }
             Ok(Ok(reply)) => reply.into_inner(),
@@ -503,13 +522,25 @@ pub(super) mod tests {
 
     /// Serves `fake` on a fresh loopback port.
     pub(in super::super) async fn serve(fake: Arc<FakeNodes>) -> SocketAddr {
+        serve_accepting(
+            fake,
+            &[CompressionEncoding::Zstd, CompressionEncoding::Gzip],
+        )
+        .await
+    }
+
+    /// Serves `fake`, taking only the request compressions in `accept`.
+    async fn serve_accepting(fake: Arc<FakeNodes>, accept: &[CompressionEncoding]) -> SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let incoming = futures_util::stream::unfold(listener, |listener| async move {
             let conn = listener.accept().await.map(|(stream, _)| stream);
             Some((conn, listener))
         });
-        let service = NodesServer::from_arc(fake).accept_compressed(CompressionEncoding::Gzip);
+        let mut service = NodesServer::from_arc(fake);
+        for encoding in accept {
+            service = service.accept_compressed(*encoding);
+        }
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(service)
@@ -627,6 +658,22 @@ pub(super) mod tests {
     }
 
     #[tokio::test]
+    async fn a_control_plane_without_zstd_gets_gzip() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fake = Arc::new(FakeNodes::default());
+        let addr = serve_accepting(Arc::clone(&fake), &[CompressionEncoding::Gzip]).await;
+        let (sink, handle) = start_at(tmp.path(), addr, fast()).await;
+        let stats = handle.stats();
+        for i in 0..20 {
+            sink.record(rec(&format!("r{i}")));
+        }
+        wait_until("every record is acked", || stats.acked_total() == 20).await;
+        // One call refused for its zstd body (it never reached the service), then gzip.
+        assert_eq!(fake.seen_set().len(), 20);
+        handle.shutdown(Duration::from_secs(2)).await;
+    }
+
+    #[tokio::test]
     async fn batches_hold_at_most_batch_max() {
         let tmp = tempfile::tempdir().unwrap();
         let fake = Arc::new(FakeNodes::default());
@@ -690,7 +737,7 @@ pub(super) mod tests {
             tonic::transport::Server::builder()
                 .add_service(
                     NodesServer::from_arc(Arc::clone(&fake))
-                        .accept_compressed(CompressionEncoding::Gzip),
+                        .accept_compressed(CompressionEncoding::Zstd),
                 )
                 .serve_with_incoming(incoming),
         );
