@@ -3,11 +3,13 @@
 //!
 //! # Invariants
 //!
-//! - **Only an answer removes a record.** A record leaves the pending set only when its
-//!   `request_id` comes back in `acked_ids` (stored and flushed by the control plane) or in
-//!   `rejected` (malformed, never storable: logged at `warn` and dropped, never retried). Errors,
-//!   timeouts and ids missing from a reply keep records pending; they are sent again after a
-//!   backoff of 100 ms doubling to 10 s, plus jitter, forever.
+//! - **Only an answer removes a record.** A record of a batch leaves the pending set only when
+//!   its `request_id` comes back in that call's `acked_ids` (stored and flushed by the control
+//!   plane) or `rejected` (malformed, never storable: logged at `warn` and dropped, never
+//!   retried). Errors, timeouts and ids missing from a reply keep records pending; they are sent
+//!   again after a backoff of 100 ms doubling to 10 s, plus jitter, forever. A record spooled
+//!   twice is two pending entries, each settled by the reply to the call that carried it (the
+//!   control plane stores the id once).
 //! - **A segment is deleted only when sealed and settled**: the writer has moved on from it and
 //!   every record the reporter was given from it was acked or rejected.
 //! - **One call in flight.** Batches go out one at a time, oldest records first, at most
@@ -23,7 +25,7 @@ use super::StatsInner;
 use super::spool::segment_path;
 use keyplane_proto::v1 as pb;
 use keyplane_proto::v1::nodes_client::NodesClient;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,13 +61,6 @@ pub(super) struct ReporterConfig {
     pub backoff_max: Duration,
 }
 
-/// Where a settled record went.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Settled {
-    Acked,
-    Rejected,
-}
-
 /// A durable record waiting for the control plane.
 struct Pending {
     record: pb::UsageRecord,
@@ -92,8 +87,6 @@ pub(super) struct Reporter {
     stats: Arc<StatsInner>,
     /// By arrival order: keys only grow.
     pending: BTreeMap<u64, Pending>,
-    /// Request id to its pending entries (more than one only if a record was spooled twice).
-    by_id: HashMap<String, Vec<u64>>,
     segments: BTreeMap<u64, SegmentState>,
     next_key: u64,
     /// Set once the control plane refused zstd: batches go out gzip-compressed.
@@ -117,7 +110,6 @@ impl Reporter {
             config,
             stats,
             pending: BTreeMap::new(),
-            by_id: HashMap::new(),
             segments: BTreeMap::new(),
             next_key: 0,
             gzip_fallback: false,
@@ -208,12 +200,12 @@ impl Reporter {
         drain: &CancellationToken,
         draining: &mut bool,
     ) -> Result<usize, (String, usize)> {
-        let records: Vec<pb::UsageRecord> = self
+        let (sent, records): (Vec<u64>, Vec<pb::UsageRecord>) = self
             .pending
-            .values()
+            .iter()
             .take(self.config.batch_max)
-            .map(|p| p.record.clone())
-            .collect();
+            .map(|(key, p)| (*key, p.record.clone()))
+            .unzip();
         let count = records.len();
         let mut request = tonic::Request::new(pb::ReportUsageRequest {
             node_id: self.node_id.clone(),
@@ -264,7 +256,7 @@ impl Reporter {
             }
             Ok(Ok(reply)) => reply.into_inner(),
         };
-        let settled = self.settle(reply).await;
+        let settled = self.settle(&sent, reply).await;
         if settled == 0 {
             // A reply that settles nothing would have us resend the same batch at once, forever.
             return Err((
@@ -292,10 +284,6 @@ impl Reporter {
                 for record in records {
                     let key = self.next_key;
                     self.next_key += 1;
-                    self.by_id
-                        .entry(record.request_id.clone())
-                        .or_default()
-                        .push(key);
                     self.pending.insert(
                         key,
                         Pending {
@@ -320,56 +308,71 @@ impl Reporter {
         }
     }
 
-    /// Drops every record the reply settles, deletes the segments that became settled, and
-    /// returns how many pending records were settled.
-    async fn settle(&mut self, reply: pb::ReportUsageResponse) -> usize {
-        let mut settled = 0;
+    /// Drops the records of the batch `sent` (pending keys, in the order sent) that the reply
+    /// settles, deletes the segments that became settled, and returns how many were settled.
+    async fn settle(&mut self, sent: &[u64], reply: pb::ReportUsageResponse) -> usize {
         let mut done_segments = Vec::new();
-        for id in &reply.acked_ids {
-            settled += self.remove(id, Settled::Acked, &mut done_segments);
-        }
-        for rejected in &reply.rejected {
-            let removed = self.remove(&rejected.request_id, Settled::Rejected, &mut done_segments);
-            if removed > 0 {
-                tracing::warn!(
-                    request_id = %rejected.request_id,
-                    reason = %rejected.reason,
-                    "control plane rejected a usage record as malformed; dropping it"
-                );
+        let mut acked = 0;
+        let mut rejected = 0;
+        // The control plane acks a fully stored batch in the order sent: match it without
+        // hashing a single id.
+        let in_order = reply.rejected.is_empty()
+            && reply.acked_ids.len() == sent.len()
+            && sent.iter().zip(&reply.acked_ids).all(|(key, id)| {
+                self.pending
+                    .get(key)
+                    .is_some_and(|p| p.record.request_id == *id)
+            });
+        if in_order {
+            for key in sent {
+                acked += self.remove(*key, &mut done_segments);
             }
-            settled += removed;
+        } else {
+            let acked_ids: HashSet<&str> = reply.acked_ids.iter().map(String::as_str).collect();
+            let reasons: HashMap<&str, &str> = reply
+                .rejected
+                .iter()
+                .map(|r| (r.request_id.as_str(), r.reason.as_str()))
+                .collect();
+            for key in sent {
+                let Some(id) = self.pending.get(key).map(|p| p.record.request_id.clone()) else {
+                    continue;
+                };
+                if acked_ids.contains(id.as_str()) {
+                    acked += self.remove(*key, &mut done_segments);
+                } else if let Some(reason) = reasons.get(id.as_str()) {
+                    rejected += self.remove(*key, &mut done_segments);
+                    tracing::warn!(
+                        request_id = %id,
+                        reason = %reason,
+                        "control plane rejected a usage record as malformed; dropping it"
+                    );
+                }
+            }
         }
+        self.stats.forget((acked + rejected) as u64);
+        self.stats.add_acked(acked as u64);
         self.publish_oldest();
         for segment in done_segments {
             self.delete_segment(segment).await;
         }
-        settled
+        acked + rejected
     }
 
-    /// Removes the pending entries of `id`; pushes segments left sealed and settled onto `done`.
-    fn remove(&mut self, id: &str, how: Settled, done: &mut Vec<u64>) -> usize {
-        let Some(keys) = self.by_id.remove(id) else {
+    /// Removes one pending entry; pushes its segment onto `done` if that left it sealed and
+    /// settled. Returns 1 if the entry was pending.
+    fn remove(&mut self, key: u64, done: &mut Vec<u64>) -> usize {
+        let Some(entry) = self.pending.remove(&key) else {
             return 0;
         };
-        let mut removed = 0;
-        for key in keys {
-            let Some(entry) = self.pending.remove(&key) else {
-                continue;
-            };
-            removed += 1;
-            if let Some(state) = self.segments.get_mut(&entry.segment) {
-                state.outstanding = state.outstanding.saturating_sub(1);
-                if state.sealed && state.outstanding == 0 {
-                    self.segments.remove(&entry.segment);
-                    done.push(entry.segment);
-                }
+        if let Some(state) = self.segments.get_mut(&entry.segment) {
+            state.outstanding = state.outstanding.saturating_sub(1);
+            if state.sealed && state.outstanding == 0 {
+                self.segments.remove(&entry.segment);
+                done.push(entry.segment);
             }
         }
-        self.stats.forget(removed as u64);
-        if how == Settled::Acked {
-            self.stats.add_acked(removed as u64);
-        }
-        removed
+        1
     }
 
     /// Publishes the arrival of the oldest pending record to the stats.
