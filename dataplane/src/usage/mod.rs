@@ -44,9 +44,12 @@
 //!
 //! # Limits
 //!
-//! Pending records are held in memory by the reporter as well as on disk, so a control plane
-//! outage costs memory in proportion to the backlog (a few hundred bytes per record), and so does
-//! a disk that refuses writes (records wait in the channel). [`UsageStats`] shows both backlogs.
+//! The reporter holds at most `max_in_memory` durable records (20,000 by default, a few MB) in
+//! memory; beyond that a backlog (a control plane away or slower than the node) waits in its
+//! segment files and is read back, oldest first, as acks make room. A disk that refuses writes
+//! still costs memory in proportion to the backlog (records wait in the channel), and so does
+//! reading the spool at start (every segment is decoded once, then all but `max_in_memory`
+//! records are let go). [`UsageStats`] shows both backlogs.
 
 mod reporter;
 mod spool;
@@ -94,6 +97,7 @@ impl Default for Config {
             },
             reporter: ReporterConfig {
                 batch_max: 5000,
+                max_in_memory: 20_000,
                 batch_delay: Duration::from_secs(1),
                 call_timeout: Duration::from_secs(10),
                 backoff_min: Duration::from_millis(100),
@@ -113,6 +117,8 @@ struct StatsInner {
     /// Arrival at the reporter of the oldest pending record, in ms since `base` plus one; 0 when
     /// nothing is pending.
     oldest_plus_one_ms: AtomicU64,
+    /// Pending records the reporter holds in memory (the rest wait in their segment files).
+    held: AtomicU64,
     base: Instant,
 }
 
@@ -122,6 +128,7 @@ impl StatsInner {
             depth: AtomicU64::new(0),
             acked_total: AtomicU64::new(0),
             oldest_plus_one_ms: AtomicU64::new(0),
+            held: AtomicU64::new(0),
             base: Instant::now(),
         }
     }
@@ -183,6 +190,12 @@ impl UsageStats {
     /// their way to disk or already spooled.
     pub fn depth(&self) -> u64 {
         self.inner.depth.load(Ordering::Relaxed)
+    }
+
+    /// Durable records the reporter holds in memory: at most its `max_in_memory`, however long
+    /// the control plane is away.
+    pub fn held_in_memory(&self) -> u64 {
+        self.inner.held.load(Ordering::Relaxed)
     }
 
     /// How long the oldest unacked record has waited since it became durable (or since start,

@@ -12,6 +12,11 @@
 //!   control plane stores the id once).
 //! - **A segment is deleted only when sealed and settled**: the writer has moved on from it and
 //!   every record the reporter was given from it was acked or rejected.
+//! - **Memory is bounded**: at most `max_in_memory` durable records are held. Past that, records
+//!   are left in their segment files (the reporter counts them per segment) and read back in
+//!   spool order once pending records fall under half the bound; while any wait on disk, newer
+//!   ones wait too, so the oldest always go first. A segment that cannot be read back is never
+//!   deleted: its records are sent again at the next start.
 //! - **One call in flight.** Batches go out one at a time, oldest records first, at most
 //!   `batch_max` per call, as soon as `batch_max` are pending or the oldest pending record has
 //!   waited `batch_delay` (at once while shutting down). Records keep arriving while a call is in
@@ -22,7 +27,7 @@
 //! plane too old to take zstd answers `Unimplemented`, and from then on this process sends gzip.
 
 use super::StatsInner;
-use super::spool::segment_path;
+use super::spool::{decode_segment, segment_path};
 use keyplane_proto::v1 as pb;
 use keyplane_proto::v1::nodes_client::NodesClient;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -52,6 +57,8 @@ pub(super) enum Event {
 pub(super) struct ReporterConfig {
     /// Most records in one call.
     pub batch_max: usize,
+    /// Most durable records held in memory; the rest wait on disk.
+    pub max_in_memory: usize,
     /// Longest a durable record waits for a call while fewer than `batch_max` are pending.
     pub batch_delay: Duration,
     /// Bound on one call, connecting included.
@@ -71,9 +78,23 @@ struct Pending {
 /// What the reporter knows of a segment.
 #[derive(Default)]
 struct SegmentState {
-    /// Records from it still pending.
+    /// Records from it held in memory and not settled yet.
     outstanding: usize,
     sealed: bool,
+    /// Durable records in its file, as the writer reported them.
+    in_file: usize,
+    /// How many of those (a prefix) were taken into memory; the rest wait on disk.
+    loaded: usize,
+    /// When the first record still on disk became durable.
+    waiting_since: Option<Instant>,
+    /// Reading it back failed: it keeps its file, for the next start.
+    unreadable: bool,
+}
+
+impl SegmentState {
+    fn settled(&self) -> bool {
+        self.sealed && self.outstanding == 0 && self.loaded == self.in_file && !self.unreadable
+    }
 }
 
 /// The reporter's state; [`Reporter::run`] drives it.
@@ -88,6 +109,8 @@ pub(super) struct Reporter {
     /// By arrival order: keys only grow.
     pending: BTreeMap<u64, Pending>,
     segments: BTreeMap<u64, SegmentState>,
+    /// Durable records left on disk (the sum of `in_file - loaded`).
+    on_disk: usize,
     next_key: u64,
     /// Set once the control plane refused zstd: batches go out gzip-compressed.
     gzip_fallback: bool,
@@ -111,6 +134,7 @@ impl Reporter {
             stats,
             pending: BTreeMap::new(),
             segments: BTreeMap::new(),
+            on_disk: 0,
             next_key: 0,
             gzip_fallback: false,
         }
@@ -131,7 +155,10 @@ impl Reporter {
         let mut retry_at: Option<Instant> = None;
         let mut attempt = 0u32;
         loop {
-            if !events_open && self.pending.is_empty() {
+            if self.on_disk > 0 && self.pending.len() <= self.config.max_in_memory / 2 {
+                self.read_back().await;
+            }
+            if !events_open && self.pending.is_empty() && self.on_disk == 0 {
                 break;
             }
             let send_at = self.next_send_at(draining || !events_open, retry_at);
@@ -280,32 +307,139 @@ impl Reporter {
             Event::Durable { segment, records } => {
                 let now = Instant::now();
                 let was_empty = self.pending.is_empty();
-                self.segments.entry(segment).or_default().outstanding += records.len();
-                for record in records {
-                    let key = self.next_key;
-                    self.next_key += 1;
-                    self.pending.insert(
-                        key,
-                        Pending {
-                            record,
-                            segment,
-                            arrived: now,
-                        },
-                    );
+                let count = records.len();
+                let keep =
+                    self.on_disk == 0 && self.pending.len() + count <= self.config.max_in_memory;
+                let state = self.segments.entry(segment).or_default();
+                state.in_file += count;
+                if keep {
+                    state.loaded += count;
+                    state.outstanding += count;
+                    for record in records {
+                        let key = self.next_key;
+                        self.next_key += 1;
+                        self.pending.insert(
+                            key,
+                            Pending {
+                                record,
+                                segment,
+                                arrived: now,
+                            },
+                        );
+                    }
+                } else {
+                    // On disk already: read back when there is room (see the module docs).
+                    state.waiting_since.get_or_insert(now);
+                    self.on_disk += count;
                 }
                 if was_empty {
-                    self.publish_oldest();
+                    self.publish();
                 }
             }
             Event::Sealed { segment } => {
                 let state = self.segments.entry(segment).or_default();
                 state.sealed = true;
-                if state.outstanding == 0 {
+                if state.settled() {
                     self.segments.remove(&segment);
                     self.delete_segment(segment).await;
                 }
             }
         }
+    }
+
+    /// Reads records left on disk back into memory, oldest segment first, up to the bound.
+    async fn read_back(&mut self) {
+        while self.on_disk > 0 && self.pending.len() < self.config.max_in_memory {
+            let Some((&seq, state)) = self
+                .segments
+                .iter()
+                .find(|(_, s)| s.loaded < s.in_file && !s.unreadable)
+            else {
+                return;
+            };
+            let (from, to) = (state.loaded, state.in_file);
+            let take = (to - from).min(self.config.max_in_memory - self.pending.len());
+            let arrived = state.waiting_since.unwrap_or_else(Instant::now);
+            let path = segment_path(&self.dir, seq);
+            let read_path = path.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                std::fs::read(&read_path).map(|bytes| {
+                    decode_segment(&bytes)
+                        .records
+                        .into_iter()
+                        .skip(from)
+                        .take(take)
+                        .collect::<Vec<_>>()
+                })
+            })
+            .await;
+            let records = match read {
+                Ok(Ok(records)) => records,
+                Ok(Err(err)) => {
+                    self.give_up_on(seq, &path, &err.to_string());
+                    continue;
+                }
+                Err(err) => {
+                    self.give_up_on(seq, &path, &err.to_string());
+                    continue;
+                }
+            };
+            let got = records.len();
+            let Some(state) = self.segments.get_mut(&seq) else {
+                return;
+            };
+            state.loaded += got;
+            state.outstanding += got;
+            if state.loaded == state.in_file {
+                state.waiting_since = None;
+            }
+            self.on_disk = self.on_disk.saturating_sub(got);
+            if got < take {
+                self.give_up_on(
+                    seq,
+                    &path,
+                    &format!("it holds {} records, {to} were spooled", from + got),
+                );
+            }
+            for record in records {
+                let key = self.next_key;
+                self.next_key += 1;
+                self.pending.insert(
+                    key,
+                    Pending {
+                        record,
+                        segment: seq,
+                        arrived,
+                    },
+                );
+            }
+            tracing::debug!(
+                segment = seq,
+                records = got,
+                "usage records read back from the spool"
+            );
+        }
+        self.publish();
+    }
+
+    /// Stops reading segment `seq` back: its unread records stay in its file, which is kept, so
+    /// the next start sends them.
+    fn give_up_on(&mut self, seq: u64, path: &std::path::Path, why: &str) {
+        let Some(state) = self.segments.get_mut(&seq) else {
+            return;
+        };
+        if state.unreadable {
+            return;
+        }
+        state.unreadable = true;
+        let left = state.in_file - state.loaded;
+        self.on_disk = self.on_disk.saturating_sub(left);
+        tracing::error!(
+            file = %path.display(),
+            error = %why,
+            records = left,
+            "cannot read usage records back from the spool; they stay on disk for the next start"
+        );
     }
 
     /// Drops the records of the batch `sent` (pending keys, in the order sent) that the reply
@@ -352,7 +486,7 @@ impl Reporter {
         }
         self.stats.forget((acked + rejected) as u64);
         self.stats.add_acked(acked as u64);
-        self.publish_oldest();
+        self.publish();
         for segment in done_segments {
             self.delete_segment(segment).await;
         }
@@ -367,7 +501,7 @@ impl Reporter {
         };
         if let Some(state) = self.segments.get_mut(&entry.segment) {
             state.outstanding = state.outstanding.saturating_sub(1);
-            if state.sealed && state.outstanding == 0 {
+            if state.settled() {
                 self.segments.remove(&entry.segment);
                 done.push(entry.segment);
             }
@@ -375,10 +509,18 @@ impl Reporter {
         1
     }
 
-    /// Publishes the arrival of the oldest pending record to the stats.
-    fn publish_oldest(&self) {
-        self.stats
-            .set_oldest(self.pending.first_key_value().map(|(_, p)| p.arrived));
+    /// Publishes the arrival of the oldest pending record, and how many are in memory.
+    fn publish(&self) {
+        let oldest = self
+            .pending
+            .first_key_value()
+            .map(|(_, p)| p.arrived)
+            .or_else(|| self.segments.values().filter_map(|s| s.waiting_since).min());
+        self.stats.set_oldest(oldest);
+        self.stats.held.store(
+            self.pending.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// Deletes a settled segment file. A failure only means it is read and re-sent at the next
@@ -777,6 +919,126 @@ pub(super) mod tests {
         assert_eq!(bad, 1);
         handle.shutdown(Duration::from_secs(2)).await;
         assert_eq!(segment_count(tmp.path()), 0);
+    }
+
+    /// A small memory bound, small batches and small segments, so that a backlog of a few
+    /// hundred records spans many segments and most of it waits on disk.
+    fn bounded() -> Config {
+        let mut config = fast();
+        config.reporter.batch_max = 7;
+        config.reporter.max_in_memory = 20;
+        config.writer.limits.max_records = 16;
+        config.writer.max_group = 4;
+        config
+    }
+
+    #[tokio::test]
+    async fn a_backlog_past_the_memory_bound_waits_on_disk_and_lands_once_in_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fake = Arc::new(FakeNodes::default());
+        fake.down.store(true, Ordering::SeqCst);
+        let addr = serve(Arc::clone(&fake)).await;
+        let (sink, handle) = start_at(tmp.path(), addr, bounded()).await;
+        let stats = handle.stats();
+        let ids: Vec<String> = (0..300).map(|i| format!("r{i:03}")).collect();
+        for id in &ids {
+            sink.record(rec(id));
+        }
+        let mut most_held = 0;
+        // At most 19 records per segment (groups of 4 until 16 are reached): 16 segments hold
+        // most of the backlog, far past the bound of 20 in memory.
+        wait_until(
+            "the backlog is spooled while the control plane is down",
+            || {
+                most_held = most_held.max(stats.held_in_memory());
+                segment_count(tmp.path()) >= 16 && fake.calls.load(Ordering::SeqCst) >= 3
+            },
+        )
+        .await;
+        fake.down.store(false, Ordering::SeqCst);
+        wait_until("every record is acked", || {
+            most_held = most_held.max(stats.held_in_memory());
+            stats.acked_total() == 300
+        })
+        .await;
+        assert!(most_held <= 20, "{most_held} records held in memory");
+        assert!(most_held > 0);
+        // Each record reached the control plane once, oldest first.
+        assert_eq!(fake.seen(), ids);
+        wait_until("every segment is deleted", || {
+            segment_count(tmp.path()) == 0
+        })
+        .await;
+        assert_eq!(stats.depth(), 0);
+        handle.shutdown(Duration::from_secs(2)).await;
+    }
+
+    #[tokio::test]
+    async fn a_spool_larger_than_the_bound_at_start_is_read_back_and_lands_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fake = Arc::new(FakeNodes::default());
+        fake.down.store(true, Ordering::SeqCst);
+        let addr = serve(Arc::clone(&fake)).await;
+        let (sink, handle) = start_at(tmp.path(), addr, bounded()).await;
+        let ids: Vec<String> = (0..150).map(|i| format!("s{i:03}")).collect();
+        for id in &ids {
+            sink.record(rec(id));
+        }
+        handle.shutdown(Duration::from_millis(300)).await;
+        assert_eq!(ids_on_disk(tmp.path()), ids);
+
+        fake.down.store(false, Ordering::SeqCst);
+        let (_sink, handle) = start_at(tmp.path(), addr, bounded()).await;
+        let stats = handle.stats();
+        let mut most_held = 0;
+        wait_until("the spooled records are acked", || {
+            most_held = most_held.max(stats.held_in_memory());
+            stats.depth() == 0
+        })
+        .await;
+        assert!(most_held <= 20, "{most_held} records held in memory");
+        assert_eq!(fake.seen(), ids);
+        wait_until("every segment is deleted", || {
+            segment_count(tmp.path()) == 0
+        })
+        .await;
+        handle.shutdown(Duration::from_secs(2)).await;
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_segment_keeps_its_file_for_the_next_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fake = Arc::new(FakeNodes::default());
+        fake.down.store(true, Ordering::SeqCst);
+        let addr = serve(Arc::clone(&fake)).await;
+        let (sink, handle) = start_at(tmp.path(), addr, bounded()).await;
+        let ids: Vec<String> = (0..100).map(|i| format!("u{i:03}")).collect();
+        for id in &ids {
+            sink.record(rec(id));
+        }
+        wait_until("the reporter has tried the dead control plane", || {
+            fake.calls.load(Ordering::SeqCst) >= 2
+        })
+        .await;
+        // The newest segments can no longer be read back: their records wait for a restart.
+        let mut files: Vec<_> = std::fs::read_dir(tmp.path().join("spool"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        let last = files.last().unwrap().clone();
+        std::fs::remove_file(&last).unwrap();
+        fake.down.store(false, Ordering::SeqCst);
+        wait_until("the readable records are acked", || {
+            handle.stats().acked_total() > 0 && handle.stats().held_in_memory() == 0
+        })
+        .await;
+        let seen = fake.seen_set();
+        assert!(
+            seen.len() < 100,
+            "the removed segment's records cannot have been sent"
+        );
+        handle.shutdown(Duration::from_secs(2)).await;
     }
 
     #[tokio::test]
