@@ -69,6 +69,12 @@ struct Args {
     /// Keyplane, with their direct baselines) or `all`.
     #[arg(long, value_enum, default_value_t = Only::All)]
     only: Only,
+    /// After the main runs, this many extra pairs of OpenAI → OpenAI runs per workload: the bare
+    /// proxy, then Keyplane at once, alternating. Each pair's two runs see about the same
+    /// machine, so the median of the pairs' ratios drifts less with other load than the single
+    /// ratio of the main runs (which are minutes apart). Needs `--only openai` or `all`.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=50))]
+    pairs: u64,
     /// Internal: serve only the bare reverse proxy in front of UPSTREAM (`host:port`), print
     /// `baseline-proxy listening on ADDR`, and exit on SIGTERM, SIGINT or end of stdin.
     #[arg(long, hide = true, value_name = "UPSTREAM")]
@@ -944,12 +950,35 @@ fn bench(args: &Args, bin_dir: &Path) {
             std::thread::sleep(Duration::from_millis(500));
         }
     }
+    let mut pairs = Vec::new();
+    if matches!(args.only, Only::Openai | Only::All) && args.pairs > 0 {
+        eprintln!(
+            "keyplane-bench: {} alternating pairs of runs per workload",
+            args.pairs
+        );
+        for _ in 0..args.pairs {
+            for stream in [false, true] {
+                let workload = Workload::new(Api::OpenAi, Api::OpenAi, stream);
+                for (kind, addr) in [
+                    (TargetKind::Bare, bare.addr),
+                    (TargetKind::Keyplane, dp.addr),
+                ] {
+                    let target = Target { kind, addr };
+                    pairs.push(run(&rt, args, &target, workload, &key, &watched, &dp));
+                    fake.assert_alive();
+                    bare.assert_alive();
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+        }
+    }
     drop(rt);
 
     // Every request Keyplane served should reach the ledger (the data plane reports usage in
     // the background, about once a second).
     let served: u64 = results
         .iter()
+        .chain(&pairs)
         .filter(|r| matches!(r.target, TargetKind::Keyplane | TargetKind::KeyplaneLimited))
         .map(|r| r.all_ok)
         .sum();
@@ -986,6 +1015,7 @@ fn bench(args: &Args, bin_dir: &Path) {
         cores,
         loadavg: &loadavg,
         results: &results,
+        pairs: &pairs,
         watched: &watched,
         idle_rss_kb: &idle_rss_kb,
         hwm_kb: &hwm_kb,
@@ -1127,6 +1157,8 @@ mod report {
         /// `/proc/loadavg`'s 1, 5 and 15 minute figures when the bench started.
         pub loadavg: &'a str,
         pub results: &'a [RunResult],
+        /// The `--pairs` runs: bare proxy, Keyplane, bare proxy, … in run order.
+        pub pairs: &'a [RunResult],
         pub watched: &'a Watched,
         pub idle_rss_kb: &'a [u64],
         pub hwm_kb: &'a [u64],
@@ -1329,6 +1361,7 @@ mod report {
             }
             let _ = writeln!(w);
         }
+        alternating_pairs(w, input);
 
         translation(w, input);
 
@@ -1348,6 +1381,7 @@ mod report {
         for (idx, target) in [(BARE, TargetKind::Bare), (DATAPLANE, TargetKind::Keyplane)] {
             let Some(peak) = results
                 .iter()
+                .chain(input.pairs)
                 .filter(|r| r.target == target)
                 .map(|r| r.peak_rss_kb[idx])
                 .max()
@@ -1591,6 +1625,84 @@ mod report {
                 p50,
                 per_event(stream_cpu),
                 per_event(stream_cpu.zip(chat_cpu).map(|(s, c)| s - c))
+            );
+        }
+        let _ = writeln!(w);
+    }
+
+    /// The `--pairs` table: each pair's throughput and added-p99 ratios, then their medians.
+    fn alternating_pairs(w: &mut String, input: &Input<'_>) {
+        let a = input.args;
+        if input.pairs.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            w,
+            "Alternating pairs (`--pairs {}`): per workload, the bare proxy then Keyplane back to \
+             back, {} s each after {} s of warm-up, repeated; added p99 is over the main run's \
+             direct p99. Each pair's ratio compares runs seconds apart; the medians are the \
+             figures to hold against the targets.",
+            a.pairs, a.duration_secs, a.warmup_secs
+        );
+        let _ = writeln!(w);
+        let _ = writeln!(
+            w,
+            "| workload | pair | bare proxy req/s | Keyplane req/s | throughput ratio | bare proxy added p99 | Keyplane added p99 | added p99 ratio | Keyplane CPU per request |"
+        );
+        let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for stream in [false, true] {
+            let workload = Workload::new(Api::OpenAi, Api::OpenAi, stream);
+            let Some(direct) = find(input.results, TargetKind::Direct, workload) else {
+                continue;
+            };
+            let bare_runs = input
+                .pairs
+                .iter()
+                .filter(|r| r.workload == workload && r.target == TargetKind::Bare);
+            let kp_runs = input
+                .pairs
+                .iter()
+                .filter(|r| r.workload == workload && r.target == TargetKind::Keyplane);
+            let mut rps_ratios = Vec::new();
+            let mut p99_ratios = Vec::new();
+            for (i, (bare, kp)) in bare_runs.zip(kp_runs).enumerate() {
+                let rps_ratio = kp.rps() / bare.rps().max(f64::MIN_POSITIVE);
+                let bare_p99 = added(&bare.latency_us, &direct.latency_us, 0.99);
+                let kp_p99 = added(&kp.latency_us, &direct.latency_us, 0.99);
+                let p99_ratio = (bare_p99 > 0).then(|| kp_p99 as f64 / bare_p99 as f64);
+                rps_ratios.push(rps_ratio);
+                if let Some(r) = p99_ratio {
+                    p99_ratios.push(r);
+                }
+                let _ = writeln!(
+                    w,
+                    "| {} | {} | {} | {} | {:.2}× | {} | {} | {} | {} |",
+                    workload.label(a.chunks),
+                    i + 1,
+                    group(bare.rps().round() as u64),
+                    group(kp.rps().round() as u64),
+                    rps_ratio,
+                    fmt_signed_ms(bare_p99),
+                    fmt_signed_ms(kp_p99),
+                    p99_ratio.map_or("n/a".to_string(), |r| format!("{r:.2}×")),
+                    cpu_per_request(kp, DATAPLANE),
+                );
+            }
+            let median = |v: &mut Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                match v.len() {
+                    0 => None,
+                    n if n % 2 == 1 => Some(v[n / 2]),
+                    n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+                }
+            };
+            let fmt = |m: Option<f64>| m.map_or("n/a".to_string(), |m| format!("**{m:.2}×**"));
+            let _ = writeln!(
+                w,
+                "| {} | median | | | {} | | | {} | |",
+                workload.label(a.chunks),
+                fmt(median(&mut rps_ratios)),
+                fmt(median(&mut p99_ratios)),
             );
         }
         let _ = writeln!(w);
