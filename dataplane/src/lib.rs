@@ -12,6 +12,7 @@ pub mod gateway;
 pub mod health;
 pub mod leaser;
 pub mod limits;
+pub mod logbuf;
 pub mod metrics;
 pub mod protocol;
 pub mod proxy;

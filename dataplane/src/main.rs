@@ -127,17 +127,15 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    // Log lines are written by a background thread, so a request never waits on a write to
-    // stderr. Not lossy: when the buffer is full, logging waits rather than drops lines. The
-    // thread drains every queued line into the BufWriter and flushes once the queue is empty:
-    // one write(2) per burst instead of one per line.
-    let (writer, _log_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(1024)
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stderr(),
-        ));
+    // Log lines are buffered and written by a background thread in large writes, so a request
+    // never waits on stderr; not lossy (see `logbuf`).
+    let (writer, _log_guard) = match keyplane_dataplane::logbuf::spawn(std::io::stderr()) {
+        Ok(pair) => pair,
+        Err(err) => {
+            eprintln!("keyplane-dataplane: cannot start the log writer thread: {err}");
+            return ExitCode::from(1);
+        }
+    };
     let logs = {
         // Inside the runtime: the OTLP exporter's gRPC channel runs its tasks there.
         let _enter = runtime.enter();
@@ -171,7 +169,7 @@ impl Logs {
 
 /// The stderr log layer in the chosen format, filtered by `RUST_LOG`; with `--features otlp`
 /// and `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans also go to an OTLP/gRPC collector.
-fn init_logs(format: LogFormat, writer: tracing_appender::non_blocking::NonBlocking) -> Logs {
+fn init_logs(format: LogFormat, writer: keyplane_dataplane::logbuf::LogWriter) -> Logs {
     use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
