@@ -143,6 +143,10 @@ fn run(shared: &Shared, mut out: impl Write) {
             let _ = out.write_all(&full).and_then(|()| out.flush());
         }
         full.clear();
+        // A burst may have grown the buffer to MAX_BUFFERED; keep only a normal one's worth.
+        if full.capacity() > 2 * FLUSH_AT {
+            full = Vec::new();
+        }
         spare = full;
         if closed {
             // Writers that saw `closed` write directly; nothing can be left behind.

@@ -44,7 +44,7 @@
 //!
 //! # Limits
 //!
-//! The reporter holds at most `max_in_memory` durable records (20,000 by default, a few MB) in
+//! The reporter holds at most `max_in_memory` durable records (10,000 by default, about 3 MB) in
 //! memory; beyond that a backlog (a control plane away or slower than the node) waits in its
 //! segment files and is read back, oldest first, as acks make room. A disk that refuses writes
 //! still costs memory in proportion to the backlog (records wait in the channel), and so does
@@ -97,7 +97,7 @@ impl Default for Config {
             },
             reporter: ReporterConfig {
                 batch_max: 5000,
-                max_in_memory: 20_000,
+                max_in_memory: 10_000,
                 batch_delay: Duration::from_secs(1),
                 call_timeout: Duration::from_secs(10),
                 backoff_min: Duration::from_millis(100),
