@@ -186,6 +186,21 @@ mod tests {
     use crate::creds::Secret;
     use crate::store::{OpenStoreError, Store};
 
+    /// Runs `f` again (for up to 5 s) while the store's file lock is still held: sled lets go of
+    /// it from its background threads a moment after the last handle is dropped, so opening a
+    /// store right after closing it in the same process can find it locked.
+    fn when_unlocked<T, E: std::fmt::Display>(mut f: impl FnMut() -> Result<T, E>) -> Result<T, E> {
+        for _ in 0..500 {
+            match f() {
+                Err(e) if e.to_string().contains("could not acquire lock") => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => return other,
+            }
+        }
+        f()
+    }
+
     #[test]
     fn rotation_reencrypts_and_the_store_opens_with_the_new_key_only() {
         let dir = tempfile::tempdir().unwrap();
@@ -202,15 +217,15 @@ mod tests {
                     .unwrap();
             }
         }
-        let r = rotate_master_key(dir.path(), &old, &new).unwrap();
+        let r = when_unlocked(|| rotate_master_key(dir.path(), &old, &new)).unwrap();
         assert_eq!(r.rewritten, 3);
-        let again = rotate_master_key(dir.path(), &old, &new).unwrap();
+        let again = when_unlocked(|| rotate_master_key(dir.path(), &old, &new)).unwrap();
         assert_eq!(again.rewritten, 0);
         assert!(matches!(
-            Store::open(dir.path(), &old),
+            when_unlocked(|| Store::open(dir.path(), &old)),
             Err(OpenStoreError::WrongMasterKey)
         ));
-        let store = Store::open(dir.path(), &new).unwrap();
+        let store = when_unlocked(|| Store::open(dir.path(), &new)).unwrap();
         let mut secrets: Vec<String> = store
             .credentials()
             .unwrap()
