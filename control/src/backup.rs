@@ -222,7 +222,7 @@ mod tests {
         let err = restore(&dir, &file, |_| None).unwrap_err();
         assert!(err.to_string().contains("not empty"), "{err}");
 
-        let store = Store::open(&dir, &key).unwrap();
+        let store = crate::store::testing::when_unlocked(|| Store::open(&dir, &key)).unwrap();
         let creds = store.credentials().unwrap();
         assert_eq!(
             store.credential_secret(&creds[0]).unwrap().expose(),

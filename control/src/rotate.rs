@@ -184,22 +184,8 @@ pub fn rotate_master_key(
 mod tests {
     use super::*;
     use crate::creds::Secret;
+    use crate::store::testing::when_unlocked;
     use crate::store::{OpenStoreError, Store};
-
-    /// Runs `f` again (for up to 5 s) while the store's file lock is still held: sled lets go of
-    /// it from its background threads a moment after the last handle is dropped, so opening a
-    /// store right after closing it in the same process can find it locked.
-    fn when_unlocked<T, E: std::fmt::Display>(mut f: impl FnMut() -> Result<T, E>) -> Result<T, E> {
-        for _ in 0..500 {
-            match f() {
-                Err(e) if e.to_string().contains("could not acquire lock") => {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                other => return other,
-            }
-        }
-        f()
-    }
 
     #[test]
     fn rotation_reencrypts_and_the_store_opens_with_the_new_key_only() {
