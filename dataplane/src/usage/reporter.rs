@@ -932,18 +932,35 @@ pub(super) mod tests {
         config
     }
 
-    #[tokio::test]
-    async fn a_backlog_past_the_memory_bound_waits_on_disk_and_lands_once_in_order() {
-        let tmp = tempfile::tempdir().unwrap();
+    /// A node tuned by [`bounded`] in `state`, its control plane down, given `n` records named
+    /// `{prefix}000`, `{prefix}001`, …: the fake, its address, the node, and the ids in order.
+    async fn backlog_while_down(
+        state: &Path,
+        prefix: &str,
+        n: usize,
+    ) -> (
+        Arc<FakeNodes>,
+        SocketAddr,
+        UsageSink,
+        UsageHandle,
+        Vec<String>,
+    ) {
         let fake = Arc::new(FakeNodes::default());
         fake.down.store(true, Ordering::SeqCst);
         let addr = serve(Arc::clone(&fake)).await;
-        let (sink, handle) = start_at(tmp.path(), addr, bounded()).await;
-        let stats = handle.stats();
-        let ids: Vec<String> = (0..300).map(|i| format!("r{i:03}")).collect();
+        let (sink, handle) = start_at(state, addr, bounded()).await;
+        let ids: Vec<String> = (0..n).map(|i| format!("{prefix}{i:03}")).collect();
         for id in &ids {
             sink.record(rec(id));
         }
+        (fake, addr, sink, handle, ids)
+    }
+
+    #[tokio::test]
+    async fn a_backlog_past_the_memory_bound_waits_on_disk_and_lands_once_in_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (fake, _addr, _sink, handle, ids) = backlog_while_down(tmp.path(), "r", 300).await;
+        let stats = handle.stats();
         let mut most_held = 0;
         // At most 19 records per segment (groups of 4 until 16 are reached): 16 segments hold
         // most of the backlog, far past the bound of 20 in memory.
@@ -976,14 +993,7 @@ pub(super) mod tests {
     #[tokio::test]
     async fn a_spool_larger_than_the_bound_at_start_is_read_back_and_lands_once() {
         let tmp = tempfile::tempdir().unwrap();
-        let fake = Arc::new(FakeNodes::default());
-        fake.down.store(true, Ordering::SeqCst);
-        let addr = serve(Arc::clone(&fake)).await;
-        let (sink, handle) = start_at(tmp.path(), addr, bounded()).await;
-        let ids: Vec<String> = (0..150).map(|i| format!("s{i:03}")).collect();
-        for id in &ids {
-            sink.record(rec(id));
-        }
+        let (fake, addr, _sink, handle, ids) = backlog_while_down(tmp.path(), "s", 150).await;
         handle.shutdown(Duration::from_millis(300)).await;
         assert_eq!(ids_on_disk(tmp.path()), ids);
 
@@ -1008,14 +1018,7 @@ pub(super) mod tests {
     #[tokio::test]
     async fn an_unreadable_segment_keeps_its_file_for_the_next_start() {
         let tmp = tempfile::tempdir().unwrap();
-        let fake = Arc::new(FakeNodes::default());
-        fake.down.store(true, Ordering::SeqCst);
-        let addr = serve(Arc::clone(&fake)).await;
-        let (sink, handle) = start_at(tmp.path(), addr, bounded()).await;
-        let ids: Vec<String> = (0..100).map(|i| format!("u{i:03}")).collect();
-        for id in &ids {
-            sink.record(rec(id));
-        }
+        let (fake, _addr, _sink, handle, _ids) = backlog_while_down(tmp.path(), "u", 100).await;
         wait_until("the reporter has tried the dead control plane", || {
             fake.calls.load(Ordering::SeqCst) >= 2
         })
