@@ -306,35 +306,19 @@ impl Reporter {
         match event {
             Event::Durable { segment, records } => {
                 let now = Instant::now();
-                let was_empty = self.pending.is_empty();
                 let count = records.len();
                 let keep =
                     self.on_disk == 0 && self.pending.len() + count <= self.config.max_in_memory;
                 let state = self.segments.entry(segment).or_default();
                 state.in_file += count;
                 if keep {
-                    state.loaded += count;
-                    state.outstanding += count;
-                    for record in records {
-                        let key = self.next_key;
-                        self.next_key += 1;
-                        self.pending.insert(
-                            key,
-                            Pending {
-                                record,
-                                segment,
-                                arrived: now,
-                            },
-                        );
-                    }
+                    self.hold(segment, now, records);
                 } else {
                     // On disk already: read back when there is room (see the module docs).
                     state.waiting_since.get_or_insert(now);
                     self.on_disk += count;
                 }
-                if was_empty {
-                    self.publish();
-                }
+                self.publish();
             }
             Event::Sealed { segment } => {
                 let state = self.segments.entry(segment).or_default();
@@ -373,44 +357,24 @@ impl Reporter {
                 })
             })
             .await;
+            let read = read
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
             let records = match read {
-                Ok(Ok(records)) => records,
-                Ok(Err(err)) => {
-                    self.give_up_on(seq, &path, &err.to_string());
-                    continue;
-                }
+                Ok(records) => records,
                 Err(err) => {
-                    self.give_up_on(seq, &path, &err.to_string());
+                    self.give_up_on(seq, &path, &err);
                     continue;
                 }
             };
             let got = records.len();
-            let Some(state) = self.segments.get_mut(&seq) else {
-                return;
-            };
-            state.loaded += got;
-            state.outstanding += got;
-            if state.loaded == state.in_file {
-                state.waiting_since = None;
-            }
             self.on_disk = self.on_disk.saturating_sub(got);
+            self.hold(seq, arrived, records);
             if got < take {
                 self.give_up_on(
                     seq,
                     &path,
                     &format!("it holds {} records, {to} were spooled", from + got),
-                );
-            }
-            for record in records {
-                let key = self.next_key;
-                self.next_key += 1;
-                self.pending.insert(
-                    key,
-                    Pending {
-                        record,
-                        segment: seq,
-                        arrived,
-                    },
                 );
             }
             tracing::debug!(
@@ -420,6 +384,27 @@ impl Reporter {
             );
         }
         self.publish();
+    }
+
+    /// Takes `records`, the next ones of `segment`'s file, into memory.
+    fn hold(&mut self, segment: u64, arrived: Instant, records: Vec<pb::UsageRecord>) {
+        let state = self.segments.entry(segment).or_default();
+        state.loaded += records.len();
+        state.outstanding += records.len();
+        if state.loaded == state.in_file {
+            state.waiting_since = None;
+        }
+        for record in records {
+            self.pending.insert(
+                self.next_key,
+                Pending {
+                    record,
+                    segment,
+                    arrived,
+                },
+            );
+            self.next_key += 1;
+        }
     }
 
     /// Stops reading segment `seq` back: its unread records stay in its file, which is kept, so
