@@ -1545,9 +1545,10 @@ impl Record {
             u.output_tokens,
             billed,
         );
+        let latency_ms = ms_since(self.started);
         self.proxy
             .metrics
-            .timing(&self.provider, ms_since(self.started), self.ttfb_ms);
+            .timing(&self.provider, latency_ms, self.ttfb_ms);
         tracing::info!(
             request_id = %self.request_id,
             client_key_id = %self.key_id,
@@ -1562,7 +1563,7 @@ impl Record {
             cost_nano_usd = cost,
             reported_cost_nano_usd = self.reported_cost_nano_usd,
             estimated,
-            latency_ms = ms_since(self.started),
+            latency_ms,
             "request served"
         );
         self.proxy.usage.record(pb::UsageRecord {
@@ -1574,7 +1575,7 @@ impl Record {
             input_tokens: u.input_tokens,
             output_tokens: u.output_tokens,
             cost_nano_usd: cost,
-            latency_ms: ms_since(self.started),
+            latency_ms,
             ttfb_ms: self.ttfb_ms,
             status,
             started_at_ms: self.started_at_ms,
