@@ -54,6 +54,26 @@ struct ProviderSeries {
     attempts: RwLock<Vec<(&'static str, Counter)>>,
 }
 
+/// Counts one in the counter `find` locates in `cache`. The first time, `create` resolves it
+/// from its family (allocating the labels once) and `insert` files it in the cache.
+fn count<C>(
+    cache: &RwLock<C>,
+    find: impl Fn(&C) -> Option<&Counter>,
+    create: impl FnOnce() -> Counter,
+    insert: impl FnOnce(&mut C, Counter),
+) {
+    if let Some(counter) = find(&cache.read().unwrap_or_else(PoisonError::into_inner)) {
+        counter.inc();
+        return;
+    }
+    let counter = create();
+    counter.inc();
+    let mut cache = cache.write().unwrap_or_else(PoisonError::into_inner);
+    if find(&cache).is_none() {
+        insert(&mut cache, counter);
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     /// Handles by provider name (see [`ProviderSeries`]).
@@ -203,33 +223,30 @@ impl Metrics {
         cost_nano: u64,
     ) {
         let series = self.series(provider);
-        let counted = series
-            .requests
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(model)
-            .and_then(|by_status| by_status.iter().find(|(s, _)| *s == status))
-            .map(|(_, counter)| counter.inc())
-            .is_some();
-        if !counted {
-            let counter = self
-                .requests
-                .get_or_create(&Served {
-                    provider: provider.to_string(),
-                    model: model.to_string(),
-                    status: status.to_string(),
-                })
-                .clone();
-            counter.inc();
-            let mut requests = series
-                .requests
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
-            let by_status = requests.entry(model.to_string()).or_default();
-            if !by_status.iter().any(|(s, _)| *s == status) {
-                by_status.push((status, counter));
-            }
-        }
+        count(
+            &series.requests,
+            |cache| {
+                cache
+                    .get(model)
+                    .and_then(|by_status| by_status.iter().find(|(s, _)| *s == status))
+                    .map(|(_, counter)| counter)
+            },
+            || {
+                self.requests
+                    .get_or_create(&Served {
+                        provider: provider.to_string(),
+                        model: model.to_string(),
+                        status: status.to_string(),
+                    })
+                    .clone()
+            },
+            |cache, counter| {
+                cache
+                    .entry(model.to_string())
+                    .or_default()
+                    .push((status, counter))
+            },
+        );
         series.input_tokens.inc_by(input);
         series.output_tokens.inc_by(output);
         series.cost_nano.inc_by(cost_nano);
@@ -237,31 +254,24 @@ impl Metrics {
 
     pub fn attempt(&self, provider: &str, outcome: &'static str) {
         let series = self.series(provider);
-        let counted = series
-            .attempts
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .find(|(o, _)| *o == outcome)
-            .map(|(_, counter)| counter.inc())
-            .is_some();
-        if !counted {
-            let counter = self
-                .attempts
-                .get_or_create(&AttemptLabels {
-                    provider: provider.to_string(),
-                    outcome: outcome.to_string(),
-                })
-                .clone();
-            counter.inc();
-            let mut attempts = series
-                .attempts
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
-            if !attempts.iter().any(|(o, _)| *o == outcome) {
-                attempts.push((outcome, counter));
-            }
-        }
+        count(
+            &series.attempts,
+            |cache| {
+                cache
+                    .iter()
+                    .find(|(o, _)| *o == outcome)
+                    .map(|(_, counter)| counter)
+            },
+            || {
+                self.attempts
+                    .get_or_create(&AttemptLabels {
+                        provider: provider.to_string(),
+                        outcome: outcome.to_string(),
+                    })
+                    .clone()
+            },
+            |cache, counter| cache.push((outcome, counter)),
+        );
     }
 
     /// A request served after failing over from cheaper candidates.
