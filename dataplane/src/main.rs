@@ -102,13 +102,33 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// goes"); 10 ms still lets a page freed by one request be reused by the next.
 const PURGE_DELAY_MS: std::ffi::c_long = 10;
 
-/// Applies [`PURGE_DELAY_MS`] unless the operator set `MIMALLOC_PURGE_DELAY`, which wins.
+/// glibc's `malloc` still serves the C code linked in: zstd, whose contexts for one usage report
+/// (a 3.6 MB compression workspace, a 2.5 MB window to decompress the acknowledgement) are
+/// allocated and freed per call. glibc's default threshold for serving an allocation by `mmap`
+/// rises to the size of the last such chunk freed, after which these buffers came from per-thread
+/// arenas that kept ~1.7 MB resident per worker thread for good (BENCHMARKS.md, "Where the data
+/// plane's memory goes"). A fixed threshold keeps them in `mmap`, returned at `free`; a few calls
+/// per second pay one `mmap`/`munmap` pair each.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const GLIBC_MMAP_THRESHOLD: libc::c_int = 256 * 1024;
+
+/// Applies [`PURGE_DELAY_MS`] unless the operator set `MIMALLOC_PURGE_DELAY`, which wins, and
+/// [`GLIBC_MMAP_THRESHOLD`] unless glibc's own tunables set one (`GLIBC_TUNABLES`,
+/// `MALLOC_MMAP_THRESHOLD_`).
 #[allow(unsafe_code)]
 fn tune_allocator() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: `mi_option_set` stores an integer in mimalloc's option table; it takes no
         // pointers and may be called at any time. The delay is read when pages are purged.
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var("GLIBC_TUNABLES").map_or(true, |t| !t.contains("malloc.mmap_threshold"))
+        && std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none()
+    {
+        // SAFETY: `mallopt` sets one of glibc's malloc parameters; it takes no pointers and is
+        // called here before any other thread exists. A refusal (0) leaves glibc's default.
+        let _ = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, GLIBC_MMAP_THRESHOLD) };
     }
 }
 
