@@ -44,9 +44,11 @@
 //!
 //! # Limits
 //!
-//! The reporter holds at most `max_in_memory` durable records (10,000 by default, about 3 MB) in
-//! memory; beyond that a backlog (a control plane away or slower than the node) waits in its
-//! segment files and is read back, oldest first, as acks make room. A disk that refuses writes
+//! The reporter holds at most `max_in_memory` durable records in memory (10,000 by default, about
+//! 2.5 MB: each is its ~130 encoded bytes in the buffer of the group it was written with, plus
+//! ~100 bytes of bookkeeping); beyond that a backlog (a control plane away or slower than the
+//! node) waits in its segment files and is read back, oldest first, as acks make room. A disk
+//! that refuses writes
 //! still costs memory in proportion to the backlog (records wait in the channel), and so does
 //! reading the spool at start (every segment is decoded once, then all but `max_in_memory`
 //! records are let go). [`UsageStats`] shows both backlogs.
@@ -55,7 +57,6 @@ mod reporter;
 mod spool;
 
 use keyplane_proto::v1 as pb;
-use keyplane_proto::v1::nodes_client::NodesClient;
 use rand::Rng;
 use reporter::{Event, Reporter, ReporterConfig};
 use spool::{SegmentLimits, Spool, WriterConfig};
@@ -343,7 +344,7 @@ async fn start_with(
         "usage spool opened; records found are queued for reporting"
     );
 
-    let client = NodesClient::new(channel)
+    let client = tonic::client::Grpc::new(channel)
         .max_decoding_message_size(keyplane_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(keyplane_proto::MAX_MESSAGE_BYTES)
         .send_compressed(CompressionEncoding::Zstd)

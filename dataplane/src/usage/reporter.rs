@@ -27,9 +27,9 @@
 //! plane too old to take zstd answers `Unimplemented`, and from then on this process sends gzip.
 
 use super::StatsInner;
-use super::spool::{decode_segment, segment_path};
+use super::spool::{EncodedRecord, decode_segment, segment_path};
+use bytes::Bytes;
 use keyplane_proto::v1 as pb;
-use keyplane_proto::v1::nodes_client::NodesClient;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -37,6 +37,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tonic::client::Grpc;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
@@ -46,7 +47,7 @@ pub(super) enum Event {
     /// These records are synced in `segment`.
     Durable {
         segment: u64,
-        records: Vec<pb::UsageRecord>,
+        records: Vec<EncodedRecord>,
     },
     /// `segment` gets no more records. Always sent after the segment's last `Durable`.
     Sealed { segment: u64 },
@@ -70,7 +71,7 @@ pub(super) struct ReporterConfig {
 
 /// A durable record waiting for the control plane.
 struct Pending {
-    record: pb::UsageRecord,
+    record: EncodedRecord,
     segment: u64,
     arrived: Instant,
 }
@@ -97,9 +98,38 @@ impl SegmentState {
     }
 }
 
+/// The method the records go to.
+const REPORT_USAGE_PATH: &str = "/keyplane.v1.Nodes/ReportUsage";
+
+/// `Nodes/ReportUsage` as the generated client calls it, with the request in its bytes-level
+/// form ([`pb::ReportUsageRequestEncoded`]): the held records go out as the spool wrote them,
+/// without a copy or a second encoding.
+async fn report_usage(
+    client: &mut Grpc<Channel>,
+    mut request: tonic::Request<pb::ReportUsageRequestEncoded>,
+) -> Result<tonic::Response<pb::ReportUsageResponse>, tonic::Status> {
+    client
+        .ready()
+        .await
+        .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {e}")))?;
+    request
+        .extensions_mut()
+        .insert(tonic::GrpcMethod::new("keyplane.v1.Nodes", "ReportUsage"));
+    let codec =
+        tonic_prost::ProstCodec::<pb::ReportUsageRequestEncoded, pb::ReportUsageResponse>::default(
+        );
+    client
+        .unary(
+            request,
+            http::uri::PathAndQuery::from_static(REPORT_USAGE_PATH),
+            codec,
+        )
+        .await
+}
+
 /// The reporter's state; [`Reporter::run`] drives it.
 pub(super) struct Reporter {
-    client: NodesClient<Channel>,
+    client: Grpc<Channel>,
     node_id: String,
     /// `Bearer <node token>`, marked sensitive so that it never shows in `Debug` output.
     authorization: MetadataValue<Ascii>,
@@ -118,7 +148,7 @@ pub(super) struct Reporter {
 
 impl Reporter {
     pub(super) fn new(
-        client: NodesClient<Channel>,
+        client: Grpc<Channel>,
         node_id: String,
         authorization: MetadataValue<Ascii>,
         dir: PathBuf,
@@ -227,14 +257,14 @@ impl Reporter {
         drain: &CancellationToken,
         draining: &mut bool,
     ) -> Result<usize, (String, usize)> {
-        let (sent, records): (Vec<u64>, Vec<pb::UsageRecord>) = self
+        let (sent, records): (Vec<u64>, Vec<Bytes>) = self
             .pending
             .iter()
             .take(self.config.batch_max)
-            .map(|(key, p)| (*key, p.record.clone()))
+            .map(|(key, p)| (*key, p.record.bytes().clone()))
             .unzip();
         let count = records.len();
-        let mut request = tonic::Request::new(pb::ReportUsageRequest {
+        let mut request = tonic::Request::new(pb::ReportUsageRequestEncoded {
             node_id: self.node_id.clone(),
             records,
         });
@@ -244,8 +274,9 @@ impl Reporter {
         request.set_timeout(self.config.call_timeout);
         let mut client = self.client.clone();
         let call_timeout = self.config.call_timeout;
-        let call =
-            async move { tokio::time::timeout(call_timeout, client.report_usage(request)).await };
+        let call = async move {
+            tokio::time::timeout(call_timeout, report_usage(&mut client, request)).await
+        };
         tokio::pin!(call);
         let reply = loop {
             tokio::select! {
@@ -348,7 +379,7 @@ impl Reporter {
             let read_path = path.clone();
             let read = tokio::task::spawn_blocking(move || {
                 std::fs::read(&read_path).map(|bytes| {
-                    decode_segment(&bytes)
+                    decode_segment(bytes.into())
                         .records
                         .into_iter()
                         .skip(from)
@@ -387,7 +418,7 @@ impl Reporter {
     }
 
     /// Takes `records`, the next ones of `segment`'s file, into memory.
-    fn hold(&mut self, segment: u64, arrived: Instant, records: Vec<pb::UsageRecord>) {
+    fn hold(&mut self, segment: u64, arrived: Instant, records: Vec<EncodedRecord>) {
         let state = self.segments.entry(segment).or_default();
         state.loaded += records.len();
         state.outstanding += records.len();
@@ -440,7 +471,7 @@ impl Reporter {
             && sent.iter().zip(&reply.acked_ids).all(|(key, id)| {
                 self.pending
                     .get(key)
-                    .is_some_and(|p| p.record.request_id == *id)
+                    .is_some_and(|p| p.record.request_id() == id)
             });
         if in_order {
             for key in sent {
@@ -454,7 +485,11 @@ impl Reporter {
                 .map(|r| (r.request_id.as_str(), r.reason.as_str()))
                 .collect();
             for key in sent {
-                let Some(id) = self.pending.get(key).map(|p| p.record.request_id.clone()) else {
+                let Some(id) = self
+                    .pending
+                    .get(key)
+                    .map(|p| p.record.request_id().to_string())
+                else {
                     continue;
                 };
                 if acked_ids.contains(id.as_str()) {
@@ -758,7 +793,7 @@ pub(super) mod tests {
         loaded
             .into_iter()
             .flat_map(|s| s.records)
-            .map(|r| r.request_id)
+            .map(|r| r.request_id().to_string())
             .collect()
     }
 
