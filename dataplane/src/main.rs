@@ -106,9 +106,9 @@ const PURGE_DELAY_MS: std::ffi::c_long = 10;
 /// (a 3.6 MB compression workspace, a 2.5 MB window to decompress the acknowledgement) are
 /// allocated and freed per call. glibc's default threshold for serving an allocation by `mmap`
 /// rises to the size of the last such chunk freed, after which these buffers came from per-thread
-/// arenas that kept ~1.7 MB resident per worker thread for good (BENCHMARKS.md, "Where the data
-/// plane's memory goes"). A fixed threshold keeps them in `mmap`, returned at `free`; a few calls
-/// per second pay one `mmap`/`munmap` pair each.
+/// arenas that kept ~1.7 MB resident per worker thread for good (BENCHMARKS.md, "Data plane
+/// memory after the zstd and spool-buffer fixes"). A fixed threshold keeps them in `mmap`,
+/// returned at `free`; a few calls per second pay one `mmap`/`munmap` pair each.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const GLIBC_MMAP_THRESHOLD: libc::c_int = 256 * 1024;
 
