@@ -189,10 +189,13 @@ fn every_upstream_failing_gives_an_openai_error() {
     for f in &c.fakes {
         f.set_behavior(Behavior::status(503));
     }
+    // Each enable is its own route table push: wait for the one that brings the cheapest back
+    // (the first candidate tried), or the 400 below could go to another while it still cools.
+    let cheap_cooling = c.fake("c-cheap").request_count();
     let mut resp = None;
     assert!(keyplane_testkit::wait_until(TIMEOUT, || {
         let r = c.chat(&chat_body(true));
-        let done = r.status == 503;
+        let done = r.status == 503 && c.fake("c-cheap").request_count() > cheap_cooling;
         resp = Some(r);
         done
     }));
