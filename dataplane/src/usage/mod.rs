@@ -46,9 +46,10 @@
 //!
 //! The reporter holds at most `max_in_memory` durable records in memory (10,000 by default, about
 //! 2.5 MB: each is its ~130 encoded bytes in the buffer of the group it was written with, plus
-//! ~100 bytes of bookkeeping); beyond that a backlog (a control plane away or slower than the
-//! node) waits in its segment files and is read back, oldest first, as acks make room. A disk
-//! that refuses writes
+//! ~100 bytes of bookkeeping; records read back from disk keep their segment file's buffer, at
+//! most 4,096 records' worth, until the last of them is settled); beyond that a backlog (a
+//! control plane away or slower than the node) waits in its segment files and is read back,
+//! oldest first, as acks make room. A disk that refuses writes
 //! still costs memory in proportion to the backlog (records wait in the channel), and so does
 //! reading the spool at start (every segment is decoded once, then all but `max_in_memory`
 //! records are let go). [`UsageStats`] shows both backlogs.

@@ -556,7 +556,12 @@ pub(super) async fn run_writer(
         }
 
         let mut frames = Frames {
-            buf: Vec::with_capacity(group.iter().map(|r| r.encoded_len() + 16).sum()),
+            buf: Vec::with_capacity(
+                group
+                    .iter()
+                    .map(|r| r.encoded_len() + FRAME_HEADER_BYTES)
+                    .sum(),
+            ),
             payloads: Vec::with_capacity(group.len()),
         };
         for rec in &group {
@@ -620,7 +625,7 @@ async fn write_group(
             (spool, frames, result)
         })
         .await;
-        let (returned, returned_group, result) = match joined {
+        let (returned, returned_frames, result) = match joined {
             Ok(parts) => parts,
             Err(err) => {
                 tracing::error!(error = %err, "usage spool write task failed; writer stops");
@@ -628,7 +633,7 @@ async fn write_group(
             }
         };
         spool = returned;
-        frames = returned_group;
+        frames = returned_frames;
         match result {
             Ok(segment) => return Some((spool, frames, segment)),
             Err(err) => {
