@@ -218,6 +218,32 @@ fn validate(rec: &UsageRec) -> Result<(), String> {
     check_field("credential_id", &rec.credential_id)
 }
 
+/// A valid record of a batch as its insert uses it: its key and stored value, the keys of the
+/// totals it adds to, and what it adds.
+struct Prepared {
+    request_id: String,
+    value: Vec<u8>,
+    total_key: Vec<u8>,
+    day_key: Vec<u8>,
+    counts: Counts,
+}
+
+impl Prepared {
+    fn new(rec: UsageRec) -> Prepared {
+        let total_key = composite(&[&rec.key_id, &rec.model, &rec.provider, &rec.credential_id]);
+        let day_key = key_day(&rec.key_id, crate::period::day_of(rec.started_at_ms));
+        let counts = Counts::of(&rec);
+        let (request_id, value) = codec::encode(rec);
+        Prepared {
+            request_id,
+            value,
+            total_key,
+            day_key,
+            counts,
+        }
+    }
+}
+
 impl Store {
     /// Stores the new records of a batch and adds them to the totals, atomically. The caller must
     /// [`Store::flush`] before acknowledging.
@@ -242,6 +268,10 @@ impl Store {
             }
         }
 
+        // Everything a record's insert needs is prepared once, here: sled may run the
+        // transaction's closure more than once.
+        let prepared: Vec<Prepared> = valid.into_iter().map(Prepared::new).collect();
+
         // Shared: ingests run side by side; only a backup's export waits for them.
         let _export = self
             .export_lock
@@ -249,28 +279,21 @@ impl Store {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let inserted = (&self.usage, &self.usage_totals, &self.key_days).transaction(
             |(usage, totals, key_days)| {
-                let mut sums: BTreeMap<Vec<u8>, Counts> = BTreeMap::new();
-                let mut days: BTreeMap<Vec<u8>, Counts> = BTreeMap::new();
+                let mut sums: BTreeMap<&[u8], Counts> = BTreeMap::new();
+                let mut days: BTreeMap<&[u8], Counts> = BTreeMap::new();
                 let mut inserted = 0usize;
-                for rec in &valid {
+                for rec in &prepared {
                     if usage.get(rec.request_id.as_bytes())?.is_some() {
                         continue;
                     }
-                    usage.insert(rec.request_id.as_bytes(), codec::encode(rec))?;
+                    usage.insert(rec.request_id.as_bytes(), rec.value.as_slice())?;
                     inserted += 1;
-                    let key =
-                        composite(&[&rec.key_id, &rec.model, &rec.provider, &rec.credential_id]);
-                    sums.entry(key).or_default().add(&Counts::of(rec));
-                    days.entry(key_day(
-                        &rec.key_id,
-                        crate::period::day_of(rec.started_at_ms),
-                    ))
-                    .or_default()
-                    .add(&Counts::of(rec));
+                    sums.entry(&rec.total_key).or_default().add(&rec.counts);
+                    days.entry(&rec.day_key).or_default().add(&rec.counts);
                 }
                 for (key, sum) in days {
                     let mut total = key_days
-                        .get(&key)?
+                        .get(key)?
                         .map(|raw| Counts::from_bytes(&raw))
                         .unwrap_or_default();
                     total.add(&sum);
@@ -278,7 +301,7 @@ impl Store {
                 }
                 for (key, sum) in sums {
                     let mut total = totals
-                        .get(&key)?
+                        .get(key)?
                         .map(|raw| Counts::from_bytes(&raw))
                         .unwrap_or_default();
                     total.add(&sum);
@@ -288,7 +311,8 @@ impl Store {
             },
         )?;
         out.inserted = inserted;
-        out.acked.extend(valid.into_iter().map(|r| r.request_id));
+        out.acked
+            .extend(prepared.into_iter().map(|rec| rec.request_id));
         Ok(out)
     }
 

@@ -58,14 +58,15 @@ struct Stored {
     chain: String,
 }
 
-/// The value stored for `rec`.
-pub(super) fn encode(rec: &UsageRec) -> Vec<u8> {
+/// Splits `rec` into its key (the request id) and the value stored under it, moving its strings
+/// rather than copying them.
+pub(super) fn encode(rec: UsageRec) -> (String, Vec<u8>) {
     let stored = Stored {
-        node_id: rec.node_id.clone(),
-        key_id: rec.key_id.clone(),
-        model: rec.model.clone(),
-        provider: rec.provider.clone(),
-        credential_id: rec.credential_id.clone(),
+        node_id: rec.node_id,
+        key_id: rec.key_id,
+        model: rec.model,
+        provider: rec.provider,
+        credential_id: rec.credential_id,
         input_tokens: rec.input_tokens,
         output_tokens: rec.output_tokens,
         cost_nano_usd: rec.cost_nano_usd,
@@ -79,13 +80,13 @@ pub(super) fn encode(rec: &UsageRec) -> Vec<u8> {
         started_at_ms: rec.started_at_ms,
         estimated: rec.estimated,
         received_at_ms: rec.received_at_ms,
-        chain: rec.chain.clone(),
+        chain: rec.chain,
     };
     let mut out = Vec::with_capacity(1 + stored.encoded_len());
     out.push(BINARY);
     // A Vec grows as needed: encoding into one cannot run out of room.
     stored.encode_raw(&mut out);
-    out
+    (rec.request_id, out)
 }
 
 /// The record stored under `key` (its request id) as `raw`, in either layout's form.
@@ -158,7 +159,8 @@ mod tests {
     #[test]
     fn binary_round_trip_and_size() {
         let rec = full();
-        let raw = encode(&rec);
+        let (key, raw) = encode(rec.clone());
+        assert_eq!(key, rec.request_id);
         assert_eq!(raw[0], BINARY);
         assert_eq!(decode(rec.request_id.as_bytes(), &raw).unwrap(), rec);
         let json = crate::store::encode(&rec);
@@ -174,7 +176,7 @@ mod tests {
             reported_cost_nano_usd: None,
             ..full()
         };
-        let back = decode(plain.request_id.as_bytes(), &encode(&plain)).unwrap();
+        let back = decode(plain.request_id.as_bytes(), &encode(plain.clone()).1).unwrap();
         assert_eq!(back.reported_cost_nano_usd, None);
         assert_eq!(back.computed_cost_nano_usd, None);
     }
@@ -197,6 +199,6 @@ mod tests {
     fn damaged_values_are_errors_not_panics() {
         assert!(decode(b"r", &[BINARY, 0xff, 0xff]).is_err());
         assert!(decode(b"r", b"").is_err());
-        assert!(decode(&[0xff], &encode(&full())).is_err());
+        assert!(decode(&[0xff], &encode(full()).1).is_err());
     }
 }
