@@ -218,11 +218,11 @@ mod tests {
         let sink = Sink::default();
         let (mut writer, _guard) = spawn(sink.clone()).unwrap();
         writer.write_all(b"one line\n").unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while sink.0.lock().unwrap().is_empty() {
-            assert!(std::time::Instant::now() < deadline, "never written");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let written = || !sink.0.lock().unwrap().is_empty();
+        assert!(
+            keyplane_testkit::wait_until(Duration::from_secs(5), written),
+            "never written"
+        );
         assert_eq!(sink.0.lock().unwrap().as_slice(), b"one line\n");
     }
 }
