@@ -2,7 +2,8 @@
 //! 10,000 models x 5 offerings in the store, the table's encoded size, and usage records ingested
 //! per second. Prints figures; asserts nothing about speed.
 //!
-//! Run: `cargo bench -p keyplane-control --bench scale` (env MODELS, OFFERINGS, RECORDS to scale).
+//! Run: `cargo bench -p keyplane-control --bench scale` (env MODELS, OFFERINGS, RECORDS to scale;
+//! IDS_PER_MS: UUIDv7 ids per millisecond in the second ingest run, default 36).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -207,55 +208,22 @@ async fn main() {
     }
 
     // Usage ingest: 4 concurrent reporters, batches of 1,000, each acknowledged only once durable.
-    let batch = 1_000;
-    let reporters = 4;
-    let per_reporter = records / reporters / batch;
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for r in 0..reporters {
-        let url = url.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut client = NodesClient::connect(url).await.unwrap();
-            for b in 0..per_reporter {
-                let recs = (0..batch)
-                    .map(|i| pb::UsageRecord {
-                        request_id: format!("r{r}-{b}-{i}"),
-                        key_id: format!("key-{}", i % 20),
-                        model: format!("vendor-0/model-{}-instruct", i % 100),
-                        provider: format!("provider-{}", i % 5),
-                        credential_id: format!("cred-{}", i % 5),
-                        input_tokens: 1000,
-                        output_tokens: 200,
-                        cost_nano_usd: 12345,
-                        status: 200,
-                        ..Default::default()
-                    })
-                    .collect();
-                let ack = client
-                    .report_usage(authed(
-                        pb::ReportUsageRequest {
-                            node_id: format!("bench-{r}"),
-                            records: recs,
-                        },
-                        NODE,
-                    ))
-                    .await
-                    .unwrap()
-                    .into_inner();
-                assert_eq!(ack.acked_ids.len(), batch);
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let elapsed = start.elapsed();
-    let total = reporters * per_reporter * batch;
-    println!(
-        "usage ingest: {total} records in {:.2} s = {:.0} records/s ({reporters} reporters, batches of {batch}, flushed before each ack)",
-        elapsed.as_secs_f64(),
-        total as f64 / elapsed.as_secs_f64()
-    );
+    // First with ids that are not UUIDv7s (stored one per sled entry), then with UUIDv7 ids as a
+    // node serving IDS_PER_MS x 1,000 requests/s makes them (stored a millisecond to an entry).
+    let ids_per_ms = env_usize("IDS_PER_MS", 36) as u64;
+    let plain = ingest(&url, records, "plain", &|r, b, i| format!("r{r}-{b}-{i}")).await;
+    let base_ms = 1_790_000_000_000u64;
+    let v7 = ingest(&url, records, "uuid7", &move |r, b, i| {
+        let n = (b * 1_000 + i) as u64;
+        let mut rest = [0u8; 10];
+        rest[..8].copy_from_slice(&n.to_be_bytes());
+        rest[8] = r as u8;
+        uuid::Builder::from_unix_timestamp_millis(base_ms + n / ids_per_ms, &rest)
+            .into_uuid()
+            .to_string()
+    })
+    .await;
+    let total = plain + v7;
     let totals = store.usage_totals(None).unwrap();
     let requests: u64 = totals.iter().map(|t| t.counts.requests).sum();
     assert_eq!(requests as usize, total);
@@ -270,4 +238,58 @@ async fn main() {
     cancel.cancel();
     let _ = server.await;
     let _ = compiler.await;
+}
+
+/// Sends about `records` usage records through `ReportUsage` from 4 concurrent reporters in
+/// batches of 1,000, with request ids from `id(reporter, batch, index)`; prints the rate.
+async fn ingest(
+    url: &str,
+    records: usize,
+    label: &str,
+    id: &(dyn Fn(usize, usize, usize) -> String + Sync),
+) -> usize {
+    let batch = 1_000;
+    let reporters = 4;
+    let per_reporter = records / reporters / batch;
+    let start = Instant::now();
+    let sends = (0..reporters).map(|r| async move {
+        let mut client = NodesClient::connect(url.to_string()).await.unwrap();
+        for b in 0..per_reporter {
+            let recs = (0..batch)
+                .map(|i| pb::UsageRecord {
+                    request_id: id(r, b, i),
+                    key_id: format!("key-{}", i % 20),
+                    model: format!("vendor-0/model-{}-instruct", i % 100),
+                    provider: format!("provider-{}", i % 5),
+                    credential_id: format!("cred-{}", i % 5),
+                    input_tokens: 1000,
+                    output_tokens: 200,
+                    cost_nano_usd: 12345,
+                    status: 200,
+                    ..Default::default()
+                })
+                .collect();
+            let ack = client
+                .report_usage(authed(
+                    pb::ReportUsageRequest {
+                        node_id: format!("bench-{r}"),
+                        records: recs,
+                    },
+                    NODE,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(ack.acked_ids.len(), batch);
+        }
+    });
+    futures_util::future::join_all(sends).await;
+    let elapsed = start.elapsed();
+    let total = reporters * per_reporter * batch;
+    println!(
+        "usage ingest ({label} ids): {total} records in {:.2} s = {:.0} records/s ({reporters} reporters, batches of {batch}, flushed before each ack)",
+        elapsed.as_secs_f64(),
+        total as f64 / elapsed.as_secs_f64()
+    );
+    total
 }

@@ -4,13 +4,21 @@
 //! Invariant: a record is counted in the totals in the same sled transaction that stores it, and
 //! only if its request id was not stored before. Callers acknowledge a batch only after
 //! [`Store::flush`] has returned.
+//!
+//! Where a record is stored: under its request id in `usage`, or, when the id is a canonical
+//! UUIDv7 (every id a data plane makes), in its millisecond's bucket in `usage_ms` (see
+//! `bucket`). `usage` also holds the UUIDv7 records written before layout version 3, up to
+//! [`Store::legacy_v7_until_ms`]; a re-sent id in that range is looked up there too.
 
 use crate::error::Result;
 use crate::store::{SEP, Store, composite, now_ms};
+use bucket::Bucket;
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
+use sled::transaction::ConflictableTransactionError;
 use std::collections::{BTreeMap, HashSet};
 
+mod bucket;
 mod codec;
 
 /// One billable request, as stored.
@@ -222,6 +230,8 @@ fn validate(rec: &UsageRec) -> Result<(), String> {
 /// totals it adds to, and what it adds.
 struct Prepared {
     request_id: String,
+    /// The id's bytes when it is a canonical UUIDv7: the record goes to its bucket.
+    v7: Option<[u8; 16]>,
     value: Vec<u8>,
     total_key: Vec<u8>,
     day_key: Vec<u8>,
@@ -233,9 +243,11 @@ impl Prepared {
         let total_key = composite(&[&rec.key_id, &rec.model, &rec.provider, &rec.credential_id]);
         let day_key = key_day(&rec.key_id, crate::period::day_of(rec.started_at_ms));
         let counts = Counts::of(&rec);
+        let v7 = bucket::v7_id(&rec.request_id);
         let (request_id, value) = codec::encode(rec);
         Prepared {
             request_id,
+            v7,
             value,
             total_key,
             day_key,
@@ -272,22 +284,63 @@ impl Store {
         // transaction's closure more than once.
         let prepared: Vec<Prepared> = valid.into_iter().map(Prepared::new).collect();
 
+        // Which bucket each UUIDv7 record goes to; the others are stored under their id.
+        let mut buckets: BTreeMap<[u8; bucket::KEY], Vec<&Prepared>> = BTreeMap::new();
+        let mut by_id: Vec<&Prepared> = Vec::new();
+        for rec in &prepared {
+            match &rec.v7 {
+                Some(id) => buckets.entry(bucket::key_of(id)).or_default().push(rec),
+                None => by_id.push(rec),
+            }
+        }
+        let legacy_until = self.legacy_v7_until_ms;
+
         // Shared: ingests run side by side; only a backup's export waits for them.
         let _export = self
             .export_lock
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let inserted = (&self.usage, &self.usage_totals, &self.key_days).transaction(
-            |(usage, totals, key_days)| {
-                let mut sums: BTreeMap<&[u8], Counts> = BTreeMap::new();
-                let mut days: BTreeMap<&[u8], Counts> = BTreeMap::new();
-                let mut inserted = 0usize;
-                for rec in &prepared {
+        let inserted = (
+            &self.usage,
+            &self.usage_ms,
+            &self.usage_totals,
+            &self.key_days,
+        )
+            .transaction(|(usage, usage_ms, totals, key_days)| {
+                let mut fresh: Vec<&Prepared> = Vec::with_capacity(prepared.len());
+                for rec in &by_id {
                     if usage.get(rec.request_id.as_bytes())?.is_some() {
                         continue;
                     }
                     usage.insert(rec.request_id.as_bytes(), rec.value.as_slice())?;
-                    inserted += 1;
+                    fresh.push(rec);
+                }
+                for (key, members) in &buckets {
+                    let raw = usage_ms.get(key)?;
+                    let held = Bucket::parse(raw.as_deref())
+                        .map_err(ConflictableTransactionError::Abort)?;
+                    let mut added: Vec<(&[u8], &[u8])> = Vec::with_capacity(members.len());
+                    for rec in members {
+                        let Some(id) = &rec.v7 else { continue };
+                        let suffix = &id[bucket::KEY..];
+                        if held.find(suffix).is_some() {
+                            continue;
+                        }
+                        if legacy_until.is_some_and(|until| bucket::ms_of(id) <= until)
+                            && usage.get(rec.request_id.as_bytes())?.is_some()
+                        {
+                            continue;
+                        }
+                        added.push((suffix, rec.value.as_slice()));
+                        fresh.push(rec);
+                    }
+                    if !added.is_empty() {
+                        usage_ms.insert(&key[..], held.with(&added))?;
+                    }
+                }
+                let mut sums: BTreeMap<&[u8], Counts> = BTreeMap::new();
+                let mut days: BTreeMap<&[u8], Counts> = BTreeMap::new();
+                for rec in &fresh {
                     sums.entry(&rec.total_key).or_default().add(&rec.counts);
                     days.entry(&rec.day_key).or_default().add(&rec.counts);
                 }
@@ -307,9 +360,8 @@ impl Store {
                     total.add(&sum);
                     totals.insert(key, total.to_bytes().to_vec())?;
                 }
-                Ok(inserted)
-            },
-        )?;
+                Ok(fresh.len())
+            })?;
         out.inserted = inserted;
         out.acked
             .extend(prepared.into_iter().map(|rec| rec.request_id));
@@ -352,16 +404,14 @@ impl Store {
     /// of a store written before that tree existed.
     pub(crate) fn rebuild_key_days(&self) -> Result<()> {
         let mut days: BTreeMap<Vec<u8>, Counts> = BTreeMap::new();
-        for item in self.usage.iter() {
-            let (key, raw) = item?;
-            let rec = codec::decode(&key, &raw)?;
+        self.each_record(&mut |rec| {
             days.entry(key_day(
                 &rec.key_id,
                 crate::period::day_of(rec.started_at_ms),
             ))
             .or_default()
             .add(&Counts::of(&rec));
-        }
+        })?;
         for (key, sum) in days {
             self.key_days.insert(key, sum.to_bytes().to_vec())?;
         }
@@ -391,29 +441,63 @@ impl Store {
         group_of: &dyn Fn(&UsageRec) -> Vec<String>,
     ) -> Result<BTreeMap<Vec<String>, Counts>> {
         let mut out: BTreeMap<Vec<String>, Counts> = BTreeMap::new();
-        for item in self.usage.iter() {
-            let (key, raw) = item?;
-            let rec = codec::decode(&key, &raw)?;
+        self.each_record(&mut |rec| {
             if key_id.is_some_and(|k| k != rec.key_id)
                 || (since_ms > 0 && rec.started_at_ms < since_ms)
                 || (until_ms > 0 && rec.started_at_ms >= until_ms)
             {
-                continue;
+                return;
             }
             out.entry(group_of(&rec))
                 .or_default()
                 .add(&Counts::of(&rec));
-        }
+        })?;
         Ok(out)
     }
 
     /// One stored record, for tests and audits.
     pub fn usage_record(&self, request_id: &str) -> Result<Option<UsageRec>> {
+        if let Some(id) = bucket::v7_id(request_id)
+            && let Some(raw) = self.usage_ms.get(bucket::key_of(&id))?
+            && let Some(value) = Bucket::parse(Some(&raw))?.find(&id[bucket::KEY..])
+        {
+            return codec::decode(request_id.as_bytes(), value).map(Some);
+        }
         self.usage
             .get(request_id)?
             .map(|raw| codec::decode(request_id.as_bytes(), &raw))
             .transpose()
     }
+
+    /// Calls `f` with every stored record, in no particular order.
+    fn each_record(&self, f: &mut dyn FnMut(UsageRec)) -> Result<()> {
+        for item in self.usage.iter() {
+            let (key, raw) = item?;
+            f(codec::decode(&key, &raw)?);
+        }
+        for item in self.usage_ms.iter() {
+            let (key, raw) = item?;
+            for (suffix, value) in Bucket::parse(Some(&raw))?.entries() {
+                let id = bucket::id_string(&key, suffix)?;
+                f(codec::decode(id.as_bytes(), value)?);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The latest millisecond of a UUIDv7 request id stored under its id in `usage` (see
+/// [`Store::legacy_v7_until_ms`]), found from the end of the tree: canonical UUIDv7 strings sort
+/// by their millisecond, and none sorts after the one below.
+pub(crate) fn legacy_v7_until_ms(usage: &sled::Tree) -> Result<Option<u64>> {
+    const LAST_V7: &[u8] = b"ffffffff-ffff-7fff-bfff-ffffffffffff";
+    for item in usage.range(..=LAST_V7).rev() {
+        let (key, _) = item?;
+        if let Some(id) = std::str::from_utf8(&key).ok().and_then(bucket::v7_id) {
+            return Ok(Some(bucket::ms_of(&id)));
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -492,6 +576,118 @@ mod tests {
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].key_id, "k1");
         assert_eq!(store.usage_totals(None).unwrap().len(), 2);
+    }
+
+    /// A canonical UUIDv7 string of millisecond `ms` (`n` tells ids of one millisecond apart).
+    fn v7(ms: u64, n: u8) -> String {
+        let mut rest = [0x5a_u8; 10];
+        rest[9] = n;
+        uuid::Builder::from_unix_timestamp_millis(ms, &rest)
+            .into_uuid()
+            .to_string()
+    }
+
+    #[test]
+    fn uuid_v7_records_share_a_bucket_per_millisecond_and_count_once() {
+        let (_d, store) = open_temp();
+        let (a, b, c, d) = (v7(1_000, 1), v7(1_000, 2), v7(1_001, 1), v7(1_000, 3));
+        let first = store
+            .ingest_usage(
+                "n",
+                vec![
+                    rec(&b, "k", 1, 1, 1),
+                    rec(&a, "k", 1, 1, 1),
+                    rec(&c, "k", 1, 1, 1),
+                    rec("r1", "k", 1, 1, 1),
+                ],
+            )
+            .unwrap();
+        assert_eq!(first.inserted, 4);
+        assert_eq!(store.usage_ms.len(), 2, "one entry per millisecond");
+        assert_eq!(
+            store.usage.len(),
+            1,
+            "only the non-UUIDv7 id is stored under its id"
+        );
+        // A bucket that already holds records takes a new one; a re-sent one counts once.
+        let second = store
+            .ingest_usage("n", vec![rec(&b, "k", 1, 1, 1), rec(&d, "k", 5, 0, 0)])
+            .unwrap();
+        assert_eq!(second.inserted, 1);
+        assert_eq!(second.acked, vec![b.clone(), d.clone()]);
+        assert_eq!(store.usage_ms.len(), 2);
+        let totals = store.usage_totals(None).unwrap();
+        assert_eq!(totals[0].counts.requests, 5);
+        assert_eq!(totals[0].counts.input_tokens, 9);
+        for id in [&a, &b, &c, &d, &"r1".to_string()] {
+            let stored = store.usage_record(id).unwrap().unwrap();
+            assert_eq!(&stored.request_id, id);
+            assert_eq!(stored.node_id, "n");
+        }
+        assert_eq!(store.usage_record(&d).unwrap().unwrap().input_tokens, 5);
+        assert!(store.usage_record(&v7(1_000, 9)).unwrap().is_none());
+        // Scans see both trees.
+        let grouped = store
+            .usage_grouped(None, 0, 0, &|r| vec![r.key_id.clone()])
+            .unwrap();
+        assert_eq!(grouped[&vec!["k".to_string()]].requests, 5);
+        store.key_days.clear().unwrap();
+        store.rebuild_key_days().unwrap();
+        assert_eq!(store.key_spend_since("k", 0).unwrap().requests, 5);
+    }
+
+    #[test]
+    fn uuid_v7_records_stored_before_layout_3_still_count_once() {
+        let (_d, mut store) = open_temp();
+        // As layout version 2 stored them: under the id, in `usage`.
+        let (old, older) = (v7(5_000, 1), v7(4_000, 1));
+        for id in [&old, &older] {
+            let (key, value) = codec::encode(rec(id, "k", 1, 1, 1));
+            store.usage.insert(key, value).unwrap();
+        }
+        // Keys that are not canonical UUIDv7s, on both sides of where the bound is looked for.
+        for junk in ["fff", "zzz", "0190A1B2-C3D4-7E5F-8A9B-0C1D2E3F4A5B"] {
+            store.usage.insert(junk, b"{}".as_slice()).unwrap();
+        }
+        store.legacy_v7_until_ms = legacy_v7_until_ms(&store.usage).unwrap();
+        assert_eq!(store.legacy_v7_until_ms, Some(5_000));
+        let out = store
+            .ingest_usage(
+                "n",
+                vec![
+                    rec(&old, "k", 1, 1, 1),
+                    rec(&older, "k", 1, 1, 1),
+                    rec(&v7(4_000, 2), "k", 1, 1, 1),
+                    rec(&v7(6_000, 1), "k", 1, 1, 1),
+                ],
+            )
+            .unwrap();
+        assert_eq!(
+            out.inserted, 2,
+            "the two ids already in `usage` are not counted again"
+        );
+        assert_eq!(out.acked.len(), 4);
+        assert_eq!(store.usage_ms.len(), 2);
+        assert!(store.usage_record(&old).unwrap().is_some());
+
+        let (_e, fresh) = open_temp();
+        assert_eq!(fresh.legacy_v7_until_ms, None);
+    }
+
+    #[test]
+    fn a_damaged_bucket_fails_the_batch_and_stores_nothing() {
+        let (_d, store) = open_temp();
+        let id = v7(7_000, 1);
+        store
+            .usage_ms
+            .insert(&[0, 0, 0, 0, 0x1b, 0x58][..], &[0x09][..])
+            .unwrap();
+        let err = store
+            .ingest_usage("n", vec![rec("r1", "k", 1, 1, 1), rec(&id, "k", 1, 1, 1)])
+            .unwrap_err();
+        assert!(err.to_string().contains("usage_ms"), "{err}");
+        assert!(store.usage_record("r1").unwrap().is_none());
+        assert!(store.usage_totals(None).unwrap().is_empty());
     }
 
     #[test]

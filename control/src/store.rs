@@ -19,6 +19,8 @@ pub(crate) const CLIENT_KEYS: &str = "client_keys";
 pub(crate) const CLIENT_KEY_NAMES: &str = "client_key_names";
 pub(crate) const USAGE: &str = "usage";
 pub(crate) const USAGE_TOTALS: &str = "usage_totals";
+/// Usage records with UUIDv7 ids, grouped by the id's millisecond (layout version 3).
+pub(crate) const USAGE_MS: &str = "usage_ms";
 pub(crate) const NODES: &str = "nodes";
 pub(crate) const CATALOGS: &str = "catalogs";
 pub(crate) const PRICES: &str = "prices";
@@ -73,6 +75,12 @@ pub struct Store {
     pub(crate) client_key_names: sled::Tree,
     pub(crate) usage: sled::Tree,
     pub(crate) usage_totals: sled::Tree,
+    /// See `ledger/bucket.rs`.
+    pub(crate) usage_ms: sled::Tree,
+    /// The latest millisecond of a UUIDv7 request id stored in `usage` (written before layout
+    /// version 3 grouped such records in `usage_ms`): a record re-sent with an id up to it may
+    /// already be there. Fixed once the store is open, as `usage` takes no UUIDv7 ids since.
+    pub(crate) legacy_v7_until_ms: Option<u64>,
     pub(crate) nodes: sled::Tree,
     /// Provider name → its last good synced catalog and sync status.
     pub(crate) catalogs: sled::Tree,
@@ -119,6 +127,8 @@ impl Store {
             client_key_names: tree(CLIENT_KEY_NAMES)?,
             usage: tree(USAGE)?,
             usage_totals: tree(USAGE_TOTALS)?,
+            usage_ms: tree(USAGE_MS)?,
+            legacy_v7_until_ms: crate::ledger::legacy_v7_until_ms(&tree(USAGE)?)?,
             nodes: tree(NODES)?,
             catalogs: tree(CATALOGS)?,
             prices: tree(PRICES)?,

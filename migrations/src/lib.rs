@@ -47,13 +47,28 @@
 //! still read, so the step itself rewrites nothing. The version is stamped so that a version 1
 //! binary, which cannot read binary records, refuses the store instead of failing on them.
 //!
+//! # Layout version 3
+//!
+//! A usage record whose request id is a UUIDv7 in canonical form (lowercase, hyphenated: every
+//! id a data plane makes) is stored in `usage_ms` instead of `usage`, many to an entry:
+//!
+//! | tree       | key                                   | value                                 |
+//! |------------|---------------------------------------|---------------------------------------|
+//! | `usage_ms` | the id's first 6 bytes (its Unix millisecond, BE) | `0x01`, then per record ascending by the id's other 10 bytes, without repeats: those 10 bytes, the record's length as a protobuf varint, the record as `usage` stores it (version 1 or 2 form) |
+//!
+//! One sled insert per record was most of the control plane's work under load; the records of
+//! a millisecond now share one. Other ids stay under their id in `usage`, as do the UUIDv7
+//! records written before this version: the step rewrites nothing, and `keyplane-control`
+//! looks a re-sent id up in `usage` as well when its millisecond is not after the latest
+//! UUIDv7 id there. Format details in `keyplane-control`'s `ledger/bucket.rs`.
+//!
 //! A sealed value is base64 of `nonce (12 bytes) || AES-256-GCM ciphertext`, with the record's id
 //! as associated data.
 
 use thiserror::Error;
 
 /// The layout version this build writes.
-pub const CURRENT: u32 = 2;
+pub const CURRENT: u32 = 3;
 
 /// Tree holding the schema version.
 pub const META_TREE: &str = "meta";
@@ -96,6 +111,11 @@ pub const STEPS: &[Migration] = &[
         to: 2,
         name: "usage records may be binary (version 1 records stay as they are)",
         apply: allow_binary_usage,
+    },
+    Migration {
+        to: 3,
+        name: "usage records with UUIDv7 ids are grouped by millisecond (older records stay)",
+        apply: create_usage_ms,
     },
 ];
 
@@ -210,6 +230,12 @@ fn allow_binary_usage(db: &sled::Db) -> Result<(), sled::Error> {
     Ok(())
 }
 
+/// Nothing to rewrite: records stored under their id stay readable (see "Layout version 3").
+fn create_usage_ms(db: &sled::Db) -> Result<(), sled::Error> {
+    db.open_tree("usage_ms")?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,12 +329,26 @@ mod tests {
         run(&db, &STEPS[..1]).unwrap();
         let usage = db.open_tree("usage").unwrap();
         usage.insert("r1", r#"{"request_id":"r1"}"#).unwrap();
-        assert_eq!(migrate(&db).unwrap(), Outcome { from: 1, to: 2 });
+        assert_eq!(run(&db, &STEPS[..2]).unwrap(), Outcome { from: 1, to: 2 });
         assert_eq!(schema_version(&db).unwrap(), 2);
         assert_eq!(
             usage.get("r1").unwrap().unwrap(),
             r#"{"request_id":"r1"}"#.as_bytes()
         );
+    }
+
+    #[test]
+    fn a_version_2_store_upgrades_to_3_without_touching_usage() {
+        let (_dir, db) = open();
+        run(&db, &STEPS[..2]).unwrap();
+        let usage = db.open_tree("usage").unwrap();
+        let id = "019ab5a1-2c3d-7e4f-8a9b-0c1d2e3f4a5b";
+        usage.insert(id, &[0x01, 0x0a, 0x01, b'n'][..]).unwrap();
+        assert_eq!(migrate(&db).unwrap(), Outcome { from: 2, to: 3 });
+        assert_eq!(schema_version(&db).unwrap(), 3);
+        assert_eq!(usage.len(), 1);
+        assert!(usage.contains_key(id).unwrap());
+        assert!(db.open_tree("usage_ms").unwrap().is_empty());
     }
 
     #[test]
