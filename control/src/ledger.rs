@@ -285,11 +285,14 @@ impl Store {
         let prepared: Vec<Prepared> = valid.into_iter().map(Prepared::new).collect();
 
         // Which bucket each UUIDv7 record goes to; the others are stored under their id.
-        let mut buckets: BTreeMap<[u8; bucket::KEY], Vec<&Prepared>> = BTreeMap::new();
+        let mut buckets: BTreeMap<[u8; bucket::KEY], Vec<(&[u8; 16], &Prepared)>> = BTreeMap::new();
         let mut by_id: Vec<&Prepared> = Vec::new();
         for rec in &prepared {
             match &rec.v7 {
-                Some(id) => buckets.entry(bucket::key_of(id)).or_default().push(rec),
+                Some(id) => buckets
+                    .entry(bucket::key_of(id))
+                    .or_default()
+                    .push((id, rec)),
                 None => by_id.push(rec),
             }
         }
@@ -320,8 +323,7 @@ impl Store {
                     let held = Bucket::parse(raw.as_deref())
                         .map_err(ConflictableTransactionError::Abort)?;
                     let mut added: Vec<(&[u8], &[u8])> = Vec::with_capacity(members.len());
-                    for rec in members {
-                        let Some(id) = &rec.v7 else { continue };
+                    for &(id, rec) in members {
                         let suffix = &id[bucket::KEY..];
                         if held.find(suffix).is_some() {
                             continue;
