@@ -589,21 +589,16 @@ mod tests {
             .to_string()
     }
 
+    /// One record of one token each way for each of `ids`, all of key `k`.
+    fn ones(ids: &[&str]) -> Vec<UsageRec> {
+        ids.iter().map(|id| rec(id, "k", 1, 1, 1)).collect()
+    }
+
     #[test]
     fn uuid_v7_records_share_a_bucket_per_millisecond_and_count_once() {
         let (_d, store) = open_temp();
         let (a, b, c, d) = (v7(1_000, 1), v7(1_000, 2), v7(1_001, 1), v7(1_000, 3));
-        let first = store
-            .ingest_usage(
-                "n",
-                vec![
-                    rec(&b, "k", 1, 1, 1),
-                    rec(&a, "k", 1, 1, 1),
-                    rec(&c, "k", 1, 1, 1),
-                    rec("r1", "k", 1, 1, 1),
-                ],
-            )
-            .unwrap();
+        let first = store.ingest_usage("n", ones(&[&b, &a, &c, "r1"])).unwrap();
         assert_eq!(first.inserted, 4);
         assert_eq!(store.usage_ms.len(), 2, "one entry per millisecond");
         assert_eq!(
@@ -653,16 +648,9 @@ mod tests {
         }
         store.legacy_v7_until_ms = legacy_v7_until_ms(&store.usage).unwrap();
         assert_eq!(store.legacy_v7_until_ms, Some(5_000));
+        let (same_ms, newer) = (v7(4_000, 2), v7(6_000, 1));
         let out = store
-            .ingest_usage(
-                "n",
-                vec![
-                    rec(&old, "k", 1, 1, 1),
-                    rec(&older, "k", 1, 1, 1),
-                    rec(&v7(4_000, 2), "k", 1, 1, 1),
-                    rec(&v7(6_000, 1), "k", 1, 1, 1),
-                ],
-            )
+            .ingest_usage("n", ones(&[&old, &older, &same_ms, &newer]))
             .unwrap();
         assert_eq!(
             out.inserted, 2,

@@ -118,6 +118,8 @@ impl Store {
             })?;
         keyplane_migrations::migrate(&db)?;
         let tree = |name: &str| db.open_tree(name).map_err(Error::from);
+        let usage = tree(USAGE)?;
+        let legacy_v7_until_ms = crate::ledger::legacy_v7_until_ms(&usage)?;
         let store = Store {
             meta: tree(META)?,
             providers: tree(PROVIDERS)?,
@@ -125,10 +127,10 @@ impl Store {
             offerings: tree(OFFERINGS)?,
             client_keys: tree(CLIENT_KEYS)?,
             client_key_names: tree(CLIENT_KEY_NAMES)?,
-            usage: tree(USAGE)?,
+            usage,
             usage_totals: tree(USAGE_TOTALS)?,
             usage_ms: tree(USAGE_MS)?,
-            legacy_v7_until_ms: crate::ledger::legacy_v7_until_ms(&tree(USAGE)?)?,
+            legacy_v7_until_ms,
             nodes: tree(NODES)?,
             catalogs: tree(CATALOGS)?,
             prices: tree(PRICES)?,
