@@ -505,7 +505,8 @@ pub(super) struct WriterConfig {
     pub backoff_max: Duration,
     /// After the first record of a group arrives, how long to wait for more before writing, so
     /// that a busy node makes a few large syncs rather than one per handful of records. Only
-    /// billing waits for it, never a response.
+    /// billing waits for it, never a response. Skipped when the channel already held a full
+    /// group (a backlog), so it never caps the rate.
     pub linger: Duration,
 }
 
@@ -538,15 +539,13 @@ pub(super) async fn run_writer(
                     break;
                 }
                 if !closing && !config.linger.is_zero() && group.len() < config.max_group {
-                    let fill = async {
-                        while group.len() < config.max_group {
-                            let room = config.max_group - group.len();
-                            if rx.recv_many(&mut group, room).await == 0 {
-                                break;
-                            }
-                        }
-                    };
-                    let _ = tokio::time::timeout(config.linger, fill).await;
+                    // Sleep, then take what arrived: a receiver waiting on the channel would be
+                    // woken, and this task polled, by every request's send.
+                    tokio::time::sleep(config.linger).await;
+                    if !rx.is_empty() {
+                        let room = config.max_group - group.len();
+                        rx.recv_many(&mut group, room).await;
+                    }
                 }
             }
             () = super::sleep_until_opt(rotate_at) => {
