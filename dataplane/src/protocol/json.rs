@@ -74,8 +74,9 @@ pub fn write_object(
             out.push(b',');
         }
         first = false;
-        // Keys are re-encoded (escapes included) by serde_json; values are copied.
-        out.extend_from_slice(serde_json::to_string(key).unwrap_or_default().as_bytes());
+        // Keys are re-encoded (escapes included) by serde_json; values are copied. Writing a
+        // `str` into a `Vec` cannot fail.
+        let _ = serde_json::to_writer(&mut *out, key);
         out.push(b':');
         out.extend_from_slice(value.as_bytes());
     };
