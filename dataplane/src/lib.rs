@@ -13,6 +13,7 @@ pub mod health;
 pub mod leaser;
 pub mod limits;
 pub mod logbuf;
+pub mod logfmt;
 pub mod metrics;
 pub mod protocol;
 pub mod proxy;

@@ -199,6 +199,8 @@ fn init_logs(format: LogFormat, writer: keyplane_dataplane::logbuf::LogWriter) -
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(writer)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_timer(keyplane_dataplane::logfmt::Rfc3339Micros)
+            .fmt_fields(keyplane_dataplane::logfmt::PlainFields)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .with_writer(writer)
