@@ -5,10 +5,10 @@
 //! is off and writes every integer through `core::fmt`; its clock formats the time through
 //! `core::fmt` piece by piece. Avoiding that took the log's share of the data plane's CPU under
 //! load from ~4% to ~2% (BENCHMARKS.md, "The access log's formatting and the spool writer's
-//! wake-ups"). [`PlainFields`] writes a plain field itself
-//! and hands the rest (the message, errors, `r#` names, `log.` metadata) to the default
-//! visitor, and a whole line to the default formatter when ANSI is on (a terminal), so that the
-//! line is the default's, byte for byte: the tests format the same events both ways.
+//! wake-ups"). [`PlainFields`] writes a plain field itself and hands the rest (the message,
+//! errors, `r#` names, `log.` metadata) to the default visitor, and a whole line to the default
+//! formatter when ANSI is on (a terminal), so that the line is the default's, byte for byte:
+//! the tests format the same events both ways.
 
 use std::fmt;
 use tracing::field::{Field, Visit};
