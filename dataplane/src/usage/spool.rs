@@ -253,6 +253,19 @@ pub(super) struct Frames {
 }
 
 impl Frames {
+    /// Empty frames with room for `group`'s, so that encoding it never reallocates.
+    pub fn for_group(group: &[pb::UsageRecord]) -> Frames {
+        Frames {
+            buf: Vec::with_capacity(
+                group
+                    .iter()
+                    .map(|r| r.encoded_len() + FRAME_HEADER_BYTES)
+                    .sum(),
+            ),
+            payloads: Vec::with_capacity(group.len()),
+        }
+    }
+
     /// Appends `rec`'s frame; refuses a record over [`MAX_RECORD_BYTES`], which could not be read
     /// back.
     pub fn push(&mut self, rec: &pb::UsageRecord) -> io::Result<()> {
@@ -554,15 +567,7 @@ pub(super) async fn run_writer(
             }
         }
 
-        let mut frames = Frames {
-            buf: Vec::with_capacity(
-                group
-                    .iter()
-                    .map(|r| r.encoded_len() + FRAME_HEADER_BYTES)
-                    .sum(),
-            ),
-            payloads: Vec::with_capacity(group.len()),
-        };
+        let mut frames = Frames::for_group(&group);
         for rec in &group {
             if let Err(err) = frames.push(rec) {
                 // Unreadable if written, and far beyond what the ledger accepts: the same fate
