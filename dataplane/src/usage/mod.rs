@@ -16,8 +16,9 @@
 //!    the open segment in one write and calls `sync_data` once: group commit. Only then are they
 //!    handed to the reporter. With less than a full group waiting it first sleeps 5 ms (the
 //!    linger) and takes what arrived meanwhile, so that a busy node makes fewer, larger syncs;
-//!    it sleeps rather than waits on the channel, so a request's send wakes no task. Segments rotate at about 4096 records or 5 s of age.
-//! 3. The reporter sends durable records in batches of up to 1000, at most about a second after
+//!    it sleeps rather than waits on the channel, so a request's send wakes no task. Segments
+//!    rotate at about 4096 records or 5 s of age.
+//! 3. The reporter sends durable records in batches of up to 5000, at most about a second after
 //!    the oldest one arrived, with a 10 s timeout per call, and retries failures forever with
 //!    exponential backoff and jitter. A segment file is deleted once it is sealed and every record
 //!    in it has been acked or rejected.
