@@ -69,12 +69,16 @@ struct Args {
     /// Keyplane, with their direct baselines) or `all`.
     #[arg(long, value_enum, default_value_t = Only::All)]
     only: Only,
-    /// After the main runs, this many extra pairs of OpenAI → OpenAI runs per workload: the bare
-    /// proxy, then Keyplane at once, alternating. Each pair's two runs see about the same
-    /// machine, so the median of the pairs' ratios drifts less with other load than the single
+    /// After the main runs, this many extra rounds of OpenAI → OpenAI runs per workload: the bare
+    /// proxy, nginx, then Keyplane at once, alternating. The runs of a round see about the same
+    /// machine, so the median of the rounds' ratios drifts less with other load than the single
     /// ratio of the main runs (which are minutes apart). Needs `--only openai` or `all`.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=50))]
     pairs: u64,
+    /// The nginx binary of the reference proxy (Debian's `nginx-light`), by path or by name on
+    /// `PATH` (and in `/usr/sbin`, where Debian puts it). Needed unless `--only cross`.
+    #[arg(long, default_value = "nginx", value_name = "PATH")]
+    nginx: String,
     /// Internal: serve only the bare reverse proxy in front of UPSTREAM (`host:port`), print
     /// `baseline-proxy listening on ADDR`, and exit on SIGTERM, SIGINT or end of stdin.
     #[arg(long, hide = true, value_name = "UPSTREAM")]
@@ -143,12 +147,28 @@ fn main() {
         );
         std::process::exit(2);
     }
+    // nginx is the reference row beside the bare proxy; `--only cross` runs neither.
+    let nginx_bin = if args.only == Only::Cross {
+        None
+    } else {
+        match nginx::find(&args.nginx) {
+            Some(path) => Some(path),
+            None => {
+                eprintln!(
+                    "keyplane-bench: nginx ({}) not found on PATH or in /usr/sbin: install Debian's \
+                     nginx-light (`apt-get install -y nginx-light`) or pass --nginx PATH",
+                    args.nginx
+                );
+                std::process::exit(2);
+            }
+        }
+    };
     if cfg!(debug_assertions) {
         eprintln!(
             "keyplane-bench: warning: this is a debug build; figures are only meaningful from `--release`"
         );
     }
-    bench(&args, &bin_dir);
+    bench(&args, &bin_dir, nginx_bin.as_deref());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -379,6 +399,8 @@ impl Workload {
 enum TargetKind {
     Direct,
     Bare,
+    /// nginx (`nginx-light`) as a reverse proxy with `proxy_buffering off`: the reference row.
+    Nginx,
     Keyplane,
     /// Keyplane with a client key that has every limit set (budgets, RPM, TPM, concurrency,
     /// model globs, expiry), all far above what the bench sends: the hot-path cost of limits.
@@ -390,6 +412,7 @@ impl TargetKind {
         match self {
             TargetKind::Direct => "direct (fake upstream)",
             TargetKind::Bare => "bare proxy",
+            TargetKind::Nginx => "nginx",
             TargetKind::Keyplane => "Keyplane data plane",
             TargetKind::KeyplaneLimited => "Keyplane, key with every limit",
         }
@@ -401,10 +424,13 @@ struct Target {
     addr: SocketAddr,
 }
 
-/// The processes whose CPU and memory the monitor follows, in report column order.
+/// The processes whose CPU and memory the monitor follows, in report column order. Each entry
+/// is a group of pids whose figures add up (nginx: its master and workers; the others: one).
 struct Watched {
     names: Vec<&'static str>,
-    pids: Vec<u32>,
+    pids: Vec<Vec<u32>>,
+    /// nginx's error log, printed when a run through nginx fails.
+    nginx_error_log: Option<std::path::PathBuf>,
 }
 
 impl Watched {
@@ -414,6 +440,7 @@ impl Watched {
         self.names
             .iter()
             .zip(&self.pids)
+            .flat_map(|(name, pids)| pids.iter().map(move |pid| (name, pid)))
             .map(|(name, pid)| {
                 let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
                     .ok()
@@ -660,13 +687,15 @@ fn sanity_check(
             .flatten()
     });
     let fail = |why: String| -> ! {
-        let log = if matches!(
-            target.kind,
-            TargetKind::Keyplane | TargetKind::KeyplaneLimited
-        ) {
-            format!("\ndata plane log:\n{}", tail(&dp.logs(), 4_000))
-        } else {
-            String::new()
+        let log = match (target.kind, &watched.nginx_error_log) {
+            (TargetKind::Keyplane | TargetKind::KeyplaneLimited, _) => {
+                format!("\ndata plane log:\n{}", tail(&dp.logs(), 4_000))
+            }
+            (TargetKind::Nginx, Some(path)) => format!(
+                "\nnginx error log:\n{}",
+                tail(&std::fs::read_to_string(path).unwrap_or_default(), 4_000)
+            ),
+            _ => String::new(),
         };
         panic!(
             "{} / {} / {}: sanity request failed: {why}\nprocesses: {}{log}",
@@ -807,6 +836,7 @@ fn run_plan(only: Only) -> Vec<(TargetKind, Api, Api)> {
     }
     if openai {
         plan.push((TargetKind::Bare, OpenAi, OpenAi));
+        plan.push((TargetKind::Nginx, OpenAi, OpenAi));
     }
     plan.push((TargetKind::Keyplane, OpenAi, OpenAi));
     if openai {
@@ -822,13 +852,16 @@ fn run_plan(only: Only) -> Vec<(TargetKind, Api, Api)> {
     plan
 }
 
-fn bench(args: &Args, bin_dir: &Path) {
+fn bench(args: &Args, bin_dir: &Path, nginx_bin: Option<&Path>) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let loadavg = std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "unknown".to_string());
 
-    eprintln!("keyplane-bench: starting the fake upstream, control plane, data plane, bare proxy");
+    eprintln!(
+        "keyplane-bench: starting the fake upstream, control plane, data plane, bare proxy{}",
+        if nginx_bin.is_some() { ", nginx" } else { "" }
+    );
     let mut fake_cmd = Command::new(bin_dir.join("keyplane-fake-upstream"));
     fake_cmd
         .args(["--listen", "127.0.0.1:0", "--name", "bench", "--chunks"])
@@ -842,6 +875,14 @@ fn bench(args: &Args, bin_dir: &Path) {
     let mut bare_cmd = Command::new(std::env::current_exe().expect("current exe"));
     bare_cmd.arg("--baseline-proxy").arg(fake.addr.to_string());
     let mut bare = ChildProcess::spawn("baseline proxy", bare_cmd, "baseline-proxy listening on ");
+    // As many nginx workers as the data plane's runtime has worker threads (tokio's default: one
+    // per core), which is also what the bare proxy's runtime gets.
+    let mut nginx = nginx_bin.map(|bin| {
+        (
+            nginx::Nginx::start(bin, fake.addr, cores, args.connections),
+            nginx::version(bin),
+        )
+    });
 
     let cp = ControlPlane::start();
     let key = configure(&cp, fake.addr);
@@ -893,7 +934,7 @@ fn bench(args: &Args, bin_dir: &Path) {
     let dp_pid = dp.pid().expect("data plane pid");
     let cp_pid = cp.pid().expect("control plane pid");
 
-    let watched = Watched {
+    let mut watched = Watched {
         names: vec![
             "load generator",
             "fake upstream",
@@ -901,12 +942,25 @@ fn bench(args: &Args, bin_dir: &Path) {
             "data plane",
             "control plane",
         ],
-        pids: vec![std::process::id(), fake.pid(), bare.pid(), dp_pid, cp_pid],
+        pids: vec![
+            vec![std::process::id()],
+            vec![fake.pid()],
+            vec![bare.pid()],
+            vec![dp_pid],
+            vec![cp_pid],
+        ],
+        nginx_error_log: None,
     };
+    // Last, so the other columns keep their places (`report::NGINX`).
+    if let Some((n, _)) = &nginx {
+        watched.names.push("nginx");
+        watched.pids.push(n.pids());
+        watched.nginx_error_log = Some(n.error_log_path());
+    }
     let idle_rss_kb: Vec<u64> = watched
         .pids
         .iter()
-        .map(|&p| monitor::status_kb(p, "VmRSS:").unwrap_or(0))
+        .map(|group| monitor::group_kb(group, "VmRSS:"))
         .collect();
 
     // The load generator's own runtime: the proxies are separate processes, so nothing else
@@ -933,6 +987,10 @@ fn bench(args: &Args, bin_dir: &Path) {
             addr: match kind {
                 TargetKind::Direct => fake.addr,
                 TargetKind::Bare => bare.addr,
+                TargetKind::Nginx => match &nginx {
+                    Some((n, _)) => n.addr,
+                    None => unreachable!("the plan has nginx rows only when nginx runs"),
+                },
                 TargetKind::Keyplane | TargetKind::KeyplaneLimited => dp.addr,
             },
         };
@@ -946,6 +1004,9 @@ fn bench(args: &Args, bin_dir: &Path) {
             results.push(run(&rt, args, &target, workload, key, &watched, &dp));
             fake.assert_alive();
             bare.assert_alive();
+            if let Some((n, _)) = &mut nginx {
+                n.assert_alive();
+            }
             // Let sockets in TIME_WAIT and background work (usage reporting) settle.
             std::thread::sleep(Duration::from_millis(500));
         }
@@ -953,20 +1014,25 @@ fn bench(args: &Args, bin_dir: &Path) {
     let mut pairs = Vec::new();
     if matches!(args.only, Only::Openai | Only::All) && args.pairs > 0 {
         eprintln!(
-            "keyplane-bench: {} alternating pairs of runs per workload",
+            "keyplane-bench: {} alternating rounds of runs per workload (bare proxy, nginx, Keyplane)",
             args.pairs
         );
+        let mut round = vec![(TargetKind::Bare, bare.addr)];
+        if let Some((n, _)) = &nginx {
+            round.push((TargetKind::Nginx, n.addr));
+        }
+        round.push((TargetKind::Keyplane, dp.addr));
         for _ in 0..args.pairs {
             for stream in [false, true] {
                 let workload = Workload::new(Api::OpenAi, Api::OpenAi, stream);
-                for (kind, addr) in [
-                    (TargetKind::Bare, bare.addr),
-                    (TargetKind::Keyplane, dp.addr),
-                ] {
+                for &(kind, addr) in &round {
                     let target = Target { kind, addr };
                     pairs.push(run(&rt, args, &target, workload, &key, &watched, &dp));
                     fake.assert_alive();
                     bare.assert_alive();
+                    if let Some((n, _)) = &mut nginx {
+                        n.assert_alive();
+                    }
                     std::thread::sleep(Duration::from_millis(500));
                 }
             }
@@ -1003,12 +1069,12 @@ fn bench(args: &Args, bin_dir: &Path) {
     let hwm_kb: Vec<u64> = watched
         .pids
         .iter()
-        .map(|&p| monitor::status_kb(p, "VmHWM:").unwrap_or(0))
+        .map(|group| monitor::group_kb(group, "VmHWM:"))
         .collect();
     let end_rss_kb: Vec<u64> = watched
         .pids
         .iter()
-        .map(|&p| monitor::status_kb(p, "VmRSS:").unwrap_or(0))
+        .map(|group| monitor::group_kb(group, "VmRSS:"))
         .collect();
     let report = report::render(&report::Input {
         args,
@@ -1021,6 +1087,10 @@ fn bench(args: &Args, bin_dir: &Path) {
         hwm_kb: &hwm_kb,
         end_rss_kb: &end_rss_kb,
         ledger: &ledger,
+        nginx: nginx.as_ref().map(|(n, version)| report::NginxInfo {
+            version: version.as_str(),
+            workers: n.worker_count(),
+        }),
     });
     print!("{report}");
     std::io::stdout().flush().expect("flush stdout");
@@ -1029,6 +1099,7 @@ fn bench(args: &Args, bin_dir: &Path) {
     // control plane, then the proxies and the upstream.
     drop(dp);
     drop(cp);
+    drop(nginx);
     drop(bare);
     drop(fake);
 }
@@ -1049,17 +1120,17 @@ mod monitor {
         pub peak_rss_kb: Vec<u64>,
     }
 
-    /// Samples `pids` every 50 ms until `end`: peak VmRSS, and CPU time between `measure_start`
-    /// and `end`.
-    pub fn spawn(pids: Vec<u32>, measure_start: Instant, end: Instant) -> JoinHandle<Usage> {
+    /// Samples each group of `pids` every 50 ms until `end`: peak VmRSS (summed over the group),
+    /// and CPU time between `measure_start` and `end`.
+    pub fn spawn(pids: Vec<Vec<u32>>, measure_start: Instant, end: Instant) -> JoinHandle<Usage> {
         std::thread::spawn(move || {
             let tick = clock_ticks_per_sec();
             let mut peak = vec![0u64; pids.len()];
             let mut cpu_start: Option<Vec<u64>> = None;
             loop {
                 let now = Instant::now();
-                for (i, &pid) in pids.iter().enumerate() {
-                    peak[i] = peak[i].max(status_kb(pid, "VmRSS:").unwrap_or(0));
+                for (i, group) in pids.iter().enumerate() {
+                    peak[i] = peak[i].max(group_kb(group, "VmRSS:"));
                 }
                 if cpu_start.is_none() && now >= measure_start {
                     cpu_start = Some(cpu_snapshot(&pids));
@@ -1087,9 +1158,12 @@ mod monitor {
         })
     }
 
-    /// CPU ticks of each pid (0 if gone), then the machine's busy ticks.
-    fn cpu_snapshot(pids: &[u32]) -> Vec<u64> {
-        let mut ticks: Vec<u64> = pids.iter().map(|&p| cpu_ticks(p).unwrap_or(0)).collect();
+    /// CPU ticks of each group of pids (a gone pid counts 0), then the machine's busy ticks.
+    fn cpu_snapshot(pids: &[Vec<u32>]) -> Vec<u64> {
+        let mut ticks: Vec<u64> = pids
+            .iter()
+            .map(|group| group.iter().map(|&p| cpu_ticks(p).unwrap_or(0)).sum())
+            .collect();
         ticks.push(machine_busy_ticks().unwrap_or(0));
         ticks
     }
@@ -1108,6 +1182,12 @@ mod monitor {
         let total: u64 = fields.iter().sum();
         let idle = fields.get(3)? + fields.get(4)?;
         Some(total - idle)
+    }
+
+    /// A `kB` field of `/proc/PID/status` summed over a group of pids (0 for a gone pid). Pages
+    /// the processes share (code, shared memory) count once per process: an upper bound.
+    pub fn group_kb(pids: &[u32], field: &str) -> u64 {
+        pids.iter().map(|&p| status_kb(p, field).unwrap_or(0)).sum()
     }
 
     /// A `kB` field of `/proc/PID/status` (`VmRSS:`, `VmHWM:`).
@@ -1165,6 +1245,15 @@ mod report {
         /// VmRSS once every run is over (and the ledger caught up).
         pub end_rss_kb: &'a [u64],
         pub ledger: &'a Ledger,
+        /// Set when nginx ran as the reference proxy.
+        pub nginx: Option<NginxInfo<'a>>,
+    }
+
+    /// What the report says about the nginx it ran.
+    pub struct NginxInfo<'a> {
+        /// `nginx -v`, e.g. `nginx/1.22.1`.
+        pub version: &'a str,
+        pub workers: usize,
     }
 
     /// Requests Keyplane answered 200 versus requests the control plane's ledger holds.
@@ -1177,6 +1266,7 @@ mod report {
     /// Indexes of the proxies in `Watched` (the order set up in `bench`).
     const BARE: usize = 2;
     const DATAPLANE: usize = 3;
+    const NGINX: usize = 5;
 
     fn find(results: &[RunResult], t: TargetKind, w: Workload) -> Option<&RunResult> {
         results.iter().find(|r| r.target == t && r.workload == w)
@@ -1246,6 +1336,22 @@ mod report {
              routing, protocol translation when the route crosses protocols, usage extraction, billing \
              spool, one `info` log line per request to its log file)."
         );
+        if let Some(n) = &input.nginx {
+            let _ = writeln!(
+                w,
+                "- Reference: {} (Debian's `nginx-light`) as a reverse proxy, OpenAI → OpenAI only, \
+                 started by the bench with a generated config: {} worker processes (as many as the \
+                 data plane's runtime has worker threads), `listen … reuseport`, an upstream block \
+                 with `keepalive {}` (HTTP/1.1, `Connection: \"\"`), `keepalive_requests 1000000` \
+                 both sides, `proxy_buffering off`, `proxy_request_buffering off`, one access log \
+                 line per request buffered (`buffer=64k flush=1s`, as the data plane logs one line \
+                 per request through a buffered writer). Its CPU and memory are its master's plus \
+                 its workers'.",
+                n.version,
+                n.workers,
+                a.connections.max(1)
+            );
+        }
         let _ = writeln!(w);
 
         // Main table.
@@ -1265,6 +1371,7 @@ mod report {
             let proxy_cpu = match r.target {
                 TargetKind::Direct => "—".to_string(),
                 TargetKind::Bare => cpu_per_request(r, BARE),
+                TargetKind::Nginx => cpu_per_request(r, NGINX),
                 TargetKind::Keyplane | TargetKind::KeyplaneLimited => cpu_per_request(r, DATAPLANE),
             };
             let _ = writeln!(
@@ -1361,7 +1468,9 @@ mod report {
             }
             let _ = writeln!(w);
         }
-        alternating_pairs(w, input);
+        against_nginx(w, input);
+        alternating_pairs(w, input, TargetKind::Bare);
+        alternating_pairs(w, input, TargetKind::Nginx);
 
         translation(w, input);
 
@@ -1378,7 +1487,11 @@ mod report {
             "| process | idle RSS | peak RSS under load | VmHWM | RSS after |"
         );
         let _ = writeln!(w, "|---|---:|---:|---:|---:|");
-        for (idx, target) in [(BARE, TargetKind::Bare), (DATAPLANE, TargetKind::Keyplane)] {
+        for (idx, target) in [
+            (BARE, TargetKind::Bare),
+            (NGINX, TargetKind::Nginx),
+            (DATAPLANE, TargetKind::Keyplane),
+        ] {
             let Some(peak) = results
                 .iter()
                 .chain(input.pairs)
@@ -1388,10 +1501,16 @@ mod report {
             else {
                 continue;
             };
+            let name = match (target, &input.nginx) {
+                (TargetKind::Nginx, Some(n)) => {
+                    format!("nginx (master + {} workers, summed)", n.workers)
+                }
+                _ => input.watched.names[idx].to_string(),
+            };
             let _ = writeln!(
                 w,
                 "| {} | {} | {} | {} | {} |",
-                input.watched.names[idx],
+                name,
                 fmt_mib(input.idle_rss_kb[idx]),
                 fmt_mib(peak),
                 fmt_mib(input.hwm_kb[idx]),
@@ -1399,6 +1518,23 @@ mod report {
             );
         }
         let _ = writeln!(w);
+        let rss_ratios: Vec<String> = [
+            (TargetKind::Bare, BARE, "bare proxy"),
+            (TargetKind::Nginx, NGINX, "nginx"),
+        ]
+        .into_iter()
+        .filter_map(|(target, idx, name)| {
+            peak_rss_ratio(input, target, idx).map(|r| format!("{r:.2}× {name}'s"))
+        })
+        .collect();
+        if !rss_ratios.is_empty() {
+            let _ = writeln!(
+                w,
+                "Peak RSS under load, Keyplane data plane against the references: {}.",
+                rss_ratios.join(", ")
+            );
+            let _ = writeln!(w);
+        }
 
         // CPU split.
         let _ = writeln!(
@@ -1630,26 +1766,121 @@ mod report {
         let _ = writeln!(w);
     }
 
-    /// The `--pairs` table: each pair's throughput and added-p99 ratios, then their medians.
-    fn alternating_pairs(w: &mut String, input: &Input<'_>) {
+    /// Keyplane's ratios against nginx (and the bare proxy's, to place the two references) from
+    /// the main runs, OpenAI → OpenAI; plus the memory ratios.
+    fn against_nginx(w: &mut String, input: &Input<'_>) {
         let a = input.args;
-        if input.pairs.is_empty() {
+        let results = input.results;
+        let mut rows = Vec::new();
+        for stream in [false, true] {
+            let workload = Workload::new(Api::OpenAi, Api::OpenAi, stream);
+            let (Some(direct), Some(nginx), Some(kp)) = (
+                find(results, TargetKind::Direct, workload),
+                find(results, TargetKind::Nginx, workload),
+                find(results, TargetKind::Keyplane, workload),
+            ) else {
+                continue;
+            };
+            let nginx_p99 = added(&nginx.latency_us, &direct.latency_us, 0.99);
+            let p99_ratio = |proxy: &RunResult| {
+                if nginx_p99 > 0 {
+                    let proxy_p99 = added(&proxy.latency_us, &direct.latency_us, 0.99);
+                    format!("{:.2}×", proxy_p99 as f64 / nginx_p99 as f64)
+                } else {
+                    "n/a (nginx added ≤ 0)".to_string()
+                }
+            };
+            let rps_ratio = |proxy: &RunResult| {
+                format!("{:.2}×", proxy.rps() / nginx.rps().max(f64::MIN_POSITIVE))
+            };
+            let bare = find(results, TargetKind::Bare, workload);
+            rows.push((
+                workload,
+                p99_ratio(kp),
+                rps_ratio(kp),
+                bare.map_or("—".to_string(), p99_ratio),
+                bare.map_or("—".to_string(), rps_ratio),
+            ));
+        }
+        if rows.is_empty() {
             return;
         }
         let _ = writeln!(
             w,
-            "Alternating pairs (`--pairs {}`): per workload, the bare proxy then Keyplane back to \
-             back, {} s each after {} s of warm-up, repeated; added p99 is over the main run's \
-             direct p99. Each pair's ratio compares runs seconds apart; the medians are the \
-             figures to hold against the targets.",
-            a.pairs, a.duration_secs, a.warmup_secs
+            "| workload (OpenAI → OpenAI) | Keyplane added p99 / nginx added p99 | Keyplane throughput / nginx throughput | bare proxy added p99 / nginx added p99 | bare proxy throughput / nginx throughput |"
         );
+        let _ = writeln!(w, "|---|---:|---:|---:|---:|");
+        for (workload, kp_p99, kp_rps, bare_p99, bare_rps) in rows {
+            let _ = writeln!(
+                w,
+                "| {} | {kp_p99} | {kp_rps} | {bare_p99} | {bare_rps} |",
+                workload.label(a.chunks)
+            );
+        }
+        let _ = writeln!(w);
+    }
+
+    /// Keyplane's peak RSS under load over that of `reference` (`BARE` or `NGINX`), if both ran.
+    fn peak_rss_ratio(input: &Input<'_>, reference: TargetKind, idx: usize) -> Option<f64> {
+        let peak = |target: TargetKind, idx: usize| {
+            input
+                .results
+                .iter()
+                .chain(input.pairs)
+                .filter(|r| r.target == target)
+                .map(|r| r.peak_rss_kb[idx])
+                .max()
+        };
+        let kp = peak(TargetKind::Keyplane, DATAPLANE)?;
+        let re = peak(reference, idx)?;
+        (re > 0).then(|| kp as f64 / re as f64)
+    }
+
+    /// The `--pairs` table against `reference` (the bare proxy or nginx): each round's throughput
+    /// and added-p99 ratios, then their medians.
+    fn alternating_pairs(w: &mut String, input: &Input<'_>, reference: TargetKind) {
+        let a = input.args;
+        if !input.pairs.iter().any(|r| r.target == reference) {
+            return;
+        }
+        let (re_name, re_idx) = match reference {
+            TargetKind::Nginx => ("nginx", NGINX),
+            _ => ("bare proxy", BARE),
+        };
+        if reference == TargetKind::Bare {
+            let _ = writeln!(
+                w,
+                "Alternating pairs (`--pairs {}`): per workload, the bare proxy{} then Keyplane back \
+                 to back, {} s each after {} s of warm-up, repeated; added p99 is over the main \
+                 run's direct p99. Each pair's ratio compares runs seconds apart; the medians are \
+                 the figures to hold against the targets.",
+                a.pairs,
+                if input.nginx.is_some() { ", nginx" } else { "" },
+                a.duration_secs,
+                a.warmup_secs
+            );
+        } else {
+            let _ = writeln!(w, "The same rounds, Keyplane against {re_name}:");
+        }
         let _ = writeln!(w);
         let _ = writeln!(
             w,
-            "| workload | pair | bare proxy req/s | Keyplane req/s | throughput ratio | bare proxy added p99 | Keyplane added p99 | added p99 ratio | Keyplane CPU per request |"
+            "| workload | pair | {re_name} req/s | Keyplane req/s | throughput ratio | {re_name} added p99 | Keyplane added p99 | added p99 ratio | Keyplane CPU per request |{}",
+            if reference == TargetKind::Bare {
+                ""
+            } else {
+                " nginx CPU per request |"
+            }
         );
-        let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(
+            w,
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|{}",
+            if reference == TargetKind::Bare {
+                ""
+            } else {
+                "---:|"
+            }
+        );
         for stream in [false, true] {
             let workload = Workload::new(Api::OpenAi, Api::OpenAi, stream);
             let Some(direct) = find(input.results, TargetKind::Direct, workload) else {
@@ -1658,7 +1889,7 @@ mod report {
             let bare_runs = input
                 .pairs
                 .iter()
-                .filter(|r| r.workload == workload && r.target == TargetKind::Bare);
+                .filter(|r| r.workload == workload && r.target == reference);
             let kp_runs = input
                 .pairs
                 .iter()
@@ -1676,7 +1907,7 @@ mod report {
                 }
                 let _ = writeln!(
                     w,
-                    "| {} | {} | {} | {} | {:.2}× | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {:.2}× | {} | {} | {} | {} |{}",
                     workload.label(a.chunks),
                     i + 1,
                     group(bare.rps().round() as u64),
@@ -1686,6 +1917,11 @@ mod report {
                     fmt_signed_ms(kp_p99),
                     p99_ratio.map_or("n/a".to_string(), |r| format!("{r:.2}×")),
                     cpu_per_request(kp, DATAPLANE),
+                    if reference == TargetKind::Bare {
+                        String::new()
+                    } else {
+                        format!(" {} |", cpu_per_request(bare, re_idx))
+                    }
                 );
             }
             let median = |v: &mut Vec<f64>| {
@@ -1699,10 +1935,15 @@ mod report {
             let fmt = |m: Option<f64>| m.map_or("n/a".to_string(), |m| format!("**{m:.2}×**"));
             let _ = writeln!(
                 w,
-                "| {} | median | | | {} | | | {} | |",
+                "| {} | median | | | {} | | | {} | |{}",
                 workload.label(a.chunks),
                 fmt(median(&mut rps_ratios)),
                 fmt(median(&mut p99_ratios)),
+                if reference == TargetKind::Bare {
+                    ""
+                } else {
+                    " |"
+                }
             );
         }
         let _ = writeln!(w);
@@ -1900,5 +2141,357 @@ mod baseline {
         let mut resp = Response::new(Either::Right(Empty::new()));
         *resp.status_mut() = StatusCode::BAD_GATEWAY;
         resp
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The nginx reference proxy
+// ---------------------------------------------------------------------------------------------
+
+mod nginx {
+    use keyplane_testkit::http::HttpRequest;
+    use keyplane_testkit::process::send_signal;
+    use keyplane_testkit::wait_until;
+    use std::fmt::Write;
+    use std::net::SocketAddr;
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::Duration;
+
+    /// Where Debian installs nginx, searched after `PATH` (a non-root `PATH` often lacks them).
+    const SBIN_DIRS: [&str; 3] = ["/usr/sbin", "/usr/local/sbin", "/sbin"];
+
+    /// `name` itself when it is a path, else the first file of that name on `PATH` or in
+    /// [`SBIN_DIRS`].
+    pub fn find(name: &str) -> Option<PathBuf> {
+        if name.contains('/') {
+            let path = PathBuf::from(name);
+            return path.is_file().then_some(path);
+        }
+        let path_var = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path_var)
+            .chain(SBIN_DIRS.iter().map(PathBuf::from))
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    }
+
+    /// What `nginx -v` prints after `nginx version: `, e.g. `nginx/1.22.1`.
+    pub fn version(bin: &Path) -> String {
+        Command::new(bin)
+            .arg("-v")
+            .output()
+            .ok()
+            .map(|o| {
+                let text = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stderr),
+                    String::from_utf8_lossy(&o.stdout)
+                );
+                text.trim()
+                    .trim_start_matches("nginx version: ")
+                    .to_string()
+            })
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| "nginx, unknown version".to_string())
+    }
+
+    /// The generated `nginx.conf`: `workers` worker processes in front of `upstream`, listening on
+    /// `listen`, every file under `dir`. The settings a streaming-API proxy needs and that make
+    /// the comparison fair:
+    /// - `proxy_buffering off` and `proxy_request_buffering off`: each chunk of a stream goes to
+    ///   the client as it arrives, like the data plane and the bare proxy do;
+    /// - `keepalive` to the upstream with HTTP/1.1 and an empty `Connection` header, one idle
+    ///   connection per client connection: no connect per request, like their pooled clients;
+    /// - `keepalive_requests` raised on both sides: nginx's default of 1,000 would close the
+    ///   connections every 1,000 requests, which the other proxies never do;
+    /// - `reuseport`: one listening socket per worker, so the kernel spreads the keep-alive
+    ///   connections over the workers (a work-stealing runtime balances on its own);
+    /// - an access log line per request, buffered (`buffer=64k flush=1s`): the data plane writes
+    ///   one log line per request through a buffered writer thread, so nginx pays the same kind of
+    ///   cost rather than none.
+    ///
+    /// `worker_connections` leaves room for every client connection and its upstream connection
+    /// in one worker, should the kernel put them all there.
+    pub fn config(
+        dir: &Path,
+        listen: SocketAddr,
+        upstream: SocketAddr,
+        workers: usize,
+        connections: u64,
+    ) -> String {
+        let d = dir.display();
+        let worker_connections = connections * 2 + 64;
+        let mut c = String::new();
+        let _ = writeln!(
+            c,
+            "# Generated by keyplane-bench: the nginx reference proxy in front of the fake upstream."
+        );
+        let _ = writeln!(c, "daemon off;");
+        let _ = writeln!(c, "master_process on;");
+        let _ = writeln!(c, "worker_processes {workers};");
+        let _ = writeln!(c, "worker_rlimit_nofile {};", worker_connections + 64);
+        let _ = writeln!(c, "error_log \"{d}/error.log\" warn;");
+        let _ = writeln!(c, "pid \"{d}/nginx.pid\";");
+        let _ = writeln!(c, "events {{");
+        let _ = writeln!(c, "    worker_connections {worker_connections};");
+        let _ = writeln!(c, "}}");
+        let _ = writeln!(c, "http {{");
+        let _ = writeln!(
+            c,
+            "    access_log \"{d}/access.log\" combined buffer=64k flush=1s;"
+        );
+        for temp in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"] {
+            let _ = writeln!(c, "    {temp}_temp_path \"{d}/{temp}\";");
+        }
+        let _ = writeln!(c, "    keepalive_requests 1000000;");
+        let _ = writeln!(c, "    keepalive_timeout 90s;");
+        let _ = writeln!(c, "    upstream fake {{");
+        let _ = writeln!(c, "        server {upstream};");
+        let _ = writeln!(c, "        keepalive {};", connections.max(1));
+        let _ = writeln!(c, "        keepalive_requests 1000000;");
+        let _ = writeln!(c, "        keepalive_timeout 90s;");
+        let _ = writeln!(c, "    }}");
+        let _ = writeln!(c, "    server {{");
+        let _ = writeln!(c, "        listen {listen} reuseport;");
+        let _ = writeln!(c, "        location / {{");
+        let _ = writeln!(c, "            proxy_pass http://fake;");
+        let _ = writeln!(c, "            proxy_http_version 1.1;");
+        let _ = writeln!(c, "            proxy_set_header Connection \"\";");
+        let _ = writeln!(c, "            proxy_buffering off;");
+        let _ = writeln!(c, "            proxy_request_buffering off;");
+        let _ = writeln!(c, "        }}");
+        let _ = writeln!(c, "    }}");
+        let _ = writeln!(c, "}}");
+        c
+    }
+
+    /// nginx running in the foreground as a child of the bench, in a temporary prefix directory
+    /// (its config, pid file, logs and temp paths). Dropping it stops the master and its workers.
+    pub struct Nginx {
+        child: Child,
+        pub addr: SocketAddr,
+        /// The worker processes (children of the master), found once they all started.
+        workers: Vec<u32>,
+        dir: tempfile::TempDir,
+    }
+
+    impl Nginx {
+        /// Starts nginx with [`config`] on a free loopback port and waits until all `workers`
+        /// exist and it answers HTTP.
+        pub fn start(bin: &Path, upstream: SocketAddr, workers: usize, connections: u64) -> Nginx {
+            let dir = tempfile::Builder::new()
+                .prefix("keyplane-bench-nginx")
+                .tempdir()
+                .expect("nginx prefix directory");
+            // Run as root, the master hands the workers to `nobody`; they must reach the prefix.
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+                    .expect("chmod the nginx prefix directory");
+            }
+            let listen = free_port();
+            let conf = dir.path().join("nginx.conf");
+            std::fs::write(
+                &conf,
+                config(dir.path(), listen, upstream, workers, connections),
+            )
+            .expect("write nginx.conf");
+            let mut cmd = Command::new(bin);
+            cmd.arg("-p")
+                .arg(dir.path())
+                .arg("-c")
+                .arg(&conf)
+                // Errors before the config is read go to the same file as the rest.
+                .arg("-e")
+                .arg(dir.path().join("error.log"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            {
+                use std::os::unix::process::CommandExt;
+                #[allow(unsafe_code)]
+                // SAFETY: between fork and exec only `prctl` runs, which is async-signal-safe and
+                // touches no memory of the parent.
+                unsafe {
+                    // If the bench dies without dropping this (SIGKILL), the master still gets
+                    // SIGTERM and stops its workers.
+                    cmd.pre_exec(|| {
+                        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                        Ok(())
+                    });
+                }
+            }
+            let child = cmd
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+            let mut nginx = Nginx {
+                child,
+                addr: listen,
+                workers: Vec::new(),
+                dir,
+            };
+            let master = nginx.child.id();
+            let mut exited = false;
+            let ready = wait_until(super::SETUP_TIMEOUT, || {
+                if matches!(nginx.child.try_wait(), Ok(Some(_))) {
+                    exited = true;
+                    return true;
+                }
+                children(master).len() >= workers
+                    && HttpRequest::get("/")
+                        .send(listen, Duration::from_secs(2))
+                        .is_ok()
+            });
+            if exited || !ready {
+                panic!(
+                    "nginx {} within {:?}; its error log:\n{}",
+                    if exited { "exited" } else { "did not answer" },
+                    super::SETUP_TIMEOUT,
+                    nginx.error_log()
+                );
+            }
+            nginx.workers = children(master);
+            nginx
+        }
+
+        /// The master, then the workers: the processes whose CPU and memory are nginx's.
+        pub fn pids(&self) -> Vec<u32> {
+            std::iter::once(self.child.id())
+                .chain(self.workers.iter().copied())
+                .collect()
+        }
+
+        pub fn worker_count(&self) -> usize {
+            self.workers.len()
+        }
+
+        pub fn error_log_path(&self) -> PathBuf {
+            self.dir.path().join("error.log")
+        }
+
+        /// The end of nginx's error log (startup failures, upstream errors).
+        pub fn error_log(&self) -> String {
+            let text = std::fs::read_to_string(self.error_log_path()).unwrap_or_default();
+            super::tail(&text, 4_000).to_string()
+        }
+
+        /// Panics with the exit status if the master has exited.
+        pub fn assert_alive(&mut self) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "nginx (pid {}) exited during the benchmark: {status}; its error log:\n{}",
+                    self.child.id(),
+                    self.error_log()
+                );
+            }
+        }
+    }
+
+    impl Drop for Nginx {
+        fn drop(&mut self) {
+            // SIGTERM is nginx's fast shutdown: the master stops its workers, then exits.
+            send_signal(self.child.id(), libc::SIGTERM);
+            if wait_until(Duration::from_secs(5), || {
+                matches!(self.child.try_wait(), Ok(Some(_)))
+            }) {
+                return;
+            }
+            eprintln!("keyplane-bench: nginx did not exit within 5 s of SIGTERM; killing it");
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            // A master killed outright leaves its workers running; they are still nginx's own
+            // processes unless the pid was reused (then its name differs).
+            for &pid in &self.workers {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                if comm.trim() == "nginx" {
+                    send_signal(pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+
+    /// A loopback address no socket is bound to right now (nginx cannot announce a port it
+    /// picked itself, so the bench picks one).
+    fn free_port() -> SocketAddr {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+    }
+
+    /// Pids whose parent is `parent` (`/proc/*/stat` field 4).
+    fn children(parent: u32) -> Vec<u32> {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        let mut pids: Vec<u32> = entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .and_then(|s| {
+                        let rest = &s[s.rfind(')')? + 1..];
+                        rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                    })
+                    == Some(parent)
+            })
+            .collect();
+        pids.sort_unstable();
+        pids
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// The directives the comparison depends on are in the generated file: streams relayed
+        /// unbuffered, pooled HTTP/1.1 upstream connections, the worker count the data plane
+        /// gets, and every path inside the prefix (nothing in /var or /etc).
+        #[test]
+        fn config_streams_unbuffered_through_a_pooled_upstream() {
+            let dir = Path::new("/tmp/kb-nginx-test");
+            let conf = config(
+                dir,
+                "127.0.0.1:4000".parse().unwrap(),
+                "127.0.0.1:5000".parse().unwrap(),
+                3,
+                64,
+            );
+            for directive in [
+                "daemon off;",
+                "worker_processes 3;",
+                "proxy_buffering off;",
+                "proxy_request_buffering off;",
+                "proxy_http_version 1.1;",
+                "proxy_set_header Connection \"\";",
+                "server 127.0.0.1:5000;",
+                "keepalive 64;",
+                "listen 127.0.0.1:4000 reuseport;",
+                "worker_connections 192;",
+            ] {
+                assert!(
+                    conf.contains(directive),
+                    "missing `{directive}` in:\n{conf}"
+                );
+            }
+            for directive in [
+                "error_log ",
+                "pid ",
+                "access_log ",
+                "client_body_temp_path ",
+                "proxy_temp_path ",
+                "fastcgi_temp_path ",
+                "uwsgi_temp_path ",
+                "scgi_temp_path ",
+            ] {
+                let line = conf
+                    .lines()
+                    .find(|l| l.trim_start().starts_with(directive))
+                    .unwrap_or_else(|| panic!("no `{directive}` in:\n{conf}"));
+                assert!(
+                    line.contains(" \"/tmp/kb-nginx-test/"),
+                    "a path outside the prefix: {line}"
+                );
+            }
+        }
     }
 }
