@@ -1855,7 +1855,11 @@ mod report {
                  run's direct p99. Each pair's ratio compares runs seconds apart; the medians are \
                  the figures to hold against the targets.",
                 a.pairs,
-                if input.nginx.is_some() { ", nginx" } else { "" },
+                if input.nginx.is_some() {
+                    ", nginx,"
+                } else {
+                    ""
+                },
                 a.duration_secs,
                 a.warmup_secs
             );
