@@ -6,10 +6,15 @@
 //! offering `bench/claude`; a credential each and a client key; a data plane; and a **bare
 //! reverse proxy** (this same binary in the hidden `--baseline-proxy` mode: a hyper 1 server and
 //! a hyper-util pooled client that pass bodies through frame by frame, with no parsing and no
-//! auth). A closed-loop load generator then drives each target (direct to the fake, through the
-//! bare proxy, through Keyplane) with non-stream and streamed requests, and prints one markdown
-//! report: throughput, latency percentiles, time to first byte of streams, the latency each proxy
-//! adds over the direct baseline, CPU per request and memory.
+//! auth); and **nginx** as the reference proxy (Debian's `nginx-light`, found on `PATH` or in
+//! `/usr/sbin`, or given with `--nginx`), run in the foreground from a temporary prefix with a
+//! generated config (`proxy_buffering off`, pooled keep-alive upstream connections, as many
+//! workers as the data plane has runtime threads; see `nginx::config`). A closed-loop load
+//! generator then drives each target (direct to the fake, through the bare proxy, through nginx,
+//! through Keyplane) with non-stream and streamed requests, and prints one markdown report:
+//! throughput, latency percentiles, time to first byte of streams, the latency each proxy adds
+//! over the direct baseline, CPU per request and memory, with Keyplane's ratios stated against
+//! both references.
 //!
 //! Besides OpenAI clients against the OpenAI provider, Keyplane gets the cross-protocol routes
 //! (`--only cross`): Anthropic Messages clients (`POST /v1/messages`) against the OpenAI
@@ -20,6 +25,7 @@
 //! Build every binary first, then run it from `target/release`:
 //!
 //! ```sh
+//! apt-get install -y nginx-light   # once; not needed for `--only cross`
 //! cargo build --release --bins
 //! ./target/release/keyplane-bench --connections 64 --duration-secs 10 --warmup-secs 2
 //! ```
