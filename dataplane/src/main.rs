@@ -38,6 +38,14 @@ struct Args {
     /// Largest request body accepted; larger ones get 413.
     #[arg(long, default_value_t = 32 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// Largest non-streamed upstream response body read; past it the attempt fails over (and
+    /// the client gets a 502 if every candidate fails).
+    #[arg(long, default_value_t = 32 * 1024 * 1024)]
+    max_upstream_body_bytes: usize,
+    /// Largest upstream stream event: past it the attempt fails over, or a stream already
+    /// relaying ends with an error event.
+    #[arg(long, default_value_t = keyplane_dataplane::sse::DEFAULT_MAX_EVENT_BYTES)]
+    max_sse_event_bytes: usize,
     /// Upstream connect timeout.
     #[arg(long, default_value_t = 5_000)]
     connect_timeout_ms: u64,
@@ -346,6 +354,8 @@ async fn run(args: Args) -> Result<(), (u8, String)> {
         first_byte_timeout: Duration::from_millis(args.first_byte_timeout_ms),
         idle_timeout: Duration::from_millis(args.idle_timeout_ms),
         max_body_bytes: args.max_body_bytes,
+        max_upstream_body_bytes: args.max_upstream_body_bytes,
+        max_sse_event_bytes: args.max_sse_event_bytes,
     };
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(HealthSink::default());

@@ -49,6 +49,11 @@ pub struct Limits {
     /// Longest silence between two frames of an upstream body.
     pub idle_timeout: Duration,
     pub max_body_bytes: usize,
+    /// Largest non-streamed upstream body read; a larger one fails the attempt.
+    pub max_upstream_body_bytes: usize,
+    /// Largest upstream stream event; a larger one fails the attempt, or ends a committed
+    /// stream with an error event.
+    pub max_sse_event_bytes: usize,
 }
 
 pub fn build_client(limits: &Limits) -> HttpClient {
@@ -933,10 +938,10 @@ impl Proxy {
                     )))
                 }
             };
-            let (upstream_body, scan) =
-                precommit(resp.into_body(), adapter, deadline, idle_timeout)
-                    .await
-                    .map_err(Attempt::Failed)?;
+            let scan = Scan::new(adapter, self.limits.max_sse_event_bytes);
+            let (upstream_body, scan) = precommit(resp.into_body(), scan, deadline, idle_timeout)
+                .await
+                .map_err(Attempt::Failed)?;
             record.ttfb_ms = ms_since(ctx.started);
             record.permit = permit.take();
             let relay = Relay::new(upstream_body, scan, idle_timeout, record);
@@ -950,7 +955,8 @@ impl Proxy {
             headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
             Ok(out)
         } else {
-            let bytes = read_body(resp.into_body(), idle_timeout, usize::MAX)
+            let limit = self.limits.max_upstream_body_bytes;
+            let bytes = read_body(resp.into_body(), idle_timeout, limit)
                 .await
                 .map_err(|e| Attempt::Failed(Failure::Stream(e)))?;
             record.ttfb_ms = ms_since(ctx.started);
@@ -1435,6 +1441,18 @@ struct Scan {
 }
 
 impl Scan {
+    fn new(adapter: Adapter, max_event_bytes: usize) -> Scan {
+        Scan {
+            adapter,
+            splitter: sse::Splitter::new(max_event_bytes),
+            queue: VecDeque::new(),
+            out: Vec::new(),
+            content_events: 0,
+            failed: None,
+            done: false,
+        }
+    }
+
     fn feed(&mut self, data: Bytes) {
         let mut events = Vec::new();
         self.splitter.push(data, &mut events);
@@ -1446,19 +1464,10 @@ impl Scan {
 /// relaying from, and the scan with what was held plus the committing event ready to send.
 async fn precommit(
     mut body: Incoming,
-    adapter: Adapter,
+    mut scan: Scan,
     deadline: Instant,
     idle: Duration,
 ) -> Result<(Incoming, Scan), Failure> {
-    let mut scan = Scan {
-        adapter,
-        splitter: sse::Splitter::default(),
-        queue: VecDeque::new(),
-        out: Vec::new(),
-        content_events: 0,
-        failed: None,
-        done: false,
-    };
     loop {
         while let Some(raw) = scan.queue.pop_front() {
             match scan.adapter.event(raw, false, &mut scan.out) {
@@ -1470,6 +1479,9 @@ async fn precommit(
                 Note::Error(message) => return Err(Failure::Stream(message)),
                 Note::Done => return Err(Failure::Stream("stream ended without content".into())),
             }
+        }
+        if scan.splitter.too_large() {
+            return Err(Failure::Stream(TOO_LARGE_EVENT.into()));
         }
         let wait = deadline.saturating_duration_since(Instant::now()).min(idle);
         match tokio::time::timeout(wait, body.frame()).await {
@@ -1484,6 +1496,9 @@ async fn precommit(
         }
     }
 }
+
+/// Why a stream failed when one of its events went past `--max-sse-event-bytes`.
+const TOO_LARGE_EVENT: &str = "The upstream sent a stream event larger than the gateway accepts.";
 
 /// Everything needed to write the usage record when the response ends.
 struct Record {
@@ -1636,6 +1651,10 @@ impl Relay {
             }
         }
         self.flush_out();
+        if self.scan.splitter.too_large() && self.upstream.is_some() {
+            tracing::warn!("upstream stream event too large after content was sent");
+            self.fail(TOO_LARGE_EVENT);
+        }
     }
 
     fn flush_out(&mut self) {
