@@ -58,6 +58,15 @@ struct Args {
     /// How long a client may take to send a request's head before the connection is closed.
     #[arg(long, default_value_t = 30_000)]
     header_read_timeout_ms: u64,
+    /// How long a client may take to send a whole request body (however it is split) before it
+    /// gets 408.
+    #[arg(long, default_value_t = 60_000)]
+    body_read_timeout_ms: u64,
+    /// Client connections open at once; more are accepted and closed at once. Default: half of
+    /// the open-file limit (RLIMIT_NOFILE) less 64, so that every connection can also hold an
+    /// upstream socket and the spool and logs keep theirs.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: Option<u64>,
     /// How long in-flight requests get to finish after SIGTERM.
     #[arg(long, default_value_t = 30)]
     drain_timeout_secs: u64,
@@ -356,6 +365,7 @@ async fn run(args: Args) -> Result<(), (u8, String)> {
         max_body_bytes: args.max_body_bytes,
         max_upstream_body_bytes: args.max_upstream_body_bytes,
         max_sse_event_bytes: args.max_sse_event_bytes,
+        body_read_timeout: Duration::from_millis(args.body_read_timeout_ms),
     };
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(HealthSink::default());
@@ -399,12 +409,18 @@ async fn run(args: Args) -> Result<(), (u8, String)> {
     let local = listener
         .local_addr()
         .map_err(|e| runtime_err(format!("cannot read the listen address: {e}")))?;
-    {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "keyplane-dataplane listening on {local}");
-        let _ = out.flush();
-    }
-    tracing::info!(listen = %local, node_id = %node_id, control = %args.control, "keyplane-dataplane serving");
+    announce(args.log_format, local);
+    let max_connections = match args.max_connections {
+        Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+        None => default_max_connections(),
+    };
+    tracing::info!(
+        listen = %local,
+        node_id = %node_id,
+        control = %args.control,
+        max_connections,
+        "keyplane-dataplane serving"
+    );
 
     let mut authorization: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
         format!("Bearer {node_token}")
@@ -442,7 +458,10 @@ async fn run(args: Args) -> Result<(), (u8, String)> {
         gateway,
         cancel.clone(),
         Duration::from_secs(args.drain_timeout_secs),
-        Duration::from_millis(args.header_read_timeout_ms),
+        server::ConnLimits {
+            header_read_timeout: Duration::from_millis(args.header_read_timeout_ms),
+            max_connections,
+        },
         https_listener,
     )
     .await;
@@ -453,6 +472,59 @@ async fn run(args: Args) -> Result<(), (u8, String)> {
     usage_handle.shutdown(Duration::from_secs(5)).await;
     tracing::info!("usage spool flushed; bye");
     Ok(())
+}
+
+/// The one line on stdout that scripts (and the testkit) wait for: `keyplane-dataplane listening
+/// on ADDR`, or with `--log-format json` that message as a JSON line shaped like the log's (and
+/// the address in `listen`), so that everything the process prints parses as JSON.
+fn announce(format: LogFormat, local: SocketAddr) {
+    let message = format!("keyplane-dataplane listening on {local}");
+    let line = match format {
+        LogFormat::Text => message,
+        LogFormat::Json => {
+            use tracing_subscriber::fmt::time::FormatTime;
+            let mut timestamp = String::new();
+            let _ = tracing_subscriber::fmt::time::SystemTime.format_time(
+                &mut tracing_subscriber::fmt::format::Writer::new(&mut timestamp),
+            );
+            serde_json::json!({
+                "timestamp": timestamp,
+                "level": "INFO",
+                "message": message,
+                "listen": local.to_string(),
+                "target": "keyplane_dataplane",
+            })
+            .to_string()
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// File descriptors kept back from client connections for the spool, the log, the control-plane
+/// channel and the listener itself.
+const RESERVED_FDS: u64 = 64;
+
+/// The default connection cap: half of what the open-file limit leaves after [`RESERVED_FDS`],
+/// since each client connection may hold an upstream socket too; at least 1.
+fn default_max_connections() -> usize {
+    let soft = open_file_limit().unwrap_or(1024);
+    usize::try_from((soft.saturating_sub(RESERVED_FDS) / 2).max(1)).unwrap_or(usize::MAX)
+}
+
+/// The soft `RLIMIT_NOFILE`, if it can be read and is finite.
+#[allow(unsafe_code)]
+fn open_file_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `getrlimit` writes one `rlimit` through a pointer to a live, writable local.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return None;
+    }
+    (limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
 }
 
 /// TLS to the control plane for an `https://` URL: its CA (`--control-ca`, else the public

@@ -93,6 +93,10 @@ pub struct Metrics {
     pub route_table_age_seconds: Gauge,
     pub spool_depth: Gauge,
     pub spool_oldest_age_seconds: Gauge,
+    /// Client connections open now.
+    pub open_connections: Gauge,
+    /// Client connections closed at accept because the connection cap was reached.
+    pub refused_connections: Counter,
 }
 
 impl Default for Metrics {
@@ -112,6 +116,8 @@ impl Default for Metrics {
             route_table_age_seconds: Gauge::default(),
             spool_depth: Gauge::default(),
             spool_oldest_age_seconds: Gauge::default(),
+            open_connections: Gauge::default(),
+            refused_connections: Counter::default(),
             registry: Registry::default(),
             series: RwLock::default(),
             health_limits: HealthLimitMetrics::default(),
@@ -181,6 +187,16 @@ impl Default for Metrics {
             "usage_spool_oldest_age_seconds",
             "Age of the oldest unacknowledged usage record",
             m.spool_oldest_age_seconds.clone(),
+        );
+        registry.register(
+            "open_connections",
+            "Client connections open now",
+            m.open_connections.clone(),
+        );
+        registry.register(
+            "refused_connections",
+            "Client connections closed at accept because --max-connections were open",
+            m.refused_connections.clone(),
         );
         Metrics { registry, ..m }
     }

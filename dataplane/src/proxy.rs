@@ -54,6 +54,8 @@ pub struct Limits {
     /// Largest upstream stream event; a larger one fails the attempt, or ends a committed
     /// stream with an error event.
     pub max_sse_event_bytes: usize,
+    /// How long a client gets to send a whole request body; then 408.
+    pub body_read_timeout: Duration,
 }
 
 pub fn build_client(limits: &Limits) -> HttpClient {

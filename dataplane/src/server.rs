@@ -14,9 +14,73 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+
+/// How the server bounds its clients' connections (flags of the same names).
+#[derive(Clone, Copy, Debug)]
+pub struct ConnLimits {
+    /// From accept to a complete first request head (the TLS handshake included), and between
+    /// two requests of an HTTP/1.1 keep-alive connection.
+    pub header_read_timeout: Duration,
+    /// Connections open at once; one more is accepted and closed at once.
+    pub max_connections: usize,
+}
+
+/// How often at most a refused connection or a failed accept is logged (with the count since).
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A pause after an accept error such as `EMFILE`: the pending connection stays in the backlog,
+/// so retrying at once would only fail again and spin a core.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Counts events and lets one log line through per interval, carrying the count since the last
+/// line: a flood of refusals costs a line every ten seconds, not one per connection.
+struct Throttled {
+    interval: Duration,
+    last: Option<Instant>,
+    since_last: u64,
+}
+
+impl Throttled {
+    fn new(interval: Duration) -> Self {
+        Throttled {
+            interval,
+            last: None,
+            since_last: 0,
+        }
+    }
+
+    /// Counts one event; `Some(n)` when a line is due, with the `n` events it stands for.
+    fn hit(&mut self) -> Option<u64> {
+        self.since_last += 1;
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < self.interval)
+        {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.since_last))
+    }
+}
+
+/// What an open connection holds until it ends: its slot under the cap, and its count in the
+/// open-connections gauge.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    open: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
 
 /// Serves until `cancel` fires, then stops accepting and gives in-flight requests (streams
 /// included) up to `drain` to finish. With `tls`, every connection is HTTPS (HTTP/1.1 or HTTP/2
@@ -26,72 +90,114 @@ pub async fn serve(
     gateway: Arc<Gateway>,
     cancel: CancellationToken,
     drain: Duration,
-    header_read_timeout: Duration,
+    limits: ConnLimits,
     tls: Option<Arc<crate::tls::Reloader>>,
 ) {
+    let header_read_timeout = limits.header_read_timeout;
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // A client gets this long to send its request head: a slow-loris connection cannot hold a
-    // task and a socket forever.
+    // hyper's own timer starts when it begins to read a head: on a keep-alive connection that is
+    // as soon as the previous response ended, which bounds the idle time between requests. The
+    // first head is bounded from accept in `serve_connection`, because before it hyper waits for
+    // bytes to tell HTTP/1.1 from h2c with no deadline at all.
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(header_read_timeout);
+    // The cap keeps a file descriptor free for each proxied request's upstream socket and for
+    // the spool and logs: a flood of idle connections is refused instead of turning every
+    // accept into `EMFILE`. Nothing ever closes the semaphore.
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut refusals = Throttled::new(REFUSAL_LOG_INTERVAL);
+    let mut accept_errors = Throttled::new(REFUSAL_LOG_INTERVAL);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(err) => {
-                    // Out of file descriptors and the like: wait a moment rather than spin.
-                    tracing::warn!(error = %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if let Some(count) = accept_errors.hit() {
+                        tracing::warn!(
+                            error = %err,
+                            count,
+                            "accept failed (count: failures since the last such line)"
+                        );
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => {}
+                        () = cancel.cancelled() => break,
+                    }
                     continue;
                 }
             },
             () = cancel.cancelled() => break,
         };
+        // At the cap the connection is closed at once rather than left in the backlog: a client
+        // learns now, the descriptor is back, and a real client is served as soon as a slot
+        // frees, without waiting behind a queue of idle sockets.
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            drop(stream);
+            gateway.metrics.refused_connections.inc();
+            if let Some(count) = refusals.hit() {
+                tracing::warn!(
+                    max_connections = limits.max_connections,
+                    count,
+                    "connection refused: too many open connections \
+                     (count: refusals since the last such line)"
+                );
+            }
+            continue;
+        };
+        gateway.metrics.open_connections.inc();
+        let slot = Slot {
+            _permit: permit,
+            open: gateway.metrics.open_connections.clone(),
+        };
+        let deadline = tokio::time::Instant::now() + header_read_timeout;
         let _ = stream.set_nodelay(true);
+        let head_seen = Arc::new(AtomicBool::new(false));
         let gw = Arc::clone(&gateway);
+        let seen = Arc::clone(&head_seen);
         let service = service_fn(move |req| {
+            seen.store(true, Ordering::Relaxed);
             let gw = Arc::clone(&gw);
             async move { Ok::<_, Infallible>(handle(gw, req).await) }
         });
-        if let Some(tls) = &tls {
-            let acceptor = tls.acceptor();
-            let watcher = graceful.watcher();
-            let builder = builder.clone();
-            tokio::spawn(async move {
-                // The handshake gets the same deadline as a request head.
-                let stream = match tokio::time::timeout(
-                    header_read_timeout,
-                    acceptor.accept(stream),
-                )
-                .await
-                {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(err)) => {
-                        tracing::debug!(%peer, error = %err, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                };
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                if let Err(err) = watcher.watch(conn.into_owned()).await {
-                    tracing::debug!(%peer, error = %err, "connection ended with an error");
-                }
-            });
-            continue;
-        }
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn.into_owned());
-        tokio::spawn(async move {
-            if let Err(err) = conn.await {
-                tracing::debug!(%peer, error = %err, "connection ended with an error");
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        match &tls {
+            Some(tls) => {
+                let acceptor = tls.acceptor();
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    // The handshake counts against the same deadline as the first head.
+                    let stream =
+                        match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(err)) => {
+                                tracing::debug!(%peer, error = %err, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    serve_connection(watcher.watch(conn.into_owned()), deadline, &head_seen, peer)
+                        .await;
+                });
             }
-        });
+            None => {
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    serve_connection(watcher.watch(conn.into_owned()), deadline, &head_seen, peer)
+                        .await;
+                });
+            }
+        }
     }
     drop(listener);
     tracing::info!(drain_secs = drain.as_secs(), "draining in-flight requests");
@@ -100,6 +206,34 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!("in-flight requests did not finish in time; closing them");
+    }
+}
+
+/// Runs one connection; closes it at `deadline` unless a request head has arrived by then
+/// (`head_seen`), so a client that connects and sends nothing, or too little, holds its socket
+/// no longer than the header read timeout counted from accept.
+async fn serve_connection<F, E>(
+    conn: F,
+    deadline: tokio::time::Instant,
+    head_seen: &AtomicBool,
+    peer: std::net::SocketAddr,
+) where
+    F: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        ended = &mut conn => ended,
+        () = tokio::time::sleep_until(deadline) => {
+            if !head_seen.load(Ordering::Relaxed) {
+                tracing::debug!(%peer, "no request head within the header read timeout; closing");
+                return;
+            }
+            conn.await
+        }
+    };
+    if let Err(err) = ended {
+        tracing::debug!(%peer, error = %err, "connection ended with an error");
     }
 }
 
@@ -335,7 +469,24 @@ async fn read_body(
         return Err(too_large());
     }
     let (parts, body) = req.into_parts();
-    match Limited::new(body, limit).collect().await {
+    // The whole body must arrive within the timeout, however it is split: a per-frame bound
+    // would let a client trickle a byte at a time and hold the connection (and what it has
+    // buffered so far) for ever.
+    let timeout = gw.proxy.limits.body_read_timeout;
+    let Ok(collected) = tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await
+    else {
+        gw.metrics.refused("body_timeout");
+        return Err(client_error(
+            protocol,
+            StatusCode::REQUEST_TIMEOUT,
+            &format!(
+                "The request body did not arrive within {} ms.",
+                timeout.as_millis()
+            ),
+            Some("request_timeout"),
+        ));
+    };
+    match collected {
         Ok(collected) => Ok((parts, collected.to_bytes())),
         Err(err)
             if err

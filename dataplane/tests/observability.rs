@@ -205,3 +205,73 @@ fn a_json_log_line_has_the_request_fields_and_no_secret() {
         assert!(!logs.contains(secret), "{secret:?} is in the log");
     }
 }
+
+#[test]
+fn with_json_logs_every_line_the_data_plane_prints_is_json() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let control = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let state = tempfile::tempdir().unwrap();
+    let mut child = Command::new(keyplane_testkit::process::bin_path("keyplane-dataplane"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--control",
+        ])
+        .arg(&control)
+        .arg("--state-dir")
+        .arg(state.path())
+        .env("KEYPLANE_NODE_TOKEN", "node-token-for-tests-0123")
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut announcement = String::new();
+    stdout.read_line(&mut announcement).unwrap();
+    let announced: serde_json::Value = serde_json::from_str(&announcement)
+        .unwrap_or_else(|e| panic!("the announcement is not JSON ({e}): {announcement:?}"));
+    let addr: std::net::SocketAddr = announced["listen"].as_str().unwrap().parse().unwrap();
+    assert!(
+        announced["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("keyplane-dataplane listening on ")
+    );
+    assert_eq!(announced["level"], "INFO");
+    assert!(announced["timestamp"].is_string());
+    // Some traffic, refused and served, then a clean stop: more lines of every kind.
+    assert_eq!(
+        HttpRequest::get("/healthz")
+            .send(addr, TIMEOUT)
+            .unwrap()
+            .status,
+        200
+    );
+    let refused = HttpRequest::post_json("/v1/chat/completions", &chat_body(false))
+        .bearer("kp_nope")
+        .send(addr, TIMEOUT)
+        .unwrap();
+    assert_eq!(refused.status, 503);
+    keyplane_testkit::process::send_signal(child.id(), libc::SIGTERM);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(stderr.lines().count() >= 3, "{stderr}");
+    for (stream, text) in [("stdout", rest.as_str()), ("stderr", stderr.as_str())] {
+        for line in text.lines() {
+            let parsed: Result<serde_json::Value, _> = serde_json::from_str(line);
+            assert!(
+                parsed.is_ok_and(|v| v.is_object()),
+                "a {stream} line is not a JSON object: {line:?}"
+            );
+        }
+    }
+}

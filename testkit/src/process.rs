@@ -128,6 +128,11 @@ fn spawn_announced_with(
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            // With `--log-format json` the announcement is a JSON line; its `message` is the text.
+            let line = serde_json::from_str::<serde_json::Value>(&line)
+                .ok()
+                .and_then(|v| v["message"].as_str().map(str::to_string))
+                .unwrap_or(line);
             if let Some(addr) = line.strip_prefix(prefix) {
                 let _ = tx.send((true, addr.trim().to_string()));
             } else if let Some(addr) = also.and_then(|a| line.strip_prefix(a)) {
