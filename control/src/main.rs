@@ -121,6 +121,35 @@ fn init_logs(format: LogFormat) {
     }
 }
 
+/// Writes a line for scripts on stdout: `message` as is, or with `--log-format json` a JSON line
+/// shaped like the log's, with `field` beside the message, so that everything the process
+/// prints parses as JSON.
+fn announce(format: LogFormat, message: String, field: Option<(&str, String)>) {
+    let line = match format {
+        LogFormat::Text => message,
+        LogFormat::Json => {
+            use tracing_subscriber::fmt::time::FormatTime;
+            let mut timestamp = String::new();
+            let _ = tracing_subscriber::fmt::time::SystemTime.format_time(
+                &mut tracing_subscriber::fmt::format::Writer::new(&mut timestamp),
+            );
+            let mut line = serde_json::json!({
+                "timestamp": timestamp,
+                "level": "INFO",
+                "message": message,
+                "target": "keyplane_control",
+            });
+            if let Some((name, value)) = field {
+                line[name] = serde_json::Value::String(value);
+            }
+            line.to_string()
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
 /// mimalloc (without transparent huge pages): usage ingest is sled inserts that allocate and free
 /// many small nodes, and glibc's malloc was a fifth of the control plane's CPU under the data
 /// plane benchmark's load.
@@ -315,9 +344,11 @@ async fn run(args: Args) -> Result<(), Failure> {
             let bound = metrics_listener
                 .local_addr()
                 .map_err(|e| Failure::Runtime(format!("cannot read the metrics address: {e}")))?;
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "keyplane-control metrics on {bound}");
-            let _ = out.flush();
+            announce(
+                args.log_format,
+                format!("keyplane-control metrics on {bound}"),
+                Some(("metrics_listen", bound.to_string())),
+            );
             let source = Arc::new(keyplane_control::metrics::Source {
                 store: Arc::clone(&store),
                 routes: Arc::clone(&routes),
@@ -332,22 +363,25 @@ async fn run(args: Args) -> Result<(), Failure> {
         None => None,
     };
     // One line on stdout that scripts (and the testkit) wait for; logs go to stderr.
-    let mut out = std::io::stdout().lock();
     if !secrets.dev_files.is_empty() {
         let files: Vec<String> = secrets
             .dev_files
             .iter()
             .map(|p| p.display().to_string())
             .collect();
-        let _ = writeln!(out, "dev secrets (mode 0600): {}", files.join(", "));
+        let message = format!("dev secrets (mode 0600): {}", files.join(", "));
+        announce(args.log_format, message, None);
     }
     if !dev_certs.is_empty() {
         let files: Vec<String> = dev_certs.iter().map(|p| p.display().to_string()).collect();
-        let _ = writeln!(out, "dev TLS certificates: {}", files.join(", "));
+        let message = format!("dev TLS certificates: {}", files.join(", "));
+        announce(args.log_format, message, None);
     }
-    let _ = writeln!(out, "keyplane-control listening on {local}");
-    let _ = out.flush();
-    drop(out);
+    announce(
+        args.log_format,
+        format!("keyplane-control listening on {local}"),
+        Some(("listen", local.to_string())),
+    );
     tracing::info!(
         listen = %local,
         data_dir = %args.data_dir.display(),

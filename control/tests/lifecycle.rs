@@ -311,3 +311,63 @@ fn a_store_written_by_layout_v1_opens() {
         .logs()
         .contains("keyplane-control serving")));
 }
+
+#[test]
+fn with_json_logs_every_line_the_control_plane_prints_is_json() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(bin_path("keyplane-control"))
+        .args(["--dev", "--log-format", "json", "--listen", "127.0.0.1:0"])
+        .args(["--metrics-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env_remove("KEYPLANE_MASTER_KEY")
+        .env_remove("KEYPLANE_ADMIN_TOKEN")
+        .env_remove("KEYPLANE_NODE_TOKEN")
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    // The `--dev` files, the metrics address, then the gRPC address last.
+    loop {
+        let mut line = String::new();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "{lines:?}");
+        let parsed: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("a stdout line is not JSON ({e}): {line:?}"));
+        lines.push(parsed.clone());
+        if parsed["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("keyplane-control listening on ")
+        {
+            assert!(
+                parsed["listen"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<std::net::SocketAddr>()
+                    .is_ok()
+            );
+            break;
+        }
+    }
+    assert!(
+        lines.iter().any(|l| l["metrics_listen"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:"))),
+        "{lines:?}"
+    );
+    assert!(lines.len() >= 3, "the --dev lines are missing: {lines:?}");
+    keyplane_testkit::process::send_signal(child.id(), libc_sigterm());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(stderr.lines().count() >= 2, "{stderr}");
+    for line in stderr.lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| v.is_object()),
+            "a stderr line is not a JSON object: {line:?}"
+        );
+    }
+}
