@@ -152,19 +152,39 @@ pub struct SetModel<'a> {
     pub cache_write_usd_per_mtok: &'a str,
 }
 
+/// How much of a caller's value an error message quotes.
+const QUOTED_CHARS: usize = 64;
+
+/// `value` quoted for an error message: in full when short, else its first [`QUOTED_CHARS`]
+/// characters and its length, so that an oversized input is not echoed back whole.
+pub(crate) fn quoted(value: &str) -> String {
+    match value.char_indices().nth(QUOTED_CHARS) {
+        None => format!("{value:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &value[..cut], value.len()),
+    }
+}
+
+/// The longest name of a provider, key, chain or node.
+const MAX_NAME_BYTES: usize = 64;
+
+/// The longest model name or upstream model id.
+const MAX_MODEL_NAME_BYTES: usize = 256;
+
 /// Names of providers and client keys: short, and safe in a URL path, a log and a table.
 pub(crate) fn check_name(what: &str, name: &str) -> Result<()> {
+    if name.len() > MAX_NAME_BYTES {
+        return Err(invalid(format!(
+            "{what} name is {} bytes; at most {MAX_NAME_BYTES} allowed",
+            name.len()
+        )));
+    }
     let ok_chars = name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if name.is_empty()
-        || name.len() > 64
-        || !ok_chars
-        || !name.as_bytes()[0].is_ascii_alphanumeric()
-    {
+    if name.is_empty() || !ok_chars || !name.as_bytes()[0].is_ascii_alphanumeric() {
         return Err(invalid(format!(
-            "{what} name {name:?} is invalid: use 1 to 64 letters, digits, '-', '_' or '.', \
-             starting with a letter or digit"
+            "{what} name {name:?} is invalid: use 1 to {MAX_NAME_BYTES} letters, digits, '-', \
+             '_' or '.', starting with a letter or digit"
         )));
     }
     Ok(())
@@ -173,12 +193,16 @@ pub(crate) fn check_name(what: &str, name: &str) -> Result<()> {
 /// Model names are freer (`deepseek/deepseek-chat`, `gpt-4o-mini:free`) but never contain
 /// whitespace, control characters or the key separator.
 fn check_model_name(what: &str, name: &str) -> Result<()> {
-    if name.is_empty()
-        || name.len() > 256
-        || name.chars().any(|c| c.is_whitespace() || c.is_control())
-    {
+    if name.len() > MAX_MODEL_NAME_BYTES {
         return Err(invalid(format!(
-            "{what} {name:?} is invalid: use 1 to 256 characters without spaces"
+            "{what} is {} bytes; at most {MAX_MODEL_NAME_BYTES} allowed",
+            name.len()
+        )));
+    }
+    if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(format!(
+            "{what} {} is invalid: use 1 to {MAX_MODEL_NAME_BYTES} characters without spaces",
+            quoted(name)
         )));
     }
     Ok(())

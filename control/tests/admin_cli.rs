@@ -502,3 +502,68 @@ fn bad_input_is_refused_clearly_and_nothing_is_half_written() {
     // And the server still serves.
     cp.ctl(&["provider", "list"]).ok();
 }
+
+#[test]
+fn oversized_input_is_refused_with_what_was_wrong_not_a_transport_error() {
+    let cp = ControlPlane::start();
+    let huge = "a".repeat(20_000);
+    let model = "m".repeat(100_000);
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &[
+                "provider",
+                "add",
+                &huge,
+                "--protocol",
+                "openai",
+                "--base-url",
+                "https://api.example.com/v1",
+            ],
+            "provider name is 20000 bytes; at most 64 allowed",
+        ),
+        (
+            &["key", "create", &huge],
+            "key name is 20000 bytes; at most 64 allowed",
+        ),
+        // Not a name check: the refusal echoes the input, cut short with its length.
+        (&["key", "revoke", &huge], "bytes)"),
+        (
+            &[
+                "model",
+                "set",
+                &model,
+                "--provider",
+                "p",
+                "--input",
+                "1",
+                "--output",
+                "2",
+            ],
+            "model name is 100000 bytes; at most 256 allowed",
+        ),
+        (&["usage", "--key", &huge], ""),
+    ];
+    for (args, expected) in cases {
+        let out = cp.ctl(args);
+        assert_eq!(
+            out.code,
+            1,
+            "{}: exit {} stderr {:?}",
+            args[..2].join(" "),
+            out.code,
+            &out.stderr[..out.stderr.len().min(500)]
+        );
+        assert!(
+            out.stderr.contains(expected),
+            "{}: {:?}",
+            args[..2].join(" "),
+            &out.stderr[..out.stderr.len().min(500)]
+        );
+        assert!(
+            out.stderr.len() < 2048,
+            "{}: the refusal echoes the input whole ({} bytes)",
+            args[..2].join(" "),
+            out.stderr.len()
+        );
+    }
+}

@@ -14,15 +14,34 @@ use tonic::Status;
 impl From<Error> for Status {
     fn from(err: Error) -> Status {
         match err {
-            Error::InvalidArgument(m) => Status::invalid_argument(m),
-            Error::NotFound(m) => Status::not_found(m),
-            Error::AlreadyExists(m) => Status::already_exists(m),
+            Error::InvalidArgument(m) => Status::invalid_argument(bounded(m)),
+            Error::NotFound(m) => Status::not_found(bounded(m)),
+            Error::AlreadyExists(m) => Status::already_exists(bounded(m)),
             other => {
                 tracing::error!(error = %other, "request failed");
-                Status::internal(other.to_string())
+                Status::internal(bounded(other.to_string()))
             }
         }
     }
+}
+
+/// The longest message a status carries. tonic sends it in the `grpc-message` header, and a
+/// client refuses a header block over its limit (16 KiB in hyper's), which keyplanectl could
+/// only report as a failure to talk to the control plane; a message that echoes a caller's
+/// oversized input must still arrive as a refusal.
+pub const MAX_STATUS_MESSAGE_BYTES: usize = 1024;
+
+/// `message`, cut to [`MAX_STATUS_MESSAGE_BYTES`] (at a character boundary) and marked with its
+/// full length when longer.
+fn bounded(message: String) -> String {
+    if message.len() <= MAX_STATUS_MESSAGE_BYTES {
+        return message;
+    }
+    let mut cut = MAX_STATUS_MESSAGE_BYTES;
+    while !message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}… ({} bytes)", &message[..cut], message.len())
 }
 
 pub fn provider(rec: ProviderRec) -> pb::Provider {
@@ -217,5 +236,28 @@ pub fn usage_record(rec: pb::UsageRecord) -> UsageRec {
         estimated: rec.estimated,
         received_at_ms: 0,
         chain: rec.chain,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_message_is_bounded_at_a_char_boundary() {
+        let short = Status::from(Error::NotFound("key \"a\" not found".into()));
+        assert_eq!(short.message(), "key \"a\" not found");
+        let huge = format!("provider {:?} not found", "é".repeat(10_000));
+        let status = Status::from(Error::NotFound(huge.clone()));
+        assert_eq!(status.code(), tonic::Code::NotFound);
+        assert!(status.message().len() <= MAX_STATUS_MESSAGE_BYTES + 32);
+        assert!(
+            status
+                .message()
+                .ends_with(&format!("… ({} bytes)", huge.len()))
+        );
+        assert!(huge.starts_with(status.message().split('…').next().unwrap()));
+        let internal = Status::from(Error::Internal("x".repeat(50_000)));
+        assert!(internal.message().len() <= MAX_STATUS_MESSAGE_BYTES + 32);
     }
 }
