@@ -157,6 +157,47 @@ pub fn message_usage(body: &[u8]) -> Option<Usage> {
     Some(usage)
 }
 
+/// A non-streamed body that is what a message promises.
+#[derive(Debug)]
+pub struct Message {
+    /// Its usage, when it has a readable one.
+    pub usage: Option<Usage>,
+}
+
+#[derive(Deserialize)]
+struct MessageShape<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    /// Required, and only its shape matters.
+    #[serde(rename = "content")]
+    _content: Vec<serde::de::IgnoredAny>,
+    #[serde(default, borrow)]
+    usage: Option<&'a RawValue>,
+}
+
+/// Reads a non-streamed upstream body as a message: a JSON object with `"type": "message"` and
+/// a `content` array. `None` for anything else (HTML, text, empty, truncated, an array,
+/// compressed bytes), which is not to be relayed as a message. One parse gives both the
+/// verdict and the usage.
+pub fn message(body: &[u8]) -> Option<Message> {
+    if super::json::first_byte(body) != Some(b'{') {
+        return None;
+    }
+    let shape = serde_json::from_slice::<MessageShape<'_>>(body).ok()?;
+    if shape.kind != "message" {
+        return None;
+    }
+    let usage = shape
+        .usage
+        .and_then(|raw| serde_json::from_str::<RawUsage>(raw.get()).ok())
+        .map(|raw| {
+            let mut usage = Usage::default();
+            usage.merge(&raw);
+            usage
+        });
+    Some(Message { usage })
+}
+
 /// What one upstream event means to the relay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -295,6 +336,28 @@ mod tests {
         let dir =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/providers/samples");
         std::fs::read(dir.join(name)).unwrap()
+    }
+
+    #[test]
+    fn only_a_json_message_object_is_a_message() {
+        let ok = br#"{"id":"msg_1","type":"message","role":"assistant","model":"m",
+            "content":[{"type":"text","text":"hi"}],"stop_reason":"end_turn",
+            "usage":{"input_tokens":12,"output_tokens":3}}"#;
+        let m = message(ok).unwrap();
+        assert!(
+            m.usage
+                .is_some_and(|u| u.input_tokens == 12 && u.output_tokens == 3)
+        );
+        for bad in [
+            &b""[..],
+            b"<html></html>",
+            br#"{"type":"error","error":{"type":"overloaded_error"}}"#,
+            br#"{"type":"message","content":"text"}"#,
+            br#"{"type":"message","content":[{"type":"text""#,
+            br#"["message", []]"#,
+        ] {
+            assert!(message(bad).is_none(), "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

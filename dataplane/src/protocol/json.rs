@@ -92,3 +92,11 @@ pub fn write_object(
     out.push(b'}');
     out
 }
+
+/// The first byte of `body` that is not JSON whitespace: `{` for an object. A JSON parser would
+/// also read a struct from an array, so a shape check looks here first.
+pub fn first_byte(body: &[u8]) -> Option<u8> {
+    body.iter()
+        .copied()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+}

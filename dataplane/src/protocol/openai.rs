@@ -275,6 +275,38 @@ pub fn completion_usage(body: &[u8]) -> Option<Usage> {
         .map(Usage::from)
 }
 
+/// A non-streamed body that is what a chat completion promises.
+#[derive(Debug)]
+pub struct Completion {
+    /// Its usage, when it has a readable one.
+    pub usage: Option<Usage>,
+}
+
+#[derive(Deserialize)]
+struct CompletionShape<'a> {
+    /// Required, and only its shape matters.
+    #[serde(rename = "choices")]
+    _choices: Vec<serde::de::IgnoredAny>,
+    #[serde(default, borrow)]
+    usage: Option<&'a RawValue>,
+}
+
+/// Reads a non-streamed upstream body as a chat completion: a JSON object with a `choices`
+/// array. `None` for anything else (HTML, text, empty, truncated, an array, compressed bytes),
+/// which is not to be relayed as a completion. An unreadable `usage` leaves the body a
+/// completion without usage. One parse gives both the verdict and the usage.
+pub fn completion(body: &[u8]) -> Option<Completion> {
+    if super::json::first_byte(body) != Some(b'{') {
+        return None;
+    }
+    let shape = serde_json::from_slice::<CompletionShape<'_>>(body).ok()?;
+    let usage = shape
+        .usage
+        .and_then(|raw| serde_json::from_str::<RawUsage>(raw.get()).ok())
+        .map(Usage::from);
+    Some(Completion { usage })
+}
+
 /// What one streamed event means to the relay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Chunk {
@@ -442,6 +474,34 @@ pub fn stream_error_event(message: &str) -> Bytes {
 mod tests {
     use super::*;
     use crate::sse;
+
+    #[test]
+    fn only_a_json_object_with_choices_is_a_completion() {
+        let ok =
+            br#" {"id":"x","choices":[{"index":0,"message":{"role":"assistant","content":"hi"}}],
+            "usage":{"prompt_tokens":3,"completion_tokens":1}}"#;
+        let c = completion(ok).unwrap();
+        assert_eq!(c.usage.unwrap().prompt_tokens, 3);
+        // Unreadable usage leaves a completion without usage.
+        let c = completion(br#"{"choices":[],"usage":{"prompt_tokens":"lots"}}"#).unwrap();
+        assert!(c.usage.is_none());
+        for bad in [
+            &b""[..],
+            b"<html><body>502 Bad Gateway</body></html>",
+            b"upstream connect error",
+            br#"{"choices":[{"index":0"#,
+            br#"[[], {"prompt_tokens": 1}]"#,
+            br#"{"error":{"message":"x"}}"#,
+            br#"{"choices":{}}"#,
+            b"\x1f\x8b\x08\x00\x00\x00\x00\x00",
+        ] {
+            assert!(
+                completion(bad).is_none(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
 
     #[test]
     fn rewrite_changes_only_model_and_keeps_other_bytes() {
