@@ -17,6 +17,7 @@ pub mod logfmt;
 pub mod metrics;
 pub mod protocol;
 pub mod proxy;
+pub mod redact;
 pub mod server;
 pub mod snapshot;
 pub mod sse;

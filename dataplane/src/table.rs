@@ -37,6 +37,8 @@ pub struct Candidate {
     /// The header that carries the secret (`authorization: Bearer …` or `x-api-key: …`), marked
     /// sensitive so that hyper never logs it.
     pub auth: (http::HeaderName, HeaderValue),
+    /// Finds the secret of `auth` in what the upstream sends back, to scrub it.
+    pub redactor: Arc<crate::redact::Redactor>,
     pub upstream_model: Arc<str>,
     pub input_micro_usd_per_mtok: u64,
     pub output_micro_usd_per_mtok: u64,
@@ -250,6 +252,7 @@ impl Table {
         struct Cred {
             id: Arc<str>,
             auth: (http::HeaderName, HeaderValue),
+            redactor: Arc<crate::redact::Redactor>,
             multiplier_ppm: u64,
             stats: Arc<CredentialStats>,
         }
@@ -282,6 +285,7 @@ impl Table {
                 .push(Cred {
                     id: Arc::from(c.id.as_str()),
                     auth: (name, value),
+                    redactor: Arc::new(crate::redact::Redactor::new(c.secret.as_bytes())),
                     multiplier_ppm: c.multiplier_ppm,
                     stats: cred_stats,
                 });
@@ -319,6 +323,7 @@ impl Table {
                         provider: Arc::clone(provider),
                         credential_id: Arc::clone(&cred.id),
                         auth: cred.auth.clone(),
+                        redactor: Arc::clone(&cred.redactor),
                         upstream_model: Arc::clone(&upstream_model),
                         input_micro_usd_per_mtok: o.input_micro_usd_per_mtok,
                         output_micro_usd_per_mtok: o.output_micro_usd_per_mtok,
