@@ -193,6 +193,9 @@ enum Failure {
     Connect(String),
     /// A 200 that failed before committing (error event, cut, nothing to show, untranslatable).
     Stream(String),
+    /// An answer that is not what the upstream's protocol promises: a redirect, a body of the
+    /// wrong type, encoding or shape, or one past the size limit. Never relayed.
+    Invalid(String),
     /// This candidate cannot serve the request as asked (`n > 1` to an Anthropic upstream, say).
     Unsupported(String),
 }
@@ -203,7 +206,10 @@ impl Failure {
         match self {
             Failure::Status { status, .. } => status.to_string(),
             Failure::Timeout => "timed out".into(),
-            Failure::Connect(e) | Failure::Stream(e) | Failure::Unsupported(e) => e.clone(),
+            Failure::Connect(e)
+            | Failure::Stream(e)
+            | Failure::Invalid(e)
+            | Failure::Unsupported(e) => e.clone(),
         }
     }
 
@@ -217,6 +223,7 @@ impl Failure {
             Failure::Timeout => "timeout",
             Failure::Connect(_) => "connect_error",
             Failure::Stream(_) => "stream_error",
+            Failure::Invalid(_) => "invalid_response",
             Failure::Unsupported(_) => "unsupported",
         }
     }
@@ -326,13 +333,9 @@ impl Inbound<'_> {
     }
 }
 
-fn openai_usage(u: openai::Usage) -> Usage {
-    Usage {
-        input_tokens: u.prompt_tokens.saturating_sub(u.cached_tokens),
-        output_tokens: u.completion_tokens,
-        cache_read_tokens: u.cached_tokens,
-        cache_write_tokens: 0,
-    }
+/// `None` for counts no upstream truthfully reports (more cached than prompted).
+fn openai_usage(u: openai::Usage) -> Option<Usage> {
+    Usage::from_openai(u.prompt_tokens, u.completion_tokens, u.cached_tokens)
 }
 
 fn anthropic_usage(u: anthropic::Usage) -> Usage {
@@ -635,7 +638,10 @@ impl Proxy {
                             outcome = failure.outcome(),
                             "upstream attempt failed; trying the next candidate"
                         );
-                        tracing::debug!(request_id = %ctx.request_id, detail = %failure.detail(), "upstream failure detail");
+                        // The detail may quote the upstream, which may echo the secret.
+                        let detail = failure.detail();
+                        let detail = cand.redactor.text(&detail);
+                        tracing::debug!(request_id = %ctx.request_id, detail = %detail, "upstream failure detail");
                         failures.push(failure);
                     }
                 }
@@ -737,7 +743,9 @@ impl Proxy {
             Failure::Status { status, .. } if status.is_server_error() => {
                 health.on_server_error(now)
             }
-            Failure::Timeout | Failure::Connect(_) | Failure::Stream(_) => {
+            // An upstream that answers what its protocol does not promise is misconfigured or
+            // broken, like one that answers 5xx.
+            Failure::Timeout | Failure::Connect(_) | Failure::Stream(_) | Failure::Invalid(_) => {
                 health.on_server_error(now)
             }
             _ => {
@@ -855,6 +863,13 @@ impl Proxy {
         cand.stats
             .observe_latency(sent.elapsed().as_micros().min(u128::from(u64::MAX)) as u64);
         let status = resp.status();
+        if status.is_redirection() {
+            // A chat endpoint never redirects; the client would get neither the answer nor a
+            // usable Location.
+            return Err(Attempt::Failed(Failure::Invalid(format!(
+                "upstream answered {status}, a redirect"
+            ))));
+        }
         if !status.is_success() {
             let retry_after = resp.headers().get(header::RETRY_AFTER).cloned();
             if is_retryable(status) {
@@ -892,6 +907,7 @@ impl Proxy {
                 }
                 _ => (status, bytes),
             };
+            let bytes = cand.redactor.bytes(bytes);
             let mut out = Response::new(full(bytes));
             *out.status_mut() = status;
             out.headers_mut().insert(
@@ -901,6 +917,7 @@ impl Proxy {
             return Err(Attempt::Final(out));
         }
 
+        check_success_head(resp.headers(), inbound.stream()).map_err(Attempt::Failed)?;
         let mut record = Record {
             proxy: Arc::clone(self),
             request_id: ctx.request_id.clone(),
@@ -917,6 +934,7 @@ impl Proxy {
             started_at_ms: ctx.started_at_ms,
             ttfb_ms: 0,
             input_estimate: estimate_tokens(client_body.len()),
+            request_bytes: client_body.len() as u64,
         };
         if inbound.stream() {
             let adapter = match (inbound, upstream) {
@@ -940,7 +958,11 @@ impl Proxy {
                     )))
                 }
             };
-            let scan = Scan::new(adapter, self.limits.max_sse_event_bytes);
+            let scan = Scan::new(
+                adapter,
+                self.limits.max_sse_event_bytes,
+                Arc::clone(&cand.redactor),
+            );
             let (upstream_body, scan) = precommit(resp.into_body(), scan, deadline, idle_timeout)
                 .await
                 .map_err(Attempt::Failed)?;
@@ -960,23 +982,20 @@ impl Proxy {
             let limit = self.limits.max_upstream_body_bytes;
             let bytes = read_body(resp.into_body(), idle_timeout, limit)
                 .await
-                .map_err(|e| Attempt::Failed(Failure::Stream(e)))?;
+                .map_err(Attempt::Failed)?;
             record.ttfb_ms = ms_since(ctx.started);
-            // One parse of an OpenAI body gives both the counts and the provider's own charge.
-            let openai_body_usage = match upstream {
-                Protocol::OpenAi => openai::completion_usage(&bytes),
-                Protocol::Anthropic => None,
-            };
-            record.reported_cost_nano_usd = openai_body_usage
-                .as_ref()
-                .and_then(|u| u.reported_cost_nano);
             let (bytes, usage) = match (client_protocol, upstream) {
                 (Protocol::OpenAi, Protocol::OpenAi) => {
-                    (bytes, openai_body_usage.map(openai_usage))
+                    // One parse of the body says whether it is a completion and gives both the
+                    // counts and the provider's own charge.
+                    let completion = openai::completion(&bytes).ok_or_else(not_a_completion)?;
+                    record.reported_cost_nano_usd =
+                        completion.usage.and_then(|u| u.reported_cost_nano);
+                    (bytes, completion.usage.and_then(openai_usage))
                 }
                 (Protocol::Anthropic, Protocol::Anthropic) => {
-                    let usage = anthropic::message_usage(&bytes).map(anthropic_usage);
-                    (bytes, usage)
+                    let message = anthropic::message(&bytes).ok_or_else(not_a_completion)?;
+                    (bytes, message.usage.map(anthropic_usage))
                 }
                 (Protocol::OpenAi, Protocol::Anthropic) => {
                     let (b, u) = translate::anthropic_to_openai_response(&bytes, inbound.model())
@@ -984,11 +1003,14 @@ impl Proxy {
                     (Bytes::from(b), u)
                 }
                 (Protocol::Anthropic, Protocol::OpenAi) => {
+                    record.reported_cost_nano_usd =
+                        openai::completion_usage(&bytes).and_then(|u| u.reported_cost_nano);
                     let (b, u) = translate::openai_to_anthropic_response(&bytes, inbound.model())
                         .map_err(|e| Attempt::Failed(Failure::Stream(e.message)))?;
                     (Bytes::from(b), u)
                 }
             };
+            let bytes = cand.redactor.bytes(bytes);
             let estimate = estimate_tokens(bytes.len());
             record.permit = permit.take();
             record.finish(usage, estimate, 200);
@@ -1204,24 +1226,81 @@ fn all_failed(protocol: Protocol, failures: &[Failure]) -> Response<Body> {
     }
 }
 
-/// Reads a whole body, failing on a gap longer than `idle` or more than `limit` bytes.
-async fn read_body(mut body: Incoming, idle: Duration, limit: usize) -> Result<Bytes, String> {
-    let mut buf = BytesMut::new();
+/// Reads a whole body, failing on a gap longer than `idle` or more than `limit` bytes. The
+/// buffer never grows past `limit` (a declared length past it fails before a byte is read), and
+/// is freed when the read fails.
+async fn read_body(mut body: Incoming, idle: Duration, limit: usize) -> Result<Bytes, Failure> {
+    let too_large = || Failure::Invalid(format!("upstream body larger than {limit} bytes"));
+    let declared = http_body::Body::size_hint(&body).lower();
+    if declared > limit as u64 {
+        return Err(too_large());
+    }
+    let mut buf: Vec<u8> = Vec::with_capacity(declared as usize);
     loop {
         match tokio::time::timeout(idle, body.frame()).await {
-            Err(_) => return Err("upstream body stalled".into()),
-            Ok(None) => return Ok(buf.freeze()),
-            Ok(Some(Err(e))) => return Err(format!("upstream body failed: {e}")),
+            Err(_) => return Err(Failure::Stream("upstream body stalled".into())),
+            Ok(None) => return Ok(Bytes::from(buf)),
+            Ok(Some(Err(e))) => return Err(Failure::Stream(format!("upstream body failed: {e}"))),
             Ok(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
-                    if buf.len() + data.len() > limit {
-                        return Err("upstream body too large".into());
+                    let needed = buf.len() + data.len();
+                    if needed > limit {
+                        return Err(too_large());
+                    }
+                    if needed > buf.capacity() {
+                        // Doubling, but never past the limit.
+                        let cap = needed.max(buf.capacity() * 2).min(limit);
+                        buf.reserve_exact(cap - buf.len());
                     }
                     buf.extend_from_slice(&data);
                 }
             }
         }
     }
+}
+
+/// Whether the head of a 200 is what the protocol promises before its body is read: a JSON
+/// body (or no content type) for a completion, an event stream (or no content type) for a
+/// stream, and no content encoding the gateway did not ask for (it sends
+/// `Accept-Encoding: identity`, and relays and parses the bytes as they are).
+fn check_success_head(headers: &HeaderMap, stream: bool) -> Result<(), Failure> {
+    if let Some(encoding) = headers.get(header::CONTENT_ENCODING)
+        && !encoding.as_bytes().eq_ignore_ascii_case(b"identity")
+    {
+        return Err(Failure::Invalid(format!(
+            "upstream answered with content encoding {:?}",
+            String::from_utf8_lossy(encoding.as_bytes())
+        )));
+    }
+    let Some(content_type) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let essence = content_type
+        .as_bytes()
+        .split(|b| *b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    let ok = if stream {
+        essence.eq_ignore_ascii_case(b"text/event-stream")
+    } else {
+        essence.eq_ignore_ascii_case(b"application/json")
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Failure::Invalid(format!(
+            "upstream answered a 200 of content type {:?}",
+            String::from_utf8_lossy(content_type.as_bytes())
+        )))
+    }
+}
+
+/// A 200 whose body is not a completion (or message) of the upstream's protocol.
+fn not_a_completion() -> Attempt {
+    Attempt::Failed(Failure::Invalid(
+        "upstream answered a 200 that is not a completion".into(),
+    ))
 }
 
 /// What one upstream event meant.
@@ -1390,7 +1469,7 @@ impl Adapter {
 
     fn usage(&self) -> Option<Usage> {
         match self {
-            Adapter::OpenAi { usage, .. } => usage.map(openai_usage),
+            Adapter::OpenAi { usage, .. } => usage.and_then(openai_usage),
             Adapter::Anthropic(u) => {
                 (*u != anthropic::Usage::default()).then(|| anthropic_usage(*u))
             }
@@ -1440,11 +1519,18 @@ struct Scan {
     content_events: u64,
     failed: Option<String>,
     done: bool,
+    /// Scrubs the candidate's secret from what goes to the client.
+    redactor: Arc<crate::redact::Redactor>,
 }
 
 impl Scan {
-    fn new(adapter: Adapter, max_event_bytes: usize) -> Scan {
+    fn new(
+        adapter: Adapter,
+        max_event_bytes: usize,
+        redactor: Arc<crate::redact::Redactor>,
+    ) -> Scan {
         Scan {
+            redactor,
             adapter,
             splitter: sse::Splitter::new(max_event_bytes),
             queue: VecDeque::new(),
@@ -1502,6 +1588,10 @@ async fn precommit(
 /// Why a stream failed when one of its events went past `--max-sse-event-bytes`.
 const TOO_LARGE_EVENT: &str = "The upstream sent a stream event larger than the gateway accepts.";
 
+/// The most a provider's own reported charge for one request may be ($1,000): beyond it, the
+/// computed cost is billed instead.
+const MAX_REPORTED_COST_NANO_USD: u64 = 1_000 * 1_000_000_000;
+
 /// Everything needed to write the usage record when the response ends.
 struct Record {
     proxy: Arc<Proxy>,
@@ -1520,6 +1610,8 @@ struct Record {
     ttfb_ms: u32,
     /// Input tokens to bill when the upstream reports none: the client body's bytes / 4.
     input_estimate: u64,
+    /// The client body's size, which bounds the prompt tokens an upstream may report.
+    request_bytes: u64,
     /// The chain the client asked for ("" if none).
     chain: String,
     /// The key's limits, settled to the billed cost when the record is written.
@@ -1531,6 +1623,26 @@ impl Record {
     /// input estimated from the request body's size, flagged as estimated. Cached input is
     /// priced at the offering's cache prices (the input price where it has none).
     fn finish(mut self, usage: Option<Usage>, estimated_output: u64, status: u32) {
+        // Counts beyond belief are not billed, and neither is a charge that came with them or
+        // one beyond belief by itself.
+        let usage = match usage {
+            Some(u) if !u.is_plausible(self.request_bytes) => {
+                tracing::warn!(
+                    request_id = %self.request_id,
+                    provider = %self.provider,
+                    "upstream usage beyond belief; billing an estimate"
+                );
+                self.reported_cost_nano_usd = None;
+                None
+            }
+            u => u,
+        };
+        if self
+            .reported_cost_nano_usd
+            .is_some_and(|c| c > MAX_REPORTED_COST_NANO_USD)
+        {
+            self.reported_cost_nano_usd = None;
+        }
         let (u, estimated) = match usage {
             Some(u) => (u, false),
             None => (
@@ -1659,19 +1771,22 @@ impl Relay {
         }
     }
 
+    /// Moves what is ready into one frame, without the candidate's secret (events are whole,
+    /// so an echoed secret is never split across two).
     fn flush_out(&mut self) {
         let out = std::mem::take(&mut self.scan.out);
-        match out.len() {
-            0 => {}
-            1 => self.ready.extend(out),
+        let frame = match out.len() {
+            0 => return,
+            1 => out.into_iter().next().unwrap_or_default(),
             _ => {
                 let mut joined = BytesMut::with_capacity(out.iter().map(Bytes::len).sum());
                 for b in out {
                     joined.extend_from_slice(&b);
                 }
-                self.ready.push_back(joined.freeze());
+                joined.freeze()
             }
-        }
+        };
+        self.ready.push_back(self.scan.redactor.bytes(frame));
     }
 
     fn finish(&mut self, status: u32) {

@@ -9,6 +9,7 @@
 
 mod support;
 
+use keyplane_testkit::http::HttpRequest;
 use keyplane_testkit::{ControlPlane, DataPlane, FakeConfig, FakeUpstream};
 use serde_json::Value;
 use std::io::{Read, Write};
@@ -24,6 +25,7 @@ type Script = dyn Fn(&[u8], &mut TcpStream) + Send + Sync;
 /// closes.
 struct Hostile {
     addr: SocketAddr,
+    script: Arc<Mutex<Arc<Script>>>,
     requests: Arc<Mutex<Vec<Vec<u8>>>>,
     stop: Arc<AtomicBool>,
 }
@@ -57,9 +59,14 @@ impl Hostile {
         });
         Hostile {
             addr,
+            script,
             requests,
             stop,
         }
+    }
+
+    fn set(&self, script: impl Fn(&[u8], &mut TcpStream) + Send + Sync + 'static) {
+        *self.script.lock().unwrap() = Arc::new(script);
     }
 
     fn request_count(&self) -> usize {
@@ -118,7 +125,26 @@ fn head(status: &str, headers: &[(&str, &str)]) -> Vec<u8> {
     out
 }
 
+/// A whole response with `Content-Length`.
+fn respond(conn: &mut TcpStream, status: &str, headers: &[(&str, &str)], body: &[u8]) {
+    let len = body.len().to_string();
+    let mut all: Vec<(&str, &str)> = headers.to_vec();
+    all.push(("Content-Length", &len));
+    let _ = conn.write_all(&head(status, &all));
+    let _ = conn.write_all(body);
+}
+
+const JSON: (&str, &str) = ("Content-Type", "application/json");
 const SSE: (&str, &str) = ("Content-Type", "text/event-stream");
+
+/// An OpenAI chat completion with this content and usage object.
+fn completion(content: &str, usage: &str) -> Vec<u8> {
+    format!(
+        r#"{{"id":"chatcmpl-h","object":"chat.completion","created":1,"model":"m","choices":[{{"index":0,"message":{{"role":"assistant","content":{}}},"finish_reason":"stop"}}],"usage":{usage}}}"#,
+        serde_json::to_string(content).unwrap()
+    )
+    .into_bytes()
+}
 
 /// An OpenAI stream chunk with content.
 const CONTENT_CHUNK: &[u8] = b"data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hostile\"},\"finish_reason\":null}]}\n\n";
@@ -252,4 +278,302 @@ fn an_oversized_event_before_content_fails_over() {
     assert_eq!(hostile.request_count(), 1);
     let rows = c.wait_usage(1);
     assert_eq!(row(&rows, "z-good").unwrap()["requests"], 1, "{rows:?}");
+}
+
+/// `VmHWM` (peak) and `VmRSS` (now) of a process, in KiB.
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap()
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+#[test]
+fn an_oversized_body_fails_over_and_its_memory_comes_back() {
+    const BODY_BYTES: usize = 200 << 20;
+    // No Content-Length: the data plane learns the size only by reading.
+    let hostile = Hostile::start(|_, conn| {
+        let _ = conn.write_all(&head("200 OK", &[JSON]));
+        let _ = conn.write_all(b"{\"choices\":[{\"message\":{\"content\":\"");
+        let piece = vec![b'x'; 64 * 1024];
+        for _ in 0..BODY_BYTES / piece.len() {
+            if conn.write_all(&piece).is_err() {
+                return;
+            }
+        }
+        let _ = conn.write_all(b"\"}}]}");
+    });
+    let c = cluster(
+        &hostile,
+        "openai",
+        &["--max-upstream-body-bytes", "8388608"],
+    );
+    let pid = c.dp.pid().unwrap();
+    let (hwm_before, rss_before) = memory_kib(pid);
+    let resp = c.chat(&chat_body(false));
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert!(
+        resp.json()["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("word")
+    );
+    assert_eq!(hostile.request_count(), 1);
+    let (hwm, rss) = memory_kib(pid);
+    assert!(
+        hwm < hwm_before + 48 * 1024,
+        "peak grew from {hwm_before} to {hwm} KiB for an 8 MiB limit"
+    );
+    assert!(
+        rss < rss_before + 32 * 1024,
+        "resident memory was not given back: {rss_before} -> {rss} KiB"
+    );
+    let rows = c.wait_usage(1);
+    assert_eq!(row(&rows, "z-good").unwrap()["requests"], 1, "{rows:?}");
+
+    // A declared length past the limit fails before the body is read; with no other candidate
+    // the client gets a 502 in its own shape.
+    hostile.set(|_, conn| {
+        let _ = conn.write_all(&head("200 OK", &[JSON, ("Content-Length", "1073741824")]));
+    });
+    c.fakes[0].set_behavior(keyplane_testkit::Behavior::status(500));
+    let resp = c.chat(&chat_body(false));
+    assert_eq!(resp.status, 502, "{}", resp.text());
+    assert_eq!(resp.json()["error"]["code"], "upstream_failed");
+    assert_eq!(hostile.request_count(), 2);
+}
+
+#[test]
+fn a_200_that_is_not_a_completion_fails_over_and_is_billed_once_at_the_good_upstream() {
+    type Case = (&'static str, Vec<(&'static str, &'static str)>, Vec<u8>);
+    let gzip_bytes = [0x1f_u8, 0x8b, 0x08, 0x00, 0, 0, 0, 0, 0, 0x03]
+        .iter()
+        .copied()
+        .cycle()
+        .take(64 * 1024)
+        .collect::<Vec<u8>>();
+    let cases: Vec<Case> = vec![
+        (
+            "html",
+            vec![("Content-Type", "text/html")],
+            b"<html><body>Bad gateway</body></html>".to_vec(),
+        ),
+        (
+            "plain text",
+            vec![("Content-Type", "text/plain")],
+            b"upstream connect error".to_vec(),
+        ),
+        ("empty", vec![JSON], Vec::new()),
+        (
+            "truncated",
+            vec![JSON],
+            completion("hi", "null")[..40].to_vec(),
+        ),
+        ("array", vec![JSON], b"[{\"choices\":[]}]".to_vec()),
+        (
+            "error object",
+            vec![JSON],
+            b"{\"error\":{\"message\":\"overloaded\"}}".to_vec(),
+        ),
+        (
+            "gzip, not asked for",
+            vec![JSON, ("Content-Encoding", "gzip")],
+            gzip_bytes,
+        ),
+        (
+            "a completion, but gzip-labelled",
+            vec![JSON, ("Content-Encoding", "gzip")],
+            completion("hi", "null"),
+        ),
+    ];
+    let hostile = Hostile::start(|_, _| {});
+    let c = cluster(&hostile, "openai", &[]);
+    for (i, (name, headers, body)) in cases.into_iter().enumerate() {
+        hostile.set(move |_, conn| respond(conn, "200 OK", &headers, &body));
+        let resp = c.chat(&chat_body(false));
+        assert_eq!(resp.status, 200, "{name}: {}", resp.text());
+        assert!(
+            resp.json()["choices"][0]["message"]["content"]
+                .as_str()
+                .is_some_and(|t| t.contains("word")),
+            "{name}: the good upstream answered: {}",
+            resp.text()
+        );
+        assert_eq!(
+            hostile.request_count(),
+            i + 1,
+            "{name}: the hostile one was tried"
+        );
+    }
+    // Streams: a 200 that is not an event stream, or is compressed.
+    for (i, headers) in [
+        vec![("Content-Type", "text/html")],
+        vec![SSE, ("Content-Encoding", "gzip")],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        hostile.set(move |_, conn| respond(conn, "200 OK", &headers, CONTENT_CHUNK));
+        let resp = c.chat(&chat_body(true));
+        assert_eq!(resp.status, 200);
+        assert!(!resp.text().contains("hostile"), "{}", resp.text());
+        assert!(resp.text().contains("word"), "{}", resp.text());
+        assert_eq!(hostile.request_count(), 9 + i);
+    }
+    // A valid completion from the same upstream is relayed byte for byte.
+    let good = completion(
+        "hostile says hi",
+        r#"{"prompt_tokens":9,"completion_tokens":2}"#,
+    );
+    let sent = good.clone();
+    hostile.set(move |_, conn| {
+        respond(
+            conn,
+            "200 OK",
+            &[("Content-Type", "application/json; charset=utf-8")],
+            &sent,
+        )
+    });
+    let resp = c.chat(&chat_body(false));
+    assert_eq!(resp.body, good);
+
+    let rows = c.wait_usage(11);
+    assert_eq!(row(&rows, "z-good").unwrap()["requests"], 10, "{rows:?}");
+    let hostile_row = row(&rows, "a-hostile").unwrap();
+    assert_eq!(hostile_row["requests"], 1, "{rows:?}");
+    assert_eq!(hostile_row["output_tokens"], 2, "{rows:?}");
+}
+
+#[test]
+fn absurd_usage_is_billed_as_an_estimate_and_later_records_still_count() {
+    let hostile = Hostile::start(|_, _| {});
+    let c = cluster(&hostile, "openai", &[]);
+    let max = u64::MAX;
+    for usage in [
+        format!(r#"{{"prompt_tokens":{max},"completion_tokens":1}}"#),
+        format!(r#"{{"prompt_tokens":10,"completion_tokens":1,"prompt_tokens_details":{{"cached_tokens":{max}}}}}"#),
+        r#"{"prompt_tokens":10,"completion_tokens":1,"prompt_tokens_details":{"cached_tokens":11}}"#.to_string(),
+        format!(r#"{{"prompt_tokens":5,"completion_tokens":{max}}}"#),
+        r#"{"prompt_tokens":5,"completion_tokens":2,"cost":1e15}"#.to_string(),
+    ] {
+        let body = completion("hi", &usage);
+        hostile.set(move |_, conn| respond(conn, "200 OK", &[JSON], &body));
+        let resp = c.chat(&chat_body(false));
+        assert_eq!(resp.status, 200, "{}", resp.text());
+    }
+    // Then an honest answer: it must still count.
+    let body = completion("hi", r#"{"prompt_tokens":7,"completion_tokens":3}"#);
+    hostile.set(move |_, conn| respond(conn, "200 OK", &[JSON], &body));
+    assert_eq!(c.chat(&chat_body(false)).status, 200);
+
+    let rows = c.wait_usage(6);
+    let r = row(&rows, "a-hostile").unwrap();
+    assert_eq!(r["requests"], 6, "{rows:?}");
+    let input = r["input_tokens"].as_u64().unwrap();
+    let output = r["output_tokens"].as_u64().unwrap();
+    // Four estimates (the request's bytes / 4, about 25 tokens each) plus 5 and 7.
+    assert!((12..1_000).contains(&input), "input {input}: {rows:?}");
+    assert!((5..1_000).contains(&output), "output {output}: {rows:?}");
+    assert!(r["cost_usd"].as_f64().unwrap() < 0.01, "{rows:?}");
+    let logs = c.dp.logs();
+    assert_eq!(
+        logs.matches("estimated=true").count(),
+        4,
+        "each absurd count is billed as an estimate, flagged: {logs}"
+    );
+}
+
+#[test]
+fn a_redirect_fails_over_and_is_never_relayed() {
+    let hostile = Hostile::start(|_, _| {});
+    let c = cluster(&hostile, "openai", &[]);
+    for (i, status) in [
+        "301 Moved Permanently",
+        "302 Found",
+        "303 See Other",
+        "307 Temporary Redirect",
+        "308 Permanent Redirect",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        hostile.set(move |_, conn| {
+            respond(
+                conn,
+                status,
+                &[("Location", "http://127.0.0.1:1/elsewhere"), JSON],
+                b"",
+            )
+        });
+        let resp = c.chat(&chat_body(i % 2 == 0));
+        assert_eq!(resp.status, 200, "{status}: {}", resp.text());
+        assert!(resp.header("location").is_none());
+        assert!(resp.text().contains("word"), "{status}: {}", resp.text());
+        assert_eq!(hostile.request_count(), i + 1);
+    }
+    let metrics = HttpRequest::get("/metrics")
+        .send(c.dp.addr, TIMEOUT)
+        .unwrap()
+        .text();
+    assert!(
+        metrics.contains(
+            r#"keyplane_upstream_attempts_total{provider="a-hostile",outcome="invalid_response"} 5"#
+        ),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn an_echoed_upstream_secret_never_reaches_the_client() {
+    const SECRET: &str = "sk-a-hostile";
+    // A 400 (the client's fault, relayed) that echoes the request it got, headers and all.
+    let hostile = Hostile::start(|request, conn| {
+        let echo = serde_json::json!({"error": {"message": String::from_utf8_lossy(request), "type": "invalid_request_error"}});
+        respond(
+            conn,
+            "400 Bad Request",
+            &[JSON],
+            echo.to_string().as_bytes(),
+        );
+    });
+    let c = cluster(&hostile, "openai", &[]);
+    let resp = c.chat(&chat_body(false));
+    assert_eq!(resp.status, 400);
+    let text = resp.text();
+    assert!(text.contains("[redacted]"), "{text}");
+    assert!(!text.contains(SECRET), "{text}");
+
+    // A completion that quotes it.
+    hostile.set(|_, conn| {
+        respond(
+            conn,
+            "200 OK",
+            &[JSON],
+            &completion("your key is Bearer sk-a-hostile", "null"),
+        )
+    });
+    let resp = c.chat(&chat_body(false));
+    assert_eq!(resp.status, 200);
+    assert!(!resp.text().contains(SECRET), "{}", resp.text());
+    assert!(resp.text().contains("Bearer [redacted]"), "{}", resp.text());
+
+    // A stream that quotes it, in an event of its own.
+    hostile.set(|_, conn| {
+        let _ = conn.write_all(&head("200 OK", &[SSE]));
+        let _ = conn.write_all(CONTENT_CHUNK);
+        let quoting =
+            String::from_utf8_lossy(CONTENT_CHUNK).replace("\"hostile\"", "\"key sk-a-hostile\"");
+        let _ = conn.write_all(quoting.as_bytes());
+        let _ = conn.write_all(b"data: [DONE]\n\n");
+    });
+    let resp = c.chat(&chat_body(true));
+    assert_eq!(resp.status, 200);
+    assert!(!resp.text().contains(SECRET), "{}", resp.text());
+    assert!(resp.text().contains("[redacted]"), "{}", resp.text());
+    assert!(!c.dp.logs().contains(SECRET));
 }
