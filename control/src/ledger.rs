@@ -116,7 +116,9 @@ impl Counts {
     }
 
     fn add(&mut self, other: &Counts) {
-        // Saturating: a total that reaches 2^64 is wrong either way, but it must not wrap to 0.
+        // Records are clamped at ingest (`clamp_absurd`), so a column would need billions of
+        // the largest records to get near 2^64. Saturating all the same: a total that reaches
+        // it is wrong either way, but it must not wrap to 0.
         self.requests = self.requests.saturating_add(other.requests);
         self.input_tokens = self.input_tokens.saturating_add(other.input_tokens);
         self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
@@ -218,6 +220,45 @@ fn check_field(name: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Most tokens one column of one stored record may hold: ten times the data plane's own bound
+/// per bucket, so only a record that bypassed it (an older or broken node) is ever clamped.
+pub const MAX_RECORD_TOKENS: u64 = 100_000_000;
+
+/// Most one stored record may cost, in nano-USD ($100,000).
+pub const MAX_RECORD_COST_NANO_USD: u64 = 100_000 * 1_000_000_000;
+
+/// Clamps a record's counts and costs to what one request can believably be, flagging a clamped
+/// record as estimated. An absurd record (2^64-1 tokens, say) would otherwise fill its totals to
+/// the brim, and every later record of the row would be lost in the saturated sum. Returns
+/// whether anything was clamped.
+fn clamp_absurd(rec: &mut UsageRec) -> bool {
+    let mut clamped = false;
+    let mut clamp = |value: &mut u64, max: u64| {
+        if *value > max {
+            *value = max;
+            clamped = true;
+        }
+    };
+    clamp(&mut rec.input_tokens, MAX_RECORD_TOKENS);
+    clamp(&mut rec.output_tokens, MAX_RECORD_TOKENS);
+    clamp(&mut rec.cache_read_tokens, MAX_RECORD_TOKENS);
+    clamp(&mut rec.cache_write_tokens, MAX_RECORD_TOKENS);
+    clamp(&mut rec.cost_nano_usd, MAX_RECORD_COST_NANO_USD);
+    for cost in [
+        &mut rec.computed_cost_nano_usd,
+        &mut rec.reported_cost_nano_usd,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        clamp(cost, MAX_RECORD_COST_NANO_USD);
+    }
+    if clamped {
+        rec.estimated = true;
+    }
+    clamped
+}
+
 fn validate(rec: &UsageRec) -> Result<(), String> {
     check_field("request_id", &rec.request_id)?;
     check_field("key_id", &rec.key_id)?;
@@ -272,6 +313,14 @@ impl Store {
             // A batch may repeat an id (a node re-sending while a send was in flight): the first
             // one counts, every copy is acknowledged.
             if seen.insert(rec.request_id.clone()) {
+                if clamp_absurd(&mut rec) {
+                    tracing::warn!(
+                        request_id = %rec.request_id,
+                        node_id,
+                        provider = %rec.provider,
+                        "usage record beyond belief; its counts were clamped and it is flagged estimated"
+                    );
+                }
                 rec.node_id = node_id.to_string();
                 rec.received_at_ms = received_at_ms;
                 valid.push(rec);
@@ -520,6 +569,47 @@ mod tests {
             status: 200,
             ..UsageRec::default()
         }
+    }
+
+    #[test]
+    fn an_absurd_record_is_clamped_and_flagged_and_later_records_still_count() {
+        let (_d, store) = open_temp();
+        let mut absurd = rec("r1", "k", u64::MAX, 5, u64::MAX);
+        absurd.cache_read_tokens = u64::MAX;
+        absurd.reported_cost_nano_usd = Some(u64::MAX);
+        absurd.computed_cost_nano_usd = Some(7);
+        store.ingest_usage("n1", vec![absurd]).unwrap();
+        let stored = store.usage_record("r1").unwrap().unwrap();
+        assert!(stored.estimated, "a clamped record is flagged");
+        assert_eq!(stored.input_tokens, MAX_RECORD_TOKENS);
+        assert_eq!(stored.cache_read_tokens, MAX_RECORD_TOKENS);
+        assert_eq!(stored.output_tokens, 5);
+        assert_eq!(stored.cost_nano_usd, MAX_RECORD_COST_NANO_USD);
+        assert_eq!(
+            stored.reported_cost_nano_usd,
+            Some(MAX_RECORD_COST_NANO_USD)
+        );
+        assert_eq!(stored.computed_cost_nano_usd, Some(7));
+
+        // Many more absurd records and then an honest one: the honest one still adds.
+        for i in 2..12 {
+            let id = format!("r{i}");
+            store
+                .ingest_usage("n1", vec![rec(&id, "k", u64::MAX, u64::MAX, u64::MAX)])
+                .unwrap();
+        }
+        store
+            .ingest_usage("n1", vec![rec("honest", "k", 3, 4, 5)])
+            .unwrap();
+        let counts = store.usage_totals(None).unwrap()[0].counts;
+        assert_eq!(counts.requests, 12);
+        assert_eq!(counts.input_tokens, 11 * MAX_RECORD_TOKENS + 3);
+        assert_eq!(counts.output_tokens, 5 + 10 * MAX_RECORD_TOKENS + 4);
+        assert_eq!(counts.cost_nano_usd, 11 * MAX_RECORD_COST_NANO_USD + 5);
+        let honest = store.usage_record("honest").unwrap().unwrap();
+        assert!(!honest.estimated, "a sane record is stored as sent");
+        let day = crate::period::day_of(0);
+        assert_eq!(store.key_spend_since("k", day).unwrap(), counts);
     }
 
     #[test]
