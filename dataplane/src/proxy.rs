@@ -447,7 +447,7 @@ impl Proxy {
                 && let Ok(bytes) =
                     read_body(resp.into_body(), self.limits.idle_timeout, 1 << 20).await
             {
-                return json_response(StatusCode::OK, bytes);
+                return json_response(StatusCode::OK, cand.redactor.bytes(bytes));
             }
         }
         json_response(

@@ -6,10 +6,11 @@
 use bytes::{Bytes, BytesMut};
 use std::borrow::Cow;
 
-/// The largest event [`Splitter::default`] accepts: far above any real event (a long tool call's
-/// arguments arrive in many small deltas), small enough that one connection cannot make the data
-/// plane hold an unbounded line.
-pub const DEFAULT_MAX_EVENT_BYTES: usize = 4 << 20;
+/// The largest event [`Splitter::default`] accepts. Text and tool calls arrive in small deltas,
+/// but an image-generating model may send a whole base64 image in one event (several MiB at high
+/// resolution); 16 MiB leaves room for that while one stream still cannot make the data plane
+/// hold an unbounded line.
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 16 << 20;
 
 /// Splits arbitrary chunks into complete events, each with its terminating blank line.
 ///

@@ -450,6 +450,36 @@ fn a_200_that_is_not_a_completion_fails_over_and_is_billed_once_at_the_good_upst
 }
 
 #[test]
+fn an_anthropic_200_that_is_not_a_message_fails_over() {
+    let hostile = Hostile::start(|_, _| {});
+    let c = cluster(&hostile, "anthropic", &[]);
+    let cases: Vec<(Vec<(&'static str, &'static str)>, Vec<u8>)> = vec![
+        (
+            vec![("Content-Type", "text/html")],
+            b"<html></html>".to_vec(),
+        ),
+        (
+            vec![JSON],
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"busy"}}"#.to_vec(),
+        ),
+        // An OpenAI completion is not an Anthropic message.
+        (vec![JSON], completion("hi", "null")),
+        (vec![JSON], br#"[{"type":"message","content":[]}]"#.to_vec()),
+    ];
+    for (i, (headers, body)) in cases.into_iter().enumerate() {
+        hostile.set(move |_, conn| respond(conn, "200 OK", &headers, &body));
+        let resp = c.messages(&messages_body(false));
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        assert_eq!(resp.json()["type"], "message", "{}", resp.text());
+        assert!(resp.text().contains("word"), "{}", resp.text());
+        assert_eq!(hostile.request_count(), i + 1);
+    }
+    let rows = c.wait_usage(4);
+    assert_eq!(row(&rows, "z-good").unwrap()["requests"], 4, "{rows:?}");
+    assert!(row(&rows, "a-hostile").is_none(), "{rows:?}");
+}
+
+#[test]
 fn absurd_usage_is_billed_as_an_estimate_and_later_records_still_count() {
     let hostile = Hostile::start(|_, _| {});
     let c = cluster(&hostile, "openai", &[]);
