@@ -134,6 +134,9 @@ fn respond(conn: &mut TcpStream, status: &str, headers: &[(&str, &str)], body: &
     let _ = conn.write_all(body);
 }
 
+/// A response header line's name and value.
+type Header = (&'static str, &'static str);
+
 const JSON: (&str, &str) = ("Content-Type", "application/json");
 const SSE: (&str, &str) = ("Content-Type", "text/event-stream");
 
@@ -350,7 +353,7 @@ fn an_oversized_body_fails_over_and_its_memory_comes_back() {
 
 #[test]
 fn a_200_that_is_not_a_completion_fails_over_and_is_billed_once_at_the_good_upstream() {
-    type Case = (&'static str, Vec<(&'static str, &'static str)>, Vec<u8>);
+    type Case = (&'static str, Vec<Header>, Vec<u8>);
     let gzip_bytes = [0x1f_u8, 0x8b, 0x08, 0x00, 0, 0, 0, 0, 0, 0x03]
         .iter()
         .copied()
@@ -453,7 +456,7 @@ fn a_200_that_is_not_a_completion_fails_over_and_is_billed_once_at_the_good_upst
 fn an_anthropic_200_that_is_not_a_message_fails_over() {
     let hostile = Hostile::start(|_, _| {});
     let c = cluster(&hostile, "anthropic", &[]);
-    let cases: Vec<(Vec<(&'static str, &'static str)>, Vec<u8>)> = vec![
+    let cases: Vec<(Vec<Header>, Vec<u8>)> = vec![
         (
             vec![("Content-Type", "text/html")],
             b"<html></html>".to_vec(),
