@@ -143,3 +143,23 @@ fn sigterm_drains_an_in_flight_stream() {
     assert_eq!(pid_term.join().unwrap(), Some(0));
     c.wait_usage(1);
 }
+
+#[test]
+fn a_data_plane_killed_right_after_a_response_still_bills_it_once() {
+    let mut c = Cluster::start(&TWO, &[]);
+    // Each response is read to its end, and the data plane is SIGKILLed at once, with no pause
+    // for the spool's group sync: the record must already be in the spool file.
+    const ROUNDS: u64 = 4;
+    for round in 0..ROUNDS {
+        let resp = c.chat(&chat_body(round % 2 == 1));
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        c.dp.kill9();
+        c.dp.restart();
+        assert!(c.dp.wait_ready(TIMEOUT), "{}", c.dp.logs());
+    }
+    let rows = c.wait_usage(ROUNDS);
+    assert_eq!(total(&rows, "output_tokens"), ROUNDS * 20);
+    // Once the spool has nothing left to report, the count is final: each record counted once.
+    c.wait_spool_settled();
+    assert_eq!(total(&c.usage(), "requests"), ROUNDS);
+}

@@ -4,20 +4,21 @@
 //! # Design
 //!
 //! ```text
-//!  request path                writer task (spool.rs)            reporter task (reporter.rs)
-//!  UsageSink::record ──mpsc──► group: append + sync_data ──mpsc──► batch ──ReportUsage──► control
-//!   (never blocks)             segments seg-<seq>.log              ◄── acked_ids / rejected
-//!                                                                  delete settled segments
+//!  request path                  writer task (spool.rs)          reporter task (reporter.rs)
+//!  UsageSink::record ─write(2)─► seg-<seq>.log ◄─ sync_data ─mpsc─► batch ──ReportUsage──► control
+//!   (no sync)                    (group commit)                     ◄── acked_ids / rejected
+//!                                                                   delete settled segments
 //! ```
 //!
-//! 1. [`UsageSink::record`] sends on an unbounded channel: it never blocks, never fails visibly
-//!    and never touches the disk.
-//! 2. The writer takes every record waiting in the channel (up to a group limit), appends them to
-//!    the open segment in one write and calls `sync_data` once: group commit. Only then are they
-//!    handed to the reporter. With less than a full group waiting it first sleeps 5 ms (the
-//!    linger) and takes what arrived meanwhile, so that a busy node makes fewer, larger syncs;
-//!    it sleeps rather than waits on the channel, so a request's send wakes no task. Segments
-//!    rotate at about 4096 records or 5 s of age.
+//! 1. [`UsageSink::record`] appends the record's frame to the open segment file: one `write(2)`
+//!    into the page cache under the spool's lock, no sync, before the response ends. So a record
+//!    survives a kill of the process from the moment its response ended. It never fails
+//!    visibly: if the write fails, the record goes on a channel to the writer task, which retries
+//!    it with backoff.
+//! 2. The writer, woken by the first append of a group, sleeps 5 ms (the linger) so that a busy
+//!    node makes fewer, larger syncs, then `sync_data`s what was appended (group commit) and
+//!    only then hands the records to the reporter. Segments rotate at about 4096 records or 5 s
+//!    after their first record.
 //! 3. The reporter sends durable records in batches of up to 5000, at most about a second after
 //!    the oldest one arrived, with a 10 s timeout per call, and retries failures forever with
 //!    exponential backoff and jitter. A segment file is deleted once it is sealed and every record
@@ -37,11 +38,13 @@
 //! - **Nothing is reported before it is durable locally**, and nothing leaves the spool before
 //!   the control plane has it durably (acked) or has refused it for good (rejected).
 //! - **Never counted twice**: every send, re-send and duplicate is keyed by `request_id`.
-//! - **Never lost on a clean shutdown**: [`UsageHandle::shutdown`] closes the channel, syncs all
-//!   it holds into the spool, then reports until the deadline; whatever is unacked stays on disk
-//!   for the next start. A crash (kill -9, power loss) can lose only the records received since
-//!   the last group sync, a window of one write and one `sync_data`, which is the price of never
-//!   writing on the response path.
+//! - **Never lost on a clean shutdown or a kill**: [`UsageHandle::shutdown`] closes the spool,
+//!   syncs all it holds, then reports until the deadline; whatever is unacked stays on disk for
+//!   the next start. A killed process (SIGKILL, OOM kill, panic) loses no record whose response
+//!   ended: it is in the file. Only a machine crash (power loss, kernel panic) can lose records,
+//!   those written since the last completed group sync: at most the linger (5 ms) plus two
+//!   `sync_data` calls (one in progress when the record was written, then its own), which is the
+//!   price of never syncing on the response path.
 //! - **Torn tails are survivable**: a partly written frame ends its segment's valid records; the
 //!   file is kept until its valid records are settled.
 //!
@@ -164,16 +167,39 @@ impl StatsInner {
 /// Where the request path drops finished requests' usage. Cheap to clone.
 #[derive(Clone)]
 pub struct UsageSink {
+    spool: Arc<Spool>,
+    /// Records the spool could not take at once, for the writer to retry.
     tx: mpsc::UnboundedSender<pb::UsageRecord>,
     stats: Arc<StatsInner>,
 }
 
 impl UsageSink {
-    /// Queues `rec` for the spool. Never blocks and never fails visibly: after
-    /// [`UsageHandle::shutdown`] has begun, the record is dropped with an error log.
+    /// Writes `rec` to the spool file (one `write(2)` into the page cache, no sync) before it
+    /// returns, so that it survives a kill of the process from then on; the writer task syncs
+    /// in groups. If the write fails the record is queued for the writer, which retries. Never
+    /// fails visibly: after [`UsageHandle::shutdown`] has closed the spool, the record is dropped
+    /// with an error log.
     pub fn record(&self, rec: pb::UsageRecord) {
-        // Counted before the send, so that the reporter can never settle it first.
+        // Counted before the write, so that the reporter can never settle it first.
         self.stats.depth.fetch_add(1, Ordering::Relaxed);
+        match self.spool.append(&rec) {
+            Ok(_) => {
+                self.spool.wake_writer();
+                return;
+            }
+            Err(spool::Refused::TooLarge(err)) => {
+                self.stats.forget(1);
+                tracing::error!(
+                    request_id = %rec.request_id,
+                    error = %err,
+                    "usage record too large to spool; dropping it"
+                );
+                return;
+            }
+            Err(spool::Refused::Failed(err)) => {
+                tracing::debug!(error = %err, "usage record left to the spool writer");
+            }
+        }
         if let Err(refused) = self.tx.send(rec) {
             self.stats.forget(1);
             tracing::error!(
@@ -365,8 +391,9 @@ async fn start_with(
 
     let shutdown = CancellationToken::new();
     let (tx, rx) = mpsc::unbounded_channel();
+    let spool = Arc::new(spool);
     let writer = tokio::spawn(spool::run_writer(
-        spool,
+        Arc::clone(&spool),
         rx,
         events_tx,
         shutdown.clone(),
@@ -376,6 +403,7 @@ async fn start_with(
     let reporter = tokio::spawn(reporter.run(events_rx, shutdown.clone()));
 
     let sink = UsageSink {
+        spool,
         tx,
         stats: Arc::clone(&stats),
     };

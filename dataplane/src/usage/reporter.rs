@@ -1112,11 +1112,11 @@ pub(super) mod tests {
         // already stored (acked, but the segment was never deleted).
         let ids: Vec<String> = (0..10).map(|i| format!("p{i}")).collect();
         {
-            let (mut spool, _) =
+            let (spool, _) =
                 super::super::spool::Spool::open(&tmp.path().join("spool"), fast().writer.limits)
                     .unwrap();
             let records: Vec<_> = ids.iter().map(|id| rec(id)).collect();
-            spool.append(&records).unwrap();
+            spool.append_all(&records).unwrap();
         }
         fake.seen.lock().unwrap().extend(ids[..5].iter().cloned());
 

@@ -16,21 +16,25 @@
 //!
 //! # Invariants
 //!
-//! - **Append-only, one writer.** Only the writer task appends, and only to the segment it
-//!   opened itself in this run. Segments found at start are never appended to: their tail may be
-//!   torn, and anything written after a torn frame would be unreadable.
-//! - **Durable before reported.** A group is written and `sync_data`ed before its records are
-//!   handed to the reporter; a new segment's directory entry is synced when it is created.
+//! - **Append-only, one lock.** Frames are appended under the spool's lock, one `write(2)`
+//!   each, and only to a segment created in this run. Segments found at start are never appended
+//!   to: their tail may be torn, and anything written after a torn frame would be unreadable.
+//! - **In the file when the response ends.** [`Spool::append`] runs on the request path as a
+//!   response ends: the frame is in the page cache, which outlives a killed process, before the
+//!   client sees the end. A new segment's file is created there too (once per segment); its
+//!   directory entry is synced by the writer before its first frames.
+//! - **Durable before reported.** The writer task `sync_data`s what was appended, in groups
+//!   (one sync per segment per cycle), before handing the records to the reporter. Only a machine
+//!   crash can lose frames written since the last completed sync.
 //! - **A torn tail ends a segment.** Reading stops at the first short header, short payload,
 //!   implausible length, checksum mismatch or undecodable payload; the frames before it are kept
-//!   and a warning names the file. A crash mid-write can only tear the last group, whose records
-//!   the request path never saw acknowledged as durable anyway.
-//! - **A failed write seals its segment.** The segment is cut back to its last good length (best
-//!   effort) and closed; the group is retried into a new segment. If the cut fails, the records
-//!   of the torn group that did reach the file are also written again: a duplicate on disk, which
-//!   the control plane's idempotency by `request_id` absorbs.
-//! - **No write on the response path.** [`super::UsageSink::record`] only sends on a channel; the
-//!   file work happens here, on the blocking pool.
+//!   and a warning names the file. A crash mid-write can only tear the last frame, whose record
+//!   was never reported.
+//! - **A failed write closes its segment.** The torn frame is cut off (best effort) and the
+//!   segment closed; the record goes to the writer's channel and is retried, with backoff, into a
+//!   new segment. A failed sync trusts nothing written since the last good one: the segment is
+//!   cut back to that, sealed, and its unsynced records are written again. If a cut fails, a
+//!   record may be on disk twice, which the control plane's idempotency by `request_id` absorbs.
 
 use super::StatsInner;
 use super::reporter::Event;
@@ -181,28 +185,59 @@ pub(super) struct Decoded {
 }
 
 /// A failed append. `sealed` names the segment the failure closed, if one was open.
+#[cfg(test)]
 #[derive(Debug)]
 pub(super) struct AppendError {
     pub source: io::Error,
     pub sealed: Option<u64>,
 }
 
-/// The segment being appended to.
-struct OpenSegment {
-    seq: u64,
-    file: File,
-    /// Bytes of complete, synced frames.
-    len: u64,
-    records: usize,
-    opened_at: Instant,
+/// Why [`Spool::append`] did not write a record.
+#[derive(Debug)]
+pub(super) enum Refused {
+    /// Over [`MAX_RECORD_BYTES`]: it could never be read back, so it is dropped.
+    TooLarge(io::Error),
+    /// The segment could not be created or written: the writer task retries it, with backoff.
+    Failed(io::Error),
 }
 
-/// The spool directory, as the writer sees it.
+/// A segment records are appended to, or were until it was closed.
+struct Segment {
+    seq: u64,
+    file: Arc<File>,
+    /// Bytes of complete frames written (synced or not).
+    len: u64,
+    /// Bytes known to be synced.
+    synced_len: u64,
+    records: usize,
+    /// When its first record was written: segments seal by age from there, so an idle node
+    /// keeps no file open and makes none.
+    first_at: Option<Instant>,
+    /// Whether the directory entry is synced (the writer does it before the first sync).
+    dir_synced: bool,
+    /// Frames written and not yet synced, in file order: what the writer hands on next.
+    unsynced: Frames,
+}
+
+/// What the request path and the writer share under the spool's lock.
+struct Tail {
+    next_seq: u64,
+    /// The segment being appended to; created by the first append after the last one closed.
+    open: Option<Segment>,
+    /// Segments closed (rotated, or failed) whose last frames are still to sync, oldest first.
+    closed: Vec<Segment>,
+    /// Closed for good (shutdown): appends are refused.
+    shut: bool,
+}
+
+/// The spool directory: the request path appends to it ([`Spool::append`], a `write(2)`), the
+/// writer task syncs, rotates and hands the records on ([`run_writer`]).
 pub(super) struct Spool {
     dir: PathBuf,
-    next_seq: u64,
-    current: Option<OpenSegment>,
     limits: SegmentLimits,
+    tail: std::sync::Mutex<Tail>,
+    /// Wakes the writer after an append: there is something to sync.
+    wake: tokio::sync::Notify,
 }
 
 /// The file of segment `seq` in `dir`.
@@ -239,13 +274,12 @@ fn encode_frame(rec: &pb::UsageRecord, buf: &mut Vec<u8>) -> io::Result<std::ops
     Ok(start..buf.len())
 }
 
-/// A group of records encoded as frames: what one [`Spool::write`] writes, and then, as
+/// Frames written to a segment and not yet synced: the bytes as written and, once synced, as
 /// [`EncodedRecord`]s, what the reporter holds.
 ///
-/// The writer task fills it, not the blocking thread that writes it: the buffer then belongs to
-/// a runtime worker's heap, like the reporter that frees it. Allocated on the blocking pool, each
-/// group's buffer (~150 KB) was freed into the heap of a thread that then sat idle, and the data
-/// plane's RSS crept up by several MB over a benchmark run.
+/// The request path fills it (a runtime worker), like the reporter that frees it: allocated on
+/// the blocking pool, a group's buffer (~150 KB) was freed into the heap of a thread that then
+/// sat idle, and the data plane's RSS crept up by several MB over a benchmark run.
 #[derive(Debug, Default)]
 pub(super) struct Frames {
     buf: Vec<u8>,
@@ -253,33 +287,17 @@ pub(super) struct Frames {
 }
 
 impl Frames {
-    /// Empty frames with room for `group`'s, so that encoding it never reallocates.
-    pub fn for_group(group: &[pb::UsageRecord]) -> Frames {
-        Frames {
-            buf: Vec::with_capacity(
-                group
-                    .iter()
-                    .map(|r| r.encoded_len() + FRAME_HEADER_BYTES)
-                    .sum(),
-            ),
-            payloads: Vec::with_capacity(group.len()),
-        }
-    }
-
-    /// Appends `rec`'s frame; refuses a record over [`MAX_RECORD_BYTES`], which could not be read
-    /// back.
-    pub fn push(&mut self, rec: &pb::UsageRecord) -> io::Result<()> {
-        let payload = encode_frame(rec, &mut self.buf)?;
-        self.payloads.push(payload);
-        Ok(())
-    }
-
-    pub fn len(&self) -> usize {
-        self.payloads.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.payloads.is_empty()
+    }
+
+    /// The records again, to be written anew (after a failed sync).
+    fn decode_all(&self) -> Vec<pb::UsageRecord> {
+        self.payloads
+            .iter()
+            .filter_map(|p| self.buf.get(p.clone()))
+            .filter_map(|payload| pb::UsageRecord::decode(payload).ok())
+            .collect()
     }
 
     /// The records, as slices of the frames' one buffer.
@@ -393,142 +411,355 @@ impl Spool {
         let next_seq = seqs.last().map_or(1, |last| last.saturating_add(1));
         let spool = Spool {
             dir: dir.to_path_buf(),
-            next_seq,
-            current: None,
             limits,
+            tail: std::sync::Mutex::new(Tail {
+                next_seq,
+                open: None,
+                closed: Vec::new(),
+                shut: false,
+            }),
+            wake: tokio::sync::Notify::new(),
         };
         Ok((spool, loaded))
     }
 
-    /// Encodes and appends `records` (see [`Spool::write`]).
-    #[cfg(test)]
-    pub fn append(
-        &mut self,
-        records: &[pb::UsageRecord],
-    ) -> Result<(u64, Vec<EncodedRecord>), AppendError> {
-        let mut frames = Frames::default();
-        for rec in records {
-            frames.push(rec).map_err(|source| AppendError {
-                source,
-                sealed: None,
-            })?;
-        }
-        let seq = self.write(&frames)?;
-        Ok((seq, frames.into_records()))
+    /// Tells the writer task there is something to sync.
+    pub fn wake_writer(&self) {
+        self.wake.notify_one();
     }
 
-    /// Appends a group's frames to the open segment (opening a new one if none is), then syncs:
-    /// one write and one `sync_data` for the whole group. Returns the segment they are in.
-    /// Blocking.
-    pub fn write(&mut self, frames: &Frames) -> Result<u64, AppendError> {
-        let buf = &frames.buf;
-        let mut segment = match self.current.take() {
-            Some(segment) => segment,
-            None => self.create_segment()?,
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tail> {
+        // A panic while holding the lock cannot leave a frame half-accounted: every change to
+        // a segment's fields is made after its write succeeded.
+        self.tail
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Writes `rec` as one frame to the open segment (creating it if none is open): one
+    /// `write(2)` into the page cache, no sync. Returns the segment. Called on the request path
+    /// when a response ends, so that a process killed right after still has the record in the
+    /// file; [`run_writer`] syncs what was written in groups.
+    ///
+    /// A failed write is cut back off the file and closes the segment; the caller hands the
+    /// record to the writer task instead, which retries.
+    pub fn append(&self, rec: &pb::UsageRecord) -> Result<u64, Refused> {
+        let mut tail = self.lock();
+        if tail.shut {
+            return Err(Refused::Failed(io::Error::other(
+                "the usage spool is shut down",
+            )));
+        }
+        if tail
+            .open
+            .as_ref()
+            .is_some_and(|s| s.records >= self.limits.max_records)
+        {
+            // Full: sealed here rather than by the writer, so that a burst faster than the
+            // writer's cycle still makes segments of bounded size.
+            let full = tail.open.take();
+            tail.closed.extend(full);
+        }
+        if tail.open.is_none() {
+            let segment = self.create_segment(&mut tail).map_err(Refused::Failed)?;
+            tail.open = Some(segment);
+        }
+        let Some(segment) = tail.open.as_mut() else {
+            return Err(Refused::Failed(io::Error::other("no open segment")));
         };
-        let written = segment
-            .file
-            .write_all(buf)
-            .and_then(|()| segment.file.sync_data());
-        match written {
+        let start = segment.unsynced.buf.len();
+        let payload = encode_frame(rec, &mut segment.unsynced.buf).map_err(Refused::TooLarge)?;
+        match (&*segment.file).write_all(&segment.unsynced.buf[start..]) {
             Ok(()) => {
-                segment.len += buf.len() as u64;
-                segment.records += frames.len();
-                let seq = segment.seq;
-                self.current = Some(segment);
-                Ok(seq)
+                segment.unsynced.payloads.push(payload);
+                segment.len += (segment.unsynced.buf.len() - start) as u64;
+                segment.records += 1;
+                segment.first_at.get_or_insert_with(Instant::now);
+                Ok(segment.seq)
             }
-            Err(source) => {
-                // Cut the torn group off so that the segment's frames stay exactly the ones the
-                // reporter was told about; the segment is sealed either way (see module docs).
-                if let Err(err) = segment.file.set_len(segment.len) {
+            Err(err) => {
+                segment.unsynced.buf.truncate(start);
+                // Cut the torn frame off so that the file's frames stay exactly the ones the
+                // reporter will be told about; the segment is closed either way.
+                if let Err(cut) = segment.file.set_len(segment.len) {
                     tracing::warn!(
                         file = %segment_path(&self.dir, segment.seq).display(),
-                        error = %err,
+                        error = %cut,
                         "cannot cut a failed write off a usage spool segment"
                     );
                 }
-                Err(AppendError {
-                    source,
-                    sealed: Some(segment.seq),
-                })
+                let failed = tail.open.take();
+                tail.closed.extend(failed);
+                Err(Refused::Failed(err))
             }
         }
     }
 
-    /// Creates the next segment file and syncs the directory.
-    fn create_segment(&mut self) -> Result<OpenSegment, AppendError> {
-        let seq = self.next_seq;
-        self.next_seq = seq.saturating_add(1);
+    /// Creates the next segment file. Its directory entry is synced later, by the writer, before
+    /// its frames are: a create is cheap enough for the request path, a directory sync is not.
+    fn create_segment(&self, tail: &mut Tail) -> io::Result<Segment> {
+        let seq = tail.next_seq;
+        tail.next_seq = seq.saturating_add(1);
         let path = segment_path(&self.dir, seq);
         let file = OpenOptions::new()
             .create_new(true)
             .append(true)
-            .open(&path)
-            .map_err(|source| AppendError {
-                source,
-                sealed: None,
-            })?;
-        if let Err(source) = sync_dir(&self.dir) {
-            // The empty file exists: report it sealed so that the reporter removes it.
-            return Err(AppendError {
-                source,
-                sealed: Some(seq),
-            });
-        }
+            .open(&path)?;
         tracing::debug!(file = %path.display(), "usage spool segment opened");
-        Ok(OpenSegment {
+        Ok(Segment {
             seq,
-            file,
+            file: Arc::new(file),
             len: 0,
+            synced_len: 0,
             records: 0,
-            opened_at: Instant::now(),
+            first_at: None,
+            dir_synced: false,
+            unsynced: Frames::default(),
         })
     }
 
-    /// When the open segment must be sealed for age, if one is open.
+    /// Appends `records` and syncs them at once, as the writer would (tests).
+    #[cfg(test)]
+    pub fn append_all(
+        &self,
+        records: &[pb::UsageRecord],
+    ) -> Result<(u64, Vec<EncodedRecord>), AppendError> {
+        if let Some(rec) = records.iter().find(|r| r.encoded_len() > MAX_RECORD_BYTES) {
+            return Err(AppendError {
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("usage record of {} bytes", rec.encoded_len()),
+                ),
+                sealed: None,
+            });
+        }
+        let mut seq = 0;
+        for rec in records {
+            seq = self.append(rec).map_err(|err| AppendError {
+                source: match err {
+                    Refused::TooLarge(e) | Refused::Failed(e) => e,
+                },
+                sealed: None,
+            })?;
+        }
+        let mut encoded = Vec::new();
+        for (done, _) in self.sync_taken(self.take_unsynced()) {
+            if let Done::Durable { records, .. } = done {
+                encoded.extend(records);
+            }
+        }
+        Ok((seq, encoded))
+    }
+
+    /// Closes the open segment, if any, and returns its sequence (tests).
+    #[cfg(test)]
+    pub fn seal(&self) -> Option<u64> {
+        let mut tail = self.lock();
+        let segment = tail.open.take()?;
+        let seq = segment.seq;
+        tail.closed.push(segment);
+        Some(seq)
+    }
+
+    /// When the open segment must be sealed for age, if it holds a record.
     pub fn rotation_deadline(&self) -> Option<Instant> {
-        self.current
-            .as_ref()
-            .map(|segment| segment.opened_at + self.limits.max_age)
+        let tail = self.lock();
+        let first = tail.open.as_ref()?.first_at?;
+        Some(first + self.limits.max_age)
     }
 
     /// Whether the open segment is full or old enough to seal.
     pub fn should_rotate(&self, now: Instant) -> bool {
-        self.current.as_ref().is_some_and(|segment| {
+        let tail = self.lock();
+        tail.open.as_ref().is_some_and(|segment| {
             segment.records >= self.limits.max_records
-                || now >= segment.opened_at + self.limits.max_age
+                || segment
+                    .first_at
+                    .is_some_and(|first| now >= first + self.limits.max_age)
         })
     }
 
-    /// Closes the open segment, if any, and returns its sequence. Its frames are already synced.
-    pub fn seal(&mut self) -> Option<u64> {
-        self.current.take().map(|segment| segment.seq)
+    /// Closes the open segment if it is full or old enough: the next append starts a new one.
+    fn rotate_if_due(&self, now: Instant) {
+        if self.should_rotate(now) {
+            let mut tail = self.lock();
+            let segment = tail.open.take();
+            tail.closed.extend(segment);
+        }
     }
+
+    /// Closes the open segment, for good (shutdown).
+    fn close(&self) {
+        let mut tail = self.lock();
+        tail.shut = true;
+        let segment = tail.open.take();
+        tail.closed.extend(segment);
+    }
+
+    /// Takes what is to be synced: every closed segment, and the open one's unsynced frames.
+    fn take_unsynced(&self) -> Vec<ToSync> {
+        let mut tail = self.lock();
+        let mut out: Vec<ToSync> = std::mem::take(&mut tail.closed)
+            .into_iter()
+            .map(|segment| ToSync {
+                seq: segment.seq,
+                file: segment.file,
+                synced_len: segment.synced_len,
+                len: segment.len,
+                sync_dir: !segment.dir_synced,
+                frames: segment.unsynced,
+                sealed: true,
+            })
+            .collect();
+        if let Some(segment) = tail.open.as_mut()
+            && !segment.unsynced.is_empty()
+        {
+            let room = segment.unsynced.buf.len();
+            let frames = std::mem::replace(
+                &mut segment.unsynced,
+                Frames {
+                    buf: Vec::with_capacity(room),
+                    payloads: Vec::new(),
+                },
+            );
+            out.push(ToSync {
+                seq: segment.seq,
+                file: Arc::clone(&segment.file),
+                synced_len: segment.synced_len,
+                len: segment.len,
+                sync_dir: !segment.dir_synced,
+                frames,
+                sealed: false,
+            });
+            // Claimed now: a later sync of the same segment need not repeat it.
+            segment.dir_synced = true;
+        }
+        out
+    }
+
+    /// Syncs what [`Spool::take_unsynced`] took (blocking) and says, per segment in order, what
+    /// became durable, and which records must be written again because their sync failed.
+    fn sync_taken(&self, taken: Vec<ToSync>) -> Vec<(Done, u64)> {
+        let mut done = Vec::with_capacity(taken.len() + 1);
+        let mut dir_synced = false;
+        for part in taken {
+            let synced = if part.sync_dir && !dir_synced {
+                sync_dir(&self.dir).map(|()| dir_synced = true)
+            } else {
+                Ok(())
+            };
+            let synced = synced.and_then(|()| {
+                if part.frames.is_empty() {
+                    Ok(())
+                } else {
+                    part.file.sync_data()
+                }
+            });
+            match synced {
+                Ok(()) => {
+                    if !part.sealed {
+                        let mut tail = self.lock();
+                        if let Some(open) = tail.open.as_mut().filter(|s| s.seq == part.seq) {
+                            open.synced_len = open.synced_len.max(part.len);
+                        }
+                    }
+                    if !part.frames.is_empty() {
+                        done.push((
+                            Done::Durable {
+                                segment: part.seq,
+                                records: part.frames.into_records(),
+                            },
+                            part.seq,
+                        ));
+                    }
+                    if part.sealed {
+                        done.push((Done::Sealed { segment: part.seq }, part.seq));
+                    }
+                }
+                Err(err) => {
+                    // After a failed sync the kernel may have dropped the dirty pages: nothing
+                    // written since the last good sync is trusted. The segment is cut back to
+                    // that and sealed, and its unsynced records are written again elsewhere
+                    // (the ledger's idempotency absorbs a copy that did survive).
+                    let mut again = part.frames.decode_all();
+                    if !part.sealed {
+                        let mut tail = self.lock();
+                        if tail.open.as_ref().is_some_and(|s| s.seq == part.seq)
+                            && let Some(open) = tail.open.take()
+                        {
+                            again.extend(open.unsynced.decode_all());
+                        }
+                    }
+                    if let Err(cut) = part.file.set_len(part.synced_len) {
+                        tracing::warn!(
+                            file = %segment_path(&self.dir, part.seq).display(),
+                            error = %cut,
+                            "cannot cut unsynced frames off a usage spool segment"
+                        );
+                    }
+                    tracing::warn!(
+                        segment = part.seq,
+                        error = %err,
+                        records = again.len(),
+                        "cannot sync a usage spool segment; writing its records again"
+                    );
+                    done.push((Done::Again(again), part.seq));
+                    done.push((Done::Sealed { segment: part.seq }, part.seq));
+                }
+            }
+        }
+        done
+    }
+}
+
+/// A segment's frames taken for syncing.
+struct ToSync {
+    seq: u64,
+    file: Arc<File>,
+    synced_len: u64,
+    len: u64,
+    sync_dir: bool,
+    frames: Frames,
+    /// Closed: the reporter is told it is sealed once its frames are durable.
+    sealed: bool,
+}
+
+/// The outcome of syncing one segment's frames, in the order the reporter must hear of it.
+enum Done {
+    Durable {
+        segment: u64,
+        records: Vec<EncodedRecord>,
+    },
+    Sealed {
+        segment: u64,
+    },
+    /// Records whose sync failed, to write again.
+    Again(Vec<pb::UsageRecord>),
 }
 
 /// Tuning of the writer task.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct WriterConfig {
-    /// Most records in one group (one write, one sync).
+    /// Most records the writer takes from its channel (records the request path could not
+    /// write) at once.
     pub max_group: usize,
     pub limits: SegmentLimits,
     /// First retry delay after a failed write; doubles up to `backoff_max`.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
-    /// After the first record of a group arrives, how long to wait for more before writing, so
-    /// that a busy node makes a few large syncs rather than one per handful of records. Only
-    /// billing waits for it, never a response. Skipped when the channel already held a full
-    /// group (a backlog), so it never caps the rate.
+    /// After an append wakes the writer, how long it waits for more before syncing, so that a
+    /// busy node makes a few large syncs rather than one per handful of records. Only billing
+    /// waits for it, never a response: the records are in the file already.
     pub linger: Duration,
 }
 
-/// The writer task: group commit from the sink's channel into the spool, then on to the reporter.
+/// The writer task: group commit of what the request path wrote, then on to the reporter; and
+/// the records the request path could not write (the channel), written here with backoff.
 ///
 /// Ends when `stop` fires (after closing the channel and writing everything already in it) or
 /// when every sink is dropped; either way it seals the open segment last.
 pub(super) async fn run_writer(
-    mut spool: Spool,
+    spool: Arc<Spool>,
     mut rx: mpsc::UnboundedReceiver<pb::UsageRecord>,
     events: mpsc::UnboundedSender<Event>,
     stop: CancellationToken,
@@ -536,127 +767,136 @@ pub(super) async fn run_writer(
     config: WriterConfig,
 ) {
     let mut closing = false;
+    let mut backlog: Vec<pb::UsageRecord> = Vec::new();
+    let mut backoff = super::Backoff::new(config.backoff_min, config.backoff_max);
     loop {
-        let mut group = Vec::with_capacity(config.max_group);
+        // Records the request path could not write: appended here, in arrival order.
+        while backlog.len() < config.max_group {
+            match rx.try_recv() {
+                Ok(rec) => backlog.push(rec),
+                Err(_) => break,
+            }
+        }
+        let mut failed = None;
+        let mut kept = Vec::new();
+        for rec in backlog.drain(..) {
+            if failed.is_some() {
+                kept.push(rec);
+                continue;
+            }
+            match spool.append(&rec) {
+                Ok(_) => {}
+                Err(Refused::TooLarge(err)) => {
+                    // Unreadable if written, and far beyond what the ledger accepts: the same
+                    // fate as a rejected record, decided here.
+                    tracing::error!(
+                        request_id = %rec.request_id,
+                        error = %err,
+                        "usage record too large to spool; dropping it"
+                    );
+                    stats.forget(1);
+                }
+                Err(Refused::Failed(err)) => {
+                    failed = Some(err);
+                    kept.push(rec);
+                }
+            }
+        }
+        backlog = kept;
+
+        spool.rotate_if_due(Instant::now());
+        let taken = spool.take_unsynced();
+        if !taken.is_empty() {
+            let syncing = Arc::clone(&spool);
+            let Ok(done) = tokio::task::spawn_blocking(move || syncing.sync_taken(taken)).await
+            else {
+                tracing::error!("usage spool sync task failed; writer stops");
+                return;
+            };
+            for (outcome, segment) in done {
+                let sent = match outcome {
+                    Done::Durable { segment, records } => {
+                        events.send(Event::Durable { segment, records })
+                    }
+                    Done::Sealed { segment } => events.send(Event::Sealed { segment }),
+                    Done::Again(records) => {
+                        failed.get_or_insert_with(|| io::Error::other("sync failed"));
+                        backlog.splice(0..0, records);
+                        Ok(())
+                    }
+                };
+                if sent.is_err() {
+                    // Only after the reporter was stopped at the shutdown deadline: the records
+                    // are on disk and will be reported by the next start.
+                    tracing::debug!(segment, "usage reporter gone; records stay in the spool");
+                }
+            }
+        }
+
+        if let Some(err) = failed {
+            let delay = backoff.next_delay();
+            tracing::warn!(
+                error = %err,
+                records = backlog.len(),
+                retry_in_ms = delay.as_millis() as u64,
+                "cannot write usage records to the spool; retrying"
+            );
+            tokio::time::sleep(delay).await;
+            continue;
+        }
+        backoff.reset();
+        if closing && backlog.is_empty() && rx.is_empty() {
+            spool.close();
+            let taken = spool.take_unsynced();
+            let syncing = Arc::clone(&spool);
+            if let Ok(done) = tokio::task::spawn_blocking(move || syncing.sync_taken(taken)).await {
+                for (outcome, _) in done {
+                    let _ = match outcome {
+                        Done::Durable { segment, records } => {
+                            events.send(Event::Durable { segment, records })
+                        }
+                        Done::Sealed { segment } => events.send(Event::Sealed { segment }),
+                        Done::Again(records) => {
+                            tracing::error!(
+                                records = records.len(),
+                                "usage records not durable at shutdown; lost"
+                            );
+                            Ok(())
+                        }
+                    };
+                }
+            }
+            break;
+        }
+
         let rotate_at = spool.rotation_deadline();
         tokio::select! {
             biased;
             () = stop.cancelled(), if !closing => {
-                // No new sends succeed from here on; what is buffered is still received.
+                // No new sends succeed from here on; what is buffered is still received. An
+                // append after the open segment is closed goes to the channel and is refused.
                 rx.close();
                 closing = true;
                 continue;
             }
-            received = rx.recv_many(&mut group, config.max_group) => {
+            received = rx.recv_many(&mut backlog, config.max_group), if !closing => {
                 if received == 0 {
-                    break;
-                }
-                if !closing && !config.linger.is_zero() && group.len() < config.max_group {
-                    // Sleep, then take what arrived: a receiver waiting on the channel would be
-                    // woken, and this task polled, by every request's send.
-                    tokio::time::sleep(config.linger).await;
-                    if !rx.is_empty() {
-                        let room = config.max_group - group.len();
-                        rx.recv_many(&mut group, room).await;
-                    }
+                    // Every sink is gone.
+                    closing = true;
+                    continue;
                 }
             }
-            () = super::sleep_until_opt(rotate_at) => {
-                seal(&mut spool, &events);
-                continue;
-            }
+            () = spool.wake.notified(), if !closing => {}
+            () = super::sleep_until_opt(rotate_at), if !closing => {}
+            () = std::future::ready(()), if closing => {}
         }
-
-        let mut frames = Frames::for_group(&group);
-        for rec in &group {
-            if let Err(err) = frames.push(rec) {
-                // Unreadable if written, and far beyond what the ledger accepts: the same fate
-                // as a rejected record, decided here.
-                tracing::error!(
-                    request_id = %rec.request_id,
-                    error = %err,
-                    "usage record too large to spool; dropping it"
-                );
-                stats.forget(1);
-            }
-        }
-        drop(group);
-        if frames.is_empty() {
-            continue;
-        }
-
-        let Some((returned, frames, segment)) = write_group(spool, frames, &events, &config).await
-        else {
-            return;
-        };
-        spool = returned;
-        let records = frames.into_records();
-        if events.send(Event::Durable { segment, records }).is_err() {
-            // Only after the reporter was stopped at the shutdown deadline: the records are on
-            // disk and will be reported by the next start.
-            tracing::debug!(segment, "usage reporter gone; records stay in the spool");
-        }
-        if spool.should_rotate(Instant::now()) {
-            seal(&mut spool, &events);
+        if !config.linger.is_zero() && !closing {
+            // Sleep, then sync what arrived meanwhile: the wake-ups of appends made during the
+            // sleep coalesce into one.
+            tokio::time::sleep(config.linger).await;
         }
     }
-    seal(&mut spool, &events);
     tracing::debug!("usage spool writer stopped");
-}
-
-/// Seals the open segment and tells the reporter.
-fn seal(spool: &mut Spool, events: &mpsc::UnboundedSender<Event>) {
-    if let Some(segment) = spool.seal() {
-        // A send error means the reporter is gone (shutdown deadline): the next start reads it.
-        let _ = events.send(Event::Sealed { segment });
-    }
-}
-
-/// Appends one group, retrying with backoff until it is durable. `None` only if the blocking
-/// task could not be joined (the runtime is going away), in which case the spool is lost to this
-/// run but its files are intact.
-async fn write_group(
-    mut spool: Spool,
-    mut frames: Frames,
-    events: &mpsc::UnboundedSender<Event>,
-    config: &WriterConfig,
-) -> Option<(Spool, Frames, u64)> {
-    let mut backoff = super::Backoff::new(config.backoff_min, config.backoff_max);
-    let mut attempt = 1u32;
-    loop {
-        let joined = tokio::task::spawn_blocking(move || {
-            let result = spool.write(&frames);
-            (spool, frames, result)
-        })
-        .await;
-        let (returned, returned_frames, result) = match joined {
-            Ok(parts) => parts,
-            Err(err) => {
-                tracing::error!(error = %err, "usage spool write task failed; writer stops");
-                return None;
-            }
-        };
-        spool = returned;
-        frames = returned_frames;
-        match result {
-            Ok(segment) => return Some((spool, frames, segment)),
-            Err(err) => {
-                if let Some(segment) = err.sealed {
-                    let _ = events.send(Event::Sealed { segment });
-                }
-                let delay = backoff.next_delay();
-                tracing::warn!(
-                    error = %err.source,
-                    records = frames.len(),
-                    attempt,
-                    retry_in_ms = delay.as_millis() as u64,
-                    "cannot write usage records to the spool; retrying"
-                );
-                tokio::time::sleep(delay).await;
-                attempt = attempt.saturating_add(1);
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -714,23 +954,23 @@ mod tests {
     async fn round_trip_keeps_order_across_segments() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("spool");
-        let (mut spool, loaded) = Spool::open(&dir, limits()).unwrap();
+        let (spool, loaded) = Spool::open(&dir, limits()).unwrap();
         assert!(loaded.is_empty());
         let written: Vec<_> = (0..30).map(rec).collect();
-        let first = spool.append(&written[..10]).unwrap().0;
-        assert_eq!(spool.append(&written[10..20]).unwrap().0, first);
+        let first = spool.append_all(&written[..10]).unwrap().0;
+        assert_eq!(spool.append_all(&written[10..20]).unwrap().0, first);
         assert_eq!(spool.seal(), Some(first));
-        let second = spool.append(&written[20..]).unwrap().0;
+        let second = spool.append_all(&written[20..]).unwrap().0;
         assert!(second > first);
         drop(spool);
 
-        let (mut spool, loaded) = Spool::open(&dir, limits()).unwrap();
+        let (spool, loaded) = Spool::open(&dir, limits()).unwrap();
         assert_eq!(loaded.len(), 2);
         assert_eq!(loaded[0].seq, first);
         assert_eq!(loaded[1].seq, second);
         assert_eq!(all_records(&loaded), written);
         // A new run never appends to an old segment.
-        let third = spool.append(&written[..1]).unwrap().0;
+        let third = spool.append_all(&written[..1]).unwrap().0;
         assert!(third > second);
         assert_eq!(segment_files(&dir).len(), 3);
     }
@@ -739,9 +979,9 @@ mod tests {
     async fn truncated_tail_keeps_valid_prefix() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("spool");
-        let (mut spool, _) = Spool::open(&dir, limits()).unwrap();
+        let (spool, _) = Spool::open(&dir, limits()).unwrap();
         let written: Vec<_> = (0..5).map(rec).collect();
-        let seq = spool.append(&written).unwrap().0;
+        let seq = spool.append_all(&written).unwrap().0;
         drop(spool);
         let path = segment_path(&dir, seq);
         let len = fs::metadata(&path).unwrap().len();
@@ -760,9 +1000,9 @@ mod tests {
     async fn garbage_tail_keeps_valid_prefix() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("spool");
-        let (mut spool, _) = Spool::open(&dir, limits()).unwrap();
+        let (spool, _) = Spool::open(&dir, limits()).unwrap();
         let written: Vec<_> = (0..5).map(rec).collect();
-        let seq = spool.append(&written).unwrap().0;
+        let seq = spool.append_all(&written).unwrap().0;
         drop(spool);
         let path = segment_path(&dir, seq);
         let mut file = OpenOptions::new().append(true).open(&path).unwrap();
@@ -777,9 +1017,9 @@ mod tests {
     #[tokio::test]
     async fn append_returns_the_records_as_written() {
         let tmp = tempfile::tempdir().unwrap();
-        let (mut spool, _) = Spool::open(&tmp.path().join("spool"), limits()).unwrap();
+        let (spool, _) = Spool::open(&tmp.path().join("spool"), limits()).unwrap();
         let written: Vec<_> = (0..3).map(rec).collect();
-        let (_, encoded) = spool.append(&written).unwrap();
+        let (_, encoded) = spool.append_all(&written).unwrap();
         assert_eq!(ids(&encoded), vec!["req-00000", "req-00001", "req-00002"]);
         let decoded: Vec<_> = encoded.iter().map(EncodedRecord::decode).collect();
         assert_eq!(decoded, written);
@@ -888,12 +1128,12 @@ mod tests {
     async fn corrupt_middle_frame_ends_the_segment_only() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("spool");
-        let (mut spool, _) = Spool::open(&dir, limits()).unwrap();
+        let (spool, _) = Spool::open(&dir, limits()).unwrap();
         let first: Vec<_> = (0..3).map(rec).collect();
         let second: Vec<_> = (3..6).map(rec).collect();
-        let a = spool.append(&first).unwrap().0;
+        let a = spool.append_all(&first).unwrap().0;
         spool.seal();
-        spool.append(&second).unwrap();
+        spool.append_all(&second).unwrap();
         drop(spool);
         // Flip a payload byte of the second frame of the first segment.
         let path = segment_path(&dir, a);
@@ -916,11 +1156,11 @@ mod tests {
         fs::write(dir.join("notes.txt"), b"hello").unwrap();
         fs::write(dir.join("seg-12.log"), b"short name").unwrap();
         fs::write(segment_path(&dir, 7), b"").unwrap();
-        let (mut spool, loaded) = Spool::open(&dir, limits()).unwrap();
+        let (spool, loaded) = Spool::open(&dir, limits()).unwrap();
         assert_eq!(loaded.len(), 1);
         assert_eq!(loaded[0].seq, 7);
         assert!(loaded[0].records.is_empty());
-        assert_eq!(spool.append(&[rec(1)]).unwrap().0, 8);
+        assert_eq!(spool.append_all(&[rec(1)]).unwrap().0, 8);
     }
 
     #[tokio::test]
@@ -931,14 +1171,14 @@ mod tests {
             max_records: 3,
             max_age: Duration::from_secs(60),
         };
-        let (mut spool, _) = Spool::open(&dir, small).unwrap();
+        let (spool, _) = Spool::open(&dir, small).unwrap();
         assert!(!spool.should_rotate(Instant::now()));
         assert_eq!(spool.rotation_deadline(), None);
-        spool.append(&[rec(1), rec(2)]).unwrap();
+        spool.append_all(&[rec(1), rec(2)]).unwrap();
         assert!(!spool.should_rotate(Instant::now()));
         let deadline = spool.rotation_deadline().unwrap();
         assert!(spool.should_rotate(deadline));
-        spool.append(&[rec(3)]).unwrap();
+        spool.append_all(&[rec(3)]).unwrap();
         assert!(spool.should_rotate(Instant::now()));
     }
 
@@ -946,10 +1186,10 @@ mod tests {
     async fn oversized_record_is_refused_before_writing() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("spool");
-        let (mut spool, _) = Spool::open(&dir, limits()).unwrap();
+        let (spool, _) = Spool::open(&dir, limits()).unwrap();
         let mut big = rec(1);
         big.model = "m".repeat(MAX_RECORD_BYTES + 1);
-        let err = spool.append(&[rec(0), big]).unwrap_err();
+        let err = spool.append_all(&[rec(0), big]).unwrap_err();
         assert_eq!(err.source.kind(), io::ErrorKind::InvalidInput);
         assert_eq!(err.sealed, None);
         assert!(segment_files(&dir).is_empty());
