@@ -126,16 +126,20 @@ fn at_the_connection_cap_more_are_refused_and_clients_are_served_once_the_idle_o
     // Every further connection is accepted and closed at once, long before the silent ones
     // time out.
     const EXTRA: usize = 40;
-    for i in 0..EXTRA {
+    let mut kept = Vec::new();
+    for _ in 0..EXTRA {
         let mut extra = connect(dp.addr);
-        assert!(
-            matches!(
-                wait_closed(&mut extra, Duration::from_secs(2)),
-                Ending::Closed(_)
-            ),
-            "connection {i} over the cap was kept open"
-        );
+        if wait_closed(&mut extra, Duration::from_millis(500)) == Ending::Open {
+            kept.push(extra);
+        }
     }
+    // One may have taken the slot of the metrics probe above, which the server releases just
+    // after the probe has read its answer.
+    assert!(
+        kept.len() <= 1,
+        "{} connections over the cap were kept open",
+        kept.len()
+    );
     assert!(
         filled.elapsed() < Duration::from_millis(2500),
         "the machine is too slow for this test's timing: {:?}",
@@ -149,8 +153,9 @@ fn at_the_connection_cap_more_are_refused_and_clients_are_served_once_the_idle_o
     );
     assert!(filled.elapsed() >= Duration::from_millis(2000));
     drop(silent);
+    drop(kept);
     let refused = metric(dp.addr, "keyplane_refused_connections_total").unwrap();
-    assert!(refused >= EXTRA as f64, "refused {refused}");
+    assert!(refused >= EXTRA as f64 - 1.0, "refused {refused}");
     assert!(wait_until(TIMEOUT, || metric(
         dp.addr,
         "keyplane_open_connections"
