@@ -614,6 +614,26 @@ fn push_once_is_fifo_then_back_to_the_default() {
 }
 
 #[test]
+fn a_body_marker_picks_its_behaviour_before_the_queue_and_the_default() {
+    let fake = FakeUpstream::start(config(2));
+    fake.when_body_contains("POISON", Behavior::status(500));
+    fake.push_once(Behavior::status(503));
+    let mut poisoned = openai_body(false);
+    poisoned["messages"][0]["content"] = json!("POISON please");
+    let poison = || block_on(openai_chat(&fake, "sk-test", &poisoned)).status;
+    let plain = || block_on(openai_chat(&fake, "sk-test", &openai_body(false))).status;
+    assert_eq!(poison(), 500, "the marker wins over the queued behaviour");
+    assert_eq!(plain(), 503, "which the next plain request still gets");
+    assert_eq!(plain(), 200);
+    assert_eq!(poison(), 500, "the rule holds for every matching request");
+    assert_eq!(
+        fake.requests()[3].behavior,
+        Some(Behavior::status(500)),
+        "and is recorded"
+    );
+}
+
+#[test]
 fn cut_after_aborts_the_stream_without_finish() {
     let fake = FakeUpstream::start(config(10));
     fake.set_behavior(Behavior::CutAfter(3));

@@ -44,7 +44,10 @@
 //! # Behaviour
 //!
 //! [`FakeUpstream::set_behavior`] sets the default for all following requests;
-//! [`FakeUpstream::push_once`] queues one-shot behaviours (FIFO) that take precedence. A behaviour
+//! [`FakeUpstream::push_once`] queues one-shot behaviours (FIFO) that take precedence; and
+//! [`FakeUpstream::when_body_contains`] gives every request whose raw body contains a marker its
+//! own behaviour, before both (so one client's requests can fail while another's are served,
+//! as a provider answers what a prompt asks). A behaviour
 //! is taken by a request only once it has passed the checks above (path, key, body), so a
 //! misrouted or unauthenticated request does not use up a queued fault.
 //!
@@ -289,6 +292,8 @@ pub fn prompt_tokens_for(body: &[u8]) -> u64 {
 struct Behaviors {
     default: Behavior,
     queue: VecDeque<Behavior>,
+    /// Body markers and their behaviours, first match wins.
+    rules: Vec<(Vec<u8>, Behavior)>,
 }
 
 /// State shared by the handle and every connection.
@@ -327,9 +332,15 @@ impl Shared {
         }
     }
 
-    /// The next one-shot behaviour, else the default.
-    fn take_behavior(&self) -> Behavior {
+    /// The behaviour of the first rule whose marker `body` contains, else the next one-shot
+    /// behaviour, else the default.
+    fn take_behavior(&self, body: &[u8]) -> Behavior {
         let mut b = lock(&self.behaviors);
+        if let Some((_, rule)) = b.rules.iter().find(|(needle, _)| {
+            !needle.is_empty() && body.windows(needle.len()).any(|w| w == needle.as_slice())
+        }) {
+            return rule.clone();
+        }
         match b.queue.pop_front() {
             Some(once) => once,
             None => b.default.clone(),
@@ -442,6 +453,16 @@ impl FakeUpstream {
     pub fn push_once(&self, b: Behavior) {
         b.validate();
         lock(&self.shared.behaviors).queue.push_back(b);
+    }
+
+    /// From now on, every request whose raw body contains `marker` gets `b`, before one-shot and
+    /// default behaviours (which requests without the marker keep using). The first rule added
+    /// whose marker matches wins. An empty marker matches nothing.
+    pub fn when_body_contains(&self, marker: &str, b: Behavior) {
+        b.validate();
+        lock(&self.shared.behaviors)
+            .rules
+            .push((marker.as_bytes().to_vec(), b));
     }
 
     /// Answers `GET /v1/models` with this status and body from now on (after the usual path and

@@ -192,7 +192,7 @@ impl Exchange {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
             return self.reply(status, JSON, FakeBody::full(body), None);
         }
-        let behavior = self.shared.take_behavior();
+        let behavior = self.shared.take_behavior(&self.body);
         self.shared
             .update(self.index, |r| r.behavior = Some(behavior.clone()));
         match behavior {
