@@ -17,7 +17,7 @@ use crate::sse;
 use crate::table::{Candidate, Protocol, Table};
 use crate::usage::UsageSink;
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
 use http_body::Frame;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
@@ -235,38 +235,38 @@ fn is_retryable(status: StatusCode) -> bool {
     status.is_server_error() || matches!(status.as_u16(), 401 | 402 | 403 | 404 | 408 | 409 | 429)
 }
 
-/// Request headers of the client that are not passed upstream: hop-by-hop headers, the client's
-/// own credentials, framing or encoding the data plane decides itself, and the other protocol's
-/// headers.
-fn forwardable(name: &http::HeaderName, upstream: Protocol) -> bool {
-    let n = name.as_str();
-    if upstream == Protocol::OpenAi && n.starts_with("anthropic-") {
-        return false;
+const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
+static ANTHROPIC_TO_ANTHROPIC: [HeaderName; 2] =
+    [ANTHROPIC_VERSION, HeaderName::from_static("anthropic-beta")];
+/// The gateway's own `User-Agent` on every upstream request.
+const USER_AGENT: HeaderValue =
+    HeaderValue::from_static(concat!("keyplane/", env!("CARGO_PKG_VERSION")));
+
+/// The client's request headers an upstream gets, by client protocol and upstream protocol: an
+/// allow-list, everything else stays behind. An upstream credential is shared by every key, so
+/// nothing a client chooses may change whose account, organisation or project a request runs
+/// under (`OpenAI-Organization`, `OpenAI-Project`, …: a wrong one makes the upstream refuse
+/// the credential), nor tell a provider about the client's own software in the pool's name
+/// (`User-Agent`, SDK telemetry such as `x-stainless-*`, tracing ids, OpenRouter's app
+/// attribution `HTTP-Referer` / `X-Title`). The gateway sets what an upstream needs itself:
+/// content type, encoding, its own `User-Agent`, Anthropic's version header, the credential.
+///
+/// Anthropic clients talking to Anthropic keep `anthropic-version` (any version a client speaks
+/// is honoured) and `anthropic-beta` (the features the request's fields rely on). A translated
+/// request is written for the upstream's defaults, so it takes neither.
+fn forwarded_headers(client: Protocol, upstream: Protocol) -> &'static [HeaderName] {
+    match (client, upstream) {
+        (Protocol::Anthropic, Protocol::Anthropic) => &ANTHROPIC_TO_ANTHROPIC,
+        _ => &[],
     }
-    !matches!(
-        n,
-        "host"
-            | "authorization"
-            | "x-api-key"
-            | "content-length"
-            | "transfer-encoding"
-            | "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "upgrade"
-            | "accept-encoding"
-            | "cookie"
-            | "expect"
-    )
 }
 
-/// The request to `cand`'s upstream: the client's forwardable headers, JSON, no compression (the
-/// relay reads the body), the protocol's version header, and the credential.
+/// The request to `cand`'s upstream: the client's allowed headers (`forwarded_headers`), JSON,
+/// no compression (the relay reads the body), the gateway's user agent, the protocol's version
+/// header, and the credential.
 fn upstream_request(
     cand: &Candidate,
+    client: Protocol,
     uri: http::Uri,
     client_headers: &HeaderMap,
     body: Bytes,
@@ -274,8 +274,8 @@ fn upstream_request(
     let upstream = cand.provider.protocol;
     let mut builder = http::Request::post(uri);
     if let Some(headers) = builder.headers_mut() {
-        for (name, value) in client_headers {
-            if forwardable(name, upstream) {
+        for name in forwarded_headers(client, upstream) {
+            for value in client_headers.get_all(name) {
                 headers.append(name, value.clone());
             }
         }
@@ -287,8 +287,9 @@ fn upstream_request(
             header::ACCEPT_ENCODING,
             HeaderValue::from_static("identity"),
         );
-        if upstream == Protocol::Anthropic && !headers.contains_key("anthropic-version") {
-            headers.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
+        headers.insert(header::USER_AGENT, USER_AGENT);
+        if upstream == Protocol::Anthropic && !headers.contains_key(ANTHROPIC_VERSION) {
+            headers.insert(ANTHROPIC_VERSION, HeaderValue::from_static("2023-06-01"));
         }
         headers.insert(cand.auth.0.clone(), cand.auth.1.clone());
     }
@@ -439,7 +440,13 @@ impl Proxy {
             );
             let url = format!("{}/count_tokens", cand.provider.chat_url);
             if let Ok(uri) = url.parse::<http::Uri>()
-                && let Ok(req) = upstream_request(cand, uri, client_headers, Bytes::from(rewritten))
+                && let Ok(req) = upstream_request(
+                    cand,
+                    Protocol::Anthropic,
+                    uri,
+                    client_headers,
+                    Bytes::from(rewritten),
+                )
                 && let Ok(Ok(resp)) =
                     tokio::time::timeout(self.limits.first_byte_timeout, self.client.request(req))
                         .await
@@ -848,7 +855,7 @@ impl Proxy {
             }
             _ => cand.provider.chat_url.clone(),
         };
-        let upstream_req = upstream_request(cand, uri, client_headers, body)
+        let upstream_req = upstream_request(cand, client_protocol, uri, client_headers, body)
             .map_err(|e| Attempt::Failed(Failure::Connect(e.to_string())))?;
 
         let sent = Instant::now();
