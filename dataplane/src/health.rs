@@ -3,8 +3,10 @@
 //! - 429: `cooldown` for the upstream's `retry-after-ms`, `Retry-After` (seconds) or
 //!   `x-ratelimit-reset-*` time, else an exponential backoff from 1 s (doubling per 429 in a
 //!   row, at most 5 min). Skipped without being touched until then.
-//! - 401 / 403: `invalid`; 402 or an `insufficient_quota` error: `exhausted`. Both last until an
-//!   operator runs `keyplanectl credential enable`.
+//! - A 401 / 403 whose body says the key is refused: `invalid`; 402 or an out-of-quota error:
+//!   `exhausted`. Both last until an operator runs `keyplanectl credential enable`. What a
+//!   client's request caused (moderation, a bad parameter, a scope header) changes nothing:
+//!   `attribution.rs` tells them apart.
 //! - 5xx, timeouts, refused connections: a circuit breaker over a 60 s window opens once the
 //!   window holds at least [`BREAKER_MIN_REQUESTS`] requests and at least
 //!   [`BREAKER_ERROR_PERCENT`]% of them failed. Open for 30 s (doubling on each failed probe, at
@@ -224,7 +226,7 @@ impl Health {
         self.set(&mut inner, State::Cooldown, now_ms, now_ms + wait, reason)
     }
 
-    /// 401 / 403: the credential is not accepted.
+    /// The upstream refused the credential's key.
     pub fn on_invalid(&self, now_ms: i64, status: u16) -> Change {
         let mut inner = self.lock();
         self.set(

@@ -7,6 +7,7 @@
 //! control plane. Route tables arrive over a gRPC stream ([`control`]) and are sealed into a
 //! snapshot ([`snapshot`]) so that a restart can serve without the control plane.
 
+pub mod attribution;
 pub mod control;
 pub mod gateway;
 pub mod health;

@@ -7,6 +7,7 @@
 //! content, reasoning, a tool call or a finish reason commits the stream, together with what was
 //! held, at once.
 
+use crate::attribution::{self, Cause};
 use crate::health::HealthSink;
 use crate::limits::{KeyState, Limit, Permit, Policy, Refusal};
 use crate::metrics::Metrics;
@@ -186,8 +187,8 @@ enum Failure {
         retry_after: Option<HeaderValue>,
         /// For 429: how long the upstream asked to wait, from any of its headers.
         wait_ms: Option<i64>,
-        /// A 402, or an error saying the account is out of quota.
-        quota: bool,
+        /// What the status and error body say about the credential.
+        cause: Cause,
     },
     Timeout,
     Connect(String),
@@ -733,29 +734,28 @@ impl Proxy {
         let now = now_ms();
         let change = match failure {
             Failure::Status {
-                quota: true,
                 status,
+                wait_ms,
+                cause,
                 ..
-            } => {
-                Some(health.on_exhausted(now, &format!("upstream answered {status}: out of quota")))
-            }
-            Failure::Status {
-                status, wait_ms, ..
-            } if *status == StatusCode::TOO_MANY_REQUESTS => {
-                Some(health.on_rate_limited(now, *wait_ms))
-            }
-            Failure::Status { status, .. } if matches!(status.as_u16(), 401 | 403) => {
-                Some(health.on_invalid(now, status.as_u16()))
-            }
-            Failure::Status { status, .. } if status.is_server_error() => {
-                health.on_server_error(now)
-            }
+            } => match cause {
+                Cause::KeyRefused => Some(health.on_invalid(now, status.as_u16())),
+                Cause::Exhausted => Some(
+                    health.on_exhausted(now, &format!("upstream answered {status}: out of quota")),
+                ),
+                Cause::RateLimited => Some(health.on_rate_limited(now, *wait_ms)),
+                Cause::Upstream => health.on_server_error(now),
+                Cause::NotHere | Cause::Content | Cause::Request => {
+                    health.end_probe();
+                    None
+                }
+            },
             // An upstream that answers what its protocol does not promise is misconfigured or
             // broken, like one that answers 5xx.
             Failure::Timeout | Failure::Connect(_) | Failure::Stream(_) | Failure::Invalid(_) => {
                 health.on_server_error(now)
             }
-            _ => {
+            Failure::Unsupported(_) => {
                 health.end_probe();
                 None
             }
@@ -879,30 +879,36 @@ impl Proxy {
         }
         if !status.is_success() {
             let retry_after = resp.headers().get(header::RETRY_AFTER).cloned();
-            if is_retryable(status) {
-                let wait_ms = crate::health::retry_wait_ms(resp.headers());
-                // A 429 may mean "out of quota" (OpenAI's insufficient_quota): read the short
-                // error body to tell. Otherwise dropping the body closes or recycles the
-                // connection; the error text is not needed (and may echo the request).
-                let quota = match status.as_u16() {
-                    402 => true,
-                    429 => read_body(resp.into_body(), idle_timeout, 64 * 1024)
-                        .await
-                        .is_ok_and(|b| is_quota_error(&b)),
-                    _ => false,
-                };
-                return Err(Attempt::Failed(Failure::Status {
-                    status,
-                    retry_after,
-                    wait_ms,
-                    quota,
-                }));
-            }
-            // The client's fault: the upstream's own error, in the client's shape.
             let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
-            let bytes = read_body(resp.into_body(), idle_timeout, 1 << 20)
-                .await
-                .unwrap_or_default();
+            let wait_ms = crate::health::retry_wait_ms(resp.headers());
+            let body = resp.into_body();
+            let bytes = if is_retryable(status) {
+                // 401, 402, 403 and 429 are judged by their short error body (whose key, quota,
+                // or the request's content?). Otherwise dropping the body closes or recycles the
+                // connection; the error text is not needed (and may echo the request).
+                let short = if matches!(status.as_u16(), 401 | 402 | 403 | 429) {
+                    read_body(body, idle_timeout, attribution::ERROR_BODY_LIMIT)
+                        .await
+                        .unwrap_or_default()
+                } else {
+                    Bytes::new()
+                };
+                let cause = attribution::classify(status, &short);
+                if cause != Cause::Content {
+                    return Err(Attempt::Failed(Failure::Status {
+                        status,
+                        retry_after,
+                        wait_ms,
+                        cause,
+                    }));
+                }
+                short
+            } else {
+                read_body(body, idle_timeout, 1 << 20)
+                    .await
+                    .unwrap_or_default()
+            };
+            // The client's fault: the upstream's own error, in the client's shape.
             let (status, bytes) = match (client_protocol, upstream) {
                 (Protocol::OpenAi, Protocol::Anthropic) => {
                     let (s, b) = translate::anthropic_error_to_openai(status.as_u16(), &bytes);
@@ -1030,14 +1036,6 @@ enum Attempt {
     Failed(Failure),
     /// A response to give the client as is (a non-retryable upstream error).
     Final(Response<Body>),
-}
-
-/// An upstream error body that says the account is out of money or quota.
-fn is_quota_error(body: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(body);
-    text.contains("insufficient_quota")
-        || text.contains("credit balance is too low")
-        || text.contains("billing_hard_limit")
 }
 
 /// The 429 (403 for nothing) of a key's own limit, in the client's shape, with `Retry-After`

@@ -1,13 +1,86 @@
 //! One client cannot take a shared credential away from everyone: what it sends stays out of the
-//! upstream's headers.
+//! upstream's headers, and what its requests cause stays out of the credential's health.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
 
-use keyplane_testkit::http::HttpRequest;
-use keyplane_testkit::{FakeConfig, FakeUpstream, wait_until};
+use keyplane_testkit::http::{HttpRequest, HttpResponse};
+use keyplane_testkit::{Behavior, FakeConfig, FakeUpstream, wait_until};
 use serde_json::json;
 use support::*;
+
+/// OpenRouter's moderation 403 (message and metadata as OpenRouter sends them).
+const MODERATION_403: &str = r#"{"error":{"message":"openai/gpt-4o requires moderation on OpenAI. Your input was flagged for \"violence\". No credits were charged.","code":403,"metadata":{"reasons":["violence"],"flagged_input":"FLAGGED tell me how to hurt...","provider_name":"OpenAI","model_slug":"openai/gpt-4o"}}}"#;
+/// OpenAI's answer to an `OpenAI-Organization` header the key does not belong to.
+const ORG_MISMATCH_401: &str = r#"{"error":{"message":"OpenAI-Organization header should match organization for API key","type":"invalid_request_error","param":null,"code":"mismatched_organization"}}"#;
+/// OpenRouter's answer to a key it does not know.
+const OPENROUTER_NO_USER_401: &str = r#"{"error":{"message":"User not found.","code":401}}"#;
+
+fn answer(code: u16, body: &str) -> Behavior {
+    Behavior::Status {
+        code,
+        retry_after: None,
+        body: Some(body.to_string()),
+    }
+}
+
+/// Creates another client key and waits until the data plane accepts it.
+fn second_key(c: &Cluster, name: &str) -> String {
+    let key = c.cp.ctl(&["--json", "key", "create", name]).ok().json()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        wait_until(TIMEOUT, || {
+            HttpRequest::get("/v1/models")
+                .bearer(&key)
+                .send(c.dp.addr, TIMEOUT)
+                .is_ok_and(|r| r.status == 200)
+        }),
+        "key {name} never accepted"
+    );
+    key
+}
+
+fn chat_as(c: &Cluster, key: &str, content: &str) -> HttpResponse {
+    HttpRequest::post_json(
+        "/v1/chat/completions",
+        &json!({"model": MODEL, "messages": [{"role": "user", "content": content}]}),
+    )
+    .bearer(key)
+    .send(c.dp.addr, TIMEOUT)
+    .unwrap()
+}
+
+fn metrics(c: &Cluster) -> String {
+    HttpRequest::get("/metrics")
+        .send(c.dp.addr, TIMEOUT)
+        .unwrap()
+        .text()
+}
+
+fn credential_state(c: &Cluster, provider: &str) -> String {
+    let list =
+        c.cp.ctl(&["--json", "credential", "list", "--provider", provider])
+            .ok()
+            .json();
+    list[0]["state"].as_str().unwrap_or("").to_string()
+}
+
+/// Whether this node's `keyplane_credential_state` shows `provider`'s credential in `state`.
+fn node_shows(text: &str, provider: &str, state: &str) -> bool {
+    text.lines().any(|l| {
+        l.starts_with("keyplane_credential_state{")
+            && l.contains(&format!("provider=\"{provider}\""))
+            && l.contains(&format!("state=\"{state}\""))
+            && l.ends_with(" 1")
+    })
+}
+
+/// Statuses the fake named `name` answered, in order.
+fn answered(c: &Cluster, name: &str) -> Vec<Option<u16>> {
+    c.fake(name).requests().iter().map(|r| r.status).collect()
+}
 
 #[test]
 fn a_clients_scope_and_software_headers_never_reach_a_pooled_credential() {
@@ -136,4 +209,71 @@ fn a_clients_scope_and_software_headers_never_reach_a_pooled_credential() {
     let seen = &c.fake("claude").requests()[1];
     never(seen, &[]);
     assert_eq!(seen.header("anthropic-version"), Some("2023-06-01"));
+}
+
+#[test]
+fn a_moderation_403_and_an_org_mismatch_401_leave_the_credential_healthy() {
+    let c = Cluster::start(
+        &[offer("b-other", "2", "4"), offer("c-cheap", "1", "2")],
+        &[],
+    );
+    let other = second_key(&c, "bystander");
+    c.fake("c-cheap")
+        .when_body_contains("FLAGGED", answer(403, MODERATION_403));
+    c.fake("c-cheap")
+        .when_body_contains("ORG-SCOPED", answer(401, ORG_MISMATCH_401));
+
+    // Moderation: the client hears the provider's verdict, and the flagged prompt goes nowhere
+    // else.
+    let r = chat_as(&c, &c.key, "FLAGGED tell me how to hurt someone");
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("requires moderation"), "{}", r.text());
+    assert_eq!(c.fake("b-other").request_count(), 0, "not tried elsewhere");
+    // Another key, right after: served by the same credential.
+    let r = chat_as(&c, &other, "Say hello");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(answered(&c, "c-cheap"), [Some(403), Some(200)]);
+
+    // An organisation mismatch says nothing about the key: the request fails over, and the
+    // credential keeps serving.
+    let r = chat_as(&c, &c.key, "ORG-SCOPED hello");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(answered(&c, "b-other"), [Some(200)], "it failed over");
+    let r = chat_as(&c, &other, "Say hello");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        answered(&c, "c-cheap"),
+        [Some(403), Some(200), Some(401), Some(200)],
+        "the cheapest credential served the other key again"
+    );
+
+    let text = metrics(&c);
+    assert!(!node_shows(&text, "c-cheap", "invalid"), "{text}");
+    for provider in ["c-cheap", "b-other"] {
+        assert_eq!(credential_state(&c, provider), "active");
+    }
+    let listed = c.cp.ctl(&["credential", "list"]).ok().stdout;
+    assert!(!listed.contains("invalid"), "{listed}");
+}
+
+#[test]
+fn a_refused_key_still_marks_the_credential_invalid() {
+    let c = Cluster::start(
+        &[offer("b-other", "2", "4"), offer("c-cheap", "1", "2")],
+        &[],
+    );
+    c.fake("c-cheap")
+        .set_behavior(answer(401, OPENROUTER_NO_USER_401));
+    let r = c.chat(&chat_body(false));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        wait_until(TIMEOUT, || credential_state(&c, "c-cheap") == "invalid"),
+        "{}",
+        c.dp.logs()
+    );
+    assert!(node_shows(&metrics(&c), "c-cheap", "invalid"));
+    for _ in 0..3 {
+        assert_eq!(c.chat(&chat_body(false)).status, 200);
+    }
+    assert_eq!(c.fake("c-cheap").request_count(), 1, "skipped from then on");
 }
