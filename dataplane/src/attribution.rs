@@ -31,8 +31,10 @@ pub enum Cause {
     /// Rate limited: `cooldown`.
     RateLimited,
     /// The upstream failed (5xx), or refused with a 401/403 whose body names neither the key nor
-    /// the request. Counts toward the circuit breaker: a key refused in a shape this module does
-    /// not know is benched by the breaker this way, not marked invalid for good.
+    /// the request. Counts toward the circuit breaker, unless the request itself looks to blame:
+    /// it failed on every candidate while they served others (see `proxy.rs`, `blame`). A key
+    /// refused in a shape this module does not know is benched by the breaker this way, not
+    /// marked invalid for good.
     Upstream,
     /// This candidate cannot serve this request, and that says nothing against the credential:
     /// the model is not offered here, an organisation or project scope does not match, or the

@@ -10,7 +10,9 @@
 //! - 5xx, timeouts, refused connections: a circuit breaker over a 60 s window opens once the
 //!   window holds at least [`BREAKER_MIN_REQUESTS`] requests and at least
 //!   [`BREAKER_ERROR_PERCENT`]% of them failed. Open for 30 s (doubling on each failed probe, at
-//!   most 5 min), then half-open: one probe request at a time; a success closes it.
+//!   most 5 min), then half-open: one probe request at a time; a success closes it. A request
+//!   that failed on every candidate while they answered others is counted against its key
+//!   instead (`proxy.rs`, `blame`).
 //!
 //! Each change is handed to the [`HealthSink`], whose task reports it to the control plane
 //! (`Nodes.ReportHealth`); the control plane stores it and ships it to every node with the next
@@ -103,6 +105,8 @@ pub struct Health {
     /// Half-open: when the probe in flight started (0: none). A probe that never reports back
     /// (its client went away) frees the slot after [`PROBE_TIMEOUT_MS`].
     probing: AtomicI64,
+    /// When it last answered well (ms since the epoch; 0: never on this node).
+    last_ok_ms: AtomicI64,
     inner: Mutex<Inner>,
 }
 
@@ -177,8 +181,16 @@ impl Health {
         }
     }
 
+    /// Whether it answered well at `since_ms` or later: then it works, and a request that failed
+    /// on it (and on every other candidate) most likely failed for what it asked.
+    pub fn answered_since(&self, since_ms: i64) -> bool {
+        let last = self.last_ok_ms.load(Ordering::Relaxed);
+        last > 0 && last >= since_ms
+    }
+
     /// The upstream answered well.
     pub fn on_success(&self, now_ms: i64) -> Option<Change> {
+        self.last_ok_ms.store(now_ms, Ordering::Relaxed);
         let state = self.state();
         if state == State::Active {
             // The common case stays lock-free but for the breaker window.

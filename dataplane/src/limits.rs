@@ -7,7 +7,8 @@
 //! what was billed. See `leaser.rs` for how leases are renewed and README for the overshoot bound.
 
 use keyplane_proto::v1 as pb;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 use tokio::sync::Notify;
@@ -403,15 +404,77 @@ impl Drop for Permit {
     }
 }
 
-/// Keeps [`KeyState`] per key id across table swaps.
+/// How far back a key's failed requests count toward its failure budget.
+pub const FAILURE_WINDOW_MS: i64 = 60_000;
+/// How long a key that spent its failure budget is refused. As long as the window, so that one
+/// key's failures reach a credential's circuit breaker at most a budget's worth per minute:
+/// with the default budget (10) fewer than the breaker's minimum of 20 requests, so a key alone
+/// can never open it.
+pub const FAILURE_COOL_OFF_MS: i64 = 60_000;
+
+/// A key's recent requests that failed on every upstream they tried (5xx, timeouts, streams that
+/// broke before their first content) in a way the request itself may have caused: the per-key
+/// failure budget. Every key has one, limited or not.
+#[derive(Debug, Default)]
+pub struct KeyFailures {
+    /// Refused until then (ms since the epoch); 0 or past: not refused. One atomic load per
+    /// request.
+    refused_until_ms: AtomicI64,
+    /// When each failure in the window was charged, oldest first. Allocated on the first one.
+    recent: Mutex<VecDeque<i64>>,
+}
+
+impl KeyFailures {
+    /// When the key's cool-off ends, if it is refused now.
+    pub fn refused_until(&self, now_ms: i64) -> Option<i64> {
+        let until = self.refused_until_ms.load(Ordering::Relaxed);
+        (until > now_ms).then_some(until)
+    }
+
+    /// Charges one failed request. `budget` failures within [`FAILURE_WINDOW_MS`] refuse the key
+    /// for [`FAILURE_COOL_OFF_MS`]; 0 turns the budget off. Returns whether the key was within
+    /// its budget before this failure, that is whether the failure may still count toward the
+    /// health of the credentials it failed on.
+    pub fn charge(&self, now_ms: i64, budget: u32) -> bool {
+        if budget == 0 {
+            return true;
+        }
+        if self.refused_until(now_ms).is_some() {
+            return false;
+        }
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        while recent
+            .front()
+            .is_some_and(|&t| now_ms - t >= FAILURE_WINDOW_MS)
+        {
+            recent.pop_front();
+        }
+        recent.push_back(now_ms);
+        if recent.len() >= budget as usize {
+            recent.clear();
+            recent.shrink_to_fit();
+            self.refused_until_ms
+                .store(now_ms + FAILURE_COOL_OFF_MS, Ordering::Relaxed);
+        }
+        true
+    }
+}
+
+/// Keeps [`KeyState`] and [`KeyFailures`] per key id across table swaps.
 #[derive(Default)]
 pub struct LimitsRegistry {
     map: Mutex<HashMap<String, Arc<KeyState>>>,
+    failures: Mutex<HashMap<String, Arc<KeyFailures>>>,
 }
 
 impl LimitsRegistry {
     pub fn get(&self, key_id: &str) -> Arc<KeyState> {
         let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(map.entry(key_id.to_string()).or_default())
+    }
+
+    pub fn failures(&self, key_id: &str) -> Arc<KeyFailures> {
+        let mut map = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
         Arc::clone(map.entry(key_id.to_string()).or_default())
     }
 }
@@ -471,5 +534,30 @@ mod tests {
         assert!(s.admit(&p, 400, 0).is_err());
         assert_eq!(s.usage().2[0], 400);
         assert!(s.admit(&p, 400, 0).is_err());
+    }
+
+    #[test]
+    fn a_spent_failure_budget_refuses_the_key_for_the_cool_off() {
+        let f = KeyFailures::default();
+        assert!(f.charge(0, 3));
+        // The first one has left the window by the time the third comes.
+        assert!(f.charge(1_000, 3));
+        assert!(f.charge(FAILURE_WINDOW_MS + 1, 3));
+        assert_eq!(f.refused_until(FAILURE_WINDOW_MS + 1), None);
+        assert!(
+            f.charge(FAILURE_WINDOW_MS + 2, 3),
+            "the one that spends it still counts"
+        );
+        let until = f.refused_until(FAILURE_WINDOW_MS + 2).unwrap();
+        assert_eq!(until, FAILURE_WINDOW_MS + 2 + FAILURE_COOL_OFF_MS);
+        assert!(!f.charge(until - 1, 3), "over budget: no longer counted");
+        assert_eq!(f.refused_until(until), None);
+        assert!(f.charge(until, 3), "a fresh window after the cool-off");
+        // 0: no budget.
+        let off = KeyFailures::default();
+        for t in 0..100 {
+            assert!(off.charge(t, 0));
+        }
+        assert_eq!(off.refused_until(0), None);
     }
 }

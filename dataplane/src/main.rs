@@ -55,6 +55,11 @@ struct Args {
     /// Longest silence between two chunks of an upstream body.
     #[arg(long, default_value_t = 120_000)]
     idle_timeout_ms: u64,
+    /// Requests of one client key that may fail on every upstream they try (5xx, timeouts,
+    /// streams broken before content) within a minute before the key is refused for a minute
+    /// (429); 0: no limit.
+    #[arg(long, default_value_t = 10)]
+    key_failure_budget: u32,
     /// How long a client may take to send a request's head before the connection is closed.
     #[arg(long, default_value_t = 30_000)]
     header_read_timeout_ms: u64,
@@ -366,6 +371,7 @@ async fn run(args: Args) -> Result<(), (u8, String)> {
         max_upstream_body_bytes: args.max_upstream_body_bytes,
         max_sse_event_bytes: args.max_sse_event_bytes,
         body_read_timeout: Duration::from_millis(args.body_read_timeout_ms),
+        key_failure_budget: args.key_failure_budget,
     };
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(HealthSink::default());

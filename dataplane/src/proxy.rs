@@ -9,7 +9,7 @@
 
 use crate::attribution::{self, Cause};
 use crate::health::HealthSink;
-use crate::limits::{KeyState, Limit, Permit, Policy, Refusal};
+use crate::limits::{KeyFailures, KeyState, Limit, Permit, Policy, Refusal};
 use crate::metrics::Metrics;
 use crate::protocol::anthropic::{self, MessagesRequest};
 use crate::protocol::openai::{self, ChatRequest, Chunk};
@@ -57,6 +57,9 @@ pub struct Limits {
     pub max_sse_event_bytes: usize,
     /// How long a client gets to send a whole request body; then 408.
     pub body_read_timeout: Duration,
+    /// Requests of one key that may fail on every upstream within a minute before the key is
+    /// refused for a minute (`--key-failure-budget`); 0: no limit.
+    pub key_failure_budget: u32,
 }
 
 pub fn build_client(limits: &Limits) -> HttpClient {
@@ -150,6 +153,8 @@ pub struct RequestCtx {
     /// The key's policy and limit counters, if it has any.
     pub policy: Option<Arc<Policy>>,
     pub limits: Option<Arc<KeyState>>,
+    /// The key's upstream failure budget.
+    pub failures: Arc<KeyFailures>,
     pub started: Instant,
     pub started_at_ms: i64,
     /// The client's query string (`beta=true` from Claude Code), passed on to Anthropic upstreams
@@ -569,6 +574,14 @@ impl Proxy {
         // Prompt tokens from the body size (about 4 bytes a token), output from the limit.
         let input_estimate = estimate_tokens(body.len());
         let output_estimate = inbound.output_estimate();
+        if let Some(until) = ctx.failures.refused_until(now_ms()) {
+            return failure_budget_refusal(
+                protocol,
+                until,
+                self.limits.key_failure_budget,
+                &self.metrics,
+            );
+        }
         let mut permit = None;
         if let (Some(policy), Some(state)) = (&ctx.policy, &ctx.limits) {
             // Worst case: the dearest candidate that may serve, at the full output limit.
@@ -590,6 +603,8 @@ impl Proxy {
 
         let now = now_ms();
         let mut failures: Vec<Failure> = Vec::new();
+        // Candidates whose failure the request itself may have caused: judged when it ends.
+        let mut suspects: Vec<&Candidate> = Vec::new();
         let mut skipped_until: Option<i64> = None;
         let mut skipped_dead = 0usize;
         for (model, candidates) in &routes {
@@ -628,16 +643,20 @@ impl Proxy {
                             self.metrics.failover(&cand.provider.name);
                         }
                         self.health_changed(cand, health.on_success(now_ms()));
+                        self.blame(&suspects, true, &ctx.failures);
                         return resp;
                     }
                     Err(Attempt::Final(resp)) => {
                         self.metrics.attempt(&cand.provider.name, "refused");
                         health.end_probe();
+                        self.blame(&suspects, false, &ctx.failures);
                         return resp;
                     }
                     Err(Attempt::Failed(failure)) => {
                         self.metrics.attempt(&cand.provider.name, failure.outcome());
-                        self.note_failure(cand, &failure);
+                        if self.note_failure(cand, &failure) {
+                            suspects.push(cand);
+                        }
                         tracing::info!(
                             request_id = %ctx.request_id,
                             provider = %cand.provider.name,
@@ -655,6 +674,7 @@ impl Proxy {
                 }
             }
         }
+        self.blame(&suspects, false, &ctx.failures);
         if failures.is_empty() {
             if let Some(until) = skipped_until {
                 let secs = ((until - now).max(0) as u64).div_ceil(1000).max(1);
@@ -728,8 +748,10 @@ impl Proxy {
         self.health.report(&cand.credential_id, change);
     }
 
-    /// What a failed attempt says about the credential.
-    fn note_failure(&self, cand: &Candidate, failure: &Failure) {
+    /// What a failed attempt says about the credential, noted at once; or `true` for a failure
+    /// the request itself may have caused (5xx, a timeout, a stream that failed before content,
+    /// an unexplained 401/403), which [`Proxy::blame`] judges when the request has ended.
+    fn note_failure(&self, cand: &Candidate, failure: &Failure) -> bool {
         let health = &cand.stats.health;
         let now = now_ms();
         let change = match failure {
@@ -744,23 +766,52 @@ impl Proxy {
                     health.on_exhausted(now, &format!("upstream answered {status}: out of quota")),
                 ),
                 Cause::RateLimited => Some(health.on_rate_limited(now, *wait_ms)),
-                Cause::Upstream => health.on_server_error(now),
+                Cause::Upstream => return true,
                 Cause::NotHere | Cause::Content | Cause::Request => {
                     health.end_probe();
                     None
                 }
             },
-            // An upstream that answers what its protocol does not promise is misconfigured or
-            // broken, like one that answers 5xx.
-            Failure::Timeout | Failure::Connect(_) | Failure::Stream(_) | Failure::Invalid(_) => {
-                health.on_server_error(now)
-            }
+            Failure::Timeout | Failure::Stream(_) => return true,
+            // Nothing in a request makes a connection fail, and an upstream that answers what
+            // its protocol does not promise is misconfigured or broken, like one that answers
+            // 5xx.
+            Failure::Connect(_) | Failure::Invalid(_) => health.on_server_error(now),
             Failure::Unsupported(_) => {
                 health.end_probe();
                 None
             }
         };
         self.health_changed(cand, change);
+        false
+    }
+
+    /// Judges the failures a request may have caused (`suspects`) once it has ended.
+    ///
+    /// - Served by another candidate: the ones that failed are to blame, as any upstream failure
+    ///   (the circuit breaker counts them).
+    /// - Not served (every candidate failed, or one relayed the client's own error): the request
+    ///   may be what fails, so it is charged to its key's failure budget. A failure still counts
+    ///   toward a credential's breaker only while the key is within its budget and when the
+    ///   credential has answered nothing else well for [`ANSWERED_RECENTLY_MS`]: an upstream that
+    ///   is down answers no one, one that serves others while failing this request has nothing
+    ///   wrong with it. So a client sending requests that make upstreams fail cannot open a
+    ///   breaker that other keys are being served through, and once over its budget it is
+    ///   refused before it reaches an upstream at all.
+    fn blame(&self, suspects: &[&Candidate], served: bool, failures: &KeyFailures) {
+        if suspects.is_empty() {
+            return;
+        }
+        let now = now_ms();
+        let within_budget = served || failures.charge(now, self.limits.key_failure_budget);
+        for cand in suspects {
+            let health = &cand.stats.health;
+            if served || (within_budget && !health.answered_since(now - ANSWERED_RECENTLY_MS)) {
+                self.health_changed(cand, health.on_server_error(now));
+            } else {
+                health.end_probe();
+            }
+        }
     }
 
     /// The upstream client for `cand`: the shared one, or one with the provider's connect
@@ -1036,6 +1087,34 @@ enum Attempt {
     Failed(Failure),
     /// A response to give the client as is (a non-retryable upstream error).
     Final(Response<Body>),
+}
+
+/// How recently a credential must have answered well for a request that failed on it to be
+/// presumed the request's own doing (see [`Proxy::blame`]).
+const ANSWERED_RECENTLY_MS: i64 = 10_000;
+
+/// The 429 of a key whose requests keep failing upstream, in the client's shape, with
+/// `Retry-After` until its cool-off ends.
+fn failure_budget_refusal(
+    protocol: Protocol,
+    until_ms: i64,
+    budget: u32,
+    metrics: &Metrics,
+) -> Response<Body> {
+    metrics.key_limit_refused("key_limit", "upstream_failures");
+    let secs = ((until_ms - now_ms()).max(0) as u64).div_ceil(1000).max(1);
+    let mut resp = client_error(
+        protocol,
+        StatusCode::TOO_MANY_REQUESTS,
+        &format!(
+            "This API key's requests keep failing upstream ({budget} failed on every upstream within a minute); it is refused for {secs} s so they cannot bench shared upstream credentials for other keys. Check what these requests send."
+        ),
+        Some("upstream_failures"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    resp
 }
 
 /// The 429 (403 for nothing) of a key's own limit, in the client's shape, with `Retry-After`

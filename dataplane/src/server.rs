@@ -542,6 +542,7 @@ async fn proxied(
         key_id: key.id,
         policy: key.policy,
         limits: key.state,
+        failures: key.failures,
         started,
         started_at_ms,
         query,

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::limits::{KeyState, LimitsRegistry, Policy};
+use crate::limits::{KeyFailures, KeyState, LimitsRegistry, Policy};
 
 /// The wire protocol of an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,6 +192,8 @@ pub struct ClientKey {
     pub policy: Option<Arc<Policy>>,
     /// Counters and lease, for a key with rate or budget limits.
     pub state: Option<Arc<KeyState>>,
+    /// Its upstream failure budget (every key has one).
+    pub failures: Arc<KeyFailures>,
 }
 
 pub struct Table {
@@ -366,6 +368,7 @@ impl Table {
                     id: Arc::from(k.id.as_str()),
                     policy: policy.map(Arc::new),
                     state,
+                    failures: stats.limits.failures(&k.id),
                 };
                 if key.state.is_some() {
                     limited.push(key.clone());

@@ -1,5 +1,6 @@
 //! One client cannot take a shared credential away from everyone: what it sends stays out of the
-//! upstream's headers, and what its requests cause stays out of the credential's health.
+//! upstream's headers, what its requests cause stays out of the credential's health, and a key
+//! whose requests keep failing upstream is refused before it can open a circuit breaker.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -57,6 +58,14 @@ fn metrics(c: &Cluster) -> String {
         .send(c.dp.addr, TIMEOUT)
         .unwrap()
         .text()
+}
+
+/// The value of the metric line starting with `prefix`, if present.
+fn metric(text: &str, prefix: &str) -> Option<String> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .map(str::to_string)
 }
 
 fn credential_state(c: &Cluster, provider: &str) -> String {
@@ -276,4 +285,75 @@ fn a_refused_key_still_marks_the_credential_invalid() {
         assert_eq!(c.chat(&chat_body(false)).status, 200);
     }
     assert_eq!(c.fake("c-cheap").request_count(), 1, "skipped from then on");
+}
+
+#[test]
+fn a_key_whose_requests_keep_failing_is_refused_and_others_keep_being_served() {
+    // Default budget: 10 failed requests a minute.
+    let c = Cluster::start(&[offer("solo", "1", "2")], &[]);
+    let other = second_key(&c, "bystander");
+    c.fake("solo")
+        .when_body_contains("POISON", Behavior::status(500));
+
+    // Interleaved: the bystander is served each time; the poisoned requests fail (after trying
+    // the one credential) until the key's budget is spent.
+    for i in 0..10 {
+        let r = chat_as(&c, &other, "Say hello");
+        assert_eq!(r.status, 200, "bystander request {i}: {}", r.text());
+        let r = chat_as(&c, &c.key, "POISON");
+        assert_eq!(r.status, 503, "poisoned request {i}: {}", r.text());
+    }
+    let reached = c.fake("solo").request_count();
+    assert_eq!(reached, 20);
+
+    // Over budget: refused before any upstream, in the client's dialect.
+    let r = chat_as(&c, &c.key, "POISON");
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "upstream_failures");
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("keep failing upstream"),
+        "{}",
+        r.text()
+    );
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    let r = HttpRequest::post_json("/v1/messages", &messages_body(false))
+        .header("x-api-key", &c.key)
+        .send(c.dp.addr, TIMEOUT)
+        .unwrap();
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.json()["error"]["type"], "rate_limit_error");
+    assert!(r.header("retry-after").is_some());
+    let r = chat_as(&c, &c.key, "Say hello");
+    assert_eq!(
+        r.status, 429,
+        "even a harmless request waits out the cool-off"
+    );
+    assert_eq!(
+        c.fake("solo").request_count(),
+        reached,
+        "none reached the upstream"
+    );
+
+    // The bystander keeps being served by the same credential: no breaker opened (21 requests,
+    // 10 failed, would have opened it had the poisoned ones counted).
+    for i in 0..5 {
+        let r = chat_as(&c, &other, "Say hello");
+        assert_eq!(r.status, 200, "bystander request after {i}: {}", r.text());
+    }
+    assert_eq!(c.fake("solo").request_count(), reached + 5);
+    let text = metrics(&c);
+    assert!(!node_shows(&text, "solo", "circuit_open"), "{text}");
+    assert_eq!(credential_state(&c, "solo"), "active");
+    assert_eq!(
+        metric(
+            &text,
+            r#"keyplane_limit_refusals_total{limit="upstream_failures"}"#
+        ),
+        Some("3".to_string()),
+        "{text}"
+    );
 }
