@@ -459,6 +459,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn answered_since_is_the_last_success_on_this_node() {
+        let h = Health::default();
+        assert!(!h.answered_since(0), "never answered");
+        assert_eq!(h.on_success(5_000), None);
+        assert!(h.answered_since(5_000));
+        assert!(h.answered_since(1_000));
+        assert!(!h.answered_since(5_001));
+        // Failures do not move it.
+        h.on_server_error(9_000);
+        assert!(!h.answered_since(9_000));
+    }
+
+    #[test]
     fn cooldown_backoff_and_headers() {
         let h = Health::default();
         assert!(h.admit(0));
