@@ -14,7 +14,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 /// How the server bounds its clients' connections (flags of the same names).
 #[derive(Clone, Copy, Debug)]
 pub struct ConnLimits {
-    /// From accept to a complete first request head (the TLS handshake included), and between
-    /// two requests of an HTTP/1.1 keep-alive connection.
+    /// From accept to a complete first request head (the TLS handshake included), and the
+    /// longest a connection may have no request in flight (HTTP/1.1 and HTTP/2).
     pub header_read_timeout: Duration,
     /// Connections open at once; one more is accepted and closed at once.
     pub max_connections: usize,
@@ -96,10 +96,9 @@ pub async fn serve(
     let header_read_timeout = limits.header_read_timeout;
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // hyper's own timer starts when it begins to read a head: on a keep-alive connection that is
-    // as soon as the previous response ended, which bounds the idle time between requests. The
-    // first head is bounded from accept in `serve_connection`, because before it hyper waits for
-    // bytes to tell HTTP/1.1 from h2c with no deadline at all.
+    // hyper's own timer bounds an HTTP/1.1 head once it has started reading one. The rest is
+    // `serve_connection`'s: before the first head hyper waits for bytes to tell HTTP/1.1 from h2c
+    // with no deadline at all, and an HTTP/2 connection has no idle timer.
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
@@ -152,15 +151,22 @@ pub async fn serve(
             _permit: permit,
             open: gateway.metrics.open_connections.clone(),
         };
-        let deadline = tokio::time::Instant::now() + header_read_timeout;
+        let timeout = header_read_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
         let _ = stream.set_nodelay(true);
-        let head_seen = Arc::new(AtomicBool::new(false));
+        let activity = Arc::new(Activity::new());
         let gw = Arc::clone(&gateway);
-        let seen = Arc::clone(&head_seen);
+        let tracked = Arc::clone(&activity);
         let service = service_fn(move |req| {
-            seen.store(true, Ordering::Relaxed);
+            let in_flight = InFlight::start(&tracked);
             let gw = Arc::clone(&gw);
-            async move { Ok::<_, Infallible>(handle(gw, req).await) }
+            async move {
+                let resp = handle(gw, req).await;
+                Ok::<_, Infallible>(resp.map(|body| Tracked {
+                    body,
+                    _in_flight: in_flight,
+                }))
+            }
         });
         let watcher = graceful.watcher();
         let builder = builder.clone();
@@ -184,7 +190,7 @@ pub async fn serve(
                         };
                     let conn =
                         builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    serve_connection(watcher.watch(conn.into_owned()), deadline, &head_seen, peer)
+                    serve_connection(watcher.watch(conn.into_owned()), timeout, &activity, peer)
                         .await;
                 });
             }
@@ -193,7 +199,7 @@ pub async fn serve(
                     let _slot = slot;
                     let conn =
                         builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    serve_connection(watcher.watch(conn.into_owned()), deadline, &head_seen, peer)
+                    serve_connection(watcher.watch(conn.into_owned()), timeout, &activity, peer)
                         .await;
                 });
             }
@@ -209,27 +215,106 @@ pub async fn serve(
     }
 }
 
-/// Runs one connection; closes it at `deadline` unless a request head has arrived by then
-/// (`head_seen`), so a client that connects and sends nothing, or too little, holds its socket
-/// no longer than the header read timeout counted from accept.
+/// What a connection's watchdog reads: requests in flight, and since when it has had none.
+struct Activity {
+    /// Requests whose response (body included) has not ended.
+    in_flight: AtomicU32,
+    /// When the connection last had no request in flight, in ms after `opened`.
+    idle_since_ms: AtomicU64,
+    opened: tokio::time::Instant,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            in_flight: AtomicU32::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            opened: tokio::time::Instant::now(),
+        }
+    }
+
+    /// When the connection went idle, or `None` while a request is in flight.
+    fn idle_since(&self) -> Option<tokio::time::Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let ms = self.idle_since_ms.load(Ordering::Acquire);
+        Some(self.opened + Duration::from_millis(ms))
+    }
+}
+
+/// A request's hold on its connection, from its head until its response body ends or is dropped.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn start(activity: &Arc<Activity>) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(Arc::clone(activity))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let ms = u64::try_from(self.0.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.0.idle_since_ms.store(ms, Ordering::Release);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that holds its request's [`InFlight`] until it ends.
+struct Tracked {
+    body: Body,
+    _in_flight: InFlight,
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Runs one connection and closes it once it has had no request in flight for `timeout`: from
+/// accept until a first request head (so a client that connects and sends nothing, or too
+/// little, holds its socket no longer than the header read timeout), and between requests, on
+/// HTTP/2 too, where hyper has no idle timer of its own.
 async fn serve_connection<F, E>(
     conn: F,
-    deadline: tokio::time::Instant,
-    head_seen: &AtomicBool,
+    timeout: Duration,
+    activity: &Activity,
     peer: std::net::SocketAddr,
 ) where
     F: std::future::Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
     tokio::pin!(conn);
-    let ended = tokio::select! {
-        ended = &mut conn => ended,
-        () = tokio::time::sleep_until(deadline) => {
-            if !head_seen.load(Ordering::Relaxed) {
-                tracing::debug!(%peer, "no request head within the header read timeout; closing");
+    let mut check_at = activity.opened + timeout;
+    let ended = loop {
+        tokio::select! {
+            ended = &mut conn => break ended,
+            () = tokio::time::sleep_until(check_at) => {}
+        }
+        let now = tokio::time::Instant::now();
+        match activity.idle_since() {
+            None => check_at = now + timeout,
+            Some(since) if since + timeout <= now => {
+                tracing::debug!(%peer, "connection idle past the header read timeout; closing");
                 return;
             }
-            conn.await
+            Some(since) => check_at = since + timeout,
         }
     };
     if let Err(err) = ended {

@@ -107,6 +107,41 @@ fn a_connection_that_sends_nothing_is_closed_after_the_header_timeout_from_accep
 }
 
 #[test]
+fn an_idle_h2c_connection_is_closed_but_a_long_response_is_not_cut() {
+    let cluster = Cluster::start(
+        &[offer("cheap", "1", "2")],
+        &["--header-read-timeout-ms", "300"],
+    );
+    // h2c with prior knowledge, by hand: the preface, empty SETTINGS, and one HEADERS frame
+    // (`GET /` over http, HPACK static-table entries 2, 6 and 4; END_STREAM | END_HEADERS).
+    let mut h2 = connect(cluster.dp.addr);
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    h2.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).unwrap();
+    h2.write_all(&[0, 0, 3, 1, 5, 0, 0, 0, 1, 0x82, 0x86, 0x84])
+        .unwrap();
+    let answered = Instant::now();
+    match wait_closed(&mut h2, Duration::from_secs(5)) {
+        // The server's frames came first: its SETTINGS (type 4) and the answer.
+        Ending::Closed(got) => assert!(got.len() > 9 && got[3] == 4, "{got:?}"),
+        Ending::Open => panic!("an idle h2c connection was kept open"),
+    }
+    assert!(answered.elapsed() >= Duration::from_millis(250));
+    // A stream that lasts far longer than the timeout is in flight all along: not cut.
+    cluster
+        .fake("cheap")
+        .set_behavior(keyplane_testkit::Behavior::ChunkDelay(
+            Duration::from_millis(60),
+        ));
+    let resp = HttpRequest::post_json("/v1/chat/completions", &chat_body(true))
+        .bearer(&cluster.key)
+        .send(cluster.dp.addr, TIMEOUT)
+        .unwrap();
+    assert_eq!(resp.status, 200);
+    let text = resp.text();
+    assert!(text.contains("[DONE]"), "{text}");
+}
+
+#[test]
 fn at_the_connection_cap_more_are_refused_and_clients_are_served_once_the_idle_ones_go() {
     const CAP: usize = 16;
     let dp = lone_data_plane(&[
