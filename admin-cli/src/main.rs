@@ -176,6 +176,10 @@ struct TimeoutFlags {
     /// Longest silence between two chunks in ms.
     #[arg(long)]
     idle_timeout_ms: Option<u32>,
+    /// Largest non-streamed answer read from the provider, in bytes (default: the data plane's
+    /// --max-upstream-body-bytes).
+    #[arg(long)]
+    max_body_bytes: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -561,6 +565,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 connect_timeout_ms: timeouts.connect_timeout_ms.unwrap_or(0),
                 first_byte_timeout_ms: timeouts.first_byte_timeout_ms.unwrap_or(0),
                 idle_timeout_ms: timeouts.idle_timeout_ms.unwrap_or(0),
+                max_body_bytes: timeouts.max_body_bytes.unwrap_or(0),
             })?;
             let provider = admin.client.add_provider(req).await?.into_inner();
             out.providers(&[provider], true);
@@ -627,6 +632,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 connect_timeout_ms: timeouts.connect_timeout_ms,
                 first_byte_timeout_ms: timeouts.first_byte_timeout_ms,
                 idle_timeout_ms: timeouts.idle_timeout_ms,
+                max_body_bytes: timeouts.max_body_bytes,
             })?;
             let provider = admin.client.set_provider(req).await?.into_inner();
             out.providers(&[provider], true);

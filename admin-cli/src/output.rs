@@ -95,6 +95,7 @@ impl Output {
                     "connect_timeout_ms": p.connect_timeout_ms,
                     "first_byte_timeout_ms": p.first_byte_timeout_ms,
                     "idle_timeout_ms": p.idle_timeout_ms,
+                    "max_body_bytes": p.max_body_bytes,
                 })
             })
             .collect();

@@ -50,7 +50,7 @@ pub struct ProviderRec {
     pub timeouts: Timeouts,
 }
 
-/// A provider's timeouts in ms; 0 means the data plane's default.
+/// A provider's timeouts in ms and its body limit; 0 means the data plane's default.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Timeouts {
     #[serde(default)]
@@ -59,6 +59,9 @@ pub struct Timeouts {
     pub first_byte_ms: u32,
     #[serde(default)]
     pub idle_ms: u32,
+    /// Largest non-streamed answer read from the provider, in bytes.
+    #[serde(default)]
+    pub max_body_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -435,6 +438,7 @@ impl Store {
         connect_ms: Option<u32>,
         first_byte_ms: Option<u32>,
         idle_ms: Option<u32>,
+        max_body_bytes: Option<u64>,
     ) -> Result<ProviderRec> {
         let _guard = self.admin_guard();
         let mut rec = self.require_provider(name)?;
@@ -446,6 +450,9 @@ impl Store {
         }
         if let Some(v) = idle_ms {
             rec.timeouts.idle_ms = v;
+        }
+        if let Some(v) = max_body_bytes {
+            rec.timeouts.max_body_bytes = v;
         }
         self.providers.insert(name, store::encode(&rec))?;
         Ok(rec)

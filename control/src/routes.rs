@@ -261,6 +261,7 @@ pub fn compile(store: &Store, version: u64) -> Result<pb::RouteTable> {
                 connect_timeout_ms: p.timeouts.connect_ms,
                 first_byte_timeout_ms: p.timeouts.first_byte_ms,
                 idle_timeout_ms: p.timeouts.idle_ms,
+                max_body_bytes: p.timeouts.max_body_bytes,
             })
             .collect(),
         credentials,

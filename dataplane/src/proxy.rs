@@ -1043,7 +1043,10 @@ impl Proxy {
             headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
             Ok(out)
         } else {
-            let limit = self.limits.max_upstream_body_bytes;
+            let limit = cand
+                .provider
+                .max_body_bytes
+                .unwrap_or(self.limits.max_upstream_body_bytes);
             let bytes = read_body(resp.into_body(), idle_timeout, limit)
                 .await
                 .map_err(Attempt::Failed)?;

@@ -28,6 +28,8 @@ pub struct Provider {
     pub connect_timeout: Option<std::time::Duration>,
     pub first_byte_timeout: Option<std::time::Duration>,
     pub idle_timeout: Option<std::time::Duration>,
+    /// Largest non-streamed answer read (`--max-upstream-body-bytes` when unset).
+    pub max_body_bytes: Option<usize>,
 }
 
 /// One way to serve a model: an offering of a provider, through one of its credentials.
@@ -248,6 +250,8 @@ impl Table {
                 connect_timeout: ms(p.connect_timeout_ms),
                 first_byte_timeout: ms(p.first_byte_timeout_ms),
                 idle_timeout: ms(p.idle_timeout_ms),
+                max_body_bytes: (p.max_body_bytes > 0)
+                    .then(|| usize::try_from(p.max_body_bytes).unwrap_or(usize::MAX)),
             }));
         }
 

@@ -352,6 +352,56 @@ fn an_oversized_body_fails_over_and_its_memory_comes_back() {
 }
 
 #[test]
+fn a_providers_own_body_limit_applies_before_the_data_planes() {
+    let big = completion(&"y".repeat(4096), "null");
+    let hostile = Hostile::start(move |_, conn| respond(conn, "200 OK", &[JSON], &big));
+    let c = cluster(&hostile, "openai", &[]);
+    let resp = c.chat(&chat_body(false));
+    assert!(
+        resp.text().contains("yyyy"),
+        "under the default limit: {}",
+        resp.text()
+    );
+    let version = || {
+        let metrics = HttpRequest::get("/metrics")
+            .send(c.dp.addr, TIMEOUT)
+            .unwrap()
+            .text();
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("keyplane_route_version "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let before = version();
+    let set =
+        c.cp.ctl(&[
+            "--json",
+            "provider",
+            "set",
+            "a-hostile",
+            "--max-body-bytes",
+            "1024",
+        ])
+        .ok()
+        .json();
+    assert_eq!(set["max_body_bytes"], 1024, "{set}");
+    assert!(
+        keyplane_testkit::wait_until(TIMEOUT, || version() > before),
+        "the table with the limit never arrived"
+    );
+    let resp = c.chat(&chat_body(false));
+    assert_eq!(resp.status, 200);
+    assert!(!resp.text().contains("yyyy"), "{}", resp.text());
+    assert!(
+        resp.text().contains("word"),
+        "the good upstream served: {}",
+        resp.text()
+    );
+    assert_eq!(hostile.request_count(), 2);
+}
+
+#[test]
 fn a_200_that_is_not_a_completion_fails_over_and_is_billed_once_at_the_good_upstream() {
     type Case = (&'static str, Vec<Header>, Vec<u8>);
     let gzip_bytes = [0x1f_u8, 0x8b, 0x08, 0x00, 0, 0, 0, 0, 0, 0x03]

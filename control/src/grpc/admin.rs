@@ -131,6 +131,7 @@ impl Admin for AdminService {
                 connect_ms: req.connect_timeout_ms,
                 first_byte_ms: req.first_byte_timeout_ms,
                 idle_ms: req.idle_timeout_ms,
+                max_body_bytes: req.max_body_bytes,
             },
         })?;
         self.committed().await?;
@@ -335,6 +336,7 @@ impl Admin for AdminService {
             req.connect_timeout_ms,
             req.first_byte_timeout_ms,
             req.idle_timeout_ms,
+            req.max_body_bytes,
         )?;
         self.committed().await?;
         tracing::info!(provider = %rec.name, "provider timeouts set");

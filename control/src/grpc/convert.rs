@@ -55,6 +55,7 @@ pub fn provider(rec: ProviderRec) -> pb::Provider {
         connect_timeout_ms: rec.timeouts.connect_ms,
         first_byte_timeout_ms: rec.timeouts.first_byte_ms,
         idle_timeout_ms: rec.timeouts.idle_ms,
+        max_body_bytes: rec.timeouts.max_body_bytes,
     }
 }
 
