@@ -263,6 +263,43 @@ fn an_endless_stream_line_after_content_ends_the_stream_with_bounded_cpu() {
 }
 
 #[test]
+fn an_oversized_event_ends_an_anthropic_stream_with_an_anthropic_error_event() {
+    let hostile = Hostile::start(|_, conn| {
+        let _ = conn.write_all(&head("200 OK", &[SSE]));
+        let _ = conn.write_all(concat!(
+            "event: message_start\n",
+            "data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_h\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"m\",\"content\":[],\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}\n\n",
+            "event: content_block_start\n",
+            "data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+            "event: content_block_delta\n",
+            "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"hostile\"}}\n\n",
+            "event: content_block_delta\n",
+            "data: ",
+        ).as_bytes());
+        let piece = vec![b'x'; 16 * 1024];
+        for _ in 0..256 {
+            if conn.write_all(&piece).is_err() {
+                return;
+            }
+        }
+    });
+    let c = cluster(&hostile, "anthropic", &["--max-sse-event-bytes", "1048576"]);
+    let resp = c.messages(&messages_body(true));
+    assert_eq!(resp.status, 200);
+    let events = anthropic_events(&resp.text());
+    assert!(
+        events.iter().any(|(_, d)| d["delta"]["text"] == "hostile"),
+        "{events:?}"
+    );
+    let (name, data) = events.last().unwrap();
+    assert_eq!(name, "error", "{events:?}");
+    assert_eq!(data["type"], "error", "{events:?}");
+    assert!(resp.text().len() < 64 * 1024);
+    let rows = c.wait_usage(1);
+    assert_eq!(row(&rows, "a-hostile").unwrap()["requests"], 1, "{rows:?}");
+}
+
+#[test]
 fn an_oversized_event_before_content_fails_over() {
     let hostile = Hostile::start(|_, conn| {
         let _ = conn.write_all(&head("200 OK", &[SSE]));
