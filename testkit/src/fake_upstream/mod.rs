@@ -2,7 +2,7 @@
 //! Messages wire formats over loopback, with fault injection.
 //!
 //! Tests, benchmarks and the demo point the data plane at a [`FakeUpstream`] instead of a real
-//! provider. It answers like the recorded samples in `shared/providers/samples/` (same envelopes,
+//! provider. It answers like the recorded samples in `testkit/samples/` (same envelopes,
 //! same SSE framing and event order), so a gateway that works against it has been exercised
 //! against the real shapes; and it can misbehave on demand ([`Behavior`]): error statuses with
 //! `Retry-After`, slow first bytes, trickling streams, streams cut mid-way, OpenRouter-style and

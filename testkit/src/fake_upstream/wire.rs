@@ -1,5 +1,5 @@
 //! Wire text of both protocols, in the field order of the recorded samples
-//! (`shared/providers/samples/`): completions, stream events, model lists and error bodies.
+//! (`testkit/samples/`): completions, stream events, model lists and error bodies.
 //!
 //! Bodies are written with `format!` rather than `serde_json::json!` for two reasons: the
 //! samples' key order is kept (serde_json's default map sorts keys), and a stream event costs one
