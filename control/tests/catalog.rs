@@ -1,23 +1,19 @@
 //! Model catalog and price sync end to end: fake providers serve recorded models lists (and
-//! broken ones) from `shared/providers/samples`; the control plane syncs them, converts and
-//! merges prices, pushes the route table, and a data plane routes a canonical name to the
-//! cheapest provider and bills the provider's reported cost.
+//! broken ones) from `testkit/samples`; the control plane syncs them, converts and merges prices,
+//! pushes the route table, and a data plane routes a canonical name to the cheapest provider and
+//! bills the provider's reported cost.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use keyplane_testkit::http::{HttpRequest, HttpResponse};
 use keyplane_testkit::{Behavior, ControlPlane, DataPlane, FakeConfig, FakeUpstream, wait_until};
 use serde_json::{Value, json};
-use std::path::PathBuf;
 use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 const CANONICAL: &str = "deepseek/deepseek-chat";
 
 fn sample(name: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/providers/samples")
-        .join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    keyplane_testkit::samples::text(name).to_string()
 }
 
 /// The recorded OpenRouter list plus `deepseek/deepseek-chat` at the given USD-per-token strings.

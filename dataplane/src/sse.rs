@@ -218,22 +218,16 @@ mod tests {
 
     #[test]
     fn parses_every_sample_stream_into_whole_events() {
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/providers/samples");
-        for name in [
-            "openai-chat-stream.sse",
-            "anthropic-stream.sse",
-            "openrouter-stream-midstream-error.sse",
-            "groq-stream-midstream-error.trimmed.sse",
-            "gemini-stream.sse",
-        ] {
-            let Ok(raw) = std::fs::read(dir.join(name)) else {
-                panic!("sample {name} missing: is ../shared beside the checkout?");
-            };
+        let mut streams = 0;
+        for &(name, raw) in keyplane_testkit::samples::ALL {
+            if !name.ends_with(".sse") {
+                continue;
+            }
+            streams += 1;
             // Byte by byte: the worst fragmentation an upstream can produce.
             let mut s = Splitter::default();
             let mut out = Vec::new();
-            for b in &raw {
+            for b in raw {
                 s.push(Bytes::copy_from_slice(&[*b]), &mut out);
             }
             let joined: Vec<u8> = out
@@ -247,6 +241,7 @@ mod tests {
             );
             assert!(out.len() > 2, "{name}");
         }
+        assert!(streams >= 11, "every recorded SSE body, found {streams}");
     }
 
     /// The events a whole stream holds, split in one piece by the definition: an event ends at

@@ -37,8 +37,8 @@ mod tests {
 
     #[test]
     fn deepseek_sample_and_anthropic_paging() {
-        let body = std::fs::read(super::super::tests::sample_path("deepseek-models.json")).unwrap();
-        let models = parse(&body, "deepseek").unwrap();
+        let body = keyplane_testkit::samples::bytes("deepseek-models.json");
+        let models = parse(body, "deepseek").unwrap();
         let names: Vec<_> = models.iter().map(|m| m.canonical.as_str()).collect();
         assert_eq!(names, ["deepseek/deepseek-chat", "deepseek/deepseek-r1"]);
         assert!(models.iter().all(|m| m.price.is_none()));

@@ -541,16 +541,7 @@ impl Syncer {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use std::path::PathBuf;
-
-    /// A recorded response in `shared/providers/samples/`.
-    pub(crate) fn sample_path(name: &str) -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/providers/samples")
-            .join(name)
-    }
-
+mod tests {
     #[test]
     fn unknown_adapter_is_an_error() {
         assert!(super::parse("nope", b"{}", "x").is_err());

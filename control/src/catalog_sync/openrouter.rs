@@ -51,13 +51,13 @@ fn price(pricing: &Value) -> Result<Option<Price>, String> {
 mod tests {
     use super::*;
 
-    fn sample() -> Vec<u8> {
-        std::fs::read(super::super::tests::sample_path("openrouter-models.json")).unwrap()
+    fn sample() -> &'static [u8] {
+        keyplane_testkit::samples::bytes("openrouter-models.json")
     }
 
     #[test]
     fn recorded_sample_to_the_micro_dollar() {
-        let models = parse(&sample(), "openrouter").unwrap();
+        let models = parse(sample(), "openrouter").unwrap();
         assert_eq!(models.len(), 9);
         let get = |id: &str| models.iter().find(|m| m.id == id).unwrap();
         let mini = get("openai/gpt-4o-mini");

@@ -160,8 +160,8 @@ mod tests {
 
     #[test]
     fn recorded_sample_keeps_tiers() {
-        let body = std::fs::read(super::super::tests::sample_path("zenmux-models.json")).unwrap();
-        let models = parse(&body, "zenmux").unwrap();
+        let body = keyplane_testkit::samples::bytes("zenmux-models.json");
+        let models = parse(body, "zenmux").unwrap();
         assert_eq!(models.len(), 2);
         let sonnet = models[0].price.clone().unwrap();
         assert_eq!(models[0].canonical, "anthropic/claude-sonnet-4.5");

@@ -332,10 +332,8 @@ mod tests {
     use super::*;
     use crate::sse;
 
-    fn sample(name: &str) -> Vec<u8> {
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/providers/samples");
-        std::fs::read(dir.join(name)).unwrap()
+    fn sample(name: &str) -> &'static [u8] {
+        keyplane_testkit::samples::bytes(name)
     }
 
     #[test]
@@ -424,7 +422,7 @@ mod tests {
             .collect();
         assert!(kinds.contains(&Event::Content));
         assert!(usage.output_tokens > 0);
-        let u = message_usage(&sample("anthropic-message.json")).unwrap();
+        let u = message_usage(sample("anthropic-message.json")).unwrap();
         assert!(u.input_tokens > 0 && u.output_tokens > 0);
         let mut none = Usage::default();
         assert!(matches!(

@@ -562,11 +562,9 @@ mod tests {
     }
 
     fn events(sample: &str) -> Vec<Chunk> {
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/providers/samples");
-        let raw = std::fs::read(dir.join(sample)).unwrap();
+        let raw = keyplane_testkit::samples::bytes(sample);
         let mut out = Vec::new();
-        sse::Splitter::default().push(Bytes::from(raw), &mut out);
+        sse::Splitter::default().push(Bytes::from_static(raw), &mut out);
         out.iter()
             .map(|e| {
                 let ev = sse::parse(e);
@@ -653,16 +651,15 @@ mod tests {
 
     #[test]
     fn reported_costs_from_samples() {
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/providers/samples");
+        use keyplane_testkit::samples;
         // OpenRouter non-stream: "cost": 0.00435825 USD.
-        let body = std::fs::read(dir.join("openrouter-usage-cost.json")).unwrap();
+        let body = samples::bytes("openrouter-usage-cost.json");
         assert_eq!(
-            completion_usage(&body).unwrap().reported_cost_nano,
+            completion_usage(body).unwrap().reported_cost_nano,
             Some(4_358_250)
         );
-        let body = std::fs::read(dir.join("openrouter-usage-without-include.json")).unwrap();
-        assert_eq!(completion_usage(&body).unwrap().reported_cost_nano, None);
+        let body = samples::bytes("openrouter-usage-without-include.json");
+        assert_eq!(completion_usage(body).unwrap().reported_cost_nano, None);
         // OpenRouter stream: cost 0.000669 on the last chunk.
         let chunks = events("openrouter-stream-usage-cost.sse");
         let cost = chunks.iter().find_map(|c| match c {
@@ -671,7 +668,7 @@ mod tests {
         });
         assert_eq!(cost, Some(669_000));
         // xAI: 1466250 ticks = $0.000146625.
-        let xai = std::fs::read_to_string(dir.join("xai-chat-stream.recorded.jsonl")).unwrap();
+        let xai = samples::text("xai-chat-stream.recorded.jsonl");
         let last = xai.lines().last().unwrap();
         let usage = match classify(None, Some(last.as_bytes())) {
             Chunk::UsageOnly(u) => u,
@@ -690,10 +687,8 @@ mod tests {
 
     #[test]
     fn completion_usage_from_samples() {
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/providers/samples");
-        let body = std::fs::read(dir.join("openai-chat-completion.json")).unwrap();
-        let usage = completion_usage(&body).unwrap();
+        let body = keyplane_testkit::samples::bytes("openai-chat-completion.json");
+        let usage = completion_usage(body).unwrap();
         assert!(usage.prompt_tokens > 0 && usage.completion_tokens > 0);
         assert!(completion_usage(b"{}").is_none());
     }

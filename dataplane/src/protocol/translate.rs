@@ -7,8 +7,8 @@
 //! completions must never reach a log). The proxy owns HTTP, failover and billing; this module
 //! answers "what are these bytes in the other protocol", "what did this stream event mean"
 //! ([`StreamNote`], for failover) and "how many tokens, in Keyplane's billing terms" ([`Usage`]).
-//! The field mapping follows `shared/providers/TRANSLATION.md`; the behaviour of each row is pinned
-//! by the tests at the bottom, driven by `shared/providers/samples`.
+//! The field mapping follows `docs/TRANSLATION.md`; the behaviour of each row is pinned by the
+//! tests at the bottom, driven by the recorded samples in `testkit/samples`.
 //!
 //! Request translation drops what the other protocol cannot express and returns the dropped names
 //! (top-level fields, plus a few nested ones such as `cache_control`, named by path) so the caller
@@ -2988,12 +2988,7 @@ mod tests {
     use serde_json::{Value, json};
 
     fn sample(name: &str) -> Vec<u8> {
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/providers/samples");
-        let Ok(raw) = std::fs::read(dir.join(name)) else {
-            panic!("sample {name} missing: is ../shared beside the checkout?");
-        };
-        raw
+        keyplane_testkit::samples::bytes(name).to_vec()
     }
 
     fn parse(bytes: &[u8]) -> Value {
