@@ -12,6 +12,8 @@ pub mod chains;
 pub mod config;
 pub mod creds;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grpc;
 pub mod keys;
 pub mod leases;

@@ -9,6 +9,8 @@
 
 pub mod attribution;
 pub mod control;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod health;
 pub mod leaser;

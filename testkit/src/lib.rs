@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod fake_upstream;
+pub mod fuzz_replay;
 pub mod http;
 pub mod process;
 pub mod samples;

@@ -61,7 +61,7 @@
 //! records are let go). [`UsageStats`] shows both backlogs.
 
 mod reporter;
-mod spool;
+pub(crate) mod spool;
 
 use keyplane_proto::v1 as pb;
 use rand::Rng;

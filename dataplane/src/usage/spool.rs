@@ -62,7 +62,7 @@ pub(super) const MAX_RECORD_BYTES: usize = 1 << 20;
 /// encoding of a `pb::UsageRecord`, a slice of the buffer its group (or segment file) was read
 /// into, so holding or sending it copies nothing.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct EncodedRecord {
+pub(crate) struct EncodedRecord {
     bytes: Bytes,
     /// Where the request id sits in `bytes` (empty if the record has none).
     id: std::ops::Range<usize>,
@@ -177,7 +177,7 @@ pub(super) struct LoadedSegment {
 
 /// A segment's decoded frames and, if they end early, why.
 #[derive(Debug)]
-pub(super) struct Decoded {
+pub(crate) struct Decoded {
     pub records: Vec<EncodedRecord>,
     /// Bytes covered by the valid frames.
     pub valid_bytes: usize,
@@ -315,7 +315,7 @@ impl Frames {
 }
 
 /// Decodes the frames of one segment, stopping at the first bad one.
-pub(super) fn decode_segment(bytes: Bytes) -> Decoded {
+pub(crate) fn decode_segment(bytes: Bytes) -> Decoded {
     let mut records = Vec::new();
     let mut offset = 0usize;
     let torn = loop {

@@ -1,0 +1,738 @@
+//! Fuzz harnesses for every parser that reads bytes from the network: the body of each
+//! `cargo fuzz` target in the repository's `fuzz/` crate, with the invariants it checks.
+//!
+//! They live in the library, not in `fuzz/`, so that the stable replay test
+//! (`tests/fuzz_corpus.rs`) runs literally the code the fuzzer ran: a corpus file that once passed
+//! keeps passing, on stable, in `cargo test --workspace`. Each harness takes arbitrary bytes and
+//! panics (an `assert!`) when an invariant breaks; "no panic" alone is never the whole check.
+//!
+//! Not part of the data plane's API: hidden from the docs and used only by the fuzz targets and
+//! that test.
+
+use crate::protocol::json::Entries;
+use crate::protocol::{anthropic, openai, translate};
+use crate::sse;
+use crate::usage::spool;
+use bytes::Bytes;
+use keyplane_proto::v1 as pb;
+use prost::Message;
+
+/// The model a rewrite puts in: quotes, a backslash and non-ASCII, so that its JSON encoding is
+/// exercised too.
+const NEW_MODEL: &str = "up/stream \"model\" \\ é";
+
+// ---------------------------------------------------------------------------------------------
+// SSE
+// ---------------------------------------------------------------------------------------------
+
+/// Splits `stream` with chunks of the given lengths (cycled; zero-length chunks included), and
+/// returns the events and what is left pending.
+fn split_chunked(stream: &[u8], lengths: &[u8]) -> (Vec<Bytes>, Vec<u8>) {
+    let mut splitter = sse::Splitter::default();
+    let mut events = Vec::new();
+    let mut at = 0;
+    let mut i = 0;
+    while at < stream.len() {
+        let len = lengths
+            .get(i % lengths.len().max(1))
+            .map_or(stream.len(), |&l| usize::from(l % 64));
+        let end = (at + len).min(stream.len());
+        splitter.push(Bytes::copy_from_slice(&stream[at..end]), &mut events);
+        at = end;
+        i += 1;
+    }
+    (events, splitter.pending().to_vec())
+}
+
+/// What an SSE consumer reads from one event, written the plain way (one line at a time, per the
+/// WHATWG rules this relay needs): the last `event:` value and the `data:` lines joined by `\n`.
+fn reference_parse(raw: &[u8]) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+    let mut name = None;
+    let mut data: Option<Vec<u8>> = None;
+    for line in raw.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (field, value) = (&line[..colon], &line[colon + 1..]);
+        let value = value.strip_prefix(b" ").unwrap_or(value);
+        match field {
+            b"data" => match &mut data {
+                None => data = Some(value.to_vec()),
+                Some(d) => {
+                    d.push(b'\n');
+                    d.extend_from_slice(value);
+                }
+            },
+            b"event" => name = Some(value.to_vec()),
+            _ => {}
+        }
+    }
+    (name, data)
+}
+
+/// Where the first event in `bytes` ends: just past the `\n` of its first blank line (empty,
+/// or a lone `\r`).
+fn first_event_end(bytes: &[u8]) -> Option<usize> {
+    let mut line_start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'\n' {
+            let line = &bytes[line_start..i];
+            if line.is_empty() || line == b"\r" {
+                return Some(i + 1);
+            }
+            line_start = i + 1;
+        }
+    }
+    None
+}
+
+/// [`sse::Splitter`] and [`sse::parse`]. Input: one control byte `k`, then `k % 16` bytes of chunk
+/// lengths, then the stream.
+///
+/// - Whatever the chunking (whole, or the lengths from the input: byte by byte when they are all
+///   1, and zero-length chunks too), the events and
+///   the pending bytes are the same, and the events followed by the pending bytes are exactly the
+///   stream: the relay neither drops, adds nor reorders a byte.
+/// - Every event ends at its first blank line; the pending bytes hold none.
+/// - [`sse::parse`] reads each event as the plain line-by-line reading does.
+pub fn sse_splitter(input: &[u8]) {
+    let Some((&k, rest)) = input.split_first() else {
+        return;
+    };
+    let n = usize::from(k % 16).min(rest.len());
+    let (lengths, stream) = rest.split_at(n);
+    let (whole, whole_pending) = split_chunked(stream, &[]);
+    let (chunked, chunked_pending) = split_chunked(stream, lengths);
+    assert_eq!(whole, chunked, "events depend on the chunking");
+    assert_eq!(whole_pending, chunked_pending);
+    let mut joined = Vec::with_capacity(stream.len());
+    for event in &whole {
+        joined.extend_from_slice(event);
+    }
+    joined.extend_from_slice(&whole_pending);
+    assert_eq!(joined, stream, "events + pending must be the input bytes");
+    assert_eq!(
+        first_event_end(&whole_pending),
+        None,
+        "a complete event was left pending"
+    );
+    for event in &whole {
+        assert_eq!(
+            first_event_end(event),
+            Some(event.len()),
+            "an event must end exactly at its first blank line"
+        );
+        let parsed = sse::parse(event);
+        let (name, data) = reference_parse(event);
+        assert_eq!(parsed.name.map(<[u8]>::to_vec), name, "event name");
+        assert_eq!(parsed.data.as_deref().map(<[u8]>::to_vec), data, "event data");
+    }
+    // `parse` on bytes the splitter never produced (the pending tail, the raw stream) must agree
+    // with the reference too.
+    for raw in [&whole_pending[..], stream] {
+        let parsed = sse::parse(raw);
+        let (name, data) = reference_parse(raw);
+        assert_eq!(parsed.name.map(<[u8]>::to_vec), name);
+        assert_eq!(parsed.data.as_deref().map(<[u8]>::to_vec), data);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests
+// ---------------------------------------------------------------------------------------------
+
+/// The top-level entries of a JSON object, keys decoded and values as raw text.
+fn entries(json: &[u8]) -> Vec<(String, String)> {
+    let parsed: Result<Entries<'_>, _> = serde_json::from_slice(json);
+    match parsed {
+        Ok(Entries(entries)) => entries
+            .into_iter()
+            .map(|(k, v)| (k.into_owned(), v.get().to_string()))
+            .collect(),
+        Err(e) => {
+            let text = String::from_utf8_lossy(json);
+            panic!("a rewrite produced invalid JSON ({e}): {text}")
+        }
+    }
+}
+
+fn json_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_default()
+}
+
+/// Checks a translated request body: a JSON object whose `model` is `model`.
+fn check_translated_request(body: &[u8], model: &str) {
+    let value: serde_json::Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => panic!("a translated request is not JSON ({e})"),
+    };
+    assert!(value.is_object(), "a translated request must be an object");
+    assert_eq!(value.get("model").and_then(|m| m.as_str()), Some(model));
+}
+
+/// An OpenAI Chat Completions request body: [`openai::ChatRequest::parse`] and `rewrite`, and its
+/// translation for an Anthropic upstream.
+///
+/// - A rewrite is valid JSON that parses again, with the new `model`, the same `stream` and
+///   `max_tokens`, and every other top-level entry byte-identical and in order;
+///   `force_include_usage` touches only `stream_options` (appended when absent) and makes
+///   `include_usage` true.
+/// - A translation that succeeds is a JSON object naming the upstream model.
+pub fn openai_request(body: &[u8]) {
+    if let Ok(req) = openai::ChatRequest::parse(body) {
+        assert!(!req.model.is_empty());
+        let before = entries(body);
+        for force in [false, true] {
+            let out = req.rewrite(NEW_MODEL, force);
+            let after = entries(&out);
+            let again = match openai::ChatRequest::parse(&out) {
+                Ok(r) => r,
+                Err(e) => panic!("a rewritten request no longer parses: {}", e.message),
+            };
+            assert_eq!(again.model, NEW_MODEL);
+            assert_eq!(again.stream, req.stream);
+            assert_eq!(again.max_tokens, req.max_tokens);
+            assert_eq!(again.include_usage, req.include_usage || force);
+            let appended = force && !before.iter().any(|(k, _)| k == "stream_options");
+            assert_eq!(after.len(), before.len() + usize::from(appended));
+            for ((k0, v0), (k1, v1)) in before.iter().zip(&after) {
+                assert_eq!(k0, k1, "keys must keep their order");
+                match k0.as_str() {
+                    "model" => assert_eq!(v1, &json_string(NEW_MODEL)),
+                    "stream_options" if force => {}
+                    _ => assert_eq!(v0, v1, "entry {k0:?} must be byte-identical"),
+                }
+            }
+            if appended {
+                assert_eq!(
+                    after.last().map(|(k, _)| k.as_str()),
+                    Some("stream_options")
+                );
+            }
+        }
+    }
+    if let Ok((out, _dropped)) = translate::openai_to_anthropic_request(body, NEW_MODEL) {
+        check_translated_request(&out, NEW_MODEL);
+    }
+}
+
+/// An Anthropic Messages request body: [`anthropic::MessagesRequest::parse`] and `rewrite`, and
+/// its translation for an OpenAI upstream. The same invariants as [`openai_request`].
+pub fn anthropic_request(body: &[u8]) {
+    if let Ok(req) = anthropic::MessagesRequest::parse(body) {
+        assert!(!req.model.is_empty());
+        let before = entries(body);
+        let out = req.rewrite(NEW_MODEL);
+        let after = entries(&out);
+        let again = match anthropic::MessagesRequest::parse(&out) {
+            Ok(r) => r,
+            Err(e) => panic!("a rewritten request no longer parses: {}", e.0),
+        };
+        assert_eq!(again.model, NEW_MODEL);
+        assert_eq!(again.stream, req.stream);
+        assert_eq!(again.max_tokens, req.max_tokens);
+        assert_eq!(after.len(), before.len());
+        for ((k0, v0), (k1, v1)) in before.iter().zip(&after) {
+            assert_eq!(k0, k1, "keys must keep their order");
+            if k0 == "model" {
+                assert_eq!(v1, &json_string(NEW_MODEL));
+            } else {
+                assert_eq!(v0, v1, "entry {k0:?} must be byte-identical");
+            }
+        }
+    }
+    if let Ok((out, _dropped)) = translate::anthropic_to_openai_request(body, NEW_MODEL) {
+        check_translated_request(&out, NEW_MODEL);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Usage
+// ---------------------------------------------------------------------------------------------
+
+/// Token counts a biller adds up: their sum must fit, or a total saturates and later records
+/// on its row are lost.
+fn assert_summable(counts: &[u64], what: &str) {
+    let sum = counts.iter().try_fold(0u64, |acc, &c| acc.checked_add(c));
+    assert!(
+        sum.is_some(),
+        "{what}: token counts {counts:?} overflow when summed"
+    );
+}
+
+fn check_openai_usage(u: &openai::Usage) {
+    assert_summable(&[u.prompt_tokens, u.completion_tokens], "openai usage");
+}
+
+fn check_anthropic_usage(u: &anthropic::Usage) {
+    assert_summable(
+        &[
+            u.input_tokens,
+            u.output_tokens,
+            u.cache_creation_input_tokens,
+            u.cache_read_input_tokens,
+        ],
+        "anthropic usage",
+    );
+}
+
+fn check_billing_usage(u: &translate::Usage) {
+    assert_summable(
+        &[
+            u.input_tokens,
+            u.output_tokens,
+            u.cache_read_tokens,
+            u.cache_write_tokens,
+        ],
+        "translated usage",
+    );
+}
+
+fn json_value(bytes: &[u8], what: &str) -> serde_json::Value {
+    match serde_json::from_slice(bytes) {
+        Ok(v) => v,
+        Err(e) => panic!("{what} is not JSON ({e}): {}", String::from_utf8_lossy(bytes)),
+    }
+}
+
+/// Statuses an upstream error may come with, each branch of the error translators.
+const ERROR_STATUSES: [u16; 9] = [400, 401, 403, 404, 413, 429, 500, 503, 529];
+
+/// A non-streamed upstream body: [`openai::completion_usage`], [`anthropic::message_usage`],
+/// translate's response translators and its error translators.
+///
+/// - Extracted token counts can be summed without overflow.
+/// - A translated response is JSON, and reading its usage back with the client dialect's own
+///   extractor gives the counts the translator returned.
+/// - A translated error is a JSON error object of the client's dialect, whatever the body.
+pub fn upstream_body(body: &[u8]) {
+    if let Some(u) = openai::completion_usage(body) {
+        check_openai_usage(&u);
+    }
+    if let Some(u) = anthropic::message_usage(body) {
+        check_anthropic_usage(&u);
+    }
+    if let Ok((out, usage)) = translate::openai_to_anthropic_response(body, NEW_MODEL) {
+        let v = json_value(&out, "a translated response");
+        assert_eq!(v.get("model").and_then(|m| m.as_str()), Some(NEW_MODEL));
+        if let Some(u) = usage {
+            check_billing_usage(&u);
+            let back = anthropic::message_usage(&out);
+            assert_eq!(
+                back,
+                Some(anthropic::Usage {
+                    input_tokens: u.input_tokens,
+                    output_tokens: u.output_tokens,
+                    cache_creation_input_tokens: u.cache_write_tokens,
+                    cache_read_input_tokens: u.cache_read_tokens,
+                }),
+                "the translated body must carry the usage the translator returned"
+            );
+        }
+    }
+    if let Ok((out, usage)) = translate::anthropic_to_openai_response(body, NEW_MODEL) {
+        let v = json_value(&out, "a translated response");
+        assert_eq!(v.get("model").and_then(|m| m.as_str()), Some(NEW_MODEL));
+        if let Some(u) = usage {
+            check_billing_usage(&u);
+            let back = openai::completion_usage(&out).map(|b| {
+                (b.prompt_tokens, b.completion_tokens, b.cached_tokens)
+            });
+            assert_eq!(
+                back,
+                Some((
+                    u.input_tokens + u.cache_read_tokens + u.cache_write_tokens,
+                    u.output_tokens,
+                    u.cache_read_tokens
+                )),
+                "the translated body must carry the usage the translator returned"
+            );
+        }
+    }
+    for status in ERROR_STATUSES {
+        let (s, out) = translate::openai_error_to_anthropic(status, body);
+        assert_eq!(s, status);
+        let v = json_value(&out, "a translated error");
+        assert_eq!(v.get("type").and_then(|t| t.as_str()), Some("error"));
+        assert!(v.pointer("/error/message").is_some_and(|m| m.is_string()));
+        let (s, out) = translate::anthropic_error_to_openai(status, body);
+        assert_eq!(s, if status == 529 { 503 } else { status });
+        let v = json_value(&out, "a translated error");
+        assert!(v.pointer("/error/message").is_some_and(|m| m.is_string()));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streams
+// ---------------------------------------------------------------------------------------------
+
+/// The whole events of `stream`, and its unterminated tail as a last event (an upstream that
+/// closes mid-event), as the relay hands them on.
+fn whole_events(stream: &[u8]) -> Vec<Bytes> {
+    let mut splitter = sse::Splitter::default();
+    let mut events = Vec::new();
+    splitter.push(Bytes::copy_from_slice(stream), &mut events);
+    if !splitter.pending().is_empty() {
+        events.push(Bytes::copy_from_slice(splitter.pending()));
+    }
+    events
+}
+
+/// The events a translator wrote: every one whole, none left over.
+fn translated_events(out: &[u8]) -> Vec<Bytes> {
+    let mut splitter = sse::Splitter::default();
+    let mut events = Vec::new();
+    splitter.push(Bytes::copy_from_slice(out), &mut events);
+    assert!(
+        splitter.pending().is_empty(),
+        "a translator wrote a partial event: {:?}",
+        String::from_utf8_lossy(splitter.pending())
+    );
+    events
+}
+
+/// An OpenAI-dialect upstream stream: [`openai::classify`] and [`openai::may_matter`] on each
+/// event, as the relay reads them, and [`translate::OpenAiToAnthropicStream`] fed the same events
+/// as the relay feeds it (every event with data; at an error it writes the error event and stops).
+///
+/// - An event that carries usage, an error or the end is one that `may_matter` keeps (unless its
+///   keys are escaped, which no encoder does for ASCII names).
+/// - Usage counts can be summed.
+/// - The translated stream is whole Anthropic events, each named by its JSON data's `type`:
+///   `message_start` first unless an error came first, then either one `message_stop` last, or an
+///   error event last. Read back by [`anthropic::classify`], a finished stream reports the usage
+///   the translator held when it finished.
+pub fn openai_stream(stream: &[u8]) {
+    let mut translator = translate::OpenAiToAnthropicStream::new(NEW_MODEL, "msg_fuzz");
+    let mut out = Vec::new();
+    let mut finished_with = None;
+    let mut failed = false;
+    for raw in whole_events(stream) {
+        let ev = sse::parse(&raw);
+        let data = ev.data.as_deref();
+        let chunk = openai::classify(ev.name, data);
+        let matters = match &chunk {
+            openai::Chunk::Error { .. } | openai::Chunk::UsageOnly(_) | openai::Chunk::Done => {
+                true
+            }
+            openai::Chunk::Content { usage } => usage.is_some(),
+            openai::Chunk::Preamble => false,
+        };
+        if let (true, Some(d)) = (matters, data)
+            && !d.contains(&b'\\')
+        {
+            assert!(
+                openai::may_matter(ev.name, d),
+                "may_matter skips an event that carries usage, an error or the end"
+            );
+        }
+        match &chunk {
+            openai::Chunk::Content { usage: Some(u) }
+            | openai::Chunk::UsageOnly(u)
+            | openai::Chunk::Error { usage: Some(u), .. } => check_openai_usage(u),
+            _ => {}
+        }
+        let Some(d) = data else { continue };
+        if failed || finished_with.is_some() {
+            // The client's stream has ended (its end marker or an error event went out); what
+            // the upstream sends after that is not the translators' to show.
+            continue;
+        }
+        match translator.event(d, &mut out) {
+            translate::StreamNote::Error(message) => {
+                out.extend_from_slice(&translate::OpenAiToAnthropicStream::error_event(&message));
+                failed = true;
+            }
+            translate::StreamNote::Done => {
+                finished_with.get_or_insert(translator.usage());
+            }
+            translate::StreamNote::Content | translate::StreamNote::Nothing => {}
+        }
+    }
+    if !failed {
+        translator.finish(&mut out);
+        finished_with.get_or_insert(translator.usage());
+    }
+    if !failed {
+        let mut again = Vec::new();
+        translator.finish(&mut again);
+        assert!(again.is_empty(), "finish must be idempotent");
+    }
+    let events = translated_events(&out);
+    let mut usage = anthropic::Usage::default();
+    let mut kinds = Vec::new();
+    for raw in &events {
+        let ev = sse::parse(raw);
+        let name = ev.name.map(|n| String::from_utf8_lossy(n).into_owned());
+        let Some(data) = ev.data.as_deref() else {
+            panic!("a translated event without data");
+        };
+        let v = json_value(data, "a translated event's data");
+        assert_eq!(
+            v.get("type").and_then(|t| t.as_str()),
+            name.as_deref(),
+            "an event's name must be its type"
+        );
+        let kind = anthropic::classify(ev.name, Some(data), &mut usage);
+        kinds.push((name, kind));
+    }
+    let Some((last_name, last_kind)) = kinds.last() else {
+        panic!("a translated stream with no event");
+    };
+    if kinds.len() > 1 || !failed {
+        assert_eq!(
+            kinds.first().and_then(|(n, _)| n.as_deref()),
+            Some("message_start")
+        );
+    }
+    let stops = kinds
+        .iter()
+        .filter(|(_, k)| *k == anthropic::Event::Done)
+        .count();
+    if failed {
+        assert_eq!(last_name.as_deref(), Some("error"));
+        assert!(matches!(last_kind, anthropic::Event::Error(_)));
+        assert!(stops <= 1, "at most one message_stop");
+    } else {
+        assert_eq!(
+            (last_name.as_deref(), last_kind),
+            (Some("message_stop"), &anthropic::Event::Done)
+        );
+        assert_eq!(stops, 1, "one message_stop");
+    }
+    if let Some(u) = finished_with {
+        let u = u.unwrap_or_default();
+        check_billing_usage(&u);
+        assert_eq!(
+            usage,
+            anthropic::Usage {
+                input_tokens: u.input_tokens,
+                output_tokens: u.output_tokens,
+                cache_creation_input_tokens: u.cache_write_tokens,
+                cache_read_input_tokens: u.cache_read_tokens,
+            },
+            "the translated stream must carry the usage the translator returns"
+        );
+    }
+    if let Some(u) = translator.usage() {
+        check_billing_usage(&u);
+    }
+}
+
+/// An Anthropic-dialect upstream stream (one control byte, then the SSE bytes):
+/// [`anthropic::classify`] on each event, and [`translate::AnthropicToOpenAiStream`] fed the same
+/// events as the relay feeds it (`include_usage` from the control byte).
+///
+/// - Usage counts can be summed.
+/// - The translated stream is whole unnamed `data:` events of JSON chunks, ending with one
+///   `[DONE]` or, after an upstream error, with an error chunk. Read back by
+///   [`openai::classify`], its usage chunk (present exactly when asked for) reports the usage the
+///   translator held when it finished.
+pub fn anthropic_stream(input: &[u8]) {
+    let Some((&control, stream)) = input.split_first() else {
+        return;
+    };
+    let include_usage = control & 1 == 1;
+    let mut translator = translate::AnthropicToOpenAiStream::new(NEW_MODEL, include_usage);
+    let mut usage = anthropic::Usage::default();
+    let mut out = Vec::new();
+    let mut finished_with = None;
+    let mut failed = false;
+    for raw in whole_events(stream) {
+        let ev = sse::parse(&raw);
+        let data = ev.data.as_deref();
+        anthropic::classify(ev.name, data, &mut usage);
+        check_anthropic_usage(&usage);
+        let Some(d) = data else { continue };
+        if failed || finished_with.is_some() {
+            // The client's stream has ended (its end marker or an error event went out); what
+            // the upstream sends after that is not the translators' to show.
+            continue;
+        }
+        match translator.event(ev.name, d, &mut out) {
+            translate::StreamNote::Error(message) => {
+                out.extend_from_slice(&openai::stream_error_event(&message));
+                failed = true;
+            }
+            translate::StreamNote::Done => {
+                finished_with.get_or_insert(translator.usage());
+            }
+            translate::StreamNote::Content | translate::StreamNote::Nothing => {}
+        }
+    }
+    if !failed {
+        translator.finish(&mut out);
+        finished_with.get_or_insert(translator.usage());
+        let mut again = Vec::new();
+        translator.finish(&mut again);
+        assert!(again.is_empty(), "finish must be idempotent");
+    }
+    let events = translated_events(&out);
+    let mut reported = None;
+    let mut dones = 0;
+    for (i, raw) in events.iter().enumerate() {
+        let ev = sse::parse(raw);
+        assert!(ev.name.is_none(), "OpenAI chunks are unnamed");
+        let Some(data) = ev.data.as_deref() else {
+            panic!("a translated event without data");
+        };
+        let last = i + 1 == events.len();
+        match openai::classify(None, Some(data)) {
+            openai::Chunk::Done => {
+                assert!(last && !failed, "[DONE] must come last, once, and not after an error");
+                dones += 1;
+            }
+            openai::Chunk::Error { .. } => {
+                assert!(last && failed, "an error chunk only for an upstream error, last");
+            }
+            openai::Chunk::UsageOnly(u) => {
+                assert!(reported.is_none(), "one usage chunk");
+                reported = Some(u);
+            }
+            openai::Chunk::Content { .. } | openai::Chunk::Preamble => {
+                json_value(data, "a translated chunk");
+            }
+        }
+    }
+    assert_eq!(dones, usize::from(!failed), "[DONE] ends a stream that did not fail");
+    if let Some(u) = translator.usage() {
+        check_billing_usage(&u);
+    }
+    if let Some(u) = finished_with {
+        let u = u.unwrap_or_default();
+        check_billing_usage(&u);
+        if include_usage {
+            let Some(r) = reported else {
+                panic!("include_usage asked for a usage chunk");
+            };
+            assert_eq!(
+                (r.prompt_tokens, r.completion_tokens, r.cached_tokens),
+                (
+                    u.input_tokens + u.cache_read_tokens + u.cache_write_tokens,
+                    u.output_tokens,
+                    u.cache_read_tokens
+                ),
+                "the usage chunk must carry the translator's usage"
+            );
+        }
+    }
+    if !include_usage {
+        assert!(reported.is_none(), "a usage chunk nobody asked for");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Spool
+// ---------------------------------------------------------------------------------------------
+
+const FRAME_HEADER_BYTES: usize = 8;
+
+/// A frame's payload length and checksum at `offset`, if a whole header is there.
+fn frame_header(segment: &[u8], offset: usize) -> Option<(usize, u32)> {
+    let header = segment.get(offset..offset.checked_add(FRAME_HEADER_BYTES)?)?;
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    Some((usize::try_from(len).ok()?, crc))
+}
+
+/// Builds a segment from a script: each frame is one byte (low 7 bits: payload length; high
+/// bit: a wrong checksum), then that many payload bytes (fewer at the end: a torn frame).
+/// Returns the segment and how many leading frames are good (whole, checksum right, payload a
+/// `UsageRecord`).
+fn framed_segment(script: &[u8]) -> (Vec<u8>, usize) {
+    let mut segment = Vec::new();
+    let mut good = 0;
+    let mut all_good = true;
+    let mut at = 0;
+    while let Some(&b) = script.get(at) {
+        let len = usize::from(b & 0x7f);
+        let corrupt = b & 0x80 != 0;
+        let payload = &script[at + 1..(at + 1 + len).min(script.len())];
+        at = at + 1 + len;
+        let crc = crc32fast::hash(payload) ^ u32::from(corrupt);
+        segment.extend_from_slice(&u32::try_from(len).unwrap_or(0).to_le_bytes());
+        segment.extend_from_slice(&crc.to_le_bytes());
+        segment.extend_from_slice(payload);
+        let ok = !corrupt && payload.len() == len && pb::UsageRecord::decode(payload).is_ok();
+        all_good &= ok;
+        if all_good {
+            good += 1;
+        }
+    }
+    (segment, good)
+}
+
+/// The spool's segment decoder, [`spool::decode_segment`] (what a restarted data plane reads its
+/// unreported usage back with). Input: one mode byte; even: the rest is a segment file as is;
+/// odd: the rest is a script for well-formed frames (see `framed_segment`), so that the fuzzer
+/// gets past the checksums.
+///
+/// - It never reads past the buffer and stops exactly where the first bad frame starts (a torn
+///   tail is reported iff bytes remain).
+/// - Every record it yields is the payload of a frame whose length and checksum held, in file
+///   order, and decodes to the same `UsageRecord` with the same request id.
+/// - On a scripted segment it yields exactly the leading good frames.
+pub fn spool_segment(input: &[u8]) {
+    let Some((&mode, rest)) = input.split_first() else {
+        return;
+    };
+    let (segment, expected) = if mode & 1 == 0 {
+        (rest.to_vec(), None)
+    } else {
+        let (segment, good) = framed_segment(rest);
+        (segment, Some(good))
+    };
+    let decoded = spool::decode_segment(Bytes::from(segment.clone()));
+    assert!(decoded.valid_bytes <= segment.len(), "read past the buffer");
+    assert_eq!(
+        decoded.torn.is_none(),
+        decoded.valid_bytes == segment.len(),
+        "a torn tail is reported iff bytes are left: {:?}",
+        decoded.torn
+    );
+    if let Some(torn) = &decoded.torn {
+        let offset = match torn {
+            spool::SpoolError::ShortHeader { offset }
+            | spool::SpoolError::TooLong { offset, .. }
+            | spool::SpoolError::ShortPayload { offset, .. }
+            | spool::SpoolError::Checksum { offset }
+            | spool::SpoolError::Decode { offset, .. } => *offset,
+        };
+        assert_eq!(offset, decoded.valid_bytes, "the tear is where reading stopped");
+    }
+    let mut offset = 0;
+    for record in &decoded.records {
+        let Some((len, crc)) = frame_header(&segment, offset) else {
+            panic!("a record without a whole frame header at {offset}");
+        };
+        let start = offset + FRAME_HEADER_BYTES;
+        let Some(payload) = segment.get(start..start + len) else {
+            panic!("a record whose payload runs past the buffer at {offset}");
+        };
+        assert_eq!(crc32fast::hash(payload), crc, "a record whose checksum failed");
+        let from_file = pb::UsageRecord::decode(payload);
+        let from_record = pb::UsageRecord::decode(record.bytes().clone());
+        let (Ok(from_file), Ok(from_record)) = (from_file, from_record) else {
+            panic!("a record that does not decode at {offset}");
+        };
+        assert_eq!(from_file, from_record, "a record must be its frame's payload");
+        assert_eq!(record.request_id(), from_file.request_id);
+        offset = start + len;
+    }
+    assert_eq!(offset, decoded.valid_bytes, "records must cover the valid bytes");
+    if let Some(good) = expected {
+        assert_eq!(decoded.records.len(), good, "the leading good frames, all of them");
+    }
+}
+
+/// Every harness, by the name of its fuzz target (and its corpus directory).
+pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+    ("sse_splitter", sse_splitter),
+    ("openai_request", openai_request),
+    ("anthropic_request", anthropic_request),
+    ("upstream_body", upstream_body),
+    ("openai_stream", openai_stream),
+    ("anthropic_stream", anthropic_stream),
+    ("spool_segment", spool_segment),
+];
