@@ -79,7 +79,9 @@ impl EncodedRecord {
             Some(id) if bytes.get(id.clone()) == Some(rec.request_id.as_bytes()) => {
                 return Ok(EncodedRecord { bytes, id });
             }
-            _ if rec.request_id.is_empty() => bytes,
+            // No request id, though the payload may still lead with a field 1 that a later one
+            // overrides (prost keeps the last): pointing at it would name the wrong record.
+            _ if rec.request_id.is_empty() => return Ok(EncodedRecord { bytes, id: 0..0 }),
             _ => Bytes::from(rec.encode_to_vec()),
         };
         let id = leading_request_id(&bytes).unwrap_or(0..0);
@@ -1046,6 +1048,21 @@ mod tests {
                 records: written,
             }
         );
+    }
+
+    #[test]
+    fn a_request_id_overridden_by_a_later_empty_one_is_empty() {
+        // Field 1 twice: prost keeps the last, so the record has no request id, and the
+        // idempotency key must say so rather than point at the first.
+        let mut payload = pb::UsageRecord {
+            request_id: "req-first".into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        payload.extend_from_slice(&[0x0a, 0x00]);
+        let rec = EncodedRecord::new(Bytes::from(payload)).unwrap();
+        assert_eq!(rec.decode().request_id, "");
+        assert_eq!(rec.request_id(), "");
     }
 
     #[test]
