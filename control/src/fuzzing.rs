@@ -7,6 +7,10 @@
 //! Not part of the control plane's API: hidden from the docs and used only by the fuzz target
 //! and that test.
 
+// A harness exists to panic when an invariant breaks: that is how libFuzzer and the replay test
+// see a failure. Nothing in the server calls these functions.
+#![allow(clippy::panic)]
+
 use crate::price_import::{self, Parsed};
 use serde_json::Value;
 
@@ -31,7 +35,10 @@ fn check_entries(parsed: &Parsed, provider: &str) {
         assert!(!e.model.is_empty(), "an entry without a model");
         assert!(!e.provider.is_empty(), "an entry without a provider");
         if !provider.is_empty() {
-            assert_eq!(e.provider, provider, "--provider names every entry's provider");
+            assert_eq!(
+                e.provider, provider,
+                "--provider names every entry's provider"
+            );
         }
         let c = &e.price.currency;
         assert!(
@@ -101,5 +108,8 @@ pub fn price_import(input: &[u8]) {
     }
 }
 
-/// Every harness, by the name of its fuzz target (and its corpus directory).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[("price_import", price_import)];
+/// A harness: arbitrary bytes in, a panic when an invariant breaks.
+pub type Harness = fn(&[u8]);
+
+/// Every harness, by the name of its fuzz target (and of its seed and corpus directories).
+pub const TARGETS: &[(&str, Harness)] = &[("price_import", price_import)];

@@ -23,6 +23,9 @@ fn every_control_fuzz_target_is_replayed() {
         }
     }
     found.sort();
-    let known: Vec<String> = fuzzing::TARGETS.iter().map(|(n, _)| n.to_string()).collect();
+    let known: Vec<String> = fuzzing::TARGETS
+        .iter()
+        .map(|(n, _)| n.to_string())
+        .collect();
     assert_eq!(found, known, "fuzz targets in {}", dir.display());
 }

@@ -9,6 +9,10 @@
 //! Not part of the data plane's API: hidden from the docs and used only by the fuzz targets and
 //! that test.
 
+// A harness exists to panic when an invariant breaks: that is how libFuzzer and the replay test
+// see a failure. Nothing in the server calls these functions.
+#![allow(clippy::panic)]
+
 use crate::protocol::json::Entries;
 use crate::protocol::{anthropic, openai, translate};
 use crate::sse;
@@ -25,23 +29,54 @@ const NEW_MODEL: &str = "up/stream \"model\" \\ é";
 // SSE
 // ---------------------------------------------------------------------------------------------
 
-/// Splits `stream` with chunks of the given lengths (cycled; zero-length chunks included), and
-/// returns the events and what is left pending.
-fn split_chunked(stream: &[u8], lengths: &[u8]) -> (Vec<Bytes>, Vec<u8>) {
-    let mut splitter = sse::Splitter::default();
+/// What one [`sse::Splitter`] gave: the events, the pending bytes, whether it stopped at a too
+/// large event, and the bytes it scanned.
+struct Split {
+    events: Vec<Bytes>,
+    pending: Vec<u8>,
+    too_large: bool,
+    scanned: u64,
+}
+
+/// Splits `stream` with a limit of `max` bytes per event, in chunks of the given lengths
+/// (cycled, each `% 64`; a zero pushes an empty chunk, then one byte; the whole stream at once
+/// when there are none).
+fn split_chunked(stream: &[u8], lengths: &[u8], max: usize) -> Split {
+    let mut splitter = sse::Splitter::new(max);
     let mut events = Vec::new();
     let mut at = 0;
     let mut i = 0;
     while at < stream.len() {
-        let len = lengths
+        let mut len = lengths
             .get(i % lengths.len().max(1))
             .map_or(stream.len(), |&l| usize::from(l % 64));
+        if len == 0 {
+            // An empty chunk, then a byte, so that the loop ends.
+            splitter.push(Bytes::new(), &mut events);
+            len = 1;
+        }
         let end = (at + len).min(stream.len());
         splitter.push(Bytes::copy_from_slice(&stream[at..end]), &mut events);
         at = end;
         i += 1;
     }
-    (events, splitter.pending().to_vec())
+    Split {
+        events,
+        pending: splitter.pending().to_vec(),
+        too_large: splitter.too_large(),
+        scanned: splitter.scanned_bytes(),
+    }
+}
+
+/// The events of `stream` and its incomplete tail, split the plain way, with no limit.
+fn reference_split(stream: &[u8]) -> (Vec<&[u8]>, &[u8]) {
+    let mut events = Vec::new();
+    let mut rest = stream;
+    while let Some(end) = first_event_end(rest) {
+        events.push(&rest[..end]);
+        rest = &rest[end..];
+    }
+    (events, rest)
 }
 
 /// What an SSE consumer reads from one event, written the plain way (one line at a time, per the
@@ -88,13 +123,15 @@ fn first_event_end(bytes: &[u8]) -> Option<usize> {
 }
 
 /// [`sse::Splitter`] and [`sse::parse`]. Input: one control byte `k`, then `k % 16` bytes of chunk
-/// lengths, then the stream.
+/// lengths, then the stream. With `k`'s high bit set the splitter's event limit is small
+/// (`1 + (k & 0x70) * 2` bytes), else the default.
 ///
 /// - Whatever the chunking (whole, or the lengths from the input: byte by byte when they are all
-///   1, and zero-length chunks too), the events and
-///   the pending bytes are the same, and the events followed by the pending bytes are exactly the
-///   stream: the relay neither drops, adds nor reorders a byte.
-/// - Every event ends at its first blank line; the pending bytes hold none.
+///   1, zero-length chunks too), the splitter gives the events of the plain line-by-line split,
+///   in order, each ending exactly at its first blank line, up to the first event (complete or
+///   not) beyond the limit, where it stops and says so; without one, the events followed by the
+///   pending bytes are exactly the stream: the relay neither drops, adds nor reorders a byte.
+/// - It scans each byte once: linear work, however the stream is cut.
 /// - [`sse::parse`] reads each event as the plain line-by-line reading does.
 pub fn sse_splitter(input: &[u8]) {
     let Some((&k, rest)) = input.split_first() else {
@@ -102,39 +139,56 @@ pub fn sse_splitter(input: &[u8]) {
     };
     let n = usize::from(k % 16).min(rest.len());
     let (lengths, stream) = rest.split_at(n);
-    let (whole, whole_pending) = split_chunked(stream, &[]);
-    let (chunked, chunked_pending) = split_chunked(stream, lengths);
-    assert_eq!(whole, chunked, "events depend on the chunking");
-    assert_eq!(whole_pending, chunked_pending);
-    let mut joined = Vec::with_capacity(stream.len());
-    for event in &whole {
-        joined.extend_from_slice(event);
-    }
-    joined.extend_from_slice(&whole_pending);
-    assert_eq!(joined, stream, "events + pending must be the input bytes");
-    assert_eq!(
-        first_event_end(&whole_pending),
-        None,
-        "a complete event was left pending"
-    );
-    for event in &whole {
+    let max = if k & 0x80 != 0 {
+        1 + usize::from(k & 0x70) * 2
+    } else {
+        sse::DEFAULT_MAX_EVENT_BYTES
+    };
+    let (reference, reference_pending) = reference_split(stream);
+    // Where the reference split meets an event beyond the limit, if it does.
+    let first_too_large = reference.iter().position(|e| e.len() > max);
+    let expected_events = &reference[..first_too_large.unwrap_or(reference.len())];
+    let expected_too_large = first_too_large.is_some() || reference_pending.len() > max;
+    for chunking in [&[][..], lengths] {
+        let split = split_chunked(stream, chunking, max);
         assert_eq!(
-            first_event_end(event),
-            Some(event.len()),
-            "an event must end exactly at its first blank line"
+            split.too_large, expected_too_large,
+            "too_large with limit {max}"
         );
-        let parsed = sse::parse(event);
-        let (name, data) = reference_parse(event);
-        assert_eq!(parsed.name.map(<[u8]>::to_vec), name, "event name");
-        assert_eq!(parsed.data.as_deref().map(<[u8]>::to_vec), data, "event data");
+        let events: Vec<&[u8]> = split.events.iter().map(|e| &e[..]).collect();
+        assert_eq!(events, expected_events, "the events of the plain split");
+        assert!(
+            split.scanned <= stream.len() as u64,
+            "{} bytes scanned for a stream of {}",
+            split.scanned,
+            stream.len()
+        );
+        if expected_too_large {
+            assert!(split.pending.is_empty(), "a stopped splitter holds nothing");
+        } else {
+            assert_eq!(
+                split.scanned,
+                stream.len() as u64,
+                "every byte scanned once"
+            );
+            assert_eq!(split.pending, reference_pending, "the incomplete tail");
+            let mut joined = Vec::with_capacity(stream.len());
+            for event in &split.events {
+                joined.extend_from_slice(event);
+            }
+            joined.extend_from_slice(&split.pending);
+            assert_eq!(joined, stream, "events + pending must be the input bytes");
+        }
     }
-    // `parse` on bytes the splitter never produced (the pending tail, the raw stream) must agree
-    // with the reference too.
-    for raw in [&whole_pending[..], stream] {
+    for raw in reference.iter().copied().chain([reference_pending, stream]) {
         let parsed = sse::parse(raw);
         let (name, data) = reference_parse(raw);
-        assert_eq!(parsed.name.map(<[u8]>::to_vec), name);
-        assert_eq!(parsed.data.as_deref().map(<[u8]>::to_vec), data);
+        assert_eq!(parsed.name.map(<[u8]>::to_vec), name, "event name");
+        assert_eq!(
+            parsed.data.as_deref().map(<[u8]>::to_vec),
+            data,
+            "event data"
+        );
     }
 }
 
@@ -251,48 +305,84 @@ pub fn anthropic_request(body: &[u8]) {
 // Usage
 // ---------------------------------------------------------------------------------------------
 
-/// Token counts a biller adds up: their sum must fit, or a total saturates and later records
-/// on its row are lost.
-fn assert_summable(counts: &[u64], what: &str) {
+/// Token counts as the biller takes them: a usage the plausibility gate lets through
+/// ([`translate::Usage::is_plausible`], which `proxy::Record::finish` applies to every usage it
+/// bills) can be summed without overflow, so no total saturates and loses later records. The gate
+/// is asked for the largest request there is, so only the per-bucket bound holds counts back.
+fn check_billable(u: &translate::Usage, what: &str) {
+    if !u.is_plausible(u64::MAX) {
+        return;
+    }
+    let counts = [
+        u.input_tokens,
+        u.output_tokens,
+        u.cache_read_tokens,
+        u.cache_write_tokens,
+    ];
     let sum = counts.iter().try_fold(0u64, |acc, &c| acc.checked_add(c));
     assert!(
         sum.is_some(),
-        "{what}: token counts {counts:?} overflow when summed"
+        "{what}: billable token counts {counts:?} overflow when summed"
     );
+}
+
+/// OpenAI usage in billing terms, as the proxy converts it (`None`: more cached than prompted).
+fn openai_billing(u: &openai::Usage) -> Option<translate::Usage> {
+    translate::Usage::from_openai(u.prompt_tokens, u.completion_tokens, u.cached_tokens)
+}
+
+/// Anthropic usage in billing terms, as the proxy converts it.
+fn anthropic_billing(u: &anthropic::Usage) -> translate::Usage {
+    translate::Usage {
+        input_tokens: u.input_tokens,
+        output_tokens: u.output_tokens,
+        cache_read_tokens: u.cache_read_input_tokens,
+        cache_write_tokens: u.cache_creation_input_tokens,
+    }
 }
 
 fn check_openai_usage(u: &openai::Usage) {
-    assert_summable(&[u.prompt_tokens, u.completion_tokens], "openai usage");
+    if let Some(b) = openai_billing(u) {
+        check_billable(&b, "openai usage");
+    }
 }
 
 fn check_anthropic_usage(u: &anthropic::Usage) {
-    assert_summable(
-        &[
-            u.input_tokens,
-            u.output_tokens,
-            u.cache_creation_input_tokens,
-            u.cache_read_input_tokens,
-        ],
-        "anthropic usage",
-    );
+    check_billable(&anthropic_billing(u), "anthropic usage");
 }
 
 fn check_billing_usage(u: &translate::Usage) {
-    assert_summable(
-        &[
-            u.input_tokens,
-            u.output_tokens,
-            u.cache_read_tokens,
-            u.cache_write_tokens,
-        ],
-        "translated usage",
-    );
+    check_billable(u, "translated usage");
+}
+
+/// OpenAI's `prompt_tokens` for a usage in billing terms, as the translators write it.
+fn openai_prompt(u: &translate::Usage) -> u64 {
+    u.input_tokens
+        .saturating_add(u.cache_read_tokens)
+        .saturating_add(u.cache_write_tokens)
+}
+
+/// The first byte that is not JSON whitespace.
+fn first_byte(body: &[u8]) -> Option<u8> {
+    body.iter()
+        .copied()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+}
+
+/// `body` as a JSON value, when it is one with nothing a strict reader refuses (the shape
+/// readers skip what they ignore without validating it, such as a lone surrogate escape in a
+/// string, which clients' JSON parsers mostly accept too).
+fn strict_json(body: &[u8]) -> Option<serde_json::Value> {
+    serde_json::from_slice(body).ok()
 }
 
 fn json_value(bytes: &[u8], what: &str) -> serde_json::Value {
     match serde_json::from_slice(bytes) {
         Ok(v) => v,
-        Err(e) => panic!("{what} is not JSON ({e}): {}", String::from_utf8_lossy(bytes)),
+        Err(e) => panic!(
+            "{what} is not JSON ({e}): {}",
+            String::from_utf8_lossy(bytes)
+        ),
     }
 }
 
@@ -302,16 +392,42 @@ const ERROR_STATUSES: [u16; 9] = [400, 401, 403, 404, 413, 429, 500, 503, 529];
 /// A non-streamed upstream body: [`openai::completion_usage`], [`anthropic::message_usage`],
 /// translate's response translators and its error translators.
 ///
-/// - Extracted token counts can be summed without overflow.
+/// - Extracted token counts that the billing gate lets through can be summed without overflow.
+/// - A body read as a completion (a message) is a JSON object with a `choices` array (`"type":
+///   "message"` and a `content` array), and its usage is what the usage extractor reads.
 /// - A translated response is JSON, and reading its usage back with the client dialect's own
 ///   extractor gives the counts the translator returned.
 /// - A translated error is a JSON error object of the client's dialect, whatever the body.
 pub fn upstream_body(body: &[u8]) {
-    if let Some(u) = openai::completion_usage(body) {
-        check_openai_usage(&u);
+    let usage = openai::completion_usage(body);
+    if let Some(u) = &usage {
+        check_openai_usage(u);
     }
-    if let Some(u) = anthropic::message_usage(body) {
-        check_anthropic_usage(&u);
+    if let Some(c) = openai::completion(body) {
+        assert_eq!(first_byte(body), Some(b'{'), "a completion is an object");
+        if let Some(v) = strict_json(body) {
+            assert!(
+                v.get("choices").is_some_and(|c| c.is_array()),
+                "a completion without a choices array"
+            );
+        }
+        if c.usage.is_some() {
+            assert_eq!(c.usage, usage, "one body, two readings of its usage");
+        }
+    }
+    let usage = anthropic::message_usage(body);
+    if let Some(u) = &usage {
+        check_anthropic_usage(u);
+    }
+    if let Some(m) = anthropic::message(body) {
+        assert_eq!(first_byte(body), Some(b'{'), "a message is an object");
+        if let Some(v) = strict_json(body) {
+            assert_eq!(v.get("type").and_then(|t| t.as_str()), Some("message"));
+            assert!(v.get("content").is_some_and(|c| c.is_array()));
+        }
+        if m.usage.is_some() {
+            assert_eq!(m.usage, usage, "one body, two readings of its usage");
+        }
     }
     if let Ok((out, usage)) = translate::openai_to_anthropic_response(body, NEW_MODEL) {
         let v = json_value(&out, "a translated response");
@@ -336,16 +452,11 @@ pub fn upstream_body(body: &[u8]) {
         assert_eq!(v.get("model").and_then(|m| m.as_str()), Some(NEW_MODEL));
         if let Some(u) = usage {
             check_billing_usage(&u);
-            let back = openai::completion_usage(&out).map(|b| {
-                (b.prompt_tokens, b.completion_tokens, b.cached_tokens)
-            });
+            let back = openai::completion_usage(&out)
+                .map(|b| (b.prompt_tokens, b.completion_tokens, b.cached_tokens));
             assert_eq!(
                 back,
-                Some((
-                    u.input_tokens + u.cache_read_tokens + u.cache_write_tokens,
-                    u.output_tokens,
-                    u.cache_read_tokens
-                )),
+                Some((openai_prompt(&u), u.output_tokens, u.cache_read_tokens)),
                 "the translated body must carry the usage the translator returned"
             );
         }
@@ -398,7 +509,7 @@ fn translated_events(out: &[u8]) -> Vec<Bytes> {
 ///
 /// - An event that carries usage, an error or the end is one that `may_matter` keeps (unless its
 ///   keys are escaped, which no encoder does for ASCII names).
-/// - Usage counts can be summed.
+/// - Usage counts the billing gate lets through can be summed.
 /// - The translated stream is whole Anthropic events, each named by its JSON data's `type`:
 ///   `message_start` first unless an error came first, then either one `message_stop` last, or an
 ///   error event last. Read back by [`anthropic::classify`], a finished stream reports the usage
@@ -413,9 +524,7 @@ pub fn openai_stream(stream: &[u8]) {
         let data = ev.data.as_deref();
         let chunk = openai::classify(ev.name, data);
         let matters = match &chunk {
-            openai::Chunk::Error { .. } | openai::Chunk::UsageOnly(_) | openai::Chunk::Done => {
-                true
-            }
+            openai::Chunk::Error { .. } | openai::Chunk::UsageOnly(_) | openai::Chunk::Done => true,
             openai::Chunk::Content { usage } => usage.is_some(),
             openai::Chunk::Preamble => false,
         };
@@ -524,7 +633,7 @@ pub fn openai_stream(stream: &[u8]) {
 /// [`anthropic::classify`] on each event, and [`translate::AnthropicToOpenAiStream`] fed the same
 /// events as the relay feeds it (`include_usage` from the control byte).
 ///
-/// - Usage counts can be summed.
+/// - Usage counts the billing gate lets through can be summed.
 /// - The translated stream is whole unnamed `data:` events of JSON chunks, ending with one
 ///   `[DONE]` or, after an upstream error, with an error chunk. Read back by
 ///   [`openai::classify`], its usage chunk (present exactly when asked for) reports the usage the
@@ -580,11 +689,17 @@ pub fn anthropic_stream(input: &[u8]) {
         let last = i + 1 == events.len();
         match openai::classify(None, Some(data)) {
             openai::Chunk::Done => {
-                assert!(last && !failed, "[DONE] must come last, once, and not after an error");
+                assert!(
+                    last && !failed,
+                    "[DONE] must come last, once, and not after an error"
+                );
                 dones += 1;
             }
             openai::Chunk::Error { .. } => {
-                assert!(last && failed, "an error chunk only for an upstream error, last");
+                assert!(
+                    last && failed,
+                    "an error chunk only for an upstream error, last"
+                );
             }
             openai::Chunk::UsageOnly(u) => {
                 assert!(reported.is_none(), "one usage chunk");
@@ -595,7 +710,11 @@ pub fn anthropic_stream(input: &[u8]) {
             }
         }
     }
-    assert_eq!(dones, usize::from(!failed), "[DONE] ends a stream that did not fail");
+    assert_eq!(
+        dones,
+        usize::from(!failed),
+        "[DONE] ends a stream that did not fail"
+    );
     if let Some(u) = translator.usage() {
         check_billing_usage(&u);
     }
@@ -608,11 +727,7 @@ pub fn anthropic_stream(input: &[u8]) {
             };
             assert_eq!(
                 (r.prompt_tokens, r.completion_tokens, r.cached_tokens),
-                (
-                    u.input_tokens + u.cache_read_tokens + u.cache_write_tokens,
-                    u.output_tokens,
-                    u.cache_read_tokens
-                ),
+                (openai_prompt(&u), u.output_tokens, u.cache_read_tokens),
                 "the usage chunk must carry the translator's usage"
             );
         }
@@ -699,7 +814,10 @@ pub fn spool_segment(input: &[u8]) {
             | spool::SpoolError::Checksum { offset }
             | spool::SpoolError::Decode { offset, .. } => *offset,
         };
-        assert_eq!(offset, decoded.valid_bytes, "the tear is where reading stopped");
+        assert_eq!(
+            offset, decoded.valid_bytes,
+            "the tear is where reading stopped"
+        );
     }
     let mut offset = 0;
     for record in &decoded.records {
@@ -710,24 +828,41 @@ pub fn spool_segment(input: &[u8]) {
         let Some(payload) = segment.get(start..start + len) else {
             panic!("a record whose payload runs past the buffer at {offset}");
         };
-        assert_eq!(crc32fast::hash(payload), crc, "a record whose checksum failed");
+        assert_eq!(
+            crc32fast::hash(payload),
+            crc,
+            "a record whose checksum failed"
+        );
         let from_file = pb::UsageRecord::decode(payload);
         let from_record = pb::UsageRecord::decode(record.bytes().clone());
         let (Ok(from_file), Ok(from_record)) = (from_file, from_record) else {
             panic!("a record that does not decode at {offset}");
         };
-        assert_eq!(from_file, from_record, "a record must be its frame's payload");
+        assert_eq!(
+            from_file, from_record,
+            "a record must be its frame's payload"
+        );
         assert_eq!(record.request_id(), from_file.request_id);
         offset = start + len;
     }
-    assert_eq!(offset, decoded.valid_bytes, "records must cover the valid bytes");
+    assert_eq!(
+        offset, decoded.valid_bytes,
+        "records must cover the valid bytes"
+    );
     if let Some(good) = expected {
-        assert_eq!(decoded.records.len(), good, "the leading good frames, all of them");
+        assert_eq!(
+            decoded.records.len(),
+            good,
+            "the leading good frames, all of them"
+        );
     }
 }
 
-/// Every harness, by the name of its fuzz target (and its corpus directory).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+/// A harness: arbitrary bytes in, a panic when an invariant breaks.
+pub type Harness = fn(&[u8]);
+
+/// Every harness, by the name of its fuzz target (and of its seed and corpus directories).
+pub const TARGETS: &[(&str, Harness)] = &[
     ("sse_splitter", sse_splitter),
     ("openai_request", openai_request),
     ("anthropic_request", anthropic_request),

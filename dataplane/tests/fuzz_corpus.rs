@@ -22,7 +22,11 @@ fn openai_request() {
 
 #[test]
 fn anthropic_request() {
-    replay("anthropic_request", fuzzing::anthropic_request, RANDOM_CASES);
+    replay(
+        "anthropic_request",
+        fuzzing::anthropic_request,
+        RANDOM_CASES,
+    );
 }
 
 #[test]
@@ -59,7 +63,10 @@ fn every_dataplane_fuzz_target_is_replayed() {
         }
     }
     found.sort();
-    let mut known: Vec<String> = fuzzing::TARGETS.iter().map(|(n, _)| n.to_string()).collect();
+    let mut known: Vec<String> = fuzzing::TARGETS
+        .iter()
+        .map(|(n, _)| n.to_string())
+        .collect();
     known.sort();
     assert_eq!(found, known, "fuzz targets in {}", dir.display());
 }

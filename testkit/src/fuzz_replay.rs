@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 /// minimized).
 pub fn input_dirs(target: &str) -> [PathBuf; 2] {
     let fuzz = fuzz_dir();
-    [fuzz.join("seeds").join(target), fuzz.join("corpus").join(target)]
+    [
+        fuzz.join("seeds").join(target),
+        fuzz.join("corpus").join(target),
+    ]
 }
 
 /// The repository's `fuzz/` directory (the cargo-fuzz crate).
