@@ -33,6 +33,11 @@ fn check_entries(parsed: &Parsed, provider: &str) {
     assert!(is_date(&parsed.as_of), "as_of {:?}", parsed.as_of);
     for e in &parsed.entries {
         assert!(!e.model.is_empty(), "an entry without a model");
+        assert!(
+            !e.model.contains(char::is_whitespace),
+            "model {:?} is not an id",
+            e.model
+        );
         assert!(!e.provider.is_empty(), "an entry without a provider");
         if !provider.is_empty() {
             assert_eq!(
@@ -57,10 +62,11 @@ fn check_entries(parsed: &Parsed, provider: &str) {
 
 /// A price file's bytes: [`price_import::parse`], with and without `--provider`.
 ///
-/// - All or nothing: an error, or every entry of the file accounted for. A Keyplane-format file
-///   yields exactly one entry per element of `prices`, each with a model id (no whitespace), a
-///   provider and a 3-letter currency; a LiteLLM file's entries plus its skipped ones (and
-///   `sample_spec`) are exactly its top-level keys.
+/// - All or nothing: an error, or every entry of the file accounted for and valid. A
+///   Keyplane-format file yields exactly one entry per element of `prices`; a LiteLLM file's
+///   entries plus its skipped ones (and `sample_spec`) are exactly its top-level keys. Every entry
+///   has a model id (not empty, no whitespace), a provider, a 3-letter currency and tiers sorted
+///   by prompt size.
 /// - An error says that nothing was imported, or where the JSON broke.
 pub fn price_import(input: &[u8]) {
     let Ok(content) = std::str::from_utf8(input) else {
@@ -84,13 +90,6 @@ pub fn price_import(input: &[u8]) {
                             "a row was dropped without an error"
                         );
                         assert_eq!(parsed.skipped, 0);
-                        for e in &parsed.entries {
-                            assert!(
-                                !e.model.contains(char::is_whitespace),
-                                "model {:?}",
-                                e.model
-                            );
-                        }
                     }
                     "litellm" => {
                         let sample = usize::from(root.contains_key("sample_spec"));

@@ -315,9 +315,12 @@ fn litellm(
             let Some(rest) = k.strip_prefix("input_cost_per_token_above_") else {
                 continue;
             };
-            let Some(thousands) = rest
+            // A threshold that is not a token count (not a number, or beyond u64 once times
+            // 1000) names no tier, like any other key this import does not know.
+            let Some((thousands, min_prompt_tokens)) = rest
                 .strip_suffix("k_tokens")
                 .and_then(|n| n.parse::<u64>().ok())
+                .and_then(|t| Some((t, t.checked_mul(1000)?)))
             else {
                 continue;
             };
@@ -328,7 +331,7 @@ fn litellm(
                 continue;
             };
             tiers.push(Tier {
-                min_prompt_tokens: thousands * 1000,
+                min_prompt_tokens,
                 input: tin,
                 output: tout,
                 cache_read: None,
@@ -354,6 +357,11 @@ fn litellm(
             .filter(|_| !own.is_empty())
             .unwrap_or(key)
             .to_string();
+        if model.is_empty() || model.contains(char::is_whitespace) {
+            // Not a model id a client could ask for (`""`, `"openai/"`, a phrase).
+            skipped += 1;
+            continue;
+        }
         entries.push(Entry {
             provider: entry_provider.to_string(),
             model,
@@ -483,6 +491,22 @@ mod tests {
         );
         let broken = parse("{\n  \"a\": \n", "x.json", "", "2026-11-23").unwrap_err();
         assert!(broken.starts_with("line "), "{broken}");
+    }
+
+    #[test]
+    fn litellm_keys_that_are_no_model_or_tier_are_skipped() {
+        let prices = r#""input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6, "litellm_provider": "p""#;
+        let file = format!(
+            r#"{{"": {{{prices}}}, "p/": {{{prices}}}, "a b": {{{prices}}}, "m": {{{prices},
+                "input_cost_per_token_above_18446744073709552k_tokens": 3e-6,
+                "output_cost_per_token_above_18446744073709552k_tokens": 4e-6}}}}"#
+        );
+        let p = parse(&file, "prices.json", "", "2026-11-23").unwrap();
+        assert_eq!(p.skipped, 3);
+        assert_eq!(p.entries.len(), 1);
+        assert_eq!(p.entries[0].model, "m");
+        // 18,446,744,073,709,552 thousand tokens is beyond u64: no tier, not a wrapped one.
+        assert!(p.entries[0].price.tiers.is_empty());
     }
 
     #[test]
