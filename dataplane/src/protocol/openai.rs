@@ -381,7 +381,11 @@ pub fn classify(name: Option<&[u8]>, data: Option<&[u8]>) -> Chunk {
     if trimmed == b"[DONE]" {
         return Chunk::Done;
     }
-    let parsed: Option<RawChunk<'_>> = serde_json::from_slice(trimmed).ok();
+    // Only an object is a chunk: serde would also read a struct from an array, taking its first
+    // element for `error`.
+    let parsed: Option<RawChunk<'_>> = (trimmed.first() == Some(&b'{'))
+        .then(|| serde_json::from_slice(trimmed).ok())
+        .flatten();
     let is_error_event = name == Some(b"error".as_slice());
     let Some(chunk) = parsed else {
         return if is_error_event {
@@ -474,6 +478,14 @@ pub fn stream_error_event(message: &str) -> Bytes {
 mod tests {
     use super::*;
     use crate::sse;
+
+    #[test]
+    fn an_array_is_no_chunk_and_no_error() {
+        // Read as a struct, the array's first element would have been the `error` field.
+        let data = br#"[{"index":0,"delta":{"content":"x"}}]"#;
+        assert_eq!(classify(None, Some(data)), Chunk::Preamble);
+        assert!(!may_matter(None, data));
+    }
 
     #[test]
     fn only_a_json_object_with_choices_is_a_completion() {

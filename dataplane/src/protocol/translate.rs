@@ -2235,7 +2235,12 @@ impl OpenAiToAnthropicStream {
             self.finish(out);
             return StreamNote::Done;
         }
-        let Ok(chunk) = serde_json::from_slice::<OaChunkIn<'_>>(data) else {
+        // Only an object is a chunk (serde would also read one from an array, its first element
+        // taken for `error`).
+        let chunk = (data.first() == Some(&b'{'))
+            .then(|| serde_json::from_slice::<OaChunkIn<'_>>(data).ok())
+            .flatten();
+        let Some(chunk) = chunk else {
             // Not a chunk (a comment's stray data, a keep-alive): nothing to show.
             return StreamNote::Nothing;
         };
