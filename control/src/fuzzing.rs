@@ -12,7 +12,8 @@
 #![allow(clippy::panic)]
 
 use crate::price_import::{self, Parsed};
-use serde_json::Value;
+use serde_json::value::RawValue;
+use std::collections::BTreeMap;
 
 const TODAY: &str = "2026-01-02";
 
@@ -77,13 +78,18 @@ pub fn price_import(input: &[u8]) {
             Err(e) => assert!(!e.is_empty(), "an error must say something"),
             Ok(parsed) => {
                 check_entries(&parsed, provider);
-                let root: serde_json::Map<String, Value> = match serde_json::from_str(content) {
+                // Values kept raw, as the import reads them: a value it skips (`sample_spec`)
+                // need not be one `serde_json::Value` can hold (a number beyond f64).
+                let root: BTreeMap<String, &RawValue> = match serde_json::from_str(content) {
                     Ok(r) => r,
                     Err(e) => panic!("an accepted price file is not a JSON object: {e}"),
                 };
                 match parsed.format {
                     "keyplane" => {
-                        let rows = root.get("prices").and_then(Value::as_array).map(Vec::len);
+                        let rows = root
+                            .get("prices")
+                            .and_then(|p| serde_json::from_str::<Vec<&RawValue>>(p.get()).ok())
+                            .map(|p| p.len());
                         assert_eq!(
                             Some(parsed.entries.len()),
                             rows,
