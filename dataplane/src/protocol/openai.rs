@@ -300,11 +300,21 @@ pub fn completion(body: &[u8]) -> Option<Completion> {
         return None;
     }
     let shape = serde_json::from_slice::<CompletionShape<'_>>(body).ok()?;
-    let usage = shape
-        .usage
-        .and_then(|raw| serde_json::from_str::<RawUsage>(raw.get()).ok())
-        .map(Usage::from);
-    Some(Completion { usage })
+    Some(Completion {
+        usage: shape.usage.and_then(usage_object),
+    })
+}
+
+/// Reads a `usage` value, which counts only as a JSON object: serde would also read the struct
+/// from an array, taking its elements for the fields in order, which no upstream means and
+/// which `may_matter` (looking for `"usage": {`) would not see coming.
+fn usage_object(raw: &RawValue) -> Option<Usage> {
+    if super::json::first_byte(raw.get().as_bytes()) != Some(b'{') {
+        return None;
+    }
+    serde_json::from_str::<RawUsage>(raw.get())
+        .ok()
+        .map(Usage::from)
 }
 
 /// What one streamed event means to the relay.
@@ -332,8 +342,8 @@ struct RawChunk<'a> {
     error: Option<&'a RawValue>,
     #[serde(default, borrow)]
     choices: Option<Vec<RawChoice<'a>>>,
-    #[serde(default)]
-    usage: Option<RawUsage>,
+    #[serde(default, borrow)]
+    usage: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -398,7 +408,7 @@ pub fn classify(name: Option<&[u8]>, data: Option<&[u8]>) -> Chunk {
             Chunk::Preamble
         };
     };
-    let usage = chunk.usage.map(Usage::from);
+    let usage = chunk.usage.and_then(usage_object);
     if let Some(error) = chunk.error.filter(|e| !is_null(e)) {
         let message = serde_json::from_str::<ErrorObject>(error.get())
             .ok()
@@ -485,6 +495,22 @@ mod tests {
         let data = br#"[{"index":0,"delta":{"content":"x"}}]"#;
         assert_eq!(classify(None, Some(data)), Chunk::Preamble);
         assert!(!may_matter(None, data));
+    }
+
+    #[test]
+    fn usage_counts_only_as_an_object() {
+        // Read as a struct, `[40, 2]` would have been 40 prompt and 2 completion tokens, in an
+        // event `may_matter` lets pass unparsed once a stream is committed.
+        let data = br#"{"choices":[],"usage":[40,2]}"#;
+        assert_eq!(classify(None, Some(data)), Chunk::Preamble);
+        assert!(!may_matter(None, data));
+        let data = br#"{"choices":[{"index":0,"delta":{"content":"x"}}],"usage":[40,2]}"#;
+        assert_eq!(classify(None, Some(data)), Chunk::Content { usage: None });
+        let body = br#"{"choices":[],"usage":[40,2]}"#;
+        assert_eq!(completion(body).and_then(|c| c.usage), None);
+        // An unreadable usage no longer hides the content it came with.
+        let data = br#"{"choices":[{"index":0,"delta":{"content":"x"}}],"usage":{"prompt_tokens":"lots"}}"#;
+        assert_eq!(classify(None, Some(data)), Chunk::Content { usage: None });
     }
 
     #[test]
