@@ -1833,6 +1833,15 @@ impl Relay {
     fn drain_queue(&mut self) {
         let scan = &mut self.scan;
         while let Some(raw) = scan.queue.pop_front() {
+            if scan.done {
+                // The client's stream has ended ([DONE], `message_stop`): nothing an upstream
+                // sends after its own end marker is relayed or billed, or a later usage would
+                // change the bill and a later error would follow the end. Legitimate upstreams
+                // send nothing more, so the upstream is dropped instead of read on.
+                scan.queue.clear();
+                self.upstream = None;
+                break;
+            }
             match scan.adapter.event(raw, true, &mut scan.out) {
                 Note::Content => scan.content_events += 1,
                 Note::Error(message) => {
@@ -1929,7 +1938,7 @@ impl http_body::Body for Relay {
                 Poll::Ready(None) => {
                     this.upstream = None;
                     let rest = this.scan.splitter.pending().to_vec();
-                    if !rest.is_empty() {
+                    if !rest.is_empty() && !this.scan.done {
                         let raw = Bytes::from(rest);
                         let scan = &mut this.scan;
                         let _ = scan.adapter.event(raw, true, &mut scan.out);

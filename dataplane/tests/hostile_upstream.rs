@@ -697,3 +697,32 @@ fn an_echoed_upstream_secret_never_reaches_the_client() {
     assert!(resp.text().contains("[redacted]"), "{}", resp.text());
     assert!(!c.dp.logs().contains(SECRET));
 }
+
+#[test]
+fn nothing_an_upstream_sends_after_its_end_marker_is_relayed_or_billed() {
+    // An honest stream with its usage chunk and `[DONE]`, then a larger usage and an error: the
+    // client's stream ended at `[DONE]`, so neither reaches it nor the bill.
+    let hostile = Hostile::start(|_, conn| {
+        let _ = conn.write_all(&head("200 OK", &[SSE]));
+        let _ = conn.write_all(CONTENT_CHUNK);
+        let _ = conn.write_all(b"data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3}}\n\n");
+        let _ = conn.write_all(b"data: [DONE]\n\n");
+        let _ = conn.write_all(b"data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":9000,\"completion_tokens\":9000}}\n\n");
+        let _ = conn.write_all(b"data: {\"error\":{\"message\":\"after the end\"}}\n\n");
+    });
+    let c = cluster(&hostile, "openai", &[]);
+    let mut body = chat_body(true);
+    body["stream_options"] = serde_json::json!({"include_usage": true});
+    let resp = c.chat(&body);
+    assert_eq!(resp.status, 200);
+    let data = resp.sse_data();
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:?}");
+    assert!(!resp.text().contains("9000"), "{}", resp.text());
+    assert!(!resp.text().contains("after the end"), "{}", resp.text());
+
+    let rows = c.wait_usage(1);
+    let r = row(&rows, "a-hostile").unwrap();
+    assert_eq!(r["requests"], 1, "{rows:?}");
+    assert_eq!(r["input_tokens"], 7, "{rows:?}");
+    assert_eq!(r["output_tokens"], 3, "{rows:?}");
+}
