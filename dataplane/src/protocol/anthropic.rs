@@ -189,7 +189,7 @@ pub fn message(body: &[u8]) -> Option<Message> {
     }
     let usage = shape
         .usage
-        .and_then(|raw| serde_json::from_str::<RawUsage>(raw.get()).ok())
+        .and_then(super::json::object::<RawUsage>)
         .map(|raw| {
             let mut usage = Usage::default();
             usage.merge(&raw);
@@ -356,6 +356,9 @@ mod tests {
         ] {
             assert!(message(bad).is_none(), "{}", String::from_utf8_lossy(bad));
         }
+        // A usage given as an array is no usage (serde would read the struct from it).
+        let m = message(br#"{"type":"message","content":[],"usage":[12,3]}"#).unwrap();
+        assert!(m.usage.is_none());
     }
 
     #[test]

@@ -100,3 +100,13 @@ pub fn first_byte(body: &[u8]) -> Option<u8> {
         .copied()
         .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
 }
+
+/// Reads a struct from `raw` only when it is a JSON object: serde would also read one from an
+/// array, taking its elements for the fields in order, which no upstream means (a `"usage":
+/// [40, 2]` is no 40 prompt tokens).
+pub fn object<'a, T: Deserialize<'a>>(raw: &'a RawValue) -> Option<T> {
+    if first_byte(raw.get().as_bytes()) != Some(b'{') {
+        return None;
+    }
+    serde_json::from_str(raw.get()).ok()
+}

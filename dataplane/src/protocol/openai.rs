@@ -309,12 +309,7 @@ pub fn completion(body: &[u8]) -> Option<Completion> {
 /// from an array, taking its elements for the fields in order, which no upstream means and
 /// which `may_matter` (looking for `"usage": {`) would not see coming.
 fn usage_object(raw: &RawValue) -> Option<Usage> {
-    if super::json::first_byte(raw.get().as_bytes()) != Some(b'{') {
-        return None;
-    }
-    serde_json::from_str::<RawUsage>(raw.get())
-        .ok()
-        .map(Usage::from)
+    super::json::object::<RawUsage>(raw).map(Usage::from)
 }
 
 /// What one streamed event means to the relay.
