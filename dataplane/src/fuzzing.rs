@@ -562,8 +562,6 @@ pub fn openai_stream(stream: &[u8]) {
     if !failed {
         translator.finish(&mut out);
         finished_with.get_or_insert(translator.usage());
-    }
-    if !failed {
         let mut again = Vec::new();
         translator.finish(&mut again);
         assert!(again.is_empty(), "finish must be idempotent");
