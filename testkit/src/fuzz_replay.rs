@@ -23,6 +23,23 @@ pub fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
 }
 
+/// The fuzz targets whose source calls into `module` (e.g. `"keyplane_dataplane::fuzzing::"`),
+/// by name, sorted: what a crate's replay test compares its harness table with, so that a new
+/// target cannot go without its stable replay.
+pub fn targets_calling(module: &str) -> Vec<String> {
+    let dir = fuzz_dir().join("fuzz_targets");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let source = std::fs::read_to_string(&path).unwrap();
+        if source.contains(module) {
+            found.push(path.file_stem().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    found.sort();
+    found
+}
+
 /// Every input file of a target, sorted by path. Panics if there are none: a replay over an
 /// empty corpus would prove nothing.
 pub fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
