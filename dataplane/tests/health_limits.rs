@@ -476,24 +476,13 @@ fn limits_hold_on_each_node_with_the_control_plane_down() {
 #[test]
 fn a_provider_first_byte_timeout_fails_over_sooner_than_the_default() {
     let c = Cluster::start(&[offer("slow", "1", "2"), offer("fast", "2", "4")], &[]);
-    let version = |addr| {
-        let metrics = HttpRequest::get("/metrics")
-            .send(addr, TIMEOUT)
-            .unwrap()
-            .text();
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("keyplane_route_version "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let before = version(c.dp.addr);
+    let before = route_version(c.dp.addr);
     c.cp.ctl(&["provider", "set", "slow", "--first-byte-timeout-ms", "300"])
         .ok();
     let provider = c.cp.ctl(&["--json", "provider", "list"]).ok().json();
     assert_eq!(provider[1]["first_byte_timeout_ms"], 300, "{provider}");
     assert!(
-        wait_until(TIMEOUT, || version(c.dp.addr) > before),
+        wait_until(TIMEOUT, || route_version(c.dp.addr) > before),
         "the table with the timeout never arrived"
     );
     c.fake("slow")

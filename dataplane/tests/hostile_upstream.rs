@@ -399,18 +399,7 @@ fn a_providers_own_body_limit_applies_before_the_data_planes() {
         "under the default limit: {}",
         resp.text()
     );
-    let version = || {
-        let metrics = HttpRequest::get("/metrics")
-            .send(c.dp.addr, TIMEOUT)
-            .unwrap()
-            .text();
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("keyplane_route_version "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let before = version();
+    let before = route_version(c.dp.addr);
     let set =
         c.cp.ctl(&[
             "--json",
@@ -424,7 +413,7 @@ fn a_providers_own_body_limit_applies_before_the_data_planes() {
         .json();
     assert_eq!(set["max_body_bytes"], 1024, "{set}");
     assert!(
-        keyplane_testkit::wait_until(TIMEOUT, || version() > before),
+        keyplane_testkit::wait_until(TIMEOUT, || route_version(c.dp.addr) > before),
         "the table with the limit never arrived"
     );
     let resp = c.chat(&chat_body(false));

@@ -258,3 +258,17 @@ pub fn anthropic_events(text: &str) -> Vec<(String, Value)> {
     }
     out
 }
+
+/// The route-table version a data plane serves, from its `/metrics` (0 before it has one), so a
+/// test can wait for a table with a change it made.
+pub fn route_version(addr: std::net::SocketAddr) -> f64 {
+    let metrics = HttpRequest::get("/metrics")
+        .send(addr, TIMEOUT)
+        .unwrap()
+        .text();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("keyplane_route_version "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
