@@ -186,14 +186,6 @@ pub(crate) struct Decoded {
     pub torn: Option<SpoolError>,
 }
 
-/// A failed append. `sealed` names the segment the failure closed, if one was open.
-#[cfg(test)]
-#[derive(Debug)]
-pub(super) struct AppendError {
-    pub source: io::Error,
-    pub sealed: Option<u64>,
-}
-
 /// Why [`Spool::append`] did not write a record.
 #[derive(Debug)]
 pub(super) enum Refused {
@@ -522,26 +514,17 @@ impl Spool {
 
     /// Appends `records` and syncs them at once, as the writer would (tests).
     #[cfg(test)]
-    pub fn append_all(
-        &self,
-        records: &[pb::UsageRecord],
-    ) -> Result<(u64, Vec<EncodedRecord>), AppendError> {
+    pub fn append_all(&self, records: &[pb::UsageRecord]) -> io::Result<(u64, Vec<EncodedRecord>)> {
         if let Some(rec) = records.iter().find(|r| r.encoded_len() > MAX_RECORD_BYTES) {
-            return Err(AppendError {
-                source: io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("usage record of {} bytes", rec.encoded_len()),
-                ),
-                sealed: None,
-            });
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("usage record of {} bytes", rec.encoded_len()),
+            ));
         }
         let mut seq = 0;
         for rec in records {
-            seq = self.append(rec).map_err(|err| AppendError {
-                source: match err {
-                    Refused::TooLarge(e) | Refused::Failed(e) => e,
-                },
-                sealed: None,
+            seq = self.append(rec).map_err(|err| match err {
+                Refused::TooLarge(e) | Refused::Failed(e) => e,
             })?;
         }
         let mut encoded = Vec::new();
@@ -1207,8 +1190,7 @@ mod tests {
         let mut big = rec(1);
         big.model = "m".repeat(MAX_RECORD_BYTES + 1);
         let err = spool.append_all(&[rec(0), big]).unwrap_err();
-        assert_eq!(err.source.kind(), io::ErrorKind::InvalidInput);
-        assert_eq!(err.sealed, None);
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
         assert!(segment_files(&dir).is_empty());
     }
 }
