@@ -151,8 +151,6 @@ pub async fn serve(
             _permit: permit,
             open: gateway.metrics.open_connections.clone(),
         };
-        let timeout = header_read_timeout;
-        let deadline = tokio::time::Instant::now() + timeout;
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(Activity::new());
         let gw = Arc::clone(&gateway);
@@ -176,6 +174,7 @@ pub async fn serve(
                 tokio::spawn(async move {
                     let _slot = slot;
                     // The handshake counts against the same deadline as the first head.
+                    let deadline = activity.opened + header_read_timeout;
                     let stream =
                         match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
                             Ok(Ok(s)) => s,
@@ -190,8 +189,13 @@ pub async fn serve(
                         };
                     let conn =
                         builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    serve_connection(watcher.watch(conn.into_owned()), timeout, &activity, peer)
-                        .await;
+                    serve_connection(
+                        watcher.watch(conn.into_owned()),
+                        header_read_timeout,
+                        &activity,
+                        peer,
+                    )
+                    .await;
                 });
             }
             None => {
@@ -199,8 +203,13 @@ pub async fn serve(
                     let _slot = slot;
                     let conn =
                         builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    serve_connection(watcher.watch(conn.into_owned()), timeout, &activity, peer)
-                        .await;
+                    serve_connection(
+                        watcher.watch(conn.into_owned()),
+                        header_read_timeout,
+                        &activity,
+                        peer,
+                    )
+                    .await;
                 });
             }
         }
