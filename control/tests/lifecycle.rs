@@ -364,10 +364,5 @@ fn with_json_logs_every_line_the_control_plane_prints_is_json() {
     assert!(out.status.success(), "{:?}", out.status);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(stderr.lines().count() >= 2, "{stderr}");
-    for line in stderr.lines() {
-        assert!(
-            serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| v.is_object()),
-            "a stderr line is not a JSON object: {line:?}"
-        );
-    }
+    keyplane_testkit::process::assert_json_lines("stderr", &stderr);
 }

@@ -265,13 +265,6 @@ fn with_json_logs_every_line_the_data_plane_prints_is_json() {
     std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(stderr.lines().count() >= 3, "{stderr}");
-    for (stream, text) in [("stdout", rest.as_str()), ("stderr", stderr.as_str())] {
-        for line in text.lines() {
-            let parsed: Result<serde_json::Value, _> = serde_json::from_str(line);
-            assert!(
-                parsed.is_ok_and(|v| v.is_object()),
-                "a {stream} line is not a JSON object: {line:?}"
-            );
-        }
-    }
+    keyplane_testkit::process::assert_json_lines("stdout", &rest);
+    keyplane_testkit::process::assert_json_lines("stderr", &stderr);
 }

@@ -507,6 +507,17 @@ pub fn send_signal(pid: u32, signal: i32) {
     }
 }
 
+/// Asserts that every line of `text` (a process's `stream`, "stdout" or "stderr") is a JSON
+/// object, as everything a binary prints with `--log-format json` must be.
+pub fn assert_json_lines(stream: &str, text: &str) {
+    for line in text.lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| v.is_object()),
+            "a {stream} line is not a JSON object: {line:?}"
+        );
+    }
+}
+
 /// Every file below `dir`, for tests that grep a data dir.
 pub fn files_below(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
