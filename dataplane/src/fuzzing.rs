@@ -14,7 +14,7 @@
 #![allow(clippy::panic)]
 
 use crate::protocol::json::Entries;
-use crate::protocol::{anthropic, openai, translate};
+use crate::protocol::{anthropic, openai_chat, translate};
 use crate::sse;
 use crate::usage::spool;
 use bytes::Bytes;
@@ -225,7 +225,7 @@ fn check_translated_request(body: &[u8], model: &str) {
     assert_eq!(value.get("model").and_then(|m| m.as_str()), Some(model));
 }
 
-/// An OpenAI Chat Completions request body: [`openai::ChatRequest::parse`] and `rewrite`, and its
+/// An OpenAI Chat Completions request body: [`openai_chat::ChatRequest::parse`] and `rewrite`, and its
 /// translation for an Anthropic upstream.
 ///
 /// - A rewrite is valid JSON that parses again, with the new `model`, the same `stream` and
@@ -234,13 +234,13 @@ fn check_translated_request(body: &[u8], model: &str) {
 ///   `include_usage` true.
 /// - A translation that succeeds is a JSON object naming the upstream model.
 pub fn openai_request(body: &[u8]) {
-    if let Ok(req) = openai::ChatRequest::parse(body) {
+    if let Ok(req) = openai_chat::ChatRequest::parse(body) {
         assert!(!req.model.is_empty());
         let before = entries(body);
         for force in [false, true] {
             let out = req.rewrite(NEW_MODEL, force);
             let after = entries(&out);
-            let again = match openai::ChatRequest::parse(&out) {
+            let again = match openai_chat::ChatRequest::parse(&out) {
                 Ok(r) => r,
                 Err(e) => panic!("a rewritten request no longer parses: {}", e.message),
             };
@@ -327,7 +327,7 @@ fn check_billable(u: &translate::Usage, what: &str) {
 }
 
 /// OpenAI usage in billing terms, as the proxy converts it (`None`: more cached than prompted).
-fn openai_billing(u: &openai::Usage) -> Option<translate::Usage> {
+fn openai_billing(u: &openai_chat::Usage) -> Option<translate::Usage> {
     translate::Usage::from_openai(u.prompt_tokens, u.completion_tokens, u.cached_tokens)
 }
 
@@ -341,7 +341,7 @@ fn anthropic_billing(u: &anthropic::Usage) -> translate::Usage {
     }
 }
 
-fn check_openai_usage(u: &openai::Usage) {
+fn check_openai_usage(u: &openai_chat::Usage) {
     if let Some(b) = openai_billing(u) {
         check_billable(&b, "openai usage");
     }
@@ -389,7 +389,7 @@ fn json_value(bytes: &[u8], what: &str) -> serde_json::Value {
 /// Statuses an upstream error may come with, each branch of the error translators.
 const ERROR_STATUSES: [u16; 9] = [400, 401, 403, 404, 413, 429, 500, 503, 529];
 
-/// A non-streamed upstream body: [`openai::completion_usage`], [`anthropic::message_usage`],
+/// A non-streamed upstream body: [`openai_chat::completion_usage`], [`anthropic::message_usage`],
 /// translate's response translators and its error translators.
 ///
 /// - Extracted token counts that the billing gate lets through can be summed without overflow.
@@ -399,11 +399,11 @@ const ERROR_STATUSES: [u16; 9] = [400, 401, 403, 404, 413, 429, 500, 503, 529];
 ///   extractor gives the counts the translator returned.
 /// - A translated error is a JSON error object of the client's dialect, whatever the body.
 pub fn upstream_body(body: &[u8]) {
-    let usage = openai::completion_usage(body);
+    let usage = openai_chat::completion_usage(body);
     if let Some(u) = &usage {
         check_openai_usage(u);
     }
-    if let Some(c) = openai::completion(body) {
+    if let Some(c) = openai_chat::completion(body) {
         assert_eq!(first_byte(body), Some(b'{'), "a completion is an object");
         if let Some(v) = strict_json(body) {
             assert!(
@@ -452,7 +452,7 @@ pub fn upstream_body(body: &[u8]) {
         assert_eq!(v.get("model").and_then(|m| m.as_str()), Some(NEW_MODEL));
         if let Some(u) = usage {
             check_billing_usage(&u);
-            let back = openai::completion_usage(&out)
+            let back = openai_chat::completion_usage(&out)
                 .map(|b| (b.prompt_tokens, b.completion_tokens, b.cached_tokens));
             assert_eq!(
                 back,
@@ -503,7 +503,7 @@ fn translated_events(out: &[u8]) -> Vec<Bytes> {
     events
 }
 
-/// An OpenAI-dialect upstream stream: [`openai::classify`] and [`openai::may_matter`] on each
+/// An OpenAI-dialect upstream stream: [`openai_chat::classify`] and [`openai_chat::may_matter`] on each
 /// event, as the relay reads them, and [`translate::OpenAiToAnthropicStream`] fed the same events
 /// as the relay feeds it (every event with data; at an error it writes the error event and stops).
 ///
@@ -522,24 +522,26 @@ pub fn openai_stream(stream: &[u8]) {
     for raw in whole_events(stream) {
         let ev = sse::parse(&raw);
         let data = ev.data.as_deref();
-        let chunk = openai::classify(ev.name, data);
+        let chunk = openai_chat::classify(ev.name, data);
         let matters = match &chunk {
-            openai::Chunk::Error { .. } | openai::Chunk::UsageOnly(_) | openai::Chunk::Done => true,
-            openai::Chunk::Content { usage } => usage.is_some(),
-            openai::Chunk::Preamble => false,
+            openai_chat::Chunk::Error { .. }
+            | openai_chat::Chunk::UsageOnly(_)
+            | openai_chat::Chunk::Done => true,
+            openai_chat::Chunk::Content { usage } => usage.is_some(),
+            openai_chat::Chunk::Preamble => false,
         };
         if let (true, Some(d)) = (matters, data)
             && !d.contains(&b'\\')
         {
             assert!(
-                openai::may_matter(ev.name, d),
+                openai_chat::may_matter(ev.name, d),
                 "may_matter skips an event that carries usage, an error or the end"
             );
         }
         match &chunk {
-            openai::Chunk::Content { usage: Some(u) }
-            | openai::Chunk::UsageOnly(u)
-            | openai::Chunk::Error { usage: Some(u), .. } => check_openai_usage(u),
+            openai_chat::Chunk::Content { usage: Some(u) }
+            | openai_chat::Chunk::UsageOnly(u)
+            | openai_chat::Chunk::Error { usage: Some(u), .. } => check_openai_usage(u),
             _ => {}
         }
         let Some(d) = data else { continue };
@@ -634,7 +636,7 @@ pub fn openai_stream(stream: &[u8]) {
 /// - Usage counts the billing gate lets through can be summed.
 /// - The translated stream is whole unnamed `data:` events of JSON chunks, ending with one
 ///   `[DONE]` or, after an upstream error, with an error chunk. Read back by
-///   [`openai::classify`], its usage chunk (present exactly when asked for) reports the usage the
+///   [`openai_chat::classify`], its usage chunk (present exactly when asked for) reports the usage the
 ///   translator held when it finished.
 pub fn anthropic_stream(input: &[u8]) {
     let Some((&control, stream)) = input.split_first() else {
@@ -659,7 +661,7 @@ pub fn anthropic_stream(input: &[u8]) {
         }
         match translator.event(ev.name, d, &mut out) {
             translate::StreamNote::Error(message) => {
-                out.extend_from_slice(&openai::stream_error_event(&message));
+                out.extend_from_slice(&openai_chat::stream_error_event(&message));
                 failed = true;
             }
             translate::StreamNote::Done => {
@@ -685,25 +687,25 @@ pub fn anthropic_stream(input: &[u8]) {
             panic!("a translated event without data");
         };
         let last = i + 1 == events.len();
-        match openai::classify(None, Some(data)) {
-            openai::Chunk::Done => {
+        match openai_chat::classify(None, Some(data)) {
+            openai_chat::Chunk::Done => {
                 assert!(
                     last && !failed,
                     "[DONE] must come last, once, and not after an error"
                 );
                 dones += 1;
             }
-            openai::Chunk::Error { .. } => {
+            openai_chat::Chunk::Error { .. } => {
                 assert!(
                     last && failed,
                     "an error chunk only for an upstream error, last"
                 );
             }
-            openai::Chunk::UsageOnly(u) => {
+            openai_chat::Chunk::UsageOnly(u) => {
                 assert!(reported.is_none(), "one usage chunk");
                 reported = Some(u);
             }
-            openai::Chunk::Content { .. } | openai::Chunk::Preamble => {
+            openai_chat::Chunk::Content { .. } | openai_chat::Chunk::Preamble => {
                 json_value(data, "a translated chunk");
             }
         }

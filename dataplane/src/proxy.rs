@@ -12,7 +12,7 @@ use crate::health::HealthSink;
 use crate::limits::{KeyFailures, KeyState, Limit, Permit, Policy, Refusal};
 use crate::metrics::Metrics;
 use crate::protocol::anthropic::{self, MessagesRequest};
-use crate::protocol::openai::{self, ChatRequest, Chunk};
+use crate::protocol::openai_chat::{self, ChatRequest, Chunk};
 use crate::protocol::translate::{self, Usage};
 use crate::sse;
 use crate::table::{Candidate, Protocol, Table};
@@ -105,7 +105,7 @@ pub fn openai_error(
     code: Option<&str>,
     param: Option<&str>,
 ) -> Response<Body> {
-    json_response(status, openai::error_body(message, kind, param, code))
+    json_response(status, openai_chat::error_body(message, kind, param, code))
 }
 
 /// Builds an Anthropic-shaped error response.
@@ -334,14 +334,14 @@ impl Inbound<'_> {
         match self {
             Inbound::OpenAi(r) => r
                 .max_tokens
-                .unwrap_or(openai::DEFAULT_OUTPUT_TOKENS_ESTIMATE),
+                .unwrap_or(openai_chat::DEFAULT_OUTPUT_TOKENS_ESTIMATE),
             Inbound::Anthropic(r) => r.max_tokens,
         }
     }
 }
 
 /// `None` for counts no upstream truthfully reports (more cached than prompted).
-fn openai_usage(u: openai::Usage) -> Option<Usage> {
+fn openai_usage(u: openai_chat::Usage) -> Option<Usage> {
     Usage::from_openai(u.prompt_tokens, u.completion_tokens, u.cached_tokens)
 }
 
@@ -1055,7 +1055,8 @@ impl Proxy {
                 (Protocol::OpenAi, Protocol::OpenAi) => {
                     // One parse of the body says whether it is a completion and gives both the
                     // counts and the provider's own charge.
-                    let completion = openai::completion(&bytes).ok_or_else(not_a_completion)?;
+                    let completion =
+                        openai_chat::completion(&bytes).ok_or_else(not_a_completion)?;
                     record.reported_cost_nano_usd =
                         completion.usage.and_then(|u| u.reported_cost_nano);
                     (bytes, completion.usage.and_then(openai_usage))
@@ -1071,7 +1072,7 @@ impl Proxy {
                 }
                 (Protocol::Anthropic, Protocol::OpenAi) => {
                     record.reported_cost_nano_usd =
-                        openai::completion_usage(&bytes).and_then(|u| u.reported_cost_nano);
+                        openai_chat::completion_usage(&bytes).and_then(|u| u.reported_cost_nano);
                     let (b, u) = translate::openai_to_anthropic_response(&bytes, inbound.model())
                         .map_err(|e| Attempt::Failed(Failure::Stream(e.message)))?;
                     (Bytes::from(b), u)
@@ -1406,7 +1407,7 @@ enum Adapter {
     OpenAi {
         /// Drop the `choices: []` usage chunk the client did not ask for.
         suppress_usage_chunk: bool,
-        usage: Option<openai::Usage>,
+        usage: Option<openai_chat::Usage>,
     },
     Anthropic(anthropic::Usage),
     OpenAiToAnthropic(Box<translate::OpenAiToAnthropicStream>),
@@ -1425,7 +1426,7 @@ impl Adapter {
                 suppress_usage_chunk,
                 usage,
             } => {
-                if committed && !data.is_some_and(|d| openai::may_matter(ev.name, d)) {
+                if committed && !data.is_some_and(|d| openai_chat::may_matter(ev.name, d)) {
                     let note = if data.is_some() {
                         Note::Content
                     } else {
@@ -1434,7 +1435,7 @@ impl Adapter {
                     out.push(raw);
                     return note;
                 }
-                match openai::classify(ev.name, data) {
+                match openai_chat::classify(ev.name, data) {
                     Chunk::Preamble => {
                         out.push(raw);
                         Note::Nothing
@@ -1506,7 +1507,7 @@ impl Adapter {
                 };
                 let mut buf = Vec::new();
                 let note = t.event(ev.name, data, &mut buf);
-                translated(note, buf, committed, out, openai::stream_error_event)
+                translated(note, buf, committed, out, openai_chat::stream_error_event)
             }
         }
     }
@@ -1535,7 +1536,7 @@ impl Adapter {
     fn error_event(&self, message: &str) -> Bytes {
         match self {
             Adapter::OpenAi { .. } | Adapter::AnthropicToOpenAi(_) => {
-                openai::stream_error_event(message)
+                openai_chat::stream_error_event(message)
             }
             Adapter::Anthropic(_) => anthropic::stream_error_event(message),
             Adapter::OpenAiToAnthropic(_) => {

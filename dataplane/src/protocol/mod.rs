@@ -1,7 +1,12 @@
-//! Client-facing protocol shapes: parsing what clients send as far as routing needs, and the
-//! error objects of each protocol. Pure functions, no IO.
+//! The wire dialects the data plane speaks, to clients and to upstreams, around one internal
+//! shape (`shape`). Each dialect module reads and writes its own requests, responses, stream
+//! events, usage and errors; `bridge` says whether a pair of dialects passes bytes through or
+//! translates through the shape. Pure functions and small state machines: no IO, no logging.
 
 pub mod anthropic;
 pub mod json;
-pub mod openai;
+pub mod openai_chat;
+pub mod shape;
 pub mod translate;
+pub mod usage;
+pub mod wire;

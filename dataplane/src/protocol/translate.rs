@@ -71,7 +71,7 @@
 //!   classic chat models (gpt-4o, gpt-4.1, gpt-3.5) get no `reasoning_effort`. Other limits (a
 //!   model's `max_tokens` ceiling, tool-call id formats some upstreams insist on) are not adapted.
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -80,217 +80,13 @@ use std::collections::BTreeMap;
 /// default; Anthropic requires the field).
 pub const DEFAULT_ANTHROPIC_MAX_TOKENS: u64 = 4096;
 
-/// Token counts in Keyplane's billing terms: `input_tokens` excludes cached input.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Usage {
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    pub cache_read_tokens: u64,
-    pub cache_write_tokens: u64,
-}
-
-/// Most tokens one bucket (input, output, cache read, cache write) of one request may hold. No
-/// model's context or output comes near it; a count beyond it is an upstream's lie or bug.
-pub const MAX_TOKENS_PER_BUCKET: u64 = 10_000_000;
-
-/// Most prompt tokens (input and cache together) per byte of the client's request. A token is
-/// about 4 bytes of text; an image by URL costs up to a few thousand tokens for ~100 bytes, which
-/// the floor below and this ratio both cover.
-pub const MAX_PROMPT_TOKENS_PER_REQUEST_BYTE: u64 = 100;
-
-/// Prompt tokens always believable, however short the request.
-pub const MIN_PROMPT_TOKENS_BOUND: u64 = 16_384;
-
-impl Usage {
-    /// An OpenAI-shaped count (`prompt_tokens` including `cached_tokens`) in billing terms;
-    /// `None` when more is cached than was prompted, which no upstream truthfully reports.
-    pub fn from_openai(prompt: u64, completion: u64, cached: u64) -> Option<Usage> {
-        Some(Usage {
-            input_tokens: prompt.checked_sub(cached)?,
-            output_tokens: completion,
-            cache_read_tokens: cached,
-            cache_write_tokens: 0,
-        })
-    }
-
-    /// Whether an upstream's counts are believable for a request of `request_bytes` bytes:
-    /// every bucket within [`MAX_TOKENS_PER_BUCKET`], and the prompt within
-    /// [`MAX_PROMPT_TOKENS_PER_REQUEST_BYTE`] per byte (at least [`MIN_PROMPT_TOKENS_BOUND`]).
-    /// Counts that are not are never billed: the request is billed at the estimate instead,
-    /// flagged as estimated. Every usage a record bills passes here (`proxy::Record::finish`).
-    pub fn is_plausible(&self, request_bytes: u64) -> bool {
-        let buckets = [
-            self.input_tokens,
-            self.output_tokens,
-            self.cache_read_tokens,
-            self.cache_write_tokens,
-        ];
-        if buckets.iter().any(|b| *b > MAX_TOKENS_PER_BUCKET) {
-            return false;
-        }
-        // Each bucket is at most 10^7 here: the sum cannot overflow.
-        let prompt = self.input_tokens + self.cache_read_tokens + self.cache_write_tokens;
-        let bound = request_bytes
-            .saturating_mul(MAX_PROMPT_TOKENS_PER_REQUEST_BYTE)
-            .max(MIN_PROMPT_TOKENS_BOUND);
-        prompt <= bound
-    }
-}
-
-/// Why a request cannot be translated. The message is for the client (a 400).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TranslateError {
-    pub message: String,
-}
-
-impl TranslateError {
-    fn new(message: impl Into<String>) -> Self {
-        TranslateError {
-            message: message.into(),
-        }
-    }
-}
-
-impl std::fmt::Display for TranslateError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for TranslateError {}
+pub use super::shape::{StreamNote, TranslateError};
+pub use super::usage::{
+    MAX_PROMPT_TOKENS_PER_REQUEST_BYTE, MAX_TOKENS_PER_BUCKET, MIN_PROMPT_TOKENS_BOUND, Usage,
+};
+use super::wire::*;
 
 // ---------------------------------------------------------------------------------------------
-// Shared helpers
-// ---------------------------------------------------------------------------------------------
-
-/// Reads a token count leniently: any non-negative number (a float is truncated) or null.
-fn count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    let n: Option<serde_json::Number> = Option::deserialize(d)?;
-    Ok(n.and_then(|n| {
-        n.as_u64().or_else(|| {
-            n.as_f64()
-                .filter(|f| f.is_finite() && *f >= 0.0)
-                .map(|f| f as u64)
-        })
-    }))
-}
-
-/// The value, unless it is JSON `null`.
-fn present(raw: &RawValue) -> Option<&RawValue> {
-    (raw.get().trim() != "null").then_some(raw)
-}
-
-/// A JSON object's top-level entries, values kept raw.
-fn top_level(body: &[u8]) -> Result<BTreeMap<String, &RawValue>, TranslateError> {
-    serde_json::from_slice(body).map_err(|e| {
-        TranslateError::new(format!(
-            "We could not parse the JSON body of your request: {e}"
-        ))
-    })
-}
-
-/// Parses an optional field (`null` → `None`), naming it in the error.
-fn opt_field<'a, T: Deserialize<'a>>(
-    raw: &'a RawValue,
-    name: &str,
-) -> Result<Option<T>, TranslateError> {
-    serde_json::from_str::<Option<T>>(raw.get())
-        .map_err(|e| TranslateError::new(format!("Invalid '{name}': {e}")))
-}
-
-/// Records a dropped field name once.
-fn note(dropped: &mut Vec<String>, name: &str) {
-    if !dropped.iter().any(|d| d == name) {
-        dropped.push(name.to_string());
-    }
-}
-
-/// Removes insignificant whitespace from valid JSON, keeping every other byte (key order,
-/// number spelling, escapes) as it was.
-fn compact_json(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    let mut in_string = false;
-    let mut escaped = false;
-    for c in raw.chars() {
-        if in_string {
-            out.push(c);
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_string = false;
-            }
-        } else if c == '"' {
-            in_string = true;
-            out.push(c);
-        } else if !matches!(c, ' ' | '\n' | '\r' | '\t') {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// An OpenAI `arguments` string as an Anthropic `input` object: `""` is `{}`, anything that is
-/// not a JSON object is an error (`what` names the source in the message).
-fn tool_input(arguments: Option<&str>, what: &str) -> Result<Box<RawValue>, TranslateError> {
-    let s = arguments.unwrap_or("").trim();
-    let s = if s.is_empty() { "{}" } else { s };
-    let raw: Box<RawValue> = serde_json::from_str(s)
-        .map_err(|e| TranslateError::new(format!("{what}: arguments are not valid JSON: {e}")))?;
-    if !raw.get().trim_start().starts_with('{') {
-        return Err(TranslateError::new(format!(
-            "{what}: arguments must be a JSON object"
-        )));
-    }
-    Ok(raw)
-}
-
-/// Appends `value` as JSON; on the (impossible for these types) serialization error, appends
-/// nothing rather than half a value.
-fn put_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
-    let len = out.len();
-    if serde_json::to_writer(&mut *out, value).is_err() {
-        out.truncate(len);
-    }
-}
-
-/// `event: <name>\ndata: <json>\n\n`.
-fn put_event<T: Serialize>(out: &mut Vec<u8>, name: &str, data: &T) {
-    out.extend_from_slice(b"event: ");
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"\ndata: ");
-    put_json(out, data);
-    out.extend_from_slice(b"\n\n");
-}
-
-/// `data: <json>\n\n`.
-fn put_data<T: Serialize>(out: &mut Vec<u8>, data: &T) {
-    out.extend_from_slice(b"data: ");
-    put_json(out, data);
-    out.extend_from_slice(b"\n\n");
-}
-
-fn to_body<T: Serialize>(value: &T) -> Result<Vec<u8>, TranslateError> {
-    serde_json::to_vec(value)
-        .map_err(|e| TranslateError::new(format!("could not encode the translated body: {e}")))
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-fn non_empty<'s>(s: &'s Option<Cow<'_, str>>) -> Option<&'s str> {
-    s.as_deref().filter(|s| !s.is_empty())
-}
-
-/// `{}`.
-#[derive(Serialize)]
-struct EmptyObject {}
-
 // ---------------------------------------------------------------------------------------------
 // Usage
 // ---------------------------------------------------------------------------------------------
@@ -2000,20 +1796,6 @@ fn openai_error_body(message: &str, kind: &str, code: Option<&str>) -> Vec<u8> {
 // Streams
 // ---------------------------------------------------------------------------------------------
 
-/// What one upstream stream event meant, for failover decisions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StreamNote {
-    /// Nothing a client would show (preamble: role chunk, message_start, empty block start, ping,
-    /// comments).
-    Nothing,
-    /// Text, reasoning/thinking, a tool call, or a finish reason: the stream is committed.
-    Content,
-    /// The upstream reported an error inside the stream, with its message.
-    Error(String),
-    /// The upstream's end marker ([DONE] / message_stop).
-    Done,
-}
-
 /// The message of an error object (`{"message": ...}`), or its raw JSON.
 fn error_message(raw: &RawValue) -> String {
     serde_json::from_str::<ErrorObjectIn>(raw.get())
@@ -2248,7 +2030,7 @@ impl OpenAiToAnthropicStream {
             if let Some(usage) = openai_usage(raw) {
                 self.usage = Some(usage);
             }
-            if let Some(cost) = super::openai::usage_reported_cost_nano(raw.get()) {
+            if let Some(cost) = super::openai_chat::usage_reported_cost_nano(raw.get()) {
                 self.reported_cost_nano = Some(cost);
             }
         }
