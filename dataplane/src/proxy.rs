@@ -122,7 +122,7 @@ pub fn client_error(
     code: Option<&str>,
 ) -> Response<Body> {
     match protocol {
-        Protocol::OpenAi => {
+        Protocol::OpenAiChat => {
             let kind = match status.as_u16() {
                 429 => "rate_limit_error",
                 s if s >= 500 => "server_error",
@@ -311,7 +311,7 @@ pub enum Inbound<'a> {
 impl Inbound<'_> {
     fn protocol(&self) -> Protocol {
         match self {
-            Inbound::OpenAi(_) => Protocol::OpenAi,
+            Inbound::OpenAi(_) => Protocol::OpenAiChat,
             Inbound::Anthropic(_) => Protocol::Anthropic,
         }
     }
@@ -848,14 +848,14 @@ impl Proxy {
     ) -> Result<Bytes, Failure> {
         let model = &cand.upstream_model;
         let translated = match (inbound, cand.provider.protocol) {
-            (Inbound::OpenAi(req), Protocol::OpenAi) => {
+            (Inbound::OpenAi(req), Protocol::OpenAiChat) => {
                 return Ok(req.rewrite(model, req.stream && !req.include_usage));
             }
             (Inbound::Anthropic(req), Protocol::Anthropic) => return Ok(req.rewrite(model)),
             (Inbound::OpenAi(_), Protocol::Anthropic) => {
                 translate::openai_to_anthropic_request(body, model)
             }
-            (Inbound::Anthropic(_), Protocol::OpenAi) => {
+            (Inbound::Anthropic(_), Protocol::OpenAiChat) => {
                 translate::anthropic_to_openai_request(body, model)
             }
         };
@@ -961,11 +961,11 @@ impl Proxy {
             };
             // The client's fault: the upstream's own error, in the client's shape.
             let (status, bytes) = match (client_protocol, upstream) {
-                (Protocol::OpenAi, Protocol::Anthropic) => {
+                (Protocol::OpenAiChat, Protocol::Anthropic) => {
                     let (s, b) = translate::anthropic_error_to_openai(status.as_u16(), &bytes);
                     (StatusCode::from_u16(s).unwrap_or(status), Bytes::from(b))
                 }
-                (Protocol::Anthropic, Protocol::OpenAi) => {
+                (Protocol::Anthropic, Protocol::OpenAiChat) => {
                     let (s, b) = translate::openai_error_to_anthropic(status.as_u16(), &bytes);
                     (StatusCode::from_u16(s).unwrap_or(status), Bytes::from(b))
                 }
@@ -1002,7 +1002,7 @@ impl Proxy {
         };
         if inbound.stream() {
             let adapter = match (inbound, upstream) {
-                (Inbound::OpenAi(req), Protocol::OpenAi) => Adapter::OpenAi {
+                (Inbound::OpenAi(req), Protocol::OpenAiChat) => Adapter::OpenAi {
                     suppress_usage_chunk: !req.include_usage,
                     usage: None,
                 },
@@ -1015,7 +1015,7 @@ impl Proxy {
                         req.include_usage,
                     )))
                 }
-                (Inbound::Anthropic(req), Protocol::OpenAi) => {
+                (Inbound::Anthropic(req), Protocol::OpenAiChat) => {
                     Adapter::OpenAiToAnthropic(Box::new(translate::OpenAiToAnthropicStream::new(
                         &req.model,
                         &format!("msg_{}", ctx.request_id.replace('-', "")),
@@ -1052,7 +1052,7 @@ impl Proxy {
                 .map_err(Attempt::Failed)?;
             record.ttfb_ms = ms_since(ctx.started);
             let (bytes, usage) = match (client_protocol, upstream) {
-                (Protocol::OpenAi, Protocol::OpenAi) => {
+                (Protocol::OpenAiChat, Protocol::OpenAiChat) => {
                     // One parse of the body says whether it is a completion and gives both the
                     // counts and the provider's own charge.
                     let completion =
@@ -1065,12 +1065,12 @@ impl Proxy {
                     let message = anthropic::message(&bytes).ok_or_else(not_a_completion)?;
                     (bytes, message.usage.map(anthropic_usage))
                 }
-                (Protocol::OpenAi, Protocol::Anthropic) => {
+                (Protocol::OpenAiChat, Protocol::Anthropic) => {
                     let (b, u) = translate::anthropic_to_openai_response(&bytes, inbound.model())
                         .map_err(|e| Attempt::Failed(Failure::Stream(e.message)))?;
                     (Bytes::from(b), u)
                 }
-                (Protocol::Anthropic, Protocol::OpenAi) => {
+                (Protocol::Anthropic, Protocol::OpenAiChat) => {
                     record.reported_cost_nano_usd =
                         openai_chat::completion_usage(&bytes).and_then(|u| u.reported_cost_nano);
                     let (b, u) = translate::openai_to_anthropic_response(&bytes, inbound.model())

@@ -400,7 +400,7 @@ async fn route(gw: &Arc<Gateway>, req: Request<Incoming>, request_id: &str) -> R
         (&Method::GET, "/metrics") => metrics(gw),
         (&Method::GET, "/v1/models") => models(gw, &req),
         (&Method::POST, "/v1/chat/completions") => {
-            proxied(gw, req, request_id, Protocol::OpenAi).await
+            proxied(gw, req, request_id, Protocol::OpenAiChat).await
         }
         (&Method::POST, "/v1/messages") => proxied(gw, req, request_id, Protocol::Anthropic).await,
         (&Method::POST, "/v1/messages/count_tokens") => count_tokens(gw, req).await,
@@ -514,7 +514,7 @@ fn authenticate(
 }
 
 fn models(gw: &Gateway, req: &Request<Incoming>) -> Response<Body> {
-    let table = match authenticate(gw, req, Protocol::OpenAi) {
+    let table = match authenticate(gw, req, Protocol::OpenAiChat) {
         Ok((table, _)) => table,
         Err(resp) => return resp,
     };
@@ -642,7 +642,7 @@ async fn proxied(
         query,
     };
     let resp = match protocol {
-        Protocol::OpenAi => {
+        Protocol::OpenAiChat => {
             gw.proxy
                 .chat_completions(&table, &parts.headers, &body, ctx)
                 .await

@@ -11,12 +11,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::limits::{KeyFailures, KeyState, LimitsRegistry, Policy};
 
-/// The wire protocol of an upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    OpenAi,
-    Anthropic,
-}
+/// The wire protocol of an upstream: one of the dialects the data plane speaks.
+pub use crate::protocol::Dialect as Protocol;
 
 #[derive(Debug)]
 pub struct Provider {
@@ -232,11 +228,11 @@ impl Table {
             let protocol = if p.protocol == pb::Protocol::Anthropic as i32 {
                 Protocol::Anthropic
             } else {
-                Protocol::OpenAi
+                Protocol::OpenAiChat
             };
             let base = p.base_url.trim_end_matches('/');
             let url = match protocol {
-                Protocol::OpenAi => format!("{base}/chat/completions"),
+                Protocol::OpenAiChat => format!("{base}/chat/completions"),
                 Protocol::Anthropic => format!("{base}/v1/messages"),
             };
             let chat_url = url.parse::<http::Uri>().map_err(|_| TableError::BadUrl {
@@ -269,7 +265,9 @@ impl Table {
                 continue;
             };
             let (name, value) = match provider.protocol {
-                Protocol::OpenAi => (http::header::AUTHORIZATION, format!("Bearer {}", c.secret)),
+                Protocol::OpenAiChat => {
+                    (http::header::AUTHORIZATION, format!("Bearer {}", c.secret))
+                }
                 Protocol::Anthropic => {
                     (http::HeaderName::from_static("x-api-key"), c.secret.clone())
                 }

@@ -10,3 +10,12 @@ pub mod shape;
 pub mod translate;
 pub mod usage;
 pub mod wire;
+
+/// A wire dialect: what a client speaks to the data plane, or an upstream speaks to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dialect {
+    /// OpenAI Chat Completions (`/v1/chat/completions`).
+    OpenAiChat,
+    /// Anthropic Messages (`/v1/messages`).
+    Anthropic,
+}
