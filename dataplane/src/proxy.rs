@@ -131,17 +131,7 @@ pub fn client_error(
             openai_error(status, message, kind, code, None)
         }
         Protocol::Anthropic => {
-            let kind = match status.as_u16() {
-                401 => "authentication_error",
-                403 => "permission_error",
-                404 => "not_found_error",
-                413 => "request_too_large",
-                429 => "rate_limit_error",
-                503 | 529 => "overloaded_error",
-                s if s >= 500 => "api_error",
-                _ => "invalid_request_error",
-            };
-            anthropic_error(status, kind, message)
+            anthropic_error(status, anthropic::error_type(status.as_u16()), message)
         }
     }
 }

@@ -1684,23 +1684,6 @@ fn generic_error_message(status: u16) -> String {
     format!("The upstream provider returned an error (HTTP {status}).")
 }
 
-/// The Anthropic error type for an HTTP status.
-fn anthropic_error_type(status: u16) -> &'static str {
-    match status {
-        401 => "authentication_error",
-        402 => "billing_error",
-        403 => "permission_error",
-        404 => "not_found_error",
-        413 => "request_too_large",
-        429 => "rate_limit_error",
-        503 | 529 => "overloaded_error",
-        504 => "timeout_error",
-        500..=599 => "api_error",
-        400..=499 => "invalid_request_error",
-        _ => "api_error",
-    }
-}
-
 /// `{"type":"error","error":{"type":kind,"message":message}}`.
 pub fn anthropic_error_body(kind: &str, message: &str) -> Vec<u8> {
     #[derive(Serialize)]
@@ -1733,7 +1716,7 @@ pub fn openai_error_to_anthropic(status: u16, body: &[u8]) -> (u16, Vec<u8>) {
         .unwrap_or_else(|| generic_error_message(status));
     (
         status,
-        anthropic_error_body(anthropic_error_type(status), &message),
+        anthropic_error_body(super::anthropic::error_type(status), &message),
     )
 }
 

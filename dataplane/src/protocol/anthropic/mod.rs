@@ -86,6 +86,24 @@ impl<'a> MessagesRequest<'a> {
     }
 }
 
+/// The Anthropic error type for an HTTP status: the one table for errors the gateway makes and
+/// for upstream errors translated for an Anthropic client, so a status always reads the same.
+pub fn error_type(status: u16) -> &'static str {
+    match status {
+        401 => "authentication_error",
+        402 => "billing_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        504 => "timeout_error",
+        500..=599 => "api_error",
+        400..=499 => "invalid_request_error",
+        _ => "api_error",
+    }
+}
+
 /// `{"type":"error","error":{"type":…,"message":…}}`.
 pub fn error_body(kind: &str, message: &str) -> Bytes {
     let body = serde_json::json!({
