@@ -83,7 +83,9 @@ pub struct Request<'a> {
     pub top_p: Option<&'a RawValue>,
     /// Stop sequences, as the client wrote them (encoders filter what their dialect refuses).
     pub stop: Vec<String>,
-    pub stream: bool,
+    /// `None`: the client did not say (not streamed). Kept apart from `Some(false)` so that an
+    /// encoder writes the field back only when the client wrote it.
+    pub stream: Option<bool>,
     /// The client wants usage at the end of a stream (OpenAI chat's
     /// `stream_options.include_usage`; always true for dialects that always send it).
     pub include_usage: bool,
@@ -109,6 +111,11 @@ pub struct Encoded {
 pub enum Role {
     User,
     Assistant,
+    /// Instructions the client placed inside the conversation rather than before it (a `system`
+    /// entry in an Anthropic client's `messages`, as Claude Code sends), text blocks only. A
+    /// dialect with a system turn keeps it in place; one without hoists its text into the
+    /// system prompt.
+    System,
 }
 
 #[derive(Debug)]
@@ -134,7 +141,8 @@ pub enum Block<'a> {
         call_id: String,
         /// Text and images only.
         content: Vec<Block<'a>>,
-        is_error: bool,
+        /// `None`: the client did not say (not an error).
+        is_error: Option<bool>,
     },
     /// Reasoning the model showed. `signature` is the upstream's proof of it (Anthropic's
     /// `signature`, or what a Responses `reasoning` item's `encrypted_content` carried back);
