@@ -1648,38 +1648,6 @@ pub fn anthropic_to_openai_response(
 // Errors
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Deserialize)]
-struct ErrorEnvelopeIn<'a> {
-    #[serde(default, borrow)]
-    error: Option<&'a RawValue>,
-    #[serde(default)]
-    message: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct ErrorObjectIn {
-    #[serde(default)]
-    message: Option<String>,
-    #[serde(rename = "type", default)]
-    kind: Option<String>,
-}
-
-/// The message and type of an error body in either protocol (or a bare `{"error": "text"}`).
-fn read_error(body: &[u8]) -> (Option<String>, Option<String>) {
-    let Ok(env) = serde_json::from_slice::<ErrorEnvelopeIn<'_>>(body) else {
-        return (None, None);
-    };
-    if let Some(raw) = env.error.and_then(present) {
-        if let Ok(obj) = serde_json::from_str::<ErrorObjectIn>(raw.get()) {
-            return (obj.message.filter(|m| !m.is_empty()), obj.kind);
-        }
-        if let Ok(text) = serde_json::from_str::<String>(raw.get()) {
-            return (Some(text).filter(|m| !m.is_empty()), None);
-        }
-    }
-    (env.message.filter(|m| !m.is_empty()), None)
-}
-
 fn generic_error_message(status: u16) -> String {
     format!("The upstream provider returned an error (HTTP {status}).")
 }
@@ -1711,9 +1679,7 @@ pub fn anthropic_error_body(kind: &str, message: &str) -> Vec<u8> {
 
 /// An OpenAI upstream's error (status and body) as an Anthropic error for the client.
 pub fn openai_error_to_anthropic(status: u16, body: &[u8]) -> (u16, Vec<u8>) {
-    let message = read_error(body)
-        .0
-        .unwrap_or_else(|| generic_error_message(status));
+    let message = error_body_message(body).unwrap_or_else(|| generic_error_message(status));
     (
         status,
         anthropic_error_body(super::anthropic::error_type(status), &message),
@@ -1723,9 +1689,7 @@ pub fn openai_error_to_anthropic(status: u16, body: &[u8]) -> (u16, Vec<u8>) {
 /// An Anthropic upstream's error (status and body) as an OpenAI error for the client. Anthropic's
 /// 529 becomes 503, which OpenAI clients know.
 pub fn anthropic_error_to_openai(status: u16, body: &[u8]) -> (u16, Vec<u8>) {
-    let message = read_error(body)
-        .0
-        .unwrap_or_else(|| generic_error_message(status));
+    let message = error_body_message(body).unwrap_or_else(|| generic_error_message(status));
     let (status, kind, code) = match status {
         529 => (503, "server_error", None),
         429 => (429, "rate_limit_error", Some("rate_limit_exceeded")),
@@ -1778,15 +1742,6 @@ fn openai_error_body(message: &str, kind: &str, code: Option<&str>) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------
 // Streams
 // ---------------------------------------------------------------------------------------------
-
-/// The message of an error object (`{"message": ...}`), or its raw JSON.
-fn error_message(raw: &RawValue) -> String {
-    serde_json::from_str::<ErrorObjectIn>(raw.get())
-        .ok()
-        .and_then(|e| e.message)
-        .or_else(|| serde_json::from_str::<String>(raw.get()).ok())
-        .unwrap_or_else(|| raw.get().to_string())
-}
 
 // --- OpenAI chunks (in) ---
 
@@ -2018,7 +1973,7 @@ impl OpenAiToAnthropicStream {
             }
         }
         if let Some(error) = chunk.error.and_then(present) {
-            return StreamNote::Error(error_message(error));
+            return StreamNote::Error(error_object_message(error));
         }
         if self.finished {
             return StreamNote::Nothing;
@@ -2428,7 +2383,7 @@ impl AnthropicToOpenAiStream {
             return StreamNote::Error(
                 ev.error
                     .and_then(present)
-                    .map(error_message)
+                    .map(error_object_message)
                     .unwrap_or_else(|| "upstream error".to_string()),
             );
         }

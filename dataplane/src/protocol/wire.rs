@@ -134,3 +134,47 @@ pub fn non_empty<'s>(s: &'s Option<Cow<'_, str>>) -> Option<&'s str> {
 /// `{}`.
 #[derive(Serialize)]
 pub struct EmptyObject {}
+
+#[derive(Deserialize)]
+struct ErrorEnvelopeIn<'a> {
+    #[serde(default, borrow)]
+    error: Option<&'a RawValue>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ErrorObjectIn {
+    #[serde(default)]
+    message: Option<String>,
+    /// Not used, but read: an object whose `type` is not a string is no error object, and its
+    /// message is then looked for elsewhere, as it always was.
+    #[serde(rename = "type", default)]
+    _kind: Option<String>,
+}
+
+/// The message of an error body in any dialect: `{"error": {"message": …}}` (OpenAI and
+/// Anthropic), a bare `{"error": "text"}`, or a top-level `{"message": …}`. `None` when it has
+/// no non-empty one.
+pub fn error_body_message(body: &[u8]) -> Option<String> {
+    let env = serde_json::from_slice::<ErrorEnvelopeIn<'_>>(body).ok()?;
+    if let Some(raw) = env.error.and_then(present) {
+        if let Ok(obj) = serde_json::from_str::<ErrorObjectIn>(raw.get()) {
+            return obj.message.filter(|m| !m.is_empty());
+        }
+        if let Ok(text) = serde_json::from_str::<String>(raw.get()) {
+            return Some(text).filter(|m| !m.is_empty());
+        }
+    }
+    env.message.filter(|m| !m.is_empty())
+}
+
+/// The message of an error object inside a stream (`{"message": …}`), a string's text, or else
+/// the raw JSON, so a stream's error always says something.
+pub fn error_object_message(raw: &RawValue) -> String {
+    serde_json::from_str::<ErrorObjectIn>(raw.get())
+        .ok()
+        .and_then(|e| e.message)
+        .or_else(|| serde_json::from_str::<String>(raw.get()).ok())
+        .unwrap_or_else(|| raw.get().to_string())
+}

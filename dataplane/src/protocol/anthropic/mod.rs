@@ -3,6 +3,7 @@
 //! usage, error objects.
 
 use super::json::{Entries, write_object};
+use super::wire;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -130,22 +131,25 @@ pub struct Usage {
     pub cache_read_input_tokens: u64,
 }
 
-#[derive(Deserialize, Default)]
-struct RawUsage {
-    #[serde(default)]
+/// An Anthropic `usage` object as read, by pass-through and translation alike. Every count is
+/// lenient ([`wire::count`]: a float is truncated, a negative or null count is absent) so that one
+/// odd count costs that count, not the whole event or body it came in.
+#[derive(Deserialize, Default, Clone, Copy)]
+pub(crate) struct UsageIn {
+    #[serde(default, deserialize_with = "wire::count")]
     input_tokens: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "wire::count")]
     output_tokens: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "wire::count")]
     cache_creation_input_tokens: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "wire::count")]
     cache_read_input_tokens: Option<u64>,
 }
 
 impl Usage {
     /// Folds in a usage object: later values replace earlier ones (Anthropic's counts are
     /// cumulative; `message_delta` repeats the input counts in recent responses).
-    fn merge(&mut self, raw: &RawUsage) {
+    pub(crate) fn merge(&mut self, raw: &UsageIn) {
         if let Some(v) = raw.input_tokens {
             self.input_tokens = v;
         }
@@ -159,12 +163,22 @@ impl Usage {
             self.cache_read_input_tokens = v;
         }
     }
+
+    /// The counts in billing terms (Anthropic's `input_tokens` already excludes cached input).
+    pub fn billing(&self) -> super::usage::Usage {
+        super::usage::Usage {
+            input_tokens: self.input_tokens,
+            output_tokens: self.output_tokens,
+            cache_read_tokens: self.cache_read_input_tokens,
+            cache_write_tokens: self.cache_creation_input_tokens,
+        }
+    }
 }
 
 #[derive(Deserialize)]
 struct MessageBody {
     #[serde(default)]
-    usage: Option<RawUsage>,
+    usage: Option<UsageIn>,
 }
 
 /// The usage of a non-streamed message body.
@@ -207,7 +221,7 @@ pub fn message(body: &[u8]) -> Option<Message> {
     }
     let usage = shape
         .usage
-        .and_then(super::json::object::<RawUsage>)
+        .and_then(super::json::object::<UsageIn>)
         .map(|raw| {
             let mut usage = Usage::default();
             usage.merge(&raw);
@@ -234,7 +248,7 @@ struct RawEvent<'a> {
     #[serde(default)]
     message: Option<MessageBody>,
     #[serde(default)]
-    usage: Option<RawUsage>,
+    usage: Option<UsageIn>,
     #[serde(default)]
     content_block: Option<Block>,
     #[serde(default)]
@@ -377,6 +391,36 @@ mod tests {
         // A usage given as an array is no usage (serde would read the struct from it).
         let m = message(br#"{"type":"message","content":[],"usage":[12,3]}"#).unwrap();
         assert!(m.usage.is_none());
+    }
+
+    #[test]
+    fn usage_counts_are_read_leniently() {
+        // A float is truncated, a negative or null count is absent: the other counts still count.
+        let body = br#"{"type":"message","content":[],"usage":{"input_tokens":12.0,"output_tokens":-1,"cache_read_input_tokens":null,"cache_creation_input_tokens":7}}"#;
+        let expected = Usage {
+            input_tokens: 12,
+            output_tokens: 0,
+            cache_creation_input_tokens: 7,
+            cache_read_input_tokens: 0,
+        };
+        assert_eq!(message(body).unwrap().usage, Some(expected));
+        assert_eq!(message_usage(body), Some(expected));
+        let mut usage = Usage::default();
+        let event = br#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":5.9}}"#;
+        assert_eq!(
+            classify(Some(b"message_delta"), Some(event), &mut usage),
+            Event::Content
+        );
+        assert_eq!(usage.output_tokens, 5);
+        assert_eq!(
+            expected.billing(),
+            crate::protocol::usage::Usage {
+                input_tokens: 12,
+                output_tokens: 0,
+                cache_read_tokens: 0,
+                cache_write_tokens: 7,
+            }
+        );
     }
 
     #[test]
