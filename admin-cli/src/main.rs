@@ -138,10 +138,13 @@ enum ProviderCmd {
     /// Add a provider. Works whether or not the provider is reachable.
     Add {
         name: String,
-        /// openai or anthropic (default: the preset's).
+        /// The upstream's protocol: openai (Chat Completions), anthropic (Messages) or
+        /// openai-responses (the Responses API) (default: the preset's). The control plane
+        /// checks it, so a newer control plane's protocols work from an older keyplanectl.
         #[arg(long)]
         protocol: Option<String>,
-        /// OpenAI-style URLs end in /v1; Anthropic's do not (default: the preset's).
+        /// OpenAI-style URLs (openai, openai-responses) end in /v1; Anthropic's do not (default:
+        /// the preset's).
         #[arg(long)]
         base_url: Option<String>,
         /// A known provider: openrouter, zenmux, deepinfra, deepseek, openai, anthropic, groq,

@@ -28,6 +28,22 @@ fn help_lists_every_command() {
 }
 
 #[test]
+fn provider_add_help_lists_every_upstream_protocol() {
+    let (code, stdout, _) = ctl(&["provider", "add", "--help"]);
+    assert_eq!(code, 0);
+    // clap wraps help text, so look for each protocol as a word of the unwrapped text.
+    let words: Vec<&str> = stdout
+        .split(|c: char| c.is_whitespace() || c == ',' || c == '(' || c == ')')
+        .collect();
+    for protocol in ["openai", "anthropic", "openai-responses"] {
+        assert!(
+            words.contains(&protocol),
+            "{protocol} missing from provider add --help:\n{stdout}"
+        );
+    }
+}
+
+#[test]
 fn usage_errors_exit_2() {
     for args in [
         &[][..],

@@ -6,29 +6,57 @@ use crate::money;
 use crate::store::{self, CREDENTIALS, OFFERINGS, PROVIDERS, Store, composite, now_ms};
 use serde::{Deserialize, Serialize};
 
-/// The wire protocol an upstream speaks.
+/// The wire protocol an upstream speaks. Stored by its name (`as_str`), so records written
+/// before a protocol was added still load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
 pub enum Protocol {
+    /// OpenAI Chat Completions: `{base}/chat/completions`, Bearer auth.
+    #[serde(rename = "openai")]
     Openai,
+    /// Anthropic Messages: `{base}/v1/messages`, `x-api-key` auth.
+    #[serde(rename = "anthropic")]
     Anthropic,
+    /// OpenAI's Responses API: `{base}/responses` (the base URL ends in `/v1`), Bearer auth.
+    #[serde(rename = "openai-responses")]
+    OpenaiResponses,
 }
 
 impl Protocol {
+    /// Every protocol, in the order help and error texts list them.
+    pub const ALL: [Protocol; 3] = [
+        Protocol::Openai,
+        Protocol::Anthropic,
+        Protocol::OpenaiResponses,
+    ];
+
     pub fn parse(text: &str) -> Result<Protocol> {
-        match text.trim() {
-            "openai" => Ok(Protocol::Openai),
-            "anthropic" => Ok(Protocol::Anthropic),
-            other => Err(invalid(format!(
-                "protocol {other:?} is not supported: use openai or anthropic"
-            ))),
-        }
+        let text = text.trim();
+        Protocol::ALL
+            .into_iter()
+            .find(|p| p.as_str() == text)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Protocol::ALL.iter().map(|p| p.as_str()).collect();
+                invalid(format!(
+                    "protocol {text:?} is not supported: use one of {}",
+                    names.join(", ")
+                ))
+            })
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Openai => "openai",
             Protocol::Anthropic => "anthropic",
+            Protocol::OpenaiResponses => "openai-responses",
+        }
+    }
+
+    /// Whether the upstream takes its secret as `Authorization: Bearer` (OpenAI's APIs) rather
+    /// than `x-api-key` (Anthropic's).
+    pub fn bearer_auth(self) -> bool {
+        match self {
+            Protocol::Openai | Protocol::OpenaiResponses => true,
+            Protocol::Anthropic => false,
         }
     }
 }
@@ -611,6 +639,50 @@ mod tests {
             );
         }
         assert_eq!(store.providers().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn protocols_parse_print_and_store_by_name() {
+        for p in Protocol::ALL {
+            assert_eq!(Protocol::parse(p.as_str()).unwrap(), p);
+            assert_eq!(
+                serde_json::to_string(&p).unwrap(),
+                format!("\"{}\"", p.as_str())
+            );
+        }
+        assert_eq!(
+            Protocol::parse(" openai-responses ").unwrap(),
+            Protocol::OpenaiResponses
+        );
+        assert!(Protocol::OpenaiResponses.bearer_auth());
+        assert!(!Protocol::Anthropic.bearer_auth());
+        let Err(Error::InvalidArgument(msg)) = Protocol::parse("responses") else {
+            panic!("an unknown protocol is refused")
+        };
+        assert!(
+            msg.contains("openai, anthropic, openai-responses"),
+            "the refusal names every protocol: {msg}"
+        );
+
+        // A record stored before `openai-responses` existed still loads, and a new one is
+        // stored under the protocol's own name.
+        let old = br#"{"name":"p","protocol":"anthropic","base_url":"https://api.anthropic.com","created_at_ms":1}"#;
+        let rec: ProviderRec = crate::store::decode(PROVIDERS, old).unwrap();
+        assert_eq!(rec.protocol, Protocol::Anthropic);
+        let (_d, store) = open_temp();
+        store
+            .add_provider("r", "openai-responses", "https://api.openai.com/v1")
+            .unwrap();
+        let raw = store.providers.get("r").unwrap().unwrap();
+        assert!(
+            std::str::from_utf8(&raw)
+                .unwrap()
+                .contains(r#""protocol":"openai-responses""#)
+        );
+        assert_eq!(
+            store.provider("r").unwrap().unwrap().protocol,
+            Protocol::OpenaiResponses
+        );
     }
 
     #[test]

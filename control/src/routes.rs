@@ -256,8 +256,10 @@ pub fn compile(store: &Store, version: u64) -> Result<pb::RouteTable> {
                 protocol: match p.protocol {
                     Protocol::Openai => pb::Protocol::Openai,
                     Protocol::Anthropic => pb::Protocol::Anthropic,
+                    Protocol::OpenaiResponses => pb::Protocol::OpenaiResponses,
                 } as i32,
                 base_url: p.base_url,
+                preset: p.preset.unwrap_or_default(),
                 connect_timeout_ms: p.timeouts.connect_ms,
                 first_byte_timeout_ms: p.timeouts.first_byte_ms,
                 idle_timeout_ms: p.timeouts.idle_ms,
@@ -297,6 +299,16 @@ mod tests {
         store
             .add_credential("b", "x", "3", &Secret::new("sk-b".into()))
             .unwrap();
+        store
+            .add_provider_with(&crate::catalog::AddProvider {
+                name: "c",
+                protocol: "openai-responses",
+                base_url: "http://127.0.0.1:3/v1",
+                preset: "openai",
+                catalog: "none",
+                ..Default::default()
+            })
+            .unwrap();
         for (provider, upstream) in [("a", ""), ("b", "claude-x")] {
             store
                 .set_model(&SetModel {
@@ -316,8 +328,14 @@ mod tests {
 
         let table = compile(&store, 9).unwrap();
         assert_eq!(table.route_version, 9);
-        assert_eq!(table.providers.len(), 2);
+        assert_eq!(table.providers.len(), 3);
         assert_eq!(table.providers[1].protocol, pb::Protocol::Anthropic as i32);
+        assert_eq!(
+            table.providers[2].protocol,
+            pb::Protocol::OpenaiResponses as i32
+        );
+        assert_eq!(table.providers[0].preset, "");
+        assert_eq!(table.providers[2].preset, "openai");
         assert_eq!(table.credentials.len(), 1);
         assert_eq!(table.credentials[0].provider_index, 1);
         assert_eq!(table.credentials[0].secret, "sk-b");

@@ -632,3 +632,50 @@ fn anthropic_and_openai_lists_sync_with_their_own_auth() {
     assert_eq!(providers[0]["catalog"], "anthropic-list");
     assert_eq!(providers[0]["preset"], "anthropic");
 }
+
+#[test]
+fn an_openai_responses_provider_lists_its_models_as_openai_does() {
+    let cp = ControlPlane::start_with_args(&["--catalog-sync-interval-secs", "0"]);
+    let fake = FakeUpstream::start(FakeConfig {
+        name: "resp".into(),
+        api_key: Some("sk-resp".into()),
+        ..FakeConfig::default()
+    });
+    cp.ctl(&[
+        "provider",
+        "add",
+        "resp",
+        "--preset",
+        "openai",
+        "--protocol",
+        "openai-responses",
+        "--base-url",
+        &fake.openai_base_url(),
+    ])
+    .ok();
+    cp.ctl_with(
+        &["credential", "add", "resp"],
+        Some("sk-resp\n"),
+        &cp.admin_token,
+    )
+    .ok();
+    let s = cp.ctl(&["--json", "catalog", "sync", "resp"]).ok().json();
+    assert_eq!(s[0]["models"], 3, "{s}");
+    let get = fake
+        .requests()
+        .into_iter()
+        .rev()
+        .find(|r| r.path.starts_with("/v1/models"))
+        .unwrap();
+    assert_eq!(get.header("authorization"), Some("Bearer sk-resp"));
+    assert_eq!(get.header("x-api-key"), None);
+    let rows = cp
+        .ctl(&["--json", "model", "list", "--model", "openai/gpt-4o-mini"])
+        .ok()
+        .json();
+    assert_eq!(rows[0]["provider"], "resp", "{rows}");
+    assert_eq!(rows[0]["upstream_model"], "gpt-4o-mini", "{rows}");
+    let providers = cp.ctl(&["--json", "provider", "list"]).ok().json();
+    assert_eq!(providers[0]["protocol"], "openai-responses");
+    assert_eq!(providers[0]["catalog"], "list");
+}

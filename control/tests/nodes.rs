@@ -107,6 +107,84 @@ fn subscriber_gets_each_change_within_a_second_and_nodes_shows_it() {
 }
 
 #[test]
+fn an_openai_responses_provider_is_listed_and_pushed_with_its_protocol_and_preset() {
+    let cp = ControlPlane::start();
+    let added = cp
+        .ctl(&[
+            "--json",
+            "provider",
+            "add",
+            "oai-responses",
+            "--preset",
+            "openai",
+            "--protocol",
+            "openai-responses",
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+            "--catalog",
+            "none",
+        ])
+        .ok()
+        .json();
+    assert_eq!(added["protocol"], "openai-responses", "{added}");
+    cp.ctl(&[
+        "provider",
+        "add",
+        "plain",
+        "--protocol",
+        "openai-responses",
+        "--base-url",
+        "http://127.0.0.1:9/v1/",
+    ])
+    .ok();
+    cp.ctl_with(
+        &["credential", "add", "oai-responses"],
+        Some("sk-responses\n"),
+        &cp.admin_token,
+    )
+    .ok();
+
+    let list = cp.ctl(&["--json", "provider", "list"]).ok().json();
+    let listed = |name: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing from {list}"))
+            .clone()
+    };
+    let with_preset = listed("oai-responses");
+    assert_eq!(with_preset["protocol"], "openai-responses");
+    assert_eq!(with_preset["preset"], "openai");
+    assert_eq!(with_preset["base_url"], "http://127.0.0.1:9/v1");
+    let plain = listed("plain");
+    assert_eq!(plain["protocol"], "openai-responses");
+    assert_eq!(plain["base_url"], "http://127.0.0.1:9/v1");
+    let table = cp.ctl(&["provider", "list"]).ok().stdout;
+    assert!(table.contains("openai-responses"), "{table}");
+
+    let rx = subscribe(cp.url(), cp.node_token.clone(), "edge-responses");
+    let mut got = next_table(&rx, 0, Duration::from_secs(10));
+    while got.table.providers.len() < 2 || got.table.credentials.is_empty() {
+        got = next_table(&rx, got.table.route_version, Duration::from_secs(10));
+    }
+    let pushed = |name: &str| {
+        got.table
+            .providers
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("{name} not pushed"))
+    };
+    let responses = keyplane_proto::v1::Protocol::OpenaiResponses as i32;
+    assert_eq!(pushed("oai-responses").protocol, responses);
+    assert_eq!(pushed("oai-responses").preset, "openai");
+    assert_eq!(pushed("oai-responses").base_url, "http://127.0.0.1:9/v1");
+    assert_eq!(pushed("plain").protocol, responses);
+    assert_eq!(pushed("plain").preset, "", "no preset: an empty preset");
+    assert_eq!(got.table.credentials[0].secret, "sk-responses");
+}
+
+#[test]
 fn many_subscribers_each_get_the_newest_table() {
     let cp = ControlPlane::start();
     let receivers: Vec<_> = (0..5)

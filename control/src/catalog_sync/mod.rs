@@ -18,7 +18,7 @@ pub mod presets;
 mod together;
 mod zenmux;
 
-use crate::catalog::{Protocol, ProviderRec};
+use crate::catalog::ProviderRec;
 use crate::error::{Error, Result};
 use crate::routes::Routes;
 use crate::store::{self, CATALOGS, Store, now_ms};
@@ -449,15 +449,16 @@ impl Syncer {
             .map_err(|e| e.to_string())?;
         let mut headers = Vec::new();
         if let Some(secret) = secret {
-            let (name, value) = match p.protocol {
-                Protocol::Openai => (
+            let (name, value) = if p.protocol.bearer_auth() {
+                (
                     http::header::AUTHORIZATION,
                     format!("Bearer {}", secret.expose()),
-                ),
-                Protocol::Anthropic => (
+                )
+            } else {
+                (
                     http::HeaderName::from_static("x-api-key"),
                     secret.expose().to_string(),
-                ),
+                )
             };
             let mut value = http::HeaderValue::from_str(&value)
                 .map_err(|_| "the credential is not a valid header value".to_string())?;
