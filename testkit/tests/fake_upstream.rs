@@ -9,7 +9,7 @@ use hyper::{Method, Request};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use keyplane_testkit::fake_upstream::prompt_tokens_for;
+use keyplane_testkit::fake_upstream::{OPENAI_TOOL_CALL_ID, prompt_tokens_for};
 use keyplane_testkit::{Behavior, FakeConfig, FakeUpstream, wait_until};
 use serde_json::{Value, json};
 use std::future::Future;
@@ -1253,4 +1253,359 @@ fn a_set_models_body_replaces_the_list_and_takes_no_behavior() {
         &openai_body(false).to_string(),
     ));
     assert_eq!(chat.status, 429);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The OpenAI Responses API (`POST /v1/responses`)
+
+/// `POST /v1/responses` with a Bearer key.
+async fn responses(fake: &FakeUpstream, key: &str, body: &Value) -> Reply {
+    let auth = format!("Bearer {key}");
+    send(
+        Method::POST,
+        &format!("{}/responses", fake.openai_base_url()),
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        &body.to_string(),
+    )
+    .await
+}
+
+fn responses_body(stream: bool) -> Value {
+    json!({
+        "model": "gpt-5-codex",
+        "input": [{"type": "message", "role": "user",
+                   "content": [{"type": "input_text", "text": "Say hello"}]}],
+        "stream": stream,
+    })
+}
+
+/// The `usage` object for `input` and `output` tokens, every detail bucket 0.
+fn responses_usage(input: u64, output: u64) -> Value {
+    json!({
+        "input_tokens": input,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": output,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": input + output,
+    })
+}
+
+/// The stream's events as (name, data) pairs, checking that each `event:` name is its data's
+/// `type` and that `sequence_number` counts up from 0.
+fn responses_events(reply: &Reply) -> Vec<(String, Value)> {
+    let events: Vec<(String, Value)> = reply
+        .sse()
+        .into_iter()
+        .map(|e| {
+            let name = e.event.clone().expect("every Responses event is named");
+            let data = e.json();
+            assert_eq!(data["type"], name.as_str(), "name and type agree: {data}");
+            (name, data)
+        })
+        .collect();
+    for (i, (_, data)) in events.iter().enumerate() {
+        assert_eq!(data["sequence_number"], i as u64, "sequence number: {data}");
+    }
+    events
+}
+
+fn names(events: &[(String, Value)]) -> Vec<&str> {
+    events.iter().map(|(n, _)| n.as_str()).collect()
+}
+
+#[test]
+fn responses_non_stream_has_the_reference_shape_and_usage() {
+    let fake = FakeUpstream::start(config(3));
+    let mut body = responses_body(false);
+    body["instructions"] = json!("Be brief.");
+    body["store"] = json!(false);
+    let reply = block_on(responses(&fake, "sk-test", &body));
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    assert_eq!(reply.header("x-fake-upstream"), Some("fake-a"));
+    assert!(reply.header("x-request-id").is_some());
+    let v = reply.json();
+    assert!(v["id"].as_str().unwrap().starts_with("resp_"));
+    assert_eq!(v["object"], "response");
+    assert_eq!(v["status"], "completed");
+    assert!(v["created_at"].is_u64());
+    assert!(v["completed_at"].is_u64());
+    assert_eq!(v["error"], Value::Null);
+    assert_eq!(v["incomplete_details"], Value::Null);
+    assert_eq!(v["model"], "gpt-5-codex");
+    // The request's settings come back, as the real API echoes them.
+    assert_eq!(v["instructions"], "Be brief.");
+    assert_eq!(v["store"], false);
+    assert_eq!(v["tools"], json!([]));
+    let output = v["output"].as_array().unwrap();
+    assert_eq!(output.len(), 1);
+    let message = &output[0];
+    assert_eq!(message["type"], "message");
+    assert_eq!(message["role"], "assistant");
+    assert_eq!(message["status"], "completed");
+    assert!(message["id"].as_str().unwrap().starts_with("msg_"));
+    assert_eq!(
+        message["content"],
+        json!([{"type": "output_text", "annotations": [], "logprobs": [], "text": words(3)}])
+    );
+    let prompt = prompt_tokens_for(body.to_string().as_bytes());
+    assert_eq!(v["usage"], responses_usage(prompt, 3));
+
+    // max_output_tokens below the word count: fewer words, status incomplete.
+    let mut limited = responses_body(false);
+    limited["max_output_tokens"] = json!(2);
+    let v = block_on(responses(&fake, "sk-test", &limited)).json();
+    assert_eq!(v["status"], "incomplete");
+    assert_eq!(
+        v["incomplete_details"],
+        json!({"reason": "max_output_tokens"})
+    );
+    assert_eq!(v["max_output_tokens"], 2);
+    assert_eq!(v["output"][0]["status"], "incomplete");
+    assert_eq!(v["output"][0]["content"][0]["text"], words(2));
+    assert_eq!(v["usage"]["output_tokens"], 2);
+}
+
+#[test]
+fn responses_stream_sends_the_reference_events_in_order() {
+    let fake = FakeUpstream::start(config(3));
+    let body = responses_body(true);
+    let reply = block_on(responses(&fake, "sk-test", &body));
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-type"), Some("text/event-stream"));
+    assert!(!reply.aborted);
+    assert!(
+        !reply.text().contains("[DONE]"),
+        "no [DONE] in a Responses stream"
+    );
+    let events = responses_events(&reply);
+    assert_eq!(
+        names(&events),
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.content_part.added",
+            "response.output_text.delta",
+            "response.output_text.delta",
+            "response.output_text.delta",
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.completed",
+        ]
+    );
+    let created = &events[0].1["response"];
+    assert_eq!(created["status"], "in_progress");
+    assert_eq!(created["output"], json!([]));
+    assert_eq!(created["usage"], Value::Null);
+    let id = created["id"].as_str().unwrap();
+    let added = &events[2].1;
+    assert_eq!(added["output_index"], 0);
+    assert_eq!(added["item"]["status"], "in_progress");
+    assert_eq!(added["item"]["content"], json!([]));
+    let item_id = added["item"]["id"].as_str().unwrap();
+    assert_eq!(events[3].1["part"]["text"], "");
+    for (i, (_, delta)) in events[4..7].iter().enumerate() {
+        assert_eq!(delta["item_id"], item_id);
+        assert_eq!(delta["output_index"], 0);
+        assert_eq!(delta["content_index"], 0);
+        assert_eq!(delta["delta"], format!("word{i} "));
+    }
+    assert_eq!(events[7].1["text"], words(3));
+    assert_eq!(events[8].1["part"]["text"], words(3));
+    let done = &events[9].1["item"];
+    assert_eq!(done["status"], "completed");
+    assert_eq!(done["content"][0]["text"], words(3));
+    let completed = &events[10].1["response"];
+    assert_eq!(completed["id"], id);
+    assert_eq!(completed["status"], "completed");
+    assert_eq!(completed["output"][0], *done);
+    let prompt = prompt_tokens_for(body.to_string().as_bytes());
+    assert_eq!(completed["usage"], responses_usage(prompt, 3));
+
+    // Cut short by max_output_tokens: the stream ends with response.incomplete.
+    let mut limited = body.clone();
+    limited["max_output_tokens"] = json!(1);
+    let events = responses_events(&block_on(responses(&fake, "sk-test", &limited)));
+    let (last, data) = events.last().unwrap();
+    assert_eq!(last, "response.incomplete");
+    assert_eq!(data["response"]["status"], "incomplete");
+    assert_eq!(
+        data["response"]["incomplete_details"]["reason"],
+        "max_output_tokens"
+    );
+    assert_eq!(data["response"]["usage"]["output_tokens"], 1);
+}
+
+#[test]
+fn responses_tool_call_is_a_function_call_item_with_argument_deltas() {
+    let fake = FakeUpstream::start(config(5));
+    fake.set_behavior(Behavior::tool_call("exec_command", TOOL_ARGS));
+    let body = responses_body(false);
+    let v = block_on(responses(&fake, "sk-test", &body)).json();
+    assert_eq!(v["status"], "completed");
+    let item = &v["output"][0];
+    assert_eq!(item["type"], "function_call");
+    assert_eq!(item["status"], "completed");
+    assert_eq!(item["name"], "exec_command");
+    assert_eq!(item["call_id"], OPENAI_TOOL_CALL_ID);
+    assert!(item["id"].as_str().unwrap().starts_with("fc_"));
+    assert_eq!(item["arguments"], TOOL_ARGS, "the text as given");
+    let prompt = prompt_tokens_for(body.to_string().as_bytes());
+    assert_eq!(v["usage"], responses_usage(prompt, 4));
+
+    let events = responses_events(&block_on(responses(
+        &fake,
+        "sk-test",
+        &responses_body(true),
+    )));
+    assert_eq!(
+        names(&events),
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.function_call_arguments.delta",
+            "response.function_call_arguments.delta",
+            "response.function_call_arguments.delta",
+            "response.function_call_arguments.delta",
+            "response.function_call_arguments.done",
+            "response.output_item.done",
+            "response.completed",
+        ]
+    );
+    let added = &events[2].1["item"];
+    assert_eq!(added["type"], "function_call");
+    assert_eq!(added["status"], "in_progress");
+    assert_eq!(added["arguments"], "");
+    assert_eq!(added["call_id"], OPENAI_TOOL_CALL_ID);
+    let item_id = added["id"].as_str().unwrap();
+    let mut joined = String::new();
+    for (_, delta) in &events[3..7] {
+        assert_eq!(delta["item_id"], item_id);
+        assert_eq!(delta["output_index"], 0);
+        joined.push_str(delta["delta"].as_str().unwrap());
+    }
+    assert_eq!(joined, TOOL_ARGS);
+    assert_eq!(events[7].1["arguments"], TOOL_ARGS);
+    let done = &events[8].1["item"];
+    assert_eq!(done["arguments"], TOOL_ARGS);
+    assert_eq!(done["status"], "completed");
+    let completed = &events[9].1["response"];
+    assert_eq!(completed["output"][0], *done);
+    assert_eq!(completed["usage"]["output_tokens"], 4);
+    assert_eq!(tool_args()["location"], "Zürich, CH");
+}
+
+#[test]
+fn responses_failures_are_openai_errors_or_response_failed() {
+    let fake = FakeUpstream::start(config(5));
+    // A mid-stream failure: the content so far, then response.failed, then the end.
+    fake.set_behavior(Behavior::ErrorAfterContent(2));
+    let reply = block_on(responses(&fake, "sk-test", &responses_body(true)));
+    assert_eq!(reply.status, 200);
+    assert!(!reply.aborted);
+    let events = responses_events(&reply);
+    assert_eq!(
+        names(&events),
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.content_part.added",
+            "response.output_text.delta",
+            "response.output_text.delta",
+            "response.failed",
+        ]
+    );
+    let failed = &events[6].1["response"];
+    assert_eq!(failed["status"], "failed");
+    assert_eq!(failed["error"]["code"], "server_error");
+    assert!(failed["error"]["message"].is_string());
+
+    // Non-stream: OpenAI's 502.
+    fake.set_behavior(Behavior::MidStreamError);
+    let reply = block_on(responses(&fake, "sk-test", &responses_body(false)));
+    assert_eq!(reply.status, 502);
+    assert_eq!(reply.json()["error"]["type"], "server_error");
+
+    // A status in OpenAI's error object, with Retry-After.
+    fake.set_behavior(Behavior::status_retry_after(429, "3"));
+    let reply = block_on(responses(&fake, "sk-test", &responses_body(true)));
+    assert_eq!(reply.status, 429);
+    assert_eq!(reply.header("retry-after"), Some("3"));
+    assert_eq!(reply.json()["error"]["code"], "rate_limit_exceeded");
+
+    // A cut stream: the opening events and two deltas, then the connection ends in an error.
+    fake.set_behavior(Behavior::CutAfter(2));
+    let reply = block_on(responses(&fake, "sk-test", &responses_body(true)));
+    assert!(reply.aborted, "the body must end in an error, not cleanly");
+    let events = responses_events(&reply);
+    assert_eq!(events.len(), 6, "{:?}", names(&events));
+    assert_eq!(events[5].0, "response.output_text.delta");
+    assert!(fake.requests().iter().all(|r| !r.client_disconnected));
+}
+
+#[test]
+fn responses_refuses_a_bad_key_path_or_body_in_openai_shape() {
+    let fake = FakeUpstream::start(config(2));
+    let reply = block_on(responses(&fake, "sk-wrong", &responses_body(false)));
+    assert_eq!(reply.status, 401);
+    assert_eq!(reply.json()["error"]["code"], "invalid_api_key");
+    // Bearer only: x-api-key is not OpenAI's.
+    let reply = block_on(send(
+        Method::POST,
+        &format!("{}/responses", fake.openai_base_url()),
+        &[("x-api-key", "sk-test")],
+        &responses_body(false).to_string(),
+    ));
+    assert_eq!(reply.status, 401);
+    assert!(
+        reply.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Bearer")
+    );
+
+    for field in ["model", "input"] {
+        let mut body = responses_body(false);
+        body.as_object_mut().unwrap().remove(field);
+        let reply = block_on(responses(&fake, "sk-test", &body));
+        assert_eq!(reply.status, 400, "without {field}");
+        let err = &reply.json()["error"];
+        assert_eq!(err["type"], "invalid_request_error");
+        assert_eq!(err["param"], field);
+        assert_eq!(err["code"], "missing_required_parameter");
+    }
+    // `input` may be a plain string.
+    let mut body = responses_body(false);
+    body["input"] = json!("Say hello");
+    assert_eq!(block_on(responses(&fake, "sk-test", &body)).status, 200);
+
+    let reply = block_on(responses(&fake, "sk-test", &json!([1])));
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.json()["error"]["type"], "invalid_request_error");
+
+    // The fake stores nothing: a stored response cannot be fetched.
+    let reply = block_on(send(
+        Method::GET,
+        &format!("{}/responses/resp_fake1", fake.openai_base_url()),
+        &[("authorization", "Bearer sk-test")],
+        "",
+    ));
+    assert_eq!(reply.status, 404);
+    assert_eq!(reply.json()["error"]["type"], "invalid_request_error");
+
+    // Refused requests take no behaviour.
+    let requests = fake.requests();
+    assert!(
+        requests
+            .iter()
+            .filter(|r| r.status != Some(200))
+            .all(|r| r.behavior.is_none())
+    );
 }

@@ -1,9 +1,9 @@
 //! `keyplane-fake-upstream`: the testkit's fake LLM provider as a standalone process, for the
 //! demo and as the direct-to-upstream baseline of end-to-end benchmarks.
 //!
-//! It serves the OpenAI (`/v1/chat/completions`, `/v1/models`) and Anthropic (`/v1/messages`,
-//! `/v1/messages/count_tokens`, `/v1/models`) endpoints with normal behaviour (see
-//! `keyplane_testkit::fake_upstream`), prints exactly one stdout line
+//! It serves the OpenAI (`/v1/chat/completions`, `/v1/responses`, `/v1/models`) and Anthropic
+//! (`/v1/messages`, `/v1/messages/count_tokens`, `/v1/models`) endpoints with normal behaviour
+//! (see `keyplane_testkit::fake_upstream`), prints exactly one stdout line
 //! `fake-upstream listening on ADDR` once it listens, and exits on SIGTERM or SIGINT. Requests
 //! are counted but not recorded, so memory stays flat under load.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -14,7 +14,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// A fake upstream LLM provider speaking the OpenAI and Anthropic wire formats.
+/// A fake upstream LLM provider speaking the OpenAI (chat, Responses) and Anthropic wire formats.
 #[derive(Debug, Parser)]
 #[command(name = "keyplane-fake-upstream", version)]
 struct Args {

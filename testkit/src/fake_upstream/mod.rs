@@ -1,19 +1,21 @@
-//! A fake upstream LLM provider that speaks the OpenAI Chat Completions and the Anthropic
-//! Messages wire formats over loopback, with fault injection.
+//! A fake upstream LLM provider that speaks the OpenAI Chat Completions, the OpenAI Responses
+//! and the Anthropic Messages wire formats over loopback, with fault injection.
 //!
 //! Tests, benchmarks and the demo point the data plane at a [`FakeUpstream`] instead of a real
 //! provider. It answers like the recorded samples in `testkit/samples/` (same envelopes,
 //! same SSE framing and event order), so a gateway that works against it has been exercised
 //! against the real shapes; and it can misbehave on demand ([`Behavior`]): error statuses with
 //! `Retry-After`, slow first bytes, trickling streams, streams cut mid-way, OpenRouter-style and
-//! Anthropic-style mid-stream errors, and requests that never get an answer. It can also answer
-//! with a tool call instead of text ([`Behavior::ToolCall`]).
+//! Anthropic-style mid-stream errors (`response.failed` on the Responses API), and requests that
+//! never get an answer. It can also answer with a tool call instead of text
+//! ([`Behavior::ToolCall`]).
 //!
 //! # Endpoints
 //!
 //! | Method and path | Protocol | Auth (when [`FakeConfig::api_key`] is set) |
 //! |---|---|---|
 //! | `POST /v1/chat/completions` | OpenAI, stream and non-stream | `Authorization: Bearer <key>` |
+//! | `POST /v1/responses` | OpenAI Responses, stream and non-stream (shapes and their source: `responses.rs`) | `Authorization: Bearer <key>` |
 //! | `POST /v1/messages` (any query, e.g. `?beta=true`) | Anthropic, stream and non-stream | `x-api-key: <key>` or Bearer |
 //! | `POST /v1/messages/count_tokens` | Anthropic | `x-api-key: <key>` or Bearer |
 //! | `GET /v1/models` | Anthropic shape if the request has `x-api-key` or `anthropic-version`, else OpenAI | either |
@@ -22,21 +24,27 @@
 //! and body (a recorded catalog such as `openrouter-models.json`, or a broken one), so the
 //! control plane's catalog sync can be tested against it; such an answer takes no behaviour.
 //!
-//! Anything else is a 404 in the shape of the protocol guessed the same way. Checks run in this
-//! order, each answering in the protocol's own error shape: unknown path (404), key (401), body
-//! not a JSON object (400), missing required fields (400: `model` and `messages`; for Anthropic
+//! Anything else is a 404 in the shape of the protocol guessed the same way (OpenAI's for any
+//! other `/v1/responses…` path, such as `GET /v1/responses/{id}`: the fake stores nothing).
+//! Checks run in this order, each answering in the protocol's own error shape: unknown path
+//! (404), key (401), body not a JSON object (400), missing required fields (400: `model` and
+//! `messages`; for the Responses API `model` and `input`, a string or an array; for Anthropic
 //! also a positive `max_tokens` and the `anthropic-version` header, as the real API requires).
 //!
 //! # Deterministic content and usage
 //!
 //! A completion is [`FakeConfig::chunks`] words `"word0 "`, `"word1 "`, … (each one stream
 //! event; the non-stream content is their concatenation), cut short by the request's
-//! `max_completion_tokens` / `max_tokens`, in which case the finish reason is `length`
-//! (Anthropic: `max_tokens`) instead of `stop` (`end_turn`). Token counts:
+//! `max_completion_tokens` / `max_tokens` (Responses: `max_output_tokens`), in which case the
+//! finish reason is `length` (Anthropic: `max_tokens`; Responses: status `incomplete` with reason
+//! `max_output_tokens`) instead of `stop` (`end_turn`; `completed`). Token counts:
 //!
-//! - prompt tokens = [`prompt_tokens_for`] of the raw request body: `max(1, body_bytes / 4)`;
+//! - prompt tokens = [`prompt_tokens_for`] of the raw request body: `max(1, body_bytes / 4)`
+//!   (Responses: `input_tokens`);
 //! - completion tokens = the number of content words emitted (for [`Behavior::ToolCall`], the
-//!   number of argument fragments).
+//!   number of argument fragments) (Responses: `output_tokens`);
+//! - cached and reasoning tokens are 0 (Responses: `input_tokens_details.cached_tokens`,
+//!   `output_tokens_details.reasoning_tokens`), and a total is the sum of prompt and completion.
 //!
 //! The response's `model` echoes the request's `model`; every response carries
 //! `x-fake-upstream: <name>` so a test can tell which upstream served it.
@@ -59,6 +67,7 @@
 //! disconnect cancels the upstream call.
 
 mod body;
+mod responses;
 mod server;
 mod stream;
 mod wire;
@@ -125,7 +134,7 @@ pub enum Behavior {
     Normal,
     /// Answer with this HTTP status and no stream. `retry_after` becomes a `Retry-After` header;
     /// `body` replaces the default body, which is the protocol's error shape for the status
-    /// (OpenAI: 429 `rate_limit_exceeded`, 5xx `server_error`; Anthropic: 429
+    /// (OpenAI chat and Responses: 429 `rate_limit_exceeded`, 5xx `server_error`; Anthropic: 429
     /// `rate_limit_error`, 500 `api_error`, 503 and 529 `overloaded_error`, …).
     Status {
         /// The HTTP status code (100..=999).
@@ -141,15 +150,19 @@ pub enum Behavior {
     /// [`FakeConfig::chunk_delay`]. A non-stream request is answered normally.
     ChunkDelay(Duration),
     /// Stream: send the opening events and this many content events, then abort the connection
-    /// (no finish chunk, no `[DONE]` / `message_stop`). Non-stream: send the head and the first
+    /// (no finish chunk, no `[DONE]` / `message_stop` / `response.completed`). Non-stream: send
+    /// the head and the first
     /// half of the JSON body, then abort.
     CutAfter(usize),
     /// Stream, HTTP 200: OpenAI protocol as OpenRouter does it (`: OPENROUTER PROCESSING`
     /// comments, an empty role chunk, then a chunk with a top-level `"error"` object and usage,
     /// then `data: [DONE]`, as in `openrouter-stream-midstream-error.sse`); Anthropic protocol:
     /// `message_start`, `content_block_start`, `ping`, then `event: error` with
-    /// `overloaded_error` and the end of the body. Same as `ErrorAfterContent(0)`. A non-stream
-    /// request gets a 502 `server_error` (OpenAI) or a 529 `overloaded_error` (Anthropic).
+    /// `overloaded_error` and the end of the body; Responses API: `response.created`,
+    /// `response.in_progress`, the message's `output_item.added` and `content_part.added`, then
+    /// `response.failed` (status `failed`, `error.code: "server_error"`) and the end of the body.
+    /// Same as `ErrorAfterContent(0)`. A non-stream request gets a 502 `server_error` (OpenAI
+    /// chat and Responses) or a 529 `overloaded_error` (Anthropic).
     MidStreamError,
     /// Like [`Behavior::MidStreamError`], with this many content events before the error.
     ErrorAfterContent(usize),
@@ -176,6 +189,13 @@ pub enum Behavior {
     ///   `input_json_delta` with an empty `partial_json` (the real API sends one), then one per
     ///   fragment; `content_block_stop`; `message_delta` with `tool_use` and the usage;
     ///   `message_stop`.
+    /// - Responses, non-stream: `output: [{id: "fc_fake<n>", type: "function_call", status:
+    ///   "completed", arguments, call_id: "call_fake1", name}]`, status `completed`.
+    /// - Responses, stream: `response.created`, `response.in_progress`,
+    ///   `response.output_item.added` with the item `in_progress` and empty `arguments`, one
+    ///   `response.function_call_arguments.delta` per fragment,
+    ///   `response.function_call_arguments.done`, `response.output_item.done`,
+    ///   `response.completed`.
     ///
     /// The arguments are cut into up to 4 non-empty fragments of about equal length (fewer only
     /// for an object shorter than 4 characters), and the completion / output token count is the
@@ -276,7 +296,8 @@ impl RecordedRequest {
     }
 }
 
-/// The `id` of the tool call in every OpenAI answer to [`Behavior::ToolCall`].
+/// The `id` of the tool call in every OpenAI chat answer to [`Behavior::ToolCall`], and the
+/// `call_id` of the `function_call` item in every Responses answer to it.
 pub const OPENAI_TOOL_CALL_ID: &str = "call_fake1";
 
 /// The `id` of the `tool_use` block in every Anthropic answer to [`Behavior::ToolCall`].

@@ -1,7 +1,8 @@
 //! The accept loop and the request handler: routing, auth, validation, behaviour, and the
-//! normal answers of both protocols.
+//! normal answers of each dialect.
 
 use super::body::{DisconnectGuard, FakeBody};
+use super::responses::{self, Envelope};
 use super::stream::{self, Ending, Plan, ToolPlan};
 use super::wire::{self, Ids, Protocol};
 use super::{Behavior, RecordedRequest, Shared, prompt_tokens_for};
@@ -68,6 +69,7 @@ pub(super) async fn accept_loop(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
     OpenAiChat,
+    OpenAiResponses,
     AnthropicMessages,
     AnthropicCountTokens,
     Models(Protocol),
@@ -79,6 +81,7 @@ impl Route {
         let path = parts.uri.path();
         match (&parts.method, path) {
             (&Method::POST, "/v1/chat/completions") => Route::OpenAiChat,
+            (&Method::POST, "/v1/responses") => Route::OpenAiResponses,
             (&Method::POST, "/v1/messages") => Route::AnthropicMessages,
             (&Method::POST, "/v1/messages/count_tokens") => Route::AnthropicCountTokens,
             (&Method::GET, "/v1/models") => Route::Models(guess_protocol(&parts.headers)),
@@ -89,7 +92,8 @@ impl Route {
 
     fn protocol(self) -> Protocol {
         match self {
-            Route::OpenAiChat => Protocol::OpenAi,
+            // The Responses API's errors are OpenAI's error object.
+            Route::OpenAiChat | Route::OpenAiResponses => Protocol::OpenAi,
             Route::AnthropicMessages | Route::AnthropicCountTokens => Protocol::Anthropic,
             Route::Models(p) | Route::NotFound(p) => p,
         }
@@ -294,7 +298,15 @@ impl Exchange {
         if !obj.get("model").is_some_and(Value::is_string) {
             return Err(missing("model"));
         }
-        if !obj.get("messages").is_some_and(Value::is_array) {
+        if self.route == Route::OpenAiResponses {
+            // `input` is a string or an array of items.
+            if !obj
+                .get("input")
+                .is_some_and(|v| v.is_string() || v.is_array())
+            {
+                return Err(missing("input"));
+            }
+        } else if !obj.get("messages").is_some_and(Value::is_array) {
             return Err(missing("messages"));
         }
         let max_tokens = obj.get("max_tokens").and_then(Value::as_u64);
@@ -304,7 +316,8 @@ impl Exchange {
         Ok(())
     }
 
-    /// OpenAI chat takes `Authorization: Bearer`; the other endpoints also `x-api-key`.
+    /// OpenAI chat and Responses take `Authorization: Bearer`; the other endpoints also
+    /// `x-api-key`.
     fn check_key(&self, key: &str, protocol: Protocol, rid: &str) -> Result<(), Rejection> {
         let headers = &self.parts.headers;
         let bearer = headers
@@ -313,7 +326,7 @@ impl Exchange {
             .and_then(|v| v.strip_prefix("Bearer "));
         let x_api_key = headers.get(X_API_KEY).and_then(|v| v.to_str().ok());
         let presented = match self.route {
-            Route::OpenAiChat => bearer,
+            Route::OpenAiChat | Route::OpenAiResponses => bearer,
             _ => x_api_key.or(bearer),
         };
         if presented == Some(key) {
@@ -357,7 +370,7 @@ impl Exchange {
                 wire::anthropic_models(&self.shared.config.models)
             }
             Route::AnthropicCountTokens => format!(r#"{{"input_tokens":{prompt_tokens}}}"#),
-            Route::OpenAiChat | Route::AnthropicMessages => {
+            Route::OpenAiChat | Route::OpenAiResponses | Route::AnthropicMessages => {
                 return self.completion(behavior, prompt_tokens, guard);
             }
             Route::NotFound(_) => unreachable!("rejected by check"),
@@ -379,6 +392,7 @@ impl Exchange {
                 .get("max_completion_tokens")
                 .and_then(Value::as_u64)
                 .or_else(|| json.get("max_tokens").and_then(Value::as_u64)),
+            Route::OpenAiResponses => json.get("max_output_tokens").and_then(Value::as_u64),
             _ => json.get("max_tokens").and_then(Value::as_u64),
         };
         let available = max_tokens.map_or(config.chunks, |m| {
@@ -417,30 +431,33 @@ impl Exchange {
             return self.tool_call(plan, ids, stream, include_usage, &behavior, guard);
         }
         if !stream {
-            let body = match self.route {
-                Route::OpenAiChat => wire::openai_completion(
-                    &ids,
-                    &wire::content_text(plan.content),
-                    if plan.hit_max_tokens {
-                        "length"
-                    } else {
-                        "stop"
-                    },
-                    prompt_tokens,
-                    plan.content as u64,
-                ),
-                _ => wire::anthropic_message(
-                    &ids,
-                    &wire::content_text(plan.content),
-                    if plan.hit_max_tokens {
-                        "max_tokens"
-                    } else {
-                        "end_turn"
-                    },
-                    prompt_tokens,
-                    plan.content as u64,
-                ),
-            };
+            let body =
+                match self.route {
+                    Route::OpenAiResponses => Envelope::new(self.seq, ids.created, json)
+                        .text_response(plan.content, plan.hit_max_tokens, prompt_tokens),
+                    Route::OpenAiChat => wire::openai_completion(
+                        &ids,
+                        &wire::content_text(plan.content),
+                        if plan.hit_max_tokens {
+                            "length"
+                        } else {
+                            "stop"
+                        },
+                        prompt_tokens,
+                        plan.content as u64,
+                    ),
+                    _ => wire::anthropic_message(
+                        &ids,
+                        &wire::content_text(plan.content),
+                        if plan.hit_max_tokens {
+                            "max_tokens"
+                        } else {
+                            "end_turn"
+                        },
+                        prompt_tokens,
+                        plan.content as u64,
+                    ),
+                };
             return self.json_reply(body, &behavior, guard);
         }
         let delay = match behavior {
@@ -449,6 +466,10 @@ impl Exchange {
         };
         let (body, out) = FakeBody::channel(guard, delay);
         match self.route {
+            Route::OpenAiResponses => {
+                let envelope = Envelope::new(self.seq, ids.created, json);
+                tokio::spawn(responses::text_stream(out, envelope, plan));
+            }
             Route::OpenAiChat => {
                 tokio::spawn(stream::openai(
                     out,
@@ -478,6 +499,10 @@ impl Exchange {
         if !stream {
             let completion = wire::fragments(&plan.arguments).len() as u64;
             let body = match self.route {
+                Route::OpenAiResponses => {
+                    let json = self.json.as_ref().unwrap_or(&Value::Null);
+                    Envelope::new(self.seq, ids.created, json).tool_response(&plan)
+                }
                 Route::OpenAiChat => wire::openai_tool_completion(
                     &ids,
                     &plan.name,
@@ -497,6 +522,11 @@ impl Exchange {
         }
         let (body, out) = FakeBody::channel(guard, self.shared.config.chunk_delay);
         match self.route {
+            Route::OpenAiResponses => {
+                let json = self.json.as_ref().unwrap_or(&Value::Null);
+                let envelope = Envelope::new(self.seq, ids.created, json);
+                tokio::spawn(responses::tool_stream(out, envelope, plan));
+            }
             Route::OpenAiChat => {
                 tokio::spawn(stream::openai_tool_call(out, ids, plan, include_usage));
             }
