@@ -11,9 +11,10 @@ use crate::attribution::{self, Cause};
 use crate::health::HealthSink;
 use crate::limits::{KeyFailures, KeyState, Limit, Permit, Policy, Refusal};
 use crate::metrics::Metrics;
-use crate::protocol::anthropic::{self, MessagesRequest};
-use crate::protocol::openai_chat::{self, ChatRequest, Chunk};
-use crate::protocol::translate::{self, Usage};
+use crate::protocol::bridge::{self, ClientRequest};
+use crate::protocol::shape::StreamNote;
+use crate::protocol::usage::Usage;
+use crate::protocol::{anthropic, openai_chat};
 use crate::sse;
 use crate::table::{Candidate, Protocol, Table};
 use crate::usage::UsageSink;
@@ -113,7 +114,7 @@ pub fn anthropic_error(status: StatusCode, kind: &str, message: &str) -> Respons
     json_response(status, anthropic::error_body(kind, message))
 }
 
-/// An error in the client's protocol. `code` is OpenAI's `code`; Anthropic's error type follows
+/// An error in the client's dialect. `code` is OpenAI's `code`; Anthropic's error type follows
 /// from the status.
 pub fn client_error(
     protocol: Protocol,
@@ -121,19 +122,10 @@ pub fn client_error(
     message: &str,
     code: Option<&str>,
 ) -> Response<Body> {
-    match protocol {
-        Protocol::OpenAiChat => {
-            let kind = match status.as_u16() {
-                429 => "rate_limit_error",
-                s if s >= 500 => "server_error",
-                _ => "invalid_request_error",
-            };
-            openai_error(status, message, kind, code, None)
-        }
-        Protocol::Anthropic => {
-            anthropic_error(status, anthropic::error_type(status.as_u16()), message)
-        }
-    }
+    json_response(
+        status,
+        bridge::error_body(protocol, status.as_u16(), message, code),
+    )
 }
 
 /// What the handler knows about the request besides its body.
@@ -232,32 +224,11 @@ fn is_retryable(status: StatusCode) -> bool {
 }
 
 const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
-static ANTHROPIC_TO_ANTHROPIC: [HeaderName; 2] =
-    [ANTHROPIC_VERSION, HeaderName::from_static("anthropic-beta")];
 /// The gateway's own `User-Agent` on every upstream request.
 const USER_AGENT: HeaderValue =
     HeaderValue::from_static(concat!("keyplane/", env!("CARGO_PKG_VERSION")));
 
-/// The client's request headers an upstream gets, by client protocol and upstream protocol: an
-/// allow-list, everything else stays behind. An upstream credential is shared by every key, so
-/// nothing a client chooses may change whose account, organisation or project a request runs
-/// under (`OpenAI-Organization`, `OpenAI-Project`, …: a wrong one makes the upstream refuse
-/// the credential), nor tell a provider about the client's own software in the pool's name
-/// (`User-Agent`, SDK telemetry such as `x-stainless-*`, tracing ids, OpenRouter's app
-/// attribution `HTTP-Referer` / `X-Title`). The gateway sets what an upstream needs itself:
-/// content type, encoding, its own `User-Agent`, Anthropic's version header, the credential.
-///
-/// Anthropic clients talking to Anthropic keep `anthropic-version` (any version a client speaks
-/// is honoured) and `anthropic-beta` (the features the request's fields rely on). A translated
-/// request is written for the upstream's defaults, so it takes neither.
-fn forwarded_headers(client: Protocol, upstream: Protocol) -> &'static [HeaderName] {
-    match (client, upstream) {
-        (Protocol::Anthropic, Protocol::Anthropic) => &ANTHROPIC_TO_ANTHROPIC,
-        _ => &[],
-    }
-}
-
-/// The request to `cand`'s upstream: the client's allowed headers (`forwarded_headers`), JSON,
+/// The request to `cand`'s upstream: the client's allowed headers, JSON,
 /// no compression (the relay reads the body), the gateway's user agent, the protocol's version
 /// header, and the credential.
 fn upstream_request(
@@ -270,7 +241,14 @@ fn upstream_request(
     let upstream = cand.provider.protocol;
     let mut builder = http::Request::post(uri);
     if let Some(headers) = builder.headers_mut() {
-        for name in forwarded_headers(client, upstream) {
+        // An allow-list (`bridge::forwarded_headers`); everything else stays behind. An upstream
+        // credential is shared by every key, so nothing a client chooses may change whose
+        // account, organisation or project a request runs under (`OpenAI-Organization`,
+        // `OpenAI-Project`, …: a wrong one makes the upstream refuse the credential), nor tell a
+        // provider about the client's own software in the pool's name (`User-Agent`, SDK
+        // telemetry such as `x-stainless-*`, tracing ids, OpenRouter's app attribution
+        // `HTTP-Referer` / `X-Title`). The gateway sets what an upstream needs itself.
+        for name in bridge::forwarded_headers(client, upstream) {
             for value in client_headers.get_all(name) {
                 headers.append(name, value.clone());
             }
@@ -292,96 +270,23 @@ fn upstream_request(
     builder.body(Full::new(body))
 }
 
-/// The client's request, parsed in its own protocol.
-pub enum Inbound<'a> {
-    OpenAi(ChatRequest<'a>),
-    Anthropic(MessagesRequest<'a>),
-}
-
-impl Inbound<'_> {
-    fn protocol(&self) -> Protocol {
-        match self {
-            Inbound::OpenAi(_) => Protocol::OpenAiChat,
-            Inbound::Anthropic(_) => Protocol::Anthropic,
-        }
-    }
-
-    fn model(&self) -> &str {
-        match self {
-            Inbound::OpenAi(r) => &r.model,
-            Inbound::Anthropic(r) => &r.model,
-        }
-    }
-
-    fn stream(&self) -> bool {
-        match self {
-            Inbound::OpenAi(r) => r.stream,
-            Inbound::Anthropic(r) => r.stream,
-        }
-    }
-
-    fn output_estimate(&self) -> u64 {
-        match self {
-            Inbound::OpenAi(r) => r
-                .max_tokens
-                .unwrap_or(openai_chat::DEFAULT_OUTPUT_TOKENS_ESTIMATE),
-            Inbound::Anthropic(r) => r.max_tokens,
-        }
-    }
-}
-
-/// `None` for counts no upstream truthfully reports (more cached than prompted).
-fn openai_usage(u: openai_chat::Usage) -> Option<Usage> {
-    Usage::from_openai(u.prompt_tokens, u.completion_tokens, u.cached_tokens)
-}
-
-fn anthropic_usage(u: anthropic::Usage) -> Usage {
-    Usage {
-        input_tokens: u.input_tokens,
-        output_tokens: u.output_tokens,
-        cache_read_tokens: u.cache_read_input_tokens,
-        cache_write_tokens: u.cache_creation_input_tokens,
-    }
-}
-
 impl Proxy {
-    /// `POST /v1/chat/completions` once the key is known and the body read.
-    pub async fn chat_completions(
+    /// A completion request in `dialect` (`/v1/chat/completions`, `/v1/messages`, …) once the
+    /// key is known and the body read.
+    pub async fn complete(
         self: &Arc<Self>,
+        dialect: Protocol,
         table: &Table,
         client_headers: &HeaderMap,
         body: &[u8],
         ctx: RequestCtx,
     ) -> Response<Body> {
-        match ChatRequest::parse(body) {
-            Ok(req) => {
-                self.serve(table, client_headers, body, Inbound::OpenAi(req), ctx)
-                    .await
-            }
-            Err(err) => openai_error(
+        match ClientRequest::parse(dialect, body) {
+            Ok(req) => self.serve(table, client_headers, body, req, ctx).await,
+            Err(refusal) => json_response(
                 StatusCode::BAD_REQUEST,
-                &err.message,
-                "invalid_request_error",
-                None,
-                err.param,
+                bridge::refusal_body(dialect, &refusal),
             ),
-        }
-    }
-
-    /// `POST /v1/messages` once the key is known and the body read.
-    pub async fn messages(
-        self: &Arc<Self>,
-        table: &Table,
-        client_headers: &HeaderMap,
-        body: &[u8],
-        ctx: RequestCtx,
-    ) -> Response<Body> {
-        match MessagesRequest::parse(body) {
-            Ok(req) => {
-                self.serve(table, client_headers, body, Inbound::Anthropic(req), ctx)
-                    .await
-            }
-            Err(err) => anthropic_error(StatusCode::BAD_REQUEST, "invalid_request_error", &err.0),
         }
     }
 
@@ -465,10 +370,10 @@ impl Proxy {
         table: &Table,
         client_headers: &HeaderMap,
         body: &[u8],
-        inbound: Inbound<'_>,
+        inbound: ClientRequest<'_>,
         ctx: RequestCtx,
     ) -> Response<Body> {
-        let protocol = inbound.protocol();
+        let protocol = inbound.dialect();
         // A chain (by name, or `chain:NAME`) tries its models in order.
         let requested = inbound.model();
         let chain_name = if table.models.contains_key(requested) {
@@ -557,10 +462,10 @@ impl Proxy {
         chain: Option<&str>,
         client_headers: &HeaderMap,
         body: &[u8],
-        inbound: &Inbound<'_>,
+        inbound: &ClientRequest<'_>,
         ctx: RequestCtx,
     ) -> Response<Body> {
-        let protocol = inbound.protocol();
+        let protocol = inbound.dialect();
         // Prompt tokens from the body size (about 4 bytes a token), output from the limit.
         let input_estimate = estimate_tokens(body.len());
         let output_estimate = inbound.output_estimate();
@@ -829,36 +734,23 @@ impl Proxy {
     }
 
     /// The body for `cand`'s upstream: the client's bytes with the model replaced (same
-    /// protocol), or a translation.
+    /// dialect), or a translation.
     fn upstream_body(
-        inbound: &Inbound<'_>,
+        inbound: &ClientRequest<'_>,
         body: &[u8],
         cand: &Candidate,
         request_id: &str,
     ) -> Result<Bytes, Failure> {
-        let model = &cand.upstream_model;
-        let translated = match (inbound, cand.provider.protocol) {
-            (Inbound::OpenAi(req), Protocol::OpenAiChat) => {
-                return Ok(req.rewrite(model, req.stream && !req.include_usage));
-            }
-            (Inbound::Anthropic(req), Protocol::Anthropic) => return Ok(req.rewrite(model)),
-            (Inbound::OpenAi(_), Protocol::Anthropic) => {
-                translate::openai_to_anthropic_request(body, model)
-            }
-            (Inbound::Anthropic(_), Protocol::OpenAiChat) => {
-                translate::anthropic_to_openai_request(body, model)
-            }
-        };
-        match translated {
-            Ok((bytes, dropped)) => {
-                if !dropped.is_empty() {
+        match inbound.upstream_body(body, cand.provider.protocol, &cand.upstream_model) {
+            Ok(out) => {
+                if !out.dropped.is_empty() {
                     tracing::debug!(
                         request_id,
-                        ?dropped,
+                        dropped = ?out.dropped,
                         "fields with no counterpart upstream were dropped"
                     );
                 }
-                Ok(Bytes::from(bytes))
+                Ok(out.body)
             }
             Err(err) => Err(Failure::Unsupported(err.message)),
         }
@@ -870,7 +762,7 @@ impl Proxy {
         cand: &Candidate,
         client_headers: &HeaderMap,
         client_body: &[u8],
-        inbound: &Inbound<'_>,
+        inbound: &ClientRequest<'_>,
         ctx: &RequestCtx,
         model: &str,
         chain: Option<&str>,
@@ -884,12 +776,12 @@ impl Proxy {
             .provider
             .idle_timeout
             .unwrap_or(self.limits.idle_timeout);
-        let client_protocol = inbound.protocol();
+        let client_protocol = inbound.dialect();
         let upstream = cand.provider.protocol;
         let body = Self::upstream_body(inbound, client_body, cand, &ctx.request_id)
             .map_err(Attempt::Failed)?;
-        let uri = match (&ctx.query, client_protocol, upstream) {
-            (Some(q), Protocol::Anthropic, Protocol::Anthropic) => {
+        let uri = match &ctx.query {
+            Some(q) if bridge::forwards_query(client_protocol, upstream) => {
                 format!("{}?{q}", cand.provider.chat_url)
                     .parse()
                     .unwrap_or_else(|_| cand.provider.chat_url.clone())
@@ -950,17 +842,9 @@ impl Proxy {
                     .unwrap_or_default()
             };
             // The client's fault: the upstream's own error, in the client's shape.
-            let (status, bytes) = match (client_protocol, upstream) {
-                (Protocol::OpenAiChat, Protocol::Anthropic) => {
-                    let (s, b) = translate::anthropic_error_to_openai(status.as_u16(), &bytes);
-                    (StatusCode::from_u16(s).unwrap_or(status), Bytes::from(b))
-                }
-                (Protocol::Anthropic, Protocol::OpenAiChat) => {
-                    let (s, b) = translate::openai_error_to_anthropic(status.as_u16(), &bytes);
-                    (StatusCode::from_u16(s).unwrap_or(status), Bytes::from(b))
-                }
-                _ => (status, bytes),
-            };
+            let (code, bytes) =
+                bridge::upstream_error(client_protocol, upstream, status.as_u16(), bytes);
+            let status = StatusCode::from_u16(code).unwrap_or(status);
             let bytes = cand.redactor.bytes(bytes);
             let mut out = Response::new(full(bytes));
             *out.status_mut() = status;
@@ -991,27 +875,11 @@ impl Proxy {
             request_bytes: client_body.len() as u64,
         };
         if inbound.stream() {
-            let adapter = match (inbound, upstream) {
-                (Inbound::OpenAi(req), Protocol::OpenAiChat) => Adapter::OpenAi {
-                    suppress_usage_chunk: !req.include_usage,
-                    usage: None,
-                },
-                (Inbound::Anthropic(_), Protocol::Anthropic) => {
-                    Adapter::Anthropic(anthropic::Usage::default())
-                }
-                (Inbound::OpenAi(req), Protocol::Anthropic) => {
-                    Adapter::AnthropicToOpenAi(Box::new(translate::AnthropicToOpenAiStream::new(
-                        &req.model,
-                        req.include_usage,
-                    )))
-                }
-                (Inbound::Anthropic(req), Protocol::OpenAiChat) => {
-                    Adapter::OpenAiToAnthropic(Box::new(translate::OpenAiToAnthropicStream::new(
-                        &req.model,
-                        &format!("msg_{}", ctx.request_id.replace('-', "")),
-                    )))
-                }
-            };
+            let adapter = bridge::Stream::new(
+                inbound,
+                upstream,
+                &format!("msg_{}", ctx.request_id.replace('-', "")),
+            );
             let scan = Scan::new(
                 adapter,
                 self.limits.max_sse_event_bytes,
@@ -1041,33 +909,11 @@ impl Proxy {
                 .await
                 .map_err(Attempt::Failed)?;
             record.ttfb_ms = ms_since(ctx.started);
-            let (bytes, usage) = match (client_protocol, upstream) {
-                (Protocol::OpenAiChat, Protocol::OpenAiChat) => {
-                    // One parse of the body says whether it is a completion and gives both the
-                    // counts and the provider's own charge.
-                    let completion =
-                        openai_chat::completion(&bytes).ok_or_else(not_a_completion)?;
-                    record.reported_cost_nano_usd =
-                        completion.usage.and_then(|u| u.reported_cost_nano);
-                    (bytes, completion.usage.and_then(openai_usage))
-                }
-                (Protocol::Anthropic, Protocol::Anthropic) => {
-                    let message = anthropic::message(&bytes).ok_or_else(not_a_completion)?;
-                    (bytes, message.usage.map(anthropic_usage))
-                }
-                (Protocol::OpenAiChat, Protocol::Anthropic) => {
-                    let (b, u) = translate::anthropic_to_openai_response(&bytes, inbound.model())
-                        .map_err(|e| Attempt::Failed(Failure::Stream(e.message)))?;
-                    (Bytes::from(b), u)
-                }
-                (Protocol::Anthropic, Protocol::OpenAiChat) => {
-                    record.reported_cost_nano_usd =
-                        openai_chat::completion_usage(&bytes).and_then(|u| u.reported_cost_nano);
-                    let (b, u) = translate::openai_to_anthropic_response(&bytes, inbound.model())
-                        .map_err(|e| Attempt::Failed(Failure::Stream(e.message)))?;
-                    (Bytes::from(b), u)
-                }
-            };
+            let (bytes, metering) =
+                bridge::response(client_protocol, upstream, bytes, inbound.model())
+                    .ok_or_else(not_a_completion)?;
+            record.reported_cost_nano_usd = metering.and_then(|m| m.reported_cost_nano);
+            let usage = metering.map(|m| m.usage);
             let bytes = cand.redactor.bytes(bytes);
             let estimate = estimate_tokens(bytes.len());
             record.permit = permit.take();
@@ -1381,214 +1227,9 @@ fn not_a_completion() -> Attempt {
     ))
 }
 
-/// What one upstream event meant.
-#[derive(Debug, PartialEq, Eq)]
-enum Note {
-    /// Nothing a client shows.
-    Nothing,
-    /// The stream is committed (or, once committed, a content event).
-    Content,
-    Error(String),
-    Done,
-}
-
-/// How upstream events become client events: passed through (same protocol) or translated.
-enum Adapter {
-    OpenAi {
-        /// Drop the `choices: []` usage chunk the client did not ask for.
-        suppress_usage_chunk: bool,
-        usage: Option<openai_chat::Usage>,
-    },
-    Anthropic(anthropic::Usage),
-    OpenAiToAnthropic(Box<translate::OpenAiToAnthropicStream>),
-    AnthropicToOpenAi(Box<translate::AnthropicToOpenAiStream>),
-}
-
-impl Adapter {
-    /// Handles one whole upstream event, pushing what the client gets onto `out`. Once
-    /// `committed`, pass-through events that cannot carry usage, errors or the end are relayed
-    /// without being parsed.
-    fn event(&mut self, raw: Bytes, committed: bool, out: &mut Vec<Bytes>) -> Note {
-        let ev = sse::parse(&raw);
-        let data = ev.data.as_deref();
-        match self {
-            Adapter::OpenAi {
-                suppress_usage_chunk,
-                usage,
-            } => {
-                if committed && !data.is_some_and(|d| openai_chat::may_matter(ev.name, d)) {
-                    let note = if data.is_some() {
-                        Note::Content
-                    } else {
-                        Note::Nothing
-                    };
-                    out.push(raw);
-                    return note;
-                }
-                match openai_chat::classify(ev.name, data) {
-                    Chunk::Preamble => {
-                        out.push(raw);
-                        Note::Nothing
-                    }
-                    Chunk::UsageOnly(u) => {
-                        *usage = Some(u);
-                        if !*suppress_usage_chunk {
-                            out.push(raw);
-                        }
-                        Note::Nothing
-                    }
-                    Chunk::Content { usage: u } => {
-                        if u.is_some() {
-                            *usage = u;
-                        }
-                        out.push(raw);
-                        Note::Content
-                    }
-                    Chunk::Error { message, usage: u } => {
-                        if u.is_some() {
-                            *usage = u;
-                        }
-                        // Relayed only once committed; before that, the next candidate serves.
-                        if committed {
-                            out.push(raw);
-                        }
-                        Note::Error(message)
-                    }
-                    Chunk::Done => {
-                        out.push(raw);
-                        Note::Done
-                    }
-                }
-            }
-            Adapter::Anthropic(usage) => {
-                if committed && !data.is_some_and(|d| anthropic::may_matter(ev.name, d)) {
-                    let note = if data.is_some() {
-                        Note::Content
-                    } else {
-                        Note::Nothing
-                    };
-                    out.push(raw);
-                    return note;
-                }
-                let note = match anthropic::classify(ev.name, data, usage) {
-                    anthropic::Event::Preamble => Note::Nothing,
-                    anthropic::Event::Content => Note::Content,
-                    anthropic::Event::Done => Note::Done,
-                    anthropic::Event::Error(m) => Note::Error(m),
-                };
-                if committed || !matches!(note, Note::Error(_)) {
-                    out.push(raw);
-                }
-                note
-            }
-            Adapter::OpenAiToAnthropic(t) => {
-                let Some(data) = data else {
-                    return Note::Nothing;
-                };
-                let mut buf = Vec::new();
-                let note = t.event(data, &mut buf);
-                translated(note, buf, committed, out, |m| {
-                    Bytes::from(translate::OpenAiToAnthropicStream::error_event(m))
-                })
-            }
-            Adapter::AnthropicToOpenAi(t) => {
-                let Some(data) = data else {
-                    return Note::Nothing;
-                };
-                let mut buf = Vec::new();
-                let note = t.event(ev.name, data, &mut buf);
-                translated(note, buf, committed, out, openai_chat::stream_error_event)
-            }
-        }
-    }
-
-    fn is_translated(&self) -> bool {
-        matches!(
-            self,
-            Adapter::OpenAiToAnthropic(_) | Adapter::AnthropicToOpenAi(_)
-        )
-    }
-
-    /// The upstream ended cleanly: close what a translated stream still has open.
-    fn finish(&mut self, out: &mut Vec<Bytes>) {
-        let mut buf = Vec::new();
-        match self {
-            Adapter::OpenAiToAnthropic(t) => t.finish(&mut buf),
-            Adapter::AnthropicToOpenAi(t) => t.finish(&mut buf),
-            _ => {}
-        }
-        if !buf.is_empty() {
-            out.push(Bytes::from(buf));
-        }
-    }
-
-    /// The event that ends a failed stream, in the client's protocol.
-    fn error_event(&self, message: &str) -> Bytes {
-        match self {
-            Adapter::OpenAi { .. } | Adapter::AnthropicToOpenAi(_) => {
-                openai_chat::stream_error_event(message)
-            }
-            Adapter::Anthropic(_) => anthropic::stream_error_event(message),
-            Adapter::OpenAiToAnthropic(_) => {
-                Bytes::from(translate::OpenAiToAnthropicStream::error_event(message))
-            }
-        }
-    }
-
-    /// The upstream's own charge, as its usage reported it (OpenAI-protocol upstreams only:
-    /// Anthropic reports none).
-    fn reported_cost_nano(&self) -> Option<u64> {
-        match self {
-            Adapter::OpenAi { usage, .. } => usage.and_then(|u| u.reported_cost_nano),
-            Adapter::OpenAiToAnthropic(t) => t.reported_cost_nano(),
-            Adapter::Anthropic(_) | Adapter::AnthropicToOpenAi(_) => None,
-        }
-    }
-
-    fn usage(&self) -> Option<Usage> {
-        match self {
-            Adapter::OpenAi { usage, .. } => usage.and_then(openai_usage),
-            Adapter::Anthropic(u) => {
-                (*u != anthropic::Usage::default()).then(|| anthropic_usage(*u))
-            }
-            Adapter::OpenAiToAnthropic(t) => t.usage(),
-            Adapter::AnthropicToOpenAi(t) => t.usage(),
-        }
-    }
-}
-
-/// Sends what a translator produced. An upstream error reported by a translator produces no
-/// event of its own: once committed, the client gets one in its own shape (`error_event`);
-/// before that, nothing, and the next candidate serves.
-fn translated(
-    note: translate::StreamNote,
-    buf: Vec<u8>,
-    committed: bool,
-    out: &mut Vec<Bytes>,
-    error_event: impl Fn(&str) -> Bytes,
-) -> Note {
-    if let translate::StreamNote::Error(message) = &note {
-        if committed {
-            out.push(error_event(message));
-        }
-    } else if !buf.is_empty() {
-        out.push(Bytes::from(buf));
-    }
-    stream_note(note)
-}
-
-fn stream_note(note: translate::StreamNote) -> Note {
-    match note {
-        translate::StreamNote::Nothing => Note::Nothing,
-        translate::StreamNote::Content => Note::Content,
-        translate::StreamNote::Error(m) => Note::Error(m),
-        translate::StreamNote::Done => Note::Done,
-    }
-}
-
 /// The stream state shared by the pre-commit phase and the relay.
 struct Scan {
-    adapter: Adapter,
+    adapter: bridge::Stream,
     splitter: sse::Splitter,
     /// Split but not yet looked at.
     queue: VecDeque<Bytes>,
@@ -1603,7 +1244,7 @@ struct Scan {
 
 impl Scan {
     fn new(
-        adapter: Adapter,
+        adapter: bridge::Stream,
         max_event_bytes: usize,
         redactor: Arc<crate::redact::Redactor>,
     ) -> Scan {
@@ -1637,13 +1278,15 @@ async fn precommit(
     loop {
         while let Some(raw) = scan.queue.pop_front() {
             match scan.adapter.event(raw, false, &mut scan.out) {
-                Note::Nothing => {}
-                Note::Content => {
+                StreamNote::Nothing => {}
+                StreamNote::Content => {
                     scan.content_events += 1;
                     return Ok((body, scan));
                 }
-                Note::Error(message) => return Err(Failure::Stream(message)),
-                Note::Done => return Err(Failure::Stream("stream ended without content".into())),
+                StreamNote::Error(message) => return Err(Failure::Stream(message)),
+                StreamNote::Done => {
+                    return Err(Failure::Stream("stream ended without content".into()));
+                }
             }
         }
         if scan.splitter.too_large() {
@@ -1834,8 +1477,8 @@ impl Relay {
                 break;
             }
             match scan.adapter.event(raw, true, &mut scan.out) {
-                Note::Content => scan.content_events += 1,
-                Note::Error(message) => {
+                StreamNote::Content => scan.content_events += 1,
+                StreamNote::Error(message) => {
                     // The error event went out to the client in its own shape. A translated
                     // stream ends there: closing events after an error would tell the client
                     // the message ended normally. A pass-through stream goes on as the upstream
@@ -1847,8 +1490,8 @@ impl Relay {
                         break;
                     }
                 }
-                Note::Done => scan.done = true,
-                Note::Nothing => {}
+                StreamNote::Done => scan.done = true,
+                StreamNote::Nothing => {}
             }
         }
         self.flush_out();
@@ -1879,8 +1522,9 @@ impl Relay {
     fn finish(&mut self, status: u32) {
         if let Some(mut record) = self.record.take() {
             let estimated_output = self.scan.content_events;
-            record.reported_cost_nano_usd = self.scan.adapter.reported_cost_nano();
-            record.finish(self.scan.adapter.usage(), estimated_output, status);
+            let metering = self.scan.adapter.metering();
+            record.reported_cost_nano_usd = metering.and_then(|m| m.reported_cost_nano);
+            record.finish(metering.map(|m| m.usage), estimated_output, status);
         }
     }
 

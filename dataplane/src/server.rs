@@ -641,14 +641,10 @@ async fn proxied(
         started_at_ms,
         query,
     };
-    let resp = match protocol {
-        Protocol::OpenAiChat => {
-            gw.proxy
-                .chat_completions(&table, &parts.headers, &body, ctx)
-                .await
-        }
-        Protocol::Anthropic => gw.proxy.messages(&table, &parts.headers, &body, ctx).await,
-    };
+    let resp = gw
+        .proxy
+        .complete(protocol, &table, &parts.headers, &body, ctx)
+        .await;
     not_served(resp, Some(&logged_key))
 }
 

@@ -4,6 +4,7 @@
 //! translates through the shape. Pure functions and small state machines: no IO, no logging.
 
 pub mod anthropic;
+pub mod bridge;
 pub mod json;
 pub mod openai_chat;
 pub mod shape;

@@ -2,6 +2,8 @@
 //! Anthropic, or the upstream does: request peek and rewrite, stream event classification and
 //! usage, error objects.
 
+pub mod relay;
+
 use super::json::{Entries, write_object};
 use super::wire;
 use bytes::Bytes;

@@ -1,0 +1,423 @@
+//! The one place that knows how a client's dialect meets an upstream's: byte-for-byte
+//! pass-through when they are the same, translation through the internal shape when they are
+//! not. The request path asks here and never matches on a pair of dialects itself.
+//!
+//! Pass-through keeps every byte the client or the upstream sent except the model id (and, for
+//! chat streams, the usage the gateway asks for to bill); the relay only reads what billing,
+//! failover and the end need. Translation decodes with one dialect's module and encodes with
+//! the other's.
+
+use bytes::Bytes;
+use http::HeaderName;
+
+use super::anthropic::{self, MessagesRequest};
+use super::openai_chat::{self, ChatRequest};
+use super::shape::{Metering, StreamNote, TranslateError};
+use super::{Dialect, translate};
+
+/// A client's request, parsed in its own dialect as far as routing needs.
+pub enum ClientRequest<'a> {
+    Chat(ChatRequest<'a>),
+    Messages(MessagesRequest<'a>),
+}
+
+/// Why a client's body was refused before routing, in words for the client (a 400 in its
+/// dialect).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub message: String,
+    /// OpenAI's `param`, where the dialect has one.
+    pub param: Option<&'static str>,
+}
+
+/// What an upstream gets: its body, and what could not be expressed in its dialect.
+#[derive(Debug)]
+pub struct Outbound {
+    pub body: Bytes,
+    /// Field paths dropped in translation (never for pass-through).
+    pub dropped: Vec<String>,
+}
+
+/// Output tokens assumed for ranking when the request sets no limit.
+pub const DEFAULT_OUTPUT_TOKENS_ESTIMATE: u64 = openai_chat::DEFAULT_OUTPUT_TOKENS_ESTIMATE;
+
+impl<'a> ClientRequest<'a> {
+    /// Parses `body` as a request of `dialect`.
+    pub fn parse(dialect: Dialect, body: &'a [u8]) -> Result<ClientRequest<'a>, Refusal> {
+        match dialect {
+            Dialect::OpenAiChat => ChatRequest::parse(body)
+                .map(ClientRequest::Chat)
+                .map_err(|e| Refusal {
+                    message: e.message,
+                    param: e.param,
+                }),
+            Dialect::Anthropic => MessagesRequest::parse(body)
+                .map(ClientRequest::Messages)
+                .map_err(|e| Refusal {
+                    message: e.0,
+                    param: None,
+                }),
+        }
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            ClientRequest::Chat(_) => Dialect::OpenAiChat,
+            ClientRequest::Messages(_) => Dialect::Anthropic,
+        }
+    }
+
+    pub fn model(&self) -> &str {
+        match self {
+            ClientRequest::Chat(r) => &r.model,
+            ClientRequest::Messages(r) => &r.model,
+        }
+    }
+
+    pub fn stream(&self) -> bool {
+        match self {
+            ClientRequest::Chat(r) => r.stream,
+            ClientRequest::Messages(r) => r.stream,
+        }
+    }
+
+    /// The output limit the request sets, or the estimate ranking assumes.
+    pub fn output_estimate(&self) -> u64 {
+        match self {
+            ClientRequest::Chat(r) => r.max_tokens.unwrap_or(DEFAULT_OUTPUT_TOKENS_ESTIMATE),
+            ClientRequest::Messages(r) => r.max_tokens,
+        }
+    }
+
+    /// The body for an upstream that speaks `upstream` and calls the model `upstream_model`:
+    /// the client's bytes with the model replaced, or a translation. `body` is the bytes this
+    /// request was parsed from.
+    pub fn upstream_body(
+        &self,
+        body: &[u8],
+        upstream: Dialect,
+        upstream_model: &str,
+    ) -> Result<Outbound, TranslateError> {
+        let passed = |body: Bytes| Outbound {
+            body,
+            dropped: Vec::new(),
+        };
+        let (bytes, dropped) = match (self, upstream) {
+            (ClientRequest::Chat(req), Dialect::OpenAiChat) => {
+                // The gateway bills from the usage chunk, so it asks for one; the relay drops
+                // it again when the client did not.
+                let force = req.stream && !req.include_usage;
+                return Ok(passed(req.rewrite(upstream_model, force)));
+            }
+            (ClientRequest::Messages(req), Dialect::Anthropic) => {
+                return Ok(passed(req.rewrite(upstream_model)));
+            }
+            (ClientRequest::Chat(_), Dialect::Anthropic) => {
+                translate::openai_to_anthropic_request(body, upstream_model)?
+            }
+            (ClientRequest::Messages(_), Dialect::OpenAiChat) => {
+                translate::anthropic_to_openai_request(body, upstream_model)?
+            }
+        };
+        Ok(Outbound {
+            body: Bytes::from(bytes),
+            dropped,
+        })
+    }
+}
+
+const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
+static ANTHROPIC_TO_ANTHROPIC: [HeaderName; 2] =
+    [ANTHROPIC_VERSION, HeaderName::from_static("anthropic-beta")];
+
+/// The client's request headers an upstream gets: an allow-list by pair of dialects; every
+/// other header stays behind (see `proxy::upstream_request` for why). Anthropic clients talking
+/// to Anthropic keep `anthropic-version` (any version a client speaks is honoured) and
+/// `anthropic-beta` (the features the request's fields rely on). A translated request is
+/// written for the upstream's defaults, so it takes neither.
+pub fn forwarded_headers(client: Dialect, upstream: Dialect) -> &'static [HeaderName] {
+    match (client, upstream) {
+        (Dialect::Anthropic, Dialect::Anthropic) => &ANTHROPIC_TO_ANTHROPIC,
+        _ => &[],
+    }
+}
+
+/// Whether the client's query string goes on to the upstream: only between Anthropic ends
+/// (Claude Code's `?beta=true` selects features the body then uses).
+pub fn forwards_query(client: Dialect, upstream: Dialect) -> bool {
+    client == Dialect::Anthropic && upstream == Dialect::Anthropic
+}
+
+/// A whole 200 answer from an upstream of `upstream`, for a client of `client` that asked for
+/// `client_model`: the client's bytes and the upstream's counts. `None` when the body is not an
+/// answer of the upstream's dialect (which is never relayed).
+pub fn response(
+    client: Dialect,
+    upstream: Dialect,
+    body: Bytes,
+    client_model: &str,
+) -> Option<(Bytes, Option<Metering>)> {
+    match (client, upstream) {
+        (Dialect::OpenAiChat, Dialect::OpenAiChat) => {
+            // One parse says whether it is a completion and gives the counts and the charge.
+            let completion = openai_chat::completion(&body)?;
+            let metering = completion.usage.and_then(openai_chat::relay::metering);
+            Some((body, metering))
+        }
+        (Dialect::Anthropic, Dialect::Anthropic) => {
+            let message = anthropic::message(&body)?;
+            Some((body, message.usage.map(anthropic::relay::metering)))
+        }
+        (Dialect::OpenAiChat, Dialect::Anthropic) => {
+            let (bytes, usage) =
+                translate::anthropic_to_openai_response(&body, client_model).ok()?;
+            let metering = usage.map(|usage| Metering {
+                usage,
+                ..Metering::default()
+            });
+            Some((Bytes::from(bytes), metering))
+        }
+        (Dialect::Anthropic, Dialect::OpenAiChat) => {
+            let reported_cost_nano =
+                openai_chat::completion_usage(&body).and_then(|u| u.reported_cost_nano);
+            let (bytes, usage) =
+                translate::openai_to_anthropic_response(&body, client_model).ok()?;
+            let metering = usage.map(|usage| Metering {
+                usage,
+                reasoning_tokens: None,
+                reported_cost_nano,
+            });
+            Some((Bytes::from(bytes), metering))
+        }
+    }
+}
+
+/// An upstream's refusal (status and body) as the client's dialect writes it.
+pub fn upstream_error(
+    client: Dialect,
+    upstream: Dialect,
+    status: u16,
+    body: Bytes,
+) -> (u16, Bytes) {
+    match (client, upstream) {
+        (Dialect::OpenAiChat, Dialect::Anthropic) => {
+            let (s, b) = translate::anthropic_error_to_openai(status, &body);
+            (s, Bytes::from(b))
+        }
+        (Dialect::Anthropic, Dialect::OpenAiChat) => {
+            let (s, b) = translate::openai_error_to_anthropic(status, &body);
+            (s, Bytes::from(b))
+        }
+        _ => (status, body),
+    }
+}
+
+/// An error the gateway itself answers with, in the client's dialect. `code` is OpenAI's
+/// `code`; Anthropic's error type follows from the status.
+pub fn error_body(client: Dialect, status: u16, message: &str, code: Option<&str>) -> Bytes {
+    match client {
+        Dialect::OpenAiChat => {
+            let kind = match status {
+                429 => "rate_limit_error",
+                s if s >= 500 => "server_error",
+                _ => "invalid_request_error",
+            };
+            openai_chat::error_body(message, kind, None, code)
+        }
+        Dialect::Anthropic => anthropic::error_body(anthropic::error_type(status), message),
+    }
+}
+
+/// How an upstream's stream becomes the client's: read and relayed as it is, or translated.
+pub struct Stream {
+    kind: StreamKind,
+}
+
+enum StreamKind {
+    Chat(openai_chat::relay::Scan),
+    Messages(anthropic::relay::Scan),
+    ChatToMessages(Box<translate::OpenAiToAnthropicStream>),
+    MessagesToChat(Box<translate::AnthropicToOpenAiStream>),
+}
+
+impl Stream {
+    /// The stream for `req` served by an upstream of `upstream`; `message_id` names the answer
+    /// where the upstream's dialect does not carry an id the client's needs.
+    pub fn new(req: &ClientRequest<'_>, upstream: Dialect, message_id: &str) -> Stream {
+        let kind = match (req, upstream) {
+            (ClientRequest::Chat(r), Dialect::OpenAiChat) => {
+                StreamKind::Chat(openai_chat::relay::Scan::new(r.include_usage))
+            }
+            (ClientRequest::Messages(_), Dialect::Anthropic) => {
+                StreamKind::Messages(anthropic::relay::Scan::default())
+            }
+            (ClientRequest::Chat(r), Dialect::Anthropic) => StreamKind::MessagesToChat(Box::new(
+                translate::AnthropicToOpenAiStream::new(&r.model, r.include_usage),
+            )),
+            (ClientRequest::Messages(r), Dialect::OpenAiChat) => {
+                StreamKind::ChatToMessages(Box::new(translate::OpenAiToAnthropicStream::new(
+                    &r.model, message_id,
+                )))
+            }
+        };
+        Stream { kind }
+    }
+
+    /// Whether the client's bytes are the upstream's (then the relay may pass events it does
+    /// not need to read).
+    pub fn is_translated(&self) -> bool {
+        matches!(
+            self.kind,
+            StreamKind::ChatToMessages(_) | StreamKind::MessagesToChat(_)
+        )
+    }
+
+    /// Handles one whole upstream event `raw`, pushing what the client gets onto `out`. An error
+    /// the upstream reports reaches the client only once the stream is `committed` (as the
+    /// dialect's own event when translated); before that the next candidate serves. Once
+    /// committed, pass-through events that cannot carry usage, errors or the end are relayed
+    /// without being parsed.
+    pub fn event(&mut self, raw: Bytes, committed: bool, out: &mut Vec<Bytes>) -> StreamNote {
+        let ev = crate::sse::parse(&raw);
+        let data = ev.data.as_deref();
+        let translated = match &mut self.kind {
+            StreamKind::Chat(scan) => return relayed(scan, &raw, ev.name, data, committed, out),
+            StreamKind::Messages(scan) => {
+                return relayed(scan, &raw, ev.name, data, committed, out);
+            }
+            StreamKind::ChatToMessages(t) => {
+                let Some(data) = data else {
+                    return StreamNote::Nothing;
+                };
+                let mut buf = Vec::new();
+                let note = t.event(data, &mut buf);
+                (note, buf)
+            }
+            StreamKind::MessagesToChat(t) => {
+                let Some(data) = data else {
+                    return StreamNote::Nothing;
+                };
+                let mut buf = Vec::new();
+                let note = t.event(ev.name, data, &mut buf);
+                (note, buf)
+            }
+        };
+        let (note, buf) = translated;
+        if let StreamNote::Error(message) = &note {
+            if committed {
+                out.push(self.error_event(message));
+            }
+        } else if !buf.is_empty() {
+            out.push(Bytes::from(buf));
+        }
+        note
+    }
+
+    /// The upstream ended cleanly: close what a translated stream still has open.
+    pub fn finish(&mut self, out: &mut Vec<Bytes>) {
+        let mut buf = Vec::new();
+        match &mut self.kind {
+            StreamKind::ChatToMessages(t) => t.finish(&mut buf),
+            StreamKind::MessagesToChat(t) => t.finish(&mut buf),
+            StreamKind::Chat(_) | StreamKind::Messages(_) => {}
+        }
+        if !buf.is_empty() {
+            out.push(Bytes::from(buf));
+        }
+    }
+
+    /// The event that ends a failed stream, in the client's dialect.
+    pub fn error_event(&self, message: &str) -> Bytes {
+        match &self.kind {
+            StreamKind::Chat(_) | StreamKind::MessagesToChat(_) => {
+                openai_chat::stream_error_event(message)
+            }
+            StreamKind::Messages(_) => anthropic::stream_error_event(message),
+            StreamKind::ChatToMessages(_) => {
+                Bytes::from(translate::OpenAiToAnthropicStream::error_event(message))
+            }
+        }
+    }
+
+    /// What the upstream counted so far.
+    pub fn metering(&self) -> Option<Metering> {
+        match &self.kind {
+            StreamKind::Chat(scan) => scan.metering(),
+            StreamKind::Messages(scan) => scan.metering(),
+            StreamKind::ChatToMessages(t) => t.usage().map(|usage| Metering {
+                usage,
+                reasoning_tokens: None,
+                reported_cost_nano: t.reported_cost_nano(),
+            }),
+            StreamKind::MessagesToChat(t) => t.usage().map(|usage| Metering {
+                usage,
+                ..Metering::default()
+            }),
+        }
+    }
+}
+
+/// A pass-through scanner, as `relayed` drives it.
+trait Relay {
+    fn may_matter(&self, name: Option<&[u8]>, data: &[u8]) -> bool;
+    fn event(&mut self, name: Option<&[u8]>, data: Option<&[u8]>) -> (StreamNote, bool);
+}
+
+impl Relay for openai_chat::relay::Scan {
+    fn may_matter(&self, name: Option<&[u8]>, data: &[u8]) -> bool {
+        openai_chat::relay::Scan::may_matter(self, name, data)
+    }
+    fn event(&mut self, name: Option<&[u8]>, data: Option<&[u8]>) -> (StreamNote, bool) {
+        openai_chat::relay::Scan::event(self, name, data)
+    }
+}
+
+impl Relay for anthropic::relay::Scan {
+    fn may_matter(&self, name: Option<&[u8]>, data: &[u8]) -> bool {
+        anthropic::relay::Scan::may_matter(self, name, data)
+    }
+    fn event(&mut self, name: Option<&[u8]>, data: Option<&[u8]>) -> (StreamNote, bool) {
+        anthropic::relay::Scan::event(self, name, data)
+    }
+}
+
+/// One event of a pass-through stream: relayed as the upstream sent it, unless the scanner holds
+/// it back or it is an error before commit. Once committed, an event that cannot carry usage,
+/// an error or the end is relayed without being parsed.
+fn relayed(
+    scan: &mut impl Relay,
+    raw: &Bytes,
+    name: Option<&[u8]>,
+    data: Option<&[u8]>,
+    committed: bool,
+    out: &mut Vec<Bytes>,
+) -> StreamNote {
+    if committed && !data.is_some_and(|d| scan.may_matter(name, d)) {
+        let note = if data.is_some() {
+            StreamNote::Content
+        } else {
+            StreamNote::Nothing
+        };
+        out.push(raw.clone());
+        return note;
+    }
+    let (note, relay) = scan.event(name, data);
+    let held = matches!(note, StreamNote::Error(_)) && !committed;
+    if relay && !held {
+        out.push(raw.clone());
+    }
+    note
+}
+
+/// The 400 for a body refused before routing, in the client's dialect.
+pub fn refusal_body(client: Dialect, refusal: &Refusal) -> Bytes {
+    match client {
+        Dialect::OpenAiChat => openai_chat::error_body(
+            &refusal.message,
+            "invalid_request_error",
+            refusal.param,
+            None,
+        ),
+        Dialect::Anthropic => anthropic::error_body("invalid_request_error", &refusal.message),
+    }
+}
