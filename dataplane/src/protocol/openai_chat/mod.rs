@@ -4,6 +4,7 @@
 //! rewrite (the upstream's model id, `stream_options.include_usage`) changes only those entries
 //! and every other byte the client sent reaches the upstream as it was.
 
+pub mod decode;
 pub mod relay;
 
 use super::json::Entries;
