@@ -62,8 +62,8 @@ pub(crate) enum BlockOut<'a> {
     ToolResult {
         tool_use_id: Cow<'a, str>,
         content: ToolResultOut<'a>,
-        #[serde(skip_serializing_if = "std::ops::Not::not")]
-        is_error: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        is_error: Option<bool>,
     },
 }
 
@@ -337,16 +337,25 @@ pub fn request(req: &shape::Request<'_>, upstream_model: &str) -> Result<Encoded
     let mut dropped = req.dropped.clone();
     let max_tokens = req.max_output_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
 
+    let mut system: Vec<&str> = req.system.iter().map(String::as_str).collect();
     let mut turns: Vec<TurnOut<'_>> = Vec::new();
     for m in &req.messages {
+        let role = match m.role {
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            // Messages has no system turn: its text joins the system prompt.
+            Role::System => {
+                system.extend(m.content.iter().filter_map(|b| match b {
+                    Block::Text(t) if !t.is_empty() => Some(t.as_str()),
+                    _ => None,
+                }));
+                continue;
+            }
+        };
         let mut blocks = Vec::with_capacity(m.content.len());
         for b in &m.content {
             blocks.extend(request_block(b, &mut dropped)?);
         }
-        let role = match m.role {
-            Role::User => "user",
-            Role::Assistant => "assistant",
-        };
         push_turn(&mut turns, role, blocks);
     }
     // Anthropic wants a user turn's tool results before anything else in it.
@@ -447,7 +456,7 @@ pub fn request(req: &shape::Request<'_>, upstream_model: &str) -> Result<Encoded
     let out = RequestOut {
         model: upstream_model,
         max_tokens,
-        system: (!req.system.is_empty()).then(|| req.system.join("\n")),
+        system: (!system.is_empty()).then(|| system.join("\n")),
         messages: turns,
         stop_sequences: (!stop.is_empty()).then_some(stop),
         temperature: temperature.map(|(t, raw)| match t {
@@ -455,7 +464,7 @@ pub fn request(req: &shape::Request<'_>, upstream_model: &str) -> Result<Encoded
             _ => NumberOut::Raw(raw),
         }),
         top_p: req.top_p,
-        stream: req.stream.then_some(true),
+        stream: req.stream,
         tools: (!tools.is_empty()).then_some(tools),
         tool_choice,
         metadata: req.user.as_deref().map(|user_id| MetadataOut { user_id }),
@@ -488,6 +497,10 @@ mod tests {
         let req = shape::Request {
             system: vec!["A".into(), "B".into()],
             messages: vec![
+                Message {
+                    role: Role::System,
+                    content: vec![Block::Text("C".into())],
+                },
                 Message {
                     role: Role::Assistant,
                     content: vec![
@@ -524,7 +537,7 @@ mod tests {
                                 data: "AAAA".into(),
                             }),
                         ],
-                        is_error: true,
+                        is_error: Some(true),
                     }],
                 },
             ],
@@ -540,7 +553,10 @@ mod tests {
         let (v, dropped) = encode(&req);
         assert_eq!(v["model"], "claude-up");
         assert_eq!(v["max_tokens"], DEFAULT_MAX_TOKENS);
-        assert_eq!(v["system"], "A\nB");
+        assert_eq!(
+            v["system"], "A\nB\nC",
+            "a system turn joins the system prompt"
+        );
         assert_eq!(
             v["messages"],
             json!([
@@ -586,7 +602,7 @@ mod tests {
             reasoning: Some(Reasoning::Effort("low".into())),
             temperature: Some(temperature),
             user: Some("u".into()),
-            stream: true,
+            stream: Some(true),
             ..Default::default()
         };
         let (v, dropped) = encode(&req);
@@ -635,7 +651,7 @@ mod tests {
             "parallel setting without tools"
         );
         req.reasoning = Some(Reasoning::Disabled);
-        req.stream = false;
+        req.stream = None;
         let (v, _) = encode(&req);
         assert_eq!(v["thinking"], json!({"type": "disabled"}));
         assert!(v.get("stream").is_none());

@@ -241,7 +241,7 @@ pub fn request(body: &[u8]) -> Result<shape::Request<'_>, TranslateError> {
             }
             "top_p" => req.top_p = opt_field::<f64>(raw, "top_p")?.map(|_| raw),
             "n" => n = opt_field::<u64>(raw, "n")?,
-            "stream" => req.stream = opt_field::<bool>(raw, "stream")?.unwrap_or(false),
+            "stream" => req.stream = opt_field::<bool>(raw, "stream")?,
             "tools" => tools = opt_field::<Vec<OaToolIn<'_>>>(raw, "tools")?,
             "tool_choice" => tool_choice = opt_field::<OaToolChoiceIn>(raw, "tool_choice")?,
             "parallel_tool_calls" => {
@@ -315,7 +315,7 @@ pub fn request(body: &[u8]) -> Result<shape::Request<'_>, TranslateError> {
                     } else {
                         vec![Block::Text(text)]
                     },
-                    is_error: false,
+                    is_error: None,
                 };
                 push(&mut req.messages, Role::User, vec![block]);
             }
@@ -468,7 +468,7 @@ mod tests {
         ] if id == "call_1" && name == "f" && args == "{\"a\": 1}"
             && id2.is_empty() && name2 == "g" && args2.is_empty()));
         assert!(
-            matches!(&req.messages[2].content[..], [Block::ToolResult { call_id, content, is_error: false }]
+            matches!(&req.messages[2].content[..], [Block::ToolResult { call_id, content, is_error: None }]
             if call_id == "call_1" && matches!(&content[..], [Block::Text(t)] if t == "42"))
         );
         assert_eq!(req.messages[2].role, Role::User);
@@ -493,7 +493,7 @@ mod tests {
         assert_eq!(req.temperature.map(RawValue::get), Some("0.70"));
         assert_eq!(req.top_p.map(RawValue::get), Some("1e0"));
         assert_eq!(req.stop, ["END"]);
-        assert!(req.stream && req.include_usage);
+        assert!(req.stream == Some(true) && req.include_usage);
         assert_eq!(req.reasoning, Some(Reasoning::Effort("high".into())));
         assert_eq!(req.user.as_deref(), Some("u1"));
         assert!(
