@@ -7,6 +7,7 @@ pub mod anthropic;
 pub mod bridge;
 pub mod json;
 pub mod openai_chat;
+pub mod openai_responses;
 pub mod shape;
 pub mod translate;
 pub mod usage;
