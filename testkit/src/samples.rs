@@ -23,6 +23,7 @@ recordings!(
     "anthropic-stream.sse",
     "anthropic-tool-use-stream.recorded.jsonl",
     "anthropic-tool-use-stream.sse",
+    "codex-responses-request.json",
     "deepseek-chat-completion.json",
     "deepseek-models.json",
     "deepseek-pricing.md",
