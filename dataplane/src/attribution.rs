@@ -12,7 +12,12 @@
 //! `metadata` carries moderation details), never the rest of the body: an upstream may quote the
 //! request in it (OpenRouter's `metadata.flagged_input`, `metadata.raw`), and text a client wrote
 //! must not be able to pass for "your API key is invalid".
+//!
+//! The codes and texts each provider uses are its quirks, kept per provider in `providers.rs`;
+//! this module holds the rule that weighs them, and matches every provider's (an aggregator
+//! relays the errors of the providers behind it).
 
+use crate::providers;
 use http::StatusCode;
 use serde_json::Value;
 
@@ -100,7 +105,8 @@ struct ErrorFields {
     code: String,
     kind: String,
     message: String,
-    /// `metadata.reasons` or `metadata.flagged_input` is present (OpenRouter moderation).
+    /// `metadata` has a field only a moderation refusal carries (OpenRouter's `reasons`,
+    /// `flagged_input`).
     flagged: bool,
 }
 
@@ -133,7 +139,7 @@ impl ErrorFields {
                     kind,
                     message: text(obj.get("message")),
                     flagged: metadata.is_some_and(|m| {
-                        m.get("reasons").is_some() || m.get("flagged_input").is_some()
+                        providers::every(|q| q.moderation_metadata).any(|f| m.get(f).is_some())
                     }),
                 }
             }
@@ -150,97 +156,62 @@ impl ErrorFields {
         }
     }
 
-    fn message_has(&self, needles: &[&str]) -> bool {
-        needles.iter().any(|n| self.message.contains(n))
+    fn message_has(&self, needles: impl IntoIterator<Item = &'static str>) -> bool {
+        needles.into_iter().any(|n| self.message.contains(n))
     }
 
-    fn code_or_kind_is(&self, names: &[&str]) -> bool {
-        names.iter().any(|n| self.code == *n || self.kind == *n)
+    fn code_or_kind_is(&self, names: impl IntoIterator<Item = &'static str>) -> bool {
+        names.into_iter().any(|n| self.code == n || self.kind == n)
     }
 
-    /// OpenRouter's moderation: `metadata.reasons` / `flagged_input`, or its message
-    /// ("… requires moderation on Azure. Your input was flagged for \"violence\".").
+    /// A moderation refusal of the prompt (OpenRouter: `metadata.reasons` / `flagged_input`, or
+    /// "… requires moderation on Azure. Your input was flagged for \"violence\".").
     fn is_moderation(&self) -> bool {
-        self.flagged || self.message_has(&["requires moderation", "input was flagged"])
+        self.flagged || self.message_has(providers::every(|q| q.moderation_texts))
     }
 
     /// A scope the request named that does not fit the key: OpenAI's organisation and project
     /// headers. The gateway no longer forwards them, so these can only come from an upstream's
     /// own setup; either way they say nothing about whether the key works.
     fn is_scope_mismatch(&self) -> bool {
-        self.code_or_kind_is(&[
-            "mismatched_organization",
-            "mismatched_project",
-            "no_such_organization",
-            "no_such_project",
-        ]) || self.message_has(&[
-            "openai-organization header",
-            "openai-project header",
-            "no such organization",
-            "no such project",
-        ])
+        self.code_or_kind_is(providers::every(|q| q.scope_codes))
+            || self.message_has(providers::every(|q| q.scope_texts))
     }
 
     /// The key works but may not use this model (OpenAI: "Project … does not have access to
     /// model …"): another candidate may serve it.
     fn is_model_access(&self) -> bool {
-        self.code_or_kind_is(&["model_not_found"])
-            || self.message_has(&["does not have access to model"])
+        self.code_or_kind_is(providers::every(|q| q.model_access_codes))
+            || self.message_has(providers::every(|q| q.model_access_texts))
     }
 
-    /// Out of quota or credit: OpenAI `insufficient_quota`, Anthropic "credit balance is too
-    /// low", OpenRouter "Insufficient credits" and a key's own spend limit ("Key limit
-    /// exceeded").
+    /// Out of quota or credit (OpenAI `insufficient_quota`, Anthropic "credit balance is too
+    /// low", OpenRouter "Insufficient credits" and a key's own spend limit, …).
     fn says_quota(&self) -> bool {
-        self.code_or_kind_is(&["insufficient_quota", "billing_hard_limit_reached"])
-            || self.message_has(&[
-                "insufficient_quota",
-                "exceeded your current quota",
-                "credit balance is too low",
-                "billing_hard_limit",
-                "insufficient credits",
-                "key limit exceeded",
-            ])
+        self.code_or_kind_is(providers::every(|q| q.quota_codes))
+            || self.message_has(providers::every(|q| q.quota_texts))
     }
 
-    /// The key itself is refused: OpenAI / Groq / Together `invalid_api_key` ("Incorrect API
-    /// key provided"), Anthropic `authentication_error` ("invalid x-api-key") or a
-    /// `permission_error` about the key, DeepSeek `authentication_error` ("Authentication
-    /// Fails, Your api key … is invalid"), Moonshot `invalid_authentication_error`, OpenRouter
-    /// "No auth credentials found" / "User not found.", Google "API key not valid", and
-    /// deactivated accounts.
+    /// The key itself is refused (OpenAI `invalid_api_key`, Anthropic "invalid x-api-key",
+    /// DeepSeek "Authentication Fails", Google "API key not valid", deactivated accounts, …).
     fn says_key_refused(&self) -> bool {
-        self.code_or_kind_is(&[
-            "invalid_api_key",
-            "account_deactivated",
-            "authentication_error",
-            "invalid_authentication_error",
-            "unauthenticated",
-        ]) || self.message_has(&[
-            "incorrect api key",
-            "invalid api key",
-            "invalid x-api-key",
-            "api key not valid",
-            "api key is invalid",
-            "your api key does not have permission",
-            "authentication fails",
-            "no auth credentials",
-            "user not found",
-            "has been deactivated",
-            "has been disabled",
-            "has been revoked",
-        ])
+        self.code_or_kind_is(providers::every(|q| q.key_refused_codes))
+            || self.message_has(providers::every(|q| q.key_refused_texts))
     }
 
     /// N of OpenRouter's "… but can only afford N."
     fn affordable_tokens(&self) -> Option<u64> {
-        const MARK: &str = "can only afford ";
-        let at = self.message.find(MARK)? + MARK.len();
-        let digits: String = self.message[at..]
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        digits.parse().ok()
+        providers::ALL
+            .iter()
+            .filter_map(|q| q.affordable_mark)
+            .find_map(|mark| {
+                let at = self.message.find(mark)? + mark.len();
+                let digits: String = self.message[at..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect();
+                digits.parse().ok()
+            })
     }
 }
 
@@ -337,6 +308,51 @@ mod tests {
         // A 401 whose metadata quotes a key error is not a key error of its own.
         let raw = r#"{"error":{"message":"Provider returned error","code":401,"metadata":{"raw":"Incorrect API key provided"}}}"#;
         assert_eq!(of(401, raw), Cause::Upstream);
+    }
+
+    /// Every provider's quirk, alone in an error object, names the cause it stands for: the
+    /// texts and codes in `providers.rs` are the ones this module weighs.
+    #[test]
+    fn every_providers_texts_and_codes_name_their_cause() {
+        let message = |text: &str| serde_json::json!({"error": {"message": text}}).to_string();
+        let code = |code: &str| serde_json::json!({"error": {"code": code}}).to_string();
+        let kind = |kind: &str| serde_json::json!({"error": {"type": kind}}).to_string();
+        let upper = |text: &str| message(&text.to_uppercase());
+        for q in providers::ALL {
+            type Body<'a> = &'a dyn Fn(&str) -> String;
+            let cases: [(u16, &[&str], Body, Cause); 11] = [
+                (403, q.quota_texts, &message, Cause::Exhausted),
+                (429, q.quota_texts, &upper, Cause::Exhausted),
+                (429, q.quota_codes, &code, Cause::Exhausted),
+                (401, q.key_refused_texts, &upper, Cause::KeyRefused),
+                (401, q.key_refused_codes, &kind, Cause::KeyRefused),
+                (401, q.scope_texts, &message, Cause::NotHere),
+                (401, q.scope_codes, &code, Cause::NotHere),
+                (403, q.model_access_texts, &message, Cause::NotHere),
+                (403, q.model_access_codes, &code, Cause::NotHere),
+                (403, q.moderation_texts, &upper, Cause::Content),
+                (401, q.moderation_texts, &message, Cause::Upstream),
+            ];
+            for (status, list, body, cause) in cases {
+                for text in list {
+                    let body = body(text);
+                    assert_eq!(of(status, &body), cause, "{:?}: {status} {body}", q.presets);
+                }
+            }
+            for field in q.moderation_metadata {
+                let body = serde_json::json!(
+                    {"error": {"message": "refused", "metadata": {*field: []}}}
+                )
+                .to_string();
+                assert_eq!(of(403, &body), Cause::Content, "{body}");
+            }
+            if let Some(mark) = q.affordable_mark {
+                let fits = message(&format!("too large; {mark}120."));
+                assert_eq!(of(402, &fits), Cause::NotHere, "{fits}");
+                let none = message(&format!("too large; {mark}0."));
+                assert_eq!(of(402, &none), Cause::Exhausted, "{none}");
+            }
+        }
     }
 
     #[test]

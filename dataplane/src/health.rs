@@ -19,6 +19,7 @@
 //! route table (`RouteCredential.blocked_until_ms`; invalid and exhausted credentials leave the
 //! table). No request waits on that.
 
+use crate::providers::ResetFormat;
 use keyplane_proto::v1 as pb;
 use keyplane_proto::v1::nodes_client::NodesClient;
 use std::collections::HashMap;
@@ -313,8 +314,9 @@ impl Health {
 }
 
 /// How long a 429 asks to wait, in ms: `retry-after-ms`, then `Retry-After` (seconds or an HTTP
-/// date), then the largest of OpenAI's `x-ratelimit-reset-requests` / `-tokens` (`1s`, `6m0s`,
-/// `250ms`) and Anthropic's `anthropic-ratelimit-requests-reset` / `-tokens-reset` (RFC 3339).
+/// date), then the latest of the providers' own reset headers (`providers::rate_limit_resets`:
+/// OpenAI's `x-ratelimit-reset-requests` / `-tokens` as Go durations, `1s`, `6m0s`, `250ms`;
+/// Anthropic's `anthropic-ratelimit-*-reset` as RFC 3339 instants).
 pub fn retry_wait_ms(headers: &http::HeaderMap) -> Option<i64> {
     let text = |name: &str| {
         headers
@@ -333,19 +335,15 @@ pub fn retry_wait_ms(headers: &http::HeaderMap) -> Option<i64> {
             return Some(ms_until(at));
         }
     }
-    let openai = ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"]
-        .iter()
-        .filter_map(|h| text(h).and_then(parse_go_duration_ms));
-    let anthropic = [
-        "anthropic-ratelimit-requests-reset",
-        "anthropic-ratelimit-tokens-reset",
-        "anthropic-ratelimit-input-tokens-reset",
-        "anthropic-ratelimit-output-tokens-reset",
-    ]
-    .iter()
-    .filter_map(|h| text(h).and_then(|v| humantime::parse_rfc3339_weak(v).ok()))
-    .map(ms_until);
-    openai.chain(anthropic).max()
+    crate::providers::rate_limit_resets()
+        .filter_map(|h| {
+            let v = text(h.name)?;
+            match h.format {
+                ResetFormat::GoDuration => parse_go_duration_ms(v),
+                ResetFormat::Rfc3339 => humantime::parse_rfc3339_weak(v).ok().map(ms_until),
+            }
+        })
+        .max()
 }
 
 fn ms_until(at: std::time::SystemTime) -> i64 {
@@ -507,6 +505,31 @@ mod tests {
         headers.insert("anthropic-ratelimit-requests-reset", at.parse().unwrap());
         let wait = retry_wait_ms(&headers).unwrap();
         assert!((55_000..=60_000).contains(&wait), "{wait}");
+    }
+
+    #[test]
+    fn every_providers_rate_limit_reset_header_is_read_in_its_format() {
+        let in_a_minute = std::time::SystemTime::now() + Duration::from_secs(60);
+        let mut seen = 0;
+        for h in crate::providers::rate_limit_resets() {
+            let value = match h.format {
+                ResetFormat::GoDuration => "1m0s".to_string(),
+                ResetFormat::Rfc3339 => humantime::format_rfc3339_seconds(in_a_minute).to_string(),
+            };
+            let mut headers = http::HeaderMap::new();
+            headers.insert(h.name, value.parse().unwrap());
+            let wait = retry_wait_ms(&headers).unwrap_or_else(|| panic!("{} unread", h.name));
+            assert!((55_000..=60_000).contains(&wait), "{}: {wait}", h.name);
+            // In the other format it means nothing.
+            let other = match h.format {
+                ResetFormat::GoDuration => "2025-06-01T12:00:30Z",
+                ResetFormat::Rfc3339 => "1m0s",
+            };
+            headers.insert(h.name, other.parse().unwrap());
+            assert_eq!(retry_wait_ms(&headers), None, "{}: {other}", h.name);
+            seen += 1;
+        }
+        assert!(seen >= 6, "OpenAI's two and Anthropic's four");
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod logbuf;
 pub mod logfmt;
 pub mod metrics;
 pub mod protocol;
+pub mod providers;
 pub mod proxy;
 pub mod redact;
 pub mod server;

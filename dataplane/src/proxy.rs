@@ -263,7 +263,8 @@ fn upstream_request(
         );
         headers.insert(header::USER_AGENT, USER_AGENT);
         if upstream == Protocol::Anthropic && !headers.contains_key(ANTHROPIC_VERSION) {
-            headers.insert(ANTHROPIC_VERSION, HeaderValue::from_static("2023-06-01"));
+            let version = cand.provider.quirks.anthropic_version();
+            headers.insert(ANTHROPIC_VERSION, HeaderValue::from_static(version));
         }
         headers.insert(cand.auth.0.clone(), cand.auth.1.clone());
     }

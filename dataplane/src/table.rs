@@ -18,6 +18,10 @@ pub use crate::protocol::Dialect as Protocol;
 pub struct Provider {
     pub name: Arc<str>,
     pub protocol: Protocol,
+    /// The preset the provider was added with (`openrouter`, `anthropic`, …), if any.
+    pub preset: Option<Arc<str>>,
+    /// Its wire quirks, looked up once from `preset` when the table is compiled.
+    pub quirks: &'static crate::providers::Quirks,
     /// The full URL of the chat endpoint (`{base}/chat/completions` or `{base}/v1/messages`).
     pub chat_url: http::Uri,
     /// Per-provider timeouts; `None`: the data plane's default.
@@ -242,6 +246,8 @@ impl Table {
             providers.push(Arc::new(Provider {
                 name: Arc::from(p.name.as_str()),
                 protocol,
+                preset: (!p.preset.is_empty()).then(|| Arc::from(p.preset.as_str())),
+                quirks: crate::providers::for_preset(&p.preset),
                 chat_url,
                 connect_timeout: ms(p.connect_timeout_ms),
                 first_byte_timeout: ms(p.first_byte_timeout_ms),
@@ -497,6 +503,40 @@ mod tests {
             .iter()
             .map(|&i| cands[i].provider.name.to_string())
             .collect()
+    }
+
+    #[test]
+    fn a_providers_preset_selects_its_quirks_once_at_compile() {
+        let stats = StatsRegistry::default();
+        let mut raw = table();
+        raw.providers[0].preset = "openrouter".into();
+        raw.providers[2].preset = "a-preset-from-a-newer-control-plane".into();
+        let t = Table::compile(&raw, &stats).unwrap();
+        let provider = |name: &str| {
+            t.models["m"]
+                .iter()
+                .map(|c| &c.provider)
+                .find(|p| &*p.name == name)
+                .unwrap()
+                .clone()
+        };
+        let alpha = provider("alpha");
+        assert_eq!(alpha.preset.as_deref(), Some("openrouter"));
+        assert!(std::ptr::eq(
+            alpha.quirks,
+            crate::providers::for_preset("openrouter")
+        ));
+        assert!(alpha.quirks.affordable_mark.is_some());
+        let beta = provider("beta");
+        assert_eq!(beta.preset, None);
+        assert!(std::ptr::eq(beta.quirks, &crate::providers::NO_QUIRKS));
+        // An unknown preset is kept by name and has no quirks of its own.
+        let gamma = provider("gamma");
+        assert_eq!(
+            gamma.preset.as_deref(),
+            Some("a-preset-from-a-newer-control-plane")
+        );
+        assert!(std::ptr::eq(gamma.quirks, &crate::providers::NO_QUIRKS));
     }
 
     #[test]
