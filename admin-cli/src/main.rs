@@ -160,9 +160,16 @@ enum ProviderCmd {
     },
     /// List providers.
     List,
-    /// Change a provider's timeouts (0: back to the data plane's default).
+    /// Change a provider's protocol, base URL or timeouts (0: back to the data plane's
+    /// default). Only the flags given change; credentials and models stay.
     Set {
         name: String,
+        /// openai, anthropic or openai-responses, e.g. to move an OpenAI provider to the
+        /// Responses API.
+        #[arg(long)]
+        protocol: Option<String>,
+        #[arg(long)]
+        base_url: Option<String>,
         #[command(flatten)]
         timeouts: TimeoutFlags,
     },
@@ -629,9 +636,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let list = admin.client.list_models(req).await?.into_inner();
             out.offerings(&list.offerings, false);
         }
-        Command::Provider(ProviderCmd::Set { name, timeouts }) => {
+        Command::Provider(ProviderCmd::Set {
+            name,
+            protocol,
+            base_url,
+            timeouts,
+        }) => {
             let req = admin.request(pb::SetProviderRequest {
                 name,
+                protocol,
+                base_url,
                 connect_timeout_ms: timeouts.connect_timeout_ms,
                 first_byte_timeout_ms: timeouts.first_byte_timeout_ms,
                 idle_timeout_ms: timeouts.idle_timeout_ms,

@@ -28,9 +28,15 @@ fn help_lists_every_command() {
 }
 
 #[test]
-fn provider_add_help_lists_every_upstream_protocol() {
-    let (code, stdout, _) = ctl(&["provider", "add", "--help"]);
-    assert_eq!(code, 0);
+fn provider_add_and_set_help_list_every_upstream_protocol() {
+    for command in ["add", "set"] {
+        let (code, stdout, _) = ctl(&["provider", command, "--help"]);
+        assert_eq!(code, 0);
+        help_lists_protocols(&stdout);
+    }
+}
+
+fn help_lists_protocols(stdout: &str) {
     // clap wraps help text, so look for each protocol as a word of the unwrapped text.
     let words: Vec<&str> = stdout
         .split(|c: char| c.is_whitespace() || c == ',' || c == '(' || c == ')')
@@ -38,7 +44,7 @@ fn provider_add_help_lists_every_upstream_protocol() {
     for protocol in ["openai", "anthropic", "openai-responses"] {
         assert!(
             words.contains(&protocol),
-            "{protocol} missing from provider add --help:\n{stdout}"
+            "{protocol} missing from provider help:\n{stdout}"
         );
     }
 }

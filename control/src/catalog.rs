@@ -287,6 +287,19 @@ fn parse_price(what: &str, text: &str) -> Result<u64> {
     })
 }
 
+/// What `provider set` changes: `None` leaves a field as it is; a timeout of 0 means the data
+/// plane's default.
+#[derive(Default, Clone, Copy)]
+pub struct ProviderChange<'a> {
+    pub name: &'a str,
+    pub protocol: Option<&'a str>,
+    pub base_url: Option<&'a str>,
+    pub connect_ms: Option<u32>,
+    pub first_byte_ms: Option<u32>,
+    pub idle_ms: Option<u32>,
+    pub max_body_bytes: Option<u64>,
+}
+
 /// What `provider add` asks for: explicit fields override the preset's.
 #[derive(Default)]
 pub struct AddProvider<'a> {
@@ -460,16 +473,29 @@ impl Store {
     }
 
     /// Changes a provider's timeouts (`None`: unchanged).
-    pub fn set_provider_timeouts(
-        &self,
-        name: &str,
-        connect_ms: Option<u32>,
-        first_byte_ms: Option<u32>,
-        idle_ms: Option<u32>,
-        max_body_bytes: Option<u64>,
-    ) -> Result<ProviderRec> {
+    /// `provider set`: changes what is given, all or nothing; credentials, offerings and the
+    /// synced catalog stay with the provider.
+    pub fn set_provider(&self, change: &ProviderChange<'_>) -> Result<ProviderRec> {
+        let ProviderChange {
+            name,
+            protocol,
+            base_url,
+            connect_ms,
+            first_byte_ms,
+            idle_ms,
+            max_body_bytes,
+        } = *change;
+        // Validate before taking the lock: a refused change writes nothing.
+        let protocol = protocol.map(Protocol::parse).transpose()?;
+        let base_url = base_url.map(check_base_url).transpose()?;
         let _guard = self.admin_guard();
         let mut rec = self.require_provider(name)?;
+        if let Some(p) = protocol {
+            rec.protocol = p;
+        }
+        if let Some(url) = base_url {
+            rec.base_url = url;
+        }
         if let Some(v) = connect_ms {
             rec.timeouts.connect_ms = v;
         }
@@ -683,6 +709,61 @@ mod tests {
             store.provider("r").unwrap().unwrap().protocol,
             Protocol::OpenaiResponses
         );
+    }
+
+    #[test]
+    fn provider_set_changes_what_is_given_or_nothing() {
+        let (_d, store) = open_temp();
+        store
+            .add_provider("p", "openai", "https://api.openai.com/v1")
+            .unwrap();
+        store.add_credential("p", "", "", &secret("sk-1")).unwrap();
+        let rec = store
+            .set_provider(&ProviderChange {
+                name: "p",
+                protocol: Some("openai-responses"),
+                idle_ms: Some(5),
+                ..ProviderChange::default()
+            })
+            .unwrap();
+        assert_eq!(rec.protocol, Protocol::OpenaiResponses);
+        assert_eq!(rec.base_url, "https://api.openai.com/v1", "unchanged");
+        assert_eq!(rec.timeouts.idle_ms, 5);
+        let rec = store
+            .set_provider(&ProviderChange {
+                name: "p",
+                base_url: Some("https://gateway.example/v1/"),
+                ..ProviderChange::default()
+            })
+            .unwrap();
+        assert_eq!(rec.base_url, "https://gateway.example/v1");
+        assert_eq!(rec.protocol, Protocol::OpenaiResponses, "unchanged");
+
+        // A refused change writes nothing, not even the valid parts given with it.
+        for (protocol, base_url) in [(Some("grpc"), None), (None, Some("ftp://x"))] {
+            assert!(matches!(
+                store.set_provider(&ProviderChange {
+                    name: "p",
+                    protocol,
+                    base_url,
+                    idle_ms: Some(9),
+                    ..ProviderChange::default()
+                }),
+                Err(Error::InvalidArgument(_))
+            ));
+        }
+        let stored = store.provider("p").unwrap().unwrap();
+        assert_eq!(stored.timeouts.idle_ms, 5);
+        assert_eq!(stored.base_url, "https://gateway.example/v1");
+        assert!(matches!(
+            store.set_provider(&ProviderChange {
+                name: "nope",
+                protocol: Some("openai"),
+                ..ProviderChange::default()
+            }),
+            Err(Error::NotFound(_))
+        ));
+        assert_eq!(store.credentials().unwrap().len(), 1, "credentials stay");
     }
 
     #[test]

@@ -182,6 +182,40 @@ fn an_openai_responses_provider_is_listed_and_pushed_with_its_protocol_and_prese
     assert_eq!(pushed("plain").protocol, responses);
     assert_eq!(pushed("plain").preset, "", "no preset: an empty preset");
     assert_eq!(got.table.credentials[0].secret, "sk-responses");
+
+    // `provider set` moves a provider between protocols; the next table carries it.
+    let set = cp
+        .ctl(&[
+            "--json",
+            "provider",
+            "set",
+            "plain",
+            "--protocol",
+            "openai",
+            "--base-url",
+            "http://127.0.0.1:10/v1",
+        ])
+        .ok()
+        .json();
+    assert_eq!(set["protocol"], "openai", "{set}");
+    let next = next_table(&rx, got.table.route_version, Duration::from_secs(10));
+    let plain = next
+        .table
+        .providers
+        .iter()
+        .find(|p| p.name == "plain")
+        .unwrap();
+    assert_eq!(plain.protocol, keyplane_proto::v1::Protocol::Openai as i32);
+    assert_eq!(plain.base_url, "http://127.0.0.1:10/v1");
+    let refused = cp.ctl(&["provider", "set", "plain", "--protocol", "responses"]);
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(
+        refused
+            .stderr
+            .contains("openai, anthropic, openai-responses"),
+        "{}",
+        refused.stderr
+    );
 }
 
 #[test]

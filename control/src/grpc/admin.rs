@@ -1,7 +1,7 @@
 //! The Admin service: what keyplanectl calls.
 
 use super::convert;
-use crate::catalog::{AddProvider, SetModel};
+use crate::catalog::{AddProvider, ProviderChange, SetModel};
 use crate::catalog_sync::Syncer;
 use crate::creds::Secret;
 use crate::error::Error;
@@ -331,15 +331,22 @@ impl Admin for AdminService {
 
     async fn set_provider(&self, req: Request<pb::SetProviderRequest>) -> Reply<pb::Provider> {
         let req = req.into_inner();
-        let rec = self.store.set_provider_timeouts(
-            &req.name,
-            req.connect_timeout_ms,
-            req.first_byte_timeout_ms,
-            req.idle_timeout_ms,
-            req.max_body_bytes,
-        )?;
+        let rec = self.store.set_provider(&ProviderChange {
+            name: &req.name,
+            protocol: req.protocol.as_deref(),
+            base_url: req.base_url.as_deref(),
+            connect_ms: req.connect_timeout_ms,
+            first_byte_ms: req.first_byte_timeout_ms,
+            idle_ms: req.idle_timeout_ms,
+            max_body_bytes: req.max_body_bytes,
+        })?;
         self.committed().await?;
-        tracing::info!(provider = %rec.name, "provider timeouts set");
+        tracing::info!(
+            provider = %rec.name,
+            protocol = rec.protocol.as_str(),
+            base_url = %rec.base_url,
+            "provider set"
+        );
         Ok(Response::new(convert::provider(rec)))
     }
 
