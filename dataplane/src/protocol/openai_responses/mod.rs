@@ -12,6 +12,7 @@
 //! `previous_response_id`, `conversation` and `background` are refused; `store` and `include`
 //! are accepted and have no effect on the gateway.
 
+pub mod decode;
 pub mod encode;
 
 use super::json::{Entries, first_byte, write_object};
