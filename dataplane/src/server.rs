@@ -403,6 +403,9 @@ async fn route(gw: &Arc<Gateway>, req: Request<Incoming>, request_id: &str) -> R
             proxied(gw, req, request_id, Protocol::OpenAiChat).await
         }
         (&Method::POST, "/v1/messages") => proxied(gw, req, request_id, Protocol::Anthropic).await,
+        (&Method::POST, "/v1/responses") => {
+            proxied(gw, req, request_id, Protocol::OpenAiResponses).await
+        }
         (&Method::POST, "/v1/messages/count_tokens") => count_tokens(gw, req).await,
         (_, "/v1/messages" | "/v1/messages/count_tokens") => client_error(
             Protocol::Anthropic,
@@ -410,15 +413,21 @@ async fn route(gw: &Arc<Gateway>, req: Request<Incoming>, request_id: &str) -> R
             &format!("Method {} is not allowed on {path}.", req.method()),
             None,
         ),
-        (_, "/v1/chat/completions" | "/v1/models" | "/healthz" | "/readyz" | "/metrics") => {
-            openai_error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                &format!("Method {} is not allowed on {path}.", req.method()),
-                "invalid_request_error",
-                None,
-                None,
-            )
-        }
+        (
+            _,
+            "/v1/chat/completions"
+            | "/v1/responses"
+            | "/v1/models"
+            | "/healthz"
+            | "/readyz"
+            | "/metrics",
+        ) => openai_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!("Method {} is not allowed on {path}.", req.method()),
+            "invalid_request_error",
+            None,
+            None,
+        ),
         _ => openai_error(
             StatusCode::NOT_FOUND,
             &format!("Unknown path {path}."),

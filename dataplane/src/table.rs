@@ -229,15 +229,16 @@ impl Table {
         }
         let mut providers = Vec::with_capacity(table.providers.len());
         for p in &table.providers {
-            let protocol = if p.protocol == pb::Protocol::Anthropic as i32 {
-                Protocol::Anthropic
-            } else {
-                Protocol::OpenAiChat
+            let protocol = match pb::Protocol::try_from(p.protocol) {
+                Ok(pb::Protocol::Anthropic) => Protocol::Anthropic,
+                Ok(pb::Protocol::OpenaiResponses) => Protocol::OpenAiResponses,
+                _ => Protocol::OpenAiChat,
             };
             let base = p.base_url.trim_end_matches('/');
             let url = match protocol {
                 Protocol::OpenAiChat => format!("{base}/chat/completions"),
                 Protocol::Anthropic => format!("{base}/v1/messages"),
+                Protocol::OpenAiResponses => format!("{base}/responses"),
             };
             let chat_url = url.parse::<http::Uri>().map_err(|_| TableError::BadUrl {
                 name: p.name.clone(),
@@ -271,7 +272,7 @@ impl Table {
                 continue;
             };
             let (name, value) = match provider.protocol {
-                Protocol::OpenAiChat => {
+                Protocol::OpenAiChat | Protocol::OpenAiResponses => {
                     (http::header::AUTHORIZATION, format!("Bearer {}", c.secret))
                 }
                 Protocol::Anthropic => {

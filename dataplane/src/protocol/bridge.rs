@@ -12,6 +12,7 @@ use http::HeaderName;
 
 use super::anthropic::{self, MessagesRequest};
 use super::openai_chat::{self, ChatRequest};
+use super::openai_responses::{self, ResponsesRequest};
 use super::shape::{Metering, StreamNote, TranslateError};
 use super::{Dialect, translate};
 
@@ -19,6 +20,7 @@ use super::{Dialect, translate};
 pub enum ClientRequest<'a> {
     Chat(ChatRequest<'a>),
     Messages(MessagesRequest<'a>),
+    Responses(ResponsesRequest<'a>),
 }
 
 /// Why a client's body was refused before routing, in words for the client (a 400 in its
@@ -57,6 +59,12 @@ impl<'a> ClientRequest<'a> {
                     message: e.0,
                     param: None,
                 }),
+            Dialect::OpenAiResponses => ResponsesRequest::parse(body)
+                .map(ClientRequest::Responses)
+                .map_err(|e| Refusal {
+                    message: e.message,
+                    param: e.param,
+                }),
         }
     }
 
@@ -64,6 +72,7 @@ impl<'a> ClientRequest<'a> {
         match self {
             ClientRequest::Chat(_) => Dialect::OpenAiChat,
             ClientRequest::Messages(_) => Dialect::Anthropic,
+            ClientRequest::Responses(_) => Dialect::OpenAiResponses,
         }
     }
 
@@ -71,6 +80,7 @@ impl<'a> ClientRequest<'a> {
         match self {
             ClientRequest::Chat(r) => &r.model,
             ClientRequest::Messages(r) => &r.model,
+            ClientRequest::Responses(r) => &r.model,
         }
     }
 
@@ -78,6 +88,7 @@ impl<'a> ClientRequest<'a> {
         match self {
             ClientRequest::Chat(r) => r.stream,
             ClientRequest::Messages(r) => r.stream,
+            ClientRequest::Responses(r) => r.stream,
         }
     }
 
@@ -86,6 +97,9 @@ impl<'a> ClientRequest<'a> {
         match self {
             ClientRequest::Chat(r) => r.max_tokens.unwrap_or(DEFAULT_OUTPUT_TOKENS_ESTIMATE),
             ClientRequest::Messages(r) => r.max_tokens,
+            ClientRequest::Responses(r) => r
+                .max_output_tokens
+                .unwrap_or(DEFAULT_OUTPUT_TOKENS_ESTIMATE),
         }
     }
 
@@ -111,6 +125,24 @@ impl<'a> ClientRequest<'a> {
             }
             (ClientRequest::Messages(req), Dialect::Anthropic) => {
                 return Ok(passed(req.rewrite(upstream_model)));
+            }
+            (ClientRequest::Responses(req), Dialect::OpenAiResponses) => {
+                return Ok(passed(req.rewrite(upstream_model)));
+            }
+            (ClientRequest::Responses(req), _) => {
+                if let Some(tool) = req.forced_builtin() {
+                    return Err(TranslateError::new(format!(
+                        "'tool_choice' requires the built-in tool '{tool}', which no upstream serving this model can run. Let the model choose ('auto') or offer it function tools instead."
+                    )));
+                }
+                return Err(TranslateError::new(
+                    "This model's upstream does not speak the Responses API.",
+                ));
+            }
+            (_, Dialect::OpenAiResponses) => {
+                return Err(TranslateError::new(
+                    "This model's upstream speaks only the Responses API.",
+                ));
             }
             (ClientRequest::Chat(_), Dialect::Anthropic) => {
                 translate::openai_to_anthropic_request(body, upstream_model)?
@@ -168,6 +200,11 @@ pub fn response(
             let message = anthropic::message(&body)?;
             Some((body, message.usage.map(anthropic::relay::metering)))
         }
+        (Dialect::OpenAiResponses, Dialect::OpenAiResponses) => {
+            let response = openai_responses::response(&body)?;
+            Some((body, response.metering))
+        }
+        (Dialect::OpenAiResponses, _) | (_, Dialect::OpenAiResponses) => None,
         (Dialect::OpenAiChat, Dialect::Anthropic) => {
             let (bytes, usage) =
                 translate::anthropic_to_openai_response(&body, client_model).ok()?;
@@ -199,24 +236,36 @@ pub fn upstream_error(
     status: u16,
     body: Bytes,
 ) -> (u16, Bytes) {
-    match (client, upstream) {
-        (Dialect::OpenAiChat, Dialect::Anthropic) => {
-            let (s, b) = translate::anthropic_error_to_openai(status, &body);
-            (s, Bytes::from(b))
-        }
-        (Dialect::Anthropic, Dialect::OpenAiChat) => {
-            let (s, b) = translate::openai_error_to_anthropic(status, &body);
-            (s, Bytes::from(b))
-        }
-        _ => (status, body),
+    let (s, b) = match (errors_of(client), errors_of(upstream)) {
+        (a, b) if a == b => return (status, body),
+        (Errors::OpenAi, _) => translate::anthropic_error_to_openai(status, &body),
+        (Errors::Anthropic, _) => translate::openai_error_to_anthropic(status, &body),
+    };
+    (s, Bytes::from(b))
+}
+
+/// The error shapes dialects write. OpenAI's two dialects share one error object, so errors
+/// pass between them as they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Errors {
+    /// `{"error":{"message","type","param","code"}}`: chat completions and responses.
+    OpenAi,
+    /// `{"type":"error","error":{"type","message"}}`.
+    Anthropic,
+}
+
+fn errors_of(dialect: Dialect) -> Errors {
+    match dialect {
+        Dialect::OpenAiChat | Dialect::OpenAiResponses => Errors::OpenAi,
+        Dialect::Anthropic => Errors::Anthropic,
     }
 }
 
 /// An error the gateway itself answers with, in the client's dialect. `code` is OpenAI's
 /// `code`; Anthropic's error type follows from the status.
 pub fn error_body(client: Dialect, status: u16, message: &str, code: Option<&str>) -> Bytes {
-    match client {
-        Dialect::OpenAiChat => {
+    match errors_of(client) {
+        Errors::OpenAi => {
             let kind = match status {
                 429 => "rate_limit_error",
                 s if s >= 500 => "server_error",
@@ -224,7 +273,7 @@ pub fn error_body(client: Dialect, status: u16, message: &str, code: Option<&str
             };
             openai_chat::error_body(message, kind, None, code)
         }
-        Dialect::Anthropic => anthropic::error_body(anthropic::error_type(status), message),
+        Errors::Anthropic => anthropic::error_body(anthropic::error_type(status), message),
     }
 }
 
@@ -236,6 +285,7 @@ pub struct Stream {
 enum StreamKind {
     Chat(openai_chat::relay::Scan),
     Messages(anthropic::relay::Scan),
+    Responses(openai_responses::relay::Scan),
     ChatToMessages(Box<translate::OpenAiToAnthropicStream>),
     MessagesToChat(Box<translate::AnthropicToOpenAiStream>),
 }
@@ -258,6 +308,9 @@ impl Stream {
                 StreamKind::ChatToMessages(Box::new(translate::OpenAiToAnthropicStream::new(
                     &r.model, message_id,
                 )))
+            }
+            (ClientRequest::Responses(_), _) | (_, Dialect::OpenAiResponses) => {
+                StreamKind::Responses(openai_responses::relay::Scan::new(req.model()))
             }
         };
         Stream { kind }
@@ -283,6 +336,12 @@ impl Stream {
         let translated = match &mut self.kind {
             StreamKind::Chat(scan) => return relayed(scan, &raw, ev.name, data, committed, out),
             StreamKind::Messages(scan) => {
+                return relayed(scan, &raw, ev.name, data, committed, out);
+            }
+            StreamKind::Responses(scan) => {
+                if let Some(d) = data {
+                    scan.observe(d);
+                }
                 return relayed(scan, &raw, ev.name, data, committed, out);
             }
             StreamKind::ChatToMessages(t) => {
@@ -319,7 +378,7 @@ impl Stream {
         match &mut self.kind {
             StreamKind::ChatToMessages(t) => t.finish(&mut buf),
             StreamKind::MessagesToChat(t) => t.finish(&mut buf),
-            StreamKind::Chat(_) | StreamKind::Messages(_) => {}
+            StreamKind::Chat(_) | StreamKind::Messages(_) | StreamKind::Responses(_) => {}
         }
         if !buf.is_empty() {
             out.push(Bytes::from(buf));
@@ -333,6 +392,7 @@ impl Stream {
                 openai_chat::stream_error_event(message)
             }
             StreamKind::Messages(_) => anthropic::stream_error_event(message),
+            StreamKind::Responses(scan) => scan.error_event(message),
             StreamKind::ChatToMessages(_) => {
                 Bytes::from(translate::OpenAiToAnthropicStream::error_event(message))
             }
@@ -344,6 +404,7 @@ impl Stream {
         match &self.kind {
             StreamKind::Chat(scan) => scan.metering(),
             StreamKind::Messages(scan) => scan.metering(),
+            StreamKind::Responses(scan) => scan.metering(),
             StreamKind::ChatToMessages(t) => t.usage().map(|usage| Metering {
                 usage,
                 reasoning_tokens: None,
@@ -369,6 +430,15 @@ impl Relay for openai_chat::relay::Scan {
     }
     fn event(&mut self, name: Option<&[u8]>, data: Option<&[u8]>) -> (StreamNote, bool) {
         openai_chat::relay::Scan::event(self, name, data)
+    }
+}
+
+impl Relay for openai_responses::relay::Scan {
+    fn may_matter(&self, name: Option<&[u8]>, data: &[u8]) -> bool {
+        openai_responses::relay::Scan::may_matter(self, name, data)
+    }
+    fn event(&mut self, name: Option<&[u8]>, data: Option<&[u8]>) -> (StreamNote, bool) {
+        openai_responses::relay::Scan::event(self, name, data)
     }
 }
 
@@ -411,13 +481,13 @@ fn relayed(
 
 /// The 400 for a body refused before routing, in the client's dialect.
 pub fn refusal_body(client: Dialect, refusal: &Refusal) -> Bytes {
-    match client {
-        Dialect::OpenAiChat => openai_chat::error_body(
+    match errors_of(client) {
+        Errors::OpenAi => openai_chat::error_body(
             &refusal.message,
             "invalid_request_error",
             refusal.param,
             None,
         ),
-        Dialect::Anthropic => anthropic::error_body("invalid_request_error", &refusal.message),
+        Errors::Anthropic => anthropic::error_body("invalid_request_error", &refusal.message),
     }
 }

@@ -20,4 +20,6 @@ pub enum Dialect {
     OpenAiChat,
     /// Anthropic Messages (`/v1/messages`).
     Anthropic,
+    /// OpenAI Responses (`/v1/responses`), stateless.
+    OpenAiResponses,
 }

@@ -272,3 +272,61 @@ pub fn route_version(addr: std::net::SocketAddr) -> f64 {
         .and_then(|v| v.trim().parse::<f64>().ok())
         .unwrap_or(0.0)
 }
+
+pub const fn responses_offer<'a>(name: &'a str, input: &'a str, output: &'a str) -> Offer<'a> {
+    Offer {
+        name,
+        input,
+        output,
+        multiplier: "1",
+        protocol: "openai-responses",
+    }
+}
+
+/// An OpenAI Responses request body.
+pub fn responses_body(stream: bool) -> Value {
+    json!({
+        "model": MODEL,
+        "instructions": "Be brief.",
+        "input": [{"role": "user", "content": [{"type": "input_text", "text": "Say hello"}]}],
+        "max_output_tokens": 256,
+        "stream": stream,
+    })
+}
+
+impl Cluster {
+    /// POST /v1/responses with a Bearer key.
+    pub fn responses(&self, body: &Value) -> HttpResponse {
+        HttpRequest::post_json("/v1/responses", body)
+            .bearer(&self.key)
+            .send(self.dp.addr, TIMEOUT)
+            .unwrap()
+    }
+}
+
+/// The `(event type, data JSON)` pairs of a Responses SSE body, checking that each event's
+/// `event:` line names its data's `type`.
+pub fn responses_events(text: &str) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for block in text.split("\n\n") {
+        let mut name = None;
+        let mut data = String::new();
+        for line in block.lines() {
+            if let Some(n) = line.strip_prefix("event: ") {
+                name = Some(n.to_string());
+            } else if let Some(d) = line.strip_prefix("data: ") {
+                data.push_str(d);
+            }
+        }
+        if data.is_empty() {
+            continue;
+        }
+        let value: Value = serde_json::from_str(&data).unwrap();
+        let kind = value["type"].as_str().unwrap_or_default().to_string();
+        if let Some(name) = name {
+            assert_eq!(name, kind, "event line and type agree");
+        }
+        out.push((kind, value));
+    }
+    out
+}

@@ -14,6 +14,7 @@
 
 pub mod decode;
 pub mod encode;
+pub mod relay;
 
 use super::json::{Entries, first_byte, write_object};
 use super::shape::{Metering, Usage};

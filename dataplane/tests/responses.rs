@@ -1,0 +1,234 @@
+//! `/v1/responses` end to end: Responses clients served by upstreams that speak the Responses
+//! API (bytes passed through) and by chat and Anthropic upstreams (translated); chat and
+//! Anthropic clients served by Responses upstreams; bad input refused in OpenAI's error shape
+//! before any upstream sees it. Every request is billed once.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use keyplane_testkit::Behavior;
+use keyplane_testkit::http::HttpRequest;
+use serde_json::{Value, json};
+use support::*;
+
+fn no_upstream_saw_anything(c: &Cluster) {
+    for f in &c.fakes {
+        assert!(
+            f.requests().is_empty(),
+            "{} was called: {:?}",
+            f.name(),
+            f.requests().iter().map(|r| &r.path).collect::<Vec<_>>()
+        );
+    }
+}
+
+fn openai_error(resp: &keyplane_testkit::http::HttpResponse) -> Value {
+    let body = resp.json();
+    let error = &body["error"];
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(error["type"].is_string(), "{body}");
+    assert!(
+        error.get("param").is_some() && error.get("code").is_some(),
+        "{body}"
+    );
+    error.clone()
+}
+
+/// Every event numbered from 0 without gaps; every output item added is done.
+fn check_stream(events: &[(String, Value)]) {
+    for (i, (_, e)) in events.iter().enumerate() {
+        assert_eq!(e["sequence_number"], i as u64, "{e}");
+    }
+    let added = events
+        .iter()
+        .filter(|(k, _)| k == "response.output_item.added")
+        .count();
+    let done = events
+        .iter()
+        .filter(|(k, _)| k == "response.output_item.done")
+        .count();
+    assert_eq!(added, done);
+}
+
+#[test]
+fn responses_client_responses_upstream_passes_through() {
+    let offers = [responses_offer("resp-direct", "1", "2")];
+    let c = Cluster::start(&offers, &[]);
+    let mut body = responses_body(false);
+    body["store"] = json!(false);
+    body["include"] = json!(["reasoning.encrypted_content"]);
+    body["reasoning"] = json!({"effort": "low", "summary": "auto"});
+    // A number spelled as no serializer would write it survives only if the bytes pass through.
+    let raw = serde_json::to_string(&body).unwrap();
+    let raw = format!(r#"{{"unknown_field":{{"kept":[1,2.50,"x"]}},{}"#, &raw[1..]);
+    let non = HttpRequest::post_json("/v1/responses", &json!({}))
+        .raw_body(raw.into_bytes())
+        .bearer(&c.key)
+        .send(c.dp.addr, TIMEOUT)
+        .unwrap();
+    assert_eq!(non.status, 200, "{}\n{}", non.text(), c.dp.logs());
+    let out = non.json();
+    assert_eq!(out["object"], "response");
+    assert_eq!(out["status"], "completed");
+    let seen = &c.fake("resp-direct").requests()[0];
+    assert_eq!(seen.path, "/v1/responses");
+    assert_eq!(seen.header("authorization"), Some("Bearer sk-resp-direct"));
+    let sent = seen.json.clone().unwrap();
+    assert_eq!(sent["model"], "resp-direct-model");
+    assert_eq!(sent["unknown_field"]["kept"][2], "x");
+    assert_eq!(sent["include"], body["include"]);
+    assert!(
+        String::from_utf8_lossy(&seen.body).contains(r#"{"kept":[1,2.50,"x"]}"#),
+        "bytes other than the model are the client's"
+    );
+
+    let streamed = c.responses(&responses_body(true));
+    assert_eq!(streamed.status, 200, "{}", streamed.text());
+    assert_eq!(
+        streamed.header("content-type").unwrap_or_default(),
+        "text/event-stream"
+    );
+    let events = responses_events(&streamed.text());
+    check_stream(&events);
+    assert_eq!(events[0].0, "response.created");
+    assert_eq!(events.last().unwrap().0, "response.completed");
+
+    let rows = c.wait_usage(2);
+    assert_eq!(total(&rows, "requests"), 2, "{rows:?}");
+    assert_eq!(total(&rows, "output_tokens"), 40);
+    assert!(total(&rows, "input_tokens") > 0);
+}
+
+#[test]
+fn responses_fail_over_before_the_first_output() {
+    let offers = [
+        responses_offer("resp-cheap", "0.1", "0.2"),
+        responses_offer("resp-dear", "3", "6"),
+    ];
+    let c = Cluster::start(&offers, &[]);
+    c.fake("resp-cheap").push_once(Behavior::status(500));
+    c.fake("resp-cheap").push_once(Behavior::status(500));
+    for stream in [false, true] {
+        let resp = c.responses(&responses_body(stream));
+        assert_eq!(resp.status, 200, "{}", resp.text());
+    }
+    assert_eq!(c.fake("resp-dear").requests().len(), 2);
+    let rows = c.wait_usage(2);
+    assert_eq!(
+        total(&rows, "requests"),
+        2,
+        "each request billed once: {rows:?}"
+    );
+    assert!(
+        rows.iter().all(|r| r["provider"] == "resp-dear"),
+        "{rows:?}"
+    );
+}
+
+#[test]
+fn responses_stream_cut_after_output_ends_with_numbered_failure_events() {
+    let offers = [responses_offer("resp-cut", "1", "2")];
+    let c = Cluster::start(&offers, &[]);
+    c.fake("resp-cut").push_once(Behavior::CutAfter(3));
+    let resp = c.responses(&responses_body(true));
+    assert_eq!(resp.status, 200);
+    let events = responses_events(&resp.text());
+    check_sequence_only(&events);
+    let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
+    assert!(kinds.ends_with(&["error", "response.failed"]), "{kinds:?}");
+    let failed = &events.last().unwrap().1;
+    assert_eq!(failed["response"]["status"], "failed");
+    assert_eq!(
+        failed["response"]["id"], events[0].1["response"]["id"],
+        "the failure is the announced response's"
+    );
+    let rows = c.wait_usage(1);
+    assert_eq!(total(&rows, "requests"), 1, "{rows:?}");
+}
+
+fn check_sequence_only(events: &[(String, Value)]) {
+    for (i, (_, e)) in events.iter().enumerate() {
+        assert_eq!(e["sequence_number"], i as u64, "{e}");
+    }
+}
+
+#[test]
+fn bad_responses_requests_get_openai_errors_and_reach_no_upstream() {
+    let offers = [
+        responses_offer("resp-a", "1", "2"),
+        offer("chat-b", "0.5", "1"),
+    ];
+    let c = Cluster::start(&offers, &["--max-body-bytes", "65536"]);
+
+    let bad_json = HttpRequest::post_json("/v1/responses", &json!({}))
+        .raw_body(b"{\"model\": ".to_vec())
+        .bearer(&c.key)
+        .send(c.dp.addr, TIMEOUT)
+        .unwrap();
+    assert_eq!(bad_json.status, 400, "{}", bad_json.text());
+    openai_error(&bad_json);
+
+    let mut unknown = responses_body(false);
+    unknown["model"] = json!("no/such-model");
+    let resp = c.responses(&unknown);
+    assert_eq!(resp.status, 404, "{}", resp.text());
+    assert_eq!(openai_error(&resp)["code"], "model_not_found");
+
+    let bad_key = HttpRequest::post_json("/v1/responses", &responses_body(false))
+        .bearer("kp-not-a-key")
+        .send(c.dp.addr, TIMEOUT)
+        .unwrap();
+    assert_eq!(bad_key.status, 401, "{}", bad_key.text());
+    openai_error(&bad_key);
+
+    let mut chained = responses_body(false);
+    chained["previous_response_id"] = json!("resp_123");
+    let resp = c.responses(&chained);
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    let error = openai_error(&resp);
+    assert_eq!(error["param"], "previous_response_id");
+    assert!(
+        error["message"].as_str().unwrap().contains("input"),
+        "says to send the whole conversation: {error}"
+    );
+
+    let mut no_input = responses_body(false);
+    no_input.as_object_mut().unwrap().remove("input");
+    let resp = c.responses(&no_input);
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    openai_error(&resp);
+
+    let mut huge = responses_body(false);
+    huge["input"] = json!("x".repeat(100_000));
+    let resp = c.responses(&huge);
+    assert_eq!(resp.status, 413, "{}", resp.text());
+    openai_error(&resp);
+
+    let wrong_method = HttpRequest::get("/v1/responses")
+        .bearer(&c.key)
+        .send(c.dp.addr, TIMEOUT)
+        .unwrap();
+    assert_eq!(wrong_method.status, 405, "{}", wrong_method.text());
+
+    no_upstream_saw_anything(&c);
+}
+
+#[test]
+fn forcing_a_builtin_tool_on_an_upstream_that_cannot_run_it_is_refused() {
+    let offers = [offer("chat-only", "0.5", "1")];
+    let c = Cluster::start(&offers, &[]);
+    let mut body = responses_body(false);
+    body["tools"] = json!([{"type": "web_search"}]);
+    body["tool_choice"] = json!({"type": "web_search"});
+    let resp = c.responses(&body);
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    let error = openai_error(&resp);
+    assert!(
+        error["message"].as_str().unwrap().contains("web_search"),
+        "{error}"
+    );
+    no_upstream_saw_anything(&c);
+}
