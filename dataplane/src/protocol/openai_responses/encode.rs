@@ -7,7 +7,7 @@
 //! numbered by `sequence_number` from 0.
 
 use super::{Echo, Namespaces};
-use crate::protocol::shape::{Block, Metering, Response, StopReason};
+use crate::protocol::shape::{Block, BlockStart, Delta, Event, Metering, Response, StopReason};
 use crate::protocol::wire;
 use serde::Serialize;
 use serde::ser::SerializeMap;
@@ -504,3 +504,945 @@ pub(super) fn put_failure(
         },
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Streams
+// ---------------------------------------------------------------------------------------------
+
+/// A content part in an event: a message's `output_text` or a reasoning item's `summary_text`.
+enum PartView<'a> {
+    Output(&'a str),
+    Summary(&'a str),
+}
+
+impl Serialize for PartView<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            PartView::Output(text) => OutputText(text).serialize(s),
+            PartView::Summary(text) => SummaryText(text).serialize(s),
+        }
+    }
+}
+
+/// The fields of one stream event after its `type` and `sequence_number`; each event type uses
+/// the ones its SDK type has (openai-python `types/responses/response_*_event.py`).
+#[derive(Serialize, Default)]
+struct Fields<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    item_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_index: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content_index: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    summary_index: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    item: Option<ItemView<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    part: Option<PartView<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delta: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    arguments: Option<&'a str>,
+    /// Text events carry `logprobs: []` (none are asked for).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    logprobs: Option<[(); 0]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response: Option<ResponseView<'a>>,
+}
+
+/// Writes one event: `event: <kind>` and its data, `type` and `sequence_number` first.
+fn put(out: &mut Vec<u8>, kind: &str, sequence_number: u64, fields: Fields<'_>) {
+    let envelope = Envelope {
+        kind,
+        sequence_number,
+        fields,
+    };
+    wire::put_event(out, kind, &envelope);
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    sequence_number: u64,
+    #[serde(flatten)]
+    fields: Fields<'a>,
+}
+
+/// An output item of a stream, with the shape block it came from.
+struct Streamed {
+    item: Item,
+    block: usize,
+    open: bool,
+    /// A reasoning item's summary part was opened (its first text arrived).
+    summary_open: bool,
+}
+
+/// Writes a Responses client's stream from shape events: `response.created`,
+/// `response.in_progress`, then per output item `response.output_item.added` … its content
+/// events … `response.output_item.done`, and at the end `response.completed` (or
+/// `response.incomplete`) with the whole response object, every event numbered from 0.
+pub struct Stream {
+    client_model: String,
+    echo: Echo,
+    response_id: String,
+    created_at: u64,
+    next_sequence: u64,
+    started: bool,
+    items: Vec<Streamed>,
+    stop: Option<StopReason>,
+    metering: Option<Metering>,
+    finished: bool,
+}
+
+impl Stream {
+    /// A stream answering with `client_model` and the API's defaults for echoed parameters.
+    pub fn new(client_model: &str) -> Stream {
+        Stream::with_echo(client_model, Echo::default())
+    }
+
+    /// A stream repeating the client's parameters and giving namespaced calls their namespace
+    /// back ([`Echo`], from [`super::ResponsesRequest::echo`]).
+    pub fn with_echo(client_model: &str, echo: Echo) -> Stream {
+        Stream {
+            client_model: client_model.to_string(),
+            echo,
+            response_id: new_response_id(),
+            created_at: wire::unix_now(),
+            next_sequence: 0,
+            started: false,
+            items: Vec::new(),
+            stop: None,
+            metering: None,
+            finished: false,
+        }
+    }
+
+    /// The next event's `sequence_number`.
+    fn seq(&mut self) -> u64 {
+        let n = self.next_sequence;
+        self.next_sequence += 1;
+        n
+    }
+
+    fn response_view(&self, status: &'static str, reason: Option<&'static str>) -> Fields<'_> {
+        Fields {
+            response: Some(ResponseView {
+                id: &self.response_id,
+                created_at: self.created_at,
+                status,
+                incomplete_reason: reason,
+                error: None,
+                model: &self.client_model,
+                output: &[],
+                metering: None,
+                echo: &self.echo,
+            }),
+            ..Fields::default()
+        }
+    }
+
+    fn start(&mut self, out: &mut Vec<u8>) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        {
+            let n = self.seq();
+            put(
+                out,
+                "response.created",
+                n,
+                self.response_view("in_progress", None),
+            )
+        }
+        {
+            let n = self.seq();
+            put(out, "response.in_progress", n, {
+                self.response_view("in_progress", None)
+            })
+        }
+    }
+
+    fn item_fields(&self, at: usize) -> Fields<'_> {
+        Fields {
+            item_id: Some(&self.items[at].item.id),
+            output_index: Some(at),
+            ..Fields::default()
+        }
+    }
+
+    fn open(&mut self, block: usize, start: &BlockStart, out: &mut Vec<u8>) -> usize {
+        self.start(out);
+        let item = match start {
+            BlockStart::Text => Item::message(String::new()),
+            BlockStart::Thinking => Item::reasoning(String::new(), None),
+            BlockStart::RedactedThinking { data } => {
+                Item::reasoning(String::new(), Some(format!("{REDACTED_PREFIX}{data}")))
+            }
+            BlockStart::ToolCall { id, name } => {
+                Item::function_call(id.clone(), name, String::new(), &self.echo.namespaces)
+            }
+        };
+        self.items.push(Streamed {
+            item,
+            block,
+            open: true,
+            summary_open: false,
+        });
+        let at = self.items.len() - 1;
+        {
+            let n = self.seq();
+            put(
+                out,
+                "response.output_item.added",
+                n,
+                Fields {
+                    output_index: Some(at),
+                    item: Some(self.items[at].item.view(true)),
+                    ..Fields::default()
+                },
+            )
+        }
+        if matches!(start, BlockStart::Text) {
+            {
+                let n = self.seq();
+                put(
+                    out,
+                    "response.content_part.added",
+                    n,
+                    Fields {
+                        content_index: Some(0),
+                        part: Some(PartView::Output("")),
+                        ..self.item_fields(at)
+                    },
+                )
+            }
+        }
+        at
+    }
+
+    fn find(&self, block: usize) -> Option<usize> {
+        self.items.iter().rposition(|s| s.block == block && s.open)
+    }
+
+    fn delta(&mut self, block: usize, delta: &Delta, out: &mut Vec<u8>) {
+        let at = match (self.find(block), delta) {
+            (Some(at), _) => at,
+            // A decoder opens every block first; one that did not still has its text shown.
+            (None, Delta::Text(_)) => self.open(block, &BlockStart::Text, out),
+            (None, Delta::Thinking(_)) => self.open(block, &BlockStart::Thinking, out),
+            (None, _) => return,
+        };
+        // What the delta adds to its item first, then the events that show it.
+        let streamed = &mut self.items[at];
+        let mut open_summary = false;
+        let event = match (&mut streamed.item.kind, delta) {
+            (ItemKind::Message { text }, Delta::Text(d)) => {
+                text.push_str(d);
+                Some(("response.output_text.delta", d))
+            }
+            (ItemKind::Reasoning { text, .. }, Delta::Thinking(d)) => {
+                text.push_str(d);
+                open_summary = !streamed.summary_open;
+                streamed.summary_open = true;
+                Some(("response.reasoning_summary_text.delta", d))
+            }
+            (ItemKind::Reasoning { encrypted, .. }, Delta::Signature(sig)) => {
+                *encrypted = Some(sig.clone());
+                None
+            }
+            (ItemKind::FunctionCall { arguments, .. }, Delta::ToolArguments(d)) => {
+                arguments.push_str(d);
+                Some(("response.function_call_arguments.delta", d))
+            }
+            // A delta of another kind than its block: nothing a client could be shown.
+            _ => None,
+        };
+        if open_summary {
+            let n = self.seq();
+            put(
+                out,
+                "response.reasoning_summary_part.added",
+                n,
+                Fields {
+                    summary_index: Some(0),
+                    part: Some(PartView::Summary("")),
+                    ..self.item_fields(at)
+                },
+            );
+        }
+        let Some((kind, d)) = event else {
+            return;
+        };
+        let n = self.seq();
+        let fields = match kind {
+            "response.output_text.delta" => Fields {
+                content_index: Some(0),
+                logprobs: Some([]),
+                ..self.item_fields(at)
+            },
+            "response.reasoning_summary_text.delta" => Fields {
+                summary_index: Some(0),
+                ..self.item_fields(at)
+            },
+            _ => self.item_fields(at),
+        };
+        put(
+            out,
+            kind,
+            n,
+            Fields {
+                delta: Some(d),
+                ..fields
+            },
+        );
+    }
+
+    fn close(&mut self, at: usize, out: &mut Vec<u8>) {
+        if !self.items[at].open {
+            return;
+        }
+        self.items[at].open = false;
+        match &self.items[at].item.kind {
+            ItemKind::Message { .. } => {
+                {
+                    let n = self.seq();
+                    put(
+                        out,
+                        "response.output_text.done",
+                        n,
+                        Fields {
+                            content_index: Some(0),
+                            text: Some(self.text_of(at)),
+                            logprobs: Some([]),
+                            ..self.item_fields(at)
+                        },
+                    )
+                }
+                {
+                    let n = self.seq();
+                    put(
+                        out,
+                        "response.content_part.done",
+                        n,
+                        Fields {
+                            content_index: Some(0),
+                            part: Some(PartView::Output(self.text_of(at))),
+                            ..self.item_fields(at)
+                        },
+                    )
+                }
+            }
+            ItemKind::Reasoning { .. } => {
+                if self.items[at].summary_open {
+                    {
+                        let n = self.seq();
+                        put(
+                            out,
+                            "response.reasoning_summary_text.done",
+                            n,
+                            Fields {
+                                summary_index: Some(0),
+                                text: Some(self.text_of(at)),
+                                ..self.item_fields(at)
+                            },
+                        )
+                    }
+                    {
+                        let n = self.seq();
+                        put(
+                            out,
+                            "response.reasoning_summary_part.done",
+                            n,
+                            Fields {
+                                summary_index: Some(0),
+                                part: Some(PartView::Summary(self.text_of(at))),
+                                ..self.item_fields(at)
+                            },
+                        )
+                    }
+                }
+            }
+            ItemKind::FunctionCall { .. } => {
+                let n = self.seq();
+                let name = match &self.items[at].item.kind {
+                    ItemKind::FunctionCall { name, .. } => Some(name.as_str()),
+                    _ => None,
+                };
+                put(
+                    out,
+                    "response.function_call_arguments.done",
+                    n,
+                    Fields {
+                        name,
+                        arguments: Some(self.text_of(at)),
+                        ..self.item_fields(at)
+                    },
+                )
+            }
+        }
+        {
+            let n = self.seq();
+            put(
+                out,
+                "response.output_item.done",
+                n,
+                Fields {
+                    output_index: Some(at),
+                    item: Some(self.items[at].item.view(false)),
+                    ..Fields::default()
+                },
+            )
+        }
+    }
+
+    fn text_of(&self, at: usize) -> &str {
+        match &self.items[at].item.kind {
+            ItemKind::Message { text } | ItemKind::Reasoning { text, .. } => text,
+            ItemKind::FunctionCall { arguments, .. } => arguments,
+        }
+    }
+}
+
+impl crate::protocol::shape::StreamEncode for Stream {
+    fn event(&mut self, event: &Event, out: &mut Vec<u8>) {
+        if self.finished {
+            return;
+        }
+        match event {
+            Event::Start { .. } => self.start(out),
+            Event::BlockStart { index, block } => {
+                self.open(*index, block, out);
+            }
+            Event::Delta { index, delta } => self.delta(*index, delta, out),
+            Event::BlockStop { index } => {
+                if let Some(at) = self.find(*index) {
+                    self.close(at, out);
+                }
+            }
+            Event::Stop { reason, .. } => self.stop = Some(*reason),
+            Event::Metering(metering) => self.metering = Some(*metering),
+            Event::End => self.finish(out),
+        }
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.finished {
+            return;
+        }
+        self.start(out);
+        for at in 0..self.items.len() {
+            self.close(at, out);
+        }
+        self.finished = true;
+        let (status, reason) = status_of(self.stop);
+        let kind = if status == "incomplete" {
+            "response.incomplete"
+        } else {
+            "response.completed"
+        };
+        let output: Vec<Item> = self.items.iter().map(|s| s.item.clone()).collect();
+        {
+            let n = self.seq();
+            put(
+                out,
+                kind,
+                n,
+                Fields {
+                    response: Some(ResponseView {
+                        id: &self.response_id,
+                        created_at: self.created_at,
+                        status,
+                        incomplete_reason: reason,
+                        error: None,
+                        model: &self.client_model,
+                        output: &output,
+                        metering: self.metering,
+                        echo: &self.echo,
+                    }),
+                    ..Fields::default()
+                },
+            )
+        }
+    }
+
+    fn error_event(&self, message: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_failure(
+            &mut out,
+            message,
+            self.next_sequence,
+            &self.response_id,
+            &self.client_model,
+            Some(&self.echo),
+        );
+        out
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests
+// ---------------------------------------------------------------------------------------------
+
+/// A content part of an input message.
+enum PartOut<'r> {
+    InputText(&'r str),
+    OutputText(&'r str),
+    InputImage(String),
+}
+
+impl Serialize for PartOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(2))?;
+        match self {
+            PartOut::InputText(text) => {
+                m.serialize_entry("type", "input_text")?;
+                m.serialize_entry("text", text)?;
+            }
+            PartOut::OutputText(text) => {
+                m.serialize_entry("type", "output_text")?;
+                m.serialize_entry("text", text)?;
+            }
+            PartOut::InputImage(url) => {
+                m.serialize_entry("type", "input_image")?;
+                m.serialize_entry("image_url", url)?;
+            }
+        }
+        m.end()
+    }
+}
+
+/// A function call's output: its text, or parts when it has images.
+enum OutputOut<'r> {
+    Text(String),
+    Parts(Vec<PartOut<'r>>),
+}
+
+impl Serialize for OutputOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            OutputOut::Text(text) => s.serialize_str(text),
+            OutputOut::Parts(parts) => parts.serialize(s),
+        }
+    }
+}
+
+/// One `input` item of an upstream request.
+enum InputOut<'r> {
+    Message {
+        role: &'static str,
+        content: Vec<PartOut<'r>>,
+    },
+    FunctionCall {
+        call_id: &'r str,
+        name: &'r str,
+        arguments: String,
+    },
+    FunctionCallOutput {
+        call_id: &'r str,
+        output: OutputOut<'r>,
+    },
+    Reasoning {
+        text: &'r str,
+        encrypted: &'r str,
+    },
+}
+
+impl Serialize for InputOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        match self {
+            InputOut::Message { role, content } => {
+                m.serialize_entry("type", "message")?;
+                m.serialize_entry("role", role)?;
+                m.serialize_entry("content", content)?;
+            }
+            InputOut::FunctionCall {
+                call_id,
+                name,
+                arguments,
+            } => {
+                m.serialize_entry("type", "function_call")?;
+                m.serialize_entry("call_id", call_id)?;
+                m.serialize_entry("name", name)?;
+                m.serialize_entry("arguments", arguments)?;
+            }
+            InputOut::FunctionCallOutput { call_id, output } => {
+                m.serialize_entry("type", "function_call_output")?;
+                m.serialize_entry("call_id", call_id)?;
+                m.serialize_entry("output", output)?;
+            }
+            InputOut::Reasoning { text, encrypted } => {
+                m.serialize_entry("type", "reasoning")?;
+                if text.is_empty() {
+                    m.serialize_entry("summary", &[(); 0])?;
+                } else {
+                    m.serialize_entry("summary", &[SummaryText(text)])?;
+                }
+                m.serialize_entry("encrypted_content", encrypted)?;
+            }
+        }
+        m.end()
+    }
+}
+
+fn image_url(image: &crate::protocol::shape::Image) -> String {
+    match image {
+        crate::protocol::shape::Image::Url(url) => url.clone(),
+        crate::protocol::shape::Image::Base64 { media_type, data } => {
+            format!("data:{media_type};base64,{data}")
+        }
+    }
+}
+
+/// Whether a signature is OpenAI's encrypted reasoning (a Fernet token: version byte 0x80,
+/// base64url `gAAAAA…`), which a Responses upstream can take back. Another upstream's signature
+/// (Anthropic's) would be refused by it, so that reasoning is not sent.
+fn is_openai_encrypted(signature: &str) -> bool {
+    signature.starts_with("gAAAA")
+}
+
+/// The `input` items of a conversation: text and images of one turn make one message; tool
+/// calls, tool results and reasoning are items of their own, in the order of their blocks.
+fn input_items<'r>(
+    messages: &'r [crate::protocol::shape::Message<'_>],
+    dropped: &mut Vec<String>,
+) -> Vec<InputOut<'r>> {
+    use crate::protocol::shape::Role;
+    let mut items = Vec::new();
+    for message in messages {
+        let role = match message.role {
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::System => "system",
+        };
+        let mut parts: Vec<PartOut<'r>> = Vec::new();
+        let flush = |parts: &mut Vec<PartOut<'r>>, items: &mut Vec<InputOut<'r>>| {
+            if !parts.is_empty() {
+                items.push(InputOut::Message {
+                    role,
+                    content: std::mem::take(parts),
+                });
+            }
+        };
+        for block in &message.content {
+            match block {
+                Block::Text(text) if message.role == Role::Assistant => {
+                    parts.push(PartOut::OutputText(text));
+                }
+                Block::Text(text) => parts.push(PartOut::InputText(text)),
+                Block::Image(image) if message.role == Role::User => {
+                    parts.push(PartOut::InputImage(image_url(image)));
+                }
+                Block::Image(_) => wire::note(dropped, "messages.content.image"),
+                Block::ToolCall {
+                    id,
+                    name,
+                    arguments,
+                } => {
+                    flush(&mut parts, &mut items);
+                    let arguments = match arguments {
+                        crate::protocol::shape::Arguments::Raw(raw) => {
+                            wire::compact_json(raw.get())
+                        }
+                        crate::protocol::shape::Arguments::Text(text) => text.clone(),
+                    };
+                    items.push(InputOut::FunctionCall {
+                        call_id: id,
+                        name,
+                        arguments,
+                    });
+                }
+                Block::ToolResult {
+                    call_id,
+                    content,
+                    is_error,
+                } => {
+                    flush(&mut parts, &mut items);
+                    if *is_error == Some(true) {
+                        wire::note(dropped, "messages.content.tool_result.is_error");
+                    }
+                    items.push(InputOut::FunctionCallOutput {
+                        call_id,
+                        output: tool_output(content, dropped),
+                    });
+                }
+                Block::Thinking {
+                    text,
+                    signature: Some(signature),
+                } if is_openai_encrypted(signature) => {
+                    flush(&mut parts, &mut items);
+                    items.push(InputOut::Reasoning {
+                        text,
+                        encrypted: signature,
+                    });
+                }
+                Block::Thinking { .. } => wire::note(dropped, "messages.content.thinking"),
+                Block::RedactedThinking { .. } => {
+                    wire::note(dropped, "messages.content.redacted_thinking");
+                }
+            }
+        }
+        flush(&mut parts, &mut items);
+    }
+    items
+}
+
+fn tool_output<'r>(content: &'r [Block<'_>], dropped: &mut Vec<String>) -> OutputOut<'r> {
+    if content.iter().all(|b| matches!(b, Block::Text(_))) {
+        let text: Vec<&str> = content
+            .iter()
+            .filter_map(|b| match b {
+                Block::Text(t) => Some(t.as_str()),
+                _ => None,
+            })
+            .collect();
+        return OutputOut::Text(text.join("\n"));
+    }
+    let mut parts = Vec::new();
+    for block in content {
+        match block {
+            Block::Text(text) => parts.push(PartOut::InputText(text)),
+            Block::Image(image) => parts.push(PartOut::InputImage(image_url(image))),
+            _ => wire::note(dropped, "messages.content.tool_result.content"),
+        }
+    }
+    OutputOut::Parts(parts)
+}
+
+/// `{"type":"function","name",…}`. `strict` is written as the client said it, `false` when it
+/// did not: the Responses API would otherwise choose strict validation itself, which chat and
+/// Anthropic clients never asked for.
+struct ToolOut<'r>(&'r crate::protocol::shape::Tool<'r>);
+
+impl Serialize for ToolOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let tool = self.0;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("type", "function")?;
+        m.serialize_entry("name", &tool.name)?;
+        if let Some(description) = &tool.description {
+            m.serialize_entry("description", description)?;
+        }
+        match tool.parameters {
+            Some(parameters) => m.serialize_entry("parameters", parameters)?,
+            None => m.serialize_entry("parameters", &EmptyObjectSchema)?,
+        }
+        m.serialize_entry("strict", &tool.strict.unwrap_or(false))?;
+        m.end()
+    }
+}
+
+/// `{"type":"object","properties":{}}`, the schema of a function without parameters.
+struct EmptyObjectSchema;
+
+impl Serialize for EmptyObjectSchema {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("type", "object")?;
+        m.serialize_entry("properties", &wire::EmptyObject {})?;
+        m.end()
+    }
+}
+
+struct ToolChoiceOut<'r>(&'r crate::protocol::shape::ToolChoice);
+
+impl Serialize for ToolChoiceOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use crate::protocol::shape::ToolChoice;
+        match self.0 {
+            ToolChoice::Auto => s.serialize_str("auto"),
+            ToolChoice::None => s.serialize_str("none"),
+            ToolChoice::Required => s.serialize_str("required"),
+            ToolChoice::Named(name) => {
+                let mut m = s.serialize_map(Some(2))?;
+                m.serialize_entry("type", "function")?;
+                m.serialize_entry("name", name)?;
+                m.end()
+            }
+        }
+    }
+}
+
+struct FormatOut<'r>(&'r crate::protocol::shape::ResponseFormat<'r>);
+
+impl Serialize for FormatOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use crate::protocol::shape::ResponseFormat;
+        let mut outer = s.serialize_map(Some(1))?;
+        struct Format<'f>(&'f ResponseFormat<'f>);
+        impl Serialize for Format<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut m = s.serialize_map(None)?;
+                match self.0 {
+                    ResponseFormat::Text => m.serialize_entry("type", "text")?,
+                    ResponseFormat::JsonObject => m.serialize_entry("type", "json_object")?,
+                    ResponseFormat::JsonSchema {
+                        name,
+                        schema,
+                        strict,
+                        description,
+                    } => {
+                        m.serialize_entry("type", "json_schema")?;
+                        m.serialize_entry("name", name)?;
+                        m.serialize_entry("schema", schema)?;
+                        if let Some(strict) = strict {
+                            m.serialize_entry("strict", strict)?;
+                        }
+                        if let Some(description) = description {
+                            m.serialize_entry("description", description)?;
+                        }
+                    }
+                }
+                m.end()
+            }
+        }
+        outer.serialize_entry("format", &Format(self.0))?;
+        outer.end()
+    }
+}
+
+/// OpenAI's effort word for an Anthropic thinking budget: the budgets Codex's own Anthropic
+/// adapter gives the efforts (`reasoning_budget` in `codex-api`: low 2048, medium 4096, high
+/// 8192 and above), read the other way.
+fn effort_for_budget(budget: u64) -> &'static str {
+    match budget {
+        0..=2048 => "low",
+        2049..=4096 => "medium",
+        _ => "high",
+    }
+}
+
+/// A request in the shape as a Responses API body for `upstream_model`. Nothing is stored
+/// upstream (`store: false`); reasoning is asked for with summaries and its encrypted content,
+/// so a later turn can send it back whole (the gateway keeps no state between turns).
+pub fn request(
+    req: &crate::protocol::shape::Request<'_>,
+    upstream_model: &str,
+) -> Result<crate::protocol::shape::Encoded, crate::protocol::shape::TranslateError> {
+    use crate::protocol::shape::Reasoning;
+    let mut dropped = req.dropped.clone();
+    let input = input_items(&req.messages, &mut dropped);
+    if !req.stop.is_empty() {
+        wire::note(&mut dropped, "stop");
+    }
+    let effort = match &req.reasoning {
+        Some(Reasoning::Effort(effort)) => Some(effort.as_str()),
+        Some(Reasoning::Budget(budget)) => Some(effort_for_budget(*budget)),
+        Some(Reasoning::Disabled) | None => None,
+    };
+    let sends_reasoning = input
+        .iter()
+        .any(|i| matches!(i, InputOut::Reasoning { .. }));
+
+    struct Body<'r> {
+        req: &'r crate::protocol::shape::Request<'r>,
+        model: &'r str,
+        input: &'r [InputOut<'r>],
+        effort: Option<&'r str>,
+        include_reasoning: bool,
+    }
+    impl Serialize for Body<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            #[derive(Serialize)]
+            struct ReasoningOut<'e> {
+                effort: &'e str,
+                summary: &'e str,
+            }
+            let req = self.req;
+            let mut m = s.serialize_map(None)?;
+            m.serialize_entry("model", self.model)?;
+            if !req.system.is_empty() {
+                m.serialize_entry("instructions", &req.system.join("\n\n"))?;
+            }
+            m.serialize_entry("input", self.input)?;
+            if !req.tools.is_empty() {
+                let tools: Vec<ToolOut<'_>> = req.tools.iter().map(ToolOut).collect();
+                m.serialize_entry("tools", &tools)?;
+            }
+            if let Some(choice) = &req.tool_choice {
+                m.serialize_entry("tool_choice", &ToolChoiceOut(choice))?;
+            }
+            if let Some(parallel) = req.parallel_tool_calls {
+                m.serialize_entry("parallel_tool_calls", &parallel)?;
+            }
+            if let Some(max) = req.max_output_tokens {
+                m.serialize_entry("max_output_tokens", &max)?;
+            }
+            if let Some(temperature) = req.temperature {
+                m.serialize_entry("temperature", temperature)?;
+            }
+            if let Some(top_p) = req.top_p {
+                m.serialize_entry("top_p", top_p)?;
+            }
+            if let Some(effort) = self.effort {
+                m.serialize_entry(
+                    "reasoning",
+                    &ReasoningOut {
+                        effort,
+                        summary: "auto",
+                    },
+                )?;
+            }
+            if let Some(format) = &req.response_format {
+                m.serialize_entry("text", &FormatOut(format))?;
+            }
+            if self.include_reasoning {
+                m.serialize_entry("include", &["reasoning.encrypted_content"])?;
+            }
+            m.serialize_entry("store", &false)?;
+            if let Some(stream) = req.stream {
+                m.serialize_entry("stream", &stream)?;
+            }
+            if let Some(user) = &req.user {
+                m.serialize_entry("user", user)?;
+            }
+            m.end()
+        }
+    }
+    let body = wire::to_body(&Body {
+        req,
+        model: upstream_model,
+        input: &input,
+        effort,
+        include_reasoning: effort.is_some() || sends_reasoning,
+    })?;
+    Ok(crate::protocol::shape::Encoded { body, dropped })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------
+
+/// An upstream's error for a Responses client: OpenAI's error object, with the status a
+/// Responses client expects (Anthropic's 529 "overloaded" is a 503; OpenAI has no 529).
+pub fn error(err: &crate::protocol::shape::UpstreamError) -> (u16, Vec<u8>) {
+    let message = err.message_or_generic();
+    let (status, kind, code) = match err.status {
+        529 => (503, "server_error", None),
+        429 => (429, "rate_limit_error", Some("rate_limit_exceeded")),
+        401 => (401, "invalid_request_error", Some("invalid_api_key")),
+        403 => (403, "invalid_request_error", Some("permission_denied")),
+        404 if message.to_ascii_lowercase().contains("model") => {
+            (404, "invalid_request_error", Some("model_not_found"))
+        }
+        404 => (404, "invalid_request_error", Some("not_found")),
+        413 => (413, "invalid_request_error", Some("request_too_large")),
+        status @ 500..=599 => (status, "server_error", None),
+        status => (status, "invalid_request_error", None),
+    };
+    (
+        status,
+        super::error_body(&message, kind, None, code).to_vec(),
+    )
+}
+
+#[cfg(test)]
+#[path = "encode_tests.rs"]
+mod tests;
