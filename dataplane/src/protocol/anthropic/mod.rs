@@ -2,6 +2,7 @@
 //! Anthropic, or the upstream does: request peek and rewrite, stream event classification and
 //! usage, error objects.
 
+pub mod decode;
 pub mod encode;
 pub mod relay;
 

@@ -5,6 +5,7 @@
 //! and every other byte the client sent reaches the upstream as it was.
 
 pub mod decode;
+pub mod encode;
 pub mod relay;
 
 use super::json::Entries;
