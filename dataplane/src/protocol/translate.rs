@@ -66,10 +66,11 @@
 //!   `seed`. All are reported as dropped.
 //! - Thinking signatures cannot survive a trip through an OpenAI upstream: thinking blocks in an
 //!   Anthropic history are dropped on the way to OpenAI.
-//! - OpenAI model families are recognised by id (`openai_chat::encode::family`): reasoning models (o1, o3,
-//!   o4, gpt-5) get `max_completion_tokens` instead of `max_tokens` and no `temperature`/`top_p`;
-//!   classic chat models (gpt-4o, gpt-4.1, gpt-3.5) get no `reasoning_effort`. Other limits (a
-//!   model's `max_tokens` ceiling, tool-call id formats some upstreams insist on) are not adapted.
+//! - OpenAI model families are recognised by id (`openai_chat::encode::family`): reasoning
+//!   models (o1, o3, o4, gpt-5) get `max_completion_tokens` instead of `max_tokens` and no
+//!   `temperature`/`top_p`; classic chat models (gpt-4o, gpt-4.1, gpt-3.5) get no
+//!   `reasoning_effort`. Other limits (a model's `max_tokens` ceiling, tool-call id formats some
+//!   upstreams insist on) are not adapted.
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
