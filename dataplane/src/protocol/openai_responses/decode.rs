@@ -400,6 +400,28 @@ fn read_input<'a>(req: &mut Request<'a>, input: &'a RawValue) -> Result<(), Tran
             other => note(&mut req.dropped, &format!("input.{other}")),
         }
     }
+    // A result whose call was dropped (a custom or built-in tool's call, which has no function
+    // call here) would be refused by an upstream as an answer to nothing: it goes too.
+    let calls: Vec<String> = turns
+        .messages
+        .iter()
+        .flat_map(|m| &m.content)
+        .filter_map(|b| match b {
+            Block::ToolCall { id, .. } => Some(id.clone()),
+            _ => None,
+        })
+        .collect();
+    for message in &mut turns.messages {
+        let before = message.content.len();
+        message.content.retain(|b| match b {
+            Block::ToolResult { call_id, .. } => calls.contains(call_id),
+            _ => true,
+        });
+        if message.content.len() != before {
+            note(&mut req.dropped, "input.function_call_output");
+        }
+    }
+    turns.messages.retain(|m| !m.content.is_empty());
     req.messages = turns.messages;
     Ok(())
 }

@@ -268,6 +268,33 @@ fn sdk_request() {
     assert!(req.dropped.iter().any(|d| d == "tool_choice.allowed_tools"));
 }
 
+/// Codex answers a `local_shell_call` with a `function_call_output` (`codex-rs/protocol/src/models.rs`):
+/// once the call is dropped, its result answers nothing and goes too.
+#[test]
+fn results_of_dropped_calls_go_with_them() {
+    let req = request(
+        br#"{"model":"m","input":[
+            {"role":"user","content":"run ls"},
+            {"type":"local_shell_call","id":"lsc_1","call_id":"call_9","status":"completed","action":{"type":"exec","command":["ls"],"env":{}}},
+            {"type":"function_call_output","call_id":"call_9","output":"a b"},
+            {"type":"function_call","call_id":"call_1","name":"f","arguments":"{}"},
+            {"type":"function_call_output","call_id":"call_1","output":"ok"}
+        ]}"#,
+    )
+    .unwrap();
+    assert_eq!(req.messages.len(), 3);
+    assert!(
+        matches!(&req.messages[2].content[..], [Block::ToolResult { call_id, .. }] if call_id == "call_1")
+    );
+    for d in ["input.local_shell_call", "input.function_call_output"] {
+        assert!(
+            req.dropped.iter().any(|x| x == d),
+            "{d} in {:?}",
+            req.dropped
+        );
+    }
+}
+
 #[test]
 fn requests_the_shape_cannot_carry_are_refused() {
     for body in [

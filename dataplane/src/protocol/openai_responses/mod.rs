@@ -327,6 +327,10 @@ fn check_tool_types(tools: &[RawTool<'_>], in_namespace: bool) -> Result<(), Req
 /// `{namespace}__{name}` (the separator Codex's own Anthropic adapter uses), and an answer's
 /// call to that flat name is given its namespace and bare name back. Members of
 /// [`DEFAULT_NAMESPACE`] keep their bare name both ways.
+/// The longest function name OpenAI's chat API takes (`^[a-zA-Z0-9_-]{1,64}$`); Anthropic's
+/// limit is no shorter.
+pub const MAX_FLAT_NAME: usize = 64;
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Namespaces {
     /// (flat name, namespace, bare name).
@@ -334,13 +338,28 @@ pub struct Namespaces {
 }
 
 impl Namespaces {
-    /// The name a namespaced function has on an upstream without namespaces.
+    /// The name a namespaced function has on an upstream without namespaces. A name longer
+    /// than [`MAX_FLAT_NAME`] keeps its start and ends in a hash of the whole, so it fits the
+    /// upstream's limit and stays the same on every request (the call comes back by this name,
+    /// and a later request's history names it again).
     pub fn flat_name(namespace: &str, name: &str) -> String {
         if namespace.is_empty() || namespace == DEFAULT_NAMESPACE {
-            name.to_string()
-        } else {
-            format!("{namespace}__{name}")
+            return name.to_string();
         }
+        let flat = format!("{namespace}__{name}");
+        if flat.len() <= MAX_FLAT_NAME {
+            return flat;
+        }
+        // FNV-1a, 64 bits: deterministic across processes and versions, unlike std's hasher.
+        let hash = flat.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        let keep = MAX_FLAT_NAME - 17;
+        let mut cut = keep;
+        while !flat.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        format!("{}_{hash:016x}", &flat[..cut])
     }
 
     fn from_tools(tools: &[RawTool<'_>]) -> Namespaces {

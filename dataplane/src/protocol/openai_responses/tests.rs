@@ -208,6 +208,28 @@ fn echo_keeps_the_client_values_and_the_namespaced_functions() {
 }
 
 #[test]
+fn long_flat_names_fit_the_upstream_limit_and_map_back() {
+    let namespace = "mcp__codex_apps__google_calendar_and_more";
+    let name = "google_calendar_create_recurring_event";
+    let flat = Namespaces::flat_name(namespace, name);
+    assert_eq!(flat.len(), MAX_FLAT_NAME);
+    assert!(flat.starts_with("mcp__codex_apps__google_calendar"));
+    assert_eq!(flat, Namespaces::flat_name(namespace, name), "stable");
+    assert_ne!(
+        flat,
+        Namespaces::flat_name(namespace, "google_calendar_create_recurring_evenT")
+    );
+    let body = format!(
+        r#"{{"model":"m","input":"hi","tools":[{{"type":"namespace","name":"{namespace}","description":"","tools":[{{"type":"function","name":"{name}"}}]}}]}}"#
+    );
+    let echo = ResponsesRequest::parse(body.as_bytes()).unwrap().echo();
+    assert_eq!(echo.namespaces.split(&flat), Some((namespace, name)));
+    // Exactly at the limit: unchanged.
+    let at_limit = Namespaces::flat_name(&"n".repeat(30), &"f".repeat(32));
+    assert_eq!(at_limit, format!("{}__{}", "n".repeat(30), "f".repeat(32)));
+}
+
+#[test]
 fn usage_is_read_in_billing_terms() {
     let raw = |s: &str| -> Box<RawValue> { serde_json::from_str(s).unwrap() };
     let m = metering(&raw(
