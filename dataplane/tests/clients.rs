@@ -15,7 +15,9 @@
 
 mod support;
 
-use keyplane_testkit::fake_upstream::{OPENAI_TOOL_CALL_ID, RecordedRequest};
+use support::{Cluster, MODEL, Offer, offer, total};
+
+use keyplane_testkit::fake_upstream::{OPENAI_TOOL_CALL_ID, RecordedRequest, prompt_tokens_for};
 use keyplane_testkit::{Behavior, FakeConfig, FakeUpstream, samples, wait_until};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -473,4 +475,93 @@ fn openai_sdk_responses_round_trip_against_the_fake_responses_api() {
     assert_eq!(output["call_id"], OPENAI_TOOL_CALL_ID);
     assert_eq!(output["output"], report["non_stream"]["tool_output"]);
     assert_eq!(report["non_stream"]["call"]["call_id"], OPENAI_TOOL_CALL_ID);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Through the data plane, to an upstream of each protocol
+
+/// A cluster whose one upstream speaks `protocol` (`openai`, `anthropic`, `openai-responses`)
+/// and answers [`WORDS`] words.
+fn gateway(protocol: &str) -> Cluster {
+    let name = format!("up-{protocol}");
+    let offer = Offer {
+        protocol,
+        ..offer(&name, "1", "2")
+    };
+    Cluster::start_with(&[offer], &[], |config| config.chunks = WORDS)
+}
+
+/// The data plane as a client sees it: its `/v1`, the cluster's key, [`MODEL`].
+fn through(c: &Cluster) -> Target {
+    Target {
+        base_url: format!("http://{}/v1", c.dp.addr),
+        key: c.key.clone(),
+        model: MODEL.to_string(),
+    }
+}
+
+/// The path an upstream of `protocol` is asked for completions on.
+fn completion_path(protocol: &str) -> &'static str {
+    match protocol {
+        "openai" => "/v1/chat/completions",
+        "anthropic" => "/v1/messages",
+        _ => "/v1/responses",
+    }
+}
+
+/// Asserts the ledger bills exactly the completions the upstream served: one record each, with
+/// the input tokens the fake reported for their bodies and `output_tokens` in all; and that
+/// nothing is billed a second time once the spool is empty.
+fn assert_billed_once(c: &Cluster, requests: &[RecordedRequest], output_tokens: u64) {
+    let n = requests.len() as u64;
+    let rows = c.wait_usage(n);
+    let input: u64 = requests.iter().map(|r| prompt_tokens_for(&r.body)).sum();
+    assert_eq!(total(&rows, "input_tokens"), input, "{rows:?}");
+    assert_eq!(total(&rows, "output_tokens"), output_tokens, "{rows:?}");
+    c.wait_spool_settled();
+    assert_eq!(total(&c.usage(), "requests"), n, "each request billed once");
+}
+
+/// Codex through the data plane to a `protocol` upstream: the command runs, its output goes up
+/// in the next request in the upstream's own dialect, and both requests are billed once.
+fn codex_through_the_gateway(protocol: &str) {
+    let c = gateway(protocol);
+    let upstream = &c.fakes[0];
+    let requests = codex_runs_a_shell_command(&through(&c), upstream);
+    for r in &requests {
+        assert_eq!(r.path, completion_path(protocol), "{}", c.dp.logs());
+        let tools = r.json.as_ref().unwrap()["tools"].to_string();
+        assert!(
+            tools.contains(CODEX_SHELL_TOOL),
+            "the shell tool reaches the upstream: {tools}"
+        );
+    }
+    // Tool call: one output token per argument fragment (4); then the text.
+    assert_billed_once(&c, &requests, 4 + WORDS as u64);
+}
+
+#[test]
+fn codex_runs_a_shell_command_through_an_openai_responses_upstream() {
+    codex_through_the_gateway("openai-responses");
+}
+
+/// The SDK's round trips through the data plane to a `protocol` upstream, each of the four
+/// requests billed once.
+fn sdk_through_the_gateway(protocol: &str) {
+    let c = gateway(protocol);
+    let upstream = &c.fakes[0];
+    sdk_round_trips(&through(&c), upstream);
+    let requests = completions(upstream);
+    assert!(
+        requests.iter().all(|r| r.path == completion_path(protocol)),
+        "{}",
+        c.dp.logs()
+    );
+    // Two tool calls of 4 argument fragments, two text answers.
+    assert_billed_once(&c, &requests, 2 * 4 + 2 * WORDS as u64);
+}
+
+#[test]
+fn openai_sdk_responses_round_trip_through_an_openai_responses_upstream() {
+    sdk_through_the_gateway("openai-responses");
 }
