@@ -150,7 +150,10 @@ fn parse_sse(bytes: &[u8]) -> Vec<(String, Value)> {
     text.split("\n\n")
         .filter(|e| !e.is_empty())
         .map(|e| {
-            let (name_line, data_line) = e.split_once('\n').unwrap();
+            // One `event:` line and one `data:` line: a newline inside the data would end it.
+            let lines: Vec<&str> = e.split('\n').collect();
+            assert_eq!(lines.len(), 2, "{e}");
+            let (name_line, data_line) = (lines[0], lines[1]);
             let name = name_line.strip_prefix("event: ").unwrap().to_string();
             let data: Value =
                 serde_json::from_str(data_line.strip_prefix("data: ").unwrap()).unwrap();

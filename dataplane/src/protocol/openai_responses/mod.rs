@@ -271,8 +271,13 @@ impl<'a> ResponsesRequest<'a> {
     pub fn echo(&self) -> Echo {
         let mut echo = Echo::default();
         for (key, value) in &self.entries {
-            if ECHOED.contains(&key.as_ref()) && wire::present(value).is_some() {
-                echo.fields.push((key.to_string(), (*value).to_owned()));
+            if !ECHOED.contains(&key.as_ref()) || wire::present(value).is_none() {
+                continue;
+            }
+            // Compact: a stream writes the value inside one `data:` line, which a newline of
+            // the client's formatting would end. Only insignificant whitespace goes.
+            if let Ok(compact) = RawValue::from_string(wire::compact_json(value.get())) {
+                echo.fields.push((key.to_string(), compact));
             }
         }
         echo.namespaces = Namespaces::from_tools(&self.tools);
