@@ -221,6 +221,18 @@ pub fn request(body: &[u8]) -> Result<Request<'_>, TranslateError> {
                     req.user = Some(user);
                 }
             }
+            // Refused by `ResponsesRequest::parse` first; a decoder never reads past them either.
+            "previous_response_id" | "conversation" if present(raw).is_some() => {
+                return Err(TranslateError::new(format!(
+                    "'{key}' is not supported: this gateway is stateless. Send the whole \
+                     conversation in 'input' instead."
+                )));
+            }
+            "background" if raw.get().trim() == "true" => {
+                return Err(TranslateError::new(
+                    "'background' is not supported: this gateway stores no responses to poll.",
+                ));
+            }
             "prompt" if present(raw).is_some() => {
                 return Err(TranslateError::new(
                     "'prompt' templates are stored with OpenAI and this upstream cannot read \

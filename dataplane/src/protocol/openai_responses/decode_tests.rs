@@ -266,6 +266,12 @@ fn sdk_request() {
     assert_eq!(req.tool_choice, Some(ToolChoice::Required));
     assert_eq!(req.reasoning, None);
     assert!(req.dropped.iter().any(|d| d == "tool_choice.allowed_tools"));
+    // Stateful fields left empty are accepted and not named.
+    let req = request(
+        br#"{"model":"m","input":"hi","previous_response_id":null,"conversation":null,"background":false,"store":true,"include":["reasoning.encrypted_content"],"stream_options":{"include_obfuscation":false}}"#,
+    )
+    .unwrap();
+    assert!(req.dropped.is_empty(), "{:?}", req.dropped);
 }
 
 /// Codex answers a `local_shell_call` with a `function_call_output` (`codex-rs/protocol/src/models.rs`):
@@ -306,6 +312,9 @@ fn requests_the_shape_cannot_carry_are_refused() {
         br#"{"model":"m","input":[{"type":"function_call_output","output":"x"}]}"#,
         br#"{"model":"m","input":[{"type":"item_reference","id":"msg_1"}]}"#,
         br#"{"model":"m","input":"hi","prompt":{"id":"pmpt_1"}}"#,
+        br#"{"model":"m","input":"hi","previous_response_id":"resp_1"}"#,
+        br#"{"model":"m","input":"hi","conversation":{"id":"conv_1"}}"#,
+        br#"{"model":"m","input":"hi","background":true}"#,
         br#"{"model":"m","input":"hi","tool_choice":"sometimes"}"#,
         br#"{"model":"m","input":"hi","text":{"format":{"type":"yaml"}}}"#,
         br#"{"model":"m","input":"hi","text":{"format":{"type":"json_schema","name":"x"}}}"#,
