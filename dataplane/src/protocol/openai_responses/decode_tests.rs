@@ -573,3 +573,52 @@ fn upstream_errors() {
     );
     assert_eq!(error(400, br#"{"error":"text"}"#).message, None);
 }
+
+/// The request Codex CLI 0.171.0 really sent (`testkit/samples/codex-responses-request.json`,
+/// provenance in `SOURCES.md`): its second turn, after a `function_call` of `exec_command`.
+#[test]
+fn recorded_codex_request() {
+    let body = samples::bytes("codex-responses-request.json");
+    let peek = crate::protocol::openai_responses::ResponsesRequest::parse(body).unwrap();
+    assert_eq!(peek.builtin_tools(), ["web_search"]);
+    assert_eq!(peek.forced_builtin(), None);
+    let echo = peek.echo();
+    assert_eq!(
+        echo.namespaces.split("multi_agent_v1__spawn_agent"),
+        Some(("multi_agent_v1", "spawn_agent"))
+    );
+
+    let req = request(body).unwrap();
+    assert_eq!(req.model, "gpt-5-codex");
+    assert_eq!(req.stream, Some(true));
+    // Codex sends no `instructions`: its two developer messages are the system prompt.
+    assert_eq!(req.system.len(), 2);
+    assert!(req.messages[0].role == Role::User);
+    let names: Vec<&str> = req.tools.iter().map(|t| t.name.as_str()).collect();
+    assert!(names.contains(&"exec_command"));
+    assert!(names.contains(&"multi_agent_v1__spawn_agent"));
+    assert_eq!(names.len(), 12, "{names:?}");
+    for d in ["tools.web_search", "client_metadata", "prompt_cache_key"] {
+        assert!(
+            req.dropped.iter().any(|x| x == d),
+            "{d} in {:?}",
+            req.dropped
+        );
+    }
+    // The call and its output, as the upstream will see them.
+    let call = req
+        .messages
+        .iter()
+        .flat_map(|m| &m.content)
+        .find_map(|b| match b {
+            Block::ToolCall { id, name, .. } => Some((id.clone(), name.clone())),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(call.1, "exec_command");
+    let result = req.messages.last().unwrap();
+    assert!(
+        matches!(&result.content[0], Block::ToolResult { call_id, content, .. }
+        if *call_id == call.0 && matches!(&content[0], Block::Text(t) if t.contains("keyplane-marker-42")))
+    );
+}
