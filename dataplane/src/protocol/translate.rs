@@ -10,6 +10,10 @@
 //! The field mapping follows `docs/TRANSLATION.md`; the behaviour of each row is pinned by the
 //! tests at the bottom, driven by the recorded samples in `testkit/samples`.
 //!
+//! The OpenAI → Anthropic direction is already a composition of the dialect codecs
+//! (`openai_chat::decode` then `anthropic::encode`, through the internal shape); its functions
+//! here stay only as the entry points the request path and the fuzz harnesses call.
+//!
 //! Request translation drops what the other protocol cannot express and returns the dropped names
 //! (top-level fields, plus a few nested ones such as `cache_control`, named by path) so the caller
 //! can log them at debug. Only a client mistake the upstream would also refuse, or one we cannot
@@ -72,10 +76,6 @@
 //!   `reasoning_effort`. Other limits (a model's `max_tokens` ceiling, tool-call id formats some
 //!   upstreams insist on) are not adapted.
 
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
-use std::borrow::Cow;
-
 pub use super::anthropic::encode::DEFAULT_MAX_TOKENS as DEFAULT_ANTHROPIC_MAX_TOKENS;
 
 use super::shape::{Event, StreamDecode, StreamEncode};
@@ -83,66 +83,7 @@ pub use super::shape::{StreamNote, TranslateError};
 pub use super::usage::{
     MAX_PROMPT_TOKENS_PER_REQUEST_BYTE, MAX_TOKENS_PER_BUCKET, MIN_PROMPT_TOKENS_BOUND, Usage,
 };
-use super::wire::*;
 use super::{anthropic, openai_chat};
-
-// ---------------------------------------------------------------------------------------------
-// ---------------------------------------------------------------------------------------------
-// Usage
-// ---------------------------------------------------------------------------------------------
-
-#[derive(Deserialize)]
-struct OaUsageIn {
-    #[serde(default, deserialize_with = "count")]
-    prompt_tokens: Option<u64>,
-    #[serde(default, deserialize_with = "count")]
-    completion_tokens: Option<u64>,
-    #[serde(default)]
-    prompt_tokens_details: Option<OaPromptDetailsIn>,
-    /// DeepSeek's own name for cached input, used when `prompt_tokens_details` is absent.
-    #[serde(default, deserialize_with = "count")]
-    prompt_cache_hit_tokens: Option<u64>,
-}
-
-#[derive(Deserialize)]
-struct OaPromptDetailsIn {
-    #[serde(default, deserialize_with = "count")]
-    cached_tokens: Option<u64>,
-}
-
-/// An OpenAI `usage` object in billing terms; `None` for `null` or a shape we cannot read.
-fn openai_usage(raw: &RawValue) -> Option<Usage> {
-    let u: OaUsageIn = serde_json::from_str(raw.get()).ok()?;
-    let cached = u
-        .prompt_tokens_details
-        .and_then(|d| d.cached_tokens)
-        .or(u.prompt_cache_hit_tokens)
-        .unwrap_or(0);
-    Usage::from_openai(
-        u.prompt_tokens.unwrap_or(0),
-        u.completion_tokens.unwrap_or(0),
-        cached,
-    )
-}
-
-#[derive(Serialize)]
-struct AnUsageOut {
-    input_tokens: u64,
-    cache_creation_input_tokens: u64,
-    cache_read_input_tokens: u64,
-    output_tokens: u64,
-}
-
-impl From<Usage> for AnUsageOut {
-    fn from(u: Usage) -> Self {
-        AnUsageOut {
-            input_tokens: u.input_tokens,
-            cache_creation_input_tokens: u.cache_write_tokens,
-            cache_read_input_tokens: u.cache_read_tokens,
-            output_tokens: u.output_tokens,
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Finish reasons
@@ -150,56 +91,12 @@ impl From<Usage> for AnUsageOut {
 
 /// An OpenAI `finish_reason` as an Anthropic `stop_reason`.
 pub fn anthropic_stop_reason(openai_finish: &str) -> &'static str {
-    match openai_finish {
-        "length" => "max_tokens",
-        "tool_calls" => "tool_use",
-        "content_filter" => "refusal",
-        _ => "end_turn",
-    }
+    anthropic::encode::stop_reason(openai_chat::decode::stop_reason(openai_finish))
 }
 
 /// An Anthropic `stop_reason` as an OpenAI `finish_reason`.
 pub fn openai_finish_reason(anthropic_stop: &str) -> &'static str {
     openai_chat::encode::finish_reason(anthropic::decode::stop_reason(anthropic_stop))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Shared shapes: Anthropic content blocks (in), OpenAI messages and tool calls (out), ...
-// ---------------------------------------------------------------------------------------------
-
-/// Any Anthropic content block we write.
-#[derive(Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum AnBlockOut {
-    Thinking {
-        thinking: String,
-        signature: String,
-    },
-    Text {
-        text: String,
-    },
-    ToolUse {
-        id: String,
-        name: String,
-        input: Box<RawValue>,
-    },
-}
-
-/// An OpenAI `tool_calls` entry, request history or response.
-#[derive(Deserialize)]
-struct OaToolCallIn {
-    #[serde(default)]
-    id: Option<String>,
-    #[serde(default)]
-    function: Option<OaFunctionCallIn>,
-}
-
-#[derive(Deserialize)]
-struct OaFunctionCallIn {
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    arguments: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -236,125 +133,16 @@ pub fn openai_to_anthropic_request(
 // Responses
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Deserialize)]
-struct OaCompletionIn<'a> {
-    #[serde(default)]
-    id: Option<String>,
-    #[serde(default, borrow)]
-    choices: Option<Vec<OaChoiceIn<'a>>>,
-    #[serde(default, borrow)]
-    usage: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct OaChoiceIn<'a> {
-    #[serde(default)]
-    index: Option<u64>,
-    #[serde(default, borrow)]
-    message: Option<OaResponseMessageIn<'a>>,
-    #[serde(default)]
-    finish_reason: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct OaResponseMessageIn<'a> {
-    #[serde(default, borrow)]
-    content: Option<&'a RawValue>,
-    #[serde(default)]
-    reasoning_content: Option<String>,
-    #[serde(default)]
-    reasoning: Option<String>,
-    #[serde(default)]
-    refusal: Option<String>,
-    #[serde(default)]
-    tool_calls: Option<Vec<OaToolCallIn>>,
-}
-
-#[derive(Serialize)]
-struct AnMessageOut<'a> {
-    id: String,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    role: &'static str,
-    model: &'a str,
-    content: Vec<AnBlockOut>,
-    stop_reason: &'static str,
-    stop_sequence: Option<String>,
-    usage: AnUsageOut,
-}
-
 /// Translates a non-streamed OpenAI completion into an Anthropic message for a client that asked
 /// for `client_model`. Also returns the usage, in billing terms, if the upstream reported it.
 pub fn openai_to_anthropic_response(
     body: &[u8],
     client_model: &str,
 ) -> Result<(Vec<u8>, Option<Usage>), TranslateError> {
-    let resp: OaCompletionIn<'_> = serde_json::from_slice(body).map_err(|e| {
-        TranslateError::new(format!("upstream response is not a chat completion: {e}"))
-    })?;
-    let usage = resp.usage.and_then(openai_usage);
-    let mut choices = resp.choices.unwrap_or_default();
-    let first = choices
-        .iter()
-        .position(|c| c.index.unwrap_or(0) == 0)
-        .ok_or_else(|| TranslateError::new("upstream response has no choices"))?;
-    let choice = choices.swap_remove(first);
-    let mut content = Vec::new();
-    let mut has_tool_use = false;
-    if let Some(msg) = choice.message {
-        let reasoning = msg
-            .reasoning_content
-            .filter(|s| !s.is_empty())
-            .or(msg.reasoning.filter(|s| !s.is_empty()));
-        if let Some(thinking) = reasoning {
-            content.push(AnBlockOut::Thinking {
-                thinking,
-                signature: String::new(),
-            });
-        }
-        let mut ignored = Vec::new();
-        let mut text = super::openai_chat::decode::text(
-            super::openai_chat::decode::content(msg.content, "content")?,
-            "content",
-            &mut ignored,
-        );
-        if text.is_empty() {
-            text = msg.refusal.unwrap_or_default();
-        }
-        if !text.is_empty() {
-            content.push(AnBlockOut::Text { text });
-        }
-        for (k, call) in msg.tool_calls.unwrap_or_default().into_iter().enumerate() {
-            let function = call.function.unwrap_or(OaFunctionCallIn {
-                name: None,
-                arguments: None,
-            });
-            has_tool_use = true;
-            content.push(AnBlockOut::ToolUse {
-                id: call
-                    .id
-                    .filter(|id| !id.is_empty())
-                    .unwrap_or_else(|| format!("toolu_{k}")),
-                name: function.name.unwrap_or_default(),
-                input: tool_input(function.arguments.as_deref(), "upstream tool call")?,
-            });
-        }
-    }
-    let mut stop_reason = anthropic_stop_reason(choice.finish_reason.as_deref().unwrap_or("stop"));
-    if has_tool_use && stop_reason == "end_turn" {
-        stop_reason = "tool_use";
-    }
-    let out = AnMessageOut {
-        id: format!("msg_{}", resp.id.unwrap_or_default()),
-        kind: "message",
-        role: "assistant",
-        model: client_model,
-        content,
-        stop_reason,
-        stop_sequence: None,
-        usage: usage.unwrap_or_default().into(),
-    };
-    Ok((to_body(&out)?, usage))
+    let resp = super::openai_chat::decode::response(body)
+        .ok_or_else(|| TranslateError::new("upstream response is not a usable chat completion"))?;
+    let out = super::anthropic::encode::response(&resp, client_model);
+    Ok((out, resp.metering.map(|m| m.usage)))
 }
 
 /// Translates a non-streamed Anthropic message into an OpenAI completion for a client that asked
@@ -372,42 +160,11 @@ pub fn anthropic_to_openai_response(
 // Errors
 // ---------------------------------------------------------------------------------------------
 
-fn generic_error_message(status: u16) -> String {
-    format!("The upstream provider returned an error (HTTP {status}).")
-}
-
-/// `{"type":"error","error":{"type":kind,"message":message}}`.
-pub fn anthropic_error_body(kind: &str, message: &str) -> Vec<u8> {
-    #[derive(Serialize)]
-    struct Body<'a> {
-        #[serde(rename = "type")]
-        kind: &'static str,
-        error: Inner<'a>,
-    }
-    #[derive(Serialize)]
-    struct Inner<'a> {
-        #[serde(rename = "type")]
-        kind: &'a str,
-        message: &'a str,
-    }
-    let mut out = Vec::new();
-    put_json(
-        &mut out,
-        &Body {
-            kind: "error",
-            error: Inner { kind, message },
-        },
-    );
-    out
-}
+pub use super::anthropic::encode::error_object as anthropic_error_body;
 
 /// An OpenAI upstream's error (status and body) as an Anthropic error for the client.
 pub fn openai_error_to_anthropic(status: u16, body: &[u8]) -> (u16, Vec<u8>) {
-    let message = error_body_message(body).unwrap_or_else(|| generic_error_message(status));
-    (
-        status,
-        anthropic_error_body(super::anthropic::error_type(status), &message),
-    )
+    super::anthropic::encode::error(&super::openai_chat::decode::error(status, body))
 }
 
 /// An Anthropic upstream's error (status and body) as an OpenAI error for the client. Anthropic's
@@ -420,268 +177,40 @@ pub fn anthropic_error_to_openai(status: u16, body: &[u8]) -> (u16, Vec<u8>) {
 // Streams
 // ---------------------------------------------------------------------------------------------
 
-// --- OpenAI chunks (in) ---
-
-#[derive(Deserialize)]
-struct OaChunkIn<'a> {
-    #[serde(default, borrow)]
-    error: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    choices: Option<Vec<OaChunkChoiceIn<'a>>>,
-    #[serde(default, borrow)]
-    usage: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct OaChunkChoiceIn<'a> {
-    #[serde(default)]
-    index: Option<u64>,
-    #[serde(default, borrow)]
-    delta: Option<OaDeltaIn<'a>>,
-    #[serde(default, borrow)]
-    finish_reason: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct OaDeltaIn<'a> {
-    #[serde(default, borrow)]
-    content: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    reasoning_content: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    reasoning: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    refusal: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    tool_calls: Option<Vec<OaToolDeltaIn<'a>>>,
-}
-
-#[derive(Deserialize)]
-struct OaToolDeltaIn<'a> {
-    #[serde(default)]
-    index: Option<u64>,
-    #[serde(default, borrow)]
-    id: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    function: Option<OaFunctionDeltaIn<'a>>,
-}
-
-#[derive(Deserialize)]
-struct OaFunctionDeltaIn<'a> {
-    #[serde(default, borrow)]
-    name: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    arguments: Option<Cow<'a, str>>,
-}
-
-// --- Anthropic events (out) ---
-
-#[derive(Serialize)]
-struct MessageStartOut<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    message: MessageStartBody<'a>,
-}
-
-#[derive(Serialize)]
-struct MessageStartBody<'a> {
-    id: &'a str,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    role: &'static str,
-    model: &'a str,
-    content: [(); 0],
-    stop_reason: Option<()>,
-    stop_sequence: Option<()>,
-    usage: AnUsageOut,
-}
-
-#[derive(Serialize)]
-struct BlockStartOut<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    index: u64,
-    content_block: BlockStartBody<'a>,
-}
-
-#[derive(Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum BlockStartBody<'a> {
-    Text {
-        text: &'static str,
-    },
-    Thinking {
-        thinking: &'static str,
-        signature: &'static str,
-    },
-    ToolUse {
-        id: &'a str,
-        name: &'a str,
-        input: EmptyObject,
-    },
-}
-
-#[derive(Serialize)]
-struct BlockDeltaOut<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    index: u64,
-    delta: BlockDeltaBody<'a>,
-}
-
-/// The `delta` of a `content_block_delta`; serialized as `text_delta`, `thinking_delta` and
-/// `input_json_delta`.
-#[derive(Serialize)]
-#[serde(tag = "type")]
-enum BlockDeltaBody<'a> {
-    #[serde(rename = "text_delta")]
-    Text { text: &'a str },
-    #[serde(rename = "thinking_delta")]
-    Thinking { thinking: &'a str },
-    #[serde(rename = "input_json_delta")]
-    InputJson { partial_json: &'a str },
-}
-
-#[derive(Serialize)]
-struct BlockStopOut {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    index: u64,
-}
-
-#[derive(Serialize)]
-struct MessageDeltaOut {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    delta: MessageDeltaBody,
-    usage: AnUsageOut,
-}
-
-#[derive(Serialize)]
-struct MessageDeltaBody {
-    stop_reason: &'static str,
-    stop_sequence: Option<()>,
-}
-
-#[derive(Serialize)]
-struct TypeOnly {
-    #[serde(rename = "type")]
-    kind: &'static str,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum BlockKind {
-    Text,
-    Thinking,
-    Tool,
-}
-
-#[derive(Clone, Copy)]
-struct OpenBlock {
-    kind: BlockKind,
-    index: u64,
-}
-
-/// A tool call seen in the upstream stream and the Anthropic block it became.
-struct ToolSlot {
-    openai_index: Option<u64>,
-    id: String,
-    block: u64,
-}
-
-/// OpenAI upstream chunks → Anthropic events for an Anthropic client.
+/// OpenAI upstream chunks → Anthropic events for an Anthropic client: the chat stream decoder
+/// feeding the Anthropic stream encoder.
 pub struct OpenAiToAnthropicStream {
-    model: String,
-    message_id: String,
-    started: bool,
-    finished: bool,
-    next_block: u64,
-    open: Option<OpenBlock>,
-    tools: Vec<ToolSlot>,
-    stop_reason: Option<&'static str>,
-    usage: Option<Usage>,
-    reported_cost_nano: Option<u64>,
+    decode: super::openai_chat::decode::Stream,
+    encode: super::anthropic::encode::Stream,
+    events: Vec<super::shape::Event>,
 }
 
 impl OpenAiToAnthropicStream {
     pub fn new(client_model: &str, message_id: &str) -> Self {
         OpenAiToAnthropicStream {
-            model: client_model.to_string(),
-            message_id: message_id.to_string(),
-            started: false,
-            finished: false,
-            next_block: 0,
-            open: None,
-            tools: Vec::new(),
-            stop_reason: None,
-            usage: None,
-            reported_cost_nano: None,
+            decode: super::openai_chat::decode::Stream::new(message_id),
+            encode: super::anthropic::encode::Stream::new(client_model, message_id),
+            events: Vec::new(),
         }
     }
 
     /// The provider's own charge, when its usage carried one (OpenRouter's `cost`, …).
     pub fn reported_cost_nano(&self) -> Option<u64> {
-        self.reported_cost_nano
+        self.decode.reported_cost_nano()
     }
 
     /// Feeds one upstream event's data (a chunk's JSON, or `[DONE]`), appending complete
     /// Anthropic SSE events (`event: X\ndata: {json}\n\n`) to `out`.
     pub fn event(&mut self, data: &[u8], out: &mut Vec<u8>) -> StreamNote {
-        let data = data.trim_ascii();
-        if data == b"[DONE]" {
-            self.finish(out);
-            return StreamNote::Done;
+        use super::shape::{StreamDecode, StreamEncode};
+        self.events.clear();
+        let note = self.decode.event(None, data, &mut self.events);
+        for event in &self.events {
+            self.encode.event(event, out);
         }
-        // Only an object is a chunk (serde would also read one from an array, its first element
-        // taken for `error`).
-        let chunk = (data.first() == Some(&b'{'))
-            .then(|| serde_json::from_slice::<OaChunkIn<'_>>(data).ok())
-            .flatten();
-        let Some(chunk) = chunk else {
-            // Not a chunk (a comment's stray data, a keep-alive): nothing to show.
+        // Once the client's stream has ended, nothing more is shown.
+        if self.encode.finished() && note == StreamNote::Content {
             return StreamNote::Nothing;
-        };
-        if let Some(raw) = chunk.usage {
-            if let Some(usage) = openai_usage(raw) {
-                self.usage = Some(usage);
-            }
-            if let Some(cost) = super::openai_chat::usage_reported_cost_nano(raw.get()) {
-                self.reported_cost_nano = Some(cost);
-            }
-        }
-        if let Some(error) = chunk.error.and_then(present) {
-            return StreamNote::Error(error_object_message(error));
-        }
-        if self.finished {
-            return StreamNote::Nothing;
-        }
-        self.start(out);
-        let mut note = StreamNote::Nothing;
-        for choice in chunk.choices.unwrap_or_default() {
-            if choice.index.unwrap_or(0) != 0 {
-                continue;
-            }
-            if let Some(delta) = &choice.delta {
-                if let Some(reasoning) =
-                    non_empty(&delta.reasoning_content).or(non_empty(&delta.reasoning))
-                {
-                    self.delta(BlockKind::Thinking, reasoning, out);
-                    note = StreamNote::Content;
-                }
-                if let Some(text) = non_empty(&delta.content).or(non_empty(&delta.refusal)) {
-                    self.delta(BlockKind::Text, text, out);
-                    note = StreamNote::Content;
-                }
-                for call in delta.tool_calls.iter().flatten() {
-                    if self.tool_call(call, out) {
-                        note = StreamNote::Content;
-                    }
-                }
-            }
-            if let Some(reason) = non_empty(&choice.finish_reason) {
-                self.stop_reason = Some(anthropic_stop_reason(reason));
-                note = StreamNote::Content;
-            }
         }
         note
     }
@@ -689,196 +218,16 @@ impl OpenAiToAnthropicStream {
     /// The upstream ended (cleanly or not): close any open block and emit message_delta
     /// (stop_reason, usage) + message_stop if not already done. Idempotent.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
-        if self.finished {
-            return;
-        }
-        self.start(out);
-        self.close(out);
-        let mut stop_reason = self.stop_reason.unwrap_or("end_turn");
-        if stop_reason == "end_turn" && !self.tools.is_empty() {
-            stop_reason = "tool_use";
-        }
-        put_event(
-            out,
-            "message_delta",
-            &MessageDeltaOut {
-                kind: "message_delta",
-                delta: MessageDeltaBody {
-                    stop_reason,
-                    stop_sequence: None,
-                },
-                usage: self.usage.unwrap_or_default().into(),
-            },
-        );
-        put_event(
-            out,
-            "message_stop",
-            &TypeOnly {
-                kind: "message_stop",
-            },
-        );
-        self.finished = true;
+        super::shape::StreamEncode::finish(&mut self.encode, out);
     }
 
     /// An Anthropic `event: error` SSE event for a failure after content.
     pub fn error_event(message: &str) -> Vec<u8> {
-        let mut out = b"event: error\ndata: ".to_vec();
-        out.extend_from_slice(&anthropic_error_body("api_error", message));
-        out.extend_from_slice(b"\n\n");
-        out
+        super::anthropic::encode::stream_error_event(message)
     }
 
     pub fn usage(&self) -> Option<Usage> {
-        self.usage
-    }
-
-    fn start(&mut self, out: &mut Vec<u8>) {
-        if self.started {
-            return;
-        }
-        self.started = true;
-        let input = self.usage.unwrap_or_default();
-        put_event(
-            out,
-            "message_start",
-            &MessageStartOut {
-                kind: "message_start",
-                message: MessageStartBody {
-                    id: &self.message_id,
-                    kind: "message",
-                    role: "assistant",
-                    model: &self.model,
-                    content: [],
-                    stop_reason: None,
-                    stop_sequence: None,
-                    usage: Usage {
-                        output_tokens: 0,
-                        ..input
-                    }
-                    .into(),
-                },
-            },
-        );
-    }
-
-    fn close(&mut self, out: &mut Vec<u8>) {
-        if let Some(block) = self.open.take() {
-            put_event(
-                out,
-                "content_block_stop",
-                &BlockStopOut {
-                    kind: "content_block_stop",
-                    index: block.index,
-                },
-            );
-        }
-    }
-
-    /// Closes the open block and opens a new one; returns its index.
-    fn open(&mut self, kind: BlockKind, body: BlockStartBody<'_>, out: &mut Vec<u8>) -> u64 {
-        self.close(out);
-        let index = self.next_block;
-        self.next_block += 1;
-        put_event(
-            out,
-            "content_block_start",
-            &BlockStartOut {
-                kind: "content_block_start",
-                index,
-                content_block: body,
-            },
-        );
-        self.open = Some(OpenBlock { kind, index });
-        index
-    }
-
-    fn put_delta(index: u64, delta: BlockDeltaBody<'_>, out: &mut Vec<u8>) {
-        put_event(
-            out,
-            "content_block_delta",
-            &BlockDeltaOut {
-                kind: "content_block_delta",
-                index,
-                delta,
-            },
-        );
-    }
-
-    /// Text or thinking, in the open block of that kind or a new one.
-    fn delta(&mut self, kind: BlockKind, text: &str, out: &mut Vec<u8>) {
-        let index = match self.open {
-            Some(b) if b.kind == kind => b.index,
-            _ => {
-                let body = if kind == BlockKind::Thinking {
-                    BlockStartBody::Thinking {
-                        thinking: "",
-                        signature: "",
-                    }
-                } else {
-                    BlockStartBody::Text { text: "" }
-                };
-                self.open(kind, body, out)
-            }
-        };
-        let delta = if kind == BlockKind::Thinking {
-            BlockDeltaBody::Thinking { thinking: text }
-        } else {
-            BlockDeltaBody::Text { text }
-        };
-        Self::put_delta(index, delta, out);
-    }
-
-    /// One tool-call fragment: a new call opens a `tool_use` block, arguments become
-    /// `input_json_delta`. Returns whether it carried anything.
-    fn tool_call(&mut self, call: &OaToolDeltaIn<'_>, out: &mut Vec<u8>) -> bool {
-        let id = non_empty(&call.id);
-        let function = call.function.as_ref();
-        let existing = match (id, call.index) {
-            (Some(id), _) => self.tools.iter().position(|t| t.id == id),
-            (None, Some(i)) => self.tools.iter().rposition(|t| t.openai_index == Some(i)),
-            // No id and no index (seen from some compatible upstreams): the latest call.
-            (None, None) => self.tools.len().checked_sub(1),
-        };
-        let mut carried = false;
-        let slot = match existing {
-            Some(slot) => slot,
-            None => {
-                let id = id
-                    .map(str::to_string)
-                    .unwrap_or_else(|| format!("toolu_{}_{}", self.message_id, self.tools.len()));
-                let name = function.and_then(|f| f.name.as_deref()).unwrap_or("");
-                let block = self.open(
-                    BlockKind::Tool,
-                    BlockStartBody::ToolUse {
-                        id: &id,
-                        name,
-                        input: EmptyObject {},
-                    },
-                    out,
-                );
-                self.tools.push(ToolSlot {
-                    openai_index: call.index,
-                    id,
-                    block,
-                });
-                carried = true;
-                self.tools.len() - 1
-            }
-        };
-        if let Some(arguments) = function.and_then(|f| non_empty(&f.arguments)) {
-            // A fragment for a call whose block was already closed (interleaved parallel calls)
-            // still goes to that call's block index, where SDK accumulators look for it.
-            let block = self.tools[slot].block;
-            Self::put_delta(
-                block,
-                BlockDeltaBody::InputJson {
-                    partial_json: arguments,
-                },
-                out,
-            );
-            carried = true;
-        }
-        carried
+        self.decode.usage()
     }
 }
 
@@ -935,8 +284,10 @@ impl AnthropicToOpenAiStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::wire::compact_json;
     use crate::sse;
     use bytes::Bytes;
+    use serde_json::value::RawValue;
     use serde_json::{Value, json};
 
     fn sample(name: &str) -> Vec<u8> {
@@ -1727,6 +1078,11 @@ mod tests {
         assert!(u(max, max, max, max).is_plausible(u64::MAX));
         assert_eq!(Usage::from_openai(5, 1, 6), None);
         assert_eq!(Usage::from_openai(5, 1, 5).unwrap().input_tokens, 0);
+    }
+
+    /// A chat `usage` in billing terms, as every chat path reads it.
+    fn openai_usage(raw: &RawValue) -> Option<Usage> {
+        super::super::openai_chat::Usage::read(raw).and_then(|u| u.billing())
     }
 
     #[test]

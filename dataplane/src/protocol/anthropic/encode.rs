@@ -22,9 +22,10 @@
 //!   text was, whitespace included.
 
 use crate::protocol::shape::{
-    self, Arguments, Block, Encoded, Image, Reasoning, Role, ToolChoice, TranslateError,
+    self, Arguments, Block, BlockStart, Delta, Encoded, Event, Image, Reasoning, Role, StopReason,
+    StreamEncode, ToolChoice, TranslateError, Usage,
 };
-use crate::protocol::wire::{EmptyObject, note, to_body, tool_input};
+use crate::protocol::wire::{EmptyObject, note, put_event, put_json, to_body, tool_input};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
@@ -476,6 +477,474 @@ pub fn request(req: &shape::Request<'_>, upstream_model: &str) -> Result<Encoded
     })
 }
 
+// ---------------------------------------------------------------------------------------------
+// Stop reasons and usage
+// ---------------------------------------------------------------------------------------------
+
+/// A stop reason as Anthropic names it.
+pub fn stop_reason(reason: StopReason) -> &'static str {
+    match reason {
+        StopReason::EndTurn => "end_turn",
+        StopReason::MaxTokens => "max_tokens",
+        StopReason::ContextWindow => "model_context_window_exceeded",
+        StopReason::StopSequence => "stop_sequence",
+        StopReason::ToolUse => "tool_use",
+        StopReason::Refusal => "refusal",
+        StopReason::Pause => "pause_turn",
+    }
+}
+
+/// The reason a client gets: `tool_use` when the answer made tool calls but the upstream said the
+/// turn simply ended (some chat upstreams do), since Anthropic clients only run tools on that
+/// reason.
+fn client_stop_reason(reason: StopReason, made_tool_calls: bool) -> &'static str {
+    if reason == StopReason::EndTurn && made_tool_calls {
+        "tool_use"
+    } else {
+        stop_reason(reason)
+    }
+}
+
+/// Anthropic's four usage buckets.
+#[derive(Serialize)]
+struct UsageOut {
+    input_tokens: u64,
+    cache_creation_input_tokens: u64,
+    cache_read_input_tokens: u64,
+    output_tokens: u64,
+}
+
+impl From<Usage> for UsageOut {
+    fn from(u: Usage) -> Self {
+        UsageOut {
+            input_tokens: u.input_tokens,
+            cache_creation_input_tokens: u.cache_write_tokens,
+            cache_read_input_tokens: u.cache_read_tokens,
+            output_tokens: u.output_tokens,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Responses
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Serialize)]
+struct MessageOut<'a> {
+    id: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    role: &'static str,
+    model: &'a str,
+    content: Vec<BlockOut<'a>>,
+    stop_reason: &'static str,
+    stop_sequence: Option<&'a str>,
+    usage: UsageOut,
+}
+
+/// A call's arguments in an answer. Decoders refuse an answer whose arguments are not an object;
+/// should one reach here, `{}` keeps the message valid.
+fn response_input<'a>(arguments: &'a Arguments<'_>) -> Cow<'a, RawValue> {
+    input(arguments, "")
+        .unwrap_or_else(|_| Cow::Owned(RawValue::from_string("{}".into()).unwrap_or_default()))
+}
+
+/// An Anthropic message for a client that asked for `client_model`. The id is the upstream's,
+/// prefixed `msg_` as Anthropic's are; thinking without a signature gets an empty one.
+pub fn response(resp: &shape::Response, client_model: &str) -> Vec<u8> {
+    let mut content = Vec::with_capacity(resp.content.len());
+    let mut made_tool_calls = false;
+    for block in &resp.content {
+        content.push(match block {
+            Block::Thinking { text, signature } => BlockOut::Thinking {
+                thinking: Cow::Borrowed(text),
+                signature: Cow::Borrowed(signature.as_deref().unwrap_or("")),
+            },
+            Block::RedactedThinking { data } => BlockOut::RedactedThinking {
+                data: Cow::Borrowed(data),
+            },
+            Block::Text(text) => BlockOut::Text {
+                text: Cow::Borrowed(text),
+            },
+            Block::ToolCall {
+                id,
+                name,
+                arguments,
+            } => {
+                made_tool_calls = true;
+                BlockOut::ToolUse {
+                    id: Cow::Borrowed(id),
+                    name: Cow::Borrowed(name),
+                    input: response_input(arguments),
+                }
+            }
+            // Not parts of an answer.
+            Block::Image(_) | Block::ToolResult { .. } => continue,
+        });
+    }
+    let out = MessageOut {
+        id: format!("msg_{}", resp.id),
+        kind: "message",
+        role: "assistant",
+        model: client_model,
+        content,
+        stop_reason: client_stop_reason(resp.stop, made_tool_calls),
+        stop_sequence: resp.stop_sequence.as_deref(),
+        usage: resp.metering.map(|m| m.usage).unwrap_or_default().into(),
+    };
+    let mut body = Vec::new();
+    put_json(&mut body, &out);
+    body
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------
+
+/// `{"type":"error","error":{"type":kind,"message":message}}`.
+pub fn error_object(kind: &str, message: &str) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        error: Inner<'a>,
+    }
+    #[derive(Serialize)]
+    struct Inner<'a> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        message: &'a str,
+    }
+    let mut out = Vec::new();
+    put_json(
+        &mut out,
+        &Body {
+            kind: "error",
+            error: Inner { kind, message },
+        },
+    );
+    out
+}
+
+/// An upstream's refusal as an Anthropic error, with the upstream's status and its type for that
+/// status ([`super::error_type`]).
+pub fn error(err: &shape::UpstreamError) -> (u16, Vec<u8>) {
+    (
+        err.status,
+        error_object(super::error_type(err.status), &err.message_or_generic()),
+    )
+}
+
+/// The `event: error` that ends a stream that failed after content was sent.
+pub fn stream_error_event(message: &str) -> Vec<u8> {
+    let mut out = b"event: error\ndata: ".to_vec();
+    out.extend_from_slice(&error_object("api_error", message));
+    out.extend_from_slice(b"\n\n");
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streams
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Serialize)]
+struct MessageStartOut<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    message: MessageStartBody<'a>,
+}
+
+#[derive(Serialize)]
+struct MessageStartBody<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    role: &'static str,
+    model: &'a str,
+    content: [(); 0],
+    stop_reason: Option<()>,
+    stop_sequence: Option<()>,
+    usage: UsageOut,
+}
+
+#[derive(Serialize)]
+struct BlockStartOut<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    index: usize,
+    content_block: BlockStartBody<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum BlockStartBody<'a> {
+    Text {
+        text: &'static str,
+    },
+    Thinking {
+        thinking: &'static str,
+        signature: &'static str,
+    },
+    RedactedThinking {
+        data: &'a str,
+    },
+    ToolUse {
+        id: &'a str,
+        name: &'a str,
+        input: EmptyObject,
+    },
+}
+
+#[derive(Serialize)]
+struct BlockDeltaOut<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    index: usize,
+    delta: BlockDeltaBody<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type")]
+enum BlockDeltaBody<'a> {
+    #[serde(rename = "text_delta")]
+    Text { text: &'a str },
+    #[serde(rename = "thinking_delta")]
+    Thinking { thinking: &'a str },
+    #[serde(rename = "signature_delta")]
+    Signature { signature: &'a str },
+    #[serde(rename = "input_json_delta")]
+    InputJson { partial_json: &'a str },
+}
+
+#[derive(Serialize)]
+struct BlockStopOut {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    index: usize,
+}
+
+#[derive(Serialize)]
+struct MessageDeltaOut<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    delta: MessageDeltaBody<'a>,
+    usage: UsageOut,
+}
+
+#[derive(Serialize)]
+struct MessageDeltaBody<'a> {
+    stop_reason: &'static str,
+    stop_sequence: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct TypeOnly {
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+/// Shape events → Anthropic SSE events for an Anthropic client.
+///
+/// `message_start` goes out with the first event (input tokens are those known by then, often
+/// 0); blocks keep the indexes the decoder gave them, and a block still open when another starts
+/// or the stream ends is closed. `message_delta` (the stop reason and the full usage, all four
+/// buckets) goes out only at [`Event::End`] or [`StreamEncode::finish`], so usage that arrives
+/// after the stop reason (OpenAI's `choices: []` chunk, OpenRouter's trailing chunk) is
+/// included; then `message_stop`. The message id is the gateway's, given at construction, so a
+/// client sees one id per request whatever the upstream calls it.
+pub struct Stream {
+    model: String,
+    message_id: String,
+    started: bool,
+    finished: bool,
+    open: Option<usize>,
+    made_tool_calls: bool,
+    stop: Option<(StopReason, Option<String>)>,
+    usage: Option<Usage>,
+}
+
+impl Stream {
+    pub fn new(client_model: &str, message_id: &str) -> Stream {
+        Stream {
+            model: client_model.to_string(),
+            message_id: message_id.to_string(),
+            started: false,
+            finished: false,
+            open: None,
+            made_tool_calls: false,
+            stop: None,
+            usage: None,
+        }
+    }
+
+    /// Whether the stream's end has been written.
+    pub fn finished(&self) -> bool {
+        self.finished
+    }
+
+    fn start(&mut self, out: &mut Vec<u8>) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        let input = self.usage.unwrap_or_default();
+        put_event(
+            out,
+            "message_start",
+            &MessageStartOut {
+                kind: "message_start",
+                message: MessageStartBody {
+                    id: &self.message_id,
+                    kind: "message",
+                    role: "assistant",
+                    model: &self.model,
+                    content: [],
+                    stop_reason: None,
+                    stop_sequence: None,
+                    usage: Usage {
+                        output_tokens: 0,
+                        ..input
+                    }
+                    .into(),
+                },
+            },
+        );
+    }
+
+    fn close(&mut self, out: &mut Vec<u8>) {
+        if let Some(index) = self.open.take() {
+            put_event(
+                out,
+                "content_block_stop",
+                &BlockStopOut {
+                    kind: "content_block_stop",
+                    index,
+                },
+            );
+        }
+    }
+}
+
+impl StreamEncode for Stream {
+    fn event(&mut self, event: &Event, out: &mut Vec<u8>) {
+        if self.finished {
+            return;
+        }
+        match event {
+            Event::Metering(m) => {
+                self.usage = Some(m.usage);
+                return;
+            }
+            Event::Stop {
+                reason,
+                stop_sequence,
+            } => {
+                self.stop = Some((*reason, stop_sequence.clone()));
+                return;
+            }
+            Event::End => return self.finish(out),
+            _ => {}
+        }
+        self.start(out);
+        match event {
+            Event::BlockStart { index, block } => {
+                self.close(out);
+                let body = match block {
+                    BlockStart::Text => BlockStartBody::Text { text: "" },
+                    BlockStart::Thinking => BlockStartBody::Thinking {
+                        thinking: "",
+                        signature: "",
+                    },
+                    BlockStart::RedactedThinking { data } => {
+                        BlockStartBody::RedactedThinking { data }
+                    }
+                    BlockStart::ToolCall { id, name } => {
+                        self.made_tool_calls = true;
+                        BlockStartBody::ToolUse {
+                            id,
+                            name,
+                            input: EmptyObject {},
+                        }
+                    }
+                };
+                put_event(
+                    out,
+                    "content_block_start",
+                    &BlockStartOut {
+                        kind: "content_block_start",
+                        index: *index,
+                        content_block: body,
+                    },
+                );
+                self.open = Some(*index);
+            }
+            // A delta may name a block already closed (a tool call's arguments interleaved with
+            // another call's): it goes to that index, where SDK accumulators look for it.
+            Event::Delta { index, delta } => {
+                let delta = match delta {
+                    Delta::Text(text) => BlockDeltaBody::Text { text },
+                    Delta::Thinking(thinking) => BlockDeltaBody::Thinking { thinking },
+                    Delta::Signature(signature) => BlockDeltaBody::Signature { signature },
+                    Delta::ToolArguments(partial_json) => {
+                        BlockDeltaBody::InputJson { partial_json }
+                    }
+                };
+                put_event(
+                    out,
+                    "content_block_delta",
+                    &BlockDeltaOut {
+                        kind: "content_block_delta",
+                        index: *index,
+                        delta,
+                    },
+                );
+            }
+            Event::BlockStop { index } => {
+                if self.open == Some(*index) {
+                    self.close(out);
+                }
+            }
+            Event::Start { .. } | Event::Metering(_) | Event::Stop { .. } | Event::End => {}
+        }
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.finished {
+            return;
+        }
+        self.start(out);
+        self.close(out);
+        let (reason, stop_sequence) = match &self.stop {
+            Some((reason, sequence)) => (*reason, sequence.as_deref()),
+            None => (StopReason::EndTurn, None),
+        };
+        put_event(
+            out,
+            "message_delta",
+            &MessageDeltaOut {
+                kind: "message_delta",
+                delta: MessageDeltaBody {
+                    stop_reason: client_stop_reason(reason, self.made_tool_calls),
+                    stop_sequence,
+                },
+                usage: self.usage.unwrap_or_default().into(),
+            },
+        );
+        put_event(
+            out,
+            "message_stop",
+            &TypeOnly {
+                kind: "message_stop",
+            },
+        );
+        self.finished = true;
+    }
+
+    fn error_event(&self, message: &str) -> Vec<u8> {
+        stream_error_event(message)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -682,5 +1151,248 @@ mod tests {
             ..Default::default()
         };
         assert!(request(&req, "m").unwrap_err().message.contains("data URL"));
+    }
+
+    // ---- Responses, streams and errors, from constructed shapes ----
+
+    use crate::protocol::shape::Metering;
+
+    fn usage(input: u64, output: u64, read: u64, write: u64) -> Usage {
+        Usage {
+            input_tokens: input,
+            output_tokens: output,
+            cache_read_tokens: read,
+            cache_write_tokens: write,
+        }
+    }
+
+    #[test]
+    fn response_from_a_constructed_shape() {
+        let resp = shape::Response {
+            id: "abc".into(),
+            model: "upstream-model".into(),
+            content: vec![
+                Block::Thinking {
+                    text: "hmm".into(),
+                    signature: None,
+                },
+                Block::Text("hi".into()),
+                Block::ToolCall {
+                    id: "c1".into(),
+                    name: "f".into(),
+                    arguments: Arguments::Text(" {\"a\": 1} ".into()),
+                },
+                Block::ToolCall {
+                    id: "c2".into(),
+                    name: "g".into(),
+                    arguments: Arguments::Text(String::new()),
+                },
+            ],
+            stop: StopReason::EndTurn,
+            stop_sequence: None,
+            metering: Some(Metering {
+                usage: usage(5, 7, 3, 2),
+                ..Metering::default()
+            }),
+        };
+        let v: Value = serde_json::from_slice(&response(&resp, "client-model")).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "id": "msg_abc", "type": "message", "role": "assistant", "model": "client-model",
+                "content": [
+                    {"type": "thinking", "thinking": "hmm", "signature": ""},
+                    {"type": "text", "text": "hi"},
+                    {"type": "tool_use", "id": "c1", "name": "f", "input": {"a": 1}},
+                    {"type": "tool_use", "id": "c2", "name": "g", "input": {}}
+                ],
+                "stop_reason": "tool_use", "stop_sequence": null,
+                "usage": {"input_tokens": 5, "cache_creation_input_tokens": 2,
+                          "cache_read_input_tokens": 3, "output_tokens": 7}
+            })
+        );
+        // Without calls the upstream's reason stands; no metering is zero usage.
+        let resp = shape::Response {
+            content: vec![Block::Text("x".into())],
+            stop: StopReason::ContextWindow,
+            stop_sequence: Some("END".into()),
+            metering: None,
+            ..resp
+        };
+        let v: Value = serde_json::from_slice(&response(&resp, "m")).unwrap();
+        assert_eq!(v["stop_reason"], "model_context_window_exceeded");
+        assert_eq!(v["stop_sequence"], "END");
+        assert_eq!(v["usage"]["output_tokens"], 0);
+    }
+
+    /// (event name, data) of every event written.
+    fn read_sse(out: &[u8]) -> Vec<(String, Value)> {
+        let text = std::str::from_utf8(out).unwrap();
+        text.split_terminator("\n\n")
+            .map(|ev| {
+                let (name, data) = ev.split_once('\n').unwrap();
+                let name = name.strip_prefix("event: ").unwrap().to_string();
+                let data: Value =
+                    serde_json::from_str(data.strip_prefix("data: ").unwrap()).unwrap();
+                assert_eq!(data["type"], name.as_str(), "each event named by its type");
+                (name, data)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn stream_from_constructed_events() {
+        let mut s = Stream::new("client-model", "msg_1");
+        let mut out = Vec::new();
+        let tool = |index, id: &str| Event::BlockStart {
+            index,
+            block: BlockStart::ToolCall {
+                id: id.into(),
+                name: "f".into(),
+            },
+        };
+        for event in [
+            Event::Metering(Metering {
+                usage: usage(9, 1, 4, 0),
+                ..Metering::default()
+            }),
+            Event::Start {
+                id: "upstream-id".into(),
+                model: "upstream-model".into(),
+            },
+            Event::BlockStart {
+                index: 0,
+                block: BlockStart::Thinking,
+            },
+            Event::Delta {
+                index: 0,
+                delta: Delta::Thinking("t".into()),
+            },
+            Event::Delta {
+                index: 0,
+                delta: Delta::Signature("sig".into()),
+            },
+            // A block starting while another is open closes it.
+            tool(1, "c1"),
+            Event::BlockStop { index: 1 },
+            Event::BlockStop { index: 1 },
+            tool(2, "c2"),
+            // Arguments for a closed call still go to its block.
+            Event::Delta {
+                index: 1,
+                delta: Delta::ToolArguments("{}".into()),
+            },
+            Event::Stop {
+                reason: StopReason::EndTurn,
+                stop_sequence: None,
+            },
+            // Usage after the stop reason is the one the client gets.
+            Event::Metering(Metering {
+                usage: usage(9, 30, 4, 1),
+                ..Metering::default()
+            }),
+            Event::End,
+            Event::Delta {
+                index: 2,
+                delta: Delta::Text("late".into()),
+            },
+        ] {
+            s.event(&event, &mut out);
+        }
+        s.finish(&mut out);
+        let events = read_sse(&out);
+        let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ]
+        );
+        let start = &events[0].1["message"];
+        assert_eq!(start["id"], "msg_1", "the gateway's id, not the upstream's");
+        assert_eq!(start["model"], "client-model");
+        assert_eq!(
+            start["usage"],
+            json!({"input_tokens": 9, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 4, "output_tokens": 0})
+        );
+        assert_eq!(
+            events[1].1["content_block"],
+            json!({"type": "thinking", "thinking": "", "signature": ""})
+        );
+        assert_eq!(
+            events[3].1["delta"],
+            json!({"type": "signature_delta", "signature": "sig"})
+        );
+        assert_eq!(events[4].1["index"], 0);
+        assert_eq!(
+            events[5].1["content_block"],
+            json!({"type": "tool_use", "id": "c1", "name": "f", "input": {}})
+        );
+        assert_eq!(events[8].1["index"], 1);
+        assert_eq!(
+            events[8].1["delta"],
+            json!({"type": "input_json_delta", "partial_json": "{}"})
+        );
+        assert_eq!(events[9].1["index"], 2);
+        let delta = &events[10].1;
+        assert_eq!(
+            delta["delta"],
+            json!({"stop_reason": "tool_use", "stop_sequence": null})
+        );
+        assert_eq!(
+            delta["usage"],
+            json!({"input_tokens": 9, "cache_creation_input_tokens": 1, "cache_read_input_tokens": 4, "output_tokens": 30})
+        );
+
+        // An upstream that ends without its marker: finish writes the start and the end once.
+        let mut s = Stream::new("m", "msg_2");
+        let mut out = Vec::new();
+        s.finish(&mut out);
+        s.finish(&mut out);
+        let events = read_sse(&out);
+        let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["message_start", "message_delta", "message_stop"]);
+        assert_eq!(events[1].1["delta"]["stop_reason"], "end_turn");
+    }
+
+    #[test]
+    fn errors_keep_the_status_and_name_its_type() {
+        for (status, message, kind, text) in [
+            (
+                402,
+                None,
+                "billing_error",
+                "The upstream provider returned an error (HTTP 402).",
+            ),
+            (529, Some("busy"), "overloaded_error", "busy"),
+            (504, Some("slow"), "timeout_error", "slow"),
+            (418, Some("teapot"), "invalid_request_error", "teapot"),
+        ] {
+            let (s, body) = error(&shape::UpstreamError {
+                status,
+                message: message.map(String::from),
+            });
+            assert_eq!(s, status);
+            assert_eq!(
+                String::from_utf8(body).unwrap(),
+                format!(r#"{{"type":"error","error":{{"type":"{kind}","message":"{text}"}}}}"#)
+            );
+        }
+        let event = Stream::new("m", "i").error_event("cut");
+        assert_eq!(
+            String::from_utf8(event).unwrap(),
+            "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"cut\"}}\n\n"
+        );
     }
 }

@@ -7,6 +7,9 @@
 pub mod decode;
 pub mod encode;
 pub mod relay;
+pub mod usage;
+
+pub use usage::Usage;
 
 use super::json::Entries;
 use bytes::Bytes;
@@ -159,124 +162,18 @@ pub fn error_body(message: &str, kind: &str, param: Option<&str>, code: Option<&
     Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
 }
 
-/// Token counts as an upstream reported them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Usage {
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-    pub cached_tokens: u64,
-    /// The upstream's own charge for the request, in nano-USD, when its usage carries one:
-    /// xAI `cost_in_usd_ticks` (10^10 per USD), OpenRouter `cost` (USD), DeepInfra
-    /// `estimated_cost` (USD), in that order of preference.
-    pub reported_cost_nano: Option<u64>,
-}
-
 #[derive(Deserialize)]
-struct RawUsage {
-    #[serde(default)]
-    prompt_tokens: u64,
-    #[serde(default)]
-    completion_tokens: u64,
-    #[serde(default)]
-    prompt_tokens_details: Option<PromptDetails>,
-    #[serde(default)]
-    cost: Option<serde_json::Number>,
-    #[serde(default)]
-    cost_in_usd_ticks: Option<serde_json::Number>,
-    #[serde(default)]
-    estimated_cost: Option<serde_json::Number>,
+struct CompletionBody<'a> {
+    #[serde(default, borrow)]
+    usage: Option<&'a RawValue>,
 }
 
-/// A non-negative decimal times 10^`shift`, rounded half up; read from the number's shortest
-/// decimal text, never through float arithmetic. `None` for a negative or absurd value.
-fn scaled(n: &serde_json::Number, shift: i32) -> Option<u64> {
-    let text = n.to_string();
-    if text.starts_with('-') {
-        return None;
-    }
-    let (number, exponent) = match text.find(['e', 'E']) {
-        Some(at) => (&text[..at], text[at + 1..].parse::<i32>().ok()?),
-        None => (text.as_str(), 0),
-    };
-    let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
-    let digits = format!("{whole}{frac}");
-    let digits = digits.trim_start_matches('0');
-    if digits.len() > 36 {
-        return None;
-    }
-    let mantissa: u128 = if digits.is_empty() {
-        0
-    } else {
-        digits.parse().ok()?
-    };
-    let power = i64::from(shift) + i64::from(exponent) - frac.len() as i64;
-    let value = if power >= 0 {
-        mantissa.checked_mul(10u128.checked_pow(u32::try_from(power).ok()?)?)?
-    } else {
-        match u32::try_from(-power)
-            .ok()
-            .and_then(|p| 10u128.checked_pow(p))
-        {
-            Some(d) => (mantissa + d / 2) / d,
-            None => 0,
-        }
-    };
-    u64::try_from(value).ok()
-}
-
-impl RawUsage {
-    fn reported_cost_nano(&self) -> Option<u64> {
-        // 10^10 ticks per USD: nano-USD = ticks / 10.
-        if let Some(ticks) = &self.cost_in_usd_ticks {
-            return scaled(ticks, -1);
-        }
-        self.cost
-            .as_ref()
-            .or(self.estimated_cost.as_ref())
-            .and_then(|usd| scaled(usd, 9))
-    }
-}
-
-#[derive(Deserialize)]
-struct PromptDetails {
-    #[serde(default)]
-    cached_tokens: Option<u64>,
-}
-
-impl From<RawUsage> for Usage {
-    fn from(u: RawUsage) -> Usage {
-        Usage {
-            reported_cost_nano: u.reported_cost_nano(),
-            prompt_tokens: u.prompt_tokens,
-            completion_tokens: u.completion_tokens,
-            cached_tokens: u
-                .prompt_tokens_details
-                .and_then(|d| d.cached_tokens)
-                .unwrap_or(0),
-        }
-    }
-}
-
-#[derive(Deserialize)]
-struct CompletionBody {
-    #[serde(default)]
-    usage: Option<RawUsage>,
-}
-
-/// The usage of a non-streamed completion body, if it has one.
-/// The provider's own charge in one `usage` object (OpenRouter `cost`, xAI `cost_in_usd_ticks`,
-/// DeepInfra `estimated_cost`), in nano-USD; for translators that read usage themselves.
-pub fn usage_reported_cost_nano(usage_json: &str) -> Option<u64> {
-    serde_json::from_str::<RawUsage>(usage_json)
-        .ok()?
-        .reported_cost_nano()
-}
-
+/// The usage of a non-streamed completion body, if it has a readable one.
 pub fn completion_usage(body: &[u8]) -> Option<Usage> {
-    serde_json::from_slice::<CompletionBody>(body)
+    serde_json::from_slice::<CompletionBody<'_>>(body)
         .ok()?
         .usage
-        .map(Usage::from)
+        .and_then(Usage::read)
 }
 
 /// A non-streamed body that is what a chat completion promises.
@@ -305,15 +202,8 @@ pub fn completion(body: &[u8]) -> Option<Completion> {
     }
     let shape = serde_json::from_slice::<CompletionShape<'_>>(body).ok()?;
     Some(Completion {
-        usage: shape.usage.and_then(usage_object),
+        usage: shape.usage.and_then(Usage::read),
     })
-}
-
-/// Reads a `usage` value, which counts only as a JSON object: serde would also read the struct
-/// from an array, taking its elements for the fields in order, which no upstream means and
-/// which `may_matter` (looking for `"usage": {`) would not see coming.
-fn usage_object(raw: &RawValue) -> Option<Usage> {
-    super::json::object::<RawUsage>(raw).map(Usage::from)
 }
 
 /// What one streamed event means to the relay.
@@ -407,7 +297,7 @@ pub fn classify(name: Option<&[u8]>, data: Option<&[u8]>) -> Chunk {
             Chunk::Preamble
         };
     };
-    let usage = chunk.usage.and_then(usage_object);
+    let usage = chunk.usage.and_then(Usage::read);
     if let Some(error) = chunk.error.filter(|e| !is_null(e)) {
         let message = serde_json::from_str::<ErrorObject>(error.get())
             .ok()

@@ -3,7 +3,6 @@
 
 use super::{Chunk, Usage, classify, may_matter};
 use crate::protocol::shape::{Metering, StreamNote};
-use crate::protocol::usage;
 
 /// Reads a pass-through chat stream.
 #[derive(Debug, Default)]
@@ -58,9 +57,5 @@ impl Scan {
 /// A chat usage in billing terms; `None` for counts no upstream truthfully reports (more cached
 /// than prompted).
 pub fn metering(u: Usage) -> Option<Metering> {
-    Some(Metering {
-        usage: usage::Usage::from_openai(u.prompt_tokens, u.completion_tokens, u.cached_tokens)?,
-        reasoning_tokens: None,
-        reported_cost_nano: u.reported_cost_nano,
-    })
+    u.metering()
 }
