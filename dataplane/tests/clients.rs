@@ -15,10 +15,13 @@
 
 mod support;
 
-use support::{Cluster, MODEL, Offer, offer, total};
+use support::{Cluster, MODEL, Offer, TIMEOUT, add_offer, offer, total};
 
 use keyplane_testkit::fake_upstream::{OPENAI_TOOL_CALL_ID, RecordedRequest, prompt_tokens_for};
-use keyplane_testkit::{Behavior, FakeConfig, FakeUpstream, samples, wait_until};
+use keyplane_testkit::http::HttpRequest;
+use keyplane_testkit::{
+    Behavior, ControlPlane, DataPlane, FakeConfig, FakeUpstream, TlsFiles, samples, wait_until,
+};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -112,6 +115,8 @@ struct Target {
     base_url: String,
     key: String,
     model: String,
+    /// The CA that signed an `https` base URL's certificate (Codex: `CODEX_CA_CERTIFICATE`).
+    ca: Option<PathBuf>,
 }
 
 impl Target {
@@ -120,6 +125,7 @@ impl Target {
             base_url: fake.openai_base_url(),
             key: FAKE_KEY.to_string(),
             model: "gpt-5-codex".to_string(),
+            ca: None,
         }
     }
 }
@@ -158,8 +164,9 @@ const MARKER_COMMAND: &str = "echo keyplane-marker-$((6*7))";
 const MARKER_OUTPUT: &str = "keyplane-marker-42";
 
 /// Codex's `config.toml` for a provider at `base_url` whose key is in `KEYPLANE_API_KEY`:
-/// Responses wire API, no retries (a failure must reach the test), no approval prompts and no
-/// sandbox (the command is fixed and harmless), and nothing that would reach beyond 127.0.0.1.
+/// Responses wire API, no retries, not even of a failed connection (a failure must reach the
+/// test at once), no approval prompts and no sandbox (the command is fixed and harmless), and
+/// nothing that would reach beyond 127.0.0.1.
 fn codex_config(target: &Target) -> String {
     format!(
         r#"model = "{model}"
@@ -179,6 +186,7 @@ plugins = false
 remote_plugin = false
 apps = false
 shell_snapshot = false
+unbounded_connection_retries = false
 
 [model_providers.keyplane]
 name = "Keyplane"
@@ -231,6 +239,9 @@ fn run_codex(target: &Target, prompt: &str) -> CodexRun {
     .env("KEYPLANE_API_KEY", &target.key)
     .env("NO_COLOR", "1")
     .current_dir(&work);
+    if let Some(ca) = &target.ca {
+        cmd.env("CODEX_CA_CERTIFICATE", ca);
+    }
     let finished = run_bounded(cmd, dir.path());
     let last_message = std::fs::read_to_string(&last).unwrap_or_default();
     CodexRun {
@@ -497,6 +508,7 @@ fn through(c: &Cluster) -> Target {
         base_url: format!("http://{}/v1", c.dp.addr),
         key: c.key.clone(),
         model: MODEL.to_string(),
+        ca: None,
     }
 }
 
@@ -564,4 +576,56 @@ fn sdk_through_the_gateway(protocol: &str) {
 #[test]
 fn openai_sdk_responses_round_trip_through_an_openai_responses_upstream() {
     sdk_through_the_gateway("openai-responses");
+}
+
+/// Codex to a data plane serving HTTPS with a private CA, given to Codex in
+/// `CODEX_CA_CERTIFICATE`: the setup of a deployment whose certificate is not in the web roots.
+#[test]
+fn codex_reaches_an_https_data_plane_whose_ca_is_in_codex_ca_certificate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = TlsFiles::generate(&tmp.path().join("certs"));
+    let cp = ControlPlane::start();
+    let name = "up-https";
+    let upstream = FakeUpstream::start(FakeConfig {
+        name: name.to_string(),
+        api_key: Some(format!("sk-{name}")),
+        chunks: WORDS,
+        ..FakeConfig::default()
+    });
+    let offer = Offer {
+        protocol: "openai-responses",
+        ..offer(name, "1", "2")
+    };
+    add_offer(&cp, &offer, &upstream.openai_base_url());
+    let key = cp.ctl(&["--json", "key", "create", "codex"]).ok().json()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dp = DataPlane::start_https(
+        &cp,
+        "edge-https",
+        &certs.node_cert,
+        &certs.node_key,
+        &certs.ca,
+        &[],
+    );
+    assert!(
+        wait_until(TIMEOUT, || {
+            HttpRequest::get("/v1/models")
+                .bearer(&key)
+                .send_tls(dp.addr, &certs.ca, TIMEOUT)
+                .is_ok_and(|r| r.status == 200)
+        }),
+        "the data plane never served the key over HTTPS; its log:\n{}",
+        dp.logs()
+    );
+    let target = Target {
+        base_url: format!("{}/v1", dp.url()),
+        key,
+        model: MODEL.to_string(),
+        ca: Some(certs.ca.clone()),
+    };
+    assert!(target.base_url.starts_with("https://127.0.0.1:"));
+    let requests = codex_runs_a_shell_command(&target, &upstream);
+    assert!(requests.iter().all(|r| r.path == "/v1/responses"));
 }
