@@ -48,6 +48,18 @@ struct ItemIn<'a> {
     summary: Option<Vec<TextPart>>,
     #[serde(default)]
     encrypted_content: Option<String>,
+    /// A custom tool call's free-text input.
+    #[serde(default)]
+    input: Option<String>,
+    /// An `additional_tools` item's tools.
+    #[serde(default, borrow)]
+    tools: Option<Vec<ToolIn<'a>>>,
+}
+
+/// A custom tool call's input as the arguments of the function it is upstream.
+#[derive(serde::Serialize)]
+struct CustomArguments<'s> {
+    input: &'s str,
 }
 
 /// A `summary_text` / `reasoning_text` part.
@@ -87,6 +99,9 @@ struct ToolIn<'a> {
     /// A `namespace` group's members.
     #[serde(default, borrow)]
     tools: Option<Vec<ToolIn<'a>>>,
+    /// A custom tool's input format (text, or a grammar).
+    #[serde(default, borrow)]
+    format: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -249,38 +264,74 @@ pub fn request(body: &[u8]) -> Result<Request<'_>, TranslateError> {
     Ok(req)
 }
 
+/// The parameters a custom (free-text) tool has as a function: its text as `input`.
+const CUSTOM_INPUT_SCHEMA: &str = r#"{"type":"object","properties":{"input":{"type":"string","description":"The tool's input, as free text."}},"required":["input"],"additionalProperties":false}"#;
+
+#[derive(Deserialize)]
+struct CustomFormatIn {
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    syntax: Option<String>,
+    #[serde(default)]
+    definition: Option<String>,
+}
+
+/// A tool as a function: a function as it is; a custom tool taking its text as `input`, its
+/// grammar (if it has one) told in the description, since a function cannot enforce one.
+/// `about`: the description of the namespace it is in, which opens its own (a flat tool has no
+/// field for it, and it tells the model which server a tool belongs to).
+fn as_function<'a>(tool: ToolIn<'a>, name: String, about: Option<&str>) -> Tool<'a> {
+    let custom = tool.kind.as_deref() == Some("custom");
+    let mut description = tool.description;
+    if custom
+        && let Some(format) = tool.format.and_then(json::object::<CustomFormatIn>)
+        && format.kind == "grammar"
+        && let Some(definition) = format.definition
+    {
+        let syntax = format.syntax.unwrap_or_default();
+        let rule = format!("The `input` must follow this {syntax} grammar:\n{definition}");
+        description = Some(match description {
+            Some(own) => format!("{own}\n\n{rule}"),
+            None => rule,
+        });
+    }
+    let description = match (about, description) {
+        (Some(about), Some(own)) => Some(format!("{about}\n\n{own}")),
+        (Some(about), None) => Some(about.to_string()),
+        (None, own) => own,
+    };
+    let parameters = if custom {
+        // A constant of valid JSON: the parse cannot fail.
+        serde_json::from_str::<&'static RawValue>(CUSTOM_INPUT_SCHEMA).ok()
+    } else {
+        tool.parameters.and_then(present)
+    };
+    Tool {
+        name,
+        description,
+        parameters,
+        strict: tool.strict,
+    }
+}
+
 fn push_tool<'a>(req: &mut Request<'a>, tool: ToolIn<'a>, i: usize) -> Result<(), TranslateError> {
     match tool.kind.as_deref() {
-        Some("function") => {
+        Some("function" | "custom") => {
             let name = tool
                 .name
+                .clone()
                 .ok_or_else(|| TranslateError::new(format!("Missing 'tools[{i}].name'.")))?;
-            req.tools.push(Tool {
-                name,
-                description: tool.description,
-                parameters: tool.parameters.and_then(present),
-                strict: tool.strict,
-            });
+            req.tools.push(as_function(tool, name, None));
         }
         Some("namespace") => {
             let namespace = tool.name.unwrap_or_default();
             let about = tool.description.filter(|d| !d.trim().is_empty());
             for member in tool.tools.unwrap_or_default() {
-                match (member.kind.as_deref(), member.name) {
-                    (Some("function"), Some(name)) => {
-                        // A flat tool has no field for its group's description, and it is what
-                        // tells the model which server a tool belongs to: it opens the tool's.
-                        let description = match (&about, member.description) {
-                            (Some(about), Some(own)) => Some(format!("{about}\n\n{own}")),
-                            (Some(about), None) => Some(about.clone()),
-                            (None, own) => own,
-                        };
-                        req.tools.push(Tool {
-                            name: Namespaces::flat_name(&namespace, &name),
-                            description,
-                            parameters: member.parameters.and_then(present),
-                            strict: member.strict,
-                        });
+                match (member.kind.as_deref(), member.name.clone()) {
+                    (Some("function" | "custom"), Some(name)) => {
+                        let name = Namespaces::flat_name(&namespace, &name);
+                        req.tools.push(as_function(member, name, about.as_deref()));
                     }
                     (kind, _) => note(&mut req.dropped, &format!("tools.{}", kind.unwrap_or("?"))),
                 }
@@ -309,7 +360,7 @@ fn tool_choice(
             }
         },
         Some(ChoiceIn::Object { kind, name, mode }) => match (kind.as_str(), name) {
-            ("function", Some(name)) => Some(ToolChoice::Named(name)),
+            ("function" | "custom", Some(name)) => Some(ToolChoice::Named(name)),
             ("allowed_tools", _) => {
                 // The subset is not carried: the upstream may call any of the tools.
                 note(dropped, "tool_choice.allowed_tools");
@@ -382,10 +433,34 @@ fn read_input<'a>(req: &mut Request<'a>, input: &'a RawValue) -> Result<(), Tran
                     },
                 );
             }
-            "function_call_output" => {
+            "custom_tool_call" => {
+                let (Some(call_id), Some(name)) = (item.call_id, item.name) else {
+                    return Err(TranslateError::new(format!(
+                        "Invalid 'input[{i}]': a custom_tool_call needs 'call_id' and 'name'."
+                    )));
+                };
+                let name = Namespaces::flat_name(item.namespace.as_deref().unwrap_or(""), &name);
+                let input = item.input.unwrap_or_default();
+                let arguments = serde_json::to_string(&CustomArguments { input: &input })
+                    .map_err(|e| TranslateError::new(format!("Invalid 'input[{i}]': {e}")))?;
+                turns.push(
+                    Role::Assistant,
+                    Block::ToolCall {
+                        id: call_id,
+                        name,
+                        arguments: Arguments::Text(arguments),
+                    },
+                );
+            }
+            "additional_tools" => {
+                for (t, tool) in item.tools.unwrap_or_default().into_iter().enumerate() {
+                    push_tool(req, tool, t)?;
+                }
+            }
+            "function_call_output" | "custom_tool_call_output" => {
                 let Some(call_id) = item.call_id else {
                     return Err(TranslateError::new(format!(
-                        "Invalid 'input[{i}]': a function_call_output needs 'call_id'."
+                        "Invalid 'input[{i}]': a {kind} needs 'call_id'."
                     )));
                 };
                 let content = tool_output(item.output, i, &mut req.dropped)?;
@@ -693,6 +768,8 @@ fn output_blocks(item: OutputIn<'_>, refused: &mut bool) -> Vec<Block<'static>> 
                 output: None,
                 summary: item.summary,
                 encrypted_content: item.encrypted_content,
+                input: None,
+                tools: None,
             };
             reasoning(&as_input).ok().flatten().into_iter().collect()
         }

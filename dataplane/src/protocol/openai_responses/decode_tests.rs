@@ -77,7 +77,17 @@ fn codex_request() {
     assert_eq!(req.reasoning, Some(Reasoning::Effort("medium".into())));
     // Function tools translate; the namespace's member is flattened; built-ins are named.
     let names: Vec<&str> = req.tools.iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(names, ["shell", "mcp__docs__search"]);
+    assert_eq!(names, ["shell", "mcp__docs__search", "apply_patch"]);
+    // The custom tool is a function of its text; its grammar is told in the description.
+    let patch = &req.tools[2];
+    assert_eq!(
+        patch.parameters.unwrap().get(),
+        r#"{"type":"object","properties":{"input":{"type":"string","description":"The tool's input, as free text."}},"required":["input"],"additionalProperties":false}"#
+    );
+    assert_eq!(
+        patch.description.as_deref(),
+        Some("Patch files\n\nThe `input` must follow this lark grammar:\nstart: /.+/")
+    );
     assert_eq!(
         req.tools[1].description.as_deref(),
         Some("Tools in the mcp__docs namespace.\n\nSearch the docs")
@@ -90,12 +100,7 @@ fn codex_request() {
             .get()
             .contains("\"command\"")
     );
-    for d in [
-        "tools.web_search",
-        "tools.custom",
-        "prompt_cache_key",
-        "text.verbosity",
-    ] {
+    for d in ["tools.web_search", "prompt_cache_key", "text.verbosity"] {
         assert!(
             req.dropped.iter().any(|x| x == d),
             "{d} in {:?}",
@@ -620,5 +625,46 @@ fn recorded_codex_request() {
     assert!(
         matches!(&result.content[0], Block::ToolResult { call_id, content, .. }
         if *call_id == call.0 && matches!(&content[0], Block::Text(t) if t.contains("keyplane-marker-42")))
+    );
+}
+
+/// Codex's custom tools (`apply_patch`; for its "Responses Lite" models every tool, in an
+/// `additional_tools` input item, with `exec` a custom member of the `functions` namespace:
+/// `create_tools_json_for_responses_lite` in `codex-rs/tools/src/tool_spec.rs`) and the
+/// `custom_tool_call` / `custom_tool_call_output` items of its history
+/// (`ResponseItem::CustomToolCall` in `codex-rs/protocol/src/models.rs`).
+#[test]
+fn custom_tools_and_their_calls() {
+    let body = br#"{"model":"gpt-5.6-luna","input":[
+        {"type":"additional_tools","role":"developer","tools":[
+            {"type":"namespace","name":"functions","description":"",
+             "tools":[{"type":"custom","name":"exec","description":"Run a command","format":{"type":"text"}},
+                      {"type":"function","name":"wait","parameters":{"type":"object","properties":{}}}]},
+            {"type":"web_search"}]},
+        {"type":"message","role":"user","content":"run ls"},
+        {"type":"custom_tool_call","id":"ctc_1","call_id":"call_x","name":"exec","input":"ls -la\n"},
+        {"type":"custom_tool_call_output","call_id":"call_x","output":"a\nb"}
+    ],"tool_choice":{"type":"custom","name":"exec"}}"#;
+    let peek = crate::protocol::openai_responses::ResponsesRequest::parse(body).unwrap();
+    assert_eq!(peek.builtin_tools(), ["web_search"]);
+    assert!(peek.echo().namespaces.is_custom("exec"));
+    let req = request(body).unwrap();
+    let names: Vec<&str> = req.tools.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["exec", "wait"]);
+    assert_eq!(req.tools[0].description.as_deref(), Some("Run a command"));
+    assert!(req.dropped.iter().any(|d| d == "tools.web_search"));
+    assert_eq!(req.tool_choice, Some(ToolChoice::Named("exec".into())));
+    let Block::ToolCall {
+        id,
+        name,
+        arguments: Arguments::Text(args),
+    } = &req.messages[1].content[0]
+    else {
+        panic!("{:?}", req.messages[1]);
+    };
+    assert_eq!((id.as_str(), name.as_str()), ("call_x", "exec"));
+    assert_eq!(args, r#"{"input":"ls -la\n"}"#);
+    assert!(
+        matches!(&req.messages[2].content[0], Block::ToolResult { call_id, .. } if call_id == "call_x")
     );
 }

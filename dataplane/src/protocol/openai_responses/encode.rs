@@ -56,6 +56,31 @@ enum ItemKind {
         namespace: Option<String>,
         arguments: String,
     },
+    /// A custom (free-text) tool's call: upstream a function taking `{"input": string}`.
+    CustomToolCall {
+        call_id: String,
+        name: String,
+        namespace: Option<String>,
+        /// The upstream's arguments JSON text, as it streams.
+        arguments: String,
+        /// The input the client gets, read from the whole arguments.
+        input: String,
+    },
+}
+
+/// A custom tool's input from the arguments of the function it was upstream:
+/// `{"input": "…"}`'s text; arguments of another shape are given as they are.
+fn custom_input(arguments: &str) -> String {
+    #[derive(serde::Deserialize)]
+    struct Input {
+        input: String,
+    }
+    if crate::protocol::json::first_byte(arguments.as_bytes()) == Some(b'{')
+        && let Ok(parsed) = serde_json::from_str::<Input>(arguments)
+    {
+        return parsed.input;
+    }
+    arguments.to_string()
 }
 
 impl Item {
@@ -73,14 +98,26 @@ impl Item {
         }
     }
 
-    fn function_call(call_id: String, name: &str, arguments: String, ns: &Namespaces) -> Item {
-        let (namespace, name) = match ns.split(name) {
+    fn function_call(call_id: String, flat: &str, arguments: String, ns: &Namespaces) -> Item {
+        let (namespace, name) = match ns.split(flat) {
             Some((namespace, bare)) if namespace != super::DEFAULT_NAMESPACE => {
                 (Some(namespace.to_string()), bare.to_string())
             }
             Some((_, bare)) => (None, bare.to_string()),
-            None => (None, name.to_string()),
+            None => (None, flat.to_string()),
         };
+        if ns.is_custom(flat) {
+            return Item {
+                id: new_item_id("ctc"),
+                kind: ItemKind::CustomToolCall {
+                    call_id,
+                    name,
+                    namespace,
+                    input: custom_input(&arguments),
+                    arguments,
+                },
+            };
+        }
         Item {
             id: new_item_id("fc"),
             kind: ItemKind::FunctionCall {
@@ -175,6 +212,22 @@ impl Serialize for ItemView<'_> {
                 m.serialize_entry("status", status)?;
                 m.serialize_entry("arguments", if self.added { "" } else { arguments })?;
                 m.serialize_entry("call_id", call_id)?;
+                m.serialize_entry("name", name)?;
+                if let Some(namespace) = namespace {
+                    m.serialize_entry("namespace", namespace)?;
+                }
+            }
+            ItemKind::CustomToolCall {
+                call_id,
+                name,
+                namespace,
+                input,
+                ..
+            } => {
+                m.serialize_entry("type", "custom_tool_call")?;
+                m.serialize_entry("status", status)?;
+                m.serialize_entry("call_id", call_id)?;
+                m.serialize_entry("input", if self.added { "" } else { input })?;
                 m.serialize_entry("name", name)?;
                 if let Some(namespace) = namespace {
                     m.serialize_entry("namespace", namespace)?;
@@ -548,6 +601,8 @@ struct Fields<'a> {
     name: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     arguments: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input: Option<&'a str>,
     /// Text events carry `logprobs: []` (none are asked for).
     #[serde(skip_serializing_if = "Option::is_none")]
     logprobs: Option<[(); 0]>,
@@ -761,6 +816,11 @@ impl Stream {
                 arguments.push_str(d);
                 Some(("response.function_call_arguments.delta", d))
             }
+            // The input is inside the arguments' JSON: it is shown whole when the call ends.
+            (ItemKind::CustomToolCall { arguments, .. }, Delta::ToolArguments(d)) => {
+                arguments.push_str(d);
+                None
+            }
             // A delta of another kind than its block: nothing a client could be shown.
             _ => None,
         };
@@ -809,6 +869,12 @@ impl Stream {
             return;
         }
         self.items[at].open = false;
+        if let ItemKind::CustomToolCall {
+            arguments, input, ..
+        } = &mut self.items[at].item.kind
+        {
+            *input = custom_input(arguments);
+        }
         match &self.items[at].item.kind {
             ItemKind::Message { .. } => {
                 {
@@ -869,6 +935,30 @@ impl Stream {
                     }
                 }
             }
+            ItemKind::CustomToolCall { input, .. } => {
+                if !input.is_empty() {
+                    let n = self.seq();
+                    put(
+                        out,
+                        "response.custom_tool_call_input.delta",
+                        n,
+                        Fields {
+                            delta: Some(self.text_of(at)),
+                            ..self.item_fields(at)
+                        },
+                    );
+                }
+                let n = self.seq();
+                put(
+                    out,
+                    "response.custom_tool_call_input.done",
+                    n,
+                    Fields {
+                        input: Some(self.text_of(at)),
+                        ..self.item_fields(at)
+                    },
+                );
+            }
             ItemKind::FunctionCall { .. } => {
                 let n = self.seq();
                 let name = match &self.items[at].item.kind {
@@ -906,6 +996,7 @@ impl Stream {
         match &self.items[at].item.kind {
             ItemKind::Message { text } | ItemKind::Reasoning { text, .. } => text,
             ItemKind::FunctionCall { arguments, .. } => arguments,
+            ItemKind::CustomToolCall { input, .. } => input,
         }
     }
 }

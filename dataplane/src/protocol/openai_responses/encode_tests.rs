@@ -730,3 +730,100 @@ fn decoding_the_encoded_stream_gives_the_events_back() {
     assert_eq!(body(&got), body(&sent));
     assert_eq!(notes.last(), Some(&StreamNote::Done));
 }
+
+/// A call of a custom tool goes back to the client as a `custom_tool_call` with its text as
+/// `input` (what Codex runs), in a whole response and in a stream
+/// (`response.custom_tool_call_input.delta`/`.done`, openai-python
+/// `response_custom_tool_call_input_*_event.py`).
+#[test]
+fn custom_tool_calls_go_back_as_custom_tool_calls() {
+    let body = br#"{"model":"m","input":"hi","tools":[
+        {"type":"custom","name":"apply_patch","format":{"type":"grammar","syntax":"lark","definition":"start: /.+/"}},
+        {"type":"namespace","name":"mcp__x","description":"","tools":[{"type":"custom","name":"run"}]}]}"#;
+    let echo = ResponsesRequest::parse(body).unwrap().echo();
+    let answer = Response {
+        id: "msg_1".into(),
+        model: "claude".into(),
+        content: vec![
+            Block::ToolCall {
+                id: "toolu_1".into(),
+                name: "apply_patch".into(),
+                arguments: Arguments::Text(r#"{"input":"*** Begin Patch\n*** End Patch"}"#.into()),
+            },
+            Block::ToolCall {
+                id: "toolu_2".into(),
+                name: "mcp__x__run".into(),
+                arguments: Arguments::Text("not json".into()),
+            },
+        ],
+        stop: StopReason::ToolUse,
+        stop_sequence: None,
+        metering: None,
+    };
+    let v: Value = serde_json::from_slice(&response_with(&answer, "m", &echo)).unwrap();
+    let call = &v["output"][0];
+    assert!(call["id"].as_str().unwrap().starts_with("ctc_"));
+    assert_eq!(call["type"], "custom_tool_call");
+    assert_eq!(call["call_id"], "toolu_1");
+    assert_eq!(call["name"], "apply_patch");
+    assert_eq!(call["input"], "*** Begin Patch\n*** End Patch");
+    assert!(call.get("namespace").is_none());
+    assert_eq!(v["output"][1]["name"], "run");
+    assert_eq!(v["output"][1]["namespace"], "mcp__x");
+    assert_eq!(
+        v["output"][1]["input"], "not json",
+        "other arguments are given as they are"
+    );
+
+    let events = vec![
+        Event::BlockStart {
+            index: 0,
+            block: BlockStart::ToolCall {
+                id: "toolu_1".into(),
+                name: "apply_patch".into(),
+            },
+        },
+        Event::Delta {
+            index: 0,
+            delta: Delta::ToolArguments(r#"{"input":"*** Begin"#.into()),
+        },
+        Event::Delta {
+            index: 0,
+            delta: Delta::ToolArguments(r#" Patch"}"#.into()),
+        },
+        Event::BlockStop { index: 0 },
+        Event::End,
+    ];
+    let (_, out) = encode_stream(&events, echo);
+    let parsed = parse_sse(&out);
+    let names: Vec<&str> = parsed.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.custom_tool_call_input.delta",
+            "response.custom_tool_call_input.done",
+            "response.output_item.done",
+            "response.completed"
+        ]
+    );
+    assert_eq!(parsed[2].1["item"]["type"], "custom_tool_call");
+    assert_eq!(parsed[2].1["item"]["input"], "");
+    assert_eq!(parsed[3].1["delta"], "*** Begin Patch");
+    assert_eq!(parsed[4].1["input"], "*** Begin Patch");
+    assert_eq!(parsed[5].1["item"]["input"], "*** Begin Patch");
+    assert_eq!(
+        parsed[6].1["response"]["output"][0]["input"],
+        "*** Begin Patch"
+    );
+    // The client's next request sends the call back; the upstream sees the same function call.
+    let next = json!({"model":"m","input":[parsed[5].1["item"].clone()]});
+    let next = serde_json::to_vec(&next).unwrap();
+    let req = decode::request(&next).unwrap();
+    assert!(
+        matches!(&req.messages[0].content[0], Block::ToolCall { name, arguments: Arguments::Text(a), .. }
+        if name == "apply_patch" && a == r#"{"input":"*** Begin Patch"}"#)
+    );
+}

@@ -31,11 +31,16 @@ pub use super::openai_chat::{RequestError, error_body};
 /// `codex-rs/protocol/src/tool_name.rs`): its members are called by their bare name.
 pub const DEFAULT_NAMESPACE: &str = "functions";
 
-/// Tool types a client may send besides `function` and `namespace`: OpenAI's built-in (hosted)
-/// tools and the client-side kinds that are not JSON-schema functions (`custom` takes free text,
-/// `local_shell`/`shell`/`apply_patch` have their own call items). From the `ToolParam` union of
-/// openai-python `types/responses/tool_param.py`. None of them can be served by an upstream that
-/// is not OpenAI's Responses API: translation drops them and names them.
+/// Tool types a client may send besides `function`, `namespace` and `custom`: OpenAI's built-in
+/// (hosted) tools and the client-side kinds with call items of their own
+/// (`local_shell`/`shell`/`apply_patch`). From the `ToolParam` union of openai-python
+/// `types/responses/tool_param.py`. None of them can be served by an upstream that is not
+/// OpenAI's Responses API: translation drops them and names them.
+///
+/// A `custom` tool (free-text input, Codex's `apply_patch` and, for its newer models, `exec`)
+/// translates: it becomes a function taking `{"input": string}`, as Codex's own Anthropic
+/// adapter sends it (`codex-api`'s `function_tool_to_anthropic`), and its call goes back to the
+/// client as a `custom_tool_call` with that input.
 pub const BUILTIN_TOOL_TYPES: &[&str] = &[
     "web_search",
     "web_search_2025_08_26",
@@ -51,7 +56,6 @@ pub const BUILTIN_TOOL_TYPES: &[&str] = &[
     "local_shell",
     "shell",
     "apply_patch",
-    "custom",
     "tool_search",
     "programmatic_tool_calling",
 ];
@@ -90,6 +94,22 @@ impl RawTool<'_> {
     fn kind(&self) -> &str {
         self.kind.as_deref().unwrap_or("")
     }
+
+    /// A tool any upstream can be given: a function or a custom (free-text) tool.
+    fn translates(&self) -> bool {
+        matches!(self.kind(), "function" | "custom")
+    }
+}
+
+/// An `input` item, as far as the tools an `additional_tools` item carries (Codex sends its
+/// whole tool set that way to the models it serves with "Responses Lite":
+/// `create_tools_json_for_responses_lite` in `codex-rs/tools/src/tool_spec.rs`).
+#[derive(Deserialize)]
+struct ItemTools<'a> {
+    #[serde(default, rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    tools: Option<Vec<RawTool<'a>>>,
 }
 
 impl<'a> ResponsesRequest<'a> {
@@ -109,6 +129,7 @@ impl<'a> ResponsesRequest<'a> {
             tool_choice: None,
         };
         let mut has_input = false;
+        let mut additional = Vec::new();
         for (key, value) in &req.entries {
             let raw = value.get();
             let present = wire::present(value).is_some();
@@ -139,6 +160,17 @@ impl<'a> ResponsesRequest<'a> {
                         ));
                     }
                     has_input = true;
+                    // Only a body that names the item type pays for reading the items.
+                    if memchr::memmem::find(raw.as_bytes(), b"\"additional_tools\"").is_some() {
+                        let items: Vec<ItemTools<'a>> =
+                            serde_json::from_str(raw).unwrap_or_default();
+                        additional.extend(
+                            items
+                                .into_iter()
+                                .filter(|i| i.kind.as_deref() == Some("additional_tools"))
+                                .flat_map(|i| i.tools.unwrap_or_default()),
+                        );
+                    }
                 }
                 "previous_response_id" if present => {
                     return Err(refuse(
@@ -182,6 +214,7 @@ impl<'a> ResponsesRequest<'a> {
                 Some("input"),
             ));
         }
+        req.tools.extend(additional);
         check_tool_types(&req.tools, false)?;
         Ok(req)
     }
@@ -197,31 +230,24 @@ impl<'a> ResponsesRequest<'a> {
         ))
     }
 
-    /// The types of the tools in `tools` that are not JSON-schema functions (see
-    /// [`BUILTIN_TOOL_TYPES`]), each once, in order; a `namespace` group's function members
-    /// translate, its other members are listed by type.
+    /// The types of the built-in tools in `tools` (and in `additional_tools` input items), each
+    /// once, in order: what a translated request drops (see [`BUILTIN_TOOL_TYPES`]). Functions,
+    /// custom tools and a `namespace` group's members translate.
     pub fn builtin_tools(&self) -> Vec<String> {
         let mut out = Vec::new();
         for tool in &self.tools {
             match tool.kind() {
-                "function" => {}
-                "namespace" => {
-                    for member in tool.tools.iter().flatten() {
-                        if member.kind() != "function" {
-                            wire::note(&mut out, member.kind());
-                        }
-                    }
-                }
+                "namespace" => {}
+                _ if tool.translates() => {}
                 kind => wire::note(&mut out, kind),
             }
         }
         out
     }
 
-    /// The built-in tool `tool_choice` forces, if it forces one: an object naming a tool type
-    /// that is not `function` (`{"type":"web_search"}`, `{"type":"mcp",…}`,
-    /// `{"type":"custom","name":…}`), `allowed_tools` in `required` mode listing no function,
-    /// or `required` when every tool is a built-in. An upstream that cannot serve built-ins
+    /// The built-in tool `tool_choice` forces, if it forces one: an object naming a built-in
+    /// tool type (`{"type":"web_search"}`, `{"type":"mcp",…}`), `allowed_tools` in `required`
+    /// mode listing only built-ins, or `required` when every tool is a built-in. An upstream that cannot serve built-ins
     /// cannot honour it, so the request path refuses it there instead of dropping the tool.
     pub fn forced_builtin(&self) -> Option<String> {
         let raw = self.tool_choice?;
@@ -230,9 +256,8 @@ impl<'a> ResponsesRequest<'a> {
             Some(b'"') => {
                 let choice: String = serde_json::from_str(raw.get()).ok()?;
                 let functions = self.tools.iter().any(|t| match t.kind() {
-                    "function" => true,
-                    "namespace" => t.tools.iter().flatten().any(|m| m.kind() == "function"),
-                    _ => false,
+                    "namespace" => t.tools.iter().flatten().any(RawTool::translates),
+                    _ => t.translates(),
                 });
                 (choice == "required" && !functions)
                     .then(|| builtins.into_iter().next())
@@ -250,11 +275,11 @@ impl<'a> ResponsesRequest<'a> {
                 }
                 let choice: Choice<'_> = serde_json::from_str(raw.get()).ok()?;
                 match choice.kind.as_deref()? {
-                    "function" => None,
+                    "function" | "custom" => None,
                     "allowed_tools" => {
                         let allowed = choice.tools.unwrap_or_default();
                         let required = choice.mode.as_deref() == Some("required");
-                        if required && !allowed.iter().any(|t| t.kind() == "function") {
+                        if required && !allowed.iter().any(RawTool::translates) {
                             allowed.first().map(|t| t.kind().to_string())
                         } else {
                             None
@@ -293,7 +318,7 @@ fn check_tool_types(tools: &[RawTool<'_>], in_namespace: bool) -> Result<(), Req
         let known = if in_namespace {
             matches!(kind, "function" | "custom")
         } else {
-            kind == "function" || kind == "namespace" || BUILTIN_TOOL_TYPES.contains(&kind)
+            tool.translates() || kind == "namespace" || BUILTIN_TOOL_TYPES.contains(&kind)
         };
         if !known {
             let message = if kind.is_empty() {
@@ -305,8 +330,8 @@ fn check_tool_types(tools: &[RawTool<'_>], in_namespace: bool) -> Result<(), Req
                 )
             } else {
                 format!(
-                    "Invalid value: '{kind}'. Supported tool types are 'function', 'namespace' \
-                     and the built-in tools: {}.",
+                    "Invalid value: '{kind}'. Supported tool types are 'function', 'custom', \
+                     'namespace' and the built-in tools: {}.",
                     BUILTIN_TOOL_TYPES.join(", ")
                 )
             };
@@ -338,8 +363,17 @@ pub const MAX_FLAT_NAME: usize = 64;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Namespaces {
-    /// (flat name, namespace, bare name).
-    members: Vec<(String, String, String)>,
+    members: Vec<Member>,
+}
+
+/// A tool as an upstream without namespaces or custom tools knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Member {
+    flat: String,
+    namespace: String,
+    name: String,
+    /// A custom (free-text) tool: its call goes back as a `custom_tool_call`.
+    custom: bool,
 }
 
 impl Namespaces {
@@ -369,36 +403,46 @@ impl Namespaces {
 
     fn from_tools(tools: &[RawTool<'_>]) -> Namespaces {
         let mut out = Namespaces::default();
-        for tool in tools.iter().filter(|t| t.kind() == "namespace") {
-            let Some(namespace) = tool.name.as_deref() else {
-                continue;
-            };
-            for member in tool.tools.iter().flatten() {
-                if member.kind() != "function" {
-                    continue;
+        for tool in tools {
+            match (tool.kind(), tool.name.as_deref()) {
+                ("namespace", Some(namespace)) => {
+                    for member in tool.tools.iter().flatten().filter(|m| m.translates()) {
+                        if let Some(name) = member.name.as_deref() {
+                            out.add(namespace, name, member.kind() == "custom");
+                        }
+                    }
                 }
-                if let Some(name) = member.name.as_deref() {
-                    out.add(namespace, name);
-                }
+                ("custom", Some(name)) => out.add("", name, true),
+                _ => {}
             }
         }
         out
     }
 
-    pub(crate) fn add(&mut self, namespace: &str, name: &str) {
+    fn add(&mut self, namespace: &str, name: &str, custom: bool) {
         let flat = Self::flat_name(namespace, name);
-        if !self.members.iter().any(|(f, _, _)| *f == flat) {
-            self.members
-                .push((flat, namespace.to_string(), name.to_string()));
+        if !self.members.iter().any(|m| m.flat == flat) {
+            self.members.push(Member {
+                flat,
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                custom,
+            });
         }
     }
 
-    /// The `(namespace, bare name)` of a flat name an upstream called, if it is a member.
+    /// The `(namespace, bare name)` of a flat name an upstream called, if it is a namespace's
+    /// member (`None` for a top-level tool, whose flat name is its name).
     pub fn split(&self, flat: &str) -> Option<(&str, &str)> {
         self.members
             .iter()
-            .find(|(f, _, _)| f == flat)
-            .map(|(_, ns, name)| (ns.as_str(), name.as_str()))
+            .find(|m| m.flat == flat && !m.namespace.is_empty())
+            .map(|m| (m.namespace.as_str(), m.name.as_str()))
+    }
+
+    /// Whether a flat name an upstream called is a custom (free-text) tool's.
+    pub fn is_custom(&self, flat: &str) -> bool {
+        self.members.iter().any(|m| m.flat == flat && m.custom)
     }
 }
 

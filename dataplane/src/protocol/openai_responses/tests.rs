@@ -117,10 +117,19 @@ fn with_tools(tools: &str, choice: Option<&str>) -> Vec<u8> {
 }
 
 #[test]
-fn builtin_tools_lists_what_is_not_a_function_once() {
+fn builtin_tools_lists_what_does_not_translate_once() {
     let body = with_tools(CODEX_TOOLS, Some(r#""auto""#));
     let req = ResponsesRequest::parse(&body).unwrap();
-    assert_eq!(req.builtin_tools(), vec!["custom", "web_search"]);
+    // Functions, custom tools and namespace members translate.
+    assert_eq!(req.builtin_tools(), vec!["web_search"]);
+    let body = with_tools(
+        r#"[{"type":"web_search"},{"type":"mcp","server_label":"x"},{"type":"web_search"},{"type":"local_shell"}]"#,
+        None,
+    );
+    assert_eq!(
+        ResponsesRequest::parse(&body).unwrap().builtin_tools(),
+        vec!["web_search", "mcp", "local_shell"]
+    );
     assert_eq!(req.forced_builtin(), None);
     let body = with_tools(r#"[{"type":"function","name":"f"}]"#, None);
     assert!(
@@ -143,7 +152,7 @@ fn forced_builtins_are_found() {
         (
             CODEX_TOOLS,
             r#"{"type":"custom","name":"apply_patch"}"#,
-            Some("custom"),
+            None,
         ),
         (
             r#"[{"type":"mcp","server_label":"x","server_url":"https://x"}]"#,
@@ -197,9 +206,14 @@ fn echo_keeps_the_client_values_and_the_namespaced_functions() {
     );
     // Members of Codex's default namespace keep their bare name.
     assert_eq!(echo.namespaces.split("wait"), Some(("functions", "wait")));
-    // Custom members are not functions; top-level functions are not namespaced.
-    assert_eq!(echo.namespaces.split("functions__exec"), None);
+    // A custom member of the default namespace keeps its bare name too, and is custom.
+    assert_eq!(echo.namespaces.split("exec"), Some(("functions", "exec")));
+    assert!(echo.namespaces.is_custom("exec"));
+    assert!(echo.namespaces.is_custom("apply_patch"));
+    assert!(!echo.namespaces.is_custom("wait"));
+    // Top-level tools are not namespaced.
     assert_eq!(echo.namespaces.split("shell"), None);
+    assert_eq!(echo.namespaces.split("apply_patch"), None);
     assert_eq!(
         Namespaces::flat_name("mcp__docs", "search"),
         "mcp__docs__search"
