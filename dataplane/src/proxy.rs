@@ -741,7 +741,7 @@ impl Proxy {
         body: &[u8],
         cand: &Candidate,
         request_id: &str,
-    ) -> Result<Bytes, Failure> {
+    ) -> Result<bridge::Outbound, Failure> {
         match inbound.upstream_body(body, cand.provider.protocol, &cand.upstream_model) {
             Ok(out) => {
                 if !out.dropped.is_empty() {
@@ -751,7 +751,7 @@ impl Proxy {
                         "fields with no counterpart upstream were dropped"
                     );
                 }
-                Ok(out.body)
+                Ok(out)
             }
             Err(err) => Err(Failure::Unsupported(err.message)),
         }
@@ -779,8 +779,9 @@ impl Proxy {
             .unwrap_or(self.limits.idle_timeout);
         let client_protocol = inbound.dialect();
         let upstream = cand.provider.protocol;
-        let body = Self::upstream_body(inbound, client_body, cand, &ctx.request_id)
-            .map_err(Attempt::Failed)?;
+        let bridge::Outbound { body, dropped } =
+            Self::upstream_body(inbound, client_body, cand, &ctx.request_id)
+                .map_err(Attempt::Failed)?;
         let uri = match &ctx.query {
             Some(q) if bridge::forwards_query(client_protocol, upstream) => {
                 format!("{}?{q}", cand.provider.chat_url)
@@ -900,6 +901,7 @@ impl Proxy {
             );
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+            name_dropped(headers, &dropped);
             Ok(out)
         } else {
             let limit = cand
@@ -910,17 +912,41 @@ impl Proxy {
                 .await
                 .map_err(Attempt::Failed)?;
             record.ttfb_ms = ms_since(ctx.started);
-            let (bytes, metering) =
-                bridge::response(client_protocol, upstream, bytes, inbound.model())
-                    .ok_or_else(not_a_completion)?;
+            let (bytes, metering) = inbound
+                .response(upstream, bytes)
+                .ok_or_else(not_a_completion)?;
             record.reported_cost_nano_usd = metering.and_then(|m| m.reported_cost_nano);
             let usage = metering.map(|m| m.usage);
             let bytes = cand.redactor.bytes(bytes);
             let estimate = estimate_tokens(bytes.len());
             record.permit = permit.take();
             record.finish(usage, estimate, 200);
-            Ok(json_response(StatusCode::OK, bytes))
+            let mut out = json_response(StatusCode::OK, bytes);
+            name_dropped(out.headers_mut(), &dropped);
+            Ok(out)
         }
+    }
+}
+
+/// The response header naming what a translation dropped (field paths such as
+/// `tools.web_search`), so a client sees that the upstream never got them.
+const DROPPED: HeaderName = HeaderName::from_static("x-keyplane-dropped");
+
+/// Sets [`DROPPED`] to the comma-separated `dropped` names, leaving out any that could not be
+/// a header value's item (the names come from the client's own JSON keys).
+fn name_dropped(headers: &mut HeaderMap, dropped: &[String]) {
+    let names: Vec<&str> = dropped
+        .iter()
+        .map(String::as_str)
+        .filter(|d| {
+            !d.is_empty() && d.len() <= 128 && d.bytes().all(|b| b.is_ascii_graphic() && b != b',')
+        })
+        .collect();
+    if names.is_empty() {
+        return;
+    }
+    if let Ok(value) = HeaderValue::from_str(&names.join(", ")) {
+        headers.insert(DROPPED, value);
     }
 }
 

@@ -232,3 +232,195 @@ fn forcing_a_builtin_tool_on_an_upstream_that_cannot_run_it_is_refused() {
     );
     no_upstream_saw_anything(&c);
 }
+
+/// The text of a Responses `output`'s message items.
+fn output_text(response: &Value) -> String {
+    let mut text = String::new();
+    for item in response["output"].as_array().unwrap() {
+        if item["type"] == "message" {
+            for part in item["content"].as_array().unwrap() {
+                assert_eq!(part["type"], "output_text", "{part}");
+                text.push_str(part["text"].as_str().unwrap());
+            }
+        }
+    }
+    text
+}
+
+#[test]
+fn responses_clients_are_served_by_chat_and_anthropic_upstreams() {
+    for upstream in [
+        offer("chat-up", "1", "2"),
+        anthropic_offer("claude-up", "1", "2"),
+    ] {
+        let c = Cluster::start(&[upstream], &[]);
+        let non = c.responses(&responses_body(false));
+        assert_eq!(non.status, 200, "{}\n{}", non.text(), c.dp.logs());
+        let out = non.json();
+        assert_eq!(out["object"], "response");
+        assert_eq!(out["status"], "completed");
+        assert_eq!(out["model"], MODEL, "answers with the client's model name");
+        assert!(out["id"].as_str().unwrap().starts_with("resp_"), "{out}");
+        assert!(output_text(&out).starts_with("word0 word1 "), "{out}");
+        assert_eq!(out["usage"]["output_tokens"], 20);
+        assert!(out["usage"]["input_tokens"].as_u64().unwrap() > 0);
+        assert_eq!(out["usage"]["input_tokens_details"]["cached_tokens"], 0);
+        let sent = c.fakes[0].requests()[0].json.clone().unwrap();
+        let system = if c.fakes[0].requests()[0].path.ends_with("/messages") {
+            sent["system"].to_string()
+        } else {
+            sent["messages"][0].to_string()
+        };
+        assert!(
+            system.contains("Be brief."),
+            "instructions reach the upstream: {sent}"
+        );
+
+        let streamed = c.responses(&responses_body(true));
+        assert_eq!(streamed.status, 200, "{}", streamed.text());
+        let events = responses_events(&streamed.text());
+        check_stream(&events);
+        let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(&kinds[..2], ["response.created", "response.in_progress"]);
+        assert_eq!(kinds.last(), Some(&"response.completed"));
+        let deltas: String = events
+            .iter()
+            .filter(|(k, _)| k == "response.output_text.delta")
+            .map(|(_, e)| e["delta"].as_str().unwrap())
+            .collect();
+        let done = &events.last().unwrap().1["response"];
+        assert_eq!(
+            deltas,
+            output_text(done),
+            "the deltas add up to the final text"
+        );
+        assert_eq!(done["usage"]["output_tokens"], 20);
+
+        let rows = c.wait_usage(2);
+        assert_eq!(total(&rows, "requests"), 2, "each billed once: {rows:?}");
+        assert_eq!(total(&rows, "output_tokens"), 40);
+    }
+}
+
+#[test]
+fn responses_function_calls_round_trip_through_chat_and_anthropic_upstreams() {
+    for upstream in [
+        offer("chat-up", "1", "2"),
+        anthropic_offer("claude-up", "1", "2"),
+    ] {
+        let c = Cluster::start(&[upstream], &[]);
+        let tools = json!([
+            {"type": "function", "name": "get_weather", "description": "Weather of a city",
+             "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                            "required": ["city"]}},
+            {"type": "web_search"}
+        ]);
+        for stream in [false, true] {
+            c.fakes[0].push_once(Behavior::tool_call("get_weather", r#"{"city":"Paris"}"#));
+            let mut body = responses_body(stream);
+            body["tools"] = tools.clone();
+            let resp = c.responses(&body);
+            assert_eq!(resp.status, 200, "{}\n{}", resp.text(), c.dp.logs());
+            assert_eq!(
+                resp.header("x-keyplane-dropped"),
+                Some("tools.web_search"),
+                "the built-in tool the upstream cannot run is named"
+            );
+            let response = if stream {
+                let events = responses_events(&resp.text());
+                check_stream(&events);
+                let args: String = events
+                    .iter()
+                    .filter(|(k, _)| k == "response.function_call_arguments.delta")
+                    .map(|(_, e)| e["delta"].as_str().unwrap())
+                    .collect();
+                assert_eq!(args, r#"{"city":"Paris"}"#);
+                events.last().unwrap().1["response"].clone()
+            } else {
+                resp.json()
+            };
+            let call = response["output"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|i| i["type"] == "function_call")
+                .unwrap_or_else(|| panic!("no function_call in {response}"))
+                .clone();
+            assert_eq!(call["name"], "get_weather");
+            assert_eq!(call["arguments"], r#"{"city":"Paris"}"#);
+            let sent = c.fakes[0].requests().last().unwrap().json.clone().unwrap();
+            let sent_tools = sent["tools"].as_array().unwrap();
+            assert_eq!(
+                sent_tools.len(),
+                1,
+                "only the function reaches the upstream: {sent}"
+            );
+
+            // The client runs the tool and sends the whole conversation back.
+            let call_id = call["call_id"].as_str().unwrap().to_string();
+            let mut next = responses_body(stream);
+            next["tools"] = tools.clone();
+            next["input"] = json!([
+                {"role": "user", "content": "Weather in Paris?"},
+                {"type": "function_call", "call_id": call_id, "name": "get_weather",
+                 "arguments": "{\"city\":\"Paris\"}"},
+                {"type": "function_call_output", "call_id": call_id, "output": "sunny, 21C"}
+            ]);
+            let resp = c.responses(&next);
+            assert_eq!(resp.status, 200, "{}", resp.text());
+            let sent = c.fakes[0].requests().last().unwrap().body.clone();
+            let sent = String::from_utf8_lossy(&sent);
+            assert!(
+                sent.contains("sunny, 21C"),
+                "the tool result reaches the upstream: {sent}"
+            );
+            assert!(sent.contains(&call_id), "under the call's id: {sent}");
+        }
+        let rows = c.wait_usage(4);
+        assert_eq!(total(&rows, "requests"), 4, "each billed once: {rows:?}");
+    }
+}
+
+#[test]
+fn chat_and_anthropic_clients_are_served_by_a_responses_upstream() {
+    let c = Cluster::start(&[responses_offer("resp-up", "1", "2")], &[]);
+    let chat = c.chat(&chat_body(false));
+    assert_eq!(chat.status, 200, "{}\n{}", chat.text(), c.dp.logs());
+    let chat = chat.json();
+    assert_eq!(chat["object"], "chat.completion");
+    assert!(
+        chat["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("word0 ")
+    );
+    assert_eq!(chat["usage"]["completion_tokens"], 20);
+
+    let streamed = c.chat(&chat_body(true));
+    assert_eq!(streamed.status, 200, "{}", streamed.text());
+    let data = streamed.sse_data();
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:?}");
+
+    let message = c.messages(&messages_body(false));
+    assert_eq!(message.status, 200, "{}", message.text());
+    let message = message.json();
+    assert_eq!(message["type"], "message");
+    assert_eq!(message["stop_reason"], "end_turn");
+    assert_eq!(message["usage"]["output_tokens"], 20);
+
+    let streamed = c.messages(&messages_body(true));
+    assert_eq!(streamed.status, 200, "{}", streamed.text());
+    let events = anthropic_events(&streamed.text());
+    assert_eq!(events.first().map(|e| e.0.as_str()), Some("message_start"));
+    assert_eq!(events.last().map(|e| e.0.as_str()), Some("message_stop"));
+
+    for r in c.fake("resp-up").requests() {
+        assert_eq!(r.path, "/v1/responses");
+        let sent = r.json.clone().unwrap();
+        assert_eq!(sent["model"], "resp-up-model");
+        assert!(sent["input"].is_array(), "{sent}");
+    }
+    let rows = c.wait_usage(4);
+    assert_eq!(total(&rows, "requests"), 4, "each billed once: {rows:?}");
+    assert_eq!(total(&rows, "output_tokens"), 80);
+}

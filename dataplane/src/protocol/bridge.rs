@@ -10,11 +10,14 @@
 use bytes::Bytes;
 use http::HeaderName;
 
+use super::Dialect;
 use super::anthropic::{self, MessagesRequest};
 use super::openai_chat::{self, ChatRequest};
 use super::openai_responses::{self, ResponsesRequest};
-use super::shape::{Metering, StreamNote, TranslateError};
-use super::{Dialect, translate};
+use super::shape::{
+    Encoded, Event, Metering, Request, Response, StreamDecode, StreamEncode, StreamNote,
+    TranslateError, UpstreamError,
+};
 
 /// A client's request, parsed in its own dialect as far as routing needs.
 pub enum ClientRequest<'a> {
@@ -116,7 +119,7 @@ impl<'a> ClientRequest<'a> {
             body,
             dropped: Vec::new(),
         };
-        let (bytes, dropped) = match (self, upstream) {
+        match (self, upstream) {
             (ClientRequest::Chat(req), Dialect::OpenAiChat) => {
                 // The gateway bills from the usage chunk, so it asks for one; the relay drops
                 // it again when the client did not.
@@ -135,25 +138,17 @@ impl<'a> ClientRequest<'a> {
                         "'tool_choice' requires the built-in tool '{tool}', which no upstream serving this model can run. Let the model choose ('auto') or offer it function tools instead."
                     )));
                 }
-                return Err(TranslateError::new(
-                    "This model's upstream does not speak the Responses API.",
-                ));
             }
-            (_, Dialect::OpenAiResponses) => {
-                return Err(TranslateError::new(
-                    "This model's upstream speaks only the Responses API.",
-                ));
-            }
-            (ClientRequest::Chat(_), Dialect::Anthropic) => {
-                translate::openai_to_anthropic_request(body, upstream_model)?
-            }
-            (ClientRequest::Messages(_), Dialect::OpenAiChat) => {
-                translate::anthropic_to_openai_request(body, upstream_model)?
-            }
-        };
+            _ => {}
+        }
+        let encoded = encode_request(
+            upstream,
+            &decode_request(self.dialect(), body)?,
+            upstream_model,
+        )?;
         Ok(Outbound {
-            body: Bytes::from(bytes),
-            dropped,
+            body: Bytes::from(encoded.body),
+            dropped: encoded.dropped,
         })
     }
 }
@@ -180,51 +175,37 @@ pub fn forwards_query(client: Dialect, upstream: Dialect) -> bool {
     client == Dialect::Anthropic && upstream == Dialect::Anthropic
 }
 
-/// A whole 200 answer from an upstream of `upstream`, for a client of `client` that asked for
-/// `client_model`: the client's bytes and the upstream's counts. `None` when the body is not an
-/// answer of the upstream's dialect (which is never relayed).
-pub fn response(
-    client: Dialect,
-    upstream: Dialect,
-    body: Bytes,
-    client_model: &str,
-) -> Option<(Bytes, Option<Metering>)> {
-    match (client, upstream) {
-        (Dialect::OpenAiChat, Dialect::OpenAiChat) => {
-            // One parse says whether it is a completion and gives the counts and the charge.
-            let completion = openai_chat::completion(&body)?;
-            let metering = completion.usage.and_then(openai_chat::relay::metering);
-            Some((body, metering))
-        }
-        (Dialect::Anthropic, Dialect::Anthropic) => {
-            let message = anthropic::message(&body)?;
-            Some((body, message.usage.map(anthropic::relay::metering)))
-        }
-        (Dialect::OpenAiResponses, Dialect::OpenAiResponses) => {
-            let response = openai_responses::response(&body)?;
-            Some((body, response.metering))
-        }
-        (Dialect::OpenAiResponses, _) | (_, Dialect::OpenAiResponses) => None,
-        (Dialect::OpenAiChat, Dialect::Anthropic) => {
-            let (bytes, usage) =
-                translate::anthropic_to_openai_response(&body, client_model).ok()?;
-            let metering = usage.map(|usage| Metering {
-                usage,
-                ..Metering::default()
-            });
-            Some((Bytes::from(bytes), metering))
-        }
-        (Dialect::Anthropic, Dialect::OpenAiChat) => {
-            let reported_cost_nano =
-                openai_chat::completion_usage(&body).and_then(|u| u.reported_cost_nano);
-            let (bytes, usage) =
-                translate::openai_to_anthropic_response(&body, client_model).ok()?;
-            let metering = usage.map(|usage| Metering {
-                usage,
-                reasoning_tokens: None,
-                reported_cost_nano,
-            });
-            Some((Bytes::from(bytes), metering))
+impl ClientRequest<'_> {
+    /// A whole 200 answer from an upstream of `upstream`, as this client gets it: its bytes and
+    /// the upstream's counts. `None` when the body is not an answer of the upstream's dialect
+    /// (which is never relayed).
+    pub fn response(&self, upstream: Dialect, body: Bytes) -> Option<(Bytes, Option<Metering>)> {
+        match (self, upstream) {
+            (ClientRequest::Chat(_), Dialect::OpenAiChat) => {
+                // One parse says whether it is a completion and gives the counts and the charge.
+                let completion = openai_chat::completion(&body)?;
+                let metering = completion.usage.and_then(openai_chat::relay::metering);
+                Some((body, metering))
+            }
+            (ClientRequest::Messages(_), Dialect::Anthropic) => {
+                let message = anthropic::message(&body)?;
+                Some((body, message.usage.map(anthropic::relay::metering)))
+            }
+            (ClientRequest::Responses(_), Dialect::OpenAiResponses) => {
+                let response = openai_responses::response(&body)?;
+                Some((body, response.metering))
+            }
+            _ => {
+                let response = decode_response(upstream, &body)?;
+                let bytes = match self {
+                    ClientRequest::Chat(r) => openai_chat::encode::response(&response, &r.model),
+                    ClientRequest::Messages(r) => anthropic::encode::response(&response, &r.model),
+                    ClientRequest::Responses(r) => {
+                        openai_responses::encode::response_with(&response, &r.model, &r.echo())
+                    }
+                };
+                Some((Bytes::from(bytes), response.metering))
+            }
         }
     }
 }
@@ -236,11 +217,15 @@ pub fn upstream_error(
     status: u16,
     body: Bytes,
 ) -> (u16, Bytes) {
-    let (s, b) = match (errors_of(client), errors_of(upstream)) {
-        (a, b) if a == b => return (status, body),
-        (Errors::OpenAi, _) => translate::anthropic_error_to_openai(status, &body),
-        (Errors::Anthropic, _) => translate::openai_error_to_anthropic(status, &body),
+    if errors_of(client) == errors_of(upstream) {
+        return (status, body);
+    }
+    let error = match upstream {
+        Dialect::OpenAiChat => openai_chat::decode::error(status, &body),
+        Dialect::Anthropic => anthropic::decode::error(status, &body),
+        Dialect::OpenAiResponses => openai_responses::decode::error(status, &body),
     };
+    let (s, b) = encode_error(client, &error);
     (s, Bytes::from(b))
 }
 
@@ -286,8 +271,16 @@ enum StreamKind {
     Chat(openai_chat::relay::Scan),
     Messages(anthropic::relay::Scan),
     Responses(openai_responses::relay::Scan),
-    ChatToMessages(Box<translate::OpenAiToAnthropicStream>),
-    MessagesToChat(Box<translate::AnthropicToOpenAiStream>),
+    Translated(Box<Translator>),
+}
+
+/// A stream decoded in the upstream's dialect and encoded in the client's.
+struct Translator {
+    decoder: Box<dyn StreamDecode>,
+    encoder: Box<dyn StreamEncode>,
+    /// The events of the upstream event being handled (reused).
+    events: Vec<Event>,
+    metering: Option<Metering>,
 }
 
 impl Stream {
@@ -301,16 +294,32 @@ impl Stream {
             (ClientRequest::Messages(_), Dialect::Anthropic) => {
                 StreamKind::Messages(anthropic::relay::Scan::default())
             }
-            (ClientRequest::Chat(r), Dialect::Anthropic) => StreamKind::MessagesToChat(Box::new(
-                translate::AnthropicToOpenAiStream::new(&r.model, r.include_usage),
-            )),
-            (ClientRequest::Messages(r), Dialect::OpenAiChat) => {
-                StreamKind::ChatToMessages(Box::new(translate::OpenAiToAnthropicStream::new(
-                    &r.model, message_id,
-                )))
+            (ClientRequest::Responses(r), Dialect::OpenAiResponses) => {
+                StreamKind::Responses(openai_responses::relay::Scan::new(&r.model))
             }
-            (ClientRequest::Responses(_), _) | (_, Dialect::OpenAiResponses) => {
-                StreamKind::Responses(openai_responses::relay::Scan::new(req.model()))
+            _ => {
+                let decoder: Box<dyn StreamDecode> = match upstream {
+                    Dialect::OpenAiChat => Box::new(openai_chat::decode::Stream::new(message_id)),
+                    Dialect::Anthropic => Box::new(anthropic::decode::Stream::new()),
+                    Dialect::OpenAiResponses => Box::new(openai_responses::decode::Stream::new()),
+                };
+                let encoder: Box<dyn StreamEncode> = match req {
+                    ClientRequest::Chat(r) => {
+                        Box::new(openai_chat::encode::Stream::new(&r.model, r.include_usage))
+                    }
+                    ClientRequest::Messages(r) => {
+                        Box::new(anthropic::encode::Stream::new(&r.model, message_id))
+                    }
+                    ClientRequest::Responses(r) => Box::new(
+                        openai_responses::encode::Stream::with_echo(&r.model, r.echo()),
+                    ),
+                };
+                StreamKind::Translated(Box::new(Translator {
+                    decoder,
+                    encoder,
+                    events: Vec::new(),
+                    metering: None,
+                }))
             }
         };
         Stream { kind }
@@ -319,10 +328,7 @@ impl Stream {
     /// Whether the client's bytes are the upstream's (then the relay may pass events it does
     /// not need to read).
     pub fn is_translated(&self) -> bool {
-        matches!(
-            self.kind,
-            StreamKind::ChatToMessages(_) | StreamKind::MessagesToChat(_)
-        )
+        matches!(self.kind, StreamKind::Translated(_))
     }
 
     /// Handles one whole upstream event `raw`, pushing what the client gets onto `out`. An error
@@ -333,51 +339,29 @@ impl Stream {
     pub fn event(&mut self, raw: Bytes, committed: bool, out: &mut Vec<Bytes>) -> StreamNote {
         let ev = crate::sse::parse(&raw);
         let data = ev.data.as_deref();
-        let translated = match &mut self.kind {
-            StreamKind::Chat(scan) => return relayed(scan, &raw, ev.name, data, committed, out),
-            StreamKind::Messages(scan) => {
-                return relayed(scan, &raw, ev.name, data, committed, out);
-            }
+        match &mut self.kind {
+            StreamKind::Chat(scan) => relayed(scan, &raw, ev.name, data, committed, out),
+            StreamKind::Messages(scan) => relayed(scan, &raw, ev.name, data, committed, out),
             StreamKind::Responses(scan) => {
                 if let Some(d) = data {
                     scan.observe(d);
                 }
-                return relayed(scan, &raw, ev.name, data, committed, out);
+                relayed(scan, &raw, ev.name, data, committed, out)
             }
-            StreamKind::ChatToMessages(t) => {
+            StreamKind::Translated(t) => {
                 let Some(data) = data else {
                     return StreamNote::Nothing;
                 };
-                let mut buf = Vec::new();
-                let note = t.event(data, &mut buf);
-                (note, buf)
+                t.event(ev.name, data, committed, out)
             }
-            StreamKind::MessagesToChat(t) => {
-                let Some(data) = data else {
-                    return StreamNote::Nothing;
-                };
-                let mut buf = Vec::new();
-                let note = t.event(ev.name, data, &mut buf);
-                (note, buf)
-            }
-        };
-        let (note, buf) = translated;
-        if let StreamNote::Error(message) = &note {
-            if committed {
-                out.push(self.error_event(message));
-            }
-        } else if !buf.is_empty() {
-            out.push(Bytes::from(buf));
         }
-        note
     }
 
     /// The upstream ended cleanly: close what a translated stream still has open.
     pub fn finish(&mut self, out: &mut Vec<Bytes>) {
         let mut buf = Vec::new();
         match &mut self.kind {
-            StreamKind::ChatToMessages(t) => t.finish(&mut buf),
-            StreamKind::MessagesToChat(t) => t.finish(&mut buf),
+            StreamKind::Translated(t) => t.encoder.finish(&mut buf),
             StreamKind::Chat(_) | StreamKind::Messages(_) | StreamKind::Responses(_) => {}
         }
         if !buf.is_empty() {
@@ -388,14 +372,10 @@ impl Stream {
     /// The event that ends a failed stream, in the client's dialect.
     pub fn error_event(&self, message: &str) -> Bytes {
         match &self.kind {
-            StreamKind::Chat(_) | StreamKind::MessagesToChat(_) => {
-                openai_chat::stream_error_event(message)
-            }
+            StreamKind::Chat(_) => openai_chat::stream_error_event(message),
             StreamKind::Messages(_) => anthropic::stream_error_event(message),
             StreamKind::Responses(scan) => scan.error_event(message),
-            StreamKind::ChatToMessages(_) => {
-                Bytes::from(translate::OpenAiToAnthropicStream::error_event(message))
-            }
+            StreamKind::Translated(t) => Bytes::from(t.encoder.error_event(message)),
         }
     }
 
@@ -405,15 +385,7 @@ impl Stream {
             StreamKind::Chat(scan) => scan.metering(),
             StreamKind::Messages(scan) => scan.metering(),
             StreamKind::Responses(scan) => scan.metering(),
-            StreamKind::ChatToMessages(t) => t.usage().map(|usage| Metering {
-                usage,
-                reasoning_tokens: None,
-                reported_cost_nano: t.reported_cost_nano(),
-            }),
-            StreamKind::MessagesToChat(t) => t.usage().map(|usage| Metering {
-                usage,
-                ..Metering::default()
-            }),
+            StreamKind::Translated(t) => t.metering,
         }
     }
 }
@@ -489,5 +461,78 @@ pub fn refusal_body(client: Dialect, refusal: &Refusal) -> Bytes {
             None,
         ),
         Errors::Anthropic => anthropic::error_body("invalid_request_error", &refusal.message),
+    }
+}
+
+impl Translator {
+    /// One upstream event: decoded, then encoded for the client. An error the upstream reports
+    /// becomes the client's own error event once committed, and nothing before (the next
+    /// candidate serves).
+    fn event(
+        &mut self,
+        name: Option<&[u8]>,
+        data: &[u8],
+        committed: bool,
+        out: &mut Vec<Bytes>,
+    ) -> StreamNote {
+        self.events.clear();
+        let note = self.decoder.event(name, data, &mut self.events);
+        if let StreamNote::Error(message) = &note {
+            if committed {
+                out.push(Bytes::from(self.encoder.error_event(message)));
+            }
+            return note;
+        }
+        let mut buf = Vec::new();
+        for event in &self.events {
+            if let Event::Metering(m) = event {
+                self.metering = Some(*m);
+            }
+            self.encoder.event(event, &mut buf);
+        }
+        if !buf.is_empty() {
+            out.push(Bytes::from(buf));
+        }
+        note
+    }
+}
+
+/// A client's request in the shape.
+pub fn decode_request(client: Dialect, body: &[u8]) -> Result<Request<'_>, TranslateError> {
+    match client {
+        Dialect::OpenAiChat => openai_chat::decode::request(body),
+        Dialect::Anthropic => anthropic::decode::request(body),
+        Dialect::OpenAiResponses => openai_responses::decode::request(body),
+    }
+}
+
+/// A request in the shape as an upstream's body.
+pub fn encode_request(
+    upstream: Dialect,
+    req: &Request<'_>,
+    upstream_model: &str,
+) -> Result<Encoded, TranslateError> {
+    match upstream {
+        Dialect::OpenAiChat => openai_chat::encode::request(req, upstream_model),
+        Dialect::Anthropic => anthropic::encode::request(req, upstream_model),
+        Dialect::OpenAiResponses => openai_responses::encode::request(req, upstream_model),
+    }
+}
+
+/// An upstream's whole answer in the shape; `None` when it is not one of its dialect.
+pub fn decode_response(upstream: Dialect, body: &[u8]) -> Option<Response> {
+    match upstream {
+        Dialect::OpenAiChat => openai_chat::decode::response(body),
+        Dialect::Anthropic => anthropic::decode::response(body),
+        Dialect::OpenAiResponses => openai_responses::decode::response(body),
+    }
+}
+
+/// An upstream's refusal as the client's dialect writes it.
+pub fn encode_error(client: Dialect, error: &UpstreamError) -> (u16, Vec<u8>) {
+    match client {
+        Dialect::OpenAiChat => openai_chat::encode::error(error),
+        Dialect::Anthropic => anthropic::encode::error(error),
+        Dialect::OpenAiResponses => openai_responses::encode::error(error),
     }
 }
