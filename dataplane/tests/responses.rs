@@ -424,3 +424,58 @@ fn chat_and_anthropic_clients_are_served_by_a_responses_upstream() {
     assert_eq!(total(&rows, "requests"), 4, "each billed once: {rows:?}");
     assert_eq!(total(&rows, "output_tokens"), 80);
 }
+
+#[test]
+fn a_model_offered_in_several_protocols_fails_over_across_them() {
+    // Cheapest first whatever the protocol: the chat upstream, then Anthropic, then Responses.
+    let offers = [
+        offer("chat-cheap", "0.1", "0.2"),
+        anthropic_offer("claude-mid", "1", "2"),
+        responses_offer("resp-dear", "3", "6"),
+    ];
+    let c = Cluster::start(&offers, &[]);
+    for stream in [false, true] {
+        c.fake("chat-cheap").push_once(Behavior::status(503));
+        c.fake("claude-mid").push_once(Behavior::status(529));
+        let resp = c.responses(&responses_body(stream));
+        assert_eq!(resp.status, 200, "{}\n{}", resp.text(), c.dp.logs());
+    }
+    assert_eq!(c.fake("chat-cheap").requests().len(), 2);
+    assert_eq!(c.fake("claude-mid").requests().len(), 2);
+    assert_eq!(c.fake("resp-dear").requests().len(), 2);
+    let rows = c.wait_usage(2);
+    assert_eq!(total(&rows, "requests"), 2, "each billed once: {rows:?}");
+    assert!(
+        rows.iter().all(|r| r["provider"] == "resp-dear"),
+        "{rows:?}"
+    );
+}
+
+#[test]
+fn a_translated_stream_that_fails_after_output_ends_in_the_clients_terms() {
+    let c = Cluster::start(&[anthropic_offer("claude-up", "1", "2")], &[]);
+    c.fake("claude-up")
+        .push_once(Behavior::ErrorAfterContent(3));
+    let resp = c.responses(&responses_body(true));
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let events = responses_events(&resp.text());
+    check_sequence_only(&events);
+    let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
+    assert!(kinds.contains(&"response.output_text.delta"), "{kinds:?}");
+    assert!(!kinds.contains(&"response.completed"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"response.failed"), "{kinds:?}");
+    let failed = &events.last().unwrap().1["response"];
+    assert_eq!(failed["status"], "failed");
+    assert_eq!(failed["id"], events[0].1["response"]["id"]);
+    assert!(
+        failed["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+    );
+    let rows = c.wait_usage(1);
+    assert_eq!(
+        total(&rows, "requests"),
+        1,
+        "billed once for what was sent: {rows:?}"
+    );
+}
