@@ -833,6 +833,14 @@ struct EventIn<'a> {
     delta: Option<String>,
     #[serde(default)]
     arguments: Option<String>,
+    #[serde(default, borrow)]
+    part: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct PartKind {
+    #[serde(rename = "type", default)]
+    kind: String,
 }
 
 #[derive(Deserialize)]
@@ -984,7 +992,14 @@ impl Stream {
                     }
                 } else {
                     let at = self.open(output_index, None, BlockStart::Thinking, out);
-                    let text = join(item.summary.iter().flatten());
+                    let mut text = join(item.summary.iter().flatten());
+                    if text.is_empty() {
+                        let parts: Vec<TextPart> = item
+                            .content
+                            .and_then(|c| serde_json::from_str(c.get()).ok())
+                            .unwrap_or_default();
+                        text = join(parts.iter());
+                    }
                     if !text.is_empty() && !self.open[at].written {
                         self.write(at, Delta::Thinking(text), out);
                     }
@@ -1093,7 +1108,12 @@ impl StreamDecode for Stream {
                 }
             }
             "response.content_part.added" => {
-                self.open(output_index, event.content_index, BlockStart::Text, out);
+                // A message's text or refusal; a reasoning item's `reasoning_text` parts are its
+                // thinking, opened by their deltas.
+                let part = event.part.and_then(json::object::<PartKind>);
+                if part.is_none_or(|p| matches!(p.kind.as_str(), "output_text" | "refusal")) {
+                    self.open(output_index, event.content_index, BlockStart::Text, out);
+                }
             }
             "response.output_text.delta" | "response.refusal.delta" => {
                 if kind == "response.refusal.delta" {

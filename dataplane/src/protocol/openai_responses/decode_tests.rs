@@ -668,3 +668,50 @@ fn custom_tools_and_their_calls() {
         matches!(&req.messages[2].content[0], Block::ToolResult { call_id, .. } if call_id == "call_x")
     );
 }
+
+/// Models that show their reasoning text (gpt-oss) stream it as `reasoning_text` content parts
+/// of the reasoning item (`content_part.added` with a `reasoning_text` part, then
+/// `response.reasoning_text.delta`: openai-python `response_content_part_added_event.py`,
+/// `response_reasoning_text_delta_event.py`): one thinking block, no empty text block.
+#[test]
+fn reasoning_text_parts_are_thinking() {
+    let lines = [
+        r#"{"type":"response.created","response":{"id":"resp_2","model":"gpt-oss-120b"}}"#,
+        r#"{"type":"response.output_item.added","output_index":0,"item":{"type":"reasoning","id":"rs_1","summary":[]}}"#,
+        r#"{"type":"response.content_part.added","output_index":0,"content_index":0,"item_id":"rs_1","part":{"type":"reasoning_text","text":""}}"#,
+        r#"{"type":"response.reasoning_text.delta","output_index":0,"content_index":0,"item_id":"rs_1","delta":"hmm"}"#,
+        r#"{"type":"response.content_part.done","output_index":0,"content_index":0,"item_id":"rs_1","part":{"type":"reasoning_text","text":"hmm"}}"#,
+        r#"{"type":"response.output_item.done","output_index":0,"item":{"type":"reasoning","id":"rs_1","summary":[],"content":[{"type":"reasoning_text","text":"hmm"}]}}"#,
+        r#"{"type":"response.completed","response":{"status":"completed"}}"#,
+    ];
+    let (events, _) = decode_lines(&lines);
+    let starts: Vec<&Event> = events
+        .iter()
+        .filter(|e| matches!(e, Event::BlockStart { .. }))
+        .collect();
+    assert_eq!(
+        starts,
+        [&Event::BlockStart {
+            index: 0,
+            block: BlockStart::Thinking
+        }]
+    );
+    assert!(events.contains(&Event::Delta {
+        index: 0,
+        delta: Delta::Thinking("hmm".into())
+    }));
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::Delta { .. }))
+            .count(),
+        1,
+        "the done item does not repeat the text"
+    );
+    // Sent whole, the reasoning text is read from the done item's content.
+    let (events, _) = decode_lines(&[lines[0], lines[5], lines[6]]);
+    assert!(events.contains(&Event::Delta {
+        index: 0,
+        delta: Delta::Thinking("hmm".into())
+    }));
+}
