@@ -477,6 +477,13 @@ impl Translator {
     ) -> StreamNote {
         self.events.clear();
         let note = self.decoder.event(name, data, &mut self.events);
+        // Counts count even on an error event (OpenRouter reports usage beside a mid-stream
+        // error): what the upstream spent is billed, as on a pass-through stream.
+        for event in &self.events {
+            if let Event::Metering(m) = event {
+                self.metering = Some(*m);
+            }
+        }
         if let StreamNote::Error(message) = &note {
             if committed {
                 out.push(Bytes::from(self.encoder.error_event(message)));
@@ -485,9 +492,6 @@ impl Translator {
         }
         let mut buf = Vec::new();
         for event in &self.events {
-            if let Event::Metering(m) = event {
-                self.metering = Some(*m);
-            }
             self.encoder.event(event, &mut buf);
         }
         if !buf.is_empty() {
@@ -536,3 +540,6 @@ pub fn encode_error(client: Dialect, error: &UpstreamError) -> (u16, Vec<u8>) {
         Dialect::OpenAiResponses => openai_responses::encode::error(error),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -57,3 +57,36 @@ impl Usage {
         prompt <= bound
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_beyond_the_bounds_is_not_plausible() {
+        let u = |input, output, read, write| Usage {
+            input_tokens: input,
+            output_tokens: output,
+            cache_read_tokens: read,
+            cache_write_tokens: write,
+        };
+        // A 1 KiB request: up to 102,400 prompt tokens.
+        assert!(u(100_000, 2_000, 2_400, 0).is_plausible(1024));
+        assert!(!u(100_000, 2_000, 2_401, 0).is_plausible(1024));
+        assert!(!u(0, 0, 0, 102_401).is_plausible(1024));
+        // A tiny request still may bill the floor (an image by URL).
+        assert!(u(MIN_PROMPT_TOKENS_BOUND, 1, 0, 0).is_plausible(10));
+        assert!(!u(MIN_PROMPT_TOKENS_BOUND + 1, 1, 0, 0).is_plausible(10));
+        // Every bucket is capped, whatever the request's size.
+        assert!(u(0, MAX_TOKENS_PER_BUCKET, 0, 0).is_plausible(10));
+        assert!(!u(0, MAX_TOKENS_PER_BUCKET + 1, 0, 0).is_plausible(10));
+        assert!(!u(u64::MAX, 0, 0, 0).is_plausible(u64::MAX));
+        assert!(!u(0, 0, u64::MAX, 0).is_plausible(u64::MAX));
+        assert!(!u(1, 1, 1, u64::MAX).is_plausible(u64::MAX));
+        // The sum of capped buckets cannot overflow.
+        let max = MAX_TOKENS_PER_BUCKET;
+        assert!(u(max, max, max, max).is_plausible(u64::MAX));
+        assert_eq!(Usage::from_openai(5, 1, 6), None);
+        assert_eq!(Usage::from_openai(5, 1, 5).unwrap().input_tokens, 0);
+    }
+}

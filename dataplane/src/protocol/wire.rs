@@ -178,3 +178,16 @@ pub fn error_object_message(raw: &RawValue) -> String {
         .or_else(|| serde_json::from_str::<String>(raw.get()).ok())
         .unwrap_or_else(|| raw.get().to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_json_keeps_strings_and_numbers() {
+        assert_eq!(
+            compact_json("{ \"a b\" : [1.50, 1e2 ,\n\t\"x\\\" y\" ], \"c\":{} }"),
+            r#"{"a b":[1.50,1e2,"x\" y"],"c":{}}"#
+        );
+    }
+}
