@@ -11,7 +11,7 @@
 //! (`OaMessageIn`, …): serde writes a type's name into the message of a refused request, which
 //! the client sees.
 
-use super::Usage;
+use super::{Usage, WireChunk};
 use crate::protocol::shape::{
     self, Arguments, Block, BlockStart, Delta, Event, Message, Role, StreamDecode, StreamNote,
     TranslateError,
@@ -555,16 +555,6 @@ pub fn error(status: u16, body: &[u8]) -> shape::UpstreamError {
 // Streams
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Deserialize)]
-struct OaChunkIn<'a> {
-    #[serde(default, borrow)]
-    error: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    choices: Option<Vec<OaChunkChoiceIn<'a>>>,
-    #[serde(default, borrow)]
-    usage: Option<&'a RawValue>,
-}
-
 /// A chunk's id and model.
 #[derive(Deserialize, Default)]
 struct ChunkNames {
@@ -572,30 +562,6 @@ struct ChunkNames {
     id: Option<String>,
     #[serde(default)]
     model: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct OaChunkChoiceIn<'a> {
-    #[serde(default)]
-    index: Option<u64>,
-    #[serde(default, borrow)]
-    delta: Option<OaDeltaIn<'a>>,
-    #[serde(default, borrow)]
-    finish_reason: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct OaDeltaIn<'a> {
-    #[serde(default, borrow)]
-    content: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    reasoning_content: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    reasoning: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    refusal: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    tool_calls: Option<Vec<OaToolDeltaIn<'a>>>,
 }
 
 #[derive(Deserialize)]
@@ -780,7 +746,7 @@ impl StreamDecode for Stream {
         // Only an object is a chunk (serde would also read one from an array, its first element
         // taken for `error`).
         let chunk = (data.first() == Some(&b'{'))
-            .then(|| serde_json::from_slice::<OaChunkIn<'_>>(data).ok())
+            .then(|| serde_json::from_slice::<WireChunk<'_>>(data).ok())
             .flatten();
         let Some(chunk) = chunk else {
             // Not a chunk (a comment's stray data, a keep-alive): nothing to show.
@@ -820,7 +786,7 @@ impl StreamDecode for Stream {
         }
         let mut note = StreamNote::Nothing;
         for choice in chunk.choices.unwrap_or_default() {
-            if choice.index.unwrap_or(0) != 0 {
+            if !choice.is_first() {
                 continue;
             }
             if let Some(delta) = &choice.delta {
@@ -834,15 +800,19 @@ impl StreamDecode for Stream {
                     self.delta(Kind::Text, text, out);
                     note = StreamNote::Content;
                 }
-                for call in delta.tool_calls.iter().flatten() {
+                // Fragments of an unreadable shape carry nothing this decoder can pass on.
+                let calls = delta
+                    .tool_calls
+                    .and_then(|raw| serde_json::from_str::<Vec<OaToolDeltaIn<'_>>>(raw.get()).ok());
+                for call in calls.iter().flatten() {
                     if self.tool_call(call, out) {
                         note = StreamNote::Content;
                     }
                 }
             }
-            if let Some(reason) = non_empty(&choice.finish_reason) {
+            if let Some(reason) = choice.finish_reason() {
                 out.push(Event::Stop {
-                    reason: stop_reason(reason),
+                    reason: stop_reason(&reason),
                     stop_sequence: None,
                 });
                 note = StreamNote::Content;

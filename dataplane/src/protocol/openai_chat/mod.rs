@@ -225,36 +225,71 @@ pub enum Chunk {
     },
 }
 
+/// One streamed chunk as every reader of it sees it: the pass-through relay ([`classify`]) and
+/// the decoder ([`decode::Stream`]) parse this same struct, so they cannot disagree about what a
+/// chunk holds. Values whose type varies between upstreams stay raw and are read where used.
 #[derive(Deserialize)]
-struct RawChunk<'a> {
+pub(super) struct WireChunk<'a> {
     #[serde(default, borrow)]
-    error: Option<&'a RawValue>,
+    pub error: Option<&'a RawValue>,
     #[serde(default, borrow)]
-    choices: Option<Vec<RawChoice<'a>>>,
+    pub choices: Option<Vec<WireChoice<'a>>>,
     #[serde(default, borrow)]
-    usage: Option<&'a RawValue>,
+    pub usage: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
-struct RawChoice<'a> {
+pub(super) struct WireChoice<'a> {
+    /// Which choice (only `n > 1` requests have more than choice 0).
     #[serde(default, borrow)]
-    delta: Option<RawDelta<'a>>,
+    pub index: Option<&'a RawValue>,
     #[serde(default, borrow)]
-    finish_reason: Option<&'a RawValue>,
+    pub delta: Option<WireDelta<'a>>,
+    #[serde(default, borrow)]
+    pub finish_reason: Option<&'a RawValue>,
+}
+
+impl WireChoice<'_> {
+    /// Whether this is the first choice (an absent index is).
+    pub fn is_first(&self) -> bool {
+        self.index
+            .is_none_or(|i| matches!(i.get().trim(), "0" | "null"))
+    }
+
+    /// The finish reason, when there is one: its text, or `""` when it is not a string. An
+    /// empty string is none (some upstreams send `"finish_reason": ""` on every chunk).
+    pub fn finish_reason(&self) -> Option<Cow<'_, str>> {
+        let raw = self.finish_reason.filter(|f| !is_null(f))?;
+        match serde_json::from_str::<Cow<'_, str>>(raw.get()) {
+            Ok(text) if text.is_empty() => None,
+            Ok(text) => Some(text),
+            Err(_) => Some(Cow::Borrowed("")),
+        }
+    }
 }
 
 #[derive(Deserialize)]
-struct RawDelta<'a> {
+pub(super) struct WireDelta<'a> {
     #[serde(default, borrow)]
-    content: Option<Cow<'a, str>>,
+    pub content: Option<Cow<'a, str>>,
+    /// DeepSeek's and most open-model hosts' reasoning text.
     #[serde(default, borrow)]
-    reasoning_content: Option<Cow<'a, str>>,
+    pub reasoning_content: Option<Cow<'a, str>>,
+    /// OpenRouter's reasoning text.
     #[serde(default, borrow)]
-    reasoning: Option<Cow<'a, str>>,
+    pub reasoning: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
-    refusal: Option<Cow<'a, str>>,
+    pub refusal: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
-    tool_calls: Option<&'a RawValue>,
+    pub tool_calls: Option<&'a RawValue>,
+}
+
+impl WireDelta<'_> {
+    /// Whether the delta carries tool-call fragments.
+    pub fn has_tool_calls(&self) -> bool {
+        self.tool_calls
+            .is_some_and(|t| !is_null(t) && t.get().trim() != "[]")
+    }
 }
 
 fn non_empty(s: &Option<Cow<'_, str>>) -> bool {
@@ -282,7 +317,7 @@ pub fn classify(name: Option<&[u8]>, data: Option<&[u8]>) -> Chunk {
     }
     // Only an object is a chunk: serde would also read a struct from an array, taking its first
     // element for `error`.
-    let parsed: Option<RawChunk<'_>> = (trimmed.first() == Some(&b'{'))
+    let parsed: Option<WireChunk<'_>> = (trimmed.first() == Some(&b'{'))
         .then(|| serde_json::from_slice(trimmed).ok())
         .flatten();
     let is_error_event = name == Some(b"error".as_slice());
@@ -319,14 +354,13 @@ pub fn classify(name: Option<&[u8]>, data: Option<&[u8]>) -> Chunk {
         };
     }
     let shows_something = choices.iter().any(|c| {
-        c.finish_reason.is_some_and(|f| !is_null(f))
+        c.finish_reason().is_some()
             || c.delta.as_ref().is_some_and(|d| {
                 non_empty(&d.content)
                     || non_empty(&d.reasoning_content)
                     || non_empty(&d.reasoning)
                     || non_empty(&d.refusal)
-                    || d.tool_calls
-                        .is_some_and(|t| !is_null(t) && t.get().trim() != "[]")
+                    || d.has_tool_calls()
             })
     });
     if shows_something {
