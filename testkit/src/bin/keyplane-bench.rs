@@ -1,9 +1,11 @@
 //! `keyplane-bench`: the end-to-end performance benchmark of the data plane.
 //!
 //! One run starts, as separate processes, the fake upstream (`keyplane-fake-upstream`), a control
-//! plane with two providers pointing at that one fake (it serves both protocols on one port):
-//! `bench` speaking OpenAI, offering `bench/model`, and `bench-anthropic` speaking Anthropic,
-//! offering `bench/claude`; a credential each and a client key; a data plane; and a **bare
+//! plane with providers pointing at that one fake (it serves every protocol on one port):
+//! `bench` speaking OpenAI chat, offering `bench/model`, and `bench-anthropic` speaking Anthropic,
+//! offering `bench/claude` (and, for `--only responses` and `all`, `bench-responses` speaking the
+//! OpenAI Responses API, offering `bench/responses`); a credential each and a client key; a data
+//! plane; and a **bare
 //! reverse proxy** (this same binary in the hidden `--baseline-proxy` mode: a hyper 1 server and
 //! a hyper-util pooled client that pass bodies through frame by frame, with no parsing and no
 //! auth); and **nginx** as the reference proxy (Debian's `nginx-light`, found on `PATH` or in
@@ -21,6 +23,15 @@
 //! provider, OpenAI clients against the Anthropic provider, and Anthropic clients against the
 //! Anthropic provider as the same-protocol reference; the report prints the translation cost per
 //! request and per stream event. `--only openai` runs only the original OpenAI rows.
+//!
+//! `--only responses` measures the Responses API the same way: Responses clients (`POST
+//! /v1/responses`, shaped like the official SDK's `responses.create`: `model`, `input` with one
+//! user message, `max_output_tokens`, `stream`) against the Responses provider (pass-through, the
+//! reference), the OpenAI chat provider and the Anthropic provider; and OpenAI chat and Anthropic
+//! clients against the Responses provider, each beside its same-protocol reference. A streamed
+//! Responses answer ends with `response.completed` (it has no `[DONE]`). It needs a data plane
+//! that serves `/v1/responses` and a control plane that knows the `openai-responses` protocol,
+//! which is why it is not part of `--only cross` (that one also runs against older builds).
 //!
 //! Build every binary first, then run it from `target/release`:
 //!
@@ -71,8 +82,10 @@ struct Args {
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     chunks: u64,
     /// Workloads to run: `openai` (OpenAI clients against the direct, bare-proxy and Keyplane
-    /// targets), `cross` (both client protocols against both upstream protocols through
-    /// Keyplane, with their direct baselines) or `all`.
+    /// targets), `cross` (OpenAI chat and Anthropic clients against both of those upstream
+    /// protocols through Keyplane, with their direct baselines), `responses` (the Responses API
+    /// against every upstream protocol and every client protocol against a Responses upstream,
+    /// with their references and direct baselines) or `all`.
     #[arg(long, value_enum, default_value_t = Only::All)]
     only: Only,
     /// After the main runs, this many extra rounds of OpenAI → OpenAI runs per workload: the bare
@@ -99,6 +112,10 @@ enum Only {
     /// Cross-protocol rows through Keyplane, their same-protocol references and the direct
     /// baselines; no bare proxy.
     Cross,
+    /// Responses API rows: Responses clients against each upstream protocol, OpenAI chat and
+    /// Anthropic clients against a Responses upstream, their same-protocol references and the
+    /// direct baselines; no bare proxy.
+    Responses,
     /// Both.
     All,
 }
@@ -108,8 +125,20 @@ impl Only {
         match self {
             Only::Openai => "openai",
             Only::Cross => "cross",
+            Only::Responses => "responses",
             Only::All => "all",
         }
+    }
+
+    /// Whether the run needs the Responses provider (and so a control plane that knows the
+    /// `openai-responses` protocol).
+    fn has_responses(self) -> bool {
+        matches!(self, Only::Responses | Only::All)
+    }
+
+    /// Whether the run has the OpenAI → OpenAI rows of the bare proxy and nginx.
+    fn has_references(self) -> bool {
+        matches!(self, Only::Openai | Only::All)
     }
 }
 
@@ -117,6 +146,8 @@ impl Only {
 const MODEL: &str = "bench/model";
 /// The client-facing model offered only by the Anthropic-protocol provider.
 const CLAUDE_MODEL: &str = "bench/claude";
+/// The client-facing model offered only by the Responses-protocol provider.
+const RESPONSES_MODEL: &str = "bench/responses";
 /// The `anthropic-version` every Anthropic-shaped request carries.
 const ANTHROPIC_VERSION: &str = "2023-06-01";
 /// Longest a single request may take before it counts as an error and its connection is dropped.
@@ -127,6 +158,9 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the bench waits for the ledger to bill every request Keyplane served.
 const LEDGER_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the bench keeps reading the ledger once it holds every answered request, to catch a
+/// request billed twice (the data plane reports usage about once a second).
+const LEDGER_RECHECK: Duration = Duration::from_secs(3);
 
 fn main() {
     let args = Args::parse();
@@ -153,8 +187,9 @@ fn main() {
         );
         std::process::exit(2);
     }
-    // nginx is the reference row beside the bare proxy; `--only cross` runs neither.
-    let nginx_bin = if args.only == Only::Cross {
+    // nginx is the reference row beside the bare proxy; `--only cross` and `responses` run
+    // neither.
+    let nginx_bin = if !args.only.has_references() {
         None
     } else {
         match nginx::find(&args.nginx) {
@@ -258,12 +293,14 @@ impl Drop for ChildProcess {
     }
 }
 
-/// Configures the control plane: two providers at the same fake (it serves both protocols on
-/// one port), `bench` speaking OpenAI (`http://ADDR/v1`) and `bench-anthropic` speaking Anthropic
-/// (`http://ADDR`), a credential each, the model [`MODEL`] offered only by the first and
-/// [`CLAUDE_MODEL`] only by the second, and a client key (returned).
-fn configure(cp: &ControlPlane, fake: SocketAddr) -> String {
-    let providers = [
+/// Configures the control plane: providers at the same fake (it serves every protocol on one
+/// port), `bench` speaking OpenAI chat (`http://ADDR/v1`) and `bench-anthropic` speaking Anthropic
+/// (`http://ADDR`), with `responses` also `bench-responses` speaking the Responses API
+/// (`http://ADDR/v1`); a credential each; the model [`MODEL`] offered only by the first,
+/// [`CLAUDE_MODEL`] only by the second and [`RESPONSES_MODEL`] only by the third; and a client key
+/// (returned).
+fn configure(cp: &ControlPlane, fake: SocketAddr, responses: bool) -> String {
+    let mut providers = vec![
         (
             "bench",
             "openai",
@@ -279,6 +316,15 @@ fn configure(cp: &ControlPlane, fake: SocketAddr) -> String {
             "bench-claude",
         ),
     ];
+    if responses {
+        providers.push((
+            "bench-responses",
+            "openai-responses",
+            format!("http://{fake}/v1"),
+            RESPONSES_MODEL,
+            "bench-responses",
+        ));
+    }
     for (name, protocol, base_url, model, upstream_model) in &providers {
         cp.ctl(&[
             "provider",
@@ -339,6 +385,8 @@ enum Api {
     OpenAi,
     /// Anthropic Messages (`POST /v1/messages`).
     Anthropic,
+    /// OpenAI Responses (`POST /v1/responses`).
+    Responses,
 }
 
 impl Api {
@@ -346,6 +394,7 @@ impl Api {
         match self {
             Api::OpenAi => "OpenAI",
             Api::Anthropic => "Anthropic",
+            Api::Responses => "Responses",
         }
     }
 
@@ -354,6 +403,16 @@ impl Api {
         match self {
             Api::OpenAi => MODEL,
             Api::Anthropic => CLAUDE_MODEL,
+            Api::Responses => RESPONSES_MODEL,
+        }
+    }
+
+    /// The path a client of this protocol posts to.
+    fn path(self) -> &'static str {
+        match self {
+            Api::OpenAi => "/v1/chat/completions",
+            Api::Anthropic => "/v1/messages",
+            Api::Responses => "/v1/responses",
         }
     }
 }
@@ -504,8 +563,10 @@ struct WorkerStats {
 }
 
 /// The request every target gets for a workload: the same bytes everywhere (the fake and the
-/// bare proxy ignore the key; the data plane checks it). OpenAI requests carry
+/// bare proxy ignore the key; the data plane checks it). OpenAI chat and Responses requests carry
 /// `Authorization: Bearer`; Anthropic ones `x-api-key`, `anthropic-version` and `max_tokens`.
+/// Responses requests have the official SDK's shape for one user turn (`input` as a list with one
+/// message, `max_output_tokens`).
 struct RequestSpec {
     addr: SocketAddr,
     api: Api,
@@ -536,6 +597,16 @@ impl RequestSpec {
                 }),
                 key.to_string(),
             ),
+            Api::Responses => (
+                serde_json::json!({
+                    "model": model,
+                    "input": [{"role": "user", "content": "Say hello"}],
+                    // Above the content length, so the fake never ends the answer `incomplete`.
+                    "max_output_tokens": chunks.max(1_024),
+                    "stream": workload.stream,
+                }),
+                format!("Bearer {key}"),
+            ),
         };
         RequestSpec {
             addr,
@@ -549,15 +620,12 @@ impl RequestSpec {
     fn request(&self) -> Request<Full<Bytes>> {
         let mut req = Request::new(Full::new(self.body.clone()));
         *req.method_mut() = hyper::Method::POST;
-        *req.uri_mut() = Uri::from_static(match self.api {
-            Api::OpenAi => "/v1/chat/completions",
-            Api::Anthropic => "/v1/messages",
-        });
+        *req.uri_mut() = Uri::from_static(self.api.path());
         let h = req.headers_mut();
         h.insert(HOST, self.host.clone());
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         match self.api {
-            Api::OpenAi => {
+            Api::OpenAi | Api::Responses => {
                 h.insert(AUTHORIZATION, self.auth.clone());
             }
             Api::Anthropic => {
@@ -722,14 +790,24 @@ fn sanity_check(
         match workload.client {
             Api::OpenAi => v["choices"][0]["message"]["content"].as_str().map(str::len),
             Api::Anthropic => v["content"][0]["text"].as_str().map(str::len),
+            // The text is in the `message` item of `output` (a reasoning item may come first).
+            Api::Responses => (v["status"] == "completed")
+                .then(|| v["output"].as_array())
+                .flatten()?
+                .iter()
+                .find(|item| item["type"] == "message")?["content"][0]["text"]
+                .as_str()
+                .map(str::len),
         }
     };
     let ok = if workload.stream {
-        let end = match workload.client {
-            Api::OpenAi => "data: [DONE]",
-            Api::Anthropic => "event: message_stop",
+        let ended = match workload.client {
+            Api::OpenAi => text.contains("data: [DONE]"),
+            Api::Anthropic => text.contains("event: message_stop"),
+            // No `[DONE]`: the last event is the terminal one, and it must be the success.
+            Api::Responses => last_sse_event(&text) == Some("response.completed"),
         };
-        text.contains(end) && text.contains("word0")
+        ended && text.contains("word0")
     } else {
         serde_json::from_slice::<serde_json::Value>(&ex.body)
             .ok()
@@ -740,6 +818,14 @@ fn sanity_check(
         fail(format!("unexpected body: {}", tail(&text, 1_000)));
     }
     workload.stream.then(|| sse_events(&text))
+}
+
+/// The `event:` name of the last SSE event in a body.
+fn last_sse_event(text: &str) -> Option<&str> {
+    text.lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("event:"))
+        .map(str::trim)
 }
 
 /// SSE events in a body: blank-line-separated blocks with at least one `data:` line.
@@ -833,12 +919,16 @@ fn run(
 /// runs non-stream then stream. A translated route runs right after its same-protocol reference,
 /// so the pair sees the same machine conditions as nearly as possible.
 fn run_plan(only: Only) -> Vec<(TargetKind, Api, Api)> {
-    use Api::{Anthropic, OpenAi};
-    let openai = matches!(only, Only::Openai | Only::All);
+    use Api::{Anthropic, OpenAi, Responses};
+    let openai = only.has_references();
     let cross = matches!(only, Only::Cross | Only::All);
+    let responses = only.has_responses();
     let mut plan = vec![(TargetKind::Direct, OpenAi, OpenAi)];
-    if cross {
+    if cross || responses {
         plan.push((TargetKind::Direct, Anthropic, Anthropic));
+    }
+    if responses {
+        plan.push((TargetKind::Direct, Responses, Responses));
     }
     if openai {
         plan.push((TargetKind::Bare, OpenAi, OpenAi));
@@ -849,10 +939,23 @@ fn run_plan(only: Only) -> Vec<(TargetKind, Api, Api)> {
         plan.push((TargetKind::KeyplaneLimited, OpenAi, OpenAi));
     }
     if cross {
+        plan.push((TargetKind::Keyplane, OpenAi, Anthropic));
+    }
+    if responses {
+        plan.push((TargetKind::Keyplane, OpenAi, Responses));
+    }
+    if cross || responses {
+        plan.push((TargetKind::Keyplane, Anthropic, Anthropic));
+    }
+    if cross {
+        plan.push((TargetKind::Keyplane, Anthropic, OpenAi));
+    }
+    if responses {
         plan.extend([
-            (TargetKind::Keyplane, OpenAi, Anthropic),
-            (TargetKind::Keyplane, Anthropic, Anthropic),
-            (TargetKind::Keyplane, Anthropic, OpenAi),
+            (TargetKind::Keyplane, Anthropic, Responses),
+            (TargetKind::Keyplane, Responses, Responses),
+            (TargetKind::Keyplane, Responses, OpenAi),
+            (TargetKind::Keyplane, Responses, Anthropic),
         ]);
     }
     plan
@@ -891,7 +994,7 @@ fn bench(args: &Args, bin_dir: &Path, nginx_bin: Option<&Path>) {
     });
 
     let cp = ControlPlane::start();
-    let key = configure(&cp, fake.addr);
+    let key = configure(&cp, fake.addr, args.only.has_responses());
     // Every limit set, none of them reached by the bench's load.
     let limited_key = cp
         .ctl(&[
@@ -1018,7 +1121,7 @@ fn bench(args: &Args, bin_dir: &Path, nginx_bin: Option<&Path>) {
         }
     }
     let mut pairs = Vec::new();
-    if matches!(args.only, Only::Openai | Only::All) && args.pairs > 0 {
+    if args.only.has_references() && args.pairs > 0 {
         eprintln!(
             "keyplane-bench: {} alternating rounds of runs per workload (bare proxy, nginx, Keyplane)",
             args.pairs
@@ -1060,10 +1163,17 @@ fn bench(args: &Args, bin_dir: &Path, nginx_bin: Option<&Path>) {
         billed = ledger_requests(&cp);
         billed >= served
     });
+    let waited = waited.elapsed();
+    // Then watch a few more usage reports: a request billed twice shows up as more records than
+    // answers only once its second record arrives.
+    wait_until(LEDGER_RECHECK, || {
+        billed = ledger_requests(&cp);
+        billed > served
+    });
     let ledger = report::Ledger {
         served,
         billed,
-        waited: waited.elapsed(),
+        waited,
     };
     if results.iter().any(|r| r.errors > 0) {
         eprintln!(
@@ -1333,6 +1443,22 @@ mod report {
             super::CLAUDE_MODEL,
             a.chunks
         );
+        if a.only.has_responses() {
+            let _ = writeln!(
+                w,
+                "- Responses: a Responses client sends `POST /v1/responses` with `Authorization: \
+                 Bearer` and the body the official SDK's `responses.create` sends for one user turn \
+                 (`model`, `input: [{{\"role\": \"user\", \"content\": …}}]`, `max_output_tokens: {}`, \
+                 `stream`); the model `{}` is offered only by a provider of protocol \
+                 `openai-responses` (the same fake, `POST /v1/responses`), whose route from a \
+                 Responses client is pass-through. A Responses stream is `response.created`, \
+                 `response.in_progress`, the item and part events, one `response.output_text.delta` \
+                 per content event, the done events and `response.completed`, with no `[DONE]`; a \
+                 stream counts as answered only if its last event is `response.completed`.",
+                a.chunks.max(1_024),
+                super::RESPONSES_MODEL,
+            );
+        }
         let _ = writeln!(
             w,
             "- Targets: the fake upstream directly (`keyplane-fake-upstream`, multi-thread runtime); a \
@@ -1610,7 +1736,12 @@ mod report {
              (warm-up included){}.",
             group(l.billed),
             group(l.served),
-            if l.billed >= l.served {
+            if l.billed > l.served {
+                format!(
+                    ": {} more than were answered, so some request was billed twice",
+                    group(l.billed - l.served)
+                )
+            } else if l.billed == l.served {
                 format!(", {:.1} s after the last run", l.waited.as_secs_f64())
             } else {
                 format!(
@@ -1670,9 +1801,9 @@ mod report {
         let _ = writeln!(
             w,
             "Cross-protocol translation cost: a translated route through Keyplane minus the \
-             same-protocol route with the same client request through Keyplane (Anthropic → OpenAI \
-             against Anthropic → Anthropic, OpenAI → Anthropic against OpenAI → OpenAI; each pair ran \
-             back to back). Both go to the same fake upstream, so the difference is the data plane's \
+             same-protocol route with the same client request through Keyplane (e.g. Anthropic → \
+             OpenAI against Anthropic → Anthropic, Responses → OpenAI against Responses → Responses; \
+             a translated route runs soon after its reference). Both go to the same fake upstream, so the difference is the data plane's \
              request and response translation (plus the fake generating the other protocol, and run \
              to run noise: differences of a few percent are within it). Latency figures are \
              Keyplane's percentile of the translated route − the same percentile of the reference \
@@ -2512,5 +2643,72 @@ mod nginx {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--only cross` must run against builds without the Responses API (before/after runs), and
+    /// every translated route needs its same-protocol reference and direct baseline in the same
+    /// run, or the translation tables leave it out.
+    #[test]
+    fn every_translated_route_runs_with_its_reference() {
+        assert!(
+            run_plan(Only::Cross)
+                .iter()
+                .all(|&(_, c, u)| c != Api::Responses && u != Api::Responses),
+            "--only cross must not need the Responses provider"
+        );
+        for only in [Only::Openai, Only::Cross, Only::Responses, Only::All] {
+            let plan = run_plan(only);
+            for &(kind, client, upstream) in &plan {
+                if client != upstream {
+                    assert!(
+                        plan.contains(&(TargetKind::Keyplane, client, client)),
+                        "--only {}: {client:?} → {upstream:?} without its reference",
+                        only.flag()
+                    );
+                }
+                assert!(
+                    kind == TargetKind::Direct
+                        || plan.contains(&(TargetKind::Direct, client, client)),
+                    "--only {}: {client:?} without its direct baseline",
+                    only.flag()
+                );
+                let needs_provider = client == Api::Responses || upstream == Api::Responses;
+                assert!(
+                    !needs_provider || only.has_responses(),
+                    "--only {} has Responses rows but configures no Responses provider",
+                    only.flag()
+                );
+            }
+        }
+        let responses = run_plan(Only::Responses);
+        for route in [
+            (Api::Responses, Api::Responses),
+            (Api::Responses, Api::OpenAi),
+            (Api::Responses, Api::Anthropic),
+            (Api::OpenAi, Api::Responses),
+            (Api::Anthropic, Api::Responses),
+        ] {
+            assert!(
+                responses.contains(&(TargetKind::Keyplane, route.0, route.1)),
+                "--only responses lacks {route:?}"
+            );
+        }
+    }
+
+    /// A Responses stream has no `[DONE]`: it is complete only when its last event is
+    /// `response.completed`, not `response.failed` or `response.incomplete`.
+    #[test]
+    fn a_responses_stream_ends_with_its_terminal_event() {
+        let ok = "event: response.output_text.delta\ndata: {}\n\nevent: response.completed\ndata: {}\n\n";
+        let failed = "event: response.completed\ndata: {}\n\nevent: response.failed\ndata: {}\n\n";
+        assert_eq!(last_sse_event(ok), Some("response.completed"));
+        assert_eq!(last_sse_event(failed), Some("response.failed"));
+        assert_eq!(last_sse_event("data: {}\n\n"), None);
+        assert_eq!(sse_events(ok), 2);
     }
 }
