@@ -565,57 +565,9 @@ pub fn response(resp: &Response, client_model: &str) -> Vec<u8> {
 // Errors
 // ---------------------------------------------------------------------------------------------
 
-/// `{"error":{"message","type","param":null,"code"}}`.
-fn error_body(message: &str, kind: &str, code: Option<&str>) -> Vec<u8> {
-    #[derive(Serialize)]
-    struct Body<'a> {
-        error: Inner<'a>,
-    }
-    #[derive(Serialize)]
-    struct Inner<'a> {
-        message: &'a str,
-        #[serde(rename = "type")]
-        kind: &'a str,
-        param: Option<()>,
-        code: Option<&'a str>,
-    }
-    let mut out = Vec::new();
-    put_json(
-        &mut out,
-        &Body {
-            error: Inner {
-                message,
-                kind,
-                param: None,
-                code,
-            },
-        },
-    );
-    out
-}
-
-/// An upstream's refusal as an OpenAI error: the status kept, except 529 (Anthropic's
-/// overloaded), which OpenAI clients do not know and read as 503.
+/// An upstream's refusal as an OpenAI error (see [`super::upstream_error`]).
 pub fn error(err: &UpstreamError) -> (u16, Vec<u8>) {
-    let message = err.message_or_generic();
-    let (status, kind, code) = match err.status {
-        529 => (503, "server_error", None),
-        429 => (429, "rate_limit_error", Some("rate_limit_exceeded")),
-        401 => (401, "invalid_request_error", Some("invalid_api_key")),
-        403 => (403, "invalid_request_error", Some("permission_denied")),
-        404 => {
-            let code = if message.to_ascii_lowercase().contains("model") {
-                "model_not_found"
-            } else {
-                "not_found"
-            };
-            (404, "invalid_request_error", Some(code))
-        }
-        413 => (413, "invalid_request_error", Some("request_too_large")),
-        s @ 500..=599 => (s, "server_error", None),
-        s => (s, "invalid_request_error", None),
-    };
-    (status, error_body(&message, kind, code))
+    super::upstream_error(err)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -149,17 +149,51 @@ fn token_limit(raw: &str, param: &'static str) -> Result<Option<u64>, RequestErr
     })
 }
 
-/// An OpenAI error object: `{"error":{"message","type","param","code"}}`.
+/// An OpenAI error object, `{"error":{"message","type","param","code"}}`, in OpenAI's own key
+/// order. Chat completions and the Responses API share it.
 pub fn error_body(message: &str, kind: &str, param: Option<&str>, code: Option<&str>) -> Bytes {
-    let body = serde_json::json!({
-        "error": {
-            "message": message,
-            "type": kind,
-            "param": param,
-            "code": code,
-        }
-    });
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        error: Inner<'a>,
+    }
+    #[derive(serde::Serialize)]
+    struct Inner<'a> {
+        message: &'a str,
+        #[serde(rename = "type")]
+        kind: &'a str,
+        param: Option<&'a str>,
+        code: Option<&'a str>,
+    }
+    let body = Body {
+        error: Inner {
+            message,
+            kind,
+            param,
+            code,
+        },
+    };
     Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+}
+
+/// An upstream's refusal as OpenAI's error object, for a client of either OpenAI dialect: the
+/// upstream's status kept, except Anthropic's 529 (overloaded), which OpenAI clients do not know
+/// and read as 503; the type and code OpenAI gives the status.
+pub fn upstream_error(err: &crate::protocol::shape::UpstreamError) -> (u16, Vec<u8>) {
+    let message = err.message_or_generic();
+    let (status, kind, code) = match err.status {
+        529 => (503, "server_error", None),
+        429 => (429, "rate_limit_error", Some("rate_limit_exceeded")),
+        401 => (401, "invalid_request_error", Some("invalid_api_key")),
+        403 => (403, "invalid_request_error", Some("permission_denied")),
+        404 if message.to_ascii_lowercase().contains("model") => {
+            (404, "invalid_request_error", Some("model_not_found"))
+        }
+        404 => (404, "invalid_request_error", Some("not_found")),
+        413 => (413, "invalid_request_error", Some("request_too_large")),
+        s @ 500..=599 => (s, "server_error", None),
+        s => (s, "invalid_request_error", None),
+    };
+    (status, error_body(&message, kind, None, code).to_vec())
 }
 
 #[derive(Deserialize)]

@@ -1511,27 +1511,10 @@ pub fn request(
 // Errors
 // ---------------------------------------------------------------------------------------------
 
-/// An upstream's error for a Responses client: OpenAI's error object, with the status a
-/// Responses client expects (Anthropic's 529 "overloaded" is a 503; OpenAI has no 529).
+/// An upstream's refusal as OpenAI's error object, which the Responses API shares with chat
+/// completions (see [`crate::protocol::openai_chat::upstream_error`]).
 pub fn error(err: &crate::protocol::shape::UpstreamError) -> (u16, Vec<u8>) {
-    let message = err.message_or_generic();
-    let (status, kind, code) = match err.status {
-        529 => (503, "server_error", None),
-        429 => (429, "rate_limit_error", Some("rate_limit_exceeded")),
-        401 => (401, "invalid_request_error", Some("invalid_api_key")),
-        403 => (403, "invalid_request_error", Some("permission_denied")),
-        404 if message.to_ascii_lowercase().contains("model") => {
-            (404, "invalid_request_error", Some("model_not_found"))
-        }
-        404 => (404, "invalid_request_error", Some("not_found")),
-        413 => (413, "invalid_request_error", Some("request_too_large")),
-        status @ 500..=599 => (status, "server_error", None),
-        status => (status, "invalid_request_error", None),
-    };
-    (
-        status,
-        super::error_body(&message, kind, None, code).to_vec(),
-    )
+    super::upstream_error(err)
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use serde_json::value::RawValue;
 use std::borrow::Cow;
 
 /// The client's error shape is OpenAI's, as for chat completions.
-pub use super::openai_chat::{RequestError, error_body};
+pub use super::openai_chat::{RequestError, error_body, upstream_error};
 
 /// The namespace Codex gives top-level function tools (`DEFAULT_FUNCTION_NAMESPACE` in
 /// `codex-rs/protocol/src/tool_name.rs`): its members are called by their bare name.
