@@ -17,7 +17,9 @@ mod support;
 
 use support::{Cluster, MODEL, Offer, TIMEOUT, add_offer, offer, total};
 
-use keyplane_testkit::fake_upstream::{OPENAI_TOOL_CALL_ID, RecordedRequest, prompt_tokens_for};
+use keyplane_testkit::fake_upstream::{
+    ANTHROPIC_TOOL_USE_ID, OPENAI_TOOL_CALL_ID, RecordedRequest, prompt_tokens_for,
+};
 use keyplane_testkit::http::HttpRequest;
 use keyplane_testkit::{
     Behavior, ControlPlane, DataPlane, FakeConfig, FakeUpstream, TlsFiles, samples, wait_until,
@@ -534,12 +536,44 @@ fn assert_billed_once(c: &Cluster, requests: &[RecordedRequest], output_tokens: 
     assert_eq!(total(&c.usage(), "requests"), n, "each request billed once");
 }
 
+/// The result of the upstream's tool call in a request `body` of `protocol`, as text: a `tool`
+/// message (chat), a `tool_result` block (Anthropic) or a `function_call_output` item
+/// (Responses) answering the fake's call id.
+fn tool_result(protocol: &str, body: &Value) -> Option<String> {
+    let found = match protocol {
+        "openai" => body["messages"]
+            .as_array()?
+            .iter()
+            .find(|m| m["role"] == "tool" && m["tool_call_id"] == OPENAI_TOOL_CALL_ID)
+            .map(|m| m["content"].clone()),
+        "anthropic" => body["messages"]
+            .as_array()?
+            .iter()
+            .filter(|m| m["role"] == "user")
+            .filter_map(|m| m["content"].as_array())
+            .flatten()
+            .find(|b| b["type"] == "tool_result" && b["tool_use_id"] == ANTHROPIC_TOOL_USE_ID)
+            .map(|b| b["content"].clone()),
+        _ => body["input"]
+            .as_array()?
+            .iter()
+            .find(|i| i["type"] == "function_call_output" && i["call_id"] == OPENAI_TOOL_CALL_ID)
+            .map(|i| i["output"].clone()),
+    };
+    found.map(|v| v.to_string())
+}
+
 /// Codex through the data plane to a `protocol` upstream: the command runs, its output goes up
-/// in the next request in the upstream's own dialect, and both requests are billed once.
+/// in the next request as a tool result in the upstream's own dialect, and both requests are
+/// billed once.
 fn codex_through_the_gateway(protocol: &str) {
     let c = gateway(protocol);
     let upstream = &c.fakes[0];
     let requests = codex_runs_a_shell_command(&through(&c), upstream);
+    let second = requests[1].json.as_ref().unwrap();
+    let result = tool_result(protocol, second)
+        .unwrap_or_else(|| panic!("no result of the fake's call in {second}"));
+    assert!(result.contains(MARKER_OUTPUT), "{result}");
     for r in &requests {
         assert_eq!(r.path, completion_path(protocol), "{}", c.dp.logs());
         let tools = r.json.as_ref().unwrap()["tools"].to_string();
@@ -562,8 +596,21 @@ fn codex_runs_a_shell_command_through_an_openai_responses_upstream() {
 fn sdk_through_the_gateway(protocol: &str) {
     let c = gateway(protocol);
     let upstream = &c.fakes[0];
-    sdk_round_trips(&through(&c), upstream);
+    let report = sdk_round_trips(&through(&c), upstream);
     let requests = completions(upstream);
+    for (i, r) in requests.iter().enumerate() {
+        let result = tool_result(protocol, r.json.as_ref().unwrap());
+        if i % 2 == 1 {
+            let output = report["stream"]["tool_output"].as_str().unwrap();
+            assert_eq!(
+                result.as_deref(),
+                Some(Value::from(output).to_string().as_str()),
+                "request {i}"
+            );
+        } else {
+            assert_eq!(result, None, "request {i}");
+        }
+    }
     assert!(
         requests.iter().all(|r| r.path == completion_path(protocol)),
         "{}",
@@ -576,6 +623,26 @@ fn sdk_through_the_gateway(protocol: &str) {
 #[test]
 fn openai_sdk_responses_round_trip_through_an_openai_responses_upstream() {
     sdk_through_the_gateway("openai-responses");
+}
+
+#[test]
+fn codex_runs_a_shell_command_through_an_openai_chat_upstream() {
+    codex_through_the_gateway("openai");
+}
+
+#[test]
+fn codex_runs_a_shell_command_through_an_anthropic_upstream() {
+    codex_through_the_gateway("anthropic");
+}
+
+#[test]
+fn openai_sdk_responses_round_trip_through_an_openai_chat_upstream() {
+    sdk_through_the_gateway("openai");
+}
+
+#[test]
+fn openai_sdk_responses_round_trip_through_an_anthropic_upstream() {
+    sdk_through_the_gateway("anthropic");
 }
 
 /// Codex to a data plane serving HTTPS with a private CA, given to Codex in
