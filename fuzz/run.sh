@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
   targets=(sse_splitter spool_segment price_import openai_request anthropic_request
-           upstream_body openai_stream anthropic_stream)
+           upstream_body openai_stream anthropic_stream responses_request responses_stream)
 fi
 runs=${FUZZ_RUNS:-10000000}
 for t in "${targets[@]}"; do

@@ -13,8 +13,11 @@
 // see a failure. Nothing in the server calls these functions.
 #![allow(clippy::panic)]
 
+use crate::protocol::bridge::{self, ClientRequest};
 use crate::protocol::json::Entries;
-use crate::protocol::{anthropic, openai_chat, translate};
+use crate::protocol::shape::{Response, StreamNote};
+use crate::protocol::usage::Usage;
+use crate::protocol::{Dialect, anthropic, openai_chat, openai_responses};
 use crate::sse;
 use crate::usage::spool;
 use bytes::Bytes;
@@ -215,6 +218,27 @@ fn json_string(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_default()
 }
 
+/// Every dialect, each a client's and an upstream's.
+const DIALECTS: [Dialect; 3] = [
+    Dialect::OpenAiChat,
+    Dialect::Anthropic,
+    Dialect::OpenAiResponses,
+];
+
+/// A request of `client`'s dialect, decoded into the shape ([`bridge::decode_request`]) and
+/// encoded for an upstream of each other dialect ([`bridge::encode_request`]): every encoding
+/// that succeeds is a JSON object naming the upstream model.
+fn check_translations(client: Dialect, body: &[u8]) {
+    let Ok(req) = bridge::decode_request(client, body) else {
+        return;
+    };
+    for upstream in DIALECTS.into_iter().filter(|d| *d != client) {
+        if let Ok(encoded) = bridge::encode_request(upstream, &req, NEW_MODEL) {
+            check_translated_request(&encoded.body, NEW_MODEL);
+        }
+    }
+}
+
 /// Checks a translated request body: a JSON object whose `model` is `model`.
 fn check_translated_request(body: &[u8], model: &str) {
     let value: serde_json::Value = match serde_json::from_slice(body) {
@@ -225,14 +249,15 @@ fn check_translated_request(body: &[u8], model: &str) {
     assert_eq!(value.get("model").and_then(|m| m.as_str()), Some(model));
 }
 
-/// An OpenAI Chat Completions request body: [`openai_chat::ChatRequest::parse`] and `rewrite`, and its
-/// translation for an Anthropic upstream.
+/// An OpenAI Chat Completions request body: [`openai_chat::ChatRequest::parse`] and `rewrite`,
+/// and its translation for an upstream of each other dialect.
 ///
 /// - A rewrite is valid JSON that parses again, with the new `model`, the same `stream` and
 ///   `max_tokens`, and every other top-level entry byte-identical and in order;
 ///   `force_include_usage` touches only `stream_options` (appended when absent) and makes
 ///   `include_usage` true.
-/// - A translation that succeeds is a JSON object naming the upstream model.
+/// - A translation that succeeds is a JSON object naming the upstream model
+///   ([`check_translations`]).
 pub fn openai_request(body: &[u8]) {
     if let Ok(req) = openai_chat::ChatRequest::parse(body) {
         assert!(!req.model.is_empty());
@@ -266,13 +291,12 @@ pub fn openai_request(body: &[u8]) {
             }
         }
     }
-    if let Ok((out, _dropped)) = translate::openai_to_anthropic_request(body, NEW_MODEL) {
-        check_translated_request(&out, NEW_MODEL);
-    }
+    check_translations(Dialect::OpenAiChat, body);
 }
 
 /// An Anthropic Messages request body: [`anthropic::MessagesRequest::parse`] and `rewrite`, and
-/// its translation for an OpenAI upstream. The same invariants as [`openai_request`].
+/// its translation for an upstream of each other dialect. The same invariants as
+/// [`openai_request`].
 pub fn anthropic_request(body: &[u8]) {
     if let Ok(req) = anthropic::MessagesRequest::parse(body) {
         assert!(!req.model.is_empty());
@@ -296,9 +320,37 @@ pub fn anthropic_request(body: &[u8]) {
             }
         }
     }
-    if let Ok((out, _dropped)) = translate::anthropic_to_openai_request(body, NEW_MODEL) {
-        check_translated_request(&out, NEW_MODEL);
+    check_translations(Dialect::Anthropic, body);
+}
+
+/// An OpenAI Responses request body: [`openai_responses::ResponsesRequest::parse`] and `rewrite`,
+/// and its translation ([`openai_responses::decode::request`], through
+/// [`bridge::decode_request`]) for an upstream of each other dialect. The same invariants as
+/// [`openai_request`].
+pub fn responses_request(body: &[u8]) {
+    if let Ok(req) = openai_responses::ResponsesRequest::parse(body) {
+        assert!(!req.model.is_empty());
+        let before = entries(body);
+        let out = req.rewrite(NEW_MODEL);
+        let after = entries(&out);
+        let again = match openai_responses::ResponsesRequest::parse(&out) {
+            Ok(r) => r,
+            Err(e) => panic!("a rewritten request no longer parses: {}", e.message),
+        };
+        assert_eq!(again.model, NEW_MODEL);
+        assert_eq!(again.stream, req.stream);
+        assert_eq!(again.max_output_tokens, req.max_output_tokens);
+        assert_eq!(after.len(), before.len());
+        for ((k0, v0), (k1, v1)) in before.iter().zip(&after) {
+            assert_eq!(k0, k1, "keys must keep their order");
+            if k0 == "model" {
+                assert_eq!(v1, &json_string(NEW_MODEL));
+            } else {
+                assert_eq!(v0, v1, "entry {k0:?} must be byte-identical");
+            }
+        }
     }
+    check_translations(Dialect::OpenAiResponses, body);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -306,10 +358,10 @@ pub fn anthropic_request(body: &[u8]) {
 // ---------------------------------------------------------------------------------------------
 
 /// Token counts as the biller takes them: a usage the plausibility gate lets through
-/// ([`translate::Usage::is_plausible`], which `proxy::Record::finish` applies to every usage it
+/// ([`Usage::is_plausible`], which `proxy::Record::finish` applies to every usage it
 /// bills) can be summed without overflow, so no total saturates and loses later records. The gate
 /// is asked for the largest request there is, so only the per-bucket bound holds counts back.
-fn check_billable(u: &translate::Usage, what: &str) {
+fn check_billable(u: &Usage, what: &str) {
     if !u.is_plausible(u64::MAX) {
         return;
     }
@@ -327,13 +379,13 @@ fn check_billable(u: &translate::Usage, what: &str) {
 }
 
 /// OpenAI usage in billing terms, as the proxy converts it (`None`: more cached than prompted).
-fn openai_billing(u: &openai_chat::Usage) -> Option<translate::Usage> {
-    translate::Usage::from_openai(u.prompt_tokens, u.completion_tokens, u.cached_tokens)
+fn openai_billing(u: &openai_chat::Usage) -> Option<Usage> {
+    Usage::from_openai(u.prompt_tokens, u.completion_tokens, u.cached_tokens)
 }
 
 /// Anthropic usage in billing terms, as the proxy converts it.
-fn anthropic_billing(u: &anthropic::Usage) -> translate::Usage {
-    translate::Usage {
+fn anthropic_billing(u: &anthropic::Usage) -> Usage {
+    Usage {
         input_tokens: u.input_tokens,
         output_tokens: u.output_tokens,
         cache_read_tokens: u.cache_read_input_tokens,
@@ -351,12 +403,12 @@ fn check_anthropic_usage(u: &anthropic::Usage) {
     check_billable(&anthropic_billing(u), "anthropic usage");
 }
 
-fn check_billing_usage(u: &translate::Usage) {
+fn check_billing_usage(u: &Usage) {
     check_billable(u, "translated usage");
 }
 
 /// OpenAI's `prompt_tokens` for a usage in billing terms, as the translators write it.
-fn openai_prompt(u: &translate::Usage) -> u64 {
+fn openai_prompt(u: &Usage) -> u64 {
     u.input_tokens
         .saturating_add(u.cache_read_tokens)
         .saturating_add(u.cache_write_tokens)
@@ -390,14 +442,16 @@ fn json_value(bytes: &[u8], what: &str) -> serde_json::Value {
 const ERROR_STATUSES: [u16; 9] = [400, 401, 403, 404, 413, 429, 500, 503, 529];
 
 /// A non-streamed upstream body: [`openai_chat::completion_usage`], [`anthropic::message_usage`],
-/// translate's response translators and its error translators.
+/// each dialect's answer decoder ([`bridge::decode_response`]) and the other dialects' answer
+/// encoders, and [`bridge::upstream_error`] for every pair of dialects.
 ///
 /// - Extracted token counts that the billing gate lets through can be summed without overflow.
 /// - A body read as a completion (a message) is a JSON object with a `choices` array (`"type":
 ///   "message"` and a `content` array), and its usage is what the usage extractor reads.
-/// - A translated response is JSON, and reading its usage back with the client dialect's own
-///   extractor gives the counts the translator returned.
-/// - A translated error is a JSON error object of the client's dialect, whatever the body.
+/// - A translated response is JSON naming the client's model, and reading its usage back with the
+///   client dialect's own extractor gives the counts the decoder read.
+/// - A translated error is a JSON error object of the client's dialect, whatever the body; between
+///   the two OpenAI dialects the error passes unchanged.
 pub fn upstream_body(body: &[u8]) {
     let usage = openai_chat::completion_usage(body);
     if let Some(u) = &usage {
@@ -429,48 +483,110 @@ pub fn upstream_body(body: &[u8]) {
             assert_eq!(m.usage, usage, "one body, two readings of its usage");
         }
     }
-    if let Ok((out, usage)) = translate::openai_to_anthropic_response(body, NEW_MODEL) {
-        let v = json_value(&out, "a translated response");
-        assert_eq!(v.get("model").and_then(|m| m.as_str()), Some(NEW_MODEL));
-        if let Some(u) = usage {
-            check_billing_usage(&u);
-            let back = anthropic::message_usage(&out);
-            assert_eq!(
-                back,
-                Some(anthropic::Usage {
-                    input_tokens: u.input_tokens,
-                    output_tokens: u.output_tokens,
-                    cache_creation_input_tokens: u.cache_write_tokens,
-                    cache_read_input_tokens: u.cache_read_tokens,
-                }),
-                "the translated body must carry the usage the translator returned"
-            );
+    for upstream in DIALECTS {
+        let Some(resp) = bridge::decode_response(upstream, body) else {
+            continue;
+        };
+        let usage = resp.metering.map(|m| m.usage);
+        if let Some(u) = &usage {
+            check_billing_usage(u);
         }
-    }
-    if let Ok((out, usage)) = translate::anthropic_to_openai_response(body, NEW_MODEL) {
-        let v = json_value(&out, "a translated response");
-        assert_eq!(v.get("model").and_then(|m| m.as_str()), Some(NEW_MODEL));
-        if let Some(u) = usage {
-            check_billing_usage(&u);
-            let back = openai_chat::completion_usage(&out)
-                .map(|b| (b.prompt_tokens, b.completion_tokens, b.cached_tokens));
-            assert_eq!(
-                back,
-                Some((openai_prompt(&u), u.output_tokens, u.cache_read_tokens)),
-                "the translated body must carry the usage the translator returned"
-            );
+        for client in DIALECTS.into_iter().filter(|d| *d != upstream) {
+            let out = encode_response(client, &resp);
+            let v = json_value(&out, "a translated response");
+            assert_eq!(v.get("model").and_then(|m| m.as_str()), Some(NEW_MODEL));
+            if let Some(u) = usage {
+                check_answer_usage(client, &out, &u);
+            }
         }
     }
     for status in ERROR_STATUSES {
-        let (s, out) = translate::openai_error_to_anthropic(status, body);
-        assert_eq!(s, status);
-        let v = json_value(&out, "a translated error");
-        assert_eq!(v.get("type").and_then(|t| t.as_str()), Some("error"));
-        assert!(v.pointer("/error/message").is_some_and(|m| m.is_string()));
-        let (s, out) = translate::anthropic_error_to_openai(status, body);
-        assert_eq!(s, if status == 529 { 503 } else { status });
-        let v = json_value(&out, "a translated error");
-        assert!(v.pointer("/error/message").is_some_and(|m| m.is_string()));
+        for (client, upstream) in DIALECTS
+            .into_iter()
+            .flat_map(|c| DIALECTS.map(|u| (c, u)))
+            .filter(|(c, u)| c != u)
+        {
+            let (s, out) =
+                bridge::upstream_error(client, upstream, status, Bytes::copy_from_slice(body));
+            if (client == Dialect::Anthropic) == (upstream == Dialect::Anthropic) {
+                // OpenAI's two dialects write one error object: the error passes as it came.
+                assert_eq!(
+                    (s, &out[..]),
+                    (status, body),
+                    "an error between OpenAI dialects"
+                );
+                continue;
+            }
+            let v = json_value(&out, "a translated error");
+            assert!(v.pointer("/error/message").is_some_and(|m| m.is_string()));
+            if client == Dialect::Anthropic {
+                assert_eq!(s, status);
+                assert_eq!(v.get("type").and_then(|t| t.as_str()), Some("error"));
+            } else {
+                // OpenAI clients do not know Anthropic's 529.
+                assert_eq!(s, if status == 529 { 503 } else { status });
+            }
+        }
+    }
+}
+
+/// An answer in the shape as `client`'s dialect writes it for a client that asked for
+/// [`NEW_MODEL`] (the encoders `ClientRequest::response` calls).
+fn encode_response(client: Dialect, resp: &Response) -> Vec<u8> {
+    match client {
+        Dialect::OpenAiChat => openai_chat::encode::response(resp, NEW_MODEL),
+        Dialect::Anthropic => anthropic::encode::response(resp, NEW_MODEL),
+        Dialect::OpenAiResponses => openai_responses::encode::response(resp, NEW_MODEL),
+    }
+}
+
+/// Whether `sum` of the counts fits in a `u64`: where a dialect that adds buckets together (the
+/// OpenAI dialects' input includes cached input) can write them without saturating.
+fn sums_exactly(u: &Usage) -> bool {
+    u.input_tokens
+        .checked_add(u.cache_read_tokens)
+        .and_then(|n| n.checked_add(u.cache_write_tokens))
+        .and_then(|n| n.checked_add(u.output_tokens))
+        .is_some()
+}
+
+/// Checks that an answer written for `client` carries `u`, read back with that dialect's own
+/// usage reader.
+fn check_answer_usage(client: Dialect, out: &[u8], u: &Usage) {
+    const WHY: &str = "the translated body must carry the usage the translator returned";
+    match client {
+        Dialect::Anthropic => assert_eq!(
+            anthropic::message_usage(out),
+            Some(anthropic_usage(u)),
+            "{WHY}"
+        ),
+        Dialect::OpenAiChat => {
+            let back = openai_chat::completion_usage(out)
+                .map(|b| (b.prompt_tokens, b.completion_tokens, b.cached_tokens));
+            assert_eq!(
+                back,
+                Some((openai_prompt(u), u.output_tokens, u.cache_read_tokens)),
+                "{WHY}"
+            );
+        }
+        Dialect::OpenAiResponses => {
+            let Some(back) = openai_responses::response(out) else {
+                panic!("a translated response that is not a response object");
+            };
+            if sums_exactly(u) {
+                assert_eq!(back.metering.map(|m| m.usage), Some(*u), "{WHY}");
+            }
+        }
+    }
+}
+
+/// Usage in billing terms as Anthropic's `usage` reads.
+fn anthropic_usage(u: &Usage) -> anthropic::Usage {
+    anthropic::Usage {
+        input_tokens: u.input_tokens,
+        output_tokens: u.output_tokens,
+        cache_creation_input_tokens: u.cache_write_tokens,
+        cache_read_input_tokens: u.cache_read_tokens,
     }
 }
 
@@ -503,22 +619,304 @@ fn translated_events(out: &[u8]) -> Vec<Bytes> {
     events
 }
 
-/// An OpenAI-dialect upstream stream: [`openai_chat::classify`] and [`openai_chat::may_matter`] on each
-/// event, as the relay reads them, and [`translate::OpenAiToAnthropicStream`] fed the same events
-/// as the relay feeds it (every event with data; at an error it writes the error event and stops).
+/// A streamed request of `client`'s dialect for [`NEW_MODEL`], as far as the bridge reads it to
+/// answer (`include_usage`: an OpenAI Chat client's `stream_options.include_usage`).
+fn client_request(client: Dialect, include_usage: bool) -> Vec<u8> {
+    let body = match client {
+        Dialect::OpenAiChat => serde_json::json!({"model": NEW_MODEL, "messages": [],
+            "stream": true, "stream_options": {"include_usage": include_usage}}),
+        Dialect::Anthropic => {
+            serde_json::json!({"model": NEW_MODEL, "max_tokens": 1, "messages": [], "stream": true})
+        }
+        Dialect::OpenAiResponses => {
+            serde_json::json!({"model": NEW_MODEL, "input": [], "stream": true})
+        }
+    };
+    body.to_string().into_bytes()
+}
+
+/// What a translated stream gave a client.
+struct Translated {
+    /// The client's bytes.
+    out: Vec<u8>,
+    /// The upstream reported an error, and the bridge wrote the client's error event.
+    failed: bool,
+    /// The counts the bridge held when the client's stream ended cleanly (its end marker, or
+    /// `finish`); `None` when it failed.
+    finished_with: Option<Option<Usage>>,
+    /// The counts the bridge holds at the very end.
+    usage: Option<Usage>,
+}
+
+/// `stream` from an upstream of `upstream`'s dialect through a [`bridge::Stream`] for a client of
+/// `client`'s, fed as the relay feeds a committed stream: each whole event with data until the
+/// client's stream ends (the upstream's end marker, or an error, for which the bridge writes the
+/// client's error event); then, on a clean end, `finish`, which must be idempotent.
+fn translate_stream(
+    client: Dialect,
+    upstream: Dialect,
+    include_usage: bool,
+    stream: &[u8],
+) -> Translated {
+    let request = client_request(client, include_usage);
+    let req = match ClientRequest::parse(client, &request) {
+        Ok(req) => req,
+        Err(e) => panic!("the harness's client request is refused: {}", e.message),
+    };
+    let mut translator = bridge::Stream::new(&req, upstream, "msg_fuzz");
+    assert!(translator.is_translated(), "{client:?} from {upstream:?}");
+    let usage = |t: &bridge::Stream| t.metering().map(|m| m.usage);
+    let mut frames = Vec::new();
+    let mut finished_with = None;
+    let mut failed = false;
+    for raw in whole_events(stream) {
+        if sse::parse(&raw).data.is_none() {
+            continue;
+        }
+        match translator.event(raw, true, &mut frames) {
+            StreamNote::Error(_) => {
+                failed = true;
+                break;
+            }
+            StreamNote::Done => {
+                finished_with = Some(usage(&translator));
+                // The client's stream has ended; what the upstream sends after that is not the
+                // translator's to show.
+                break;
+            }
+            StreamNote::Content | StreamNote::Nothing => {}
+        }
+    }
+    if !failed {
+        translator.finish(&mut frames);
+        finished_with.get_or_insert(usage(&translator));
+        let mut again = Vec::new();
+        translator.finish(&mut again);
+        assert!(again.is_empty(), "finish must be idempotent");
+    }
+    let mut out = Vec::new();
+    for frame in &frames {
+        out.extend_from_slice(frame);
+    }
+    Translated {
+        out,
+        failed,
+        finished_with,
+        usage: usage(&translator),
+    }
+}
+
+/// Checks a stream translated for `client`: see the checker of each dialect.
+fn check_translated_stream(client: Dialect, include_usage: bool, t: &Translated) {
+    if let Some(u) = &t.usage {
+        check_billing_usage(u);
+    }
+    if let Some(Some(u)) = &t.finished_with {
+        check_billing_usage(u);
+    }
+    match client {
+        Dialect::Anthropic => check_anthropic_client_stream(t),
+        Dialect::OpenAiChat => check_chat_client_stream(t, include_usage),
+        Dialect::OpenAiResponses => check_responses_client_stream(t),
+    }
+}
+
+/// An Anthropic client's stream is whole Anthropic events, each named by its JSON data's `type`:
+/// `message_start` first unless an error came first, then either one `message_stop` last, or an
+/// error event last. Read back by [`anthropic::classify`], a finished stream reports the usage
+/// the bridge held when it finished.
+fn check_anthropic_client_stream(t: &Translated) {
+    let events = translated_events(&t.out);
+    let mut usage = anthropic::Usage::default();
+    let mut kinds = Vec::new();
+    for raw in &events {
+        let ev = sse::parse(raw);
+        let name = ev.name.map(|n| String::from_utf8_lossy(n).into_owned());
+        let Some(data) = ev.data.as_deref() else {
+            panic!("a translated event without data");
+        };
+        let v = json_value(data, "a translated event's data");
+        assert_eq!(
+            v.get("type").and_then(|t| t.as_str()),
+            name.as_deref(),
+            "an event's name must be its type"
+        );
+        let kind = anthropic::classify(ev.name, Some(data), &mut usage);
+        kinds.push((name, kind));
+    }
+    let Some((last_name, last_kind)) = kinds.last() else {
+        panic!("a translated stream with no event");
+    };
+    if kinds.len() > 1 || !t.failed {
+        assert_eq!(
+            kinds.first().and_then(|(n, _)| n.as_deref()),
+            Some("message_start")
+        );
+    }
+    let stops = kinds
+        .iter()
+        .filter(|(_, k)| *k == anthropic::Event::Done)
+        .count();
+    if t.failed {
+        assert_eq!(last_name.as_deref(), Some("error"));
+        assert!(matches!(last_kind, anthropic::Event::Error(_)));
+        assert!(stops <= 1, "at most one message_stop");
+    } else {
+        assert_eq!(
+            (last_name.as_deref(), last_kind),
+            (Some("message_stop"), &anthropic::Event::Done)
+        );
+        assert_eq!(stops, 1, "one message_stop");
+    }
+    if let Some(u) = t.finished_with {
+        assert_eq!(
+            usage,
+            anthropic_usage(&u.unwrap_or_default()),
+            "the translated stream must carry the usage the bridge bills"
+        );
+    }
+}
+
+/// An OpenAI Chat client's stream is whole unnamed `data:` events of JSON chunks, ending with one
+/// `[DONE]` or, after an upstream error, with an error chunk. Read back by
+/// [`openai_chat::classify`], its usage chunk (present exactly when asked for) reports the usage
+/// the bridge held when it finished.
+fn check_chat_client_stream(t: &Translated, include_usage: bool) {
+    let events = translated_events(&t.out);
+    let mut reported = None;
+    let mut dones = 0;
+    for (i, raw) in events.iter().enumerate() {
+        let ev = sse::parse(raw);
+        assert!(ev.name.is_none(), "OpenAI chunks are unnamed");
+        let Some(data) = ev.data.as_deref() else {
+            panic!("a translated event without data");
+        };
+        let last = i + 1 == events.len();
+        match openai_chat::classify(None, Some(data)) {
+            openai_chat::Chunk::Done => {
+                assert!(
+                    last && !t.failed,
+                    "[DONE] must come last, once, and not after an error"
+                );
+                dones += 1;
+            }
+            openai_chat::Chunk::Error { .. } => {
+                assert!(
+                    last && t.failed,
+                    "an error chunk only for an upstream error, last"
+                );
+            }
+            openai_chat::Chunk::UsageOnly(u) => {
+                assert!(reported.is_none(), "one usage chunk");
+                reported = Some(u);
+            }
+            openai_chat::Chunk::Content { .. } | openai_chat::Chunk::Preamble => {
+                json_value(data, "a translated chunk");
+            }
+        }
+    }
+    assert_eq!(
+        dones,
+        usize::from(!t.failed),
+        "[DONE] ends a stream that did not fail"
+    );
+    if let Some(u) = t.finished_with
+        && include_usage
+    {
+        let u = u.unwrap_or_default();
+        let Some(r) = reported else {
+            panic!("include_usage asked for a usage chunk");
+        };
+        assert_eq!(
+            (r.prompt_tokens, r.completion_tokens, r.cached_tokens),
+            (openai_prompt(&u), u.output_tokens, u.cache_read_tokens),
+            "the usage chunk must carry the bridge's usage"
+        );
+    }
+    if !include_usage {
+        assert!(reported.is_none(), "a usage chunk nobody asked for");
+    }
+}
+
+/// A Responses client's stream is whole events, each named by its JSON data's `type` and
+/// numbered by `sequence_number` from 0 without a gap: `response.created` first unless an error
+/// came first, then either one `response.completed` or `response.incomplete` last, or `error`
+/// then `response.failed`. Read back by [`openai_responses::classify`], the end reports the usage
+/// the bridge held when it finished.
+fn check_responses_client_stream(t: &Translated) {
+    let events = translated_events(&t.out);
+    let mut kinds = Vec::new();
+    for (i, raw) in events.iter().enumerate() {
+        let ev = sse::parse(raw);
+        let name = ev.name.map(|n| String::from_utf8_lossy(n).into_owned());
+        let Some(data) = ev.data.as_deref() else {
+            panic!("a translated event without data");
+        };
+        let v = json_value(data, "a translated event's data");
+        assert_eq!(
+            v.get("type").and_then(|t| t.as_str()),
+            name.as_deref(),
+            "an event's name must be its type"
+        );
+        assert_eq!(
+            v.get("sequence_number").and_then(|n| n.as_u64()),
+            Some(i as u64),
+            "events are numbered from 0 in order"
+        );
+        kinds.push((name, openai_responses::classify(ev.name, Some(data))));
+    }
+    let Some((last_name, last_kind)) = kinds.last() else {
+        panic!("a translated stream with no event");
+    };
+    if kinds.len() > 2 || !t.failed {
+        assert_eq!(
+            kinds.first().and_then(|(n, _)| n.as_deref()),
+            Some("response.created")
+        );
+    }
+    let ends = kinds
+        .iter()
+        .filter(|(_, k)| matches!(k, openai_responses::Chunk::Done { .. }))
+        .count();
+    if t.failed {
+        let names: Vec<Option<&str>> = kinds.iter().map(|(n, _)| n.as_deref()).collect();
+        assert!(
+            names.ends_with(&[Some("error"), Some("response.failed")]),
+            "a failed stream ends with error then response.failed: {names:?}"
+        );
+        assert!(matches!(last_kind, openai_responses::Chunk::Error { .. }));
+        assert!(ends <= 1, "at most one end");
+    } else {
+        assert!(
+            matches!(
+                last_name.as_deref(),
+                Some("response.completed" | "response.incomplete")
+            ),
+            "{last_name:?} last"
+        );
+        assert_eq!(ends, 1, "one end");
+        if let (Some(u), openai_responses::Chunk::Done { metering }) = (t.finished_with, last_kind)
+            && u.as_ref().is_none_or(sums_exactly)
+        {
+            assert_eq!(
+                metering.map(|m| m.usage),
+                u,
+                "the end must carry the usage the bridge bills"
+            );
+        }
+    }
+}
+
+/// An OpenAI Chat upstream stream: [`openai_chat::classify`] and [`openai_chat::may_matter`] on
+/// each event, as the relay reads them, and the stream translated for each other client dialect
+/// ([`translate_stream`]).
 ///
 /// - An event that carries usage, an error or the end is one that `may_matter` keeps (unless its
 ///   keys are escaped, which no encoder does for ASCII names).
 /// - Usage counts the billing gate lets through can be summed.
-/// - The translated stream is whole Anthropic events, each named by its JSON data's `type`:
-///   `message_start` first unless an error came first, then either one `message_stop` last, or an
-///   error event last. Read back by [`anthropic::classify`], a finished stream reports the usage
-///   the translator held when it finished.
+/// - Each translation is a whole stream of the client's dialect that carries the usage the bridge
+///   bills ([`check_translated_stream`]).
 pub fn openai_stream(stream: &[u8]) {
-    let mut translator = translate::OpenAiToAnthropicStream::new(NEW_MODEL, "msg_fuzz");
-    let mut out = Vec::new();
-    let mut finished_with = None;
-    let mut failed = false;
     for raw in whole_events(stream) {
         let ev = sse::parse(&raw);
         let data = ev.data.as_deref();
@@ -544,196 +942,75 @@ pub fn openai_stream(stream: &[u8]) {
             | openai_chat::Chunk::Error { usage: Some(u), .. } => check_openai_usage(u),
             _ => {}
         }
-        let Some(d) = data else { continue };
-        if failed || finished_with.is_some() {
-            // The client's stream has ended (its end marker or an error event went out); what
-            // the upstream sends after that is not the translators' to show.
-            continue;
-        }
-        match translator.event(d, &mut out) {
-            translate::StreamNote::Error(message) => {
-                out.extend_from_slice(&translate::OpenAiToAnthropicStream::error_event(&message));
-                failed = true;
-            }
-            translate::StreamNote::Done => {
-                finished_with.get_or_insert(translator.usage());
-            }
-            translate::StreamNote::Content | translate::StreamNote::Nothing => {}
-        }
     }
-    if !failed {
-        translator.finish(&mut out);
-        finished_with.get_or_insert(translator.usage());
-        let mut again = Vec::new();
-        translator.finish(&mut again);
-        assert!(again.is_empty(), "finish must be idempotent");
-    }
-    let events = translated_events(&out);
-    let mut usage = anthropic::Usage::default();
-    let mut kinds = Vec::new();
-    for raw in &events {
-        let ev = sse::parse(raw);
-        let name = ev.name.map(|n| String::from_utf8_lossy(n).into_owned());
-        let Some(data) = ev.data.as_deref() else {
-            panic!("a translated event without data");
-        };
-        let v = json_value(data, "a translated event's data");
-        assert_eq!(
-            v.get("type").and_then(|t| t.as_str()),
-            name.as_deref(),
-            "an event's name must be its type"
-        );
-        let kind = anthropic::classify(ev.name, Some(data), &mut usage);
-        kinds.push((name, kind));
-    }
-    let Some((last_name, last_kind)) = kinds.last() else {
-        panic!("a translated stream with no event");
-    };
-    if kinds.len() > 1 || !failed {
-        assert_eq!(
-            kinds.first().and_then(|(n, _)| n.as_deref()),
-            Some("message_start")
-        );
-    }
-    let stops = kinds
-        .iter()
-        .filter(|(_, k)| *k == anthropic::Event::Done)
-        .count();
-    if failed {
-        assert_eq!(last_name.as_deref(), Some("error"));
-        assert!(matches!(last_kind, anthropic::Event::Error(_)));
-        assert!(stops <= 1, "at most one message_stop");
-    } else {
-        assert_eq!(
-            (last_name.as_deref(), last_kind),
-            (Some("message_stop"), &anthropic::Event::Done)
-        );
-        assert_eq!(stops, 1, "one message_stop");
-    }
-    if let Some(u) = finished_with {
-        let u = u.unwrap_or_default();
-        check_billing_usage(&u);
-        assert_eq!(
-            usage,
-            anthropic::Usage {
-                input_tokens: u.input_tokens,
-                output_tokens: u.output_tokens,
-                cache_creation_input_tokens: u.cache_write_tokens,
-                cache_read_input_tokens: u.cache_read_tokens,
-            },
-            "the translated stream must carry the usage the translator returns"
-        );
-    }
-    if let Some(u) = translator.usage() {
-        check_billing_usage(&u);
+    for client in [Dialect::Anthropic, Dialect::OpenAiResponses] {
+        let t = translate_stream(client, Dialect::OpenAiChat, false, stream);
+        check_translated_stream(client, false, &t);
     }
 }
 
-/// An Anthropic-dialect upstream stream (one control byte, then the SSE bytes):
-/// [`anthropic::classify`] on each event, and [`translate::AnthropicToOpenAiStream`] fed the same
-/// events as the relay feeds it (`include_usage` from the control byte).
+/// An Anthropic upstream stream (one control byte, then the SSE bytes): [`anthropic::classify`]
+/// on each event, and the stream translated for each other client dialect (an OpenAI Chat
+/// client's `include_usage` from the control byte).
 ///
 /// - Usage counts the billing gate lets through can be summed.
-/// - The translated stream is whole unnamed `data:` events of JSON chunks, ending with one
-///   `[DONE]` or, after an upstream error, with an error chunk. Read back by
-///   [`openai_chat::classify`], its usage chunk (present exactly when asked for) reports the usage the
-///   translator held when it finished.
+/// - Each translation is a whole stream of the client's dialect that carries the usage the bridge
+///   bills ([`check_translated_stream`]).
 pub fn anthropic_stream(input: &[u8]) {
     let Some((&control, stream)) = input.split_first() else {
         return;
     };
     let include_usage = control & 1 == 1;
-    let mut translator = translate::AnthropicToOpenAiStream::new(NEW_MODEL, include_usage);
     let mut usage = anthropic::Usage::default();
-    let mut out = Vec::new();
-    let mut finished_with = None;
-    let mut failed = false;
+    for raw in whole_events(stream) {
+        let ev = sse::parse(&raw);
+        anthropic::classify(ev.name, ev.data.as_deref(), &mut usage);
+        check_anthropic_usage(&usage);
+    }
+    for client in [Dialect::OpenAiChat, Dialect::OpenAiResponses] {
+        let t = translate_stream(client, Dialect::Anthropic, include_usage, stream);
+        check_translated_stream(client, include_usage, &t);
+    }
+}
+
+/// An OpenAI Responses upstream stream (one control byte, then the SSE bytes):
+/// [`openai_responses::classify`] and [`openai_responses::may_matter`] on each event, as the
+/// relay reads them, and the stream translated for each other client dialect (an OpenAI Chat
+/// client's `include_usage` from the control byte).
+///
+/// - An event that ends the stream, reports an error or carries usage is one that `may_matter`
+///   keeps (unless its keys are escaped).
+/// - Usage counts the billing gate lets through can be summed.
+/// - Each translation is a whole stream of the client's dialect that carries the usage the bridge
+///   bills ([`check_translated_stream`]).
+pub fn responses_stream(input: &[u8]) {
+    let Some((&control, stream)) = input.split_first() else {
+        return;
+    };
+    let include_usage = control & 1 == 1;
     for raw in whole_events(stream) {
         let ev = sse::parse(&raw);
         let data = ev.data.as_deref();
-        anthropic::classify(ev.name, data, &mut usage);
-        check_anthropic_usage(&usage);
-        let Some(d) = data else { continue };
-        if failed || finished_with.is_some() {
-            // The client's stream has ended (its end marker or an error event went out); what
-            // the upstream sends after that is not the translators' to show.
-            continue;
-        }
-        match translator.event(ev.name, d, &mut out) {
-            translate::StreamNote::Error(message) => {
-                out.extend_from_slice(&openai_chat::stream_error_event(&message));
-                failed = true;
-            }
-            translate::StreamNote::Done => {
-                finished_with.get_or_insert(translator.usage());
-            }
-            translate::StreamNote::Content | translate::StreamNote::Nothing => {}
-        }
-    }
-    if !failed {
-        translator.finish(&mut out);
-        finished_with.get_or_insert(translator.usage());
-        let mut again = Vec::new();
-        translator.finish(&mut again);
-        assert!(again.is_empty(), "finish must be idempotent");
-    }
-    let events = translated_events(&out);
-    let mut reported = None;
-    let mut dones = 0;
-    for (i, raw) in events.iter().enumerate() {
-        let ev = sse::parse(raw);
-        assert!(ev.name.is_none(), "OpenAI chunks are unnamed");
-        let Some(data) = ev.data.as_deref() else {
-            panic!("a translated event without data");
+        let (matters, metering) = match openai_responses::classify(ev.name, data) {
+            openai_responses::Chunk::Done { metering }
+            | openai_responses::Chunk::Error { metering, .. } => (true, metering),
+            openai_responses::Chunk::Content | openai_responses::Chunk::Preamble => (false, None),
         };
-        let last = i + 1 == events.len();
-        match openai_chat::classify(None, Some(data)) {
-            openai_chat::Chunk::Done => {
-                assert!(
-                    last && !failed,
-                    "[DONE] must come last, once, and not after an error"
-                );
-                dones += 1;
-            }
-            openai_chat::Chunk::Error { .. } => {
-                assert!(
-                    last && failed,
-                    "an error chunk only for an upstream error, last"
-                );
-            }
-            openai_chat::Chunk::UsageOnly(u) => {
-                assert!(reported.is_none(), "one usage chunk");
-                reported = Some(u);
-            }
-            openai_chat::Chunk::Content { .. } | openai_chat::Chunk::Preamble => {
-                json_value(data, "a translated chunk");
-            }
-        }
-    }
-    assert_eq!(
-        dones,
-        usize::from(!failed),
-        "[DONE] ends a stream that did not fail"
-    );
-    if let Some(u) = translator.usage() {
-        check_billing_usage(&u);
-    }
-    if let Some(u) = finished_with {
-        let u = u.unwrap_or_default();
-        check_billing_usage(&u);
-        if include_usage {
-            let Some(r) = reported else {
-                panic!("include_usage asked for a usage chunk");
-            };
-            assert_eq!(
-                (r.prompt_tokens, r.completion_tokens, r.cached_tokens),
-                (openai_prompt(&u), u.output_tokens, u.cache_read_tokens),
-                "the usage chunk must carry the translator's usage"
+        if let (true, Some(d)) = (matters, data)
+            && !d.contains(&b'\\')
+        {
+            assert!(
+                openai_responses::may_matter(ev.name, d),
+                "may_matter skips an event that ends the stream or reports an error"
             );
         }
+        if let Some(m) = metering {
+            check_billable(&m.usage, "responses usage");
+        }
     }
-    if !include_usage {
-        assert!(reported.is_none(), "a usage chunk nobody asked for");
+    for client in [Dialect::OpenAiChat, Dialect::Anthropic] {
+        let t = translate_stream(client, Dialect::OpenAiResponses, include_usage, stream);
+        check_translated_stream(client, include_usage, &t);
     }
 }
 
@@ -869,5 +1146,7 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("upstream_body", upstream_body),
     ("openai_stream", openai_stream),
     ("anthropic_stream", anthropic_stream),
+    ("responses_request", responses_request),
+    ("responses_stream", responses_stream),
     ("spool_segment", spool_segment),
 ];

@@ -45,6 +45,20 @@ fn anthropic_stream() {
 }
 
 #[test]
+fn responses_request() {
+    replay(
+        "responses_request",
+        fuzzing::responses_request,
+        RANDOM_CASES,
+    );
+}
+
+#[test]
+fn responses_stream() {
+    replay("responses_stream", fuzzing::responses_stream, RANDOM_CASES);
+}
+
+#[test]
 fn spool_segment() {
     replay("spool_segment", fuzzing::spool_segment, RANDOM_CASES);
 }
