@@ -9,7 +9,6 @@ pub mod json;
 pub mod openai_chat;
 pub mod openai_responses;
 pub mod shape;
-pub mod translate;
 pub mod usage;
 pub mod wire;
 

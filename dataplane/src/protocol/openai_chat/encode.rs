@@ -6,7 +6,8 @@
 //! - **Model families by id** ([`family`]): OpenAI's reasoning models (o1, o3, o4, gpt-5) get
 //!   `max_completion_tokens` instead of `max_tokens` and no `temperature`/`top_p` (they refuse
 //!   both: `samples/openai-error.json`); classic chat models (gpt-4o, gpt-4.1, gpt-3.5) get no
-//!   `reasoning_effort`. Other providers get the request as is.
+//!   `reasoning_effort`. Other providers get the request as is. A model's own limits (its
+//!   `max_tokens` ceiling, a tool-call id format some upstreams insist on) are not adapted.
 //! - **Text:** a turn made only of text is one string, its blocks joined with `"\n"` (several
 //!   OpenAI-compatible upstreams refuse content arrays); a turn with an image is content parts.
 //!   The system prompt is joined the same way; a system turn inside the conversation stays
