@@ -24,6 +24,7 @@ pub mod nodes;
 pub mod period;
 pub mod price_import;
 pub mod prices;
+pub mod request_log;
 pub mod rotate;
 pub mod routes;
 pub mod store;

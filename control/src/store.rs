@@ -37,6 +37,9 @@ pub(crate) const ROTATION_KEY: &[u8] = b"master_key_rotation";
 // --- health, chains, limits (issue 7): new trees, no layout change ---
 pub(crate) const CHAINS: &str = "chains";
 pub(crate) const KEY_DAYS: &str = "usage_key_days";
+/// The request log and its index (`request_log.rs`): new trees, no layout change.
+pub(crate) const REQUEST_LOG: &str = "request_log";
+pub(crate) const REQUEST_LOG_INDEX: &str = "request_log_index";
 /// Set once `usage_key_days` holds every stored record (see [`Store::backfill_key_days`]).
 const KEY_DAYS_BACKFILLED: &[u8] = b"key_days_backfilled";
 
@@ -94,6 +97,9 @@ pub struct Store {
     pub(crate) chains: sled::Tree,
     /// Per (key id, UTC day number) totals, for budgets by period.
     pub(crate) key_days: sled::Tree,
+    /// Start time ‖ request id → logged request; see `request_log.rs`.
+    pub(crate) request_log: sled::Tree,
+    pub(crate) request_log_index: sled::Tree,
     pub(crate) cipher: Cipher,
     /// Serializes admin writes, so that check-then-write validations (a label unique within a
     /// provider, a referenced provider existing) cannot race each other. Admin writes are rare;
@@ -138,6 +144,8 @@ impl Store {
             aliases: tree(ALIASES)?,
             chains: tree(CHAINS)?,
             key_days: tree(KEY_DAYS)?,
+            request_log: tree(REQUEST_LOG)?,
+            request_log_index: tree(REQUEST_LOG_INDEX)?,
             cipher: Cipher::new(master_key),
             admin_lock: Mutex::new(()),
             export_lock: std::sync::RwLock::new(()),

@@ -115,17 +115,42 @@ pub fn anthropic_error(status: StatusCode, kind: &str, message: &str) -> Respons
 }
 
 /// An error in the client's dialect. `code` is OpenAI's `code`; Anthropic's error type follows
-/// from the status.
+/// from the status. The code is noted for the request log ([`Unserved`]).
 pub fn client_error(
     protocol: Protocol,
     status: StatusCode,
     message: &str,
     code: Option<&str>,
 ) -> Response<Body> {
-    json_response(
+    let mut resp = json_response(
         status,
         bridge::error_body(protocol, status.as_u16(), message, code),
-    )
+    );
+    if let Some(code) = code {
+        unserved(&mut resp).error = code.to_string();
+    }
+    resp
+}
+
+/// What the request log records of a response that served nothing, beside its status. Each part
+/// is noted where it is known: the error code in [`client_error`], the model and the upstreams
+/// tried in [`Proxy::complete`], the key of an expired key where keys are checked
+/// (`server.rs`); [`Proxy::log_unserved`] writes the record. Extensions never reach the client.
+#[derive(Clone, Debug, Default)]
+pub struct Unserved {
+    /// The error code the client got; empty for none.
+    pub error: String,
+    /// The model the client asked for, when its body was read that far.
+    pub model: String,
+    /// Every upstream tried, in order.
+    pub attempts: Vec<pb::UpstreamAttempt>,
+    /// The key, when the refusal was decided before the request had one (an expired key).
+    pub key_id: Option<Arc<str>>,
+}
+
+/// The response's [`Unserved`] note, added if it has none yet.
+pub fn unserved(resp: &mut Response<Body>) -> &mut Unserved {
+    resp.extensions_mut().get_or_insert_default::<Unserved>()
 }
 
 /// What the handler knows about the request besides its body.
@@ -142,6 +167,8 @@ pub struct RequestCtx {
     /// The client's query string (`beta=true` from Claude Code), passed on to Anthropic upstreams
     /// of Anthropic clients.
     pub query: Option<String>,
+    /// The upstreams tried so far and how each failed, for the request log.
+    pub attempts: Vec<pb::UpstreamAttempt>,
 }
 
 pub fn now_ms() -> i64 {
@@ -273,22 +300,72 @@ fn upstream_request(
 
 impl Proxy {
     /// A completion request in `dialect` (`/v1/chat/completions`, `/v1/messages`, …) once the
-    /// key is known and the body read.
+    /// key is known and the body read. A response that served nothing carries its [`Unserved`]
+    /// note for the request log; a served one has written its record itself.
     pub async fn complete(
         self: &Arc<Self>,
         dialect: Protocol,
         table: &Table,
         client_headers: &HeaderMap,
         body: &[u8],
-        ctx: RequestCtx,
+        mut ctx: RequestCtx,
     ) -> Response<Body> {
         match ClientRequest::parse(dialect, body) {
-            Ok(req) => self.serve(table, client_headers, body, req, ctx).await,
-            Err(refusal) => json_response(
-                StatusCode::BAD_REQUEST,
-                bridge::refusal_body(dialect, &refusal),
-            ),
+            Ok(req) => {
+                let mut resp = self
+                    .serve(table, client_headers, body, &req, &mut ctx)
+                    .await;
+                if !resp.status().is_success() {
+                    let note = unserved(&mut resp);
+                    note.model = req.model().to_string();
+                    note.attempts = std::mem::take(&mut ctx.attempts);
+                }
+                resp
+            }
+            Err(refusal) => {
+                let mut resp = json_response(
+                    StatusCode::BAD_REQUEST,
+                    bridge::refusal_body(dialect, &refusal),
+                );
+                unserved(&mut resp).error = INVALID_REQUEST.to_string();
+                resp
+            }
         }
+    }
+
+    /// Writes the request log's record of a request that served nothing: billed nothing, with
+    /// the status, error code, model and upstreams tried that `resp` carries. Nothing for a
+    /// request whose key is unknown (no key, or one that is not a key).
+    pub fn log_unserved(
+        &self,
+        request_id: &str,
+        key_id: Option<&Arc<str>>,
+        dialect: Protocol,
+        started: Instant,
+        started_at_ms: i64,
+        resp: &Response<Body>,
+    ) {
+        let note = resp.extensions().get::<Unserved>();
+        let Some(key_id) = key_id.or_else(|| note.and_then(|n| n.key_id.as_ref())) else {
+            return;
+        };
+        let (error, model, attempts) = match note {
+            Some(n) => (n.error.clone(), n.model.clone(), n.attempts.clone()),
+            None => Default::default(),
+        };
+        self.usage.record(pb::UsageRecord {
+            request_id: request_id.to_string(),
+            key_id: key_id.to_string(),
+            model,
+            status: u32::from(resp.status().as_u16()),
+            started_at_ms,
+            latency_ms: ms_since(started),
+            dialect: dialect.name().to_string(),
+            error,
+            attempts,
+            unbilled: true,
+            ..pb::UsageRecord::default()
+        });
     }
 
     /// `POST /v1/messages/count_tokens`: forwarded when the candidate this request would go to
@@ -371,8 +448,8 @@ impl Proxy {
         table: &Table,
         client_headers: &HeaderMap,
         body: &[u8],
-        inbound: ClientRequest<'_>,
-        ctx: RequestCtx,
+        inbound: &ClientRequest<'_>,
+        ctx: &mut RequestCtx,
     ) -> Response<Body> {
         let protocol = inbound.dialect();
         // A chain (by name, or `chain:NAME`) tries its models in order.
@@ -417,7 +494,7 @@ impl Proxy {
                 .filter_map(|m| table.models.get(*m).map(|c| (*m, c)))
                 .collect();
             return self
-                .serve_routes(routes, chain_name, client_headers, body, &inbound, ctx)
+                .serve_routes(routes, chain_name, client_headers, body, inbound, ctx)
                 .await;
         }
         let Some(candidates) = table.models.get(inbound.model()) else {
@@ -449,7 +526,7 @@ impl Proxy {
             None,
             client_headers,
             body,
-            &inbound,
+            inbound,
             ctx,
         )
         .await
@@ -464,7 +541,7 @@ impl Proxy {
         client_headers: &HeaderMap,
         body: &[u8],
         inbound: &ClientRequest<'_>,
-        ctx: RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Response<Body> {
         let protocol = inbound.dialect();
         // Prompt tokens from the body size (about 4 bytes a token), output from the limit.
@@ -526,7 +603,7 @@ impl Proxy {
                         client_headers,
                         body,
                         inbound,
-                        &ctx,
+                        ctx,
                         model,
                         chain,
                         &mut permit,
@@ -544,6 +621,7 @@ impl Proxy {
                     }
                     Err(Attempt::Final(resp)) => {
                         self.metrics.attempt(&cand.provider.name, "refused");
+                        ctx.attempts.push(attempt_of(cand, "refused"));
                         health.end_probe();
                         self.blame(&suspects, false, &ctx.failures);
                         return resp;
@@ -565,6 +643,7 @@ impl Proxy {
                         let detail = failure.detail();
                         let detail = cand.redactor.text(&detail);
                         tracing::debug!(request_id = %ctx.request_id, detail = %detail, "upstream failure detail");
+                        ctx.attempts.push(attempt_of(cand, failure.outcome()));
                         failures.push(failure);
                     }
                 }
@@ -875,6 +954,13 @@ impl Proxy {
             ttfb_ms: 0,
             input_estimate: estimate_tokens(client_body.len()),
             request_bytes: client_body.len() as u64,
+            dialect: client_protocol,
+            stream: inbound.stream(),
+            attempts: {
+                let mut tried = ctx.attempts.clone();
+                tried.push(attempt_of(cand, "ok"));
+                tried
+            },
         };
         if inbound.stream() {
             let adapter = bridge::Stream::new(
@@ -949,6 +1035,18 @@ fn name_dropped(headers: &mut HeaderMap, dropped: &[String]) {
         headers.insert(DROPPED, value);
     }
 }
+
+/// The request log's note of one upstream tried.
+fn attempt_of(cand: &Candidate, outcome: &str) -> pb::UpstreamAttempt {
+    pb::UpstreamAttempt {
+        provider: cand.provider.name.to_string(),
+        credential_id: cand.credential_id.to_string(),
+        outcome: outcome.to_string(),
+    }
+}
+
+/// The request log's error code of a request whose body is not a request of its dialect.
+const INVALID_REQUEST: &str = "invalid_request";
 
 enum Attempt {
     Failed(Failure),
@@ -1364,6 +1462,11 @@ struct Record {
     chain: String,
     /// The key's limits, settled to the billed cost when the record is written.
     permit: Option<Permit>,
+    /// The client's dialect, whether it asked for a stream, and the upstreams tried (the last
+    /// one answered), for the request log.
+    dialect: Protocol,
+    stream: bool,
+    attempts: Vec<pb::UpstreamAttempt>,
 }
 
 impl Record {
@@ -1461,7 +1564,22 @@ impl Record {
             cache_write_tokens: u.cache_write_tokens,
             reported_cost_nano_usd: self.reported_cost_nano_usd,
             chain: self.chain,
+            dialect: self.dialect.name().to_string(),
+            stream: self.stream,
+            error: served_error(status).to_string(),
+            attempts: self.attempts,
+            unbilled: false,
         });
+    }
+}
+
+/// The request log's error code of a served request that ended with `status`: a committed stream
+/// that failed (502) or whose client went away (499), else none.
+fn served_error(status: u32) -> &'static str {
+    match status {
+        502 => "stream_failed",
+        499 => "client_closed_request",
+        _ => "",
     }
 }
 

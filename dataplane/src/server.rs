@@ -511,12 +511,15 @@ fn authenticate(
         && now_ms() >= p.expires_at_ms
     {
         gw.metrics.key_limit_refused("unauthenticated", "expired");
-        return Err(client_error(
+        let mut resp = client_error(
             protocol,
             StatusCode::UNAUTHORIZED,
             "This API key has expired.",
             Some("key_expired"),
-        ));
+        );
+        // The key is known: the refusal goes to the request log under it.
+        crate::proxy::unserved(&mut resp).key_id = Some(Arc::clone(&key.id));
+        return Err(resp);
     }
     let key = key.clone();
     Ok((table, key))
@@ -617,16 +620,19 @@ async fn proxied(
     let started = Instant::now();
     let started_at_ms = now_ms();
     // A served request (2xx) is logged with its usage when its response ends; anything else
-    // gets its one line here. Never the key or the body.
-    let not_served = |resp: Response<Body>, key_id: Option<&str>| {
+    // gets its one line here, and its record in the request log once its key is known. Never
+    // the key or the body.
+    let not_served = |resp: Response<Body>, key_id: Option<&Arc<str>>| {
         if !resp.status().is_success() {
             tracing::info!(
                 request_id,
-                client_key_id = key_id.unwrap_or(""),
+                client_key_id = key_id.map_or("", |k| &**k),
                 status = resp.status().as_u16(),
                 latency_ms = started.elapsed().as_millis() as u64,
                 "request not served"
             );
+            gw.proxy
+                .log_unserved(request_id, key_id, protocol, started, started_at_ms, &resp);
         }
         resp
     };
@@ -649,6 +655,7 @@ async fn proxied(
         started,
         started_at_ms,
         query,
+        attempts: Vec::new(),
     };
     let resp = gw
         .proxy

@@ -33,6 +33,8 @@
 //! | `prices`           | provider `\0` model id                       | imported price record      |
 //! | `fx_rates`         | currency code                                | exchange rate record       |
 //! | `aliases`          | alias                                        | alias record               |
+//! | `request_log`      | start time (Unix ms, `u64` BE) ‖ request id   | `LoggedRequest` protobuf   |
+//! | `request_log_index` | kind (`k` key id, `m` model, `s` status) ‖ value length (`u16` BE) ‖ value ‖ `request_log` key | empty |
 //!
 //! `usage_totals` values may be 9 x `u64` BE: the six above, then requests billed at a reported
 //! cost, their reported cost and their computed cost (nano-USD). A six-column row reads with

@@ -494,6 +494,49 @@ impl Admin for AdminService {
             rates: rates.into_iter().map(convert::fx).collect(),
         }))
     }
+
+    // --- request log ---
+
+    async fn list_requests(
+        &self,
+        req: Request<pb::ListRequestsRequest>,
+    ) -> Reply<pb::ListRequestsResponse> {
+        let req = req.into_inner();
+        let key_id = if req.key.is_empty() {
+            None
+        } else {
+            let rec = self
+                .store
+                .key_by_name(&req.key)?
+                .ok_or_else(|| Error::NotFound(format!("no key named {:?}", req.key)))?;
+            Some(rec.id)
+        };
+        let filter = crate::request_log::RequestFilter {
+            key_id,
+            model: (!req.model.is_empty()).then_some(req.model),
+            status: (req.status != 0).then_some(req.status),
+            since_ms: req.since_ms,
+            until_ms: req.until_ms,
+            limit: req.limit as usize,
+        };
+        let store = Arc::clone(&self.store);
+        let mut requests = tokio::task::spawn_blocking(move || store.list_requests(&filter))
+            .await
+            .map_err(|e| Status::internal(format!("request log task failed: {e}")))??;
+        // Keys by name: the key itself is never stored, and its id means nothing to people.
+        let names: HashMap<String, String> = self
+            .store
+            .keys()?
+            .into_iter()
+            .map(|k| (k.id, k.name))
+            .collect();
+        for entry in &mut requests {
+            if let Some(rec) = &entry.record {
+                entry.key = names.get(&rec.key_id).cloned().unwrap_or_default();
+            }
+        }
+        Ok(Response::new(pb::ListRequestsResponse { requests }))
+    }
 }
 
 /// Backup chunks stay well under the gRPC message limit.

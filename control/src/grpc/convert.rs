@@ -214,17 +214,18 @@ pub fn node(view: NodeView) -> pb::Node {
 }
 
 /// The wire record's `cost_nano_usd` is the computed cost; what the ledger bills is the
-/// provider's reported cost when the record carries one.
-pub fn usage_record(rec: pb::UsageRecord) -> UsageRec {
+/// provider's reported cost when the record carries one. Borrowed: the same record also goes to
+/// the request log.
+pub fn usage_record(rec: &pb::UsageRecord) -> UsageRec {
     UsageRec {
         computed_cost_nano_usd: Some(rec.cost_nano_usd),
         reported_cost_nano_usd: rec.reported_cost_nano_usd,
-        request_id: rec.request_id,
+        request_id: rec.request_id.clone(),
         node_id: String::new(),
-        key_id: rec.key_id,
-        model: rec.model,
-        provider: rec.provider,
-        credential_id: rec.credential_id,
+        key_id: rec.key_id.clone(),
+        model: rec.model.clone(),
+        provider: rec.provider.clone(),
+        credential_id: rec.credential_id.clone(),
         input_tokens: rec.input_tokens,
         output_tokens: rec.output_tokens,
         cost_nano_usd: rec.reported_cost_nano_usd.unwrap_or(rec.cost_nano_usd),
@@ -236,7 +237,7 @@ pub fn usage_record(rec: pb::UsageRecord) -> UsageRec {
         started_at_ms: rec.started_at_ms,
         estimated: rec.estimated,
         received_at_ms: 0,
-        chain: rec.chain,
+        chain: rec.chain.clone(),
     }
 }
 

@@ -22,3 +22,15 @@ pub enum Dialect {
     /// OpenAI Responses (`/v1/responses`), stateless.
     OpenAiResponses,
 }
+
+impl Dialect {
+    /// The dialect's name in the request log (`keyplanectl requests`), fixed by the operator
+    /// contract.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dialect::OpenAiChat => "openai-chat",
+            Dialect::Anthropic => "anthropic",
+            Dialect::OpenAiResponses => "openai-responses",
+        }
+    }
+}
