@@ -80,6 +80,27 @@ enum Command {
         #[arg(long)]
         by: Option<String>,
     },
+    /// The request log: every request the data planes answered or refused, newest first.
+    Requests {
+        /// Only this client key (by name).
+        #[arg(long)]
+        key: Option<String>,
+        /// Only this requested model.
+        #[arg(long)]
+        model: Option<String>,
+        /// Only this HTTP status (200, 404, 429, ...).
+        #[arg(long)]
+        status: Option<u32>,
+        /// Only requests started at or after this time (RFC 3339, or YYYY-MM-DD in UTC).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only requests started before this time (RFC 3339, or YYYY-MM-DD in UTC).
+        #[arg(long)]
+        until: Option<String>,
+        /// At most this many requests (at most 10000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        limit: u32,
+    },
     /// Fallback chains: a name that tries model after model.
     #[command(subcommand)]
     Chain(ChainCmd),
@@ -740,6 +761,35 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             } else {
                 out.usage_by(&by, &usage.rows);
             }
+        }
+        Command::Requests {
+            key,
+            model,
+            status,
+            since,
+            until,
+            limit,
+        } => {
+            let since_ms = since
+                .as_deref()
+                .map(|t| parse_time(t, "--since"))
+                .transpose()?
+                .unwrap_or(0);
+            let until_ms = until
+                .as_deref()
+                .map(|t| parse_time(t, "--until"))
+                .transpose()?
+                .unwrap_or(0);
+            let req = admin.request(pb::ListRequestsRequest {
+                key: key.unwrap_or_default(),
+                model: model.unwrap_or_default(),
+                status: status.unwrap_or(0),
+                since_ms,
+                until_ms,
+                limit,
+            })?;
+            let list = admin.client.list_requests(req).await?.into_inner();
+            out.requests(&list.requests);
         }
         Command::Nodes => {
             let req = admin.request(pb::ListNodesRequest {})?;

@@ -41,6 +41,16 @@ fn time_text(ms: i64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms as u64)).to_string()
 }
 
+/// What a logged request cost: nothing when it was not billed, else what the ledger bills (the
+/// provider's reported cost when it gave one).
+fn logged_cost(r: &pb::UsageRecord) -> u64 {
+    if r.unbilled {
+        0
+    } else {
+        r.reported_cost_nano_usd.unwrap_or(r.cost_nano_usd)
+    }
+}
+
 fn print_json(value: &Value) {
     // Serializing a Value cannot fail.
     println!(
@@ -469,6 +479,86 @@ impl Output {
                 "output",
                 "cost",
                 "billed",
+            ],
+            table,
+        );
+    }
+
+    /// `requests`: the request log, newest first. Keys by name only; credentials by id (an id,
+    /// never a secret).
+    pub fn requests(&self, list: &[pb::LoggedRequest]) {
+        let empty = pb::UsageRecord::default();
+        let text_or_null = |s: &str| {
+            if s.is_empty() { Value::Null } else { json!(s) }
+        };
+        let values = list
+            .iter()
+            .map(|e| {
+                let r = e.record.as_ref().unwrap_or(&empty);
+                json!({
+                    "request_id": r.request_id,
+                    "time": time(r.started_at_ms),
+                    "key": e.key,
+                    "dialect": r.dialect,
+                    "model": r.model,
+                    "chain": text_or_null(&r.chain),
+                    "provider": r.provider,
+                    "credential": r.credential_id,
+                    "status": r.status,
+                    "error": text_or_null(&r.error),
+                    "billed": !r.unbilled,
+                    "input_tokens": r.input_tokens,
+                    "output_tokens": r.output_tokens,
+                    "cache_read_tokens": r.cache_read_tokens,
+                    "cache_write_tokens": r.cache_write_tokens,
+                    "estimated": r.estimated,
+                    "cost_usd": logged_cost(r) as f64 / 1e9,
+                    "computed_cost_usd": r.cost_nano_usd as f64 / 1e9,
+                    "reported_cost_usd": r.reported_cost_nano_usd.map(|c| c as f64 / 1e9),
+                    "latency_ms": r.latency_ms,
+                    "ttft_ms": if r.stream && !r.unbilled { json!(r.ttfb_ms) } else { Value::Null },
+                    "stream": r.stream,
+                    "attempts": r.attempts.iter().map(|a| json!({
+                        "provider": a.provider,
+                        "credential": a.credential_id,
+                        "outcome": a.outcome,
+                    })).collect::<Vec<_>>(),
+                    "node_id": e.node_id,
+                })
+            })
+            .collect();
+        let table = list
+            .iter()
+            .map(|e| {
+                let r = e.record.as_ref().unwrap_or(&empty);
+                let dash = |s: &str| {
+                    if s.is_empty() {
+                        "-".to_string()
+                    } else {
+                        s.to_string()
+                    }
+                };
+                vec![
+                    time_text(r.started_at_ms),
+                    r.request_id.clone(),
+                    dash(&e.key),
+                    dash(&r.model),
+                    dash(&r.provider),
+                    r.status.to_string(),
+                    dash(&r.error),
+                    format!("{}/{}", r.input_tokens, r.output_tokens),
+                    format!("${}", decimal(logged_cost(r), 9)),
+                    format!("{} ms", r.latency_ms),
+                    r.attempts.len().to_string(),
+                ]
+            })
+            .collect();
+        self.emit(
+            false,
+            values,
+            &[
+                "time", "request", "key", "model", "provider", "status", "error", "tokens", "cost",
+                "latency", "attempts",
             ],
             table,
         );
