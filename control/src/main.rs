@@ -64,6 +64,29 @@ struct Args {
     /// Time limit of one provider's catalog sync (fetch and parse), in seconds.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     catalog_sync_timeout_secs: u64,
+    /// How long the request log keeps an entry (`30d`, `12h`, `90m`, `45s`); older entries are
+    /// pruned in the background.
+    #[arg(long, default_value = "30d", value_parser = parse_retention)]
+    request_log_retention: Duration,
+}
+
+/// A retention of at least a second, in humantime's syntax (`30d`, `12h 30m`, `45s`).
+fn parse_retention(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration such as 30d, 12h or 90s: {e}"))?;
+    if d < Duration::from_secs(1) {
+        return Err(format!("{text:?} is shorter than a second"));
+    }
+    Ok(d)
+}
+
+/// Entries one pruning step deletes: each step is one sled batch per tree.
+const PRUNE_BATCH: usize = 1_000;
+
+/// How often the request log is pruned: a quarter of the retention, between 1 s and a minute,
+/// so an entry outlives its retention by at most that.
+fn prune_every(retention: Duration) -> Duration {
+    (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
 }
 
 #[derive(Subcommand, Debug)]
@@ -402,6 +425,13 @@ async fn run(args: Args) -> Result<(), Failure> {
         },
     );
     let sync_loop = tokio::spawn(Arc::clone(&syncer).run(cancel.clone()));
+    let pruner = tokio::spawn(keyplane_control::request_log::prune_forever(
+        Arc::clone(&store),
+        args.request_log_retention,
+        prune_every(args.request_log_retention),
+        PRUNE_BATCH,
+        cancel.clone(),
+    ));
     let services = grpc::Services {
         store: Arc::clone(&store),
         routes,
@@ -428,6 +458,7 @@ async fn run(args: Args) -> Result<(), Failure> {
         let _ = task.await;
     }
     let _ = sync_loop.await;
+    let _ = pruner.await;
     signals.abort();
     store
         .flush()

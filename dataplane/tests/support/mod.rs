@@ -58,7 +58,16 @@ impl Cluster {
         dp_args: &[&str],
         tune: impl Fn(&mut FakeConfig),
     ) -> Cluster {
-        let cp = ControlPlane::start();
+        Self::start_on(ControlPlane::start(), offers, dp_args, tune)
+    }
+
+    /// [`Cluster::start_with`] around a control plane started by the caller (with flags).
+    pub fn start_on(
+        cp: ControlPlane,
+        offers: &[Offer<'_>],
+        dp_args: &[&str],
+        tune: impl Fn(&mut FakeConfig),
+    ) -> Cluster {
         let mut fakes = Vec::new();
         for o in offers {
             let mut config = FakeConfig {
