@@ -101,7 +101,7 @@ fn spawn_announced(
     log_path: &Path,
     what: &str,
 ) -> (Child, SocketAddr) {
-    let (child, addr, _) = spawn_announced_with(cmd, prefix, None, log_path, what);
+    let (child, addr, _) = spawn_announced_with(cmd, prefix, &[], log_path, what);
     (child, addr)
 }
 
@@ -109,10 +109,10 @@ fn spawn_announced(
 fn spawn_announced_with(
     mut cmd: Command,
     prefix: &'static str,
-    also: Option<&'static str>,
+    also: &'static [&'static str],
     log_path: &Path,
     what: &str,
-) -> (Child, SocketAddr, Option<SocketAddr>) {
+) -> (Child, SocketAddr, Vec<Option<SocketAddr>>) {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -134,15 +134,19 @@ fn spawn_announced_with(
                 .and_then(|v| v["message"].as_str().map(str::to_string))
                 .unwrap_or(line);
             if let Some(addr) = line.strip_prefix(prefix) {
-                let _ = tx.send((true, addr.trim().to_string()));
-            } else if let Some(addr) = also.and_then(|a| line.strip_prefix(a)) {
-                let _ = tx.send((false, addr.trim().to_string()));
+                let _ = tx.send((None, addr.trim().to_string()));
+            } else if let Some((i, addr)) = also
+                .iter()
+                .enumerate()
+                .find_map(|(i, a)| Some((i, line.strip_prefix(a)?)))
+            {
+                let _ = tx.send((Some(i), addr.trim().to_string()));
             }
         }
     });
-    let mut other = None;
+    let mut other = vec![None; also.len()];
     loop {
-        let Ok((main, addr)) = rx.recv_timeout(Duration::from_secs(30)) else {
+        let Ok((which, addr)) = rx.recv_timeout(Duration::from_secs(30)) else {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
@@ -150,10 +154,10 @@ fn spawn_announced_with(
                 std::fs::read_to_string(log_path).unwrap_or_default()
             );
         };
-        if main {
-            return (child, addr.parse().unwrap(), other);
+        match which {
+            None => return (child, addr.parse().unwrap(), other),
+            Some(i) => other[i] = Some(addr.parse().unwrap()),
         }
-        other = Some(addr.parse().unwrap());
     }
 }
 
@@ -210,6 +214,8 @@ pub struct ControlOptions {
     pub mutual_tls: bool,
     /// Start a metrics listener on a free loopback port (`--metrics-listen`).
     pub metrics: bool,
+    /// Start the web console on a free loopback port (`--console-listen`).
+    pub console: bool,
     /// More flags (`--log-format json`, say).
     pub extra_args: Vec<String>,
 }
@@ -261,6 +267,8 @@ pub struct ControlPlane {
     pub options: ControlOptions,
     /// The metrics listener's address, with [`ControlOptions::metrics`].
     pub metrics_addr: Option<SocketAddr>,
+    /// The console's address, with [`ControlOptions::console`].
+    pub console_addr: Option<SocketAddr>,
     _tmp: tempfile::TempDir,
 }
 
@@ -300,6 +308,7 @@ impl ControlPlane {
             node_token: random_token(),
             options,
             metrics_addr: None,
+            console_addr: None,
             _tmp: tmp,
         }
     }
@@ -365,16 +374,21 @@ impl ControlPlane {
             let port = self.metrics_addr.map_or(0, |a| a.port());
             cmd.arg("--metrics-listen").arg(format!("127.0.0.1:{port}"));
         }
+        if self.options.console {
+            let port = self.console_addr.map_or(0, |a| a.port());
+            cmd.arg("--console-listen").arg(format!("127.0.0.1:{port}"));
+        }
         cmd.args(&self.options.extra_args);
-        let (child, addr, metrics) = spawn_announced_with(
+        let (child, addr, others) = spawn_announced_with(
             cmd,
             "keyplane-control listening on ",
-            Some("keyplane-control metrics on "),
+            &["keyplane-control metrics on ", "console listening on "],
             &self.log_path,
             "keyplane-control",
         );
         self.addr = addr;
-        self.metrics_addr = metrics;
+        self.metrics_addr = others[0];
+        self.console_addr = others[1];
         self.child = Some(child);
     }
 
