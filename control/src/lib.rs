@@ -3,13 +3,15 @@
 //! It keeps providers, credentials (sealed at rest), the model catalog, client keys (hashes only)
 //! and the usage ledger in one sled store ([`store`]); compiles them into route tables and pushes
 //! those to data planes ([`routes`]); and ingests the data planes' usage, idempotently
-//! ([`ledger`]). Everything reaches the outside through [`grpc`].
+//! ([`ledger`]). Everything reaches the outside through [`grpc`], and operators' browsers through
+//! [`console`].
 
 pub mod backup;
 pub mod catalog;
 pub mod catalog_sync;
 pub mod chains;
 pub mod config;
+pub mod console;
 pub mod creds;
 pub mod error;
 #[doc(hidden)]

@@ -50,11 +50,16 @@ struct Args {
     /// Address of a plain-HTTP listener serving Prometheus `GET /metrics`.
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
+    /// Address of the web console (operators sign in with the admin token; key holders use
+    /// /portal). HTTPS with --tls-cert; plain HTTP only on a loopback address unless --insecure.
+    /// Off when not given.
+    #[arg(long)]
+    console_listen: Option<SocketAddr>,
     /// Log line format on stderr.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
-    /// Allow a non-loopback --listen address without TLS (tokens and secrets cross the network
-    /// in plain text).
+    /// Allow a non-loopback --listen or --console-listen address without TLS (tokens and
+    /// secrets cross the network in plain text).
     #[arg(long)]
     insecure: bool,
     /// Seconds between catalog syncs of each provider with a catalog adapter (also synced on
@@ -299,6 +304,17 @@ fn check_insecure(args: &Args) -> Result<(), Failure> {
             args.listen
         )));
     }
+    if let Some(console) = args.console_listen
+        && args.tls_cert.is_none()
+        && !console.ip().is_loopback()
+        && !args.insecure
+    {
+        return Err(Failure::Config(format!(
+            "refusing to serve the console in plain text on {console} (not loopback): the admin \
+             token and session cookies would cross the network readable; give --tls-cert and \
+             --tls-key, or --insecure"
+        )));
+    }
     Ok(())
 }
 
@@ -385,6 +401,41 @@ async fn run(args: Args) -> Result<(), Failure> {
         }
         None => None,
     };
+    let console_task = match args.console_listen {
+        Some(addr) => {
+            let acceptor = match (&args.tls_cert, &args.tls_key) {
+                (Some(cert), Some(key)) => Some(
+                    keyplane_control::console::tls_acceptor(cert, key).map_err(Failure::Config)?,
+                ),
+                _ => None,
+            };
+            let console_listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| Failure::Runtime(format!("cannot listen on {addr}: {e}")))?;
+            let bound = console_listener
+                .local_addr()
+                .map_err(|e| Failure::Runtime(format!("cannot read the console address: {e}")))?;
+            let console = Arc::new(keyplane_control::console::Console::new(
+                Arc::clone(&store),
+                Arc::clone(&routes),
+                Arc::clone(&registry),
+                TokenCheck::new(&secrets.admin_token, "admin token"),
+                acceptor.is_some(),
+            ));
+            announce(
+                args.log_format,
+                format!("console listening on {bound}"),
+                Some(("console_listen", bound.to_string())),
+            );
+            Some(tokio::spawn(keyplane_control::console::serve(
+                console_listener,
+                acceptor,
+                console,
+                cancel.clone(),
+            )))
+        }
+        None => None,
+    };
     // One line on stdout that scripts (and the testkit) wait for; logs go to stderr.
     if !secrets.dev_files.is_empty() {
         let files: Vec<String> = secrets
@@ -455,6 +506,9 @@ async fn run(args: Args) -> Result<(), Failure> {
     }
     let _ = compiler.await;
     if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
+    if let Some(task) = console_task {
         let _ = task.await;
     }
     let _ = sync_loop.await;

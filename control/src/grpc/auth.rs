@@ -20,7 +20,8 @@ impl TokenCheck {
         }
     }
 
-    fn matches(&self, presented: &str) -> bool {
+    /// Whether `presented` is the token (constant time).
+    pub fn matches(&self, presented: &str) -> bool {
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         bool::from(digest.ct_eq(&self.digest))
     }

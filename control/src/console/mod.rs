@@ -1,0 +1,745 @@
+//! The web console (`--console-listen`): server-rendered pages over the control plane's own
+//! store, for operators who sign in with the admin token.
+//!
+//! Security rules every handler keeps:
+//! - a page needs a live session ([`session::Sessions`]), whose id travels only in an
+//!   `HttpOnly; SameSite=Strict` cookie (`Secure` over TLS);
+//! - every POST carries the session's CSRF token and, when the browser says where it comes from
+//!   (`Origin`, `Sec-Fetch-Site`), comes from this console;
+//! - sign-in attempts are limited per client address;
+//! - every response carries a Content-Security-Policy without inline script or style, and
+//!   `no-store`, so a page that showed a new key is not kept in a cache;
+//! - no page renders a secret, a token or a full client key, except the one response that
+//!   creates a key.
+
+mod assets;
+mod data;
+mod session;
+mod views;
+
+pub use session::{AttemptLimit, Principal, Sessions};
+
+use crate::catalog::ProviderRec;
+use crate::error::Error;
+use crate::grpc::TokenCheck;
+use crate::nodes::Registry;
+use crate::routes::Routes;
+use crate::store::{Store, now_ms};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Extension, Form, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use maud::Markup;
+use session::Session;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use views::Notice;
+
+/// The session cookie's name.
+const COOKIE: &str = "keyplane_session";
+
+/// Sign-in attempts allowed per client address per minute.
+pub const SIGN_IN_ATTEMPTS_PER_MINUTE: usize = 5;
+
+/// The policy every response carries: only this origin's files, no inline code, no framing.
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                   connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; \
+                   frame-ancestors 'none'";
+
+/// What the console's handlers share.
+pub struct Console {
+    pub store: Arc<Store>,
+    pub routes: Arc<Routes>,
+    pub registry: Arc<Registry>,
+    pub admin_token: TokenCheck,
+    pub sessions: Sessions,
+    pub attempts: AttemptLimit,
+    /// Served over HTTPS: the cookie is `Secure`, and the expected origin is `https://`.
+    pub tls: bool,
+}
+
+impl Console {
+    pub fn new(
+        store: Arc<Store>,
+        routes: Arc<Routes>,
+        registry: Arc<Registry>,
+        admin_token: TokenCheck,
+        tls: bool,
+    ) -> Console {
+        Console {
+            store,
+            routes,
+            registry,
+            admin_token,
+            sessions: Sessions::default(),
+            attempts: AttemptLimit::new(SIGN_IN_ATTEMPTS_PER_MINUTE, Duration::from_secs(60)),
+            tls,
+        }
+    }
+
+    /// After a write: durable before the answer, then the route table recompiled (as the Admin
+    /// service does).
+    async fn committed(&self) -> Result<(), Error> {
+        self.store.flush().await?;
+        self.routes.changed();
+        Ok(())
+    }
+}
+
+/// The connecting client's address, put on each request by the accept loop.
+#[derive(Clone, Copy)]
+struct Peer(SocketAddr);
+
+/// The routes of the console.
+fn router(console: Arc<Console>) -> Router {
+    Router::new()
+        .route("/", get(overview))
+        .route("/login", get(login_form).post(login))
+        .route("/logout", post(logout))
+        .route("/keys", get(keys).post(create_key))
+        .route("/keys/revoke", post(revoke_key))
+        .route("/providers", get(providers))
+        .route("/credentials", post(add_credential))
+        .route("/credentials/enable", post(enable_credential))
+        .route("/nodes", get(nodes))
+        .route("/connect", get(connect))
+        .route("/assets/{file}", get(asset))
+        .fallback(not_found)
+        .with_state(console)
+}
+
+/// Serves the console until `cancel` fires: HTTPS when `tls` is given, else plain HTTP/1.1.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    console: Arc<Console>,
+    cancel: CancellationToken,
+) {
+    let router = router(console);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(err) => {
+                    tracing::warn!(error = %err, "console accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = cancel.cancelled() => return,
+        };
+        let router = router.clone();
+        let tls = tls.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |mut req: http::Request<_>| {
+                req.extensions_mut().insert(Peer(peer));
+                let router = router.clone();
+                async move {
+                    let resp = tower::ServiceExt::oneshot(router, req.map(Body::new)).await;
+                    let mut resp = match resp {
+                        Ok(resp) => resp,
+                        Err(never) => match never {},
+                    };
+                    harden(resp.headers_mut());
+                    Ok::<_, Infallible>(resp)
+                }
+            });
+            let builder = {
+                let mut b = hyper::server::conn::http1::Builder::new();
+                // A client that never finishes its request head must not hold a task forever.
+                b.timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10));
+                b
+            };
+            match tls {
+                Some(acceptor) => {
+                    let Ok(Ok(stream)) =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                            .await
+                    else {
+                        return;
+                    };
+                    let conn =
+                        builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                    tokio::select! { _ = conn => {}, () = cancel.cancelled() => {} }
+                }
+                None => {
+                    let conn =
+                        builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                    tokio::select! { _ = conn => {}, () = cancel.cancelled() => {} }
+                }
+            }
+        });
+    }
+}
+
+/// A TLS acceptor for the console from the control plane's `--tls-cert`/`--tls-key`.
+pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<TlsAcceptor, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| format!("--tls-cert {}: {e}", cert.display()))?;
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("--tls-key {}: {e}", key.display()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("TLS setup: {e}"))?
+    .with_no_client_auth()
+    .with_single_cert(chain, key_der)
+    .map_err(|e| format!("--tls-cert/--tls-key do not make a usable pair: {e}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The headers every response carries.
+fn harden(headers: &mut HeaderMap) {
+    let set = |headers: &mut HeaderMap, name: header::HeaderName, value: &'static str| {
+        headers.insert(name, HeaderValue::from_static(value));
+    };
+    set(headers, header::CONTENT_SECURITY_POLICY, CSP);
+    set(headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    set(headers, header::REFERRER_POLICY, "no-referrer");
+    set(headers, header::X_FRAME_OPTIONS, "DENY");
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        set(headers, header::CACHE_CONTROL, "no-store");
+    }
+}
+
+fn page(status: StatusCode, markup: Markup) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        markup.into_string(),
+    )
+        .into_response()
+}
+
+fn see_other(location: &str) -> Response {
+    (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response()
+}
+
+fn refused(why: &str) -> Response {
+    page(StatusCode::FORBIDDEN, views::message("Refused", why))
+}
+
+/// An error of the store, for the operator: the message of a refusal, a generic line otherwise
+/// (the details go to the log).
+fn error_text(err: &Error) -> String {
+    match err {
+        Error::InvalidArgument(m) | Error::NotFound(m) | Error::AlreadyExists(m) => m.clone(),
+        other => {
+            tracing::error!(error = %other, "console request failed");
+            "internal error; see the control plane's log".to_string()
+        }
+    }
+}
+
+fn internal(err: &Error) -> Response {
+    page(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        views::message("Error", &error_text(err)),
+    )
+}
+
+/// The session id in the request's cookie.
+fn cookie_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+        .map(str::to_string)
+        .next()
+}
+
+/// The operator's session, if the request has one.
+fn operator(c: &Console, headers: &HeaderMap) -> Option<Session> {
+    let session = c.sessions.get(&cookie_id(headers)?)?;
+    (session.principal == Principal::Operator).then_some(session)
+}
+
+/// Whether a state-changing request comes from this console's own pages, as far as the browser
+/// says: `Sec-Fetch-Site` must be `same-origin` and `Origin` this console's origin when sent.
+fn same_origin(c: &Console, headers: &HeaderMap) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site")
+        && site.as_bytes() != b"same-origin"
+    {
+        return false;
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default();
+        let scheme = if c.tls { "https" } else { "http" };
+        return origin.to_str().ok() == Some(&format!("{scheme}://{host}"));
+    }
+    true
+}
+
+/// A form's fields by name (the last value of a repeated name wins).
+type Fields = HashMap<String, String>;
+
+/// Why a request was refused, as the operator reads it.
+const CROSS_ORIGIN: &str = "This request did not come from the console's own pages.";
+
+/// The checks of every POST behind sign-in: origin, session, CSRF token. The error is the
+/// refusal's text (answered with 403).
+fn guard(c: &Console, headers: &HeaderMap, fields: &Fields) -> Result<Session, &'static str> {
+    if !same_origin(c, headers) {
+        return Err(CROSS_ORIGIN);
+    }
+    let Some(session) = operator(c, headers) else {
+        return Err("Sign in first.");
+    };
+    let presented = fields.get("csrf").map_or("", String::as_str);
+    if !session::same(presented, &session.csrf) {
+        return Err(
+            "The form's security token is missing or stale: reload the page and try again.",
+        );
+    }
+    Ok(session)
+}
+
+fn set_cookie(c: &Console, id: &str, max_age: u64) -> HeaderValue {
+    let secure = if c.tls { "; Secure" } else { "" };
+    let text =
+        format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}");
+    // The id is hex, so the value is always a valid header value.
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+// --- sign-in ---
+
+async fn login_form(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    if operator(&c, &headers).is_some() {
+        return see_other("/");
+    }
+    page(StatusCode::OK, views::login("/login", "Admin token", None))
+}
+
+async fn login(
+    State(c): State<Arc<Console>>,
+    Extension(Peer(peer)): Extension<Peer>,
+    headers: HeaderMap,
+    Form(fields): Form<Fields>,
+) -> Response {
+    if !same_origin(&c, &headers) {
+        return refused(CROSS_ORIGIN);
+    }
+    if let Err(wait) = c.attempts.attempt(peer.ip()) {
+        tracing::warn!(client = %peer.ip(), "console sign-in attempts over the limit");
+        let mut resp = page(
+            StatusCode::TOO_MANY_REQUESTS,
+            views::login(
+                "/login",
+                "Admin token",
+                Some("Too many sign-in attempts: wait a minute and try again."),
+            ),
+        );
+        if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return resp;
+    }
+    let token = fields.get("token").map_or("", String::as_str);
+    if !c.admin_token.matches(token.trim()) {
+        tracing::warn!(client = %peer.ip(), "console sign-in with a wrong admin token");
+        return page(
+            StatusCode::UNAUTHORIZED,
+            views::login("/login", "Admin token", Some("Wrong admin token.")),
+        );
+    }
+    let (id, _) = c.sessions.create(Principal::Operator);
+    tracing::info!(client = %peer.ip(), "console sign-in");
+    let mut resp = see_other("/");
+    resp.headers_mut().insert(
+        header::SET_COOKIE,
+        set_cookie(&c, &id, session::SESSION_TTL.as_secs()),
+    );
+    resp
+}
+
+async fn logout(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Form(fields): Form<Fields>,
+) -> Response {
+    if let Err(why) = guard(&c, &headers, &fields) {
+        return refused(why);
+    }
+    if let Some(id) = cookie_id(&headers) {
+        c.sessions.remove(&id);
+    }
+    let mut resp = see_other("/login");
+    resp.headers_mut()
+        .insert(header::SET_COOKIE, set_cookie(&c, "", 0));
+    resp
+}
+
+// --- pages ---
+
+/// Runs a blocking store read off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("console task failed: {e}")))?
+}
+
+async fn overview(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(session) = operator(&c, &headers) else {
+        return see_other("/login");
+    };
+    let window = q.get("window").map_or("day", String::as_str);
+    let Some(&(name, _, hours)) = data::WINDOWS.iter().find(|w| w.0 == window) else {
+        return page(
+            StatusCode::BAD_REQUEST,
+            views::message("Bad request", "Unknown window."),
+        );
+    };
+    let store = Arc::clone(&c.store);
+    match blocking(move || data::overview(&store, now_ms(), hours, None)).await {
+        Ok(o) => page(
+            StatusCode::OK,
+            views::layout("Overview", "/", &session.csrf, views::overview(&o, name)),
+        ),
+        Err(e) => internal(&e),
+    }
+}
+
+/// Every key with its spend in its current budget period.
+fn key_rows(store: &Store) -> Result<Vec<views::KeyRow>, Error> {
+    let now = now_ms();
+    store
+        .keys()?
+        .into_iter()
+        .map(|key| {
+            let from = crate::period::period_start_day(key.policy.period(), now);
+            let spent = store.key_spend_since(&key.id, from)?;
+            Ok(views::KeyRow {
+                spent_nano_usd: spent.cost_nano_usd,
+                spent_tokens: spent.input_tokens + spent.output_tokens,
+                key,
+            })
+        })
+        .collect()
+}
+
+async fn keys_page(
+    c: &Console,
+    session: &Session,
+    status: StatusCode,
+    created: Option<(&str, &str)>,
+    n: Notice,
+) -> Response {
+    let store = Arc::clone(&c.store);
+    match blocking(move || key_rows(&store)).await {
+        Ok(rows) => page(
+            status,
+            views::layout(
+                "Keys",
+                "/keys",
+                &session.csrf,
+                views::keys(&rows, created, &n, &session.csrf),
+            ),
+        ),
+        Err(e) => internal(&e),
+    }
+}
+
+async fn keys(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    let Some(session) = operator(&c, &headers) else {
+        return see_other("/login");
+    };
+    keys_page(&c, &session, StatusCode::OK, None, Notice::None).await
+}
+
+/// The policy of the create-key form, as `keyplanectl key create` takes it.
+fn policy_of(fields: &Fields) -> Result<crate::keys::PolicyInput, String> {
+    let text = |name: &str| {
+        fields
+            .get(name)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    fn number<T: std::str::FromStr>(name: &str, v: Option<String>) -> Result<Option<T>, String> {
+        v.map(|v| {
+            v.parse::<T>()
+                .map_err(|_| format!("{name} {v:?} is not a whole number"))
+        })
+        .transpose()
+    }
+    let expires_at_ms = match text("expires") {
+        None => None,
+        Some(d) => {
+            let parts: Vec<i64> = d.split('-').filter_map(|p| p.parse().ok()).collect();
+            let [y, m, day] = parts.as_slice() else {
+                return Err(format!("expiry {d:?} is not a date (YYYY-MM-DD)"));
+            };
+            Some(crate::period::days_from_civil(*y, *m, *day) * 86_400_000)
+        }
+    };
+    Ok(crate::keys::PolicyInput {
+        budget_usd: text("budget_usd"),
+        budget_tokens: number("budget (tokens)", text("budget_tokens"))?,
+        period: text("period"),
+        rpm: number("requests per minute", text("rpm"))?,
+        tpm: number("tokens per minute", text("tpm"))?,
+        concurrency: number("concurrent requests", text("concurrency"))?,
+        models: text("models"),
+        expires_at_ms,
+    })
+}
+
+async fn create_key(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Form(fields): Form<Fields>,
+) -> Response {
+    let session = match guard(&c, &headers, &fields) {
+        Ok(s) => s,
+        Err(why) => return refused(why),
+    };
+    let name = fields.get("name").map_or("", |n| n.trim()).to_string();
+    let policy = match policy_of(&fields) {
+        Ok(p) => p,
+        Err(m) => {
+            return keys_page(
+                &c,
+                &session,
+                StatusCode::BAD_REQUEST,
+                None,
+                Notice::Error(m),
+            )
+            .await;
+        }
+    };
+    let store = Arc::clone(&c.store);
+    let made = {
+        let name = name.clone();
+        blocking(move || store.create_key_with(&name, &policy)).await
+    };
+    let (rec, key) = match made {
+        Ok(made) => made,
+        Err(e) => {
+            let status = match e {
+                Error::AlreadyExists(_) => StatusCode::CONFLICT,
+                Error::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            let n = Notice::Error(error_text(&e));
+            return keys_page(&c, &session, status, None, n).await;
+        }
+    };
+    if let Err(e) = c.committed().await {
+        return internal(&e);
+    }
+    tracing::info!(key_name = %rec.name, client_key_id = %rec.id, "client key created (console)");
+    keys_page(
+        &c,
+        &session,
+        StatusCode::OK,
+        Some((&rec.name, key.expose())),
+        Notice::None,
+    )
+    .await
+}
+
+async fn revoke_key(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Form(fields): Form<Fields>,
+) -> Response {
+    let session = match guard(&c, &headers, &fields) {
+        Ok(s) => s,
+        Err(why) => return refused(why),
+    };
+    let name = fields.get("name").cloned().unwrap_or_default();
+    let store = Arc::clone(&c.store);
+    let n = match blocking(move || store.revoke_key(&name)).await {
+        Ok(rec) => match c.committed().await {
+            Ok(()) => {
+                tracing::info!(key_name = %rec.name, client_key_id = %rec.id, "client key revoked (console)");
+                Notice::Done(format!("Key {} revoked.", rec.name))
+            }
+            Err(e) => Notice::Error(error_text(&e)),
+        },
+        Err(e) => Notice::Error(error_text(&e)),
+    };
+    keys_page(&c, &session, StatusCode::OK, None, n).await
+}
+
+async fn providers_page(c: &Console, session: &Session, status: StatusCode, n: Notice) -> Response {
+    let store = Arc::clone(&c.store);
+    let read = blocking(move || Ok((store.providers()?, store.credentials()?))).await;
+    match read {
+        Ok((providers, credentials)) => {
+            let providers: Vec<ProviderRec> = providers;
+            page(
+                status,
+                views::layout(
+                    "Providers",
+                    "/providers",
+                    &session.csrf,
+                    views::providers(&providers, &credentials, now_ms(), &n, &session.csrf),
+                ),
+            )
+        }
+        Err(e) => internal(&e),
+    }
+}
+
+async fn providers(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    let Some(session) = operator(&c, &headers) else {
+        return see_other("/login");
+    };
+    providers_page(&c, &session, StatusCode::OK, Notice::None).await
+}
+
+async fn add_credential(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Form(mut fields): Form<Fields>,
+) -> Response {
+    let session = match guard(&c, &headers, &fields) {
+        Ok(s) => s,
+        Err(why) => return refused(why),
+    };
+    // Moved out of the form at once, into the type that zeroes and redacts it.
+    let secret = crate::creds::Secret::new(fields.remove("secret").unwrap_or_default());
+    let get = |k: &str| fields.get(k).cloned().unwrap_or_default();
+    let (provider, label, multiplier, resets) = (
+        get("provider"),
+        get("label"),
+        get("multiplier"),
+        get("quota_resets"),
+    );
+    let store = Arc::clone(&c.store);
+    let added = blocking(move || {
+        if secret.expose().trim().is_empty() {
+            return Err(Error::InvalidArgument("the secret is empty".into()));
+        }
+        store.add_credential_with(&provider, &label, &multiplier, &secret, &resets)
+    })
+    .await;
+    let (status, n) = match added {
+        Ok(rec) => match c.committed().await {
+            Ok(()) => {
+                tracing::info!(provider = %rec.provider, credential_id = %rec.id, "credential added (console)");
+                (
+                    StatusCode::OK,
+                    Notice::Done(format!("Credential {} added to {}.", rec.id, rec.provider)),
+                )
+            }
+            Err(e) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Notice::Error(error_text(&e)),
+            ),
+        },
+        Err(e) => (StatusCode::BAD_REQUEST, Notice::Error(error_text(&e))),
+    };
+    providers_page(&c, &session, status, n).await
+}
+
+async fn enable_credential(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Form(fields): Form<Fields>,
+) -> Response {
+    let session = match guard(&c, &headers, &fields) {
+        Ok(s) => s,
+        Err(why) => return refused(why),
+    };
+    let id = fields.get("id").cloned().unwrap_or_default();
+    let store = Arc::clone(&c.store);
+    let n = match blocking(move || store.enable_credential(&id)).await {
+        Ok(rec) => match c.committed().await {
+            Ok(()) => {
+                tracing::info!(credential_id = %rec.id, "credential enabled (console)");
+                Notice::Done(format!("Credential {} enabled.", rec.id))
+            }
+            Err(e) => Notice::Error(error_text(&e)),
+        },
+        Err(e) => Notice::Error(error_text(&e)),
+    };
+    providers_page(&c, &session, StatusCode::OK, n).await
+}
+
+async fn nodes(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    let Some(session) = operator(&c, &headers) else {
+        return see_other("/login");
+    };
+    let registry = Arc::clone(&c.registry);
+    match blocking(move || registry.list()).await {
+        Ok(list) => page(
+            StatusCode::OK,
+            views::layout("Nodes", "/nodes", &session.csrf, views::nodes(&list)),
+        ),
+        Err(e) => internal(&e),
+    }
+}
+
+async fn connect(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(session) = operator(&c, &headers) else {
+        return see_other("/login");
+    };
+    let url = q
+        .get("url")
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "https://127.0.0.1:8080".to_string());
+    page(
+        StatusCode::OK,
+        views::layout(
+            "Connect a tool",
+            "/connect",
+            &session.csrf,
+            views::connect(&url),
+        ),
+    )
+}
+
+async fn asset(axum::extract::Path(file): axum::extract::Path<String>) -> Response {
+    match assets::find(&file) {
+        Some((ctype, body)) => (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, ctype),
+                (header::CACHE_CONTROL, "public, max-age=3600"),
+            ],
+            body,
+        )
+            .into_response(),
+        None => not_found(Method::GET).await,
+    }
+}
+
+async fn not_found(_: Method) -> Response {
+    page(
+        StatusCode::NOT_FOUND,
+        views::message("Not found", "There is no such page."),
+    )
+}

@@ -1,0 +1,425 @@
+//! The console's pages, as maud templates: every value is escaped by the template, and no page
+//! carries inline script or style (the Content-Security-Policy forbids both).
+
+use super::data::{Overview, Totals, WINDOWS};
+use crate::catalog::{CredentialRec, ProviderRec};
+use crate::keys::ClientKeyRec;
+use crate::nodes::NodeView;
+use maud::{DOCTYPE, Markup, html};
+
+/// Navigation entries: (path, label).
+const NAV: [(&str, &str); 5] = [
+    ("/", "Overview"),
+    ("/keys", "Keys"),
+    ("/providers", "Providers"),
+    ("/nodes", "Nodes"),
+    ("/connect", "Connect a tool"),
+];
+
+/// A message shown above a page's content.
+pub enum Notice {
+    None,
+    Error(String),
+    Done(String),
+}
+
+fn notice(n: &Notice) -> Markup {
+    html! {
+        @match n {
+            Notice::None => {},
+            Notice::Error(m) => p.notice.error role="alert" { (m) },
+            Notice::Done(m) => p.notice.done role="status" { (m) },
+        }
+    }
+}
+
+fn head(title: &str) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            title { (title) " · Keyplane" }
+            link rel="stylesheet" href="/assets/uPlot.min.css";
+            link rel="stylesheet" href="/assets/console.css";
+            script src="/assets/uPlot.iife.min.js" defer {}
+            script src="/assets/console.js" defer {}
+        }
+    }
+}
+
+/// The hidden field every state-changing form carries.
+pub fn csrf_field(csrf: &str) -> Markup {
+    html! { input type="hidden" name="csrf" value=(csrf); }
+}
+
+/// The signed-in layout: navigation, sign-out, the page.
+pub fn layout(title: &str, active: &str, csrf: &str, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            (head(title))
+            body {
+                header.top {
+                    span.brand { "Keyplane" }
+                    nav {
+                        @for (path, label) in NAV {
+                            a href=(path) class=[(path == active).then_some("active")] { (label) }
+                        }
+                    }
+                    form.signout method="post" action="/logout" {
+                        (csrf_field(csrf))
+                        button type="submit" { "Sign out" }
+                    }
+                }
+                main {
+                    h1 { (title) }
+                    (body)
+                }
+            }
+        }
+    }
+}
+
+pub fn login(action: &str, what: &str, error: Option<&str>) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            (head("Sign in"))
+            body.login {
+                main {
+                    h1 { "Keyplane" }
+                    form method="post" action=(action) {
+                        @if let Some(e) = error { p.notice.error role="alert" { (e) } }
+                        label for="token" { (what) }
+                        input #token type="password" name="token" autocomplete="off" required autofocus;
+                        button type="submit" { "Sign in" }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A short error page (not signed in, refused, not found).
+pub fn message(title: &str, text: &str) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            (head(title))
+            body.login { main { h1 { (title) } p { (text) } p { a href="/" { "Back" } } } }
+        }
+    }
+}
+
+/// Nano-USD as dollars with up to six decimals.
+pub fn usd(nano: u64) -> String {
+    format!("${}", crate::money::format_micros(nano / 1000))
+}
+
+fn ms_text(ms: i64) -> String {
+    if ms <= 0 {
+        return "—".to_string();
+    }
+    let day = crate::period::day_of(ms);
+    let in_day = ms.rem_euclid(86_400_000) / 1000;
+    format!(
+        "{} {:02}:{:02}:{:02} UTC",
+        crate::period::day_text(day),
+        in_day / 3600,
+        in_day / 60 % 60,
+        in_day % 60
+    )
+}
+
+fn totals_cells(t: &Totals) -> Markup {
+    html! {
+        td.num { (t.requests) }
+        td.num { (usd(t.cost_nano_usd)) }
+        td.num { (t.input_tokens) }
+        td.num { (t.output_tokens) }
+        td.num { (format!("{}.{}%", t.error_per_mille() / 10, t.error_per_mille() % 10)) }
+    }
+}
+
+fn breakdown(title: &str, rows: &[(String, Totals)]) -> Markup {
+    html! {
+        section {
+            h2 { "Spend by " (title) }
+            @if rows.is_empty() { p.empty { "No usage in this window." } } @else {
+                table {
+                    thead { tr { th { (title) } th { "Requests" } th { "Spend" } th { "Input tokens" } th { "Output tokens" } th { "Errors" } } }
+                    tbody {
+                        @for (name, t) in rows { tr { td { (name) } (totals_cells(t)) } }
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub fn overview(o: &Overview, window: &str) -> Markup {
+    let series: Vec<(i64, u64, u64)> = o
+        .series
+        .iter()
+        .map(|(at, t)| (at / 1000, t.requests, t.cost_nano_usd))
+        .collect();
+    let series = serde_json::to_string(&series).unwrap_or_default();
+    html! {
+        section {
+            table.windows {
+                thead { tr { th { "Window" } th { "Requests" } th { "Spend" } th { "Input tokens" } th { "Output tokens" } th { "Errors" } } }
+                tbody {
+                    @for (w, t) in WINDOWS.iter().zip(&o.windows) {
+                        tr { td { (w.1) } (totals_cells(t)) }
+                    }
+                }
+            }
+        }
+        nav.windows {
+            "Breakdown over: "
+            @for w in WINDOWS {
+                a href={ "/?window=" (w.0) } class=[(w.0 == window).then_some("active")] { (w.1) }
+            }
+        }
+        section {
+            h2 { "Requests and spend per hour" }
+            div #chart data-series=(series) {}
+        }
+        (breakdown("model", &o.by_model))
+        (breakdown("provider", &o.by_provider))
+        (breakdown("key", &o.by_key))
+    }
+}
+
+/// A key row: the key, and its spend in its current budget period.
+pub struct KeyRow {
+    pub key: ClientKeyRec,
+    pub spent_nano_usd: u64,
+    pub spent_tokens: u64,
+}
+
+fn policy_text(k: &ClientKeyRec) -> String {
+    let p = &k.policy;
+    let mut parts = Vec::new();
+    if p.rpm > 0 {
+        parts.push(format!("{} rpm", p.rpm));
+    }
+    if p.tpm > 0 {
+        parts.push(format!("{} tpm", p.tpm));
+    }
+    if p.concurrency > 0 {
+        parts.push(format!("{} concurrent", p.concurrency));
+    }
+    if !p.models.is_empty() {
+        parts.push(format!("models {}", p.models.join(",")));
+    }
+    if p.expires_at_ms > 0 {
+        parts.push(format!("expires {}", ms_text(p.expires_at_ms)));
+    }
+    if parts.is_empty() {
+        "no limits".to_string()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn budget_text(r: &KeyRow) -> String {
+    let p = &r.key.policy;
+    let mut parts = Vec::new();
+    if p.budget_nano_usd > 0 {
+        parts.push(format!(
+            "{} of {} ({})",
+            usd(r.spent_nano_usd),
+            usd(p.budget_nano_usd),
+            p.period()
+        ));
+    } else {
+        parts.push(format!("{} ({})", usd(r.spent_nano_usd), p.period()));
+    }
+    if p.budget_tokens > 0 {
+        parts.push(format!("{} of {} tokens", r.spent_tokens, p.budget_tokens));
+    }
+    parts.join("; ")
+}
+
+/// The keys page; `created` is (name, full key) right after a creation, the only time a key is
+/// ever rendered.
+pub fn keys(rows: &[KeyRow], created: Option<(&str, &str)>, n: &Notice, csrf: &str) -> Markup {
+    html! {
+        (notice(n))
+        @if let Some((name, secret)) = created {
+            section.created {
+                h2 { "Key " (name) " created" }
+                p { "Copy it now: it is shown this once and never again." }
+                input.secret #new-key readonly value=(secret) aria-label="The new client key";
+                button.copy type="button" data-copy="new-key" { "Copy" }
+            }
+        }
+        section {
+            table #keys {
+                thead { tr { th { "Name" } th { "Key" } th { "Spend (period)" } th { "Limits" } th { "Created" } th { "State" } th {} } }
+                tbody {
+                    @for r in rows {
+                        tr {
+                            td.name { (r.key.name) }
+                            td.mono { (crate::keys::KEY_PREFIX) "…" }
+                            td { (budget_text(r)) }
+                            td { (policy_text(&r.key)) }
+                            td { (ms_text(r.key.created_at_ms)) }
+                            td { @if r.key.revoked_at_ms.is_some() { "revoked" } @else { "active" } }
+                            td {
+                                @if r.key.revoked_at_ms.is_none() {
+                                    form method="post" action="/keys/revoke" {
+                                        (csrf_field(csrf))
+                                        input type="hidden" name="name" value=(r.key.name);
+                                        button.danger type="submit" { "Revoke" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        section {
+            h2 { "Create a key" }
+            form.grid #create-key method="post" action="/keys" {
+                (csrf_field(csrf))
+                label { "Name" input name="name" required pattern="[A-Za-z0-9._-]+"; }
+                label { "Budget (USD)" input name="budget_usd" inputmode="decimal"; }
+                label { "Budget (tokens)" input name="budget_tokens" inputmode="numeric"; }
+                label { "Period" select name="period" {
+                    option value="" { "total" } option value="daily" { "daily" }
+                    option value="weekly" { "weekly" } option value="monthly" { "monthly" }
+                } }
+                label { "Requests per minute" input name="rpm" inputmode="numeric"; }
+                label { "Tokens per minute" input name="tpm" inputmode="numeric"; }
+                label { "Concurrent requests" input name="concurrency" inputmode="numeric"; }
+                label { "Models (globs, comma-separated)" input name="models"; }
+                label { "Expires (UTC date)" input name="expires" type="date"; }
+                button type="submit" { "Create key" }
+            }
+        }
+    }
+}
+
+pub fn providers(
+    providers: &[ProviderRec],
+    credentials: &[CredentialRec],
+    now_ms: i64,
+    n: &Notice,
+    csrf: &str,
+) -> Markup {
+    html! {
+        (notice(n))
+        @for p in providers {
+            section.provider {
+                h2 { (p.name) }
+                p.meta {
+                    (p.protocol.as_str()) " · " (p.base_url)
+                    " · timeouts: connect " (p.timeouts.connect_ms) " ms, first byte "
+                    (p.timeouts.first_byte_ms) " ms, idle " (p.timeouts.idle_ms) " ms"
+                }
+                table.credentials {
+                    thead { tr { th { "Credential" } th { "Label" } th { "Multiplier" } th { "State" } th { "Since" } th { "Until" } th { "Reason" } th {} } }
+                    tbody {
+                        @for c in credentials.iter().filter(|c| c.provider == p.name) {
+                            @let (state, since) = c.effective_state(now_ms);
+                            tr {
+                                td.mono { (c.id) }
+                                td { (c.label) }
+                                td.num { (crate::money::format_micros(c.multiplier_ppm)) }
+                                td class={ "state " (state) } { (state) }
+                                td { (ms_text(since)) }
+                                td { @if state != "active" { (ms_text(c.state_until_ms)) } }
+                                td { @if state != "active" { (c.state_reason) } }
+                                td {
+                                    @if state != "active" {
+                                        form method="post" action="/credentials/enable" {
+                                            (csrf_field(csrf))
+                                            input type="hidden" name="id" value=(c.id);
+                                            button type="submit" { "Enable" }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        @if providers.is_empty() { p.empty { "No providers yet: add one with keyplanectl provider add." } }
+        @else {
+            section {
+                h2 { "Add a credential" }
+                form.grid #add-credential method="post" action="/credentials" {
+                    (csrf_field(csrf))
+                    label { "Provider" select name="provider" {
+                        @for p in providers { option value=(p.name) { (p.name) } }
+                    } }
+                    label { "Label" input name="label"; }
+                    label { "Multiplier" input name="multiplier" placeholder="1" inputmode="decimal"; }
+                    label { "Quota resets" select name="quota_resets" {
+                        option value="" { "never" } option value="daily" { "daily" }
+                        option value="weekly" { "weekly" } option value="monthly" { "monthly" }
+                    } }
+                    label { "Secret (stored sealed, never shown again)"
+                        input type="password" name="secret" autocomplete="off" required; }
+                    button type="submit" { "Add credential" }
+                }
+            }
+        }
+    }
+}
+
+pub fn nodes(nodes: &[NodeView]) -> Markup {
+    html! {
+        @if nodes.is_empty() { p.empty { "No data plane has connected yet." } } @else {
+            table #nodes {
+                thead { tr { th { "Node" } th { "Connected" } th { "Route version" } th { "Connected since" } th { "Last seen" } } }
+                tbody {
+                    @for n in nodes {
+                        tr {
+                            td { (n.node_id) }
+                            td { @if n.connected { "yes" } @else { "no" } }
+                            td.num { (n.route_version) }
+                            td { (ms_text(n.connected_since_ms)) }
+                            td { (ms_text(n.last_seen_ms)) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Ready-to-paste settings for the common tools, pointed at `url` (a data plane's base URL).
+pub fn connect(url: &str) -> Markup {
+    let base = url.trim_end_matches('/');
+    let claude = format!(
+        "export ANTHROPIC_BASE_URL={base}\nexport ANTHROPIC_AUTH_TOKEN=kp_...   # a Keyplane client key\nexport ANTHROPIC_MODEL=anthropic/claude-sonnet-4.5   # any client-facing model name\nclaude"
+    );
+    let codex = format!(
+        "# ~/.codex/config.toml\nmodel = \"demo/chat\"   # any client-facing model name\nmodel_provider = \"keyplane\"\n\n[model_providers.keyplane]\nname = \"Keyplane\"\nbase_url = \"{base}/v1\"\nenv_key = \"KEYPLANE_API_KEY\"\nwire_api = \"responses\"\n\n# then, in the shell:\nexport KEYPLANE_API_KEY=kp_...\ncodex"
+    );
+    let sdk = format!(
+        "from openai import OpenAI\nclient = OpenAI(base_url=\"{base}/v1\", api_key=\"kp_...\")\n\n# or, for tools that read the environment (Cursor's OpenAI base URL setting takes the same URL):\nexport OPENAI_BASE_URL={base}/v1\nexport OPENAI_API_KEY=kp_..."
+    );
+    let aider = format!(
+        "export OPENAI_API_BASE={base}/v1\nexport OPENAI_API_KEY=kp_...\naider --model openai/demo/chat"
+    );
+    html! {
+        form.inline method="get" action="/connect" {
+            label { "Data plane URL " input name="url" value=(base) placeholder="https://gateway.example.com:8080"; }
+            button type="submit" { "Show settings" }
+        }
+        p { "Use a client key from the Keys page in place of " code { "kp_..." } ". With a private CA, also point the tool at it (" code { "NODE_EXTRA_CA_CERTS" } " for Claude Code, " code { "CODEX_CA_CERTIFICATE" } " for Codex, " code { "SSL_CERT_FILE" } " for Python)." }
+        @for (id, title, text) in [("claude", "Claude Code", &claude), ("codex", "Codex CLI", &codex), ("sdk", "OpenAI SDK and Cursor", &sdk), ("aider", "aider", &aider)] {
+            section {
+                h2 { (title) }
+                pre #(id) { (text) }
+                button.copy type="button" data-copy=(id) { "Copy" }
+            }
+        }
+    }
+}

@@ -1,0 +1,522 @@
+//! The web console against the real `keyplane-control` over loopback: headers, sign-in, cookies,
+//! CSRF, the sign-in limit, key creation shown once, and no secret on any page.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use keyplane_testkit::http::{HttpRequest, HttpResponse};
+use keyplane_testkit::process::{ControlOptions, ControlPlane, TlsFiles};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A refused attempt: what it shows, its form fields, its extra headers.
+type Attempt<'a> = (
+    &'a str,
+    Vec<(&'a str, &'a str)>,
+    Vec<(&'static str, &'a str)>,
+);
+
+fn start() -> ControlPlane {
+    ControlPlane::start_with(ControlOptions {
+        console: true,
+        ..ControlOptions::default()
+    })
+}
+
+fn console(cp: &ControlPlane) -> SocketAddr {
+    cp.console_addr.expect("the console announced its address")
+}
+
+/// `application/x-www-form-urlencoded`, every byte but unreserved ones percent-encoded.
+fn form(fields: &[(&str, &str)]) -> Vec<u8> {
+    let enc = |s: &str| {
+        s.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect::<String>()
+    };
+    fields
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+        .into_bytes()
+}
+
+fn get(addr: SocketAddr, path: &str, cookie: Option<&str>) -> HttpResponse {
+    let mut req = HttpRequest::get(path);
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    req.send(addr, TIMEOUT).unwrap()
+}
+
+fn post(
+    addr: SocketAddr,
+    path: &str,
+    cookie: Option<&str>,
+    fields: &[(&str, &str)],
+    extra: &[(&'static str, &str)],
+) -> HttpResponse {
+    let mut req = HttpRequest {
+        method: "POST",
+        path,
+        headers: vec![(
+            "content-type",
+            "application/x-www-form-urlencoded".to_string(),
+        )],
+        body: form(fields),
+    };
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    for (k, v) in extra {
+        req = req.header(k, v);
+    }
+    req.send(addr, TIMEOUT).unwrap()
+}
+
+/// `name=value` of the response's session cookie.
+fn cookie_of(resp: &HttpResponse) -> Option<String> {
+    let set = resp.header("set-cookie")?;
+    Some(set.split(';').next()?.trim().to_string())
+}
+
+/// Signs in with the admin token; returns the cookie to send.
+fn sign_in(cp: &ControlPlane) -> String {
+    let resp = post(
+        console(cp),
+        "/login",
+        None,
+        &[("token", &cp.admin_token)],
+        &[],
+    );
+    assert_eq!(resp.status, 303, "{}", resp.text());
+    assert_eq!(resp.header("location"), Some("/"));
+    cookie_of(&resp).expect("a session cookie")
+}
+
+/// The CSRF token in a page's forms.
+fn csrf_of(html: &str) -> String {
+    let marker = "name=\"csrf\" value=\"";
+    let start = html.find(marker).expect("a CSRF field") + marker.len();
+    html[start..start + 64].to_string()
+}
+
+fn assert_hardened(resp: &HttpResponse, what: &str) {
+    let csp = resp.header("content-security-policy").unwrap_or_default();
+    for part in [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(csp.contains(part), "{what}: CSP {csp:?} lacks {part}");
+    }
+    assert!(!csp.contains("unsafe-inline"), "{what}: {csp}");
+    assert_eq!(
+        resp.header("x-content-type-options"),
+        Some("nosniff"),
+        "{what}"
+    );
+    assert_eq!(
+        resp.header("referrer-policy"),
+        Some("no-referrer"),
+        "{what}"
+    );
+}
+
+#[test]
+fn every_response_carries_the_security_headers_and_pages_have_no_inline_code() {
+    let cp = start();
+    let addr = console(&cp);
+    let cookie = sign_in(&cp);
+    for path in [
+        "/",
+        "/keys",
+        "/providers",
+        "/nodes",
+        "/connect",
+        "/login",
+        "/no-such-page",
+    ] {
+        let resp = get(addr, path, Some(&cookie));
+        assert_hardened(&resp, path);
+        let html = resp.text();
+        assert!(!html.contains("<script>"), "{path}: inline script");
+        assert!(!html.contains("<style"), "{path}: inline style");
+        assert!(!html.contains(" style="), "{path}: style attribute");
+        assert!(!html.contains(" onclick="), "{path}: inline handler");
+    }
+    assert_eq!(get(addr, "/no-such-page", Some(&cookie)).status, 404);
+    for asset in [
+        "console.js",
+        "console.css",
+        "uPlot.iife.min.js",
+        "uPlot.min.css",
+    ] {
+        let resp = get(addr, &format!("/assets/{asset}"), None);
+        assert_eq!(resp.status, 200, "{asset}");
+        assert!(resp.body.len() > 100, "{asset} is embedded");
+        assert_hardened(&resp, asset);
+    }
+    // Without a session every page sends the browser to the sign-in form.
+    let anon = get(addr, "/keys", None);
+    assert_eq!(anon.status, 303);
+    assert_eq!(anon.header("location"), Some("/login"));
+    assert_hardened(&anon, "redirect");
+}
+
+#[test]
+fn sign_in_sets_a_strict_cookie_a_wrong_token_gets_none_and_sign_out_ends_it() {
+    let cp = start();
+    let addr = console(&cp);
+
+    let wrong = post(addr, "/login", None, &[("token", "not-the-token")], &[]);
+    assert_eq!(wrong.status, 401);
+    assert!(wrong.header("set-cookie").is_none());
+    assert!(wrong.text().contains("Wrong admin token"));
+    let forged = get(addr, "/", Some("keyplane_session=00ff"));
+    assert_eq!(forged.status, 303, "an unknown session id is no session");
+
+    let resp = post(addr, "/login", None, &[("token", &cp.admin_token)], &[]);
+    assert_eq!(resp.status, 303);
+    let set = resp.header("set-cookie").unwrap().to_string();
+    let attrs: Vec<&str> = set.split(';').map(str::trim).collect();
+    for want in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(attrs.contains(&want), "{set} lacks {want}");
+    }
+    assert!(!attrs.contains(&"Secure"), "plain HTTP: no Secure ({set})");
+    let cookie = cookie_of(&resp).unwrap();
+    assert!(cookie.starts_with("keyplane_session=") && cookie.len() > 60);
+
+    let overview = get(addr, "/", Some(&cookie));
+    assert_eq!(overview.status, 200);
+    assert!(overview.text().contains("Overview"));
+    let csrf = csrf_of(&overview.text());
+
+    // Sign-out needs the CSRF token too.
+    let refused = post(addr, "/logout", Some(&cookie), &[], &[]);
+    assert_eq!(refused.status, 403);
+    assert_eq!(get(addr, "/", Some(&cookie)).status, 200);
+    let out = post(addr, "/logout", Some(&cookie), &[("csrf", &csrf)], &[]);
+    assert_eq!(out.status, 303);
+    assert!(out.header("set-cookie").unwrap().contains("Max-Age=0"));
+    let after = get(addr, "/", Some(&cookie));
+    assert_eq!(after.status, 303, "the old cookie no longer signs in");
+    assert_eq!(after.header("location"), Some("/login"));
+}
+
+#[test]
+fn over_tls_the_console_is_https_and_its_cookie_is_secure() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = TlsFiles::generate(dir.path());
+    let cp = ControlPlane::start_with(ControlOptions {
+        tls: Some(tls.clone()),
+        console: true,
+        ..ControlOptions::default()
+    });
+    let addr = console(&cp);
+    let body = form(&[("token", &cp.admin_token)]);
+    let req = HttpRequest {
+        method: "POST",
+        path: "/login",
+        headers: vec![(
+            "content-type",
+            "application/x-www-form-urlencoded".to_string(),
+        )],
+        body,
+    }
+    // A browser posting from the console's own page sends this origin.
+    .header("origin", &format!("https://{addr}"))
+    .header("sec-fetch-site", "same-origin");
+    let resp = req.send_tls(addr, &tls.ca, TIMEOUT).unwrap();
+    assert_eq!(resp.status, 303, "{}", resp.text());
+    let set = resp.header("set-cookie").unwrap();
+    let attrs: Vec<&str> = set.split(';').map(str::trim).collect();
+    for want in ["HttpOnly", "SameSite=Strict", "Path=/", "Secure"] {
+        assert!(attrs.contains(&want), "{set} lacks {want}");
+    }
+    assert_hardened(&resp, "https sign-in");
+    // Plain HTTP on the TLS port gets no page.
+    let plain = HttpRequest::get("/login").send(addr, Duration::from_secs(5));
+    assert!(plain.map_or(true, |r| r.status != 200));
+}
+
+#[test]
+fn sign_in_attempts_are_limited_per_address() {
+    let cp = start();
+    let addr = console(&cp);
+    for i in 0..5 {
+        let resp = post(addr, "/login", None, &[("token", "guess")], &[]);
+        assert_eq!(resp.status, 401, "attempt {i}");
+    }
+    // Past the limit even the right token is refused, until the minute has passed.
+    let limited = post(addr, "/login", None, &[("token", &cp.admin_token)], &[]);
+    assert_eq!(limited.status, 429);
+    assert!(limited.header("set-cookie").is_none());
+    let wait: u64 = limited.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+}
+
+#[test]
+fn a_post_without_the_right_csrf_token_or_from_another_origin_changes_nothing() {
+    let cp = start();
+    let addr = console(&cp);
+    let cookie = sign_in(&cp);
+    let csrf = csrf_of(&get(addr, "/keys", Some(&cookie)).text());
+
+    let zeros = "0".repeat(64);
+    let attempts: Vec<Attempt> = vec![
+        ("no token", vec![("name", "mallory")], vec![]),
+        (
+            "wrong token",
+            vec![("name", "mallory"), ("csrf", &zeros)],
+            vec![],
+        ),
+        (
+            "another origin",
+            vec![("name", "mallory"), ("csrf", &csrf)],
+            vec![("origin", "http://evil.example")],
+        ),
+        (
+            "cross-site fetch",
+            vec![("name", "mallory"), ("csrf", &csrf)],
+            vec![("sec-fetch-site", "cross-site")],
+        ),
+    ];
+    for (what, fields, headers) in &attempts {
+        let resp = post(addr, "/keys", Some(&cookie), fields, headers);
+        assert_eq!(resp.status, 403, "{what}");
+        assert!(!resp.text().contains("kp_"), "{what}");
+    }
+    // Without a session, the right-looking form is refused as well.
+    let anon = post(
+        addr,
+        "/keys",
+        None,
+        &[("name", "mallory"), ("csrf", &csrf)],
+        &[],
+    );
+    assert_eq!(anon.status, 403);
+    let keys = cp.ctl(&["--json", "key", "list"]).ok().json();
+    assert_eq!(keys.as_array().unwrap().len(), 0, "no key was created");
+
+    // The same form with the token, from the console's origin, works.
+    let ok = post(
+        addr,
+        "/keys",
+        Some(&cookie),
+        &[("name", "alice"), ("csrf", &csrf)],
+        &[
+            ("origin", &format!("http://{addr}")),
+            ("sec-fetch-site", "same-origin"),
+        ],
+    );
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let keys = cp.ctl(&["--json", "key", "list"]).ok().json();
+    assert_eq!(keys.as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn a_created_key_is_shown_once_and_then_never_again() {
+    let cp = start();
+    let addr = console(&cp);
+    let cookie = sign_in(&cp);
+    let csrf = csrf_of(&get(addr, "/keys", Some(&cookie)).text());
+    let created = post(
+        addr,
+        "/keys",
+        Some(&cookie),
+        &[
+            ("csrf", &csrf),
+            ("name", "team-a"),
+            ("budget_usd", "12.5"),
+            ("period", "monthly"),
+            ("rpm", "60"),
+            ("models", "demo/*"),
+            ("expires", "2099-01-31"),
+        ],
+        &[],
+    );
+    assert_eq!(created.status, 200, "{}", created.text());
+    let html = created.text();
+    let start = html.find("value=\"kp_").expect("the new key is shown") + "value=\"".len();
+    let key: String = html[start..].chars().take_while(|c| *c != '"').collect();
+    assert_eq!(key.len(), 46, "{key}");
+    assert!(html.contains("shown this once"));
+
+    // The key is real: the ledger's key list has it with the policy from the form.
+    let keys = cp.ctl(&["--json", "key", "list"]).ok().json();
+    let k = &keys[0];
+    assert_eq!(k["name"], "team-a");
+    let text = k.to_string();
+    assert!(text.contains("monthly") && text.contains("60"), "{text}");
+
+    let list = get(addr, "/keys", Some(&cookie)).text();
+    assert!(list.contains("team-a"));
+    assert!(list.contains("$0 of $12.5 (monthly)"), "{list}");
+    assert!(!list.contains(&key), "the key is not shown again");
+    assert!(!list.contains(&key[3..12]), "not even part of it");
+
+    // A second key with the same name is refused, and shows no key.
+    let again = post(
+        addr,
+        "/keys",
+        Some(&cookie),
+        &[("csrf", &csrf), ("name", "team-a")],
+        &[],
+    );
+    assert_eq!(again.status, 409);
+    assert!(!again.text().contains("value=\"kp_"));
+
+    // Revoke through the form.
+    let revoked = post(
+        addr,
+        "/keys/revoke",
+        Some(&cookie),
+        &[("csrf", &csrf), ("name", "team-a")],
+        &[],
+    );
+    assert_eq!(revoked.status, 200);
+    assert!(revoked.text().contains("Key team-a revoked."));
+    let keys = cp.ctl(&["--json", "key", "list"]).ok().json();
+    assert_eq!(keys[0]["revoked"], true, "{keys}");
+}
+
+#[test]
+fn no_page_renders_a_token_a_credential_secret_or_a_client_key() {
+    let cp = start();
+    let addr = console(&cp);
+    cp.ctl(&[
+        "provider",
+        "add",
+        "deepseek",
+        "--protocol",
+        "openai",
+        "--base-url",
+        "https://api.deepseek.com/v1",
+    ])
+    .ok();
+    let cli_secret = "sk-cli-secret-5f0d1e2c3b4a";
+    cp.ctl_with(
+        &["credential", "add", "deepseek", "--label", "main"],
+        Some(cli_secret),
+        &cp.admin_token,
+    )
+    .ok();
+    let cli_key = cp.ctl(&["--json", "key", "create", "bob"]).ok().json()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let cookie = sign_in(&cp);
+    let providers = get(addr, "/providers", Some(&cookie)).text();
+    assert!(providers.contains("deepseek") && providers.contains("main"));
+    let csrf = csrf_of(&providers);
+    let form_secret = "sk-form-secret-9a8b7c6d5e4f";
+    let added = post(
+        addr,
+        "/credentials",
+        Some(&cookie),
+        &[
+            ("csrf", &csrf),
+            ("provider", "deepseek"),
+            ("label", "second"),
+            ("multiplier", "0.5"),
+            ("secret", form_secret),
+        ],
+        &[],
+    );
+    assert_eq!(added.status, 200, "{}", added.text());
+    assert!(added.text().contains("added to deepseek"));
+    let creds = cp
+        .ctl(&["--json", "credential", "list", "--provider", "deepseek"])
+        .ok()
+        .json();
+    assert_eq!(creds.as_array().unwrap().len(), 2, "{creds}");
+    let form_key_page = post(
+        addr,
+        "/keys",
+        Some(&cookie),
+        &[("csrf", &csrf), ("name", "carol")],
+        &[],
+    );
+    assert_eq!(form_key_page.status, 200);
+    let start = form_key_page.text().find("value=\"kp_").unwrap() + "value=\"".len();
+    let form_key: String = form_key_page.text()[start..]
+        .chars()
+        .take_while(|c| *c != '"')
+        .collect();
+
+    let secrets = [
+        ("admin token", cp.admin_token.as_str()),
+        ("node token", cp.node_token.as_str()),
+        ("master key", cp.master_key.as_str()),
+        ("credential secret from the CLI", cli_secret),
+        ("credential secret from the form", form_secret),
+        ("client key from the CLI", cli_key.as_str()),
+        ("client key from the form", form_key.as_str()),
+    ];
+    let mut pages = vec![added.text()];
+    for path in [
+        "/",
+        "/?window=hour",
+        "/?window=month",
+        "/keys",
+        "/providers",
+        "/nodes",
+        "/connect",
+        "/connect?url=https://gw.example.com",
+    ] {
+        let resp = get(addr, path, Some(&cookie));
+        assert_eq!(resp.status, 200, "{path}");
+        pages.push(resp.text());
+    }
+    pages.push(get(addr, "/login", None).text());
+    for (i, html) in pages.iter().enumerate() {
+        for (what, secret) in secrets {
+            assert!(!html.contains(secret), "page {i} shows the {what}");
+        }
+    }
+    let logs = cp.logs();
+    assert!(!logs.contains(form_secret) && !logs.contains(&form_key));
+}
+
+#[test]
+fn a_plain_http_console_off_loopback_is_refused_unless_insecure() {
+    let cp = ControlPlane::unstarted(ControlOptions::default());
+    let out = cp.offline(
+        &[
+            "--data-dir",
+            cp.data_dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--console-listen",
+            "0.0.0.0:0",
+        ],
+        &[],
+    );
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("console") && out.stderr.contains("--insecure"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn with_json_logs_the_console_address_is_a_json_line() {
+    let cp = ControlPlane::start_with(ControlOptions {
+        console: true,
+        extra_args: vec!["--log-format".into(), "json".into()],
+        ..ControlOptions::default()
+    });
+    // The testkit found the address in the JSON line's message; the console answers there.
+    assert_eq!(get(console(&cp), "/login", None).status, 200);
+}
