@@ -201,6 +201,17 @@ fn bad_responses_requests_get_openai_errors_and_reach_no_upstream() {
     assert_eq!(resp.status, 400, "{}", resp.text());
     openai_error(&resp);
 
+    let mut teleport = responses_body(false);
+    teleport["tools"] = json!([{"type": "teleport", "name": "beam_me_up"}]);
+    let resp = c.responses(&teleport);
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    let error = openai_error(&resp);
+    assert_eq!(error["param"], "tools", "{error}");
+    assert!(
+        error["message"].as_str().unwrap().contains("teleport"),
+        "names the unsupported type: {error}"
+    );
+
     let mut huge = responses_body(false);
     huge["input"] = json!("x".repeat(100_000));
     let resp = c.responses(&huge);
