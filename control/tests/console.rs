@@ -289,6 +289,11 @@ fn a_post_without_the_right_csrf_token_or_from_another_origin_changes_nothing() 
             vec![("name", "mallory"), ("csrf", &csrf)],
             vec![("sec-fetch-site", "cross-site")],
         ),
+        (
+            "an opaque origin",
+            vec![("name", "mallory"), ("csrf", &csrf)],
+            vec![("origin", "null")],
+        ),
     ];
     for (what, fields, headers) in &attempts {
         let resp = post(addr, "/keys", Some(&cookie), fields, headers);
@@ -307,7 +312,8 @@ fn a_post_without_the_right_csrf_token_or_from_another_origin_changes_nothing() 
     let keys = cp.ctl(&["--json", "key", "list"]).ok().json();
     assert_eq!(keys.as_array().unwrap().len(), 0, "no key was created");
 
-    // The same form with the token, from the console's origin, works.
+    // The same form with the token, from the console's origin, works; as does a browser's form
+    // under no-referrer, which says `Origin: null` with `Sec-Fetch-Site: same-origin`.
     let ok = post(
         addr,
         "/keys",
@@ -319,8 +325,16 @@ fn a_post_without_the_right_csrf_token_or_from_another_origin_changes_nothing() 
         ],
     );
     assert_eq!(ok.status, 200, "{}", ok.text());
+    let browser_like = post(
+        addr,
+        "/keys",
+        Some(&cookie),
+        &[("name", "bob"), ("csrf", &csrf)],
+        &[("origin", "null"), ("sec-fetch-site", "same-origin")],
+    );
+    assert_eq!(browser_like.status, 200, "{}", browser_like.text());
     let keys = cp.ctl(&["--json", "key", "list"]).ok().json();
-    assert_eq!(keys.as_array().unwrap().len(), 1);
+    assert_eq!(keys.as_array().unwrap().len(), 2);
 }
 
 #[test]

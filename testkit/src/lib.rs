@@ -8,6 +8,7 @@
 //! failed test with a message, which is what a test wants.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod browser;
 pub mod fake_upstream;
 pub mod fuzz_replay;
 pub mod http;

@@ -272,22 +272,28 @@ fn operator(c: &Console, headers: &HeaderMap) -> Option<Session> {
 }
 
 /// Whether a state-changing request comes from this console's own pages, as far as the browser
-/// says: `Sec-Fetch-Site` must be `same-origin` and `Origin` this console's origin when sent.
+/// says. `Sec-Fetch-Site`, when sent, must be `same-origin`. `Origin`, when it names an origin,
+/// must be this console's. Under `Referrer-Policy: no-referrer` browsers send `Origin: null`
+/// even for a same-origin form, so `null` passes only with `Sec-Fetch-Site: same-origin` (a
+/// sandboxed frame elsewhere also sends `null`, but never with that header).
 fn same_origin(c: &Console, headers: &HeaderMap) -> bool {
-    if let Some(site) = headers.get("sec-fetch-site")
-        && site.as_bytes() != b"same-origin"
-    {
+    let site = headers.get("sec-fetch-site").map(HeaderValue::as_bytes);
+    if site.is_some_and(|s| s != b"same-origin") {
         return false;
     }
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let host = headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or_default();
-        let scheme = if c.tls { "https" } else { "http" };
-        return origin.to_str().ok() == Some(&format!("{scheme}://{host}"));
+    match headers.get(header::ORIGIN).map(HeaderValue::to_str) {
+        None => true,
+        Some(Ok("null")) => site.is_some(),
+        Some(Ok(origin)) => {
+            let host = headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or_default();
+            let scheme = if c.tls { "https" } else { "http" };
+            origin == format!("{scheme}://{host}")
+        }
+        Some(Err(_)) => false,
     }
-    true
 }
 
 /// A form's fields by name (the last value of a repeated name wins).

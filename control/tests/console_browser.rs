@@ -1,0 +1,105 @@
+//! The web console in a real headless Chromium (Debian's `chromium` through `chromedriver`):
+//! what an operator does with a browser, with the browser's own cookie, CSP and form handling.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[allow(dead_code)] // The usage helpers only; subscriptions are for other tests.
+mod support;
+
+use keyplane_testkit::browser::Browser;
+use keyplane_testkit::process::{ControlOptions, ControlPlane};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[test]
+fn an_operator_signs_in_creates_a_key_sees_it_listed_and_the_overview_chart() {
+    let cp = ControlPlane::start_with(ControlOptions {
+        console: true,
+        ..ControlOptions::default()
+    });
+    let base = format!("http://{}", cp.console_addr.unwrap());
+    let browser = Browser::start();
+
+    // Any page sends a browser without a session to the sign-in form.
+    browser.goto(&format!("{base}/keys"));
+    assert!(browser.url().ends_with("/login"), "{}", browser.url());
+
+    // A wrong token: refused, still on the sign-in form.
+    browser.type_into("#token", "not-the-admin-token");
+    browser.click("button[type=submit]");
+    assert!(
+        browser.wait_for("p.notice.error", WAIT),
+        "{}",
+        browser.source()
+    );
+    assert!(browser.source().contains("Wrong admin token"));
+
+    // The admin token: the overview.
+    browser.type_into("#token", &cp.admin_token);
+    browser.click("button[type=submit]");
+    assert!(
+        browser.wait_for("form.signout", WAIT),
+        "{}",
+        browser.source()
+    );
+    assert!(browser.source().contains("<h1>Overview</h1>"));
+    // The session cookie is HttpOnly: page script cannot read it.
+    let cookies = browser.script("return document.cookie;");
+    assert_eq!(cookies, "", "HttpOnly cookie visible to script: {cookies}");
+
+    // Create a key through the form.
+    browser.goto(&format!("{base}/keys"));
+    browser.type_into("#create-key input[name=name]", "browser-key");
+    browser.type_into("#create-key input[name=budget_usd]", "5");
+    browser.click("#create-key button[type=submit]");
+    assert!(browser.wait_for("#new-key", WAIT), "{}", browser.source());
+    let key = browser.property("#new-key", "value");
+    let key = key.as_str().unwrap().to_string();
+    assert!(key.starts_with("kp_") && key.len() == 46, "{key}");
+
+    // The list shows it, without the key; keyplanectl sees the same key.
+    browser.goto(&format!("{base}/keys"));
+    assert!(browser.wait_for("#keys", WAIT));
+    let html = browser.source();
+    assert!(
+        html.contains("browser-key") && html.contains("of $5"),
+        "{html}"
+    );
+    assert!(!html.contains(&key));
+    let keys = cp.ctl(&["--json", "key", "list"]).ok().json();
+    assert_eq!(keys[0]["name"], "browser-key");
+    let key_id = keys[0]["id"].as_str().unwrap().to_string();
+
+    // Usage reported by a node shows in the overview, and the vendored chart library ran (the
+    // CSP allowed the console's own script files): uPlot drew a canvas into #chart.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let mut rec = support::usage_record(
+        "0190a000-0000-7000-8000-000000000001",
+        &key_id,
+        1200,
+        300,
+        42_000_000,
+    );
+    rec.started_at_ms = now_ms - 60_000;
+    support::report_usage(&cp.url(), &cp.node_token, "node-a", vec![rec]).unwrap();
+    browser.goto(&format!("{base}/"));
+    assert!(
+        browser.wait_for("#chart canvas", WAIT),
+        "{}",
+        browser.source()
+    );
+    let html = browser.source();
+    assert!(
+        html.contains("deepseek/deepseek-chat") && html.contains("$0.042"),
+        "{html}"
+    );
+
+    // Sign out: the session is gone, the keys page sends the browser back to sign-in.
+    browser.click("form.signout button");
+    assert!(browser.wait_for("#token", WAIT));
+    browser.goto(&format!("{base}/keys"));
+    assert!(browser.url().ends_with("/login"), "{}", browser.url());
+}
