@@ -34,6 +34,9 @@ pub struct Services {
     /// Mutual TLS: a Nodes call without a verified client certificate is refused (the Admin
     /// service keeps its bearer token alone, so `keyplanectl` needs no certificate).
     pub require_node_cert: bool,
+    /// Keep the request log (`--request-log-retention` not 0); off, usage reports feed the
+    /// ledger only.
+    pub request_log: bool,
 }
 
 /// Serves until `cancel` fires, then stops accepting, ends subscriptions and waits for in-flight
@@ -57,6 +60,7 @@ pub async fn serve(
         routes: services.routes,
         registry: services.registry,
         cancel: cancel.clone(),
+        request_log: services.request_log,
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES)
@@ -93,7 +97,18 @@ pub async fn serve(
             },
         ))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            // The builder's `tcp_nodelay` applies only to listeners tonic binds itself: with
+            // Nagle on, a reply of more than one segment waited for the client's delayed ACK
+            // (40 ms on Linux) before its last segment went out.
+            tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                |conn| {
+                    if let Ok(stream) = &conn {
+                        let _ = stream.set_nodelay(true);
+                    }
+                    conn
+                },
+            ),
             cancel.cancelled_owned(),
         )
         .await
