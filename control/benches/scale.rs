@@ -1,9 +1,12 @@
 //! Control-plane scale: how long from `SetModel` to a subscriber holding the new table with
-//! 10,000 models x 5 offerings in the store, the table's encoded size, and usage records ingested
-//! per second. Prints figures; asserts nothing about speed.
+//! 10,000 models x 5 offerings in the store, the table's encoded size, usage records ingested
+//! per second (with the request log off, on, and on with records carrying the log's fields, in
+//! one run), and `ListRequests` over a request log of LOGGED entries. Prints figures; asserts
+//! nothing about speed.
 //!
 //! Run: `cargo bench -p keyplane-control --bench scale` (env MODELS, OFFERINGS, RECORDS to scale;
-//! IDS_PER_MS: UUIDv7 ids per millisecond in the second ingest run, default 36).
+//! IDS_PER_MS: UUIDv7 ids per millisecond in the UUIDv7 ingest runs, default 36; LOGGED: request
+//! log entries to list over, default 1,000,000).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -108,6 +111,32 @@ async fn main() {
     let addr = listener.local_addr().unwrap();
     let cancel = CancellationToken::new();
     let compiler = tokio::spawn(Arc::clone(&routes).run(cancel.clone()));
+    // The same store behind a second server with the request log off (`--request-log-retention
+    // 0`): the baseline of the ingest runs.
+    let listener_off = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url_off = format!("http://{}", listener_off.local_addr().unwrap());
+    let server_off = tokio::spawn(grpc::serve(
+        listener_off,
+        grpc::Services {
+            syncer: keyplane_control::catalog_sync::Syncer::new(
+                Arc::clone(&store),
+                Arc::clone(&routes),
+                keyplane_control::catalog_sync::SyncConfig {
+                    interval: None,
+                    ..Default::default()
+                },
+            ),
+            store: Arc::clone(&store),
+            routes: Arc::clone(&routes),
+            registry: Registry::new(Arc::clone(&store)),
+            admin_token: TokenCheck::new(ADMIN, "admin token"),
+            node_token: TokenCheck::new(NODE, "node token"),
+            tls: None,
+            require_node_cert: false,
+            request_log: false,
+        },
+        cancel.clone(),
+    ));
     let server = tokio::spawn(grpc::serve(
         listener,
         grpc::Services {
@@ -126,6 +155,7 @@ async fn main() {
             node_token: TokenCheck::new(NODE, "node token"),
             tls: None,
             require_node_cert: false,
+            request_log: true,
         },
         cancel.clone(),
     ));
@@ -210,20 +240,53 @@ async fn main() {
     // Usage ingest: 4 concurrent reporters, batches of 1,000, each acknowledged only once durable.
     // First with ids that are not UUIDv7s (stored one per sled entry), then with UUIDv7 ids as a
     // node serving IDS_PER_MS x 1,000 requests/s makes them (stored a millisecond to an entry).
+    // The UUIDv7 runs, one after another in this process, differ only in the request log: off
+    // (the second server), on with records as nodes sent them before the log existed, and on
+    // with the log's fields (dialect, two attempts, an error code on the 1% refused).
     let ids_per_ms = env_usize("IDS_PER_MS", 36) as u64;
-    let plain = ingest(&url, records, "plain", &|r, b, i| format!("r{r}-{b}-{i}")).await;
-    let base_ms = 1_790_000_000_000u64;
-    let v7 = ingest(&url, records, "uuid7", &move |r, b, i| {
-        let n = (b * 1_000 + i) as u64;
-        let mut rest = [0u8; 10];
-        rest[..8].copy_from_slice(&n.to_be_bytes());
-        rest[8] = r as u8;
-        uuid::Builder::from_unix_timestamp_millis(base_ms + n / ids_per_ms, &rest)
-            .into_uuid()
-            .to_string()
+    let plain = ingest(&url, records, "plain", false, &|r, b, i| {
+        format!("r{r}-{b}-{i}")
     })
     .await;
-    let total = plain + v7;
+    let v7_id = move |base_ms: u64| {
+        move |r: usize, b: usize, i: usize| {
+            let n = (b * 1_000 + i) as u64;
+            let mut rest = [0u8; 10];
+            rest[..8].copy_from_slice(&n.to_be_bytes());
+            rest[8] = r as u8;
+            uuid::Builder::from_unix_timestamp_millis(base_ms + n / ids_per_ms, &rest)
+                .into_uuid()
+                .to_string()
+        }
+    };
+    let off = ingest(
+        &url_off,
+        records,
+        "uuid7, request log off",
+        true,
+        &v7_id(1_790_000_000_000),
+    )
+    .await;
+    let on_bare = ingest(
+        &url,
+        records,
+        "uuid7, request log on, records without log fields",
+        false,
+        &v7_id(1_791_000_000_000),
+    )
+    .await;
+    let on = ingest(
+        &url,
+        records,
+        "uuid7, request log on, records with log fields",
+        true,
+        &v7_id(1_792_000_000_000),
+    )
+    .await;
+    let total = plain + off + on_bare + on;
+    // The refused 1% of the runs with log fields are unbilled: never in the ledger.
+    let unbilled = |n: usize| n / 100;
+    let total = total - unbilled(off) - unbilled(on);
     let totals = store.usage_totals(None).unwrap();
     let requests: u64 = totals.iter().map(|t| t.counts.requests).sum();
     assert_eq!(requests as usize, total);
@@ -235,9 +298,168 @@ async fn main() {
         totals.len()
     );
 
+    // Every record of the runs through the server with the log on is logged already.
+    list_requests(
+        &store,
+        &url,
+        env_usize("LOGGED", 1_000_000),
+        plain + on_bare + on,
+    )
+    .await;
+
     cancel.cancel();
     let _ = server.await;
+    let _ = server_off.await;
     let _ = compiler.await;
+}
+
+/// One usage record as a node sends it: `fields` adds the request log's own fields; every
+/// hundredth is then a refused request (429, unbilled).
+fn record(request_id: String, i: usize, fields: bool) -> pb::UsageRecord {
+    let mut rec = pb::UsageRecord {
+        request_id,
+        key_id: format!("key-{}", i % 20),
+        model: format!("vendor-0/model-{}-instruct", i % 100),
+        provider: format!("provider-{}", i % 5),
+        credential_id: format!("cred-{}", i % 5),
+        input_tokens: 1000,
+        output_tokens: 200,
+        cost_nano_usd: 12345,
+        latency_ms: 840,
+        ttfb_ms: 210,
+        status: 200,
+        ..Default::default()
+    };
+    if fields {
+        rec.dialect = "openai-chat".into();
+        rec.stream = i.is_multiple_of(2);
+        rec.attempts = vec![
+            pb::UpstreamAttempt {
+                provider: format!("provider-{}", (i + 1) % 5),
+                credential_id: format!("cred-{}", (i + 1) % 5),
+                outcome: "server_error".into(),
+            },
+            pb::UpstreamAttempt {
+                provider: rec.provider.clone(),
+                credential_id: rec.credential_id.clone(),
+                outcome: "ok".into(),
+            },
+        ];
+        if i % 100 == 99 {
+            rec.status = 429;
+            rec.error = "rate_limit_exceeded".into();
+            rec.unbilled = true;
+            rec.attempts.clear();
+            rec.provider.clear();
+            rec.credential_id.clear();
+            rec.input_tokens = 0;
+            rec.output_tokens = 0;
+            rec.cost_nano_usd = 0;
+        }
+    }
+    rec
+}
+
+/// Fills the request log, which holds `have` entries, to `logged` (straight into the store,
+/// 10,000 a batch, 36 a millisecond, newer than those it holds), then times `ListRequests` through gRPC: the newest 50, and
+/// filtered queries. Each figure is the median of 5 calls.
+async fn list_requests(store: &Arc<Store>, url: &str, logged: usize, have: usize) {
+    // `--key` takes a key's name: the filled entries belong to 20 real keys.
+    let key_ids: Vec<String> = (0..20)
+        .map(|k| store.create_key(&format!("bench-key-{k}")).unwrap().0.id)
+        .collect();
+    let fill = Instant::now();
+    let base_ms = 1_793_000_000_000i64;
+    let mut n = have;
+    while n < logged {
+        let batch: Vec<pb::UsageRecord> = (n..(n + 10_000).min(logged))
+            .map(|i| {
+                let mut rec = record(format!("fill-{i:08}"), i, true);
+                rec.started_at_ms = base_ms + (i / 36) as i64;
+                rec.key_id = key_ids[i % 20].clone();
+                rec
+            })
+            .collect();
+        n += batch.len();
+        let store = Arc::clone(store);
+        tokio::task::spawn_blocking(move || store.log_requests("bench-fill", &batch).unwrap())
+            .await
+            .unwrap();
+    }
+    store.flush().await.unwrap();
+    println!(
+        "request log filled to {logged} entries ({} added in {:.1} s)",
+        logged.saturating_sub(have),
+        fill.elapsed().as_secs_f64()
+    );
+    let mut admin = AdminClient::connect(url.to_string())
+        .await
+        .unwrap()
+        .max_decoding_message_size(keyplane_proto::MAX_MESSAGE_BYTES);
+    let end_ms = base_ms + (logged / 36) as i64;
+    let queries: [(&str, pb::ListRequestsRequest); 6] = [
+        ("newest 50", pb::ListRequestsRequest::default()),
+        (
+            "--key (1 in 20), 50",
+            pb::ListRequestsRequest {
+                key: "bench-key-3".into(),
+                ..Default::default()
+            },
+        ),
+        (
+            "--model (1 in 100), 50",
+            pb::ListRequestsRequest {
+                model: "vendor-0/model-7-instruct".into(),
+                ..Default::default()
+            },
+        ),
+        (
+            "--status 429 (1 in 100), 50",
+            pb::ListRequestsRequest {
+                status: 429,
+                ..Default::default()
+            },
+        ),
+        (
+            "--key --model --status 429 (1 in 2,000), 50",
+            pb::ListRequestsRequest {
+                key: "bench-key-19".into(),
+                model: "vendor-0/model-99-instruct".into(),
+                status: 429,
+                ..Default::default()
+            },
+        ),
+        (
+            "--since/--until a 10 s window mid-log, 1,000",
+            pb::ListRequestsRequest {
+                since_ms: end_ms - 20_000,
+                until_ms: end_ms - 10_000,
+                limit: 1_000,
+                ..Default::default()
+            },
+        ),
+    ];
+    for (label, query) in queries {
+        let mut samples = Vec::new();
+        let mut got = 0;
+        for _ in 0..5 {
+            let start = Instant::now();
+            got = admin
+                .list_requests(authed(query.clone(), ADMIN))
+                .await
+                .unwrap()
+                .into_inner()
+                .requests
+                .len();
+            samples.push(start.elapsed());
+        }
+        samples.sort();
+        println!(
+            "ListRequests over {logged} logged requests, {label}: median {:.1} ms, max {:.1} ms ({got} returned)",
+            percentile(&samples, 0.5).as_secs_f64() * 1e3,
+            samples.last().unwrap().as_secs_f64() * 1e3,
+        );
+    }
 }
 
 /// Sends about `records` usage records through `ReportUsage` from 4 concurrent reporters in
@@ -246,6 +468,7 @@ async fn ingest(
     url: &str,
     records: usize,
     label: &str,
+    log_fields: bool,
     id: &(dyn Fn(usize, usize, usize) -> String + Sync),
 ) -> usize {
     let batch = 1_000;
@@ -256,18 +479,7 @@ async fn ingest(
         let mut client = NodesClient::connect(url.to_string()).await.unwrap();
         for b in 0..per_reporter {
             let recs = (0..batch)
-                .map(|i| pb::UsageRecord {
-                    request_id: id(r, b, i),
-                    key_id: format!("key-{}", i % 20),
-                    model: format!("vendor-0/model-{}-instruct", i % 100),
-                    provider: format!("provider-{}", i % 5),
-                    credential_id: format!("cred-{}", i % 5),
-                    input_tokens: 1000,
-                    output_tokens: 200,
-                    cost_nano_usd: 12345,
-                    status: 200,
-                    ..Default::default()
-                })
+                .map(|i| record(id(r, b, i), i, log_fields))
                 .collect();
             let ack = client
                 .report_usage(authed(

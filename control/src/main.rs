@@ -70,17 +70,22 @@ struct Args {
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     catalog_sync_timeout_secs: u64,
     /// How long the request log keeps an entry (`30d`, `12h`, `90m`, `45s`); older entries are
-    /// pruned in the background.
+    /// pruned in the background. `0`: no request log (entries already kept are pruned).
     #[arg(long, default_value = "30d", value_parser = parse_retention)]
     request_log_retention: Duration,
 }
 
-/// A retention of at least a second, in humantime's syntax (`30d`, `12h 30m`, `45s`).
+/// A retention in humantime's syntax (`30d`, `12h 30m`, `45s`): 0, or at least a second.
 fn parse_retention(text: &str) -> Result<Duration, String> {
+    if text.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
     let d = humantime::parse_duration(text)
         .map_err(|e| format!("{text:?} is not a duration such as 30d, 12h or 90s: {e}"))?;
     if d < Duration::from_secs(1) {
-        return Err(format!("{text:?} is shorter than a second"));
+        return Err(format!(
+            "{text:?} is shorter than a second (0 turns the log off)"
+        ));
     }
     Ok(d)
 }
@@ -492,6 +497,7 @@ async fn run(args: Args) -> Result<(), Failure> {
         node_token: TokenCheck::new(&secrets.node_token, "node token"),
         require_node_cert: args.client_ca.is_some(),
         tls: tls_config,
+        request_log: !args.request_log_retention.is_zero(),
     };
     drop(secrets);
 
@@ -539,4 +545,24 @@ fn install_shutdown_signals(
         }
         cancel.cancel();
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_takes_humantime_durations_zero_or_at_least_a_second() {
+        assert_eq!(parse_retention("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_retention("1h 30m"), Ok(Duration::from_secs(5_400)));
+        assert_eq!(parse_retention("0"), Ok(Duration::ZERO));
+        assert!(parse_retention("500ms").is_err());
+        assert!(parse_retention("soon").is_err());
+        assert!(parse_retention("-1d").is_err());
+        assert_eq!(prune_every(Duration::from_secs(2)), Duration::from_secs(1));
+        assert_eq!(
+            prune_every(Duration::from_secs(30 * 86_400)),
+            Duration::from_secs(60)
+        );
+    }
 }

@@ -22,6 +22,8 @@ pub struct NodesService {
     /// Ends every subscription at shutdown, so that graceful shutdown does not wait on streams
     /// that never end by themselves.
     pub cancel: CancellationToken,
+    /// Whether usage reports also feed the request log.
+    pub request_log: bool,
 }
 
 /// Largest usage batch accepted in one call.
@@ -42,11 +44,13 @@ type TableStream = Pin<Box<dyn Stream<Item = Result<pb::RouteTable, Status>> + S
 /// Stores a usage batch: the billable records in the ledger, every record in the request log.
 /// An unbilled record (a request that served nothing) reaches the log only, so it changes no
 /// usage total, request count or budget. A record either store refuses is rejected, and every
-/// other one acknowledged, in the order sent (the reporter matches acks in order).
+/// other one acknowledged, in the order sent (the reporter matches acks in order). With the
+/// log off (`log` false), an unbilled record is acknowledged and kept nowhere.
 fn ingest(
     store: &Store,
     node_id: &str,
     records: Vec<pb::UsageRecord>,
+    log: bool,
 ) -> Result<crate::ledger::Ingested, crate::error::Error> {
     let mut rejected: Vec<(String, String)> = Vec::new();
     let mut loggable: Vec<&pb::UsageRecord> = Vec::with_capacity(records.len());
@@ -65,7 +69,9 @@ fn ingest(
     let refused: std::collections::HashSet<&str> =
         billed.rejected.iter().map(|(id, _)| id.as_str()).collect();
     loggable.retain(|r| !refused.contains(r.request_id.as_str()));
-    store.log_requests(node_id, loggable.iter().copied())?;
+    if log {
+        store.log_requests(node_id, loggable.iter().copied())?;
+    }
     let acked = loggable.iter().map(|r| r.request_id.clone()).collect();
     rejected.extend(billed.rejected);
     Ok(crate::ledger::Ingested {
@@ -204,9 +210,11 @@ impl Nodes for NodesService {
         }
         let store = Arc::clone(&self.store);
         let node_id = req.node_id.clone();
-        let outcome = tokio::task::spawn_blocking(move || ingest(&store, &node_id, req.records))
-            .await
-            .map_err(|e| Status::internal(format!("ingest task failed: {e}")))??;
+        let log = self.request_log;
+        let outcome =
+            tokio::task::spawn_blocking(move || ingest(&store, &node_id, req.records, log))
+                .await
+                .map_err(|e| Status::internal(format!("ingest task failed: {e}")))??;
         // The acknowledgement below is a promise that the records survive a crash.
         self.store.flush().await?;
         if let Err(err) = self.registry.touch(&req.node_id, None) {
