@@ -285,3 +285,17 @@ fn entries_past_the_retention_are_pruned_and_billing_stays() {
     );
     assert_eq!(total(&c.usage(), "requests"), 1);
 }
+
+#[test]
+fn a_retention_of_zero_keeps_no_log_and_bills_as_always() {
+    let cp = ControlPlane::start_with_args(&["--request-log-retention", "0"]);
+    let c = Cluster::start_on(cp, &TWO, &[], |_| {});
+    assert_eq!(c.chat(&chat_body(false)).status, 200);
+    let unknown =
+        c.chat(&json!({"model": "missing", "messages": [{"role": "user", "content": "hi"}]}));
+    assert_eq!(unknown.status, 404);
+    c.wait_usage(1);
+    c.wait_spool_settled();
+    assert!(requests(&c, &[]).is_empty());
+    assert_eq!(total(&c.usage(), "requests"), 1);
+}
