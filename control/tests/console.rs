@@ -2,6 +2,10 @@
 //! CSRF, the sign-in limit, key creation shown once, and no secret on any page.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[allow(dead_code)] // The usage helpers only; subscriptions are for other tests.
+mod support;
+
+use keyplane_proto::v1 as pb;
 use keyplane_testkit::http::{HttpRequest, HttpResponse};
 use keyplane_testkit::process::{ControlOptions, ControlPlane, TlsFiles};
 use std::net::SocketAddr;
@@ -138,6 +142,7 @@ fn every_response_carries_the_security_headers_and_pages_have_no_inline_code() {
     let cookie = sign_in(&cp);
     for path in [
         "/",
+        "/requests",
         "/keys",
         "/providers",
         "/nodes",
@@ -482,6 +487,7 @@ fn no_page_renders_a_token_a_credential_secret_or_a_client_key() {
         "/",
         "/?window=hour",
         "/?window=month",
+        "/requests",
         "/keys",
         "/providers",
         "/nodes",
@@ -533,4 +539,92 @@ fn with_json_logs_the_console_address_is_a_json_line() {
     });
     // The testkit found the address in the JSON line's message; the console answers there.
     assert_eq!(get(console(&cp), "/login", None).status, 200);
+}
+
+#[test]
+fn the_request_log_lists_filters_and_shows_one_request_with_its_attempts() {
+    let cp = start();
+    let addr = console(&cp);
+    let key_id = cp.ctl(&["--json", "key", "create", "alice"]).ok().json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let attempt = |provider: &str, credential: &str, outcome: &str| pb::UpstreamAttempt {
+        provider: provider.into(),
+        credential_id: credential.into(),
+        outcome: outcome.into(),
+    };
+    let mut served = support::usage_record(
+        "0190a000-0000-7000-8000-00000000000a",
+        &key_id,
+        100,
+        20,
+        5_000,
+    );
+    served.started_at_ms = now_ms - 5_000;
+    served.dialect = "anthropic".into();
+    served.attempts = vec![
+        attempt("deepseek", "cred-1", "rate_limited"),
+        attempt("openrouter", "cred-2", "ok"),
+    ];
+    served.provider = "openrouter".into();
+    let mut refused =
+        support::usage_record("0190a000-0000-7000-8000-00000000000b", &key_id, 0, 0, 0);
+    refused.started_at_ms = now_ms - 1_000;
+    refused.status = 429;
+    refused.error = "rate_limit_exceeded".into();
+    refused.unbilled = true;
+    refused.model = "other/model".into();
+    support::report_usage(&cp.url(), &cp.node_token, "node-a", vec![served, refused]).unwrap();
+
+    let cookie = sign_in(&cp);
+    let all = get(addr, "/requests", Some(&cookie));
+    assert_eq!(all.status, 200);
+    let html = all.text();
+    assert!(
+        html.contains("alice") && html.contains("anthropic"),
+        "{html}"
+    );
+    assert!(
+        html.contains("deepseek/cred-1: rate_limited → openrouter/cred-2: ok"),
+        "{html}"
+    );
+    let newest = html.find("rate_limit_exceeded").unwrap();
+    let older = html.find("deepseek/deepseek-chat").unwrap();
+    assert!(newest < older, "newest first");
+
+    let errors = get(addr, "/requests?status=429", Some(&cookie)).text();
+    assert!(errors.contains("rate_limit_exceeded") && !errors.contains("deepseek/deepseek-chat"));
+    let by_model = get(
+        addr,
+        "/requests?model=deepseek%2Fdeepseek-chat",
+        Some(&cookie),
+    )
+    .text();
+    assert!(!by_model.contains("rate_limit_exceeded") && by_model.contains("openrouter"));
+    let unknown = get(addr, "/requests?key=nobody", Some(&cookie));
+    assert_eq!(unknown.status, 400);
+    assert!(unknown.text().contains("No key named"));
+
+    // One request's page, from the list's link: its attempts in order.
+    let marker = "href=\"/requests/view?id=0190a000-0000-7000-8000-00000000000a&amp;at=";
+    let start = html.find(marker).unwrap() + "href=\"".len();
+    let href: String = html[start..]
+        .chars()
+        .take_while(|c| *c != '"')
+        .collect::<String>()
+        .replace("&amp;", "&");
+    let one = get(addr, &href, Some(&cookie));
+    assert_eq!(one.status, 200, "{href}");
+    let one = one.text();
+    let first = one.find("rate_limited").unwrap();
+    let second = one.find(">ok<").unwrap();
+    assert!(first < second, "attempts in order: {one}");
+    assert!(one.contains("node-a") && one.contains("alice"));
+    let missing = get(addr, "/requests/view?id=nope&at=1", Some(&cookie));
+    assert_eq!(missing.status, 404);
 }

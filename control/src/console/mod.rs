@@ -109,6 +109,8 @@ fn router(console: Arc<Console>) -> Router {
         .route("/providers", get(providers))
         .route("/credentials", post(add_credential))
         .route("/credentials/enable", post(enable_credential))
+        .route("/requests", get(requests))
+        .route("/requests/view", get(request_view))
         .route("/nodes", get(nodes))
         .route("/connect", get(connect))
         .route("/assets/{file}", get(asset))
@@ -497,11 +499,7 @@ fn policy_of(fields: &Fields) -> Result<crate::keys::PolicyInput, String> {
     let expires_at_ms = match text("expires") {
         None => None,
         Some(d) => {
-            let parts: Vec<i64> = d.split('-').filter_map(|p| p.parse().ok()).collect();
-            let [y, m, day] = parts.as_slice() else {
-                return Err(format!("expiry {d:?} is not a date (YYYY-MM-DD)"));
-            };
-            Some(crate::period::days_from_civil(*y, *m, *day) * 86_400_000)
+            Some(date_ms(&d).ok_or_else(|| format!("expiry {d:?} is not a date (YYYY-MM-DD)"))?)
         }
     };
     Ok(crate::keys::PolicyInput {
@@ -688,6 +686,180 @@ async fn enable_credential(
         Err(e) => Notice::Error(error_text(&e)),
     };
     providers_page(&c, &session, StatusCode::OK, n).await
+}
+
+/// A `YYYY-MM-DD` date (UTC) as Unix ms at its start.
+fn date_ms(text: &str) -> Option<i64> {
+    let parts: Vec<i64> = text.split('-').filter_map(|p| p.parse().ok()).collect();
+    let [y, m, d] = parts.as_slice() else {
+        return None;
+    };
+    ((1..=12).contains(m) && (1..=31).contains(d))
+        .then(|| crate::period::days_from_civil(*y, *m, *d) * 86_400_000)
+}
+
+/// The most entries one page of the request log shows.
+const MAX_PAGE: usize = 1000;
+
+/// The request log's filter from the query string, or why it is not one.
+fn request_filter(
+    store: &Store,
+    q: &views::RequestQuery,
+) -> Result<crate::request_log::RequestFilter, String> {
+    let mut f = crate::request_log::RequestFilter::default();
+    if !q.key.is_empty() {
+        let key = store
+            .key_by_name(&q.key)
+            .map_err(|e| error_text(&e))?
+            .ok_or_else(|| format!("No key named {:?}.", q.key))?;
+        f.key_id = Some(key.id);
+    }
+    if !q.model.is_empty() {
+        f.model = Some(q.model.clone());
+    }
+    if !q.status.is_empty() {
+        f.status = Some(
+            q.status
+                .parse()
+                .map_err(|_| format!("Status {:?} is not a number.", q.status))?,
+        );
+    }
+    let date = |text: &str, what: &str| {
+        if text.is_empty() {
+            Ok(0)
+        } else {
+            date_ms(text).ok_or_else(|| format!("{what} {text:?} is not a date (YYYY-MM-DD)."))
+        }
+    };
+    f.since_ms = date(&q.since, "Since")?;
+    // Until a date means through the end of that day.
+    f.until_ms = match date(&q.until, "Until")? {
+        0 => 0,
+        ms => ms + 86_400_000,
+    };
+    f.limit = if q.limit.is_empty() {
+        crate::request_log::DEFAULT_LIMIT
+    } else {
+        q.limit
+            .parse::<usize>()
+            .map_err(|_| format!("Limit {:?} is not a number.", q.limit))?
+            .clamp(1, MAX_PAGE)
+    };
+    Ok(f)
+}
+
+/// Fills in each entry's key name (the log stores the key id only).
+fn name_keys(
+    store: &Store,
+    entries: &mut [keyplane_proto::v1::LoggedRequest],
+) -> Result<(), Error> {
+    let names: HashMap<String, String> =
+        store.keys()?.into_iter().map(|k| (k.id, k.name)).collect();
+    for e in entries {
+        if let Some(r) = &e.record {
+            e.key = names.get(&r.key_id).cloned().unwrap_or_default();
+        }
+    }
+    Ok(())
+}
+
+async fn requests(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(session) = operator(&c, &headers) else {
+        return see_other("/login");
+    };
+    let field = |k: &str| q.get(k).map(|v| v.trim().to_string()).unwrap_or_default();
+    let query = views::RequestQuery {
+        key: field("key"),
+        model: field("model"),
+        status: field("status"),
+        since: field("since"),
+        until: field("until"),
+        limit: field("limit"),
+    };
+    let store = Arc::clone(&c.store);
+    let shown = query.clone();
+    let read = blocking(move || {
+        let filter = match request_filter(&store, &shown) {
+            Ok(f) => f,
+            Err(why) => return Ok(Err(why)),
+        };
+        let mut entries = store.list_requests(&filter)?;
+        name_keys(&store, &mut entries)?;
+        Ok(Ok(entries))
+    })
+    .await;
+    let (status, entries, n) = match read {
+        Ok(Ok(entries)) => (StatusCode::OK, entries, Notice::None),
+        Ok(Err(why)) => (StatusCode::BAD_REQUEST, Vec::new(), Notice::Error(why)),
+        Err(e) => return internal(&e),
+    };
+    page(
+        status,
+        views::layout(
+            "Requests",
+            "/requests",
+            &session.csrf,
+            views::requests(&entries, &query, &n),
+        ),
+    )
+}
+
+/// One request, found by its start time and id (the log's own key, so no scan).
+async fn request_view(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(session) = operator(&c, &headers) else {
+        return see_other("/login");
+    };
+    let id = q.get("id").cloned().unwrap_or_default();
+    let Some(at) = q.get("at").and_then(|a| a.parse::<i64>().ok()) else {
+        return page(
+            StatusCode::BAD_REQUEST,
+            views::message("Bad request", "Which request? (id and at)"),
+        );
+    };
+    let store = Arc::clone(&c.store);
+    let found = blocking(move || {
+        let filter = crate::request_log::RequestFilter {
+            since_ms: at,
+            until_ms: at + 1,
+            limit: crate::request_log::MAX_LIMIT,
+            ..Default::default()
+        };
+        let mut entries: Vec<_> = store
+            .list_requests(&filter)?
+            .into_iter()
+            .filter(|e| e.record.as_ref().is_some_and(|r| r.request_id == id))
+            .collect();
+        name_keys(&store, &mut entries)?;
+        Ok(entries.pop())
+    })
+    .await;
+    match found {
+        Ok(Some(entry)) => page(
+            StatusCode::OK,
+            views::layout(
+                "Request",
+                "/requests",
+                &session.csrf,
+                views::request(&entry),
+            ),
+        ),
+        Ok(None) => page(
+            StatusCode::NOT_FOUND,
+            views::message(
+                "Not found",
+                "No such request in the log (it may have been pruned).",
+            ),
+        ),
+        Err(e) => internal(&e),
+    }
 }
 
 async fn nodes(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {

@@ -5,11 +5,13 @@ use super::data::{Overview, Totals, WINDOWS};
 use crate::catalog::{CredentialRec, ProviderRec};
 use crate::keys::ClientKeyRec;
 use crate::nodes::NodeView;
+use keyplane_proto::v1 as pb;
 use maud::{DOCTYPE, Markup, html};
 
 /// Navigation entries: (path, label).
-const NAV: [(&str, &str); 5] = [
+const NAV: [(&str, &str); 6] = [
     ("/", "Overview"),
+    ("/requests", "Requests"),
     ("/keys", "Keys"),
     ("/providers", "Providers"),
     ("/nodes", "Nodes"),
@@ -421,5 +423,122 @@ pub fn connect(url: &str) -> Markup {
                 button.copy type="button" data-copy=(id) { "Copy" }
             }
         }
+    }
+}
+
+/// The request log's filter as the form shows it.
+#[derive(Debug, Default, Clone)]
+pub struct RequestQuery {
+    pub key: String,
+    pub model: String,
+    pub status: String,
+    pub since: String,
+    pub until: String,
+    pub limit: String,
+}
+
+fn attempts_text(rec: &pb::UsageRecord) -> String {
+    rec.attempts
+        .iter()
+        .map(|a| format!("{}/{}: {}", a.provider, a.credential_id, a.outcome))
+        .collect::<Vec<_>>()
+        .join(" → ")
+}
+
+fn cost_text(rec: &pb::UsageRecord) -> String {
+    match rec.reported_cost_nano_usd {
+        Some(reported) => format!("{} (computed {})", usd(reported), usd(rec.cost_nano_usd)),
+        None => usd(rec.cost_nano_usd),
+    }
+}
+
+/// The link to one request's own page.
+fn request_href(rec: &pb::UsageRecord) -> String {
+    format!(
+        "/requests/view?id={}&at={}",
+        rec.request_id
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .collect::<String>(),
+        rec.started_at_ms
+    )
+}
+
+pub fn requests(entries: &[pb::LoggedRequest], q: &RequestQuery, n: &Notice) -> Markup {
+    html! {
+        (notice(n))
+        form.grid #request-filter method="get" action="/requests" {
+            label { "Key" input name="key" value=(q.key); }
+            label { "Model" input name="model" value=(q.model); }
+            label { "Status" input name="status" value=(q.status) inputmode="numeric"; }
+            label { "Since (UTC date)" input name="since" type="date" value=(q.since); }
+            label { "Until (UTC date)" input name="until" type="date" value=(q.until); }
+            label { "Limit" input name="limit" value=(q.limit) placeholder="50" inputmode="numeric"; }
+            button type="submit" { "Filter" }
+        }
+        @if entries.is_empty() { p.empty { "No request matches." } } @else {
+            table #requests {
+                thead { tr {
+                    th { "Time" } th { "Key" } th { "Dialect" } th { "Model" } th { "Provider" }
+                    th { "Status" } th { "Error" } th { "Tokens in/out" } th { "Cost" }
+                    th { "Latency" } th { "TTFT" } th { "Attempts" }
+                } }
+                tbody {
+                    @for e in entries {
+                        @if let Some(r) = &e.record {
+                            tr class=[(r.status >= 400).then_some("failed")] {
+                                td { a href=(request_href(r)) { (ms_text(r.started_at_ms)) } }
+                                td { (e.key) }
+                                td { (r.dialect) }
+                                td { (r.model) }
+                                td { (r.provider) }
+                                td.num { (r.status) }
+                                td { (r.error) }
+                                td.num { (r.input_tokens) " / " (r.output_tokens) }
+                                td.num { (cost_text(r)) }
+                                td.num { (r.latency_ms) " ms" }
+                                td.num { @if r.stream { (r.ttfb_ms) " ms" } @else { "—" } }
+                                td { (attempts_text(r)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub fn request(e: &pb::LoggedRequest) -> Markup {
+    let Some(r) = &e.record else {
+        return html! { p.empty { "This entry has no record." } };
+    };
+    html! {
+        table.detail #request {
+            tbody {
+                tr { th { "Request id" } td.mono { (r.request_id) } }
+                tr { th { "Time" } td { (ms_text(r.started_at_ms)) } }
+                tr { th { "Key" } td { (e.key) } }
+                tr { th { "Node" } td { (e.node_id) } }
+                tr { th { "Dialect" } td { (r.dialect) @if r.stream { " (streamed)" } } }
+                tr { th { "Model" } td { (r.model) @if !r.chain.is_empty() { " (chain " (r.chain) ")" } } }
+                tr { th { "Answered by" } td { (r.provider) " / " (r.credential_id) } }
+                tr { th { "Status" } td { (r.status) @if !r.error.is_empty() { " " (r.error) } } }
+                tr { th { "Tokens" } td { (r.input_tokens) " in, " (r.output_tokens) " out, " (r.cache_read_tokens) " cache read, " (r.cache_write_tokens) " cache write" @if r.estimated { " (estimated)" } } }
+                tr { th { "Cost" } td { (cost_text(r)) @if r.unbilled { " (not billed)" } } }
+                tr { th { "Latency" } td { (r.latency_ms) " ms" @if r.stream { ", first token after " (r.ttfb_ms) " ms" } } }
+            }
+        }
+        h2 { "Upstream attempts, in order" }
+        @if r.attempts.is_empty() { p.empty { "No upstream was tried." } } @else {
+            table #attempts {
+                thead { tr { th { "#" } th { "Provider" } th { "Credential" } th { "Outcome" } } }
+                tbody {
+                    @for (i, a) in r.attempts.iter().enumerate() {
+                        tr { td.num { (i + 1) } td { (a.provider) } td.mono { (a.credential_id) } td { (a.outcome) } }
+                    }
+                }
+            }
+        }
+        p { a href="/requests" { "All requests" } }
     }
 }
