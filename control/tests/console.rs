@@ -628,3 +628,136 @@ fn the_request_log_lists_filters_and_shows_one_request_with_its_attempts() {
     let missing = get(addr, "/requests/view?id=nope&at=1", Some(&cookie));
     assert_eq!(missing.status, 404);
 }
+
+#[test]
+fn the_portal_shows_a_key_holder_only_their_own_key() {
+    let cp = start();
+    let addr = console(&cp);
+    let alice = cp
+        .ctl(&[
+            "--json",
+            "key",
+            "create",
+            "alice",
+            "--budget-usd",
+            "10",
+            "--period",
+            "monthly",
+            "--rpm",
+            "30",
+        ])
+        .ok()
+        .json();
+    let bob = cp.ctl(&["--json", "key", "create", "bob"]).ok().json();
+    let (alice_key, alice_id) = (
+        alice["key"].as_str().unwrap(),
+        alice["id"].as_str().unwrap(),
+    );
+    let (bob_key, bob_id) = (bob["key"].as_str().unwrap(), bob["id"].as_str().unwrap());
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let mut a = support::usage_record(
+        "0190a000-0000-7000-8000-0000000000a1",
+        alice_id,
+        100,
+        10,
+        2_000_000_000,
+    );
+    a.model = "alice-model".into();
+    a.started_at_ms = now_ms - 10_000;
+    let mut b = support::usage_record(
+        "0190a000-0000-7000-8000-0000000000b1",
+        bob_id,
+        100,
+        10,
+        3_000_000_000,
+    );
+    b.model = "bobs-private-model".into();
+    b.started_at_ms = now_ms - 10_000;
+    support::report_usage(&cp.url(), &cp.node_token, "node-a", vec![a, b]).unwrap();
+
+    let form_page = get(addr, "/portal", None);
+    assert_eq!(form_page.status, 200);
+    assert!(form_page.text().contains("action=\"/portal/login\""));
+    assert_hardened(&form_page, "/portal");
+
+    // The admin token is not a client key, and a wrong key gets no session.
+    for wrong in [cp.admin_token.as_str(), "kp_not-a-key"] {
+        let resp = post(addr, "/portal/login", None, &[("token", wrong)], &[]);
+        assert_eq!(resp.status, 401);
+        assert!(resp.header("set-cookie").is_none());
+    }
+    let signed = post(addr, "/portal/login", None, &[("token", alice_key)], &[]);
+    assert_eq!(signed.status, 303, "{}", signed.text());
+    assert_eq!(signed.header("location"), Some("/portal"));
+    let set = signed.header("set-cookie").unwrap();
+    assert!(set.starts_with("keyplane_portal=") && set.contains("HttpOnly"));
+    assert!(set.contains("SameSite=Strict"));
+    let cookie = cookie_of(&signed).unwrap();
+
+    let mine = get(addr, "/portal", Some(&cookie));
+    assert_eq!(mine.status, 200);
+    let html = mine.text();
+    assert!(
+        html.contains("Key alice") && html.contains("alice-model"),
+        "{html}"
+    );
+    assert!(
+        html.contains("$2 of $10 (monthly)") && html.contains("30 rpm"),
+        "{html}"
+    );
+    for (what, other) in [
+        ("bob's name", "bob"),
+        ("bob's model", "bobs-private-model"),
+        ("bob's key", bob_key),
+        ("alice's own key", alice_key),
+        ("the admin token", cp.admin_token.as_str()),
+    ] {
+        assert!(!html.contains(other), "the portal shows {what}");
+    }
+    // A portal session is no operator session.
+    let console_page = get(addr, "/keys", Some(&cookie));
+    assert_eq!(console_page.status, 303);
+    assert_eq!(console_page.header("location"), Some("/login"));
+
+    // Sign-out needs the CSRF token.
+    assert_eq!(
+        post(addr, "/portal/logout", Some(&cookie), &[], &[]).status,
+        403
+    );
+
+    // Revoked: the session ends at the next page, and the key no longer signs in.
+    cp.ctl(&["key", "revoke", "alice"]).ok();
+    let after = get(addr, "/portal", Some(&cookie));
+    assert_eq!(after.status, 401);
+    assert!(after.text().contains("revoked or expired"));
+    let again = post(addr, "/portal/login", None, &[("token", alice_key)], &[]);
+    assert_eq!(again.status, 401);
+
+    // Bob signs in and sees his own, and sign-out ends it.
+    let bob_cookie = cookie_of(&post(
+        addr,
+        "/portal/login",
+        None,
+        &[("token", bob_key)],
+        &[],
+    ))
+    .unwrap();
+    let bobs = get(addr, "/portal", Some(&bob_cookie)).text();
+    assert!(bobs.contains("bobs-private-model") && !bobs.contains("alice"));
+    let out = post(
+        addr,
+        "/portal/logout",
+        Some(&bob_cookie),
+        &[("csrf", &csrf_of(&bobs))],
+        &[],
+    );
+    assert_eq!(out.status, 303);
+    assert!(
+        get(addr, "/portal", Some(&bob_cookie))
+            .text()
+            .contains("action=\"/portal/login\"")
+    );
+}

@@ -12,7 +12,7 @@ use std::time::Duration;
 const WAIT: Duration = Duration::from_secs(10);
 
 #[test]
-fn an_operator_signs_in_creates_a_key_sees_it_listed_and_the_overview_chart() {
+fn an_operator_signs_in_creates_a_key_sees_it_and_the_chart_then_its_holder_uses_the_portal() {
     let cp = ControlPlane::start_with(ControlOptions {
         console: true,
         ..ControlOptions::default()
@@ -102,4 +102,14 @@ fn an_operator_signs_in_creates_a_key_sees_it_listed_and_the_overview_chart() {
     assert!(browser.wait_for("#token", WAIT));
     browser.goto(&format!("{base}/keys"));
     assert!(browser.url().ends_with("/login"), "{}", browser.url());
+
+    // The key holder signs in to the portal with the key and sees that key's usage.
+    browser.goto(&format!("{base}/portal"));
+    browser.type_into("#token", &key);
+    browser.click("button[type=submit]");
+    assert!(browser.wait_for("#budget", WAIT), "{}", browser.source());
+    let html = browser.source();
+    assert!(html.contains("Key browser-key") && html.contains("deepseek/deepseek-chat"));
+    assert!(html.contains("of $5"), "{html}");
+    assert!(!html.contains(&key) && !html.contains(&cp.admin_token));
 }

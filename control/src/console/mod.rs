@@ -14,6 +14,7 @@
 
 mod assets;
 mod data;
+mod portal;
 mod session;
 mod views;
 
@@ -43,8 +44,11 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use views::Notice;
 
-/// The session cookie's name.
+/// The operator session cookie's name.
 const COOKIE: &str = "keyplane_session";
+/// The portal's session cookie: separate, so a key holder's sign-in never replaces an
+/// operator's session in the same browser, nor the other way round.
+const PORTAL_COOKIE: &str = "keyplane_portal";
 
 /// Sign-in attempts allowed per client address per minute.
 pub const SIGN_IN_ATTEMPTS_PER_MINUTE: usize = 5;
@@ -113,6 +117,9 @@ fn router(console: Arc<Console>) -> Router {
         .route("/requests/view", get(request_view))
         .route("/nodes", get(nodes))
         .route("/connect", get(connect))
+        .route("/portal", get(portal::home))
+        .route("/portal/login", post(portal::login))
+        .route("/portal/logout", post(portal::logout))
         .route("/assets/{file}", get(asset))
         .fallback(not_found)
         .with_state(console)
@@ -255,21 +262,21 @@ fn internal(err: &Error) -> Response {
     )
 }
 
-/// The session id in the request's cookie.
-fn cookie_id(headers: &HeaderMap) -> Option<String> {
+/// The session id in the request's cookie `name`.
+fn cookie_id(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+        .filter_map(|c| c.trim().strip_prefix(name)?.strip_prefix('='))
         .map(str::to_string)
         .next()
 }
 
 /// The operator's session, if the request has one.
 fn operator(c: &Console, headers: &HeaderMap) -> Option<Session> {
-    let session = c.sessions.get(&cookie_id(headers)?)?;
+    let session = c.sessions.get(&cookie_id(headers, COOKIE)?)?;
     (session.principal == Principal::Operator).then_some(session)
 }
 
@@ -323,9 +330,12 @@ fn guard(c: &Console, headers: &HeaderMap, fields: &Fields) -> Result<Session, &
 }
 
 fn set_cookie(c: &Console, id: &str, max_age: u64) -> HeaderValue {
+    named_cookie(c, COOKIE, id, max_age)
+}
+
+fn named_cookie(c: &Console, name: &str, id: &str, max_age: u64) -> HeaderValue {
     let secure = if c.tls { "; Secure" } else { "" };
-    let text =
-        format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}");
+    let text = format!("{name}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}");
     // The id is hex, so the value is always a valid header value.
     HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
@@ -389,7 +399,7 @@ async fn logout(
     if let Err(why) = guard(&c, &headers, &fields) {
         return refused(why);
     }
-    if let Some(id) = cookie_id(&headers) {
+    if let Some(id) = cookie_id(&headers, COOKIE) {
         c.sessions.remove(&id);
     }
     let mut resp = see_other("/login");

@@ -542,3 +542,90 @@ pub fn request(e: &pb::LoggedRequest) -> Markup {
         p { a href="/requests" { "All requests" } }
     }
 }
+
+/// The portal's page for one key holder: their key's budget, limits, usage and requests, and
+/// nothing of any other key.
+pub fn portal(
+    row: &KeyRow,
+    o: &Overview,
+    window: &str,
+    entries: &[pb::LoggedRequest],
+    csrf: &str,
+) -> Markup {
+    let series: Vec<(i64, u64, u64)> = o
+        .series
+        .iter()
+        .map(|(at, t)| (at / 1000, t.requests, t.cost_nano_usd))
+        .collect();
+    let series = serde_json::to_string(&series).unwrap_or_default();
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            (head("Your key"))
+            body {
+                header.top {
+                    span.brand { "Keyplane" }
+                    nav { a.active href="/portal" { "Your key: " (row.key.name) } }
+                    form.signout method="post" action="/portal/logout" {
+                        (csrf_field(csrf))
+                        button type="submit" { "Sign out" }
+                    }
+                }
+                main {
+                    h1 { "Key " (row.key.name) }
+                    table.detail #budget {
+                        tbody {
+                            tr { th { "Spend this period" } td { (budget_text(row)) } }
+                            tr { th { "Limits" } td { (policy_text(&row.key)) } }
+                            tr { th { "State" } td { @if row.key.revoked_at_ms.is_some() { "revoked" } @else { "active" } } }
+                        }
+                    }
+                    section {
+                        table.windows {
+                            thead { tr { th { "Window" } th { "Requests" } th { "Spend" } th { "Input tokens" } th { "Output tokens" } th { "Errors" } } }
+                            tbody {
+                                @for (w, t) in WINDOWS.iter().zip(&o.windows) {
+                                    tr { td { (w.1) } (totals_cells(t)) }
+                                }
+                            }
+                        }
+                    }
+                    nav.windows {
+                        "Usage over: "
+                        @for w in WINDOWS {
+                            a href={ "/portal?window=" (w.0) } class=[(w.0 == window).then_some("active")] { (w.1) }
+                        }
+                    }
+                    section {
+                        h2 { "Requests and spend per hour" }
+                        div #chart data-series=(series) {}
+                    }
+                    (breakdown("model", &o.by_model))
+                    section {
+                        h2 { "Recent requests" }
+                        @if entries.is_empty() { p.empty { "No requests yet." } } @else {
+                            table #requests {
+                                thead { tr { th { "Time" } th { "Model" } th { "Status" } th { "Error" } th { "Tokens in/out" } th { "Cost" } th { "Latency" } } }
+                                tbody {
+                                    @for e in entries {
+                                        @if let Some(r) = &e.record {
+                                            tr {
+                                                td { (ms_text(r.started_at_ms)) }
+                                                td { (r.model) }
+                                                td.num { (r.status) }
+                                                td { (r.error) }
+                                                td.num { (r.input_tokens) " / " (r.output_tokens) }
+                                                td.num { (cost_text(r)) }
+                                                td.num { (r.latency_ms) " ms" }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
