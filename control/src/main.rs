@@ -406,6 +406,17 @@ async fn run(args: Args) -> Result<(), Failure> {
         }
         None => None,
     };
+    // Before the console, which offers "sync now"; its loop starts with the other tasks.
+    let syncer = Syncer::new(
+        Arc::clone(&store),
+        Arc::clone(&routes),
+        SyncConfig {
+            interval: (args.catalog_sync_interval_secs > 0)
+                .then(|| Duration::from_secs(args.catalog_sync_interval_secs)),
+            timeout: Duration::from_secs(args.catalog_sync_timeout_secs),
+            ..SyncConfig::default()
+        },
+    );
     let console_task = match args.console_listen {
         Some(addr) => {
             let acceptor = match (&args.tls_cert, &args.tls_key) {
@@ -424,6 +435,7 @@ async fn run(args: Args) -> Result<(), Failure> {
                 Arc::clone(&store),
                 Arc::clone(&routes),
                 Arc::clone(&registry),
+                Arc::clone(&syncer),
                 TokenCheck::new(&secrets.admin_token, "admin token"),
                 acceptor.is_some(),
             ));
@@ -470,16 +482,6 @@ async fn run(args: Args) -> Result<(), Failure> {
     );
 
     let compiler = tokio::spawn(Arc::clone(&routes).run(cancel.clone()));
-    let syncer = Syncer::new(
-        Arc::clone(&store),
-        Arc::clone(&routes),
-        SyncConfig {
-            interval: (args.catalog_sync_interval_secs > 0)
-                .then(|| Duration::from_secs(args.catalog_sync_interval_secs)),
-            timeout: Duration::from_secs(args.catalog_sync_timeout_secs),
-            ..SyncConfig::default()
-        },
-    );
     let sync_loop = tokio::spawn(Arc::clone(&syncer).run(cancel.clone()));
     let pruner = tokio::spawn(keyplane_control::request_log::prune_forever(
         Arc::clone(&store),

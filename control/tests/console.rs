@@ -143,6 +143,7 @@ fn every_response_carries_the_security_headers_and_pages_have_no_inline_code() {
     for path in [
         "/",
         "/requests",
+        "/models",
         "/keys",
         "/providers",
         "/nodes",
@@ -488,6 +489,7 @@ fn no_page_renders_a_token_a_credential_secret_or_a_client_key() {
         "/?window=hour",
         "/?window=month",
         "/requests",
+        "/models",
         "/keys",
         "/providers",
         "/nodes",
@@ -760,4 +762,97 @@ fn the_portal_shows_a_key_holder_only_their_own_key() {
             .text()
             .contains("action=\"/portal/login\"")
     );
+}
+
+#[test]
+fn the_models_page_shows_offerings_catalogs_aliases_chains_and_syncs_on_request() {
+    let cp = ControlPlane::start_with(ControlOptions {
+        console: true,
+        extra_args: vec!["--catalog-sync-interval-secs".into(), "0".into()],
+        ..ControlOptions::default()
+    });
+    let addr = console(&cp);
+    for args in [
+        &[
+            "provider",
+            "add",
+            "deepseek",
+            "--protocol",
+            "openai",
+            "--base-url",
+            "https://api.deepseek.com/v1",
+        ][..],
+        &[
+            "model",
+            "set",
+            "deepseek/deepseek-chat",
+            "--provider",
+            "deepseek",
+            "--upstream-model",
+            "deepseek-chat",
+            "--input",
+            "0.28",
+            "--output",
+            "0.42",
+        ],
+        &["model", "alias", "ds", "deepseek/deepseek-chat"],
+        &[
+            "chain",
+            "set",
+            "smart",
+            "--models",
+            "deepseek/deepseek-chat,ds",
+        ],
+        // A catalog whose models API cannot be reached: "sync now" reports the failure.
+        &[
+            "provider",
+            "add",
+            "or",
+            "--preset",
+            "openrouter",
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+        ],
+    ] {
+        cp.ctl(args).ok();
+    }
+    let cookie = sign_in(&cp);
+    let page = get(addr, "/models", Some(&cookie));
+    assert_eq!(page.status, 200);
+    let html = page.text();
+    assert!(html.contains("deepseek-chat") && html.contains("$0.28") && html.contains("$0.42"));
+    assert!(
+        html.contains(">ds<") && html.contains("deepseek/deepseek-chat → ds"),
+        "{html}"
+    );
+    assert!(html.contains(">or<") && html.contains("Sync now"), "{html}");
+
+    let csrf = csrf_of(&html);
+    assert_eq!(
+        post(
+            addr,
+            "/catalog/sync",
+            Some(&cookie),
+            &[("provider", "or")],
+            &[]
+        )
+        .status,
+        403
+    );
+    let synced = post(
+        addr,
+        "/catalog/sync",
+        Some(&cookie),
+        &[("csrf", &csrf), ("provider", "or")],
+        &[],
+    );
+    assert_eq!(synced.status, 200);
+    assert!(
+        synced.text().contains("Sync of or failed"),
+        "{}",
+        synced.text()
+    );
+    // The sync really ran: the control plane records the failed attempt.
+    let status = cp.ctl(&["--json", "catalog", "status", "or"]).ok().json();
+    assert!(status[0]["last_error"].is_string(), "{status}");
 }

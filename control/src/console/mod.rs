@@ -63,6 +63,7 @@ pub struct Console {
     pub store: Arc<Store>,
     pub routes: Arc<Routes>,
     pub registry: Arc<Registry>,
+    pub syncer: Arc<crate::catalog_sync::Syncer>,
     pub admin_token: TokenCheck,
     pub sessions: Sessions,
     pub attempts: AttemptLimit,
@@ -75,6 +76,7 @@ impl Console {
         store: Arc<Store>,
         routes: Arc<Routes>,
         registry: Arc<Registry>,
+        syncer: Arc<crate::catalog_sync::Syncer>,
         admin_token: TokenCheck,
         tls: bool,
     ) -> Console {
@@ -82,6 +84,7 @@ impl Console {
             store,
             routes,
             registry,
+            syncer,
             admin_token,
             sessions: Sessions::default(),
             attempts: AttemptLimit::new(SIGN_IN_ATTEMPTS_PER_MINUTE, Duration::from_secs(60)),
@@ -113,6 +116,8 @@ fn router(console: Arc<Console>) -> Router {
         .route("/providers", get(providers))
         .route("/credentials", post(add_credential))
         .route("/credentials/enable", post(enable_credential))
+        .route("/models", get(models))
+        .route("/catalog/sync", post(sync_catalog))
         .route("/requests", get(requests))
         .route("/requests/view", get(request_view))
         .route("/nodes", get(nodes))
@@ -870,6 +875,68 @@ async fn request_view(
         ),
         Err(e) => internal(&e),
     }
+}
+
+async fn models_page(c: &Console, session: &Session, status: StatusCode, n: Notice) -> Response {
+    let store = Arc::clone(&c.store);
+    let syncer = Arc::clone(&c.syncer);
+    let read = blocking(move || {
+        Ok(views::Models {
+            offerings: store.effective_offerings(None)?,
+            catalogs: syncer.status(None)?,
+            aliases: store.aliases()?,
+            chains: store.chains()?,
+        })
+    })
+    .await;
+    match read {
+        Ok(m) => page(
+            status,
+            views::layout(
+                "Models",
+                "/models",
+                &session.csrf,
+                views::models(&m, now_ms(), &n, &session.csrf),
+            ),
+        ),
+        Err(e) => internal(&e),
+    }
+}
+
+async fn models(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    let Some(session) = operator(&c, &headers) else {
+        return see_other("/login");
+    };
+    models_page(&c, &session, StatusCode::OK, Notice::None).await
+}
+
+/// "Sync now" for one provider's catalog, as `keyplanectl catalog sync PROVIDER`.
+async fn sync_catalog(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Form(fields): Form<Fields>,
+) -> Response {
+    let session = match guard(&c, &headers, &fields) {
+        Ok(s) => s,
+        Err(why) => return refused(why),
+    };
+    let provider = fields.get("provider").cloned().unwrap_or_default();
+    let n = match c.syncer.sync_now(Some(&provider)).await {
+        Ok(statuses) => match statuses.first() {
+            Some(s) if s.rec.last_error.is_empty() => Notice::Done(format!(
+                "Synced {}: {} models.",
+                s.rec.provider,
+                s.rec.models.len()
+            )),
+            Some(s) => Notice::Error(format!(
+                "Sync of {} failed: {}",
+                s.rec.provider, s.rec.last_error
+            )),
+            None => Notice::Error(format!("{provider} has no catalog to sync.")),
+        },
+        Err(e) => Notice::Error(error_text(&e)),
+    };
+    models_page(&c, &session, StatusCode::OK, n).await
 }
 
 async fn nodes(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {

@@ -9,9 +9,10 @@ use keyplane_proto::v1 as pb;
 use maud::{DOCTYPE, Markup, html};
 
 /// Navigation entries: (path, label).
-const NAV: [(&str, &str); 6] = [
+const NAV: [(&str, &str); 7] = [
     ("/", "Overview"),
     ("/requests", "Requests"),
+    ("/models", "Models"),
     ("/keys", "Keys"),
     ("/providers", "Providers"),
     ("/nodes", "Nodes"),
@@ -624,6 +625,102 @@ pub fn portal(
                             }
                         }
                     }
+                }
+            }
+        }
+    }
+}
+
+/// What the models page shows.
+pub struct Models {
+    pub offerings: Vec<crate::prices::Effective>,
+    pub catalogs: Vec<crate::catalog_sync::Status>,
+    pub aliases: Vec<crate::prices::AliasRec>,
+    pub chains: Vec<crate::chains::ChainRec>,
+}
+
+/// Micro-units per million tokens as a price.
+fn per_mtok(micros: u64) -> String {
+    crate::money::format_micros(micros)
+}
+
+pub fn models(m: &Models, now_ms: i64, n: &Notice, csrf: &str) -> Markup {
+    html! {
+        (notice(n))
+        section {
+            h2 { "Offerings" }
+            @if m.offerings.is_empty() { p.empty { "No model offerings yet." } } @else {
+                table #offerings {
+                    thead { tr {
+                        th { "Model" } th { "Provider" } th { "Upstream model" }
+                        th { "Input / Mtok" } th { "Output / Mtok" } th { "Currency" }
+                        th { "Source" } th { "Synced" }
+                    } }
+                    tbody {
+                        @for o in &m.offerings {
+                            tr {
+                                td { (o.model) } td { (o.provider) } td { (o.upstream_model) }
+                                @match (&o.usd, &o.native) {
+                                    (Some(usd), _) => {
+                                        td.num { "$" (per_mtok(usd.input)) }
+                                        td.num { "$" (per_mtok(usd.output)) }
+                                    }
+                                    (None, _) => { td.num { "unknown" } td.num { "unknown" } }
+                                }
+                                td { (o.native.as_ref().map_or("USD", |p| p.currency.as_str())) }
+                                td { (o.source) }
+                                td { (ms_text(o.synced_at_ms)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        section {
+            h2 { "Catalogs" }
+            @if m.catalogs.is_empty() { p.empty { "No provider has a catalog adapter." } } @else {
+                table #catalogs {
+                    thead { tr {
+                        th { "Provider" } th { "Adapter" } th { "Models" } th { "Last success" }
+                        th { "Last error" } th { "Failures in a row" } th { "Next sync" } th {}
+                    } }
+                    tbody {
+                        @for s in &m.catalogs {
+                            tr {
+                                td { (s.rec.provider) } td { (s.rec.adapter) }
+                                td.num { (s.rec.models.len()) }
+                                td { (ms_text(s.rec.last_success_ms)) }
+                                td { (s.rec.last_error) }
+                                td.num { (s.rec.consecutive_failures) }
+                                td { @if s.next_sync_ms > now_ms { (ms_text(s.next_sync_ms)) } @else { "due" } }
+                                td {
+                                    form method="post" action="/catalog/sync" {
+                                        (csrf_field(csrf))
+                                        input type="hidden" name="provider" value=(s.rec.provider);
+                                        button type="submit" { "Sync now" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        section {
+            h2 { "Aliases" }
+            @if m.aliases.is_empty() { p.empty { "No aliases." } } @else {
+                table #aliases {
+                    thead { tr { th { "Alias" } th { "Model" } } }
+                    tbody { @for a in &m.aliases { tr { td { (a.alias) } td { (a.target) } } } }
+                }
+            }
+        }
+        section {
+            h2 { "Fallback chains" }
+            @if m.chains.is_empty() { p.empty { "No chains." } } @else {
+                table #chains {
+                    thead { tr { th { "Chain" } th { "Models, in order" } } }
+                    tbody { @for c in &m.chains { tr { td { (c.name) } td { (c.models.join(" → ")) } } } }
                 }
             }
         }
