@@ -144,6 +144,9 @@ fn every_response_carries_the_security_headers_and_pages_have_no_inline_code() {
         "/",
         "/requests",
         "/models",
+        "/usage",
+        "/usage?by=day",
+        "/usage.csv",
         "/keys",
         "/providers",
         "/nodes",
@@ -490,6 +493,9 @@ fn no_page_renders_a_token_a_credential_secret_or_a_client_key() {
         "/?window=month",
         "/requests",
         "/models",
+        "/usage",
+        "/usage?by=day",
+        "/usage.csv",
         "/keys",
         "/providers",
         "/nodes",
@@ -855,4 +861,81 @@ fn the_models_page_shows_offerings_catalogs_aliases_chains_and_syncs_on_request(
     // The sync really ran: the control plane records the failed attempt.
     let status = cp.ctl(&["--json", "catalog", "status", "or"]).ok().json();
     assert!(status[0]["last_error"].is_string(), "{status}");
+}
+
+#[test]
+fn the_usage_report_groups_like_keyplanectl_usage_and_downloads_as_csv() {
+    let cp = start();
+    let addr = console(&cp);
+    let mut ids = Vec::new();
+    for name in ["alice", "bob"] {
+        let k = cp.ctl(&["--json", "key", "create", name]).ok().json();
+        ids.push(k["id"].as_str().unwrap().to_string());
+    }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let mut records = Vec::new();
+    for (i, (key, model, cost)) in [
+        (&ids[0], "m-one", 1_000_000_000u64),
+        (&ids[0], "m-two", 500_000_000),
+        (&ids[1], "=HYPERLINK(\"x\")", 250_000_000),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut r = support::usage_record(
+            &format!("0190a000-0000-7000-8000-0000000000c{i}"),
+            key,
+            10,
+            5,
+            cost,
+        );
+        r.model = model.into();
+        r.started_at_ms = now_ms - 60_000;
+        records.push(r);
+    }
+    support::report_usage(&cp.url(), &cp.node_token, "node-a", records).unwrap();
+    let cookie = sign_in(&cp);
+
+    let by_key = get(addr, "/usage?by=key", Some(&cookie));
+    assert_eq!(by_key.status, 200);
+    let html = by_key.text();
+    assert!(html.contains("$1.5") && html.contains("$0.25"), "{html}");
+    let cli = cp.ctl(&["--json", "usage", "--by", "key"]).ok().json();
+    assert_eq!(cli.as_array().unwrap().len(), 2, "{cli}");
+
+    let csv = get(addr, "/usage.csv?by=model", Some(&cookie));
+    assert_eq!(csv.status, 200);
+    assert_eq!(csv.header("content-type"), Some("text/csv; charset=utf-8"));
+    assert!(
+        csv.header("content-disposition")
+            .unwrap()
+            .contains("attachment")
+    );
+    let text = csv.text();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(lines[0].starts_with("key,model,provider"));
+    assert!(text.contains(",m-one,") && text.contains(",1,"), "{text}");
+    assert!(
+        text.contains("\"'=HYPERLINK(\"\"x\"\")\""),
+        "a formula-like model is defused and quoted: {text}"
+    );
+
+    let only_alice = get(addr, "/usage.csv?key=alice&by=model", Some(&cookie)).text();
+    assert_eq!(only_alice.lines().count(), 3, "{only_alice}");
+    assert!(!only_alice.contains("HYPERLINK"));
+
+    let bad = get(addr, "/usage?since=yesterday", Some(&cookie));
+    assert_eq!(bad.status, 400);
+    assert!(bad.text().contains("not a date"));
+    let bad_by = get(addr, "/usage?by=colour", Some(&cookie));
+    assert_eq!(bad_by.status, 400);
+    assert_eq!(
+        get(addr, "/usage.csv", None).status,
+        303,
+        "CSV needs a session too"
+    );
 }

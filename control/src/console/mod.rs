@@ -118,6 +118,8 @@ fn router(console: Arc<Console>) -> Router {
         .route("/credentials/enable", post(enable_credential))
         .route("/models", get(models))
         .route("/catalog/sync", post(sync_catalog))
+        .route("/usage", get(usage))
+        .route("/usage.csv", get(usage_csv))
         .route("/requests", get(requests))
         .route("/requests/view", get(request_view))
         .route("/nodes", get(nodes))
@@ -711,6 +713,122 @@ fn date_ms(text: &str) -> Option<i64> {
     };
     ((1..=12).contains(m) && (1..=31).contains(d))
         .then(|| crate::period::days_from_civil(*y, *m, *d) * 86_400_000)
+}
+
+/// The usage report's query from the query string (as `keyplanectl usage` takes it), with the
+/// form's values to show again.
+fn usage_query(
+    q: &HashMap<String, String>,
+) -> (
+    views::UsageForm,
+    Result<keyplane_proto::v1::QueryUsageRequest, String>,
+) {
+    let field = |k: &str| q.get(k).map(|v| v.trim().to_string()).unwrap_or_default();
+    let form = views::UsageForm {
+        key: field("key"),
+        since: field("since"),
+        until: field("until"),
+        by: field("by"),
+    };
+    let date = |text: &str, what: &str| {
+        if text.is_empty() {
+            Ok(0)
+        } else {
+            date_ms(text).ok_or_else(|| format!("{what} {text:?} is not a date (YYYY-MM-DD)."))
+        }
+    };
+    let req = (|| {
+        Ok(keyplane_proto::v1::QueryUsageRequest {
+            key: form.key.clone(),
+            since_ms: date(&form.since, "Since")?,
+            // Until a date means through the end of that day.
+            until_ms: match date(&form.until, "Until")? {
+                0 => 0,
+                ms => ms + 86_400_000,
+            },
+            by: form.by.clone(),
+        })
+    })();
+    (form, req)
+}
+
+/// The usage rows the Admin service's `QueryUsage` answers (called in process, not over gRPC),
+/// so the console's report is `keyplanectl usage`'s to the row.
+async fn usage_rows(
+    c: &Console,
+    req: keyplane_proto::v1::QueryUsageRequest,
+) -> Result<Vec<keyplane_proto::v1::UsageRow>, String> {
+    use keyplane_proto::v1::admin_server::Admin;
+    let admin = crate::grpc::AdminService {
+        store: Arc::clone(&c.store),
+        routes: Arc::clone(&c.routes),
+        registry: Arc::clone(&c.registry),
+        syncer: Arc::clone(&c.syncer),
+    };
+    admin
+        .query_usage(tonic::Request::new(req))
+        .await
+        .map(|r| r.into_inner().rows)
+        .map_err(|status| status.message().to_string())
+}
+
+async fn usage(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(session) = operator(&c, &headers) else {
+        return see_other("/login");
+    };
+    let (form, req) = usage_query(&q);
+    let result = match req {
+        Ok(req) => usage_rows(&c, req).await,
+        Err(why) => Err(why),
+    };
+    let (status, rows, n) = match result {
+        Ok(rows) => (StatusCode::OK, rows, Notice::None),
+        Err(why) => (StatusCode::BAD_REQUEST, Vec::new(), Notice::Error(why)),
+    };
+    page(
+        status,
+        views::layout(
+            "Usage",
+            "/usage",
+            &session.csrf,
+            views::usage(&rows, &form, &n),
+        ),
+    )
+}
+
+/// The usage report as CSV, for a spreadsheet.
+async fn usage_csv(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if operator(&c, &headers).is_none() {
+        return see_other("/login");
+    }
+    let (_, req) = usage_query(&q);
+    let result = match req {
+        Ok(req) => usage_rows(&c, req).await,
+        Err(why) => Err(why),
+    };
+    match result {
+        Ok(rows) => (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+                (
+                    header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"keyplane-usage.csv\"",
+                ),
+            ],
+            views::usage_csv(&rows),
+        )
+            .into_response(),
+        Err(why) => page(StatusCode::BAD_REQUEST, views::message("Bad request", &why)),
+    }
 }
 
 /// The most entries one page of the request log shows.

@@ -9,8 +9,9 @@ use keyplane_proto::v1 as pb;
 use maud::{DOCTYPE, Markup, html};
 
 /// Navigation entries: (path, label).
-const NAV: [(&str, &str); 7] = [
+const NAV: [(&str, &str); 8] = [
     ("/", "Overview"),
+    ("/usage", "Usage"),
     ("/requests", "Requests"),
     ("/models", "Models"),
     ("/keys", "Keys"),
@@ -724,5 +725,175 @@ pub fn models(m: &Models, now_ms: i64, n: &Notice, csrf: &str) -> Markup {
                 }
             }
         }
+    }
+}
+
+/// The usage report's form as the page shows it.
+#[derive(Debug, Default, Clone)]
+pub struct UsageForm {
+    pub key: String,
+    pub since: String,
+    pub until: String,
+    pub by: String,
+}
+
+/// The columns naming a usage row's group, by `by`.
+fn usage_names(by: &str) -> &'static [&'static str] {
+    match by {
+        "key" => &["Key"],
+        "model" => &["Model"],
+        "provider" => &["Provider"],
+        "credential" => &["Provider", "Credential", "Label"],
+        "day" => &["Day"],
+        _ => &["Key", "Model", "Provider", "Credential", "Label"],
+    }
+}
+
+fn usage_name_values(by: &str, r: &pb::UsageRow) -> Vec<String> {
+    match by {
+        "key" => vec![r.key.clone()],
+        "model" => vec![r.model.clone()],
+        "provider" => vec![r.provider.clone()],
+        "credential" => vec![
+            r.provider.clone(),
+            r.credential.clone(),
+            r.credential_label.clone(),
+        ],
+        "day" => vec![r.group.clone()],
+        _ => vec![
+            r.key.clone(),
+            r.model.clone(),
+            r.provider.clone(),
+            r.credential.clone(),
+            r.credential_label.clone(),
+        ],
+    }
+}
+
+pub fn usage(rows: &[pb::UsageRow], f: &UsageForm, n: &Notice) -> Markup {
+    let query = format!(
+        "key={}&since={}&until={}&by={}",
+        query_escape(&f.key),
+        query_escape(&f.since),
+        query_escape(&f.until),
+        query_escape(&f.by)
+    );
+    html! {
+        (notice(n))
+        form.grid #usage-filter method="get" action="/usage" {
+            label { "Key" input name="key" value=(f.key); }
+            label { "Since (UTC date)" input name="since" type="date" value=(f.since); }
+            label { "Until (UTC date)" input name="until" type="date" value=(f.until); }
+            label { "Group by" select name="by" {
+                @for (v, label) in [("", "key, model, provider, credential"), ("key", "key"), ("model", "model"), ("provider", "provider"), ("credential", "credential"), ("day", "day")] {
+                    option value=(v) selected[f.by == v] { (label) }
+                }
+            } }
+            button type="submit" { "Show" }
+        }
+        p { a #usage-csv href={ "/usage.csv?" (query) } { "Download CSV" } }
+        @if rows.is_empty() { p.empty { "No usage matches." } } @else {
+            table #usage {
+                thead { tr {
+                    @for name in usage_names(&f.by) { th { (name) } }
+                    th { "Requests" } th { "Input tokens" } th { "Output tokens" } th { "Billed" } th { "Computed" }
+                } }
+                tbody {
+                    @for r in rows {
+                        tr {
+                            @for v in usage_name_values(&f.by, r) { td { (v) } }
+                            td.num { (r.requests) }
+                            td.num { (r.input_tokens) }
+                            td.num { (r.output_tokens) }
+                            td.num { (usd(r.cost_nano_usd)) }
+                            td.num { (usd(r.computed_cost_nano_usd)) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Percent-encodes a query value (everything but unreserved characters).
+fn query_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// One CSV field: quoted when it holds a separator, quote or line break, and with a leading `'`
+/// when a spreadsheet would read it as a formula (a model name like `=HYPERLINK(...)`).
+fn csv_field(s: &str) -> String {
+    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{s}")
+    } else {
+        s.to_string()
+    };
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s
+    }
+}
+
+/// The usage rows as CSV with a header line; costs in USD with up to nine decimals.
+pub fn usage_csv(rows: &[pb::UsageRow]) -> String {
+    let mut out = String::from(
+        "key,model,provider,credential,credential_label,group,requests,input_tokens,output_tokens,cost_usd,computed_cost_usd\n",
+    );
+    let dollars = |nano: u64| {
+        let text = format!("{}.{:09}", nano / 1_000_000_000, nano % 1_000_000_000);
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    };
+    for r in rows {
+        let fields = [
+            csv_field(&r.key),
+            csv_field(&r.model),
+            csv_field(&r.provider),
+            csv_field(&r.credential),
+            csv_field(&r.credential_label),
+            csv_field(&r.group),
+            r.requests.to_string(),
+            r.input_tokens.to_string(),
+            r.output_tokens.to_string(),
+            dollars(r.cost_nano_usd),
+            dollars(r.computed_cost_nano_usd),
+        ];
+        out.push_str(&fields.join(","));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_fields_are_quoted_and_formulas_defused() {
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("=1+1"), "'=1+1");
+        assert_eq!(csv_field("-x,y"), "\"'-x,y\"");
+        let rows = [pb::UsageRow {
+            key: "alice".into(),
+            requests: 2,
+            cost_nano_usd: 1_500_000_000,
+            computed_cost_nano_usd: 42,
+            ..Default::default()
+        }];
+        let csv = usage_csv(&rows);
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[1], "alice,,,,,,2,0,0,1.5,0.000000042");
+        assert_eq!(usage_csv(&[]).lines().count(), 1);
     }
 }

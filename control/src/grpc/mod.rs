@@ -5,6 +5,7 @@ mod auth;
 mod convert;
 mod nodes;
 
+pub use admin::AdminService;
 pub use auth::TokenCheck;
 pub use convert::policy as convert_policy;
 
