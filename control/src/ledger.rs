@@ -520,6 +520,22 @@ impl Store {
             .transpose()
     }
 
+    /// Calls `f` with every stored record of one key or all started at or after `since_ms`, in
+    /// no particular order. Scans the records: for reports (the console's overview), not for the
+    /// request path.
+    pub fn each_usage(
+        &self,
+        key_id: Option<&str>,
+        since_ms: i64,
+        f: &mut dyn FnMut(&UsageRec),
+    ) -> Result<()> {
+        self.each_record(&mut |rec| {
+            if key_id.is_none_or(|k| k == rec.key_id) && rec.started_at_ms >= since_ms {
+                f(&rec);
+            }
+        })
+    }
+
     /// Calls `f` with every stored record, in no particular order.
     fn each_record(&self, f: &mut dyn FnMut(UsageRec)) -> Result<()> {
         for item in self.usage.iter() {

@@ -96,6 +96,7 @@ fn an_operator_signs_in_creates_a_key_sees_it_and_the_chart_then_its_holder_uses
         html.contains("deepseek/deepseek-chat") && html.contains("$0.042"),
         "{html}"
     );
+    assert!(html.contains("Latency p50") && html.contains("First token p50"));
 
     // Sign out: the session is gone, the keys page sends the browser back to sign-in.
     browser.click("form.signout button");

@@ -1,8 +1,9 @@
 //! What the console's overview shows, computed from the usage ledger.
 
 use crate::error::Result;
+use crate::ledger::UsageRec;
 use crate::store::Store;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 const HOUR_MS: i64 = 3_600_000;
 
@@ -24,12 +25,12 @@ pub struct Totals {
 }
 
 impl Totals {
-    fn add(&mut self, other: &Totals) {
-        self.requests += other.requests;
-        self.errors += other.errors;
-        self.input_tokens += other.input_tokens;
-        self.output_tokens += other.output_tokens;
-        self.cost_nano_usd += other.cost_nano_usd;
+    fn add(&mut self, rec: &UsageRec) {
+        self.requests += 1;
+        self.errors += u64::from(rec.status >= 400);
+        self.input_tokens += rec.input_tokens;
+        self.output_tokens += rec.output_tokens;
+        self.cost_nano_usd += rec.cost_nano_usd;
     }
 
     /// Errors per thousand requests (0 with no requests).
@@ -38,12 +39,76 @@ impl Totals {
     }
 }
 
+/// Buckets per doubling of a latency histogram: a bucket spans a factor of 2^(1/4), so a
+/// percentile read from it is at most 19% above the true value.
+const STEPS_PER_DOUBLING: f64 = 4.0;
+/// Buckets up to 2^24 ms (4.6 hours), past any timeout.
+const BUCKETS: usize = 24 * 4 + 1;
+
+/// Latencies in log-spaced buckets: percentiles in constant memory, whatever the record count.
+#[derive(Debug, Clone)]
+pub struct Histogram {
+    counts: Vec<u64>,
+    total: u64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            counts: vec![0; BUCKETS],
+            total: 0,
+        }
+    }
+}
+
+impl Histogram {
+    fn bucket(ms: u32) -> usize {
+        let b = (f64::from(ms) + 1.0).log2() * STEPS_PER_DOUBLING;
+        (b.ceil() as usize).min(BUCKETS - 1)
+    }
+
+    fn upper_ms(bucket: usize) -> u64 {
+        (2f64.powf(bucket as f64 / STEPS_PER_DOUBLING) - 1.0).round() as u64
+    }
+
+    pub fn add(&mut self, ms: u32) {
+        self.counts[Self::bucket(ms)] += 1;
+        self.total += 1;
+    }
+
+    /// The `per_mille`th per-mille value's bucket bound (p50 = 500, p99 = 990); `None` when empty.
+    pub fn percentile(&self, per_mille: u64) -> Option<u64> {
+        if self.total == 0 {
+            return None;
+        }
+        let rank = (self.total * per_mille).div_ceil(1000).max(1);
+        let mut seen = 0;
+        for (b, n) in self.counts.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(Self::upper_ms(b));
+            }
+        }
+        None
+    }
+}
+
+/// One window's sums and latency percentiles.
+#[derive(Debug, Clone, Default)]
+pub struct Window {
+    pub totals: Totals,
+    /// End-to-end latency of every request.
+    pub latency: Histogram,
+    /// Time to the first byte (the first token when streamed), where the data plane measured it.
+    pub ttfb: Histogram,
+}
+
 /// The overview: totals per window, one point per hour of the chosen window, and spend by model,
 /// provider and key over it.
 #[derive(Debug, Default)]
 pub struct Overview {
     /// In the order of [`WINDOWS`].
-    pub windows: Vec<Totals>,
+    pub windows: Vec<Window>,
     /// (start of the hour in ms, totals), oldest first, for the chosen window.
     pub series: Vec<(i64, Totals)>,
     pub by_model: Vec<(String, Totals)>,
@@ -52,7 +117,8 @@ pub struct Overview {
     pub by_key: Vec<(String, Totals)>,
 }
 
-/// Builds the overview at `now_ms` for the window of `window_hours`, optionally of one key.
+/// Builds the overview at `now_ms` for the window of `window_hours`, optionally of one key, in
+/// one pass over the records of the longest window.
 pub fn overview(
     store: &Store,
     now_ms: i64,
@@ -61,62 +127,44 @@ pub fn overview(
 ) -> Result<Overview> {
     let longest = WINDOWS.iter().map(|w| w.2).max().unwrap_or(1);
     let since = now_ms - longest * HOUR_MS;
-    // One pass: group by how many whole hours ago each record started, then by what it was
-    // (model, provider, key). Hours ago (not clock hours) makes "last hour" exactly 60 minutes.
-    let grouped = store.usage_grouped(key_id, since, 0, &|rec| {
-        let ago = ((now_ms - rec.started_at_ms).max(0) / HOUR_MS).to_string();
-        vec![
-            ago,
-            rec.model.clone(),
-            rec.provider.clone(),
-            rec.key_id.clone(),
-            String::from(if rec.status >= 400 { "err" } else { "ok" }),
-        ]
-    })?;
     let names: HashMap<String, String> =
         store.keys()?.into_iter().map(|k| (k.id, k.name)).collect();
     let mut out = Overview {
-        windows: vec![Totals::default(); WINDOWS.len()],
+        windows: vec![Window::default(); WINDOWS.len()],
         series: (0..window_hours)
             .rev()
             .map(|ago| (now_ms - (ago + 1) * HOUR_MS, Totals::default()))
             .collect(),
         ..Overview::default()
     };
-    let mut by_model: BTreeMap<String, Totals> = BTreeMap::new();
-    let mut by_provider: BTreeMap<String, Totals> = BTreeMap::new();
-    let mut by_key: BTreeMap<String, Totals> = BTreeMap::new();
-    for (group, counts) in grouped {
-        let [ago, model, provider, key, class] = group.as_slice() else {
-            continue;
-        };
-        let Ok(ago) = ago.parse::<i64>() else {
-            continue;
-        };
-        let t = Totals {
-            requests: counts.requests,
-            errors: if class == "err" { counts.requests } else { 0 },
-            input_tokens: counts.input_tokens,
-            output_tokens: counts.output_tokens,
-            cost_nano_usd: counts.cost_nano_usd,
-        };
-        for (i, w) in WINDOWS.iter().enumerate() {
-            if ago < w.2 {
-                out.windows[i].add(&t);
+    let mut by_model: HashMap<String, Totals> = HashMap::new();
+    let mut by_provider: HashMap<String, Totals> = HashMap::new();
+    let mut by_key: HashMap<String, Totals> = HashMap::new();
+    store.each_usage(key_id, since, &mut |rec| {
+        // Whole hours ago (not clock hours), so that "last hour" is exactly 60 minutes.
+        let ago = (now_ms - rec.started_at_ms).max(0) / HOUR_MS;
+        for (w, (_, _, hours)) in out.windows.iter_mut().zip(WINDOWS) {
+            if ago < hours {
+                w.totals.add(rec);
+                w.latency.add(rec.latency_ms);
+                if rec.ttfb_ms > 0 {
+                    w.ttfb.add(rec.ttfb_ms);
+                }
             }
         }
         if ago < window_hours {
-            let slot = (window_hours - 1 - ago) as usize;
-            if let Some((_, s)) = out.series.get_mut(slot) {
-                s.add(&t);
+            if let Some((_, t)) = out.series.get_mut((window_hours - 1 - ago) as usize) {
+                t.add(rec);
             }
-            by_model.entry(model.clone()).or_default().add(&t);
-            by_provider.entry(provider.clone()).or_default().add(&t);
-            let name = names.get(key).cloned().unwrap_or_else(|| key.clone());
-            by_key.entry(name).or_default().add(&t);
+            by_model.entry(rec.model.clone()).or_default().add(rec);
+            by_provider
+                .entry(rec.provider.clone())
+                .or_default()
+                .add(rec);
+            by_key.entry(rec.key_id.clone()).or_default().add(rec);
         }
-    }
-    let ranked = |m: BTreeMap<String, Totals>| {
+    })?;
+    let ranked = |m: HashMap<String, Totals>| {
         let mut v: Vec<(String, Totals)> = m.into_iter().collect();
         v.sort_by(|a, b| {
             b.1.cost_nano_usd
@@ -127,14 +175,16 @@ pub fn overview(
     };
     out.by_model = ranked(by_model);
     out.by_provider = ranked(by_provider);
-    out.by_key = ranked(by_key);
+    out.by_key = ranked(by_key)
+        .into_iter()
+        .map(|(id, t)| (names.get(&id).cloned().unwrap_or(id), t))
+        .collect();
     Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::UsageRec;
     use crate::store::testing::open_temp;
 
     fn rec(id: &str, model: &str, started_at_ms: i64, status: u32, cost: u64) -> UsageRec {
@@ -149,6 +199,7 @@ mod tests {
             cost_nano_usd: cost,
             status,
             started_at_ms,
+            latency_ms: 100,
             ..UsageRec::default()
         }
     }
@@ -169,15 +220,22 @@ mod tests {
             )
             .unwrap();
         let o = overview(&store, now, 24, None).unwrap();
-        let reqs: Vec<u64> = o.windows.iter().map(|t| t.requests).collect();
+        let reqs: Vec<u64> = o.windows.iter().map(|w| w.totals.requests).collect();
         assert_eq!(
             reqs,
             vec![1, 2, 3],
             "hour, day, 30 days; d is older than all"
         );
-        assert_eq!(o.windows[1].errors, 1);
-        assert_eq!(o.windows[1].error_per_mille(), 500);
-        assert_eq!(o.windows[2].cost_nano_usd, 107);
+        assert_eq!(o.windows[1].totals.errors, 1);
+        assert_eq!(o.windows[1].totals.error_per_mille(), 500);
+        assert_eq!(o.windows[2].totals.cost_nano_usd, 107);
+        let p50 = o.windows[0].latency.percentile(500).unwrap();
+        assert!((100..=120).contains(&p50), "{p50}");
+        assert_eq!(
+            o.windows[0].ttfb.percentile(500),
+            None,
+            "no record measured it"
+        );
         assert_eq!(o.series.len(), 24);
         assert_eq!(
             o.series[23].1.requests, 1,
@@ -189,5 +247,29 @@ mod tests {
         assert_eq!(o.by_model[0].1.requests, 1, "only the day's records");
         assert_eq!(o.by_key[0].0, "k1", "a key that is gone shows its id");
         assert_eq!(Totals::default().error_per_mille(), 0);
+    }
+}
+
+#[cfg(test)]
+mod histogram_tests {
+    use super::Histogram;
+
+    #[test]
+    fn percentiles_are_within_a_bucket_of_the_truth() {
+        let mut h = Histogram::default();
+        assert_eq!(h.percentile(500), None);
+        for ms in 1..=1000u32 {
+            h.add(ms);
+        }
+        let p50 = h.percentile(500).unwrap();
+        let p99 = h.percentile(990).unwrap();
+        assert!((500..=500 * 6 / 5).contains(&p50), "{p50}");
+        assert!((990..=990 * 6 / 5).contains(&p99), "{p99}");
+        let mut one = Histogram::default();
+        one.add(0);
+        assert_eq!(one.percentile(990), Some(0));
+        let mut huge = Histogram::default();
+        huge.add(u32::MAX);
+        assert!(huge.percentile(500).unwrap() >= 1 << 23);
     }
 }

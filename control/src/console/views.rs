@@ -1,7 +1,7 @@
 //! The console's pages, as maud templates: every value is escaped by the template, and no page
 //! carries inline script or style (the Content-Security-Policy forbids both).
 
-use super::data::{Overview, Totals, WINDOWS};
+use super::data::{Histogram, Overview, Totals, WINDOWS};
 use crate::catalog::{CredentialRec, ProviderRec};
 use crate::keys::ClientKeyRec;
 use crate::nodes::NodeView;
@@ -145,6 +145,35 @@ fn totals_cells(t: &Totals) -> Markup {
     }
 }
 
+fn ms_or_dash(h: &Histogram, per_mille: u64) -> String {
+    h.percentile(per_mille)
+        .map_or_else(|| "—".to_string(), |ms| format!("{ms} ms"))
+}
+
+/// Totals and latency percentiles of each window.
+fn windows_table(o: &Overview) -> Markup {
+    html! {
+        table.windows #windows {
+            thead { tr {
+                th { "Window" } th { "Requests" } th { "Spend" } th { "Input tokens" }
+                th { "Output tokens" } th { "Errors" } th { "Latency p50" } th { "p99" }
+                th { "First token p50" } th { "p99" }
+            } }
+            tbody {
+                @for (w, win) in WINDOWS.iter().zip(&o.windows) {
+                    tr {
+                        td { (w.1) } (totals_cells(&win.totals))
+                        td.num { (ms_or_dash(&win.latency, 500)) }
+                        td.num { (ms_or_dash(&win.latency, 990)) }
+                        td.num { (ms_or_dash(&win.ttfb, 500)) }
+                        td.num { (ms_or_dash(&win.ttfb, 990)) }
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn breakdown(title: &str, rows: &[(String, Totals)]) -> Markup {
     html! {
         section {
@@ -170,14 +199,7 @@ pub fn overview(o: &Overview, window: &str) -> Markup {
     let series = serde_json::to_string(&series).unwrap_or_default();
     html! {
         section {
-            table.windows {
-                thead { tr { th { "Window" } th { "Requests" } th { "Spend" } th { "Input tokens" } th { "Output tokens" } th { "Errors" } } }
-                tbody {
-                    @for (w, t) in WINDOWS.iter().zip(&o.windows) {
-                        tr { td { (w.1) } (totals_cells(t)) }
-                    }
-                }
-            }
+            (windows_table(o))
         }
         nav.windows {
             "Breakdown over: "
@@ -583,14 +605,7 @@ pub fn portal(
                         }
                     }
                     section {
-                        table.windows {
-                            thead { tr { th { "Window" } th { "Requests" } th { "Spend" } th { "Input tokens" } th { "Output tokens" } th { "Errors" } } }
-                            tbody {
-                                @for (w, t) in WINDOWS.iter().zip(&o.windows) {
-                                    tr { td { (w.1) } (totals_cells(t)) }
-                                }
-                            }
-                        }
+                        (windows_table(o))
                     }
                     nav.windows {
                         "Usage over: "
