@@ -939,3 +939,35 @@ fn the_usage_report_groups_like_keyplanectl_usage_and_downloads_as_csv() {
         "CSV needs a session too"
     );
 }
+
+#[test]
+fn connect_a_tool_fills_in_the_typed_url_escaped() {
+    let cp = start();
+    let addr = console(&cp);
+    let cookie = sign_in(&cp);
+    let page = get(
+        addr,
+        "/connect?url=https%3A%2F%2Fgw.example.com%3A8443%2F",
+        Some(&cookie),
+    );
+    assert_eq!(page.status, 200);
+    let html = page.text();
+    for want in [
+        "ANTHROPIC_BASE_URL=https://gw.example.com:8443\n",
+        "base_url = &quot;https://gw.example.com:8443/v1&quot;",
+        "OPENAI_BASE_URL=https://gw.example.com:8443/v1",
+        "OPENAI_API_BASE=https://gw.example.com:8443/v1",
+        "&quot;baseURL&quot;: &quot;https://gw.example.com:8443/v1&quot;",
+    ] {
+        assert!(html.contains(want), "missing {want:?} in {html}");
+    }
+    // Whatever is typed is text, never markup.
+    let hostile = get(
+        addr,
+        "/connect?url=%22%3E%3Cscript%3Ealert(1)%3C%2Fscript%3E",
+        Some(&cookie),
+    )
+    .text();
+    assert!(!hostile.contains("<script>alert(1)"), "{hostile}");
+    assert!(hostile.contains("&lt;script&gt;alert(1)"));
+}

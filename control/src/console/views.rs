@@ -156,7 +156,7 @@ fn windows_table(o: &Overview) -> Markup {
         table.windows #windows {
             thead { tr {
                 th { "Window" } th { "Requests" } th { "Spend" } th { "Input tokens" }
-                th { "Output tokens" } th { "Errors" } th { "Latency p50" } th { "p99" }
+                th { "Output tokens" } th title="Among billed requests; refused requests are in the request log" { "Errors (billed)" } th { "Latency p50" } th { "p99" }
                 th { "First token p50" } th { "p99" }
             } }
             tbody {
@@ -431,6 +431,9 @@ pub fn connect(url: &str) -> Markup {
     let sdk = format!(
         "from openai import OpenAI\nclient = OpenAI(base_url=\"{base}/v1\", api_key=\"kp_...\")\n\n# or, for tools that read the environment (Cursor's OpenAI base URL setting takes the same URL):\nexport OPENAI_BASE_URL={base}/v1\nexport OPENAI_API_KEY=kp_..."
     );
+    let opencode = format!(
+        "// opencode.json (an OpenAI-compatible provider)\n{{\n  \"$schema\": \"https://opencode.ai/config.json\",\n  \"provider\": {{\n    \"keyplane\": {{\n      \"npm\": \"@ai-sdk/openai-compatible\",\n      \"name\": \"Keyplane\",\n      \"options\": {{ \"baseURL\": \"{base}/v1\", \"apiKey\": \"{{env:KEYPLANE_API_KEY}}\" }},\n      \"models\": {{ \"demo/chat\": {{}} }}\n    }}\n  }}\n}}"
+    );
     let aider = format!(
         "export OPENAI_API_BASE={base}/v1\nexport OPENAI_API_KEY=kp_...\naider --model openai/demo/chat"
     );
@@ -440,7 +443,7 @@ pub fn connect(url: &str) -> Markup {
             button type="submit" { "Show settings" }
         }
         p { "Use a client key from the Keys page in place of " code { "kp_..." } ". With a private CA, also point the tool at it (" code { "NODE_EXTRA_CA_CERTS" } " for Claude Code, " code { "CODEX_CA_CERTIFICATE" } " for Codex, " code { "SSL_CERT_FILE" } " for Python)." }
-        @for (id, title, text) in [("claude", "Claude Code", &claude), ("codex", "Codex CLI", &codex), ("sdk", "OpenAI SDK and Cursor", &sdk), ("aider", "aider", &aider)] {
+        @for (id, title, text) in [("claude", "Claude Code", &claude), ("codex", "Codex CLI", &codex), ("sdk", "OpenAI SDK and Cursor", &sdk), ("aider", "aider", &aider), ("opencode", "opencode", &opencode)] {
             section {
                 h2 { (title) }
                 pre #(id) { (text) }
