@@ -971,3 +971,66 @@ fn connect_a_tool_fills_in_the_typed_url_escaped() {
     assert!(!hostile.contains("<script>alert(1)"), "{hostile}");
     assert!(hostile.contains("&lt;script&gt;alert(1)"));
 }
+
+#[test]
+fn a_key_policy_is_edited_through_its_form_and_empty_fields_clear_limits() {
+    let cp = start();
+    let addr = console(&cp);
+    cp.ctl(&[
+        "key",
+        "create",
+        "team-b",
+        "--rpm",
+        "60",
+        "--budget-usd",
+        "3",
+        "--period",
+        "daily",
+    ])
+    .ok();
+    let cookie = sign_in(&cp);
+    let keys = get(addr, "/keys", Some(&cookie)).text();
+    assert!(keys.contains("href=\"/keys/edit?name=team-b\""), "{keys}");
+    let form_page = get(addr, "/keys/edit?name=team-b", Some(&cookie));
+    assert_eq!(form_page.status, 200);
+    let html = form_page.text();
+    assert!(html.contains("name=\"rpm\" value=\"60\""), "{html}");
+    assert!(html.contains("name=\"budget_usd\" value=\"3\""), "{html}");
+    assert!(html.contains("value=\"daily\" selected"), "{html}");
+    let csrf = csrf_of(&html);
+
+    let fields = [
+        ("name", "team-b"),
+        ("budget_usd", ""),
+        ("budget_tokens", ""),
+        ("period", "weekly"),
+        ("rpm", "10"),
+        ("tpm", ""),
+        ("concurrency", "2"),
+        ("models", "demo/*"),
+        ("expires", ""),
+    ];
+    let refused = post(addr, "/keys/edit", Some(&cookie), &fields, &[]);
+    assert_eq!(refused.status, 403, "no CSRF token");
+    let unchanged = cp.ctl(&["--json", "key", "list"]).ok().json();
+    assert!(unchanged[0].to_string().contains("60"), "{unchanged}");
+
+    let mut with_token = fields.to_vec();
+    with_token.push(("csrf", &csrf));
+    let saved = post(addr, "/keys/edit", Some(&cookie), &with_token, &[]);
+    assert_eq!(saved.status, 200, "{}", saved.text());
+    assert!(saved.text().contains("Key team-b updated."));
+    let after = get(addr, "/keys/edit?name=team-b", Some(&cookie)).text();
+    assert!(after.contains("name=\"rpm\" value=\"10\""), "{after}");
+    assert!(
+        after.contains("name=\"budget_usd\" value=\"\""),
+        "the budget was cleared: {after}"
+    );
+    assert!(after.contains("name=\"concurrency\" value=\"2\""));
+    assert!(after.contains("value=\"weekly\" selected"));
+    assert!(after.contains("value=\"demo/*\""));
+    assert_eq!(
+        get(addr, "/keys/edit?name=ghost", Some(&cookie)).status,
+        404
+    );
+}

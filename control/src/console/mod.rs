@@ -113,6 +113,7 @@ fn router(console: Arc<Console>) -> Router {
         .route("/logout", post(logout))
         .route("/keys", get(keys).post(create_key))
         .route("/keys/revoke", post(revoke_key))
+        .route("/keys/edit", get(edit_key_form).post(edit_key))
         .route("/providers", get(providers))
         .route("/credentials", post(add_credential))
         .route("/credentials/enable", post(enable_credential))
@@ -499,15 +500,23 @@ async fn keys(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
 }
 
 /// The policy of the create-key form, as `keyplanectl key create` takes it.
-fn policy_of(fields: &Fields) -> Result<crate::keys::PolicyInput, String> {
+/// With `clear_empty` (the edit form, which shows every current value) a field left empty
+/// clears its limit; otherwise (the create form) it leaves the default.
+fn policy_of(fields: &Fields, clear_empty: bool) -> Result<crate::keys::PolicyInput, String> {
     let text = |name: &str| {
         fields
             .get(name)
             .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty())
+            .filter(|v| clear_empty || !v.is_empty())
     };
-    fn number<T: std::str::FromStr>(name: &str, v: Option<String>) -> Result<Option<T>, String> {
+    fn number<T: std::str::FromStr + Default>(
+        name: &str,
+        v: Option<String>,
+    ) -> Result<Option<T>, String> {
         v.map(|v| {
+            if v.is_empty() {
+                return Ok(T::default());
+            }
             v.parse::<T>()
                 .map_err(|_| format!("{name} {v:?} is not a whole number"))
         })
@@ -515,6 +524,7 @@ fn policy_of(fields: &Fields) -> Result<crate::keys::PolicyInput, String> {
     }
     let expires_at_ms = match text("expires") {
         None => None,
+        Some(d) if d.is_empty() => Some(0),
         Some(d) => {
             Some(date_ms(&d).ok_or_else(|| format!("expiry {d:?} is not a date (YYYY-MM-DD)"))?)
         }
@@ -541,7 +551,7 @@ async fn create_key(
         Err(why) => return refused(why),
     };
     let name = fields.get("name").map_or("", |n| n.trim()).to_string();
-    let policy = match policy_of(&fields) {
+    let policy = match policy_of(&fields, false) {
         Ok(p) => p,
         Err(m) => {
             return keys_page(
@@ -583,6 +593,78 @@ async fn create_key(
         Notice::None,
     )
     .await
+}
+
+async fn edit_key_form(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(session) = operator(&c, &headers) else {
+        return see_other("/login");
+    };
+    let name = q.get("name").cloned().unwrap_or_default();
+    let store = Arc::clone(&c.store);
+    match blocking(move || store.key_by_name(&name)).await {
+        Ok(Some(key)) => page(
+            StatusCode::OK,
+            views::layout(
+                "Edit key",
+                "/keys",
+                &session.csrf,
+                views::edit_key(&key, &session.csrf),
+            ),
+        ),
+        Ok(None) => page(
+            StatusCode::NOT_FOUND,
+            views::message("Not found", "There is no key with that name."),
+        ),
+        Err(e) => internal(&e),
+    }
+}
+
+/// `keyplanectl key set`: the key's whole policy from the edit form.
+async fn edit_key(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Form(fields): Form<Fields>,
+) -> Response {
+    let session = match guard(&c, &headers, &fields) {
+        Ok(s) => s,
+        Err(why) => return refused(why),
+    };
+    let name = fields.get("name").cloned().unwrap_or_default();
+    let policy = match policy_of(&fields, true) {
+        Ok(p) => p,
+        Err(m) => {
+            return keys_page(
+                &c,
+                &session,
+                StatusCode::BAD_REQUEST,
+                None,
+                Notice::Error(m),
+            )
+            .await;
+        }
+    };
+    let store = Arc::clone(&c.store);
+    let (status, n) = match blocking(move || store.set_key_policy(&name, &policy)).await {
+        Ok(rec) => match c.committed().await {
+            Ok(()) => {
+                tracing::info!(key_name = %rec.name, client_key_id = %rec.id, "client key policy set (console)");
+                (
+                    StatusCode::OK,
+                    Notice::Done(format!("Key {} updated.", rec.name)),
+                )
+            }
+            Err(e) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Notice::Error(error_text(&e)),
+            ),
+        },
+        Err(e) => (StatusCode::BAD_REQUEST, Notice::Error(error_text(&e))),
+    };
+    keys_page(&c, &session, status, None, n).await
 }
 
 async fn revoke_key(

@@ -295,6 +295,7 @@ pub fn keys(rows: &[KeyRow], created: Option<(&str, &str)>, n: &Notice, csrf: &s
                             td { @if r.key.revoked_at_ms.is_some() { "revoked" } @else { "active" } }
                             td {
                                 @if r.key.revoked_at_ms.is_none() {
+                                    a.edit href={ "/keys/edit?name=" (query_escape(&r.key.name)) } { "Edit" }
                                     form method="post" action="/keys/revoke" {
                                         (csrf_field(csrf))
                                         input type="hidden" name="name" value=(r.key.name);
@@ -888,6 +889,45 @@ pub fn usage_csv(rows: &[pb::UsageRow]) -> String {
         out.push('\n');
     }
     out
+}
+
+fn date_text(ms: i64) -> String {
+    if ms <= 0 {
+        String::new()
+    } else {
+        crate::period::day_text(crate::period::day_of(ms))
+    }
+}
+
+/// The edit form of a key's policy, every field showing its current value (empty: no limit).
+pub fn edit_key(k: &ClientKeyRec, csrf: &str) -> Markup {
+    let p = &k.policy;
+    let num = |v: u64| if v == 0 { String::new() } else { v.to_string() };
+    let budget = if p.budget_nano_usd == 0 {
+        String::new()
+    } else {
+        crate::money::format_micros(p.budget_nano_usd / 1000)
+    };
+    html! {
+        p { "Empty fields mean no limit." }
+        form.grid #edit-key method="post" action="/keys/edit" {
+            (csrf_field(csrf))
+            input type="hidden" name="name" value=(k.name);
+            label { "Budget (USD)" input name="budget_usd" value=(budget) inputmode="decimal"; }
+            label { "Budget (tokens)" input name="budget_tokens" value=(num(p.budget_tokens)) inputmode="numeric"; }
+            label { "Period" select name="period" {
+                @for (v, label) in [("", "total"), ("daily", "daily"), ("weekly", "weekly"), ("monthly", "monthly")] {
+                    option value=(v) selected[p.period == v] { (label) }
+                }
+            } }
+            label { "Requests per minute" input name="rpm" value=(num(u64::from(p.rpm))) inputmode="numeric"; }
+            label { "Tokens per minute" input name="tpm" value=(num(p.tpm)) inputmode="numeric"; }
+            label { "Concurrent requests" input name="concurrency" value=(num(u64::from(p.concurrency))) inputmode="numeric"; }
+            label { "Models (globs, comma-separated)" input name="models" value=(p.models.join(",")); }
+            label { "Expires (UTC date)" input name="expires" type="date" value=(date_text(p.expires_at_ms)); }
+            button type="submit" { "Save" }
+        }
+    }
 }
 
 #[cfg(test)]
