@@ -1399,12 +1399,17 @@ mod report {
         let _ = writeln!(
             w,
             "Command: `cargo build --release --bins && ./target/release/keyplane-bench --connections {} \
-             --duration-secs {} --warmup-secs {} --chunks {} --only {}`",
+             --duration-secs {} --warmup-secs {} --chunks {} --only {}{}`",
             a.connections,
             a.duration_secs,
             a.warmup_secs,
             a.chunks,
-            a.only.flag()
+            a.only.flag(),
+            if a.pairs > 0 {
+                format!(" --pairs {}", a.pairs)
+            } else {
+                String::new()
+            }
         );
         let _ = writeln!(w);
         let _ = writeln!(
