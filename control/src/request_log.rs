@@ -59,6 +59,20 @@ impl RequestFilter {
     }
 }
 
+/// Requests logged in a window, and how many of them were errors (status >= 400).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogCounts {
+    pub requests: u64,
+    pub errors: u64,
+}
+
+impl LogCounts {
+    /// Errors per thousand requests (0 with no requests).
+    pub fn error_per_mille(&self) -> u64 {
+        (self.errors * 1000).checked_div(self.requests).unwrap_or(0)
+    }
+}
+
 /// The entry's key in `request_log`.
 fn entry_key(started_at_ms: i64, request_id: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(8 + request_id.len());
@@ -221,6 +235,71 @@ impl Store {
                     }
                 }
             }
+        }
+        Ok(out)
+    }
+
+    /// How many requests, and how many of them errors (status >= 400), were logged in each
+    /// window `[since, until_ms)`, one count per entry of `sinces`, without decoding an entry.
+    ///
+    /// Requests are the keys of one range scan of the log over the widest window (the start time
+    /// is the key's first 8 bytes); errors come from the error-status index, one range scan per
+    /// error status present, so their cost follows the errors in the window, not the log. The
+    /// whole count is linear in the requests of the widest window, a key-only walk of what the
+    /// retention keeps at most.
+    pub fn count_requests(&self, sinces: &[i64], until_ms: i64) -> Result<Vec<LogCounts>> {
+        let mut out = vec![LogCounts::default(); sinces.len()];
+        let widest = sinces.iter().copied().min().unwrap_or(until_ms).max(0);
+        let lo = time_bytes(widest);
+        let hi = time_bytes(until_ms);
+        let at = |time: &[u8]| -> i64 {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&time[..8]);
+            i64::try_from(u64::from_be_bytes(b)).unwrap_or(i64::MAX)
+        };
+        let mut count = |started: i64, error: bool| {
+            for (c, since) in out.iter_mut().zip(sinces) {
+                if started >= *since {
+                    if error {
+                        c.errors += 1;
+                    } else {
+                        c.requests += 1;
+                    }
+                }
+            }
+        };
+        for item in self.request_log.range(lo..hi) {
+            let (key, _) = item?;
+            if key.len() >= 8 {
+                count(at(&key), false);
+            }
+        }
+        // Each error status present, from 400 up: seek to the first index entry at or past the
+        // status, read which status it is, count that status's window, then seek past it.
+        let mut status: u32 = 400;
+        while status <= u32::from(u16::MAX) {
+            let from = index_prefix(INDEX_STATUS, &status_bytes(status));
+            let Some(first) = self.request_log_index.range(from..).next() else {
+                break;
+            };
+            let (ik, _) = first?;
+            let kind = index_prefix(INDEX_STATUS, &[0, 0]);
+            if ik.len() < kind.len() || ik[..3] != kind[..3] {
+                break;
+            }
+            let found = u16::from_be_bytes([ik[3], ik[4]]);
+            let prefix = index_prefix(INDEX_STATUS, &found.to_be_bytes());
+            let from = [prefix.as_slice(), &lo].concat();
+            let to = [prefix.as_slice(), &hi].concat();
+            for item in self.request_log_index.range(from..to) {
+                let (ik, _) = item?;
+                let entry = &ik[prefix.len()..];
+                // An index entry whose entry is gone (pruned midway) counts for nothing.
+                if entry.len() >= 8 && self.request_log.contains_key(entry)? {
+                    count(at(entry), true);
+                }
+            }
+            status = u32::from(found) + 1;
         }
         Ok(out)
     }
@@ -456,6 +535,41 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(ids(&store.list_requests(&errors).unwrap()), ["r5"]);
+    }
+
+    #[test]
+    fn counts_requests_and_errors_per_window_from_the_log_and_the_status_index() {
+        let (_dir, store) = open_temp();
+        sample(&store);
+        store
+            .log_requests(
+                "n1",
+                &[
+                    rec("r6", 6000, "ka", "m1", 302),
+                    rec("r7", 7000, "ka", "m1", 500),
+                    rec("r8", 9000, "ka", "m1", 503),
+                ],
+            )
+            .unwrap();
+        let counts = |sinces: &[i64], until| {
+            store
+                .count_requests(sinces, until)
+                .unwrap()
+                .iter()
+                .map(|c| (c.requests, c.errors))
+                .collect::<Vec<_>>()
+        };
+        // [0, 8000): r1..r7, errors r2, r3, r5, r7 (a 302 is not an error); r8 is past it.
+        assert_eq!(counts(&[6500, 2500, 0], 8000), [(1, 1), (5, 3), (7, 4)]);
+        assert_eq!(counts(&[10_000], 20_000), [(0, 0)]);
+        let c = LogCounts {
+            requests: 8,
+            errors: 5,
+        };
+        assert_eq!(c.error_per_mille(), 625);
+        // Pruned entries count no more, though a crash left their status index entries.
+        store.request_log.remove(entry_key(2000, "r2")).unwrap();
+        assert_eq!(counts(&[0], 8000), [(6, 3)]);
     }
 
     #[test]

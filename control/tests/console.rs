@@ -1034,3 +1034,27 @@ fn a_key_policy_is_edited_through_its_form_and_empty_fields_clear_limits() {
         404
     );
 }
+
+#[test]
+fn a_refused_request_through_a_data_plane_counts_as_an_error_in_the_overview() {
+    let cp = start();
+    let addr = console(&cp);
+    let key = cp.ctl(&["--json", "key", "create", "refused"]).ok().json()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dp = keyplane_testkit::DataPlane::start(&cp, "edge-1", &[]);
+    support::wait_key_accepted(&dp, &key);
+    assert_eq!(support::chat(&dp, &key, "no/such-model"), 404);
+
+    // Refused, so never billed: only the request log knows it, and the overview counts it.
+    let cookie = sign_in(&cp);
+    let mut html = String::new();
+    let seen = keyplane_testkit::wait_until(TIMEOUT, || {
+        html = get(addr, "/", Some(&cookie)).text();
+        html.contains("class=\"num logged-errors\">1 (100.0%)")
+    });
+    assert!(seen, "{html}\ndata plane log:\n{}", dp.logs());
+    assert!(html.contains("class=\"num logged-requests\">1<"), "{html}");
+    assert!(html.contains("Errors (billed)") && html.contains("Errors (logged)"));
+}

@@ -1,7 +1,9 @@
-//! What the console's overview shows, computed from the usage ledger.
+//! What the console's overview shows, computed from the usage ledger (billed requests) and the
+//! request log (every request a data plane answered or refused).
 
 use crate::error::Result;
 use crate::ledger::UsageRec;
+use crate::request_log::LogCounts;
 use crate::store::Store;
 use std::collections::HashMap;
 
@@ -115,6 +117,9 @@ pub struct Overview {
     pub by_provider: Vec<(String, Totals)>,
     /// By key name (the key id when the key is gone).
     pub by_key: Vec<(String, Totals)>,
+    /// Every logged request and error per window (refusals included), in the order of
+    /// [`WINDOWS`]; empty for one key's overview.
+    pub logged: Vec<LogCounts>,
 }
 
 /// Builds the overview at `now_ms` for the window of `window_hours`, optionally of one key, in
@@ -173,6 +178,11 @@ pub fn overview(
         });
         v
     };
+    if key_id.is_none() {
+        let sinces: Vec<i64> = WINDOWS.iter().map(|w| now_ms - w.2 * HOUR_MS).collect();
+        // Up to the end of this millisecond, as the ledger's pass counts.
+        out.logged = store.count_requests(&sinces, now_ms + 1)?;
+    }
     out.by_model = ranked(by_model);
     out.by_provider = ranked(by_provider);
     out.by_key = ranked(by_key)
@@ -247,6 +257,41 @@ mod tests {
         assert_eq!(o.by_model[0].1.requests, 1, "only the day's records");
         assert_eq!(o.by_key[0].0, "k1", "a key that is gone shows its id");
         assert_eq!(Totals::default().error_per_mille(), 0);
+        assert_eq!(
+            o.logged,
+            vec![LogCounts::default(); 3],
+            "nothing logged yet"
+        );
+
+        // The request log counts what the ledger never sees: a refusal.
+        let logged = |id: &str, at: i64, status: u32| keyplane_proto::v1::UsageRecord {
+            request_id: id.into(),
+            key_id: "k1".into(),
+            status,
+            started_at_ms: at,
+            unbilled: status >= 400,
+            ..Default::default()
+        };
+        store
+            .log_requests(
+                "n1",
+                &[
+                    logged("a", now - 10 * 60_000, 200),
+                    logged("r", now - 20 * 60_000, 404),
+                    logged("c", now - 30 * HOUR_MS, 200),
+                    logged("d", now - 40 * 24 * HOUR_MS, 500),
+                ],
+            )
+            .unwrap();
+        let o = overview(&store, now, 24, None).unwrap();
+        let logged: Vec<(u64, u64)> = o.logged.iter().map(|l| (l.requests, l.errors)).collect();
+        assert_eq!(logged, [(2, 1), (2, 1), (3, 1)], "hour, day, 30 days");
+        assert_eq!(
+            o.windows[0].totals.errors, 0,
+            "billed errors stay the ledger's"
+        );
+        let one_key = overview(&store, now, 24, Some("k1")).unwrap();
+        assert!(one_key.logged.is_empty());
     }
 }
 

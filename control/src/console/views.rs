@@ -141,8 +141,12 @@ fn totals_cells(t: &Totals) -> Markup {
         td.num { (usd(t.cost_nano_usd)) }
         td.num { (t.input_tokens) }
         td.num { (t.output_tokens) }
-        td.num { (format!("{}.{}%", t.error_per_mille() / 10, t.error_per_mille() % 10)) }
+        td.num { (per_mille_text(t.error_per_mille())) }
     }
+}
+
+fn per_mille_text(per_mille: u64) -> String {
+    format!("{}.{}%", per_mille / 10, per_mille % 10)
 }
 
 fn ms_or_dash(h: &Histogram, per_mille: u64) -> String {
@@ -158,15 +162,21 @@ fn windows_table(o: &Overview) -> Markup {
                 th { "Window" } th { "Requests" } th { "Spend" } th { "Input tokens" }
                 th { "Output tokens" } th title="Among billed requests; refused requests are in the request log" { "Errors (billed)" } th { "Latency p50" } th { "p99" }
                 th { "First token p50" } th { "p99" }
+                th title="Every request a data plane answered or refused, from the request log" { "Requests (logged)" }
+                th title="Status 400 or above among every logged request, refusals included" { "Errors (logged)" }
             } }
             tbody {
-                @for (w, win) in WINDOWS.iter().zip(&o.windows) {
+                @for (i, (w, win)) in WINDOWS.iter().zip(&o.windows).enumerate() {
                     tr {
                         td { (w.1) } (totals_cells(&win.totals))
                         td.num { (ms_or_dash(&win.latency, 500)) }
                         td.num { (ms_or_dash(&win.latency, 990)) }
                         td.num { (ms_or_dash(&win.ttfb, 500)) }
                         td.num { (ms_or_dash(&win.ttfb, 990)) }
+                        @if let Some(l) = o.logged.get(i) {
+                            td.num.logged-requests { (l.requests) }
+                            td.num.logged-errors { (l.errors) " (" (per_mille_text(l.error_per_mille())) ")" }
+                        } @else { td { "—" } td { "—" } }
                     }
                 }
             }

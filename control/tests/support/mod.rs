@@ -138,3 +138,78 @@ pub fn next_table(
         }
     }
 }
+
+/// Adds provider `name` (OpenAI protocol at `base_url`) with one credential `sk-{name}` and its
+/// offering of `model` at the given prices (USD per million tokens).
+#[allow(dead_code)] // The console tests' data plane only.
+pub fn add_openai_offer(
+    cp: &keyplane_testkit::ControlPlane,
+    name: &str,
+    base_url: &str,
+    model: &str,
+    price: &str,
+) {
+    cp.ctl(&[
+        "provider",
+        "add",
+        name,
+        "--protocol",
+        "openai",
+        "--base-url",
+        base_url,
+    ])
+    .ok();
+    cp.ctl_with(
+        &["credential", "add", name],
+        Some(&format!("sk-{name}\n")),
+        &cp.admin_token,
+    )
+    .ok();
+    let upstream = format!("{name}-model");
+    cp.ctl(&[
+        "model",
+        "set",
+        model,
+        "--provider",
+        name,
+        "--upstream-model",
+        &upstream,
+        "--input",
+        price,
+        "--output",
+        price,
+    ])
+    .ok();
+}
+
+/// Waits until the data plane's table knows the client key `key`.
+#[allow(dead_code)] // The console tests' data plane only.
+pub fn wait_key_accepted(dp: &keyplane_testkit::DataPlane, key: &str) {
+    use keyplane_testkit::http::HttpRequest;
+    let timeout = Duration::from_secs(30);
+    assert!(
+        keyplane_testkit::wait_until(timeout, || {
+            HttpRequest::get("/v1/models")
+                .bearer(key)
+                .send(dp.addr, timeout)
+                .is_ok_and(|r| r.status == 200)
+        }),
+        "the data plane never accepted the key; log:\n{}",
+        dp.logs()
+    );
+}
+
+/// Sends one chat completion for `model` through the data plane; returns its status.
+#[allow(dead_code)] // The console tests' data plane only.
+pub fn chat(dp: &keyplane_testkit::DataPlane, key: &str, model: &str) -> u16 {
+    use keyplane_testkit::http::HttpRequest;
+    let body = serde_json::json!({
+        "model": model,
+        "messages": [{"role": "user", "content": "Say hello"}],
+    });
+    HttpRequest::post_json("/v1/chat/completions", &body)
+        .bearer(key)
+        .send(dp.addr, Duration::from_secs(30))
+        .unwrap()
+        .status
+}
