@@ -6,7 +6,8 @@
 mod support;
 
 use keyplane_testkit::browser::Browser;
-use keyplane_testkit::process::{ControlOptions, ControlPlane};
+use keyplane_testkit::process::{ControlOptions, ControlPlane, DataPlane};
+use keyplane_testkit::{Behavior, FakeConfig, FakeUpstream};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -113,4 +114,88 @@ fn an_operator_signs_in_creates_a_key_sees_it_and_the_chart_then_its_holder_uses
     assert!(html.contains("Key browser-key") && html.contains("deepseek/deepseek-chat"));
     assert!(html.contains("of $5"), "{html}");
     assert!(!html.contains(&key) && !html.contains(&cp.admin_token));
+}
+
+#[test]
+fn a_request_through_a_data_plane_that_failed_over_shows_both_attempts_in_order() {
+    let cp = ControlPlane::start_with(ControlOptions {
+        console: true,
+        ..ControlOptions::default()
+    });
+    let model = "test/model";
+    // Two upstreams for one model: the cheaper is tried first and fails once with a 500.
+    let fakes: Vec<FakeUpstream> = ["cheap", "dear"]
+        .into_iter()
+        .map(|name| {
+            FakeUpstream::start(FakeConfig {
+                name: name.to_string(),
+                api_key: Some(format!("sk-{name}")),
+                ..FakeConfig::default()
+            })
+        })
+        .collect();
+    support::add_openai_offer(&cp, "cheap", &fakes[0].openai_base_url(), model, "1");
+    support::add_openai_offer(&cp, "dear", &fakes[1].openai_base_url(), model, "5");
+    fakes[0].push_once(Behavior::status(500));
+    let key = cp.ctl(&["--json", "key", "create", "failover"]).ok().json()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dp = DataPlane::start(&cp, "edge-1", &[]);
+    support::wait_key_accepted(&dp, &key);
+    assert_eq!(support::chat(&dp, &key, model), 200);
+
+    let base = format!("http://{}", cp.console_addr.unwrap());
+    let browser = Browser::start();
+    browser.goto(&format!("{base}/login"));
+    browser.type_into("#token", &cp.admin_token);
+    browser.click("button[type=submit]");
+    assert!(
+        browser.wait_for("form.signout", WAIT),
+        "{}",
+        browser.source()
+    );
+
+    // The request log lists it once its node's report arrives, with its path.
+    let path = "cheap/";
+    let listed = keyplane_testkit::wait_until(Duration::from_secs(30), || {
+        browser.goto(&format!("{base}/requests"));
+        browser.source().contains(path)
+    });
+    assert!(
+        listed,
+        "{}\ndata plane log:\n{}",
+        browser.source(),
+        dp.logs()
+    );
+    let html = browser.source();
+    assert!(html.contains(model) && html.contains("dear"), "{html}");
+
+    // Its page, through the list's link: both attempts, the failed one first.
+    browser.click("td a[href^='/requests/view']");
+    assert!(browser.wait_for("#attempts", WAIT), "{}", browser.source());
+    let rows = browser.script(
+        "return Array.from(document.querySelectorAll('#attempts tbody tr')).map(r => \
+         Array.from(r.cells).map(c => c.textContent.trim()));",
+    );
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0][1], "cheap", "{rows:?}");
+    assert_ne!(rows[0][3], "ok", "the failed attempt: {rows:?}");
+    assert_eq!(rows[1][1], "dear", "{rows:?}");
+    assert_eq!(rows[1][3], "ok", "{rows:?}");
+    assert_eq!(fakes[0].requests().len(), 1);
+    assert_eq!(fakes[1].requests().len(), 1);
+
+    // The overview counts it among the logged requests; served in the end, it is no error.
+    browser.goto(&format!("{base}/"));
+    assert!(browser.wait_for("#windows", WAIT), "{}", browser.source());
+    let logged = browser.script(
+        "return Array.from(document.querySelectorAll('#windows td.logged-requests')).map(c => \
+         c.textContent.trim() + ' ' + c.nextElementSibling.textContent.trim());",
+    );
+    assert_eq!(
+        logged,
+        serde_json::json!(["1 0 (0.0%)", "1 0 (0.0%)", "1 0 (0.0%)"])
+    );
 }
