@@ -149,9 +149,14 @@ fn per_mille_text(per_mille: u64) -> String {
     format!("{}.{}%", per_mille / 10, per_mille % 10)
 }
 
+/// A latency percentile. Latencies are recorded in whole milliseconds, so the lowest bucket
+/// holds everything under one: it reads "<1 ms", not "0 ms".
 fn ms_or_dash(h: &Histogram, per_mille: u64) -> String {
-    h.percentile(per_mille)
-        .map_or_else(|| "—".to_string(), |ms| format!("{ms} ms"))
+    match h.percentile(per_mille) {
+        None => "—".to_string(),
+        Some(0) => "<1 ms".to_string(),
+        Some(ms) => format!("{ms} ms"),
+    }
 }
 
 /// Totals and latency percentiles of each window.
@@ -943,6 +948,18 @@ pub fn edit_key(k: &ClientKeyRec, csrf: &str) -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sub_millisecond_latencies_read_as_under_one_millisecond() {
+        let mut h = Histogram::default();
+        assert_eq!(ms_or_dash(&h, 500), "—");
+        h.add(0);
+        assert_eq!(ms_or_dash(&h, 500), "<1 ms");
+        h.add(700);
+        h.add(700);
+        assert!(ms_or_dash(&h, 990).ends_with(" ms"));
+        assert_ne!(ms_or_dash(&h, 990), "<1 ms");
+    }
 
     #[test]
     fn csv_fields_are_quoted_and_formulas_defused() {
