@@ -685,6 +685,13 @@ impl Stream {
         n
     }
 
+    /// Writes one event of `kind`, numbered next; `fields` is built after the number is taken,
+    /// so it may borrow the stream.
+    fn emit(&mut self, out: &mut Vec<u8>, kind: &str, fields: impl FnOnce(&Self) -> Fields<'_>) {
+        let n = self.seq();
+        put(out, kind, n, fields(self));
+    }
+
     fn response_view(&self, status: &'static str, reason: Option<&'static str>) -> Fields<'_> {
         Fields {
             response: Some(ResponseView {
@@ -707,21 +714,12 @@ impl Stream {
             return;
         }
         self.started = true;
-        {
-            let n = self.seq();
-            put(
-                out,
-                "response.created",
-                n,
-                self.response_view("in_progress", None),
-            )
-        }
-        {
-            let n = self.seq();
-            put(out, "response.in_progress", n, {
-                self.response_view("in_progress", None)
-            })
-        }
+        self.emit(out, "response.created", |s| {
+            s.response_view("in_progress", None)
+        });
+        self.emit(out, "response.in_progress", |s| {
+            s.response_view("in_progress", None)
+        });
     }
 
     fn item_fields(&self, at: usize) -> Fields<'_> {
@@ -751,33 +749,17 @@ impl Stream {
             summary_open: false,
         });
         let at = self.items.len() - 1;
-        {
-            let n = self.seq();
-            put(
-                out,
-                "response.output_item.added",
-                n,
-                Fields {
-                    output_index: Some(at),
-                    item: Some(self.items[at].item.view(true)),
-                    ..Fields::default()
-                },
-            )
-        }
+        self.emit(out, "response.output_item.added", |s| Fields {
+            output_index: Some(at),
+            item: Some(s.items[at].item.view(true)),
+            ..Fields::default()
+        });
         if matches!(start, BlockStart::Text) {
-            {
-                let n = self.seq();
-                put(
-                    out,
-                    "response.content_part.added",
-                    n,
-                    Fields {
-                        content_index: Some(0),
-                        part: Some(PartView::Output("")),
-                        ..self.item_fields(at)
-                    },
-                )
-            }
+            self.emit(out, "response.content_part.added", |s| Fields {
+                content_index: Some(0),
+                part: Some(PartView::Output("")),
+                ..s.item_fields(at)
+            });
         }
         at
     }
@@ -825,17 +807,11 @@ impl Stream {
             _ => None,
         };
         if open_summary {
-            let n = self.seq();
-            put(
-                out,
-                "response.reasoning_summary_part.added",
-                n,
-                Fields {
-                    summary_index: Some(0),
-                    part: Some(PartView::Summary("")),
-                    ..self.item_fields(at)
-                },
-            );
+            self.emit(out, "response.reasoning_summary_part.added", |s| Fields {
+                summary_index: Some(0),
+                part: Some(PartView::Summary("")),
+                ..s.item_fields(at)
+            });
         }
         let Some((kind, d)) = event else {
             return;
@@ -877,87 +853,43 @@ impl Stream {
         }
         match &self.items[at].item.kind {
             ItemKind::Message { .. } => {
-                {
-                    let n = self.seq();
-                    put(
-                        out,
-                        "response.output_text.done",
-                        n,
-                        Fields {
-                            content_index: Some(0),
-                            text: Some(self.text_of(at)),
-                            logprobs: Some([]),
-                            ..self.item_fields(at)
-                        },
-                    )
-                }
-                {
-                    let n = self.seq();
-                    put(
-                        out,
-                        "response.content_part.done",
-                        n,
-                        Fields {
-                            content_index: Some(0),
-                            part: Some(PartView::Output(self.text_of(at))),
-                            ..self.item_fields(at)
-                        },
-                    )
-                }
+                self.emit(out, "response.output_text.done", |s| Fields {
+                    content_index: Some(0),
+                    text: Some(s.text_of(at)),
+                    logprobs: Some([]),
+                    ..s.item_fields(at)
+                });
+                self.emit(out, "response.content_part.done", |s| Fields {
+                    content_index: Some(0),
+                    part: Some(PartView::Output(s.text_of(at))),
+                    ..s.item_fields(at)
+                });
             }
             ItemKind::Reasoning { .. } => {
                 if self.items[at].summary_open {
-                    {
-                        let n = self.seq();
-                        put(
-                            out,
-                            "response.reasoning_summary_text.done",
-                            n,
-                            Fields {
-                                summary_index: Some(0),
-                                text: Some(self.text_of(at)),
-                                ..self.item_fields(at)
-                            },
-                        )
-                    }
-                    {
-                        let n = self.seq();
-                        put(
-                            out,
-                            "response.reasoning_summary_part.done",
-                            n,
-                            Fields {
-                                summary_index: Some(0),
-                                part: Some(PartView::Summary(self.text_of(at))),
-                                ..self.item_fields(at)
-                            },
-                        )
-                    }
+                    self.emit(out, "response.reasoning_summary_text.done", |s| Fields {
+                        summary_index: Some(0),
+                        text: Some(s.text_of(at)),
+                        ..s.item_fields(at)
+                    });
+                    self.emit(out, "response.reasoning_summary_part.done", |s| Fields {
+                        summary_index: Some(0),
+                        part: Some(PartView::Summary(s.text_of(at))),
+                        ..s.item_fields(at)
+                    });
                 }
             }
             ItemKind::CustomToolCall { input, .. } => {
                 if !input.is_empty() {
-                    let n = self.seq();
-                    put(
-                        out,
-                        "response.custom_tool_call_input.delta",
-                        n,
-                        Fields {
-                            delta: Some(self.text_of(at)),
-                            ..self.item_fields(at)
-                        },
-                    );
+                    self.emit(out, "response.custom_tool_call_input.delta", |s| Fields {
+                        delta: Some(s.text_of(at)),
+                        ..s.item_fields(at)
+                    });
                 }
-                let n = self.seq();
-                put(
-                    out,
-                    "response.custom_tool_call_input.done",
-                    n,
-                    Fields {
-                        input: Some(self.text_of(at)),
-                        ..self.item_fields(at)
-                    },
-                );
+                self.emit(out, "response.custom_tool_call_input.done", |s| Fields {
+                    input: Some(s.text_of(at)),
+                    ..s.item_fields(at)
+                });
             }
             ItemKind::FunctionCall { .. } => {
                 let n = self.seq();
@@ -977,19 +909,11 @@ impl Stream {
                 )
             }
         }
-        {
-            let n = self.seq();
-            put(
-                out,
-                "response.output_item.done",
-                n,
-                Fields {
-                    output_index: Some(at),
-                    item: Some(self.items[at].item.view(false)),
-                    ..Fields::default()
-                },
-            )
-        }
+        self.emit(out, "response.output_item.done", |s| Fields {
+            output_index: Some(at),
+            item: Some(s.items[at].item.view(false)),
+            ..Fields::default()
+        });
     }
 
     fn text_of(&self, at: usize) -> &str {
@@ -1039,28 +963,26 @@ impl crate::protocol::shape::StreamEncode for Stream {
             "response.completed"
         };
         let output: Vec<Item> = self.items.iter().map(|s| s.item.clone()).collect();
-        {
-            let n = self.seq();
-            put(
-                out,
-                kind,
-                n,
-                Fields {
-                    response: Some(ResponseView {
-                        id: &self.response_id,
-                        created_at: self.created_at,
-                        status,
-                        incomplete_reason: reason,
-                        error: None,
-                        model: &self.client_model,
-                        output: &output,
-                        metering: self.metering,
-                        echo: &self.echo,
-                    }),
-                    ..Fields::default()
-                },
-            )
-        }
+        let n = self.seq();
+        put(
+            out,
+            kind,
+            n,
+            Fields {
+                response: Some(ResponseView {
+                    id: &self.response_id,
+                    created_at: self.created_at,
+                    status,
+                    incomplete_reason: reason,
+                    error: None,
+                    model: &self.client_model,
+                    output: &output,
+                    metering: self.metering,
+                    echo: &self.echo,
+                }),
+                ..Fields::default()
+            },
+        );
     }
 
     fn error_event(&self, message: &str) -> Vec<u8> {
