@@ -343,8 +343,8 @@ impl Stream {
             StreamKind::Chat(scan) => relayed(scan, &raw, ev.name, data, committed, out),
             StreamKind::Messages(scan) => relayed(scan, &raw, ev.name, data, committed, out),
             StreamKind::Responses(scan) => {
-                if let Some(d) = data {
-                    scan.observe(d);
+                if data.is_some() {
+                    scan.observe(&raw);
                 }
                 relayed(scan, &raw, ev.name, data, committed, out)
             }

@@ -10,8 +10,9 @@ use bytes::Bytes;
 #[derive(Debug, Default)]
 pub struct Scan {
     metering: Option<Metering>,
-    /// The `sequence_number` of the last event seen.
-    last_sequence: Option<u64>,
+    /// The last event with data, as the upstream sent it: its `sequence_number` is read only
+    /// if the stream fails (a clone shares the bytes; nothing is scanned per event).
+    last_event: Option<Bytes>,
     /// The id `response.created` gave the response.
     response_id: Option<String>,
     /// The model the client asked for, for a `response.failed` the gateway writes.
@@ -26,11 +27,9 @@ impl Scan {
         }
     }
 
-    /// Notes what every event says about numbering (read without parsing the event).
-    pub fn observe(&mut self, data: &[u8]) {
-        if let Some(n) = sequence_number(data) {
-            self.last_sequence = Some(n);
-        }
+    /// Keeps `raw`, a whole event with data, as the last one relayed.
+    pub fn observe(&mut self, raw: &Bytes) {
+        self.last_event = Some(raw.clone());
     }
 
     pub fn may_matter(&self, name: Option<&[u8]>, data: &[u8]) -> bool {
@@ -69,7 +68,11 @@ impl Scan {
 
     /// The events that end the stream after a failure, numbered after the last one relayed.
     pub fn error_event(&self, message: &str) -> Bytes {
-        let next = self.last_sequence.map_or(0, |n| n + 1);
+        let last = self.last_event.as_ref().and_then(|raw| {
+            let event = crate::sse::parse(raw);
+            event.data.as_deref().and_then(sequence_number)
+        });
+        let next = last.map_or(0, |n| n + 1);
         stream_error_events(message, next, self.response_id.as_deref(), &self.model)
     }
 }
