@@ -334,7 +334,8 @@ impl Proxy {
     }
 
     /// Writes the request log's record of a request that served nothing: billed nothing, with
-    /// the status, error code, model and upstreams tried that `resp` carries. Nothing for a
+    /// the status, error code, model and upstreams tried that `resp` carries (its note is
+    /// removed). Nothing for a
     /// request whose key is unknown (no key, or one that is not a key).
     pub fn log_unserved(
         &self,
@@ -343,16 +344,22 @@ impl Proxy {
         dialect: Protocol,
         started: Instant,
         started_at_ms: i64,
-        resp: &Response<Body>,
+        resp: &mut Response<Body>,
     ) {
-        let note = resp.extensions().get::<Unserved>();
-        let Some(key_id) = key_id.or_else(|| note.and_then(|n| n.key_id.as_ref())) else {
+        // The note has done its work once read: it is taken, not copied.
+        let note = resp
+            .extensions_mut()
+            .remove::<Unserved>()
+            .unwrap_or_default();
+        let Some(key_id) = key_id.or(note.key_id.as_ref()) else {
             return;
         };
-        let (error, model, attempts) = match note {
-            Some(n) => (n.error.clone(), n.model.clone(), n.attempts.clone()),
-            None => Default::default(),
-        };
+        let Unserved {
+            error,
+            model,
+            attempts,
+            ..
+        } = note;
         self.usage.record(pb::UsageRecord {
             request_id: request_id.to_string(),
             key_id: key_id.to_string(),

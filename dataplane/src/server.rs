@@ -622,7 +622,7 @@ async fn proxied(
     // A served request (2xx) is logged with its usage when its response ends; anything else
     // gets its one line here, and its record in the request log once its key is known. Never
     // the key or the body.
-    let not_served = |resp: Response<Body>, key_id: Option<&Arc<str>>| {
+    let not_served = |mut resp: Response<Body>, key_id: Option<&Arc<str>>| {
         if !resp.status().is_success() {
             tracing::info!(
                 request_id,
@@ -631,8 +631,14 @@ async fn proxied(
                 latency_ms = started.elapsed().as_millis() as u64,
                 "request not served"
             );
-            gw.proxy
-                .log_unserved(request_id, key_id, protocol, started, started_at_ms, &resp);
+            gw.proxy.log_unserved(
+                request_id,
+                key_id,
+                protocol,
+                started,
+                started_at_ms,
+                &mut resp,
+            );
         }
         resp
     };
