@@ -17,7 +17,7 @@ use crate::protocol::bridge::{self, ClientRequest};
 use crate::protocol::json::Entries;
 use crate::protocol::shape::{Response, StreamNote};
 use crate::protocol::usage::Usage;
-use crate::protocol::{Dialect, anthropic, openai_chat, openai_responses};
+use crate::protocol::{Dialect, anthropic, gemini, openai_chat, openai_responses};
 use crate::sse;
 use crate::usage::spool;
 use bytes::Bytes;
@@ -537,6 +537,7 @@ fn encode_response(client: Dialect, resp: &Response) -> Vec<u8> {
         Dialect::OpenAiChat => openai_chat::encode::response(resp, NEW_MODEL),
         Dialect::Anthropic => anthropic::encode::response(resp, NEW_MODEL),
         Dialect::OpenAiResponses => openai_responses::encode::response(resp, NEW_MODEL),
+        Dialect::Gemini => gemini::encode::response(resp, NEW_MODEL),
     }
 }
 
@@ -577,6 +578,7 @@ fn check_answer_usage(client: Dialect, out: &[u8], u: &Usage) {
                 assert_eq!(back.metering.map(|m| m.usage), Some(*u), "{WHY}");
             }
         }
+        Dialect::Gemini => {}
     }
 }
 
@@ -631,6 +633,7 @@ fn client_request(client: Dialect, include_usage: bool) -> Vec<u8> {
         Dialect::OpenAiResponses => {
             serde_json::json!({"model": NEW_MODEL, "input": [], "stream": true})
         }
+        Dialect::Gemini => serde_json::json!({"contents": []}),
     };
     body.to_string().into_bytes()
 }
@@ -659,7 +662,13 @@ fn translate_stream(
     stream: &[u8],
 ) -> Translated {
     let request = client_request(client, include_usage);
-    let req = match ClientRequest::parse(client, &request) {
+    let parsed = match client {
+        Dialect::Gemini => {
+            ClientRequest::parse_gemini(&request, NEW_MODEL, Some(gemini::Framing::Sse))
+        }
+        _ => ClientRequest::parse(client, &request),
+    };
+    let req = match parsed {
         Ok(req) => req,
         Err(e) => panic!("the harness's client request is refused: {}", e.message),
     };
@@ -718,6 +727,7 @@ fn check_translated_stream(client: Dialect, include_usage: bool, t: &Translated)
         Dialect::Anthropic => check_anthropic_client_stream(t),
         Dialect::OpenAiChat => check_chat_client_stream(t, include_usage),
         Dialect::OpenAiResponses => check_responses_client_stream(t),
+        Dialect::Gemini => {}
     }
 }
 

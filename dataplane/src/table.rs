@@ -239,6 +239,8 @@ impl Table {
                 Protocol::OpenAiChat => format!("{base}/chat/completions"),
                 Protocol::Anthropic => format!("{base}/v1/messages"),
                 Protocol::OpenAiResponses => format!("{base}/responses"),
+                // The model and method complete a Gemini URL per request.
+                Protocol::Gemini => format!("{base}/models"),
             };
             let chat_url = url.parse::<http::Uri>().map_err(|_| TableError::BadUrl {
                 name: p.name.clone(),
@@ -278,6 +280,10 @@ impl Table {
                 Protocol::Anthropic => {
                     (http::HeaderName::from_static("x-api-key"), c.secret.clone())
                 }
+                Protocol::Gemini => (
+                    http::HeaderName::from_static("x-goog-api-key"),
+                    c.secret.clone(),
+                ),
             };
             let Ok(mut value) = HeaderValue::from_str(&value) else {
                 tracing::warn!(credential_id = %c.id, "credential secret is not a valid header value; skipped");

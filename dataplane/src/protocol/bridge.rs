@@ -12,6 +12,7 @@ use http::HeaderName;
 
 use super::Dialect;
 use super::anthropic::{self, MessagesRequest};
+use super::gemini::{self, Framing, GenerateRequest};
 use super::openai_chat::{self, ChatRequest};
 use super::openai_responses::{self, ResponsesRequest};
 use super::shape::{
@@ -24,6 +25,7 @@ pub enum ClientRequest<'a> {
     Chat(ChatRequest<'a>),
     Messages(MessagesRequest<'a>),
     Responses(ResponsesRequest<'a>),
+    Gemini(GenerateRequest<'a>),
 }
 
 /// Why a client's body was refused before routing, in words for the client (a 400 in its
@@ -47,9 +49,14 @@ pub struct Outbound {
 pub const DEFAULT_OUTPUT_TOKENS_ESTIMATE: u64 = openai_chat::DEFAULT_OUTPUT_TOKENS_ESTIMATE;
 
 impl<'a> ClientRequest<'a> {
-    /// Parses `body` as a request of `dialect`.
+    /// Parses `body` as a request of `dialect`. A Gemini request needs what its URL says
+    /// ([`ClientRequest::parse_gemini`]); parsed here it is refused.
     pub fn parse(dialect: Dialect, body: &'a [u8]) -> Result<ClientRequest<'a>, Refusal> {
         match dialect {
+            Dialect::Gemini => Err(Refusal {
+                message: "The model is not specified in the URL.".into(),
+                param: None,
+            }),
             Dialect::OpenAiChat => ChatRequest::parse(body)
                 .map(ClientRequest::Chat)
                 .map_err(|e| Refusal {
@@ -71,11 +78,27 @@ impl<'a> ClientRequest<'a> {
         }
     }
 
+    /// Parses `body` as a Gemini request for `model` (from the URL path), answered in `framing`
+    /// (`None`: `generateContent`).
+    pub fn parse_gemini(
+        body: &'a [u8],
+        model: &str,
+        framing: Option<Framing>,
+    ) -> Result<ClientRequest<'a>, Refusal> {
+        GenerateRequest::parse(body, model, framing)
+            .map(ClientRequest::Gemini)
+            .map_err(|e| Refusal {
+                message: e.0,
+                param: None,
+            })
+    }
+
     pub fn dialect(&self) -> Dialect {
         match self {
             ClientRequest::Chat(_) => Dialect::OpenAiChat,
             ClientRequest::Messages(_) => Dialect::Anthropic,
             ClientRequest::Responses(_) => Dialect::OpenAiResponses,
+            ClientRequest::Gemini(_) => Dialect::Gemini,
         }
     }
 
@@ -84,6 +107,7 @@ impl<'a> ClientRequest<'a> {
             ClientRequest::Chat(r) => &r.model,
             ClientRequest::Messages(r) => &r.model,
             ClientRequest::Responses(r) => &r.model,
+            ClientRequest::Gemini(r) => &r.model,
         }
     }
 
@@ -92,6 +116,16 @@ impl<'a> ClientRequest<'a> {
             ClientRequest::Chat(r) => r.stream,
             ClientRequest::Messages(r) => r.stream,
             ClientRequest::Responses(r) => r.stream,
+            ClientRequest::Gemini(r) => r.stream(),
+        }
+    }
+
+    /// The `content-type` of a streamed answer: Gemini's JSON-array stream is JSON; every other
+    /// stream is server-sent events.
+    pub fn stream_content_type(&self) -> &'static str {
+        match self {
+            ClientRequest::Gemini(r) if r.framing == Some(Framing::JsonArray) => "application/json",
+            _ => "text/event-stream",
         }
     }
 
@@ -103,6 +137,7 @@ impl<'a> ClientRequest<'a> {
             ClientRequest::Responses(r) => r
                 .max_output_tokens
                 .unwrap_or(DEFAULT_OUTPUT_TOKENS_ESTIMATE),
+            ClientRequest::Gemini(r) => r.output_estimate(),
         }
     }
 
@@ -132,6 +167,10 @@ impl<'a> ClientRequest<'a> {
             (ClientRequest::Responses(req), Dialect::OpenAiResponses) => {
                 return Ok(passed(req.rewrite(upstream_model)));
             }
+            // The model is in the URL: the body goes as the client sent it.
+            (ClientRequest::Gemini(req), Dialect::Gemini) => {
+                return Ok(passed(Bytes::copy_from_slice(req.body)));
+            }
             (ClientRequest::Responses(req), _) => {
                 if let Some(tool) = req.forced_builtin() {
                     return Err(TranslateError::new(format!(
@@ -141,11 +180,14 @@ impl<'a> ClientRequest<'a> {
             }
             _ => {}
         }
-        let encoded = encode_request(
-            upstream,
-            &decode_request(self.dialect(), body)?,
-            upstream_model,
-        )?;
+        let mut req = decode_request(self.dialect(), body)?;
+        if let ClientRequest::Gemini(r) = self {
+            // Gemini says these in the URL, not the body.
+            req.model.clone_from(&r.model);
+            req.stream = r.stream().then_some(true);
+            req.include_usage = true;
+        }
+        let encoded = encode_request(upstream, &req, upstream_model)?;
         Ok(Outbound {
             body: Bytes::from(encoded.body),
             dropped: encoded.dropped,
@@ -195,6 +237,10 @@ impl ClientRequest<'_> {
                 let response = openai_responses::response(&body)?;
                 Some((body, response.metering))
             }
+            (ClientRequest::Gemini(_), Dialect::Gemini) => {
+                let answer = gemini::answer(&body)?;
+                Some((body, answer.metering))
+            }
             _ => {
                 let response = decode_response(upstream, &body)?;
                 let bytes = match self {
@@ -203,6 +249,7 @@ impl ClientRequest<'_> {
                     ClientRequest::Responses(r) => {
                         openai_responses::encode::response_with(&response, &r.model, &r.echo())
                     }
+                    ClientRequest::Gemini(r) => gemini::encode::response(&response, &r.model),
                 };
                 Some((Bytes::from(bytes), response.metering))
             }
@@ -224,6 +271,7 @@ pub fn upstream_error(
         Dialect::OpenAiChat => openai_chat::decode::error(status, &body),
         Dialect::Anthropic => anthropic::decode::error(status, &body),
         Dialect::OpenAiResponses => openai_responses::decode::error(status, &body),
+        Dialect::Gemini => gemini::decode::error(status, &body),
     };
     let (s, b) = encode_error(client, &error);
     (s, Bytes::from(b))
@@ -237,12 +285,15 @@ enum Errors {
     OpenAi,
     /// `{"type":"error","error":{"type","message"}}`.
     Anthropic,
+    /// `{"error":{"code","message","status"}}`.
+    Google,
 }
 
 fn errors_of(dialect: Dialect) -> Errors {
     match dialect {
         Dialect::OpenAiChat | Dialect::OpenAiResponses => Errors::OpenAi,
         Dialect::Anthropic => Errors::Anthropic,
+        Dialect::Gemini => Errors::Google,
     }
 }
 
@@ -259,6 +310,7 @@ pub fn error_body(client: Dialect, status: u16, message: &str, code: Option<&str
             openai_chat::error_body(message, kind, None, code)
         }
         Errors::Anthropic => anthropic::error_body(anthropic::error_type(status), message),
+        Errors::Google => Bytes::from(gemini::error_body(status, message)),
     }
 }
 
@@ -271,6 +323,7 @@ enum StreamKind {
     Chat(openai_chat::relay::Scan),
     Messages(anthropic::relay::Scan),
     Responses(openai_responses::relay::Scan),
+    Gemini(gemini::relay::Scan),
     Translated(Box<Translator>),
 }
 
@@ -297,11 +350,15 @@ impl Stream {
             (ClientRequest::Responses(r), Dialect::OpenAiResponses) => {
                 StreamKind::Responses(openai_responses::relay::Scan::new(&r.model))
             }
+            (ClientRequest::Gemini(r), Dialect::Gemini) => {
+                StreamKind::Gemini(gemini::relay::Scan::new(r.framing.unwrap_or(Framing::Sse)))
+            }
             _ => {
                 let decoder: Box<dyn StreamDecode> = match upstream {
                     Dialect::OpenAiChat => Box::new(openai_chat::decode::Stream::new(message_id)),
                     Dialect::Anthropic => Box::new(anthropic::decode::Stream::new()),
                     Dialect::OpenAiResponses => Box::new(openai_responses::decode::Stream::new()),
+                    Dialect::Gemini => Box::new(gemini::decode::Stream::new()),
                 };
                 let encoder: Box<dyn StreamEncode> = match req {
                     ClientRequest::Chat(r) => {
@@ -313,6 +370,11 @@ impl Stream {
                     ClientRequest::Responses(r) => Box::new(
                         openai_responses::encode::Stream::with_echo(&r.model, r.echo()),
                     ),
+                    ClientRequest::Gemini(r) => Box::new(gemini::encode::Stream::new(
+                        &r.model,
+                        message_id,
+                        r.framing.unwrap_or(Framing::Sse),
+                    )),
                 };
                 StreamKind::Translated(Box::new(Translator {
                     decoder,
@@ -348,6 +410,7 @@ impl Stream {
                 }
                 relayed(scan, &raw, ev.name, data, committed, out)
             }
+            StreamKind::Gemini(scan) => scan.event(&raw, data, committed, out),
             StreamKind::Translated(t) => {
                 let Some(data) = data else {
                     return StreamNote::Nothing;
@@ -362,6 +425,7 @@ impl Stream {
         let mut buf = Vec::new();
         match &mut self.kind {
             StreamKind::Translated(t) => t.encoder.finish(&mut buf),
+            StreamKind::Gemini(scan) => scan.finish(out),
             StreamKind::Chat(_) | StreamKind::Messages(_) | StreamKind::Responses(_) => {}
         }
         if !buf.is_empty() {
@@ -375,6 +439,7 @@ impl Stream {
             StreamKind::Chat(_) => openai_chat::stream_error_event(message),
             StreamKind::Messages(_) => anthropic::stream_error_event(message),
             StreamKind::Responses(scan) => scan.error_event(message),
+            StreamKind::Gemini(scan) => scan.error_event(message),
             StreamKind::Translated(t) => Bytes::from(t.encoder.error_event(message)),
         }
     }
@@ -385,6 +450,7 @@ impl Stream {
             StreamKind::Chat(scan) => scan.metering(),
             StreamKind::Messages(scan) => scan.metering(),
             StreamKind::Responses(scan) => scan.metering(),
+            StreamKind::Gemini(scan) => scan.metering(),
             StreamKind::Translated(t) => t.metering,
         }
     }
@@ -461,6 +527,7 @@ pub fn refusal_body(client: Dialect, refusal: &Refusal) -> Bytes {
             None,
         ),
         Errors::Anthropic => anthropic::error_body("invalid_request_error", &refusal.message),
+        Errors::Google => Bytes::from(gemini::error_body(400, &refusal.message)),
     }
 }
 
@@ -507,6 +574,7 @@ pub fn decode_request(client: Dialect, body: &[u8]) -> Result<Request<'_>, Trans
         Dialect::OpenAiChat => openai_chat::decode::request(body),
         Dialect::Anthropic => anthropic::decode::request(body),
         Dialect::OpenAiResponses => openai_responses::decode::request(body),
+        Dialect::Gemini => gemini::decode::request(body),
     }
 }
 
@@ -520,6 +588,7 @@ pub fn encode_request(
         Dialect::OpenAiChat => openai_chat::encode::request(req, upstream_model),
         Dialect::Anthropic => anthropic::encode::request(req, upstream_model),
         Dialect::OpenAiResponses => openai_responses::encode::request(req, upstream_model),
+        Dialect::Gemini => gemini::encode::request(req, upstream_model),
     }
 }
 
@@ -529,6 +598,7 @@ pub fn decode_response(upstream: Dialect, body: &[u8]) -> Option<Response> {
         Dialect::OpenAiChat => openai_chat::decode::response(body),
         Dialect::Anthropic => anthropic::decode::response(body),
         Dialect::OpenAiResponses => openai_responses::decode::response(body),
+        Dialect::Gemini => gemini::decode::response(body),
     }
 }
 
@@ -538,6 +608,7 @@ pub fn encode_error(client: Dialect, error: &UpstreamError) -> (u16, Vec<u8>) {
         Dialect::OpenAiChat => openai_chat::encode::error(error),
         Dialect::Anthropic => anthropic::encode::error(error),
         Dialect::OpenAiResponses => openai_responses::encode::error(error),
+        Dialect::Gemini => gemini::encode::error(error),
     }
 }
 

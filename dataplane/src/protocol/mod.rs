@@ -5,6 +5,7 @@
 
 pub mod anthropic;
 pub mod bridge;
+pub mod gemini;
 pub mod json;
 pub mod openai_chat;
 pub mod openai_responses;
@@ -21,6 +22,9 @@ pub enum Dialect {
     Anthropic,
     /// OpenAI Responses (`/v1/responses`), stateless.
     OpenAiResponses,
+    /// Google Gemini (`/v1beta/models/{model}:generateContent` and `:streamGenerateContent`):
+    /// the model and the stream's framing are in the URL, not the body.
+    Gemini,
 }
 
 impl Dialect {
@@ -31,6 +35,7 @@ impl Dialect {
             Dialect::OpenAiChat => "openai-chat",
             Dialect::Anthropic => "anthropic",
             Dialect::OpenAiResponses => "openai-responses",
+            Dialect::Gemini => "gemini",
         }
     }
 }

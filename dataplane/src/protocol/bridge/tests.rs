@@ -8,7 +8,10 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
-use super::{ClientRequest, Stream, decode_request, encode_request, upstream_error};
+use super::{
+    ClientRequest, Framing, Stream, decode_request, encode_request, error_body, refusal_body,
+    upstream_error,
+};
 use crate::protocol::shape::{StreamNote, TranslateError};
 use crate::protocol::usage::Usage;
 use crate::protocol::{Dialect, anthropic, openai_chat};
@@ -74,6 +77,7 @@ fn client_request_body(client: Dialect, model: &str, include_usage: bool) -> Vec
             json!({"model": model, "max_tokens": 1, "messages": [], "stream": true})
         }
         Dialect::OpenAiResponses => json!({"model": model, "input": [], "stream": true}),
+        Dialect::Gemini => json!({"contents": []}),
     };
     body.to_string().into_bytes()
 }
@@ -1886,4 +1890,74 @@ fn stream_round_trip_anthropic_openai_anthropic() {
             ..Usage::default()
         })
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gemini
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn gemini_errors_the_gateway_makes_are_in_googles_shape() {
+    let body = error_body(Dialect::Gemini, 429, "slow down", Some("rate_limited"));
+    assert_eq!(
+        parse(&body),
+        json!({"error": {"code": 429, "message": "slow down", "status": "RESOURCE_EXHAUSTED"}})
+    );
+    let refusal = ClientRequest::parse_gemini(b"{}", "gemini-2.5-flash", None)
+        .err()
+        .unwrap();
+    assert_eq!(
+        parse(&refusal_body(Dialect::Gemini, &refusal))["error"]["status"],
+        "INVALID_ARGUMENT"
+    );
+    // Without the URL's model a Gemini body is no request.
+    assert!(ClientRequest::parse(Dialect::Gemini, br#"{"contents":[]}"#).is_err());
+}
+
+#[test]
+fn gemini_to_gemini_passes_the_body_and_errors_byte_for_byte() {
+    let body = br#"{"contents": [{"parts":[{"text":"hi"}]}], "safetySettings": [], "x": 1.50}"#;
+    let req = ClientRequest::parse_gemini(body, "models/gemini-2.5-pro", None).unwrap();
+    assert_eq!(req.model(), "gemini-2.5-pro");
+    assert_eq!(req.dialect().name(), "gemini");
+    let out = req
+        .upstream_body(body, Dialect::Gemini, "other-id")
+        .unwrap();
+    assert_eq!(&out.body[..], &body[..]);
+    assert!(out.dropped.is_empty());
+    let err = Bytes::from_static(include_bytes!(
+        "../../../../testkit/samples/gemini-error-404.json"
+    ));
+    let (status, relayed) = upstream_error(Dialect::Gemini, Dialect::Gemini, 404, err.clone());
+    assert_eq!((status, relayed), (404, err));
+}
+
+#[test]
+fn gemini_to_gemini_answers_are_relayed_and_billed() {
+    let body = include_bytes!("../../../../testkit/samples/gemini-generate-content.json");
+    let req = ClientRequest::parse_gemini(br#"{"contents":[]}"#, "gemini-2.5-flash", None).unwrap();
+    let (bytes, metering) = req
+        .response(Dialect::Gemini, Bytes::from_static(body))
+        .unwrap();
+    assert_eq!(&bytes[..], &body[..]);
+    let m = metering.unwrap();
+    // promptTokenCount 9, candidatesTokenCount 9, thoughtsTokenCount 34.
+    assert_eq!(m.usage.input_tokens, 9);
+    assert_eq!(m.usage.output_tokens, 43);
+    assert_eq!(m.reasoning_tokens, Some(34));
+    assert!(
+        req.response(Dialect::Gemini, Bytes::from_static(b"<html>"))
+            .is_none()
+    );
+}
+
+#[test]
+fn gemini_streams_are_typed_by_their_framing() {
+    let sse = ClientRequest::parse_gemini(br#"{"contents":[]}"#, "g", Some(Framing::Sse)).unwrap();
+    let array =
+        ClientRequest::parse_gemini(br#"{"contents":[]}"#, "g", Some(Framing::JsonArray)).unwrap();
+    assert!(sse.stream() && array.stream());
+    assert_eq!(sse.stream_content_type(), "text/event-stream");
+    assert_eq!(array.stream_content_type(), "application/json");
+    assert!(!Stream::new(&array, Dialect::Gemini, "m").is_translated());
 }
