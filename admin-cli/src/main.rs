@@ -159,21 +159,22 @@ enum ProviderCmd {
     /// Add a provider. Works whether or not the provider is reachable.
     Add {
         name: String,
-        /// The upstream's protocol: openai (Chat Completions), anthropic (Messages) or
-        /// openai-responses (the Responses API) (default: the preset's). The control plane
-        /// checks it, so a newer control plane's protocols work from an older keyplanectl.
+        /// The upstream's protocol: openai (Chat Completions), anthropic (Messages),
+        /// openai-responses (the Responses API) or gemini (Google's Gemini API) (default: the
+        /// preset's). The control plane checks it, so a newer control plane's protocols work
+        /// from an older keyplanectl.
         #[arg(long)]
         protocol: Option<String>,
-        /// OpenAI-style URLs (openai, openai-responses) end in /v1; Anthropic's do not (default:
-        /// the preset's).
+        /// OpenAI-style URLs (openai, openai-responses) end in /v1; Anthropic's and Gemini's
+        /// do not (default: the preset's).
         #[arg(long)]
         base_url: Option<String>,
         /// A known provider: openrouter, zenmux, deepinfra, deepseek, openai, anthropic, groq,
-        /// together, mistral, xai, qwen, siliconflow, moonshot, zhipu, gemini-openai.
+        /// together, mistral, xai, qwen, siliconflow, moonshot, zhipu, gemini, gemini-openai.
         #[arg(long)]
         preset: Option<String>,
-        /// Catalog adapter: openrouter, zenmux, together, deepinfra, list, anthropic-list, or
-        /// none (default: the preset's).
+        /// Catalog adapter: openrouter, zenmux, together, deepinfra, list, anthropic-list,
+        /// gemini-list, or none (default: the preset's).
         #[arg(long)]
         catalog: Option<String>,
         #[command(flatten)]
@@ -185,8 +186,8 @@ enum ProviderCmd {
     /// default). Only the flags given change; credentials and models stay.
     Set {
         name: String,
-        /// openai, anthropic or openai-responses, e.g. to move an OpenAI provider to the
-        /// Responses API.
+        /// openai, anthropic, openai-responses or gemini, e.g. to move an OpenAI provider to
+        /// the Responses API.
         #[arg(long)]
         protocol: Option<String>,
         #[arg(long)]

@@ -41,7 +41,7 @@ fn help_lists_protocols(stdout: &str) {
     let words: Vec<&str> = stdout
         .split(|c: char| c.is_whitespace() || c == ',' || c == '(' || c == ')')
         .collect();
-    for protocol in ["openai", "anthropic", "openai-responses"] {
+    for protocol in ["openai", "anthropic", "openai-responses", "gemini"] {
         assert!(
             words.contains(&protocol),
             "{protocol} missing from provider help:\n{stdout}"

@@ -19,14 +19,20 @@ pub enum Protocol {
     /// OpenAI's Responses API: `{base}/responses` (the base URL ends in `/v1`), Bearer auth.
     #[serde(rename = "openai-responses")]
     OpenaiResponses,
+    /// Google's Gemini API: the base URL has no path (`https://generativelanguage.googleapis.com`);
+    /// the data plane calls `{base}/v1beta/models/{id}:generateContent` and its siblings, and the
+    /// secret goes in `x-goog-api-key`.
+    #[serde(rename = "gemini")]
+    Gemini,
 }
 
 impl Protocol {
     /// Every protocol, in the order help and error texts list them.
-    pub const ALL: [Protocol; 3] = [
+    pub const ALL: [Protocol; 4] = [
         Protocol::Openai,
         Protocol::Anthropic,
         Protocol::OpenaiResponses,
+        Protocol::Gemini,
     ];
 
     pub fn parse(text: &str) -> Result<Protocol> {
@@ -48,17 +54,48 @@ impl Protocol {
             Protocol::Openai => "openai",
             Protocol::Anthropic => "anthropic",
             Protocol::OpenaiResponses => "openai-responses",
+            Protocol::Gemini => "gemini",
         }
     }
 
     /// Whether the upstream takes its secret as `Authorization: Bearer` (OpenAI's APIs) rather
-    /// than `x-api-key` (Anthropic's).
+    /// than in a header of its own ([`Protocol::secret_header`]).
     pub fn bearer_auth(self) -> bool {
         match self {
             Protocol::Openai | Protocol::OpenaiResponses => true,
-            Protocol::Anthropic => false,
+            Protocol::Anthropic | Protocol::Gemini => false,
         }
     }
+
+    /// The header that carries the secret: `authorization` (as `Bearer …`), Anthropic's
+    /// `x-api-key` or Google's `x-goog-api-key`. Google also takes `?key=`, never used: a URL
+    /// ends up in logs.
+    pub fn secret_header(self) -> http::HeaderName {
+        match self {
+            Protocol::Openai | Protocol::OpenaiResponses => http::header::AUTHORIZATION,
+            Protocol::Anthropic => http::HeaderName::from_static("x-api-key"),
+            Protocol::Gemini => http::HeaderName::from_static("x-goog-api-key"),
+        }
+    }
+}
+
+/// Refuses a base URL that cannot be right for `protocol`: a Gemini base URL ending in the API
+/// version the gateway appends itself (`…/v1beta` would be called as `…/v1beta/v1beta/models/…`).
+/// A path before it is fine (a proxy serving Gemini under a prefix).
+fn check_protocol_base_url(protocol: Protocol, base_url: &str) -> Result<()> {
+    if protocol == Protocol::Gemini {
+        let path = base_url.trim_end_matches('/');
+        if let Some(version) = ["/v1beta", "/v1", "/v1alpha"]
+            .into_iter()
+            .find(|v| path.ends_with(v))
+        {
+            return Err(invalid(format!(
+                "a gemini base URL has no API version: the gateway appends /v1beta/models/{{id}}:generateContent itself; use {:?} without {version:?}",
+                &path[..path.len() - version.len()]
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -352,6 +389,7 @@ impl Store {
         }
         let protocol = Protocol::parse(protocol_text)?;
         let base_url = check_base_url(base_url_text)?;
+        check_protocol_base_url(protocol, &base_url)?;
         let catalog = match pick(req.catalog, preset.map(|p| p.catalog.as_str())).trim() {
             "" | "none" => None,
             a if crate::catalog_sync::adapter_known(a) => Some(a.to_string()),
@@ -496,6 +534,7 @@ impl Store {
         if let Some(url) = base_url {
             rec.base_url = url;
         }
+        check_protocol_base_url(rec.protocol, &rec.base_url)?;
         if let Some(v) = connect_ms {
             rec.timeouts.connect_ms = v;
         }
@@ -686,9 +725,13 @@ mod tests {
             panic!("an unknown protocol is refused")
         };
         assert!(
-            msg.contains("openai, anthropic, openai-responses"),
+            msg.contains("openai, anthropic, openai-responses, gemini"),
             "the refusal names every protocol: {msg}"
         );
+        assert!(!Protocol::Gemini.bearer_auth());
+        assert_eq!(Protocol::Gemini.secret_header(), "x-goog-api-key");
+        assert_eq!(Protocol::Anthropic.secret_header(), "x-api-key");
+        assert_eq!(Protocol::Openai.secret_header(), "authorization");
 
         // A record stored before `openai-responses` existed still loads, and a new one is
         // stored under the protocol's own name.
@@ -709,6 +752,66 @@ mod tests {
             store.provider("r").unwrap().unwrap().protocol,
             Protocol::OpenaiResponses
         );
+    }
+
+    #[test]
+    fn a_gemini_base_url_carries_no_api_version() {
+        let (_d, store) = open_temp();
+        let rec = store
+            .add_provider("g", "gemini", "https://generativelanguage.googleapis.com/")
+            .unwrap();
+        assert_eq!(rec.protocol, Protocol::Gemini);
+        assert_eq!(rec.base_url, "https://generativelanguage.googleapis.com");
+        // A proxy serving Gemini under a prefix is fine.
+        store
+            .add_provider("z", "gemini", "https://zenmux.ai/api/vertex-ai")
+            .unwrap();
+        for url in [
+            "https://generativelanguage.googleapis.com/v1beta",
+            "https://generativelanguage.googleapis.com/v1beta/",
+            "https://generativelanguage.googleapis.com/v1",
+        ] {
+            let Err(Error::InvalidArgument(msg)) = store.add_provider("bad", "gemini", url) else {
+                panic!("{url} is refused")
+            };
+            assert!(
+                msg.contains("\"https://generativelanguage.googleapis.com\""),
+                "the refusal names the URL to use: {msg}"
+            );
+        }
+        // An OpenAI-protocol URL may end in /v1beta (Google's OpenAI-compatible layer).
+        store
+            .add_provider(
+                "o",
+                "openai",
+                "https://generativelanguage.googleapis.com/v1beta/openai",
+            )
+            .unwrap();
+        // Moving a provider to gemini checks the URL it keeps; nothing is written when refused.
+        store
+            .add_provider("m", "openai", "https://llm.example/v1")
+            .unwrap();
+        assert!(matches!(
+            store.set_provider(&ProviderChange {
+                name: "m",
+                protocol: Some("gemini"),
+                ..ProviderChange::default()
+            }),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert_eq!(
+            store.provider("m").unwrap().unwrap().protocol,
+            Protocol::Openai
+        );
+        let moved = store
+            .set_provider(&ProviderChange {
+                name: "m",
+                protocol: Some("gemini"),
+                base_url: Some("https://llm.example"),
+                ..ProviderChange::default()
+            })
+            .unwrap();
+        assert_eq!(moved.protocol, Protocol::Gemini);
     }
 
     #[test]

@@ -257,6 +257,7 @@ pub fn compile(store: &Store, version: u64) -> Result<pb::RouteTable> {
                     Protocol::Openai => pb::Protocol::Openai,
                     Protocol::Anthropic => pb::Protocol::Anthropic,
                     Protocol::OpenaiResponses => pb::Protocol::OpenaiResponses,
+                    Protocol::Gemini => pb::Protocol::Gemini,
                 } as i32,
                 base_url: p.base_url,
                 preset: p.preset.unwrap_or_default(),
@@ -309,6 +310,16 @@ mod tests {
                 ..Default::default()
             })
             .unwrap();
+        store
+            .add_provider_with(&crate::catalog::AddProvider {
+                name: "d",
+                protocol: "",
+                base_url: "http://127.0.0.1:4",
+                preset: "gemini",
+                catalog: "none",
+                ..Default::default()
+            })
+            .unwrap();
         for (provider, upstream) in [("a", ""), ("b", "claude-x")] {
             store
                 .set_model(&SetModel {
@@ -328,7 +339,10 @@ mod tests {
 
         let table = compile(&store, 9).unwrap();
         assert_eq!(table.route_version, 9);
-        assert_eq!(table.providers.len(), 3);
+        assert_eq!(table.providers.len(), 4);
+        assert_eq!(table.providers[3].protocol, pb::Protocol::Gemini as i32);
+        assert_eq!(table.providers[3].preset, "gemini");
+        assert_eq!(table.providers[3].base_url, "http://127.0.0.1:4");
         assert_eq!(table.providers[1].protocol, pb::Protocol::Anthropic as i32);
         assert_eq!(
             table.providers[2].protocol,

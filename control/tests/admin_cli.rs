@@ -296,7 +296,7 @@ fn bad_input_is_refused_clearly_and_nothing_is_half_written() {
             None,
             1,
             // The refusal names the protocols that would be accepted.
-            "use one of openai, anthropic, openai-responses",
+            "use one of openai, anthropic, openai-responses, gemini",
         ),
         (
             &[

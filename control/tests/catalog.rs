@@ -679,3 +679,209 @@ fn an_openai_responses_provider_lists_its_models_as_openai_does() {
     assert_eq!(providers[0]["protocol"], "openai-responses");
     assert_eq!(providers[0]["catalog"], "list");
 }
+
+/// A Google-style models list on a loopback port: two pages joined by a page token with
+/// characters a query must encode, each request's path and `x-goog-api-key` recorded.
+struct GoogleModels {
+    base_url: String,
+    /// Each request's path and `x-goog-api-key`.
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Seen>>>,
+}
+
+type Seen = (String, Option<String>);
+
+impl GoogleModels {
+    const TOKEN: &'static str = "page+2/of=2";
+
+    fn start() -> GoogleModels {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base_url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = std::sync::Arc::clone(&seen);
+        std::thread::spawn(move || {
+            // Bounded: a test syncs a few times at most.
+            for stream in listener.incoming().take(64) {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    continue;
+                }
+                let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                let mut key = None;
+                for _ in 0..100 {
+                    let mut header = String::new();
+                    if reader.read_line(&mut header).unwrap_or(0) == 0 || header.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((name, value)) = header.split_once(':')
+                        && name.eq_ignore_ascii_case("x-goog-api-key")
+                    {
+                        key = Some(value.trim().to_string());
+                    }
+                }
+                log.lock().unwrap().push((path.clone(), key.clone()));
+                let (status, body) = if key.as_deref() != Some("AIza-test") {
+                    (
+                        "400 Bad Request",
+                        r#"{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT"}}"#.to_string(),
+                    )
+                } else if path == "/v1beta/models?pageSize=1000" {
+                    (
+                        "200 OK",
+                        json!({
+                            "models": [
+                                {"name": "models/gemini-2.5-flash", "displayName": "Gemini 2.5 Flash",
+                                 "inputTokenLimit": 1048576, "outputTokenLimit": 65536,
+                                 "supportedGenerationMethods": ["generateContent", "countTokens"]},
+                                {"name": "models/imagen-4.0-generate-001",
+                                 "supportedGenerationMethods": ["predict"]},
+                            ],
+                            "nextPageToken": GoogleModels::TOKEN,
+                        })
+                        .to_string(),
+                    )
+                } else if path == "/v1beta/models?pageSize=1000&pageToken=page%2B2%2Fof%3D2" {
+                    (
+                        "200 OK",
+                        json!({"models": [
+                            {"name": "models/gemini-embedding-001",
+                             "supportedGenerationMethods": ["embedContent", "countTokens"]},
+                            {"name": "models/gemini-2.5-pro",
+                             "supportedGenerationMethods": ["generateContent"]},
+                        ]})
+                        .to_string(),
+                    )
+                } else {
+                    ("404 Not Found", "{}".to_string())
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        GoogleModels { base_url, seen }
+    }
+}
+
+#[test]
+fn a_gemini_provider_syncs_every_page_of_googles_list_and_takes_litellm_prices() {
+    let cp = ControlPlane::start_with_args(&["--catalog-sync-interval-secs", "0"]);
+    let google = GoogleModels::start();
+    let added = cp
+        .ctl(&[
+            "--json",
+            "provider",
+            "add",
+            "google",
+            "--preset",
+            "gemini",
+            "--base-url",
+            &google.base_url,
+        ])
+        .ok()
+        .json();
+    assert_eq!(
+        (&added["protocol"], &added["catalog"]),
+        (&json!("gemini"), &json!("gemini-list")),
+        "{added}"
+    );
+    // Without a credential Google refuses the list; the error is recorded, nothing synced.
+    let s = cp.ctl(&["--json", "catalog", "sync", "google"]).ok().json();
+    assert!(
+        s[0]["last_error"].as_str().unwrap().contains("HTTP 400"),
+        "{s}"
+    );
+    cp.ctl_with(
+        &["credential", "add", "google"],
+        Some("AIza-test\n"),
+        &cp.admin_token,
+    )
+    .ok();
+    let s = cp.ctl(&["--json", "catalog", "sync", "google"]).ok().json();
+    assert_eq!(
+        s[0]["models"], 3,
+        "both pages, without the predict-only model: {s}"
+    );
+    assert_eq!(s[0]["last_error"], Value::Null, "{s}");
+    {
+        let seen = google.seen.lock().unwrap();
+        let synced = &seen[seen.len() - 2..];
+        assert_eq!(
+            synced,
+            [
+                (
+                    "/v1beta/models?pageSize=1000".to_string(),
+                    Some("AIza-test".to_string())
+                ),
+                (
+                    "/v1beta/models?pageSize=1000&pageToken=page%2B2%2Fof%3D2".to_string(),
+                    Some("AIza-test".to_string())
+                ),
+            ],
+            "the key travels as x-goog-api-key, never in the URL"
+        );
+    }
+    let rows = cp.ctl(&["--json", "model", "list"]).ok().json();
+    let mut names: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["provider"] == "google")
+        .map(|r| r["model"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "google/gemini-2.5-flash",
+            "google/gemini-2.5-pro",
+            "google/gemini-embedding-001"
+        ],
+        "{rows}"
+    );
+    let flash = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["model"] == "google/gemini-2.5-flash" && r["provider"] == "google")
+        .unwrap();
+    assert_eq!(flash["upstream_model"], "gemini-2.5-flash");
+    assert_eq!(flash["input"], Value::Null, "Google's list has no prices");
+
+    // LiteLLM's `gemini/…` entries price a gemini-preset provider without --provider.
+    let litellm = r#"{
+    "gemini/gemini-2.5-flash": {
+        "input_cost_per_token": 3e-07,
+        "litellm_provider": "gemini",
+        "mode": "chat",
+        "output_cost_per_token": 2.5e-06
+    }
+}"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model_prices_and_context_window.json");
+    std::fs::write(&path, litellm).unwrap();
+    let out = cp
+        .ctl(&["--json", "prices", "import", path.to_str().unwrap()])
+        .ok()
+        .json();
+    assert_eq!(out["imported"], 1, "{out}");
+    let rows = cp
+        .ctl(&[
+            "--json",
+            "model",
+            "list",
+            "--model",
+            "google/gemini-2.5-flash",
+        ])
+        .ok()
+        .json();
+    assert_eq!(
+        (rows[0]["input"].as_f64(), rows[0]["output"].as_f64()),
+        (Some(0.3), Some(2.5)),
+        "{rows}"
+    );
+}

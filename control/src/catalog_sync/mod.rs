@@ -12,6 +12,7 @@
 
 mod deepinfra;
 pub mod fetch;
+mod gemini;
 mod list;
 mod openrouter;
 pub mod presets;
@@ -38,6 +39,7 @@ pub const ADAPTERS: &[&str] = &[
     "deepinfra",
     "list",
     "anthropic-list",
+    "gemini-list",
 ];
 
 pub fn adapter_known(name: &str) -> bool {
@@ -123,6 +125,7 @@ pub fn parse(adapter: &str, body: &[u8], names: &str) -> Result<Vec<SyncedModel>
         "together" => together::parse(body, names),
         "deepinfra" => deepinfra::parse(body, names),
         "list" | "anthropic-list" => list::parse(body, names),
+        "gemini-list" => gemini::parse(body, names),
         other => Err(format!("catalog adapter {other:?} is unknown")),
     }
 }
@@ -449,23 +452,20 @@ impl Syncer {
             .map_err(|e| e.to_string())?;
         let mut headers = Vec::new();
         if let Some(secret) = secret {
-            let (name, value) = if p.protocol.bearer_auth() {
-                (
-                    http::header::AUTHORIZATION,
-                    format!("Bearer {}", secret.expose()),
-                )
+            let value = if p.protocol.bearer_auth() {
+                format!("Bearer {}", secret.expose())
             } else {
-                (
-                    http::HeaderName::from_static("x-api-key"),
-                    secret.expose().to_string(),
-                )
+                secret.expose().to_string()
             };
             let mut value = http::HeaderValue::from_str(&value)
                 .map_err(|_| "the credential is not a valid header value".to_string())?;
             value.set_sensitive(true);
-            headers.push((name, value));
+            headers.push((p.protocol.secret_header(), value));
         }
         let base = p.base_url.trim_end_matches('/');
+        if adapter == "gemini-list" {
+            return self.fetch_gemini_pages(base, &headers).await;
+        }
         if adapter != "anthropic-list" {
             return Ok(vec![
                 self.fetcher
@@ -492,6 +492,37 @@ impl Syncer {
             }
         }
         Ok(pages)
+    }
+
+    /// Every page of a Gemini models list, following `nextPageToken` at most
+    /// [`gemini::MAX_PAGES`] times; a list longer than that is an error, not a partial catalog.
+    async fn fetch_gemini_pages(
+        &self,
+        base: &str,
+        headers: &[(http::HeaderName, http::HeaderValue)],
+    ) -> Result<Vec<Vec<u8>>, String> {
+        let mut pages = Vec::new();
+        let mut token: Option<String> = None;
+        for _ in 0..gemini::MAX_PAGES {
+            let body = self
+                .fetcher
+                .get(&gemini::page_url(base, token.as_deref()), headers)
+                .await?;
+            let next = gemini::next_page(&body);
+            pages.push(body);
+            match next {
+                // A token that repeats would page for ever.
+                Some(t) if token.as_deref() == Some(t.as_str()) => {
+                    return Err("the models list repeats its page token".into());
+                }
+                Some(t) => token = Some(t),
+                None => return Ok(pages),
+            }
+        }
+        Err(format!(
+            "the models list has more than {} pages",
+            gemini::MAX_PAGES
+        ))
     }
 
     /// Syncs every due provider, on start and then on schedule, until `cancel` fires. Does

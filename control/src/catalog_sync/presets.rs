@@ -99,6 +99,7 @@ mod tests {
             "moonshot",
             "zhipu",
             "gemini-openai",
+            "gemini",
         ] {
             let p = preset(name).unwrap_or_else(|| panic!("preset {name} missing"));
             assert!(p.base_url.starts_with("https://"), "{name}");
@@ -110,6 +111,10 @@ mod tests {
         }
         assert_eq!(preset("openrouter").unwrap().catalog, "openrouter");
         assert_eq!(preset("anthropic").unwrap().protocol, "anthropic");
+        let gemini = preset("gemini").unwrap();
+        assert_eq!(gemini.protocol, "gemini");
+        assert_eq!(gemini.catalog, "gemini-list");
+        assert_eq!(gemini.base_url, "https://generativelanguage.googleapis.com");
     }
 
     #[test]
@@ -132,5 +137,9 @@ mod tests {
             "openai/gpt-4o-mini"
         );
         assert_eq!(canonical("custom", "bare"), "bare");
+        assert_eq!(
+            canonical("gemini", "gemini-2.5-flash"),
+            "google/gemini-2.5-flash"
+        );
     }
 }
