@@ -9,7 +9,9 @@ use hyper::{Method, Request};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use keyplane_testkit::fake_upstream::{OPENAI_TOOL_CALL_ID, prompt_tokens_for};
+use keyplane_testkit::fake_upstream::{
+    GEMINI_THOUGHT_SIGNATURE, GeminiAnswer, OPENAI_TOOL_CALL_ID, prompt_tokens_for,
+};
 use keyplane_testkit::{Behavior, FakeConfig, FakeUpstream, wait_until};
 use serde_json::{Value, json};
 use std::future::Future;
@@ -1608,4 +1610,543 @@ fn responses_refuses_a_bad_key_path_or_body_in_openai_shape() {
             .filter(|r| r.status != Some(200))
             .all(|r| r.behavior.is_none())
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gemini
+
+/// `POST /v1beta/models/{model}:{verb}{query}` with `x-goog-api-key`.
+async fn gemini(fake: &FakeUpstream, verb: &str, query: &str, body: &Value) -> Reply {
+    send(
+        Method::POST,
+        &format!(
+            "{}/v1beta/models/gemini-2.5-flash:{verb}{query}",
+            fake.gemini_base_url()
+        ),
+        &[
+            ("x-goog-api-key", "sk-test"),
+            ("content-type", "application/json"),
+        ],
+        &body.to_string(),
+    )
+    .await
+}
+
+fn gemini_body() -> Value {
+    json!({"contents": [{"role": "user", "parts": [{"text": "Say hello"}]}]})
+}
+
+/// The chunks of an `alt=sse` body: Gemini frames events with CRLF and sends no terminator.
+fn gemini_sse(reply: &Reply) -> Vec<Value> {
+    let text = reply.text();
+    text.split("\r\n\r\n")
+        .filter(|block| !block.is_empty())
+        .map(|block| {
+            let data = block
+                .strip_prefix("data: ")
+                .expect("one data line per event");
+            assert!(!data.contains('\n'), "one line per event: {block:?}");
+            serde_json::from_str(data).unwrap()
+        })
+        .collect()
+}
+
+/// All the text of the parts of chunks, thought parts or answer parts.
+fn gemini_text(chunks: &[Value], thought: bool) -> String {
+    chunks
+        .iter()
+        .flat_map(|c| c["candidates"][0]["content"]["parts"].as_array().cloned())
+        .flatten()
+        .filter(|p| p["thought"].as_bool().unwrap_or(false) == thought)
+        .filter_map(|p| p["text"].as_str().map(str::to_string))
+        .collect()
+}
+
+fn keys(v: &Value) -> Vec<String> {
+    let mut keys: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+    keys.sort();
+    keys
+}
+
+#[test]
+fn gemini_non_stream_has_the_sample_shape_and_usage() {
+    let fake = FakeUpstream::start(config(3));
+    let body = gemini_body();
+    let reply = block_on(gemini(&fake, "generateContent", "", &body));
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("x-fake-upstream"), Some("fake-a"));
+    assert!(
+        reply
+            .header("content-type")
+            .unwrap()
+            .starts_with("application/json")
+    );
+    let v = reply.json();
+    let sample: Value = serde_json::from_str(keyplane_testkit::samples::text(
+        "gemini-generate-content.json",
+    ))
+    .unwrap();
+    assert_eq!(keys(&v), keys(&sample));
+    assert_eq!(keys(&v["candidates"][0]), keys(&sample["candidates"][0]));
+    let candidate = &v["candidates"][0];
+    assert_eq!(candidate["content"]["role"], "model");
+    assert_eq!(candidate["content"]["parts"][0]["text"], words(3));
+    assert_eq!(candidate["finishReason"], "STOP");
+    assert_eq!(v["modelVersion"], "gemini-2.5-flash");
+    let prompt = prompt_tokens_for(body.to_string().as_bytes());
+    assert_eq!(
+        v["usageMetadata"],
+        json!({"promptTokenCount": prompt, "candidatesTokenCount": 3,
+               "totalTokenCount": prompt + 3,
+               "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt}]})
+    );
+    // The request is recorded as sent.
+    let recorded = &fake.requests()[0];
+    assert_eq!(
+        recorded.path,
+        "/v1beta/models/gemini-2.5-flash:generateContent"
+    );
+    assert_eq!(recorded.header("x-goog-api-key"), Some("sk-test"));
+    assert_eq!(recorded.json.as_ref(), Some(&body));
+    assert_eq!(recorded.behavior, Some(Behavior::Normal));
+}
+
+#[test]
+fn gemini_sse_stream_has_cumulative_usage_and_one_finish() {
+    let fake = FakeUpstream::start(config(4));
+    let body = gemini_body();
+    let reply = block_on(gemini(&fake, "streamGenerateContent", "?alt=sse", &body));
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-type"), Some("text/event-stream"));
+    // Framed like the recording: CRLF, no `[DONE]`.
+    let sample = keyplane_testkit::samples::text("gemini-stream.sse");
+    assert!(sample.contains("\r\n\r\n") && !sample.contains("[DONE]"));
+    assert!(!reply.text().contains("[DONE]"));
+    let chunks = gemini_sse(&reply);
+    assert_eq!(chunks.len(), 4);
+    assert!(reply.frames.len() >= 4, "each chunk is sent as produced");
+    assert_eq!(gemini_text(&chunks, false), words(4));
+    let prompt = prompt_tokens_for(body.to_string().as_bytes());
+    for (i, chunk) in chunks.iter().enumerate() {
+        let usage = &chunk["usageMetadata"];
+        assert_eq!(usage["promptTokenCount"], prompt);
+        assert_eq!(usage["candidatesTokenCount"], i as u64 + 1, "cumulative");
+        assert_eq!(usage["totalTokenCount"], prompt + i as u64 + 1);
+        let finish = &chunk["candidates"][0]["finishReason"];
+        assert_eq!(finish.as_str(), (i == 3).then_some("STOP"));
+        assert_eq!(chunk["responseId"], chunks[0]["responseId"]);
+    }
+}
+
+#[test]
+fn gemini_stream_without_alt_is_one_json_array_sent_element_by_element() {
+    let fake = FakeUpstream::start(config(3));
+    let reply = block_on(gemini(&fake, "streamGenerateContent", "", &gemini_body()));
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply
+            .header("content-type")
+            .unwrap()
+            .starts_with("application/json")
+    );
+    let v = reply.json();
+    let chunks = v.as_array().expect("an array");
+    assert_eq!(chunks.len(), 3);
+    assert!(reply.frames.len() >= 3);
+    assert_eq!(gemini_text(chunks, false), words(3));
+    assert_eq!(chunks[2]["candidates"][0]["finishReason"], "STOP");
+}
+
+#[test]
+fn gemini_max_output_tokens_cuts_the_answer_with_max_tokens() {
+    let fake = FakeUpstream::start(config(5));
+    let mut body = gemini_body();
+    body["generationConfig"] = json!({"maxOutputTokens": 2});
+    let v = block_on(gemini(&fake, "generateContent", "", &body)).json();
+    assert_eq!(v["candidates"][0]["content"]["parts"][0]["text"], words(2));
+    assert_eq!(v["candidates"][0]["finishReason"], "MAX_TOKENS");
+    let chunks = gemini_sse(&block_on(gemini(
+        &fake,
+        "streamGenerateContent",
+        "?alt=sse",
+        &body,
+    )));
+    assert_eq!(chunks.len(), 2);
+    assert_eq!(chunks[1]["candidates"][0]["finishReason"], "MAX_TOKENS");
+    // Nothing left to say: a content with only its role, as in the recorded empty answer.
+    body["generationConfig"] = json!({"maxOutputTokens": 0});
+    let v = block_on(gemini(&fake, "generateContent", "", &body)).json();
+    let sample: Value = serde_json::from_str(keyplane_testkit::samples::text(
+        "gemini-generate-content-max-tokens-empty.json",
+    ))
+    .unwrap();
+    assert_eq!(
+        v["candidates"][0]["content"],
+        sample["candidates"][0]["content"]
+    );
+    assert_eq!(v["candidates"][0]["finishReason"], "MAX_TOKENS");
+    assert!(v["usageMetadata"].get("candidatesTokenCount").is_none());
+}
+
+#[test]
+fn gemini_takes_the_key_in_a_header_or_the_query_and_refuses_as_google_does() {
+    let fake = FakeUpstream::start(config(1));
+    let url = |query: &str| {
+        format!(
+            "{}/v1beta/models/gemini-2.5-flash:generateContent{query}",
+            fake.gemini_base_url()
+        )
+    };
+    let body = gemini_body().to_string();
+    let ok = block_on(send(Method::POST, &url("?key=sk-test"), &[], &body));
+    assert_eq!(ok.status, 200);
+    // google-genai's default API version.
+    let v1 = format!(
+        "{}/v1/models/gemini-2.5-flash:generateContent",
+        fake.gemini_base_url()
+    );
+    let ok = block_on(send(
+        Method::POST,
+        &v1,
+        &[("x-goog-api-key", "sk-test")],
+        &body,
+    ));
+    assert_eq!(ok.status, 200);
+
+    let wrong = block_on(send(
+        Method::POST,
+        &url(""),
+        &[("x-goog-api-key", "nope")],
+        &body,
+    ));
+    assert_eq!(wrong.status, 400);
+    let err = &wrong.json()["error"];
+    assert_eq!(err["status"], "INVALID_ARGUMENT");
+    assert_eq!(err["details"][0]["reason"], "API_KEY_INVALID");
+    // A Bearer token is not an API key to Google.
+    let missing = block_on(send(
+        Method::POST,
+        &url(""),
+        &[("authorization", "Bearer sk-test")],
+        &body,
+    ));
+    assert_eq!(missing.status, 403);
+    assert_eq!(missing.json()["error"]["status"], "PERMISSION_DENIED");
+
+    let headers = [("x-goog-api-key", "sk-test")];
+    let not_json = block_on(send(Method::POST, &url(""), &headers, "{"));
+    assert_eq!(not_json.status, 400);
+    assert_eq!(not_json.json()["error"]["status"], "INVALID_ARGUMENT");
+    let no_contents = block_on(send(Method::POST, &url(""), &headers, "{}"));
+    assert_eq!(no_contents.status, 400);
+    assert!(
+        no_contents.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("contents is not specified")
+    );
+    let unknown = block_on(send(
+        Method::POST,
+        &format!("{}/v1beta/models/m:predictAll", fake.gemini_base_url()),
+        &headers,
+        &body,
+    ));
+    assert_eq!(unknown.status, 404);
+    assert_eq!(unknown.json()["error"]["status"], "NOT_FOUND");
+
+    // Refused requests take no behaviour: the queued fault waits for a good one.
+    fake.push_once(Behavior::status(500));
+    let wrong = block_on(send(
+        Method::POST,
+        &url(""),
+        &[("x-goog-api-key", "x")],
+        &body,
+    ));
+    assert_eq!(wrong.status, 400);
+    let good = block_on(send(Method::POST, &url(""), &headers, &body));
+    assert_eq!(good.status, 500);
+    let requests = fake.requests();
+    assert!(
+        requests
+            .iter()
+            .filter(|r| r.status != Some(200) && r.status != Some(500))
+            .all(|r| r.behavior.is_none())
+    );
+}
+
+#[test]
+fn gemini_function_call_carries_a_thought_signature_after_thought_parts() {
+    let fake = FakeUpstream::start(config(3));
+    let args = r#"{"command":"echo hi","dir_path":"."}"#;
+    fake.push_once(Behavior::Gemini(GeminiAnswer {
+        thoughts: 2,
+        function_call: Some(("run_shell_command".into(), args.into())),
+        ..GeminiAnswer::default()
+    }));
+    let chunks = gemini_sse(&block_on(gemini(
+        &fake,
+        "streamGenerateContent",
+        "?alt=sse",
+        &gemini_body(),
+    )));
+    assert_eq!(chunks.len(), 3);
+    assert_eq!(gemini_text(&chunks[..2], true), "thought0 thought1 ");
+    assert_eq!(chunks[1]["usageMetadata"]["thoughtsTokenCount"], 2);
+    assert!(chunks[1]["candidates"][0].get("finishReason").is_none());
+    let call = &chunks[2]["candidates"][0];
+    let part = &call["content"]["parts"][0];
+    assert_eq!(part["functionCall"]["name"], "run_shell_command");
+    assert_eq!(
+        part["functionCall"]["args"],
+        serde_json::from_str::<Value>(args).unwrap()
+    );
+    assert_eq!(part["thoughtSignature"], GEMINI_THOUGHT_SIGNATURE);
+    assert_eq!(call["finishReason"], "STOP");
+    let usage = &chunks[2]["usageMetadata"];
+    let candidates = usage["candidatesTokenCount"].as_u64().unwrap();
+    assert!(candidates > 0);
+    assert_eq!(
+        usage["totalTokenCount"].as_u64().unwrap(),
+        usage["promptTokenCount"].as_u64().unwrap() + candidates + 2
+    );
+
+    // `ToolCall` answers the same way on Gemini, and non-stream.
+    fake.push_once(Behavior::tool_call("read_file", r#"{"file_path":"a.txt"}"#));
+    let v = block_on(gemini(&fake, "generateContent", "", &gemini_body())).json();
+    let part = &v["candidates"][0]["content"]["parts"][0];
+    assert_eq!(part["functionCall"]["args"]["file_path"], "a.txt");
+    assert_eq!(part["thoughtSignature"], GEMINI_THOUGHT_SIGNATURE);
+    assert!(v["usageMetadata"].get("thoughtsTokenCount").is_none());
+}
+
+#[test]
+fn gemini_thoughts_usage_details_finish_reason_and_blocked_prompt() {
+    let fake = FakeUpstream::start(config(2));
+    fake.push_once(Behavior::Gemini(GeminiAnswer {
+        thoughts: 3,
+        cached_tokens: 4,
+        tool_use_prompt_tokens: 5,
+        finish_reason: Some("SAFETY".into()),
+        ..GeminiAnswer::default()
+    }));
+    let body = gemini_body();
+    let v = block_on(gemini(&fake, "generateContent", "", &body)).json();
+    let parts = &v["candidates"][0]["content"]["parts"];
+    assert_eq!(
+        parts[0],
+        json!({"text": "thought0 thought1 thought2 ", "thought": true})
+    );
+    assert_eq!(parts[1]["text"], words(2));
+    assert_eq!(parts[1]["thoughtSignature"], GEMINI_THOUGHT_SIGNATURE);
+    assert_eq!(v["candidates"][0]["finishReason"], "SAFETY");
+    let prompt = prompt_tokens_for(body.to_string().as_bytes());
+    let usage = &v["usageMetadata"];
+    assert_eq!(usage["thoughtsTokenCount"], 3);
+    assert_eq!(usage["cachedContentTokenCount"], 4);
+    assert_eq!(usage["toolUsePromptTokenCount"], 5);
+    assert_eq!(usage["candidatesTokenCount"], 2);
+    assert_eq!(usage["totalTokenCount"], prompt + 2 + 3 + 5);
+
+    for stream in [false, true] {
+        fake.push_once(Behavior::Gemini(GeminiAnswer {
+            block_reason: Some("PROHIBITED_CONTENT".into()),
+            ..GeminiAnswer::default()
+        }));
+        let reply = if stream {
+            block_on(gemini(&fake, "streamGenerateContent", "?alt=sse", &body))
+        } else {
+            block_on(gemini(&fake, "generateContent", "", &body))
+        };
+        assert_eq!(reply.status, 200);
+        let v = if stream {
+            let chunks = gemini_sse(&reply);
+            assert_eq!(chunks.len(), 1);
+            chunks[0].clone()
+        } else {
+            reply.json()
+        };
+        assert_eq!(v["promptFeedback"]["blockReason"], "PROHIBITED_CONTENT");
+        assert!(v.get("candidates").is_none());
+        assert_eq!(v["usageMetadata"]["promptTokenCount"], prompt);
+    }
+
+    // The other dialects answer a Gemini behaviour normally.
+    fake.push_once(Behavior::Gemini(GeminiAnswer {
+        thoughts: 1,
+        ..GeminiAnswer::default()
+    }));
+    let v = block_on(openai_chat(&fake, "sk-test", &openai_body(false))).json();
+    assert_eq!(v["choices"][0]["message"]["content"], words(2));
+}
+
+#[test]
+fn gemini_errors_are_googles_with_retry_info() {
+    let fake = FakeUpstream::start(config(1));
+    fake.push_once(Behavior::status_retry_after(429, "7"));
+    let reply = block_on(gemini(&fake, "generateContent", "", &gemini_body()));
+    assert_eq!(reply.status, 429);
+    assert_eq!(reply.header("retry-after"), Some("7"));
+    let err = &reply.json()["error"];
+    assert_eq!(err["code"], 429);
+    assert_eq!(err["status"], "RESOURCE_EXHAUSTED");
+    let details = err["details"].as_array().unwrap();
+    let of_type = |t: &str| {
+        details
+            .iter()
+            .find(|d| d["@type"] == format!("type.googleapis.com/google.rpc.{t}"))
+            .unwrap_or_else(|| panic!("no {t} in {details:?}"))
+    };
+    assert_eq!(of_type("RetryInfo")["retryDelay"], "7s");
+    assert_eq!(
+        of_type("QuotaFailure")["violations"][0]["quotaDimensions"]["model"],
+        "gemini-2.5-flash"
+    );
+    for (code, status) in [
+        (400, "INVALID_ARGUMENT"),
+        (403, "PERMISSION_DENIED"),
+        (404, "NOT_FOUND"),
+        (500, "INTERNAL"),
+        (503, "UNAVAILABLE"),
+    ] {
+        fake.push_once(Behavior::status(code));
+        let reply = block_on(gemini(
+            &fake,
+            "streamGenerateContent",
+            "?alt=sse",
+            &gemini_body(),
+        ));
+        assert_eq!(reply.status, code);
+        assert_eq!(reply.json()["error"]["status"], status);
+    }
+    // A given body is sent as is.
+    fake.push_once(Behavior::Status {
+        code: 400,
+        retry_after: None,
+        body: Some(r#"{"error":{"code":400,"message":"x","status":"FAILED_PRECONDITION"}}"#.into()),
+    });
+    let reply = block_on(gemini(&fake, "generateContent", "", &gemini_body()));
+    assert_eq!(reply.json()["error"]["status"], "FAILED_PRECONDITION");
+}
+
+#[test]
+fn gemini_streams_can_be_cut_or_fail_midway() {
+    let fake = FakeUpstream::start(config(5));
+    fake.push_once(Behavior::CutAfter(2));
+    let reply = block_on(gemini(
+        &fake,
+        "streamGenerateContent",
+        "?alt=sse",
+        &gemini_body(),
+    ));
+    assert!(reply.aborted, "the connection is cut");
+    let chunks = gemini_sse(&reply);
+    assert_eq!(chunks.len(), 2);
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["candidates"][0].get("finishReason").is_none())
+    );
+
+    fake.push_once(Behavior::ErrorAfterContent(1));
+    let reply = block_on(gemini(
+        &fake,
+        "streamGenerateContent",
+        "?alt=sse",
+        &gemini_body(),
+    ));
+    assert!(!reply.aborted);
+    let chunks = gemini_sse(&reply);
+    assert_eq!(chunks.len(), 2);
+    assert_eq!(
+        chunks[0]["candidates"][0]["content"]["parts"][0]["text"],
+        "word0 "
+    );
+    assert_eq!(chunks[1]["error"]["code"], 500);
+    assert_eq!(chunks[1]["error"]["status"], "INTERNAL");
+
+    // The array stream closes its array after the error element.
+    fake.push_once(Behavior::MidStreamError);
+    let reply = block_on(gemini(&fake, "streamGenerateContent", "", &gemini_body()));
+    let v = reply.json();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["error"]["status"], "INTERNAL");
+
+    // Non-stream: a failure is a 503, a cut is half a body.
+    fake.push_once(Behavior::MidStreamError);
+    let reply = block_on(gemini(&fake, "generateContent", "", &gemini_body()));
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.json()["error"]["status"], "UNAVAILABLE");
+    fake.push_once(Behavior::CutAfter(0));
+    let reply = block_on(gemini(&fake, "generateContent", "", &gemini_body()));
+    assert!(reply.aborted);
+    assert!(serde_json::from_str::<Value>(&reply.text()).is_err());
+}
+
+#[test]
+fn gemini_counts_tokens_and_pages_the_model_list() {
+    let fake = FakeUpstream::start(FakeConfig {
+        models: (0..5).map(|i| format!("gemini-fake-{i}")).collect(),
+        ..config(1)
+    });
+    let body = gemini_body();
+    let v = block_on(gemini(&fake, "countTokens", "", &body)).json();
+    assert_eq!(
+        v["totalTokens"],
+        prompt_tokens_for(body.to_string().as_bytes())
+    );
+    let reply = block_on(gemini(&fake, "countTokens", "", &json!({})));
+    assert_eq!(reply.status, 400);
+
+    let list = |query: &str| {
+        block_on(send(
+            Method::GET,
+            &format!("{}/v1beta/models{query}", fake.gemini_base_url()),
+            &[("x-goog-api-key", "sk-test")],
+            "",
+        ))
+    };
+    let mut names = Vec::new();
+    let mut query = "?pageSize=2".to_string();
+    for _ in 0..5 {
+        let v = list(&query).json();
+        let page = v["models"].as_array().unwrap();
+        assert!(page.len() <= 2);
+        names.extend(page.iter().map(|m| m["name"].as_str().unwrap().to_string()));
+        assert!(
+            page.iter()
+                .all(|m| m["supportedGenerationMethods"][0] == "generateContent")
+        );
+        match v["nextPageToken"].as_str() {
+            Some(token) => query = format!("?pageSize=2&pageToken={token}"),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..5).map(|i| format!("models/gemini-fake-{i}")).collect();
+    assert_eq!(names, expected);
+    assert_eq!(list("").json()["models"].as_array().unwrap().len(), 5);
+    assert_eq!(list("?pageToken=bogus").status, 400);
+
+    let one = block_on(send(
+        Method::GET,
+        &format!("{}/v1beta/models/gemini-fake-3", fake.gemini_base_url()),
+        &[("x-goog-api-key", "sk-test")],
+        "",
+    ));
+    assert_eq!(one.json()["name"], "models/gemini-fake-3");
+    let none = block_on(send(
+        Method::GET,
+        &format!("{}/v1beta/models/gemini-nope", fake.gemini_base_url()),
+        &[("x-goog-api-key", "sk-test")],
+        "",
+    ));
+    assert_eq!(none.status, 404);
+    assert_eq!(none.json()["error"]["status"], "NOT_FOUND");
+    // OpenAI's model list keeps its path and shape.
+    let openai = block_on(send(
+        Method::GET,
+        &format!("{}/models", fake.openai_base_url()),
+        &[("authorization", "Bearer sk-test")],
+        "",
+    ));
+    assert_eq!(openai.json()["object"], "list");
 }

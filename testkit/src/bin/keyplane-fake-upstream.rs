@@ -24,7 +24,8 @@ struct Args {
     /// Name sent back in the `x-fake-upstream` response header.
     #[arg(long, default_value = "fake")]
     name: String,
-    /// Key clients must present (`Authorization: Bearer` or `x-api-key`); none accepts any.
+    /// Key clients must present (`Authorization: Bearer` or `x-api-key`; Gemini: `x-goog-api-key`
+    /// or `?key=`); none accepts any.
     #[arg(long)]
     api_key: Option<String>,
     /// Content words per completion (stream events per stream).

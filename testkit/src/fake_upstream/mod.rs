@@ -1,5 +1,5 @@
-//! A fake upstream LLM provider that speaks the OpenAI Chat Completions, the OpenAI Responses
-//! and the Anthropic Messages wire formats over loopback, with fault injection.
+//! A fake upstream LLM provider that speaks the OpenAI Chat Completions, the OpenAI Responses,
+//! the Anthropic Messages and the Gemini wire formats over loopback, with fault injection.
 //!
 //! Tests, benchmarks and the demo point the data plane at a [`FakeUpstream`] instead of a real
 //! provider. It answers like the recorded samples in `testkit/samples/` (same envelopes,
@@ -19,8 +19,20 @@
 //! | `POST /v1/messages` (any query, e.g. `?beta=true`) | Anthropic, stream and non-stream | `x-api-key: <key>` or Bearer |
 //! | `POST /v1/messages/count_tokens` | Anthropic | `x-api-key: <key>` or Bearer |
 //! | `GET /v1/models` | Anthropic shape if the request has `x-api-key` or `anthropic-version`, else OpenAI | either |
+//! | `POST /v1beta/models/{model}:generateContent` | Gemini, non-stream (shapes and their source: `gemini.rs`) | `x-goog-api-key: <key>` or `?key=<key>` |
+//! | `POST /v1beta/models/{model}:streamGenerateContent` | Gemini, SSE with `?alt=sse`, else one JSON array | as above |
+//! | `POST /v1beta/models/{model}:countTokens` | Gemini (`totalTokens`) | as above |
+//! | `GET /v1beta/models` (`pageSize`, `pageToken`), `GET /v1beta/models/{model}` | Gemini | as above |
 //!
-//! [`FakeUpstream::set_models_body`] replaces the `GET /v1/models` answer with a given status
+//! The Gemini endpoints answer under `/v1/` too (google-genai's default API version), and
+//! anything else under `/v1beta/` is a Gemini 404. Gemini refuses a wrong key with Google's 400
+//! `API_KEY_INVALID` and a missing one with its 403 `PERMISSION_DENIED`; its errors are Google's
+//! `{"error":{code, message, status, details}}` ([`Behavior::Status`] defaults: 429
+//! `RESOURCE_EXHAUSTED` with `QuotaFailure` and `RetryInfo.retryDelay`, 503 `UNAVAILABLE`, …),
+//! and [`Behavior::Gemini`] scripts what only Gemini answers carry (thought parts, usage
+//! details, finish reasons, a blocked prompt).
+//!
+//! [`FakeUpstream::set_models_body`] replaces the `GET /v1/models` (and Gemini's `GET models`) answer with a given status
 //! and body (a recorded catalog such as `openrouter-models.json`, or a broken one), so the
 //! control plane's catalog sync can be tested against it; such an answer takes no behaviour.
 //!
@@ -67,6 +79,7 @@
 //! disconnect cancels the upstream call.
 
 mod body;
+mod gemini;
 mod responses;
 mod server;
 mod stream;
@@ -81,6 +94,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+pub use gemini::THOUGHT_SIGNATURE as GEMINI_THOUGHT_SIGNATURE;
 
 /// How a [`FakeUpstream`] is set up. Start from [`FakeConfig::default`] and override fields.
 #[derive(Debug, Clone)]
@@ -204,8 +219,37 @@ pub enum Behavior {
         /// The tool (function) name.
         name: String,
         /// The call's input: a JSON object, as text.
+        ///
+        /// Gemini: one `functionCall {name, args}` part carrying
+        /// [`GEMINI_THOUGHT_SIGNATURE`], `finishReason: "STOP"`, in one stream chunk.
         arguments: String,
     },
+    /// Gemini endpoints: answer with what [`GeminiAnswer`] asks for (thought parts, usage
+    /// details, a finish reason, a blocked prompt, a function call). The other dialects answer
+    /// it as [`Behavior::Normal`], or as [`Behavior::ToolCall`] when it holds a function call.
+    Gemini(GeminiAnswer),
+}
+
+/// What a Gemini answer carries beyond the words (see [`Behavior::Gemini`]); the default is a
+/// plain text answer.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GeminiAnswer {
+    /// `thought: true` text parts (`"thought0 "`, …) before the answer, one stream chunk each
+    /// (one part for a non-stream answer), counted one token each in `thoughtsTokenCount`; the
+    /// first answer part then carries [`GEMINI_THOUGHT_SIGNATURE`].
+    pub thoughts: usize,
+    /// `usageMetadata.cachedContentTokenCount` (part of `promptTokenCount`, as Google counts).
+    pub cached_tokens: u64,
+    /// `usageMetadata.toolUsePromptTokenCount` (added to `totalTokenCount`).
+    pub tool_use_prompt_tokens: u64,
+    /// Replaces the finish reason (`"SAFETY"`, `"RECITATION"`, `"MALFORMED_FUNCTION_CALL"`, …).
+    pub finish_reason: Option<String>,
+    /// Blocks the prompt: HTTP 200 with no candidates and `promptFeedback.blockReason` this
+    /// (`"SAFETY"`, `"PROHIBITED_CONTENT"`, …); a stream is that one chunk.
+    pub block_reason: Option<String>,
+    /// Answer with a call of this function (name, arguments as a JSON object's text) instead of
+    /// text, as [`Behavior::ToolCall`] does.
+    pub function_call: Option<(String, String)>,
 }
 
 impl Behavior {
@@ -235,9 +279,28 @@ impl Behavior {
         }
     }
 
+    /// What this behaviour means to the dialects other than Gemini.
+    fn outside_gemini(self) -> Behavior {
+        match self {
+            Behavior::Gemini(GeminiAnswer {
+                function_call: Some((name, arguments)),
+                ..
+            }) => Behavior::ToolCall { name, arguments },
+            Behavior::Gemini(_) => Behavior::Normal,
+            other => other,
+        }
+    }
+
     /// Panics (on the test's thread) for a `Status` the server could not send, or a `ToolCall`
     /// whose arguments are not a JSON object.
     fn validate(&self) {
+        if let Behavior::Gemini(GeminiAnswer {
+            function_call: Some((name, arguments)),
+            ..
+        }) = self
+        {
+            Behavior::tool_call(name, arguments).validate();
+        }
         if let Behavior::ToolCall { arguments, .. } = self {
             assert!(
                 serde_json::from_str::<serde_json::Value>(arguments).is_ok_and(|v| v.is_object()),
@@ -459,6 +522,12 @@ impl FakeUpstream {
 
     /// Base URL for Anthropic clients: `http://127.0.0.1:PORT`.
     pub fn anthropic_base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Base URL for Gemini clients (google-genai's `base_url`, Gemini CLI's
+    /// `GOOGLE_GEMINI_BASE_URL`): `http://127.0.0.1:PORT`; they add `/v1beta/models/…`.
+    pub fn gemini_base_url(&self) -> String {
         format!("http://{}", self.addr)
     }
 

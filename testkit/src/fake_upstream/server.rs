@@ -2,6 +2,7 @@
 //! normal answers of each dialect.
 
 use super::body::{DisconnectGuard, FakeBody};
+use super::gemini;
 use super::responses::{self, Envelope};
 use super::stream::{self, Ending, Plan, ToolPlan};
 use super::wire::{self, Ids, Protocol};
@@ -151,6 +152,18 @@ async fn handle(
     });
     let guard = DisconnectGuard::new(shared.clone(), index);
     let seq = shared.next_id();
+    if let Some(endpoint) = gemini::Endpoint::of(&parts) {
+        let exchange = gemini::Exchange {
+            shared,
+            index,
+            seq,
+            endpoint,
+            parts,
+            body,
+            json,
+        };
+        return Ok(gemini::respond(exchange, guard).await);
+    }
     let exchange = Exchange {
         shared,
         seq,
@@ -199,7 +212,7 @@ impl Exchange {
         let behavior = self.shared.take_behavior(&self.body);
         self.shared
             .update(self.index, |r| r.behavior = Some(behavior.clone()));
-        match behavior {
+        match behavior.outside_gemini() {
             Behavior::Status {
                 code,
                 retry_after,
