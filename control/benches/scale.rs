@@ -1,12 +1,14 @@
 //! Control-plane scale: how long from `SetModel` to a subscriber holding the new table with
 //! 10,000 models x 5 offerings in the store, the table's encoded size, usage records ingested
-//! per second (with the request log off, on, and on with records carrying the log's fields, in
-//! one run), and `ListRequests` over a request log of LOGGED entries. Prints figures; asserts
+//! per second (with the request log off, on, on with records carrying the log's fields, and on
+//! while a console session polls the overview every second over HTTP, in one run, the rate with
+//! the log off beside each), and `ListRequests` and the console's overview (last hour, day, 30
+//! days) over LOGGED logged requests spread over the last 30 days. Prints figures; asserts
 //! nothing about speed.
 //!
 //! Run: `cargo bench -p keyplane-control --bench scale` (env MODELS, OFFERINGS, RECORDS to scale;
-//! IDS_PER_MS: UUIDv7 ids per millisecond in the UUIDv7 ingest runs, default 36; LOGGED: request
-//! log entries to list over, default 1,000,000).
+//! IDS_PER_MS: UUIDv7 ids per millisecond in the UUIDv7 ingest runs, default 36; LOGGED: logged
+//! requests to query over, default 1,000,000).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -244,6 +246,8 @@ async fn main() {
     // (the second server), on with records as nodes sent them before the log existed, and on
     // with the log's fields (dialect, two attempts, an error code on the 1% refused).
     let ids_per_ms = env_usize("IDS_PER_MS", 36) as u64;
+    let now = keyplane_control::store::now_ms() as u64;
+    let hour = 3_600_000u64;
     let plain = ingest(&url, records, "plain", false, &|r, b, i| {
         format!("r{r}-{b}-{i}")
     })
@@ -264,29 +268,75 @@ async fn main() {
         records,
         "uuid7, request log off",
         true,
-        &v7_id(1_790_000_000_000),
+        &v7_id(now - 6 * hour),
     )
     .await;
+    let rate = |n: usize, secs: f64| n as f64 / secs;
+    let baseline = rate(off.0, off.1);
+    let beside = |label: &str, run: (usize, f64)| {
+        println!(
+            "  {label}: {:.0} records/s = {:.2}x the rate with the log off ({baseline:.0}/s)",
+            rate(run.0, run.1),
+            rate(run.0, run.1) / baseline
+        );
+    };
     let on_bare = ingest(
         &url,
         records,
         "uuid7, request log on, records without log fields",
         false,
-        &v7_id(1_791_000_000_000),
+        &v7_id(now - 5 * hour),
     )
     .await;
+    beside("log on, records without log fields", on_bare);
     let on = ingest(
         &url,
         records,
         "uuid7, request log on, records with log fields",
         true,
-        &v7_id(1_792_000_000_000),
+        &v7_id(now - 4 * hour),
     )
     .await;
-    let total = plain + off + on_bare + on;
+    beside("log on, records with log fields", on);
+
+    // The same with a console session polling the overview (last 30 days, its heaviest window)
+    // every second over HTTP, as a browser left open on it does.
+    let console_cancel = CancellationToken::new();
+    let console_url = start_console(&store, &console_cancel).await;
+    let cookie = sign_in(&console_url).await;
+    let polling = CancellationToken::new();
+    let poller = tokio::spawn(poll_overview(
+        console_url.clone(),
+        cookie.clone(),
+        polling.clone(),
+    ));
+    let polled = ingest(
+        &url,
+        records,
+        "uuid7, request log on, records with log fields, console polling the overview every second",
+        true,
+        &v7_id(now - 3 * hour),
+    )
+    .await;
+    polling.cancel();
+    let polls = poller.await.unwrap();
+    beside("log on, console polling the overview", polled);
+    print_samples("  overview polls during that ingest", polls);
+    let off_again = ingest(
+        &url_off,
+        records,
+        "uuid7, request log off, again",
+        true,
+        &v7_id(now - 2 * hour),
+    )
+    .await;
+    beside("log off again (drift of the baseline)", off_again);
+    let (off, on_bare, on, polled, off_again) = (off.0, on_bare.0, on.0, polled.0, off_again.0);
+    let plain = plain.0;
+    let total = plain + off + on_bare + on + polled + off_again;
     // The refused 1% of the runs with log fields are unbilled: never in the ledger.
     let unbilled = |n: usize| n / 100;
-    let total = total - unbilled(off) - unbilled(on);
+    let total = total - unbilled(off) - unbilled(on) - unbilled(polled) - unbilled(off_again);
     let totals = store.usage_totals(None).unwrap();
     let requests: u64 = totals.iter().map(|t| t.counts.requests).sum();
     assert_eq!(requests as usize, total);
@@ -302,11 +352,14 @@ async fn main() {
     list_requests(
         &store,
         &url,
+        &console_url,
+        &cookie,
         env_usize("LOGGED", 1_000_000),
-        plain + on_bare + on,
+        plain + on_bare + on + polled,
     )
     .await;
 
+    console_cancel.cancel();
     cancel.cancel();
     let _ = server.await;
     let _ = server_off.await;
@@ -315,9 +368,10 @@ async fn main() {
 
 /// One usage record as a node sends it: `fields` adds the request log's own fields; every
 /// hundredth is then a refused request (429, unbilled).
-fn record(request_id: String, i: usize, fields: bool) -> pb::UsageRecord {
+fn record(request_id: String, i: usize, fields: bool, started_at_ms: i64) -> pb::UsageRecord {
     let mut rec = pb::UsageRecord {
         request_id,
+        started_at_ms,
         key_id: format!("key-{}", i % 20),
         model: format!("vendor-0/model-{}-instruct", i % 100),
         provider: format!("provider-{}", i % 5),
@@ -360,35 +414,52 @@ fn record(request_id: String, i: usize, fields: bool) -> pb::UsageRecord {
     rec
 }
 
-/// Fills the request log, which holds `have` entries, to `logged` (straight into the store,
-/// 10,000 a batch, 36 a millisecond, newer than those it holds), then times `ListRequests` through gRPC: the newest 50, and
-/// filtered queries. Each figure is the median of 5 calls.
-async fn list_requests(store: &Arc<Store>, url: &str, logged: usize, have: usize) {
+/// Fills the ledger, the request log and the rollups, which hold `have` logged requests, to
+/// `logged` (straight into the store as a report would, 10,000 a batch, spread evenly over the
+/// last 30 days), then times `ListRequests` through gRPC (the newest 50, and filtered queries)
+/// and the console's overview and portal pages over HTTP. Each figure is the median of 5 calls.
+async fn list_requests(
+    store: &Arc<Store>,
+    url: &str,
+    console_url: &str,
+    cookie: &str,
+    logged: usize,
+    have: usize,
+) {
     // `--key` takes a key's name: the filled entries belong to 20 real keys.
-    let key_ids: Vec<String> = (0..20)
-        .map(|k| store.create_key(&format!("bench-key-{k}")).unwrap().0.id)
+    let keys: Vec<(String, String)> = (0..20)
+        .map(|k| {
+            let (rec, secret) = store.create_key(&format!("bench-key-{k}")).unwrap();
+            (rec.id, secret.expose().to_string())
+        })
         .collect();
     let fill = Instant::now();
-    let base_ms = 1_793_000_000_000i64;
+    let now_ms = keyplane_control::store::now_ms();
+    let month = 30 * 24 * 3_600_000i64;
+    let first_ms = now_ms - month;
+    let step = month as f64 / logged.max(1) as f64;
     let mut n = have;
     while n < logged {
         let batch: Vec<pb::UsageRecord> = (n..(n + 10_000).min(logged))
             .map(|i| {
-                let mut rec = record(format!("fill-{i:08}"), i, true);
-                rec.started_at_ms = base_ms + (i / 36) as i64;
-                rec.key_id = key_ids[i % 20].clone();
+                let at = first_ms + (i as f64 * step) as i64;
+                let mut rec = record(format!("fill-{i:08}"), i, true, at);
+                rec.key_id = keys[i % 20].0.clone();
                 rec
             })
             .collect();
         n += batch.len();
         let store = Arc::clone(store);
-        tokio::task::spawn_blocking(move || store.log_requests("bench-fill", &batch).unwrap())
-            .await
-            .unwrap();
+        tokio::task::spawn_blocking(move || {
+            store.ingest_report("bench-fill", &batch, true).unwrap()
+        })
+        .await
+        .unwrap();
     }
     store.flush().await.unwrap();
     println!(
-        "request log filled to {logged} entries ({} added in {:.1} s)",
+        "ledger, request log and rollups filled to {logged} logged requests over the last 30 days \
+         ({} added by Store::ingest_report in {:.1} s)",
         logged.saturating_sub(have),
         fill.elapsed().as_secs_f64()
     );
@@ -396,7 +467,7 @@ async fn list_requests(store: &Arc<Store>, url: &str, logged: usize, have: usize
         .await
         .unwrap()
         .max_decoding_message_size(keyplane_proto::MAX_MESSAGE_BYTES);
-    let end_ms = base_ms + (logged / 36) as i64;
+    let mid = now_ms - month / 2;
     let queries: [(&str, pb::ListRequestsRequest); 6] = [
         ("newest 50", pb::ListRequestsRequest::default()),
         (
@@ -430,10 +501,10 @@ async fn list_requests(store: &Arc<Store>, url: &str, logged: usize, have: usize
             },
         ),
         (
-            "--since/--until a 10 s window mid-log, 1,000",
+            "--since/--until an hour 15 days ago, 1,000",
             pb::ListRequestsRequest {
-                since_ms: end_ms - 20_000,
-                until_ms: end_ms - 10_000,
+                since_ms: mid,
+                until_ms: mid + 3_600_000,
                 limit: 1_000,
                 ..Default::default()
             },
@@ -453,46 +524,154 @@ async fn list_requests(store: &Arc<Store>, url: &str, logged: usize, have: usize
                 .len();
             samples.push(start.elapsed());
         }
-        samples.sort();
-        println!(
-            "ListRequests over {logged} logged requests, {label}: median {:.1} ms, max {:.1} ms ({got} returned)",
-            percentile(&samples, 0.5).as_secs_f64() * 1e3,
-            samples.last().unwrap().as_secs_f64() * 1e3,
+        print_samples(
+            &format!("ListRequests over {logged} logged requests, {label} ({got} returned)"),
+            samples,
         );
     }
-    // The console overview's logged requests and errors per window (hour, day, 30 days): the
-    // whole log falls in the widest, so this is the count's worst case at this size.
-    let hour = 3_600_000i64;
-    let sinces = [end_ms - hour, end_ms - 24 * hour, end_ms - 30 * 24 * hour];
+    // The overview's three windows, page and all, as a browser gets it.
+    for window in ["hour", "day", "month"] {
+        let path = format!("/?window={window}");
+        let mut samples = Vec::new();
+        let mut size = 0;
+        for _ in 0..5 {
+            let start = Instant::now();
+            size = http_get(console_url, &path, cookie).await.len();
+            samples.push(start.elapsed());
+        }
+        print_samples(
+            &format!("console overview over {logged} logged requests, GET {path} ({size} bytes)"),
+            samples,
+        );
+    }
+    // One key holder's portal (spend, its overview, its recent requests).
+    let portal = sign_in_portal(console_url, &keys[3].1).await;
     let mut samples = Vec::new();
-    let mut counts = Vec::new();
     for _ in 0..5 {
-        let store = Arc::clone(store);
         let start = Instant::now();
-        counts = tokio::task::spawn_blocking(move || store.count_requests(&sinces, end_ms + 1))
-            .await
-            .unwrap()
-            .unwrap();
+        http_get(console_url, "/portal?window=month", &portal).await;
         samples.push(start.elapsed());
     }
-    samples.sort();
-    println!(
-        "overview's logged requests and errors per window over {logged} logged requests: \
-         median {:.1} ms, max {:.1} ms ({counts:?})",
-        percentile(&samples, 0.5).as_secs_f64() * 1e3,
-        samples.last().unwrap().as_secs_f64() * 1e3,
+    print_samples(
+        &format!(
+            "console portal of one key (1 in 20) over {logged} logged requests, GET /portal?window=month"
+        ),
+        samples,
     );
 }
 
+fn print_samples(label: &str, mut samples: Vec<Duration>) {
+    if samples.is_empty() {
+        println!("{label}: no samples");
+        return;
+    }
+    samples.sort();
+    println!(
+        "{label}: median {:.1} ms, max {:.1} ms over {}",
+        percentile(&samples, 0.5).as_secs_f64() * 1e3,
+        samples.last().unwrap().as_secs_f64() * 1e3,
+        samples.len()
+    );
+}
+
+/// Serves the console (`--console-listen`) on a loopback port; returns its base URL.
+async fn start_console(store: &Arc<Store>, cancel: &CancellationToken) -> String {
+    let routes = Routes::start(Arc::clone(store)).await.unwrap();
+    let syncer = keyplane_control::catalog_sync::Syncer::new(
+        Arc::clone(store),
+        Arc::clone(&routes),
+        keyplane_control::catalog_sync::SyncConfig {
+            interval: None,
+            ..Default::default()
+        },
+    );
+    let console = Arc::new(keyplane_control::console::Console::new(
+        Arc::clone(store),
+        routes,
+        Registry::new(Arc::clone(store)),
+        syncer,
+        TokenCheck::new(ADMIN, "admin token"),
+        false,
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(keyplane_control::console::serve(
+        listener,
+        None,
+        console,
+        cancel.clone(),
+    ));
+    url
+}
+
+type HttpClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<bytes::Bytes>,
+>;
+
+fn http_client() -> HttpClient {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
+
+/// Posts a sign-in form; returns the session cookie (`name=value`).
+async fn post_sign_in(base: &str, path: &str, token: &str) -> String {
+    let req = http::Request::post(format!("{base}{path}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(http_body_util::Full::new(bytes::Bytes::from(format!(
+            "token={token}"
+        ))))
+        .unwrap();
+    let resp = http_client().request(req).await.unwrap();
+    assert_eq!(resp.status(), http::StatusCode::SEE_OTHER);
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap();
+    cookie.split(';').next().unwrap().to_string()
+}
+
+async fn sign_in(base: &str) -> String {
+    post_sign_in(base, "/login", ADMIN).await
+}
+
+async fn sign_in_portal(base: &str, key: &str) -> String {
+    post_sign_in(base, "/portal/login", key).await
+}
+
+/// GETs a console page with a session cookie; returns its body (asserting a 200).
+async fn http_get(base: &str, path: &str, cookie: &str) -> bytes::Bytes {
+    use http_body_util::BodyExt;
+    let req = http::Request::get(format!("{base}{path}"))
+        .header("cookie", cookie)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = http_client().request(req).await.unwrap();
+    assert_eq!(resp.status(), http::StatusCode::OK, "{path}");
+    resp.into_body().collect().await.unwrap().to_bytes()
+}
+
+/// Loads the 30-day overview once a second until `stop`; returns how long each load took.
+async fn poll_overview(base: String, cookie: String, stop: CancellationToken) -> Vec<Duration> {
+    let mut samples = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return samples,
+        }
+        let start = Instant::now();
+        http_get(&base, "/?window=month", &cookie).await;
+        samples.push(start.elapsed());
+    }
+}
+
 /// Sends about `records` usage records through `ReportUsage` from 4 concurrent reporters in
-/// batches of 1,000, with request ids from `id(reporter, batch, index)`; prints the rate.
+/// batches of 1,000, with request ids from `id(reporter, batch, index)`, started now; prints
+/// the rate. Returns the records sent and the seconds it took.
 async fn ingest(
     url: &str,
     records: usize,
     label: &str,
     log_fields: bool,
     id: &(dyn Fn(usize, usize, usize) -> String + Sync),
-) -> usize {
+) -> (usize, f64) {
     let batch = 1_000;
     let reporters = 4;
     let per_reporter = records / reporters / batch;
@@ -500,8 +679,9 @@ async fn ingest(
     let sends = (0..reporters).map(|r| async move {
         let mut client = NodesClient::connect(url.to_string()).await.unwrap();
         for b in 0..per_reporter {
+            let at = keyplane_control::store::now_ms();
             let recs = (0..batch)
-                .map(|i| record(id(r, b, i), i, log_fields))
+                .map(|i| record(id(r, b, i), i, log_fields, at))
                 .collect();
             let ack = client
                 .report_usage(authed(
@@ -525,5 +705,5 @@ async fn ingest(
         elapsed.as_secs_f64(),
         total as f64 / elapsed.as_secs_f64()
     );
-    total
+    (total, elapsed.as_secs_f64())
 }

@@ -259,7 +259,7 @@ fn clamp_absurd(rec: &mut UsageRec) -> bool {
     clamped
 }
 
-fn validate(rec: &UsageRec) -> Result<(), String> {
+pub(crate) fn validate(rec: &UsageRec) -> Result<(), String> {
     check_field("request_id", &rec.request_id)?;
     check_field("key_id", &rec.key_id)?;
     check_field("model", &rec.model)?;
@@ -277,10 +277,13 @@ struct Prepared {
     total_key: Vec<u8>,
     day_key: Vec<u8>,
     counts: Counts,
+    /// What the record adds to the rollups.
+    roll: crate::rollup::Entry,
 }
 
 impl Prepared {
     fn new(rec: UsageRec) -> Prepared {
+        let roll = crate::rollup::Entry::billed(&rec);
         let total_key = composite(&[&rec.key_id, &rec.model, &rec.provider, &rec.credential_id]);
         let day_key = key_day(&rec.key_id, crate::period::day_of(rec.started_at_ms));
         let counts = Counts::of(&rec);
@@ -293,14 +296,28 @@ impl Prepared {
             total_key,
             day_key,
             counts,
+            roll,
         }
     }
 }
 
 impl Store {
-    /// Stores the new records of a batch and adds them to the totals, atomically. The caller must
-    /// [`Store::flush`] before acknowledging.
+    /// Stores the new records of a batch and adds them to the totals and the rollups,
+    /// atomically. The caller must [`Store::flush`] before acknowledging.
     pub fn ingest_usage(&self, node_id: &str, records: Vec<UsageRec>) -> Result<Ingested> {
+        self.ingest_with_log(node_id, records, &crate::request_log::Pending::default())
+    }
+
+    /// Stores the new records of a batch in the ledger and the request log entries of `log`,
+    /// and adds what is new to the totals and the rollups, in one sled transaction: a crash
+    /// keeps all of it or none, and a re-sent record (already stored) adds nothing. The caller
+    /// must [`Store::flush`] before acknowledging.
+    pub(crate) fn ingest_with_log(
+        &self,
+        node_id: &str,
+        records: Vec<UsageRec>,
+        log: &crate::request_log::Pending,
+    ) -> Result<Ingested> {
         let mut out = Ingested::default();
         let mut seen = HashSet::new();
         let mut valid = Vec::with_capacity(records.len());
@@ -357,62 +374,75 @@ impl Store {
             &self.usage_ms,
             &self.usage_totals,
             &self.key_days,
+            &self.request_log,
+            &self.request_log_index,
+            &self.rollups,
         )
-            .transaction(|(usage, usage_ms, totals, key_days)| {
-                let mut fresh: Vec<&Prepared> = Vec::with_capacity(prepared.len());
-                for rec in &by_id {
-                    if usage.get(rec.request_id.as_bytes())?.is_some() {
-                        continue;
-                    }
-                    usage.insert(rec.request_id.as_bytes(), rec.value.as_slice())?;
-                    fresh.push(rec);
-                }
-                for (key, members) in &buckets {
-                    let raw = usage_ms.get(key)?;
-                    let held = Bucket::parse(raw.as_deref())
-                        .map_err(ConflictableTransactionError::Abort)?;
-                    let mut added: Vec<(&[u8], &[u8])> = Vec::with_capacity(members.len());
-                    for &(id, rec) in members {
-                        let suffix = &id[bucket::KEY..];
-                        if held.find(suffix).is_some() {
+            .transaction(
+                |(usage, usage_ms, totals, key_days, log_tree, log_index, rollups)| {
+                    let mut fresh: Vec<&Prepared> = Vec::with_capacity(prepared.len());
+                    for rec in &by_id {
+                        if usage.get(rec.request_id.as_bytes())?.is_some() {
                             continue;
                         }
-                        if legacy_until.is_some_and(|until| bucket::ms_of(id) <= until)
-                            && usage.get(rec.request_id.as_bytes())?.is_some()
-                        {
-                            continue;
-                        }
-                        added.push((suffix, rec.value.as_slice()));
+                        usage.insert(rec.request_id.as_bytes(), rec.value.as_slice())?;
                         fresh.push(rec);
                     }
-                    if !added.is_empty() {
-                        usage_ms.insert(&key[..], held.with(&added))?;
+                    for (key, members) in &buckets {
+                        let raw = usage_ms.get(key)?;
+                        let held = Bucket::parse(raw.as_deref())
+                            .map_err(ConflictableTransactionError::Abort)?;
+                        let mut added: Vec<(&[u8], &[u8])> = Vec::with_capacity(members.len());
+                        for &(id, rec) in members {
+                            let suffix = &id[bucket::KEY..];
+                            if held.find(suffix).is_some() {
+                                continue;
+                            }
+                            if legacy_until.is_some_and(|until| bucket::ms_of(id) <= until)
+                                && usage.get(rec.request_id.as_bytes())?.is_some()
+                            {
+                                continue;
+                            }
+                            added.push((suffix, rec.value.as_slice()));
+                            fresh.push(rec);
+                        }
+                        if !added.is_empty() {
+                            usage_ms.insert(&key[..], held.with(&added))?;
+                        }
                     }
-                }
-                let mut sums: BTreeMap<&[u8], Counts> = BTreeMap::new();
-                let mut days: BTreeMap<&[u8], Counts> = BTreeMap::new();
-                for rec in &fresh {
-                    sums.entry(&rec.total_key).or_default().add(&rec.counts);
-                    days.entry(&rec.day_key).or_default().add(&rec.counts);
-                }
-                for (key, sum) in days {
-                    let mut total = key_days
-                        .get(key)?
-                        .map(|raw| Counts::from_bytes(&raw))
-                        .unwrap_or_default();
-                    total.add(&sum);
-                    key_days.insert(key, total.to_bytes().to_vec())?;
-                }
-                for (key, sum) in sums {
-                    let mut total = totals
-                        .get(key)?
-                        .map(|raw| Counts::from_bytes(&raw))
-                        .unwrap_or_default();
-                    total.add(&sum);
-                    totals.insert(key, total.to_bytes().to_vec())?;
-                }
-                Ok(fresh.len())
-            })?;
+                    let mut sums: BTreeMap<&[u8], Counts> = BTreeMap::new();
+                    let mut days: BTreeMap<&[u8], Counts> = BTreeMap::new();
+                    for rec in &fresh {
+                        sums.entry(&rec.total_key).or_default().add(&rec.counts);
+                        days.entry(&rec.day_key).or_default().add(&rec.counts);
+                    }
+                    for (key, sum) in days {
+                        let mut total = key_days
+                            .get(key)?
+                            .map(|raw| Counts::from_bytes(&raw))
+                            .unwrap_or_default();
+                        total.add(&sum);
+                        key_days.insert(key, total.to_bytes().to_vec())?;
+                    }
+                    for (key, sum) in sums {
+                        let mut total = totals
+                            .get(key)?
+                            .map(|raw| Counts::from_bytes(&raw))
+                            .unwrap_or_default();
+                        total.add(&sum);
+                        totals.insert(key, total.to_bytes().to_vec())?;
+                    }
+                    let mut deltas = crate::rollup::Deltas::default();
+                    for rec in &fresh {
+                        deltas.add(&rec.roll, received_at_ms);
+                    }
+                    log.store(log_tree, log_index, &mut |entry| {
+                        deltas.add(entry, received_at_ms);
+                    })?;
+                    crate::rollup::apply(rollups, &deltas)?;
+                    Ok(fresh.len())
+                },
+            )?;
         out.inserted = inserted;
         out.acked
             .extend(prepared.into_iter().map(|rec| rec.request_id));

@@ -27,6 +27,7 @@ pub mod period;
 pub mod price_import;
 pub mod prices;
 pub mod request_log;
+pub mod rollup;
 pub mod rotate;
 pub mod routes;
 pub mod store;

@@ -59,20 +59,6 @@ impl RequestFilter {
     }
 }
 
-/// Requests logged in a window, and how many of them were errors (status >= 400).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LogCounts {
-    pub requests: u64,
-    pub errors: u64,
-}
-
-impl LogCounts {
-    /// Errors per thousand requests (0 with no requests).
-    pub fn error_per_mille(&self) -> u64 {
-        (self.errors * 1000).checked_div(self.requests).unwrap_or(0)
-    }
-}
-
 /// The entry's key in `request_log`.
 fn entry_key(started_at_ms: i64, request_id: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(8 + request_id.len());
@@ -145,39 +131,154 @@ fn decode_entry(raw: &[u8]) -> Result<pb::LoggedRequest> {
     })
 }
 
+/// Log entries made ready for the ingest's transaction: keys and values encoded once, outside
+/// it (sled may run a transaction's closure more than once).
+#[derive(Default)]
+pub struct Pending {
+    entries: Vec<PendingEntry>,
+}
+
+struct PendingEntry {
+    key: Vec<u8>,
+    value: Vec<u8>,
+    index: Vec<Vec<u8>>,
+    /// What an unbilled request adds to the rollups when its entry is new (a billed one is
+    /// counted by the ledger, which keeps it for ever).
+    unbilled: Option<crate::rollup::Entry>,
+}
+
+impl Pending {
+    /// The entries of `records` (checked with [`check`] by the caller), from `node_id`.
+    pub fn of<'a>(
+        node_id: &str,
+        records: impl IntoIterator<Item = &'a pb::UsageRecord>,
+    ) -> Pending {
+        let node_id = node_id.to_string();
+        let entries = records
+            .into_iter()
+            .map(|rec| {
+                let key = entry_key(rec.started_at_ms, &rec.request_id);
+                PendingEntry {
+                    index: index_keys(rec, &key),
+                    value: encode_entry(rec, &node_id),
+                    key,
+                    unbilled: rec.unbilled.then(|| crate::rollup::Entry::unbilled(rec)),
+                }
+            })
+            .collect();
+        Pending { entries }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Stores every entry not stored yet, with its index entries, inside the ingest's
+    /// transaction, and hands each new unbilled one to `counted`. An entry already there (a
+    /// re-sent record: its key follows from its start time and id alone) is left as it is.
+    pub(crate) fn store(
+        &self,
+        log: &sled::transaction::TransactionalTree,
+        index: &sled::transaction::TransactionalTree,
+        counted: &mut dyn FnMut(&crate::rollup::Entry),
+    ) -> std::result::Result<(), sled::transaction::ConflictableTransactionError<Error>> {
+        for e in &self.entries {
+            if log.get(&e.key)?.is_some() {
+                continue;
+            }
+            log.insert(e.key.as_slice(), e.value.as_slice())?;
+            for ik in &e.index {
+                index.insert(ik.as_slice(), &[][..])?;
+            }
+            if let Some(entry) = &e.unbilled {
+                counted(entry);
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Store {
     /// Stores the log entries of `records` (checked with [`check`] by the caller), from
-    /// `node_id`. Idempotent; the caller must [`Store::flush`] before acknowledging.
+    /// `node_id`, counting the new unbilled ones in the rollups. Idempotent; the caller must
+    /// [`Store::flush`] before acknowledging. Returns how many records it was given.
     pub fn log_requests<'a>(
         &self,
         node_id: &str,
         records: impl IntoIterator<Item = &'a pb::UsageRecord>,
     ) -> Result<usize> {
-        let node_id = node_id.to_string();
-        let mut entries = sled::Batch::default();
-        let mut index = sled::Batch::default();
-        let mut n = 0;
-        for rec in records {
-            let key = entry_key(rec.started_at_ms, &rec.request_id);
-            for ik in index_keys(rec, &key) {
-                index.insert(ik, &[][..]);
-            }
-            entries.insert(key, encode_entry(rec, &node_id));
-            n += 1;
-        }
-        if n == 0 {
+        let pending = Pending::of(node_id, records);
+        if pending.is_empty() {
             return Ok(0);
         }
-        // Shared with other ingests; only a backup's export waits for it.
-        let _export = self
-            .export_lock
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // The index first: an index entry without its entry is skipped by a listing, an entry
-        // without its index entries would be missing from filtered listings.
-        self.request_log_index.apply_batch(index)?;
-        self.request_log.apply_batch(entries)?;
-        Ok(n)
+        self.ingest_with_log(node_id, Vec::new(), &pending)?;
+        Ok(pending.len())
+    }
+
+    /// Stores a usage report: the billable records in the ledger and, with the log on (`log`),
+    /// every record in the request log, all in one transaction with the rollups. An unbilled
+    /// record (a request that served nothing) reaches the log only, so it changes no usage
+    /// total or budget. A record either refuses is rejected, every other one acknowledged, in
+    /// the order sent (a reporter matches acks in order). With the log off an unbilled record is
+    /// acknowledged and kept nowhere.
+    pub fn ingest_report(
+        &self,
+        node_id: &str,
+        records: &[pb::UsageRecord],
+        log: bool,
+    ) -> Result<crate::ledger::Ingested> {
+        let mut rejected: Vec<(String, String)> = Vec::new();
+        let mut loggable: Vec<&pb::UsageRecord> = Vec::with_capacity(records.len());
+        let mut billable: Vec<crate::ledger::UsageRec> = Vec::with_capacity(records.len());
+        for rec in records {
+            if let Err(reason) = check(rec) {
+                rejected.push((rec.request_id.clone(), reason));
+                continue;
+            }
+            if !rec.unbilled {
+                let usage = crate::grpc::convert::usage_record(rec);
+                if let Err(reason) = crate::ledger::validate(&usage) {
+                    rejected.push((rec.request_id.clone(), reason));
+                    continue;
+                }
+                billable.push(usage);
+            }
+            loggable.push(rec);
+        }
+        let pending = if log {
+            Pending::of(node_id, loggable.iter().copied())
+        } else {
+            Pending::default()
+        };
+        let billed = self.ingest_with_log(node_id, billable, &pending)?;
+        rejected.extend(billed.rejected);
+        Ok(crate::ledger::Ingested {
+            inserted: billed.inserted,
+            acked: loggable.iter().map(|r| r.request_id.clone()).collect(),
+            rejected,
+        })
+    }
+
+    /// Calls `f` with every logged request started at or after `since_ms`, oldest first.
+    pub fn each_logged_since(
+        &self,
+        since_ms: i64,
+        f: &mut dyn FnMut(&pb::UsageRecord),
+    ) -> Result<()> {
+        for item in self
+            .request_log
+            .range(time_bytes(since_ms.max(0)).to_vec()..)
+        {
+            let (_, raw) = item?;
+            if let Some(rec) = decode_entry(&raw)?.record {
+                f(&rec);
+            }
+        }
+        Ok(())
     }
 
     /// The entries `filter` selects, newest first, at most its limit (or [`DEFAULT_LIMIT`]).
@@ -235,71 +336,6 @@ impl Store {
                     }
                 }
             }
-        }
-        Ok(out)
-    }
-
-    /// How many requests, and how many of them errors (status >= 400), were logged in each
-    /// window `[since, until_ms)`, one count per entry of `sinces`, without decoding an entry.
-    ///
-    /// Requests are the keys of one range scan of the log over the widest window (the start time
-    /// is the key's first 8 bytes); errors come from the error-status index, one range scan per
-    /// error status present, so their cost follows the errors in the window, not the log. The
-    /// whole count is linear in the requests of the widest window, a key-only walk of what the
-    /// retention keeps at most.
-    pub fn count_requests(&self, sinces: &[i64], until_ms: i64) -> Result<Vec<LogCounts>> {
-        let mut out = vec![LogCounts::default(); sinces.len()];
-        let widest = sinces.iter().copied().min().unwrap_or(until_ms).max(0);
-        let lo = time_bytes(widest);
-        let hi = time_bytes(until_ms);
-        let at = |time: &[u8]| -> i64 {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&time[..8]);
-            i64::try_from(u64::from_be_bytes(b)).unwrap_or(i64::MAX)
-        };
-        let mut count = |started: i64, error: bool| {
-            for (c, since) in out.iter_mut().zip(sinces) {
-                if started >= *since {
-                    if error {
-                        c.errors += 1;
-                    } else {
-                        c.requests += 1;
-                    }
-                }
-            }
-        };
-        for item in self.request_log.range(lo..hi) {
-            let (key, _) = item?;
-            if key.len() >= 8 {
-                count(at(&key), false);
-            }
-        }
-        // Each error status present, from 400 up: seek to the first index entry at or past the
-        // status, read which status it is, count that status's window, then seek past it.
-        let mut status: u32 = 400;
-        while status <= u32::from(u16::MAX) {
-            let from = index_prefix(INDEX_STATUS, &status_bytes(status));
-            let Some(first) = self.request_log_index.range(from..).next() else {
-                break;
-            };
-            let (ik, _) = first?;
-            let kind = index_prefix(INDEX_STATUS, &[0, 0]);
-            if ik.len() < kind.len() || ik[..3] != kind[..3] {
-                break;
-            }
-            let found = u16::from_be_bytes([ik[3], ik[4]]);
-            let prefix = index_prefix(INDEX_STATUS, &found.to_be_bytes());
-            let from = [prefix.as_slice(), &lo].concat();
-            let to = [prefix.as_slice(), &hi].concat();
-            for item in self.request_log_index.range(from..to) {
-                let (ik, _) = item?;
-                let entry = &ik[prefix.len()..];
-                // An index entry whose entry is gone (pruned midway) counts for nothing.
-                if entry.len() >= 8 && self.request_log.contains_key(entry)? {
-                    count(at(entry), true);
-                }
-            }
-            status = u32::from(found) + 1;
         }
         Ok(out)
     }
@@ -373,6 +409,23 @@ pub async fn prune_forever(
         }
         if total > 0 {
             tracing::info!(pruned = total, "request log entries past retention pruned");
+        }
+        // The rollups keep their own retention (`rollup.rs`), pruned on the same beat.
+        loop {
+            let store = std::sync::Arc::clone(&store);
+            let now = crate::store::now_ms();
+            match tokio::task::spawn_blocking(move || store.prune_rollups(now, batch)).await {
+                Ok(Ok(n)) if n == batch && !cancel.is_cancelled() => continue,
+                Ok(Ok(_)) => break,
+                Ok(Err(err)) => {
+                    tracing::warn!(error = %err, "rollup pruning failed; retrying later");
+                    break;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "rollup pruning task failed");
+                    break;
+                }
+            }
         }
         tokio::select! {
             () = tokio::time::sleep(every) => {}
@@ -535,41 +588,6 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(ids(&store.list_requests(&errors).unwrap()), ["r5"]);
-    }
-
-    #[test]
-    fn counts_requests_and_errors_per_window_from_the_log_and_the_status_index() {
-        let (_dir, store) = open_temp();
-        sample(&store);
-        store
-            .log_requests(
-                "n1",
-                &[
-                    rec("r6", 6000, "ka", "m1", 302),
-                    rec("r7", 7000, "ka", "m1", 500),
-                    rec("r8", 9000, "ka", "m1", 503),
-                ],
-            )
-            .unwrap();
-        let counts = |sinces: &[i64], until| {
-            store
-                .count_requests(sinces, until)
-                .unwrap()
-                .iter()
-                .map(|c| (c.requests, c.errors))
-                .collect::<Vec<_>>()
-        };
-        // [0, 8000): r1..r7, errors r2, r3, r5, r7 (a 302 is not an error); r8 is past it.
-        assert_eq!(counts(&[6500, 2500, 0], 8000), [(1, 1), (5, 3), (7, 4)]);
-        assert_eq!(counts(&[10_000], 20_000), [(0, 0)]);
-        let c = LogCounts {
-            requests: 8,
-            errors: 5,
-        };
-        assert_eq!(c.error_per_mille(), 625);
-        // Pruned entries count no more, though a crash left their status index entries.
-        store.request_log.remove(entry_key(2000, "r2")).unwrap();
-        assert_eq!(counts(&[0], 8000), [(6, 3)]);
     }
 
     #[test]

@@ -40,6 +40,13 @@ pub(crate) const KEY_DAYS: &str = "usage_key_days";
 /// The request log and its index (`request_log.rs`): new trees, no layout change.
 pub(crate) const REQUEST_LOG: &str = "request_log";
 pub(crate) const REQUEST_LOG_INDEX: &str = "request_log_index";
+/// Per minute, hour and day sums of every request (`rollup.rs`): a new tree, no layout change.
+pub(crate) const ROLLUPS: &str = "rollups";
+/// Set once `rollups` was built from the ledger and the request log (see
+/// [`Store::backfill_rollups`]).
+const ROLLUPS_BUILT: &[u8] = b"rollups_built";
+#[cfg(test)]
+pub(crate) const ROLLUPS_BUILT_FOR_TESTS: &[u8] = ROLLUPS_BUILT;
 /// Set once `usage_key_days` holds every stored record (see [`Store::backfill_key_days`]).
 const KEY_DAYS_BACKFILLED: &[u8] = b"key_days_backfilled";
 
@@ -100,6 +107,8 @@ pub struct Store {
     /// Start time ‖ request id → logged request; see `request_log.rs`.
     pub(crate) request_log: sled::Tree,
     pub(crate) request_log_index: sled::Tree,
+    /// See `rollup.rs`.
+    pub(crate) rollups: sled::Tree,
     pub(crate) cipher: Cipher,
     /// Serializes admin writes, so that check-then-write validations (a label unique within a
     /// provider, a referenced provider existing) cannot race each other. Admin writes are rare;
@@ -146,6 +155,7 @@ impl Store {
             key_days: tree(KEY_DAYS)?,
             request_log: tree(REQUEST_LOG)?,
             request_log_index: tree(REQUEST_LOG_INDEX)?,
+            rollups: tree(ROLLUPS)?,
             cipher: Cipher::new(master_key),
             admin_lock: Mutex::new(()),
             export_lock: std::sync::RwLock::new(()),
@@ -153,6 +163,7 @@ impl Store {
         };
         store.check_master_key()?;
         store.backfill_key_days()?;
+        store.backfill_rollups(now_ms())?;
         Ok(store)
     }
 
@@ -201,6 +212,28 @@ impl Store {
             .insert(KEY_DAYS_BACKFILLED, b"1".as_slice())
             .map_err(Error::from)?;
         self.db.flush().map_err(Error::from)?;
+        Ok(())
+    }
+
+    /// `rollups` is a new tree: a store that holds usage or logged requests from before it is
+    /// summed once, before serving, so that the overview shows them. Rebuilt from scratch (the
+    /// ingest, which would add to it, is not served yet), and only then marked built; a crash
+    /// midway builds it again at the next start.
+    fn backfill_rollups(&self, now_ms: i64) -> Result<(), OpenStoreError> {
+        if self.meta.get(ROLLUPS_BUILT).map_err(Error::from)?.is_some() {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        self.rebuild_rollups(now_ms)?;
+        self.meta
+            .insert(ROLLUPS_BUILT, b"1".as_slice())
+            .map_err(Error::from)?;
+        self.db.flush().map_err(Error::from)?;
+        tracing::info!(
+            rows = self.rollups.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "usage rollups built from the ledger and the request log"
+        );
         Ok(())
     }
 

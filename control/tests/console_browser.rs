@@ -92,6 +92,12 @@ fn an_operator_signs_in_creates_a_key_sees_it_and_the_chart_then_its_holder_uses
         "{}",
         browser.source()
     );
+    // The second chart, error rate and latency percentiles over time, drew too.
+    assert!(
+        browser.wait_for("#chart-health canvas", WAIT),
+        "{}",
+        browser.source()
+    );
     let html = browser.source();
     assert!(
         html.contains("deepseek/deepseek-chat") && html.contains("$0.042"),

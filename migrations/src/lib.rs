@@ -35,6 +35,10 @@
 //! | `aliases`          | alias                                        | alias record               |
 //! | `request_log`      | start time (Unix ms, `u64` BE) ‖ request id   | `LoggedRequest` protobuf   |
 //! | `request_log_index` | kind (`k` key id, `m` model, `s` status) ‖ value length (`u16` BE) ‖ value ‖ `request_log` key | empty |
+//! | `rollups`          | resolution (`m`/`h`/`d`) ‖ scope (`a`, or `k` ‖ key id length `u16` BE ‖ key id) ‖ row (`s` sums, `b` breakdown) ‖ bucket (`u32` BE) | binary sums; `keyplane-control`'s `rollup.rs` |
+//!
+//! `rollups` is derived: `keyplane-control` builds it from `usage`, `usage_ms` and `request_log`
+//! on the first start without `meta/rollups_built`, and keeps it up to date from then on.
 //!
 //! `usage_totals` values may be 9 x `u64` BE: the six above, then requests billed at a reported
 //! cost, their reported cost and their computed cost (nano-USD). A six-column row reads with

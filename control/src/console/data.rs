@@ -1,13 +1,17 @@
-//! What the console's overview shows, computed from the usage ledger (billed requests) and the
-//! request log (every request a data plane answered or refused).
+//! What the console's overview and the portal show, read from the usage rollups (`rollup.rs`):
+//! a few hundred small rows whatever the number of requests, kept up to date at ingest.
+//!
+//! Windows are whole buckets up to now: the last hour is this minute and the 59 before it, the
+//! last day this hour and the 23 before, the last 30 days today and the 29 days before.
+//! Percentiles are read from fixed log-spaced histograms: each is its bucket's upper bound, at
+//! least the true value and at most 19% above it.
 
 use crate::error::Result;
-use crate::ledger::UsageRec;
-use crate::request_log::LogCounts;
+use crate::rollup::{BY_KEY, BY_MODEL, BY_PROVIDER, Reader, Res, Roll, Scope};
 use crate::store::Store;
 use std::collections::HashMap;
 
-const HOUR_MS: i64 = 3_600_000;
+pub use crate::rollup::{Counters as Totals, Histogram};
 
 /// The windows the overview sums over, with their length in hours.
 pub const WINDOWS: [(&str, &str, i64); 3] = [
@@ -16,191 +20,166 @@ pub const WINDOWS: [(&str, &str, i64); 3] = [
     ("month", "last 30 days", 30 * 24),
 ];
 
-/// Sums of a set of usage records.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Totals {
-    pub requests: u64,
-    pub errors: u64,
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    pub cost_nano_usd: u64,
-}
-
-impl Totals {
-    fn add(&mut self, rec: &UsageRec) {
-        self.requests += 1;
-        self.errors += u64::from(rec.status >= 400);
-        self.input_tokens += rec.input_tokens;
-        self.output_tokens += rec.output_tokens;
-        self.cost_nano_usd += rec.cost_nano_usd;
-    }
-
-    /// Errors per thousand requests (0 with no requests).
-    pub fn error_per_mille(&self) -> u64 {
-        (self.errors * 1000).checked_div(self.requests).unwrap_or(0)
-    }
-}
-
-/// Buckets per doubling of a latency histogram: a bucket spans a factor of 2^(1/4), so a
-/// percentile read from it is at most 19% above the true value.
-const STEPS_PER_DOUBLING: f64 = 4.0;
-/// Buckets up to 2^24 ms (4.6 hours), past any timeout.
-const BUCKETS: usize = 24 * 4 + 1;
-
-/// Latencies in log-spaced buckets: percentiles in constant memory, whatever the record count.
-#[derive(Debug, Clone)]
-pub struct Histogram {
-    counts: Vec<u64>,
-    total: u64,
-}
-
-impl Default for Histogram {
-    fn default() -> Self {
-        Histogram {
-            counts: vec![0; BUCKETS],
-            total: 0,
-        }
-    }
-}
-
-impl Histogram {
-    fn bucket(ms: u32) -> usize {
-        let b = (f64::from(ms) + 1.0).log2() * STEPS_PER_DOUBLING;
-        (b.ceil() as usize).min(BUCKETS - 1)
-    }
-
-    fn upper_ms(bucket: usize) -> u64 {
-        (2f64.powf(bucket as f64 / STEPS_PER_DOUBLING) - 1.0).round() as u64
-    }
-
-    pub fn add(&mut self, ms: u32) {
-        self.counts[Self::bucket(ms)] += 1;
-        self.total += 1;
-    }
-
-    /// The `per_mille`th per-mille value's bucket bound (p50 = 500, p99 = 990); `None` when empty.
-    pub fn percentile(&self, per_mille: u64) -> Option<u64> {
-        if self.total == 0 {
-            return None;
-        }
-        let rank = (self.total * per_mille).div_ceil(1000).max(1);
-        let mut seen = 0;
-        for (b, n) in self.counts.iter().enumerate() {
-            seen += n;
-            if seen >= rank {
-                return Some(Self::upper_ms(b));
-            }
-        }
-        None
-    }
-}
-
 /// One window's sums and latency percentiles.
 #[derive(Debug, Clone, Default)]
 pub struct Window {
     pub totals: Totals,
-    /// End-to-end latency of every request.
+    /// End-to-end latency of every request an upstream was tried for.
     pub latency: Histogram,
     /// Time to the first byte (the first token when streamed), where the data plane measured it.
     pub ttfb: Histogram,
 }
 
-/// The overview: totals per window, one point per hour of the chosen window, and spend by model,
-/// provider and key over it.
+impl Window {
+    fn of(roll: Roll) -> Window {
+        Window {
+            totals: roll.counters,
+            latency: roll.latency,
+            ttfb: roll.ttft,
+        }
+    }
+}
+
+/// The overview: totals per window, one point per minute (last hour) or hour (last day, last 30
+/// days) of the chosen window, and spend by model, provider and key over it.
 #[derive(Debug, Default)]
 pub struct Overview {
     /// In the order of [`WINDOWS`].
     pub windows: Vec<Window>,
-    /// (start of the hour in ms, totals), oldest first, for the chosen window.
-    pub series: Vec<(i64, Totals)>,
+    /// (start of the point's bucket in ms, its sums), oldest first, for the chosen window.
+    pub series: Vec<(i64, Window)>,
     pub by_model: Vec<(String, Totals)>,
+    /// Empty for one key's overview.
     pub by_provider: Vec<(String, Totals)>,
-    /// By key name (the key id when the key is gone).
+    /// By key name (the key id when the key is gone); empty for one key's overview.
     pub by_key: Vec<(String, Totals)>,
-    /// Every logged request and error per window (refusals included), in the order of
-    /// [`WINDOWS`]; empty for one key's overview.
-    pub logged: Vec<LogCounts>,
 }
 
-/// Builds the overview at `now_ms` for the window of `window_hours`, optionally of one key, in
-/// one pass over the records of the longest window.
+/// `n` buckets of `res` up to and including the one holding `now_ms`, as (first, last).
+fn span(res: Res, now_ms: i64, n: u32) -> (u32, u32) {
+    let last = res.bucket(now_ms);
+    (last.saturating_sub(n.saturating_sub(1)), last)
+}
+
+/// The sums rows of `[first, last]` as one point per bucket, absent buckets as zeros.
+fn points(rows: Vec<(u32, Roll)>, res: Res, (first, last): (u32, u32)) -> Vec<(i64, Roll)> {
+    let mut rows = rows.into_iter().peekable();
+    (first..=last)
+        .map(|b| {
+            let roll = match rows.peek() {
+                Some((at, _)) if *at == b => rows.next().map(|r| r.1).unwrap_or_default(),
+                _ => Roll::default(),
+            };
+            (res.start_ms(b), roll)
+        })
+        .collect()
+}
+
+fn sum<'a>(rolls: impl IntoIterator<Item = &'a Roll>) -> Roll {
+    let mut total = Roll::default();
+    for r in rolls {
+        total.merge(r);
+    }
+    total
+}
+
+/// Builds the overview at `now_ms` for the window of `window_hours` (one of [`WINDOWS`]),
+/// optionally of one key, from the rollups: at most 60 minute rows, 720 hour rows, 30 day rows
+/// and the chosen window's breakdown rows (60, 24 or 30).
 pub fn overview(
     store: &Store,
     now_ms: i64,
     window_hours: i64,
     key_id: Option<&str>,
 ) -> Result<Overview> {
-    let longest = WINDOWS.iter().map(|w| w.2).max().unwrap_or(1);
-    let since = now_ms - longest * HOUR_MS;
-    let names: HashMap<String, String> =
-        store.keys()?.into_iter().map(|k| (k.id, k.name)).collect();
-    let mut out = Overview {
-        windows: vec![Window::default(); WINDOWS.len()],
-        series: (0..window_hours)
-            .rev()
-            .map(|ago| (now_ms - (ago + 1) * HOUR_MS, Totals::default()))
-            .collect(),
-        ..Overview::default()
+    let scope = key_id.map_or(Scope::All, Scope::Key);
+    let read = Reader::new(store);
+    let minutes_span = span(Res::Minute, now_ms, 60);
+    let minutes = points(
+        read.sums(Res::Minute, scope, minutes_span.0, minutes_span.1)?,
+        Res::Minute,
+        minutes_span,
+    );
+    let hours_n = if window_hours > 24 { 30 * 24 } else { 24 };
+    let hours_span = span(Res::Hour, now_ms, hours_n);
+    let hours = points(
+        read.sums(Res::Hour, scope, hours_span.0, hours_span.1)?,
+        Res::Hour,
+        hours_span,
+    );
+    let days_span = span(Res::Day, now_ms, 30);
+    let days = read.sums(Res::Day, scope, days_span.0, days_span.1)?;
+    let last_day = hours.len().saturating_sub(24);
+    let windows = vec![
+        Window::of(sum(minutes.iter().map(|p| &p.1))),
+        Window::of(sum(hours[last_day..].iter().map(|p| &p.1))),
+        Window::of(sum(days.iter().map(|p| &p.1))),
+    ];
+    let (series, breakdown) = match window_hours {
+        1 => (
+            minutes,
+            read.breakdown(Res::Minute, scope, minutes_span.0, minutes_span.1)?,
+        ),
+        24 => {
+            let (first, last) = span(Res::Hour, now_ms, 24);
+            (hours, read.breakdown(Res::Hour, scope, first, last)?)
+        }
+        _ => (
+            hours,
+            read.breakdown(Res::Day, scope, days_span.0, days_span.1)?,
+        ),
     };
-    let mut by_model: HashMap<String, Totals> = HashMap::new();
-    let mut by_provider: HashMap<String, Totals> = HashMap::new();
-    let mut by_key: HashMap<String, Totals> = HashMap::new();
-    store.each_usage(key_id, since, &mut |rec| {
-        // Whole hours ago (not clock hours), so that "last hour" is exactly 60 minutes.
-        let ago = (now_ms - rec.started_at_ms).max(0) / HOUR_MS;
-        for (w, (_, _, hours)) in out.windows.iter_mut().zip(WINDOWS) {
-            if ago < hours {
-                w.totals.add(rec);
-                w.latency.add(rec.latency_ms);
-                if rec.ttfb_ms > 0 {
-                    w.ttfb.add(rec.ttfb_ms);
-                }
-            }
-        }
-        if ago < window_hours {
-            if let Some((_, t)) = out.series.get_mut((window_hours - 1 - ago) as usize) {
-                t.add(rec);
-            }
-            by_model.entry(rec.model.clone()).or_default().add(rec);
-            by_provider
-                .entry(rec.provider.clone())
-                .or_default()
-                .add(rec);
-            by_key.entry(rec.key_id.clone()).or_default().add(rec);
-        }
-    })?;
-    let ranked = |m: HashMap<String, Totals>| {
-        let mut v: Vec<(String, Totals)> = m.into_iter().collect();
+    let mut by: HashMap<u8, Vec<(String, Totals)>> = HashMap::new();
+    for ((dim, name), counters) in breakdown.dims {
+        by.entry(dim).or_default().push((name, counters));
+    }
+    let mut ranked = |dim: u8| {
+        let mut v = by.remove(&dim).unwrap_or_default();
         v.sort_by(|a, b| {
             b.1.cost_nano_usd
                 .cmp(&a.1.cost_nano_usd)
+                .then(b.1.requests.cmp(&a.1.requests))
                 .then(a.0.cmp(&b.0))
         });
         v
     };
-    if key_id.is_none() {
-        let sinces: Vec<i64> = WINDOWS.iter().map(|w| now_ms - w.2 * HOUR_MS).collect();
-        // Up to the end of this millisecond, as the ledger's pass counts.
-        out.logged = store.count_requests(&sinces, now_ms + 1)?;
-    }
-    out.by_model = ranked(by_model);
-    out.by_provider = ranked(by_provider);
-    out.by_key = ranked(by_key)
-        .into_iter()
-        .map(|(id, t)| (names.get(&id).cloned().unwrap_or(id), t))
-        .collect();
-    Ok(out)
+    let by_model = ranked(BY_MODEL);
+    let by_provider = ranked(BY_PROVIDER);
+    let by_key = ranked(BY_KEY);
+    let by_key = if by_key.is_empty() {
+        by_key
+    } else {
+        let names: HashMap<String, String> =
+            store.keys()?.into_iter().map(|k| (k.id, k.name)).collect();
+        by_key
+            .into_iter()
+            .map(|(id, t)| (names.get(&id).cloned().unwrap_or(id), t))
+            .collect()
+    };
+    Ok(Overview {
+        windows,
+        series: series
+            .into_iter()
+            .map(|(at, roll)| (at, Window::of(roll)))
+            .collect(),
+        by_model,
+        by_provider,
+        by_key,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ledger::UsageRec;
+    use crate::rollup::{DAY_MS, HOUR_MS};
     use crate::store::testing::open_temp;
+    use keyplane_proto::v1 as pb;
 
-    fn rec(id: &str, model: &str, started_at_ms: i64, status: u32, cost: u64) -> UsageRec {
+    fn rec(id: &str, key: &str, model: &str, at: i64, status: u32, cost: u64) -> UsageRec {
         UsageRec {
             request_id: id.into(),
-            key_id: "k1".into(),
+            key_id: key.into(),
             model: model.into(),
             provider: "p".into(),
             credential_id: "c".into(),
@@ -208,113 +187,107 @@ mod tests {
             output_tokens: 5,
             cost_nano_usd: cost,
             status,
-            started_at_ms,
+            started_at_ms: at,
             latency_ms: 100,
+            ttfb_ms: 40,
             ..UsageRec::default()
         }
     }
 
-    #[test]
-    fn windows_series_and_breakdowns_count_each_record_where_it_belongs() {
-        let (_d, store) = open_temp();
-        let now = 1_000 * HOUR_MS;
-        store
-            .ingest_usage(
-                "n1",
-                vec![
-                    rec("a", "m1", now - 10 * 60_000, 200, 100),
-                    rec("b", "m2", now - 90 * 60_000, 502, 0),
-                    rec("c", "m1", now - 30 * HOUR_MS, 200, 7),
-                    rec("d", "m1", now - 40 * 24 * HOUR_MS, 200, 1000),
-                ],
-            )
-            .unwrap();
-        let o = overview(&store, now, 24, None).unwrap();
-        let reqs: Vec<u64> = o.windows.iter().map(|w| w.totals.requests).collect();
-        assert_eq!(
-            reqs,
-            vec![1, 2, 3],
-            "hour, day, 30 days; d is older than all"
-        );
-        assert_eq!(o.windows[1].totals.errors, 1);
-        assert_eq!(o.windows[1].totals.error_per_mille(), 500);
-        assert_eq!(o.windows[2].totals.cost_nano_usd, 107);
-        let p50 = o.windows[0].latency.percentile(500).unwrap();
-        assert!((100..=120).contains(&p50), "{p50}");
-        assert_eq!(
-            o.windows[0].ttfb.percentile(500),
-            None,
-            "no record measured it"
-        );
-        assert_eq!(o.series.len(), 24);
-        assert_eq!(
-            o.series[23].1.requests, 1,
-            "the last hour is the last point"
-        );
-        assert_eq!(o.series[22].1.errors, 1);
-        assert_eq!(o.series[23].0, now - HOUR_MS);
-        assert_eq!(o.by_model[0].0, "m1", "ranked by spend");
-        assert_eq!(o.by_model[0].1.requests, 1, "only the day's records");
-        assert_eq!(o.by_key[0].0, "k1", "a key that is gone shows its id");
-        assert_eq!(Totals::default().error_per_mille(), 0);
-        assert_eq!(
-            o.logged,
-            vec![LogCounts::default(); 3],
-            "nothing logged yet"
-        );
-
-        // The request log counts what the ledger never sees: a refusal.
-        let logged = |id: &str, at: i64, status: u32| keyplane_proto::v1::UsageRecord {
+    fn unbilled(id: &str, key: &str, at: i64, status: u32, tried: bool) -> pb::UsageRecord {
+        pb::UsageRecord {
             request_id: id.into(),
-            key_id: "k1".into(),
+            key_id: key.into(),
+            model: "m3".into(),
             status,
             started_at_ms: at,
-            unbilled: status >= 400,
+            latency_ms: 3000,
+            unbilled: true,
+            attempts: if tried {
+                vec![pb::UpstreamAttempt {
+                    provider: "p".into(),
+                    credential_id: "c".into(),
+                    outcome: "server_error".into(),
+                }]
+            } else {
+                Vec::new()
+            },
             ..Default::default()
-        };
-        store
-            .log_requests(
-                "n1",
-                &[
-                    logged("a", now - 10 * 60_000, 200),
-                    logged("r", now - 20 * 60_000, 404),
-                    logged("c", now - 30 * HOUR_MS, 200),
-                    logged("d", now - 40 * 24 * HOUR_MS, 500),
-                ],
-            )
-            .unwrap();
-        let o = overview(&store, now, 24, None).unwrap();
-        let logged: Vec<(u64, u64)> = o.logged.iter().map(|l| (l.requests, l.errors)).collect();
-        assert_eq!(logged, [(2, 1), (2, 1), (3, 1)], "hour, day, 30 days");
-        assert_eq!(
-            o.windows[0].totals.errors, 0,
-            "billed errors stay the ledger's"
-        );
-        let one_key = overview(&store, now, 24, Some("k1")).unwrap();
-        assert!(one_key.logged.is_empty());
+        }
     }
-}
-
-#[cfg(test)]
-mod histogram_tests {
-    use super::Histogram;
 
     #[test]
-    fn percentiles_are_within_a_bucket_of_the_truth() {
-        let mut h = Histogram::default();
-        assert_eq!(h.percentile(500), None);
-        for ms in 1..=1000u32 {
-            h.add(ms);
+    fn windows_series_and_breakdowns_count_each_request_where_it_belongs() {
+        let (_d, store) = open_temp();
+        let key = store.create_key("alice").unwrap().0.id;
+        let now = crate::store::now_ms();
+        let billed = vec![
+            rec("a", &key, "m1", now - 10 * 60_000, 200, 100),
+            rec("b", &key, "m2", now - 90 * 60_000, 502, 0),
+            rec("c", &key, "m1", now - 30 * HOUR_MS, 200, 7),
+            rec("d", &key, "m1", now - 40 * DAY_MS, 200, 1000),
+            rec("e", "gone", "m1", now - 2 * 60_000, 200, 5),
+        ];
+        let logged = [
+            // Refused by the data plane: no upstream tried.
+            unbilled("r", &key, now - 20 * 60_000, 404, false),
+            // Every upstream failed.
+            unbilled("f", &key, now - 5 * 60_000, 503, true),
+        ];
+        for _ in 0..2 {
+            // The second round re-sends everything: nothing is counted twice.
+            store.ingest_usage("n1", billed.clone()).unwrap();
+            store.log_requests("n1", &logged).unwrap();
         }
-        let p50 = h.percentile(500).unwrap();
-        let p99 = h.percentile(990).unwrap();
-        assert!((500..=500 * 6 / 5).contains(&p50), "{p50}");
-        assert!((990..=990 * 6 / 5).contains(&p99), "{p99}");
-        let mut one = Histogram::default();
-        one.add(0);
-        assert_eq!(one.percentile(990), Some(0));
-        let mut huge = Histogram::default();
-        huge.add(u32::MAX);
-        assert!(huge.percentile(500).unwrap() >= 1 << 23);
+        let o = overview(&store, now, 24, None).unwrap();
+        let reqs: Vec<(u64, u64, u64)> = o
+            .windows
+            .iter()
+            .map(|w| (w.totals.requests, w.totals.errors, w.totals.refused))
+            .collect();
+        // Hour: a, e, r, f; day: and b; 30 days: and c; d is older than all.
+        assert_eq!(reqs, vec![(4, 2, 1), (5, 3, 1), (6, 3, 1)]);
+        assert_eq!(o.windows[1].totals.error_per_mille(), 600);
+        assert_eq!(o.windows[2].totals.cost_nano_usd, 112);
+        assert_eq!(o.windows[2].totals.input_tokens, 40);
+        // Latency of the served a, e and the failed f (3000 ms); the refusal's is left out.
+        let hour = &o.windows[0];
+        assert_eq!(hour.latency.total(), 3);
+        let p50 = hour.latency.percentile(500).unwrap();
+        assert!((100..=120).contains(&p50), "{p50}");
+        let p99 = hour.latency.percentile(990).unwrap();
+        assert!((3000..=3600).contains(&p99), "{p99}");
+        assert_eq!(hour.ttfb.total(), 2, "only requests that measured it");
+        // One point per hour of the day, the last one this hour's; together the day's sums.
+        assert_eq!(o.series.len(), 24);
+        assert_eq!(o.series[23].0, now / HOUR_MS * HOUR_MS);
+        let series_requests: u64 = o.series.iter().map(|p| p.1.totals.requests).sum();
+        assert_eq!(series_requests, 5);
+        let series_errors: u64 = o.series.iter().map(|p| p.1.totals.errors).sum();
+        assert_eq!(series_errors, 3);
+        // Breakdowns over the day, ranked by spend; a key that is gone shows its id.
+        let names = |v: &[(String, Totals)]| {
+            v.iter()
+                .map(|(n, t)| format!("{n}:{}:{}", t.requests, t.cost_nano_usd))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&o.by_model), ["m1:2:105", "m3:2:0", "m2:1:0"]);
+        assert_eq!(names(&o.by_key), ["alice:4:100", "gone:1:5"]);
+        assert_eq!(names(&o.by_provider), ["p:3:105", ":2:0"]);
+        // The last hour: one point a minute.
+        let o = overview(&store, now, 1, None).unwrap();
+        assert_eq!(o.series.len(), 60);
+        assert_eq!(names(&o.by_model), ["m1:2:105", "m3:2:0"]);
+        // 30 days: 720 hourly points, breakdown by day.
+        let o = overview(&store, now, 720, None).unwrap();
+        assert_eq!(o.series.len(), 720);
+        assert_eq!(names(&o.by_model), ["m1:3:112", "m3:2:0", "m2:1:0"]);
+
+        // One key's overview: nothing of the other key, no breakdown by key or provider.
+        let mine = overview(&store, now, 720, Some(&key)).unwrap();
+        assert_eq!(mine.windows[2].totals.requests, 5);
+        assert_eq!(mine.windows[2].totals.cost_nano_usd, 107);
+        assert_eq!(names(&mine.by_model), ["m1:2:107", "m3:2:0", "m2:1:0"]);
+        assert!(mine.by_key.is_empty() && mine.by_provider.is_empty());
     }
 }

@@ -164,29 +164,76 @@ fn windows_table(o: &Overview) -> Markup {
     html! {
         table.windows #windows {
             thead { tr {
-                th { "Window" } th { "Requests" } th { "Spend" } th { "Input tokens" }
-                th { "Output tokens" } th title="Among billed requests; refused requests are in the request log" { "Errors (billed)" } th { "Latency p50" } th { "p99" }
+                th { "Window" }
+                th title="Every request a data plane answered or refused" { "Requests" }
+                th title="Status outside 2xx, refusals included" { "Errors" }
+                th title="Refused by the data plane without trying an upstream (limits, unknown model, ...)" { "Refused" }
+                th { "Spend" } th { "Input tokens" } th { "Output tokens" }
+                th title="Of requests an upstream was tried for; from histograms, at most 19% above the true value" { "Latency p50" } th { "p99" }
                 th { "First token p50" } th { "p99" }
-                th title="Every request a data plane answered or refused, from the request log" { "Requests (logged)" }
-                th title="Status 400 or above among every logged request, refusals included" { "Errors (logged)" }
             } }
             tbody {
-                @for (i, (w, win)) in WINDOWS.iter().zip(&o.windows).enumerate() {
+                @for (w, win) in WINDOWS.iter().zip(&o.windows) {
                     tr {
-                        td { (w.1) } (totals_cells(&win.totals))
+                        td { (w.1) }
+                        td.num.logged-requests { (win.totals.requests) }
+                        td.num.logged-errors { (win.totals.errors) " (" (per_mille_text(win.totals.error_per_mille())) ")" }
+                        td.num.refused { (win.totals.refused) }
+                        td.num { (usd(win.totals.cost_nano_usd)) }
+                        td.num { (win.totals.input_tokens) }
+                        td.num { (win.totals.output_tokens) }
                         td.num { (ms_or_dash(&win.latency, 500)) }
                         td.num { (ms_or_dash(&win.latency, 990)) }
                         td.num { (ms_or_dash(&win.ttfb, 500)) }
                         td.num { (ms_or_dash(&win.ttfb, 990)) }
-                        @if let Some(l) = o.logged.get(i) {
-                            td.num.logged-requests { (l.requests) }
-                            td.num.logged-errors { (l.errors) " (" (per_mille_text(l.error_per_mille())) ")" }
-                        } @else { td { "—" } td { "—" } }
                     }
                 }
             }
         }
     }
+}
+
+/// The chart points of a series, as JSON: per point `[unix seconds, requests, spend nano-USD,
+/// errors, latency p50, p99, first token p50, p99]` (a percentile `null` with no sample).
+fn series_json(o: &Overview) -> String {
+    let points: Vec<serde_json::Value> = o
+        .series
+        .iter()
+        .map(|(at, w)| {
+            serde_json::json!([
+                at / 1000,
+                w.totals.requests,
+                w.totals.cost_nano_usd,
+                w.totals.errors,
+                w.latency.percentile(500),
+                w.latency.percentile(990),
+                w.ttfb.percentile(500),
+                w.ttfb.percentile(990),
+            ])
+        })
+        .collect();
+    serde_json::to_string(&points).unwrap_or_default()
+}
+
+/// The overview's two charts over the chosen window: requests and spend; error rate and
+/// latency percentiles.
+fn charts(o: &Overview, step: &str) -> Markup {
+    let series = series_json(o);
+    html! {
+        section {
+            h2 { "Requests and spend per " (step) }
+            div #chart data-series=(series) {}
+        }
+        section {
+            h2 { "Error rate and latency per " (step) }
+            div #chart-health {}
+        }
+    }
+}
+
+/// What one point of the chosen window's series covers.
+fn step_of(window: &str) -> &'static str {
+    if window == "hour" { "minute" } else { "hour" }
 }
 
 fn breakdown(title: &str, rows: &[(String, Totals)]) -> Markup {
@@ -206,12 +253,6 @@ fn breakdown(title: &str, rows: &[(String, Totals)]) -> Markup {
 }
 
 pub fn overview(o: &Overview, window: &str) -> Markup {
-    let series: Vec<(i64, u64, u64)> = o
-        .series
-        .iter()
-        .map(|(at, t)| (at / 1000, t.requests, t.cost_nano_usd))
-        .collect();
-    let series = serde_json::to_string(&series).unwrap_or_default();
     html! {
         section {
             (windows_table(o))
@@ -222,10 +263,7 @@ pub fn overview(o: &Overview, window: &str) -> Markup {
                 a href={ "/?window=" (w.0) } class=[(w.0 == window).then_some("active")] { (w.1) }
             }
         }
-        section {
-            h2 { "Requests and spend per hour" }
-            div #chart data-series=(series) {}
-        }
+        (charts(o, step_of(window)))
         (breakdown("model", &o.by_model))
         (breakdown("provider", &o.by_provider))
         (breakdown("key", &o.by_key))
@@ -595,12 +633,6 @@ pub fn portal(
     entries: &[pb::LoggedRequest],
     csrf: &str,
 ) -> Markup {
-    let series: Vec<(i64, u64, u64)> = o
-        .series
-        .iter()
-        .map(|(at, t)| (at / 1000, t.requests, t.cost_nano_usd))
-        .collect();
-    let series = serde_json::to_string(&series).unwrap_or_default();
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -632,10 +664,7 @@ pub fn portal(
                             a href={ "/portal?window=" (w.0) } class=[(w.0 == window).then_some("active")] { (w.1) }
                         }
                     }
-                    section {
-                        h2 { "Requests and spend per hour" }
-                        div #chart data-series=(series) {}
-                    }
+                    (charts(o, step_of(window)))
                     (breakdown("model", &o.by_model))
                     section {
                         h2 { "Recent requests" }

@@ -2,7 +2,7 @@
 
 mod admin;
 mod auth;
-mod convert;
+pub(crate) mod convert;
 mod nodes;
 
 pub use admin::AdminService;

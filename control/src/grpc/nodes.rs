@@ -1,6 +1,5 @@
 //! The Nodes service: route-table subscriptions and usage reports from data planes.
 
-use super::convert;
 use crate::catalog::check_name;
 use crate::nodes::{Connection, Registry};
 use crate::routes::Routes;
@@ -40,46 +39,6 @@ struct Subscription {
 }
 
 type TableStream = Pin<Box<dyn Stream<Item = Result<pb::RouteTable, Status>> + Send>>;
-
-/// Stores a usage batch: the billable records in the ledger, every record in the request log.
-/// An unbilled record (a request that served nothing) reaches the log only, so it changes no
-/// usage total, request count or budget. A record either store refuses is rejected, and every
-/// other one acknowledged, in the order sent (the reporter matches acks in order). With the
-/// log off (`log` false), an unbilled record is acknowledged and kept nowhere.
-fn ingest(
-    store: &Store,
-    node_id: &str,
-    records: Vec<pb::UsageRecord>,
-    log: bool,
-) -> Result<crate::ledger::Ingested, crate::error::Error> {
-    let mut rejected: Vec<(String, String)> = Vec::new();
-    let mut loggable: Vec<&pb::UsageRecord> = Vec::with_capacity(records.len());
-    for rec in &records {
-        match crate::request_log::check(rec) {
-            Ok(()) => loggable.push(rec),
-            Err(reason) => rejected.push((rec.request_id.clone(), reason)),
-        }
-    }
-    let billable: Vec<crate::ledger::UsageRec> = loggable
-        .iter()
-        .filter(|r| !r.unbilled)
-        .map(|r| convert::usage_record(r))
-        .collect();
-    let billed = store.ingest_usage(node_id, billable)?;
-    let refused: std::collections::HashSet<&str> =
-        billed.rejected.iter().map(|(id, _)| id.as_str()).collect();
-    loggable.retain(|r| !refused.contains(r.request_id.as_str()));
-    if log {
-        store.log_requests(node_id, loggable.iter().copied())?;
-    }
-    let acked = loggable.iter().map(|r| r.request_id.clone()).collect();
-    rejected.extend(billed.rejected);
-    Ok(crate::ledger::Ingested {
-        inserted: billed.inserted,
-        acked,
-        rejected,
-    })
-}
 
 #[tonic::async_trait]
 impl Nodes for NodesService {
@@ -212,7 +171,7 @@ impl Nodes for NodesService {
         let node_id = req.node_id.clone();
         let log = self.request_log;
         let outcome =
-            tokio::task::spawn_blocking(move || ingest(&store, &node_id, req.records, log))
+            tokio::task::spawn_blocking(move || store.ingest_report(&node_id, &req.records, log))
                 .await
                 .map_err(|e| Status::internal(format!("ingest task failed: {e}")))??;
         // The acknowledgement below is a promise that the records survive a crash.
