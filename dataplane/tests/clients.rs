@@ -9,12 +9,14 @@
 //!
 //! Clients reach nothing but 127.0.0.1: Codex's update check, analytics, feedback, plugin and
 //! app sync are off in its `config.toml`, and its environment is only what is set here. Every
-//! client run has a deadline ([`CLIENT_TIMEOUT`]) after which it is killed and the test fails.
-//! Missing clients fail the test with the command that installs them.
+//! client run has a deadline (`client_support::CLIENT_TIMEOUT`) after which it is killed and the
+//! test fails. Missing clients fail the test with the command that installs them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod client_support;
 mod support;
 
+use client_support::{Finished, clients_dir, installed, run_bounded};
 use support::{Cluster, MODEL, Offer, TIMEOUT, add_offer, offer, total};
 
 use keyplane_testkit::fake_upstream::{
@@ -25,12 +27,8 @@ use keyplane_testkit::{
     Behavior, ControlPlane, DataPlane, FakeConfig, FakeUpstream, TlsFiles, samples, wait_until,
 };
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::time::Duration;
-
-/// How long one client run may take before it is killed.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
+use std::path::PathBuf;
+use std::process::Command;
 
 /// The key the clients present (to the fake upstream directly, or as a stand-in name).
 const FAKE_KEY: &str = "sk-fake-direct";
@@ -41,75 +39,6 @@ const WORDS: usize = 5;
 /// The text answer of the fakes: [`WORDS`] words.
 fn words() -> String {
     (0..WORDS).map(|i| format!("word{i} ")).collect()
-}
-
-// ---------------------------------------------------------------------------------------------
-// The installed clients
-
-/// `clients/` at the repository's root.
-fn clients_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .join("clients")
-}
-
-/// `clients/<relative>`, which `clients/install` puts there; fails the test when it is missing.
-fn installed(relative: &str) -> PathBuf {
-    let path = clients_dir().join(relative);
-    assert!(
-        path.exists(),
-        "{} is missing: run `clients/install` (it installs the pinned Codex CLI and OpenAI SDK \
-         the client tests drive)",
-        path.display()
-    );
-    path
-}
-
-/// A finished client run.
-struct Finished {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Finished {
-    fn describe(&self) -> String {
-        format!(
-            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
-            self.status, self.stdout, self.stderr
-        )
-    }
-}
-
-/// Runs `cmd` with its output in files under `dir`, killing it after [`CLIENT_TIMEOUT`].
-fn run_bounded(mut cmd: Command, dir: &Path) -> Finished {
-    let out_path = dir.join("stdout");
-    let err_path = dir.join("stderr");
-    cmd.stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .stderr(std::fs::File::create(&err_path).unwrap());
-    let mut child = cmd.spawn().expect("spawn the client");
-    let mut status = None;
-    let exited = wait_until(CLIENT_TIMEOUT, || {
-        status = child.try_wait().unwrap();
-        status.is_some()
-    });
-    if !exited {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    let finished = Finished {
-        status: status.unwrap_or_else(|| child.wait().unwrap()),
-        stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
-        stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
-    };
-    assert!(
-        exited,
-        "the client ran past {CLIENT_TIMEOUT:?} and was killed; {}",
-        finished.describe()
-    );
-    finished
 }
 
 /// Where a client is pointed: an OpenAI-style base URL (ending in `/v1`), a key and a model.
