@@ -15,12 +15,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod client_support;
-mod support;
 
 use client_support::{Finished, installed, python_report, run_bounded};
 
 use keyplane_testkit::fake_upstream::{
-    GEMINI_THOUGHT_SIGNATURE, RecordedRequest, prompt_tokens_for,
+    GEMINI_THOUGHT_SIGNATURE, OPENAI_TOOL_CALL_ID, RecordedRequest, prompt_tokens_for,
 };
 use keyplane_testkit::{Behavior, FakeConfig, FakeUpstream, samples};
 use serde_json::{Value, json};
@@ -382,4 +381,79 @@ fn genai_sdk_round_trips_against_the_fake_gemini_api() {
         report["non_stream"]["usage"][0]["prompt"],
         prompt_tokens_for(&requests[0].body)
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// OpenAI and Anthropic SDKs with a tool (the harness, against the fake's own dialects)
+
+/// Scripts `upstream` to call the tool on each first turn and runs `clients/chat_clients.py
+/// SDK` against `base_url`; checks the report every route shares and returns it.
+fn chat_sdk_round_trips(
+    sdk: &str,
+    base_url: &str,
+    key: &str,
+    model: &str,
+    upstream: &FakeUpstream,
+    stop_reasons: [&str; 2],
+) -> Value {
+    let arguments = r#"{"city":"Zurich"}"#;
+    for _ in 0..2 {
+        upstream.push_once(Behavior::tool_call("get_weather", arguments));
+        upstream.push_once(Behavior::Normal);
+    }
+    let report = python_report("chat_clients.py", &[sdk, base_url, key, model]);
+    for mode in ["non_stream", "stream"] {
+        let turns = &report[mode];
+        assert_eq!(turns["call"]["name"], "get_weather", "{mode}: {turns}");
+        assert_eq!(
+            turns["call"]["arguments"],
+            json!({"city": "Zurich"}),
+            "{mode}"
+        );
+        assert_eq!(turns["text"], words(), "{mode}");
+        assert_eq!(turns["stop_reasons"], json!(stop_reasons), "{mode}");
+        assert_eq!(turns["usage"][1]["output"], WORDS, "{mode}");
+    }
+    report
+}
+
+#[test]
+fn chat_sdks_round_trip_a_tool_call_against_the_fake() {
+    let upstream = fake("fake-chat");
+    let report = chat_sdk_round_trips(
+        "openai",
+        &upstream.openai_base_url(),
+        FAKE_KEY,
+        "gpt-4o-mini",
+        &upstream,
+        ["tool_calls", "stop"],
+    );
+    assert_eq!(report["stream"]["call"]["id"], OPENAI_TOOL_CALL_ID);
+    let requests = completions(&upstream);
+    assert_eq!(requests.len(), 4);
+    for r in requests.iter().skip(1).step_by(2) {
+        let result = openai_tool_result(r.json.as_ref().unwrap()).unwrap();
+        assert!(result.contains("tool-result-7"), "{result}");
+    }
+    let upstream = fake("fake-messages");
+    chat_sdk_round_trips(
+        "anthropic",
+        &upstream.anthropic_base_url(),
+        FAKE_KEY,
+        "claude-sonnet-4-5",
+        &upstream,
+        ["tool_use", "end_turn"],
+    );
+    let requests = completions(&upstream);
+    assert_eq!(requests.len(), 4);
+    assert!(body_text(&requests[3]).contains("tool_result"));
+}
+
+/// The content of the `tool` message answering the fake's call in an OpenAI chat `body`.
+fn openai_tool_result(body: &Value) -> Option<String> {
+    body["messages"]
+        .as_array()?
+        .iter()
+        .find(|m| m["role"] == "tool" && m["tool_call_id"] == OPENAI_TOOL_CALL_ID)
+        .map(|m| m["content"].to_string())
 }
