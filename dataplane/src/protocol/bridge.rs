@@ -249,7 +249,9 @@ impl ClientRequest<'_> {
                     ClientRequest::Responses(r) => {
                         openai_responses::encode::response_with(&response, &r.model, &r.echo())
                     }
-                    ClientRequest::Gemini(r) => gemini::encode::response(&response, &r.model),
+                    ClientRequest::Gemini(r) => {
+                        gemini::encode::response_with(&response, &r.model, r.include_thoughts)
+                    }
                 };
                 Some((Bytes::from(bytes), response.metering))
             }
@@ -374,6 +376,7 @@ impl Stream {
                         &r.model,
                         message_id,
                         r.framing.unwrap_or(Framing::Sse),
+                        r.include_thoughts,
                     )),
                 };
                 StreamKind::Translated(Box::new(Translator {

@@ -22,7 +22,8 @@
 //! # What each dialect module provides
 //!
 //! Request side (client → upstream):
-//! - `decode::request(body: &[u8]) -> Result<Request<'_>, TranslateError>`
+//! - `decode::request(body: &[u8]) -> Result<Request<'_>, TranslateError>` (Gemini's model and
+//!   stream flag are in its URL: the bridge sets them after decoding)
 //! - `encode::request(req: &Request<'_>, upstream_model: &str) -> Result<Encoded, TranslateError>`
 //!
 //! Response side (upstream → client):
@@ -146,7 +147,10 @@ pub enum Block<'a> {
     },
     /// Reasoning the model showed. `signature` is the upstream's proof of it (Anthropic's
     /// `signature`, or what a Responses `reasoning` item's `encrypted_content` carried back);
-    /// without one, an upstream that needs it cannot take the block back.
+    /// without one, an upstream that needs it cannot take the block back. Empty text with a
+    /// signature is reasoning state the upstream attached to the block that follows (Gemini's
+    /// `thoughtSignature` on a function call or answer text), kept in place so that it goes
+    /// back on that block.
     Thinking {
         text: String,
         signature: Option<String>,

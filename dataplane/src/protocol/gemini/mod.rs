@@ -42,6 +42,9 @@ pub struct GenerateRequest<'a> {
     pub framing: Option<Framing>,
     /// `generationConfig.maxOutputTokens`.
     pub max_output_tokens: Option<u64>,
+    /// `generationConfig.thinkingConfig.includeThoughts`: the client shows thought parts (Google
+    /// sends them only then).
+    pub include_thoughts: bool,
 }
 
 /// Why a request body was refused before any upstream saw it. The message is for the client.
@@ -50,8 +53,16 @@ pub struct RequestError(pub String);
 
 #[derive(Deserialize, Default)]
 struct GenerationConfigPeek {
-    #[serde(rename = "maxOutputTokens", default)]
+    #[serde(rename = "maxOutputTokens", alias = "max_output_tokens", default)]
     max_output_tokens: Option<u64>,
+    #[serde(rename = "thinkingConfig", alias = "thinking_config", default)]
+    thinking_config: Option<ThinkingConfigPeek>,
+}
+
+#[derive(Deserialize, Default)]
+struct ThinkingConfigPeek {
+    #[serde(rename = "includeThoughts", alias = "include_thoughts", default)]
+    include_thoughts: Option<bool>,
 }
 
 impl<'a> GenerateRequest<'a> {
@@ -75,6 +86,7 @@ impl<'a> GenerateRequest<'a> {
         })?;
         let mut has_contents = false;
         let mut max_output_tokens = None;
+        let mut include_thoughts = false;
         for (key, value) in &entries {
             let raw = value.get();
             match key.as_ref() {
@@ -93,7 +105,12 @@ impl<'a> GenerateRequest<'a> {
                                 "Invalid JSON payload received. Invalid 'generationConfig': {e}"
                             ))
                         })?;
-                    max_output_tokens = config.and_then(|c| c.max_output_tokens);
+                    let config = config.unwrap_or_default();
+                    max_output_tokens = config.max_output_tokens;
+                    include_thoughts = config
+                        .thinking_config
+                        .and_then(|t| t.include_thoughts)
+                        .unwrap_or(false);
                 }
                 _ => {}
             }
@@ -108,6 +125,7 @@ impl<'a> GenerateRequest<'a> {
             model: model.to_string(),
             framing,
             max_output_tokens,
+            include_thoughts,
         })
     }
 
