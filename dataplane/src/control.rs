@@ -17,6 +17,8 @@ use tonic::transport::Channel;
 pub struct Subscriber {
     pub channel: Channel,
     pub node_id: String,
+    /// Where this node serves clients (`--advertise-url`), said when subscribing; may be empty.
+    pub serve_url: String,
     pub node_token: String,
     pub state_dir: PathBuf,
     pub gateway: Arc<Gateway>,
@@ -70,6 +72,7 @@ impl Subscriber {
         let mut req = tonic::Request::new(pb::SubscribeRequest {
             node_id: self.node_id.clone(),
             have_route_version: have,
+            serve_url: self.serve_url.clone(),
         });
         let auth = format!("Bearer {}", self.node_token).parse().map_err(|_| {
             tonic::Status::invalid_argument("the node token is not a valid header value")

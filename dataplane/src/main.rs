@@ -32,6 +32,11 @@ struct Args {
     /// This node's name in the control plane (default: the host name).
     #[arg(long)]
     node_id: Option<String>,
+    /// The base URL the control plane reaches this node at, for the console's route probe
+    /// (default: http:// or https:// with the bound --listen address, unless that address is
+    /// unspecified such as 0.0.0.0; then none is said and the probe cannot use this node).
+    #[arg(long)]
+    advertise_url: Option<String>,
     /// Route-table snapshot and usage spool.
     #[arg(long, default_value = "keyplane-state")]
     state_dir: PathBuf,
@@ -448,9 +453,27 @@ async fn run(args: Args) -> Result<(), (u8, String)> {
         wake: lease_wake,
     };
     let leaser_task = tokio::spawn(leaser.run(cancel.clone()));
+    let serve_url = match &args.advertise_url {
+        Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+            return Err(config(format!(
+                "--advertise-url {url:?} is not an http:// or https:// URL"
+            )));
+        }
+        Some(url) => url.trim_end_matches('/').to_string(),
+        None if local.ip().is_unspecified() => String::new(),
+        None => {
+            let scheme = if https_listener.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{local}")
+        }
+    };
     let subscriber = Subscriber {
         channel,
         node_id,
+        serve_url,
         node_token,
         state_dir: args.state_dir.clone(),
         gateway: Arc::clone(&gateway),

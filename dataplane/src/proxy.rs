@@ -169,6 +169,36 @@ pub struct RequestCtx {
     pub query: Option<String>,
     /// The upstreams tried so far and how each failed, for the request log.
     pub attempts: Vec<pb::UpstreamAttempt>,
+    /// The one route a probe request may take (only the probe key's requests have one).
+    pub pin: Option<PinnedRoute>,
+}
+
+/// The request header that pins a request to one route: `PROVIDER/CREDENTIAL_ID`. Only the
+/// control plane's route-probe key may send it (`table::ClientKey::probe`); any other key that
+/// sends it is refused with 403, so a client can never steer around the routing rules.
+pub const PROBE_ROUTE: HeaderName = HeaderName::from_static("x-keyplane-probe-route");
+
+/// A pinned route: the request tries only the candidate of this provider and credential, with
+/// no failover, so the probe's answer is that route's own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedRoute {
+    pub provider: String,
+    pub credential_id: String,
+}
+
+impl PinnedRoute {
+    /// `PROVIDER/CREDENTIAL_ID` (the credential id is the part after the last `/`).
+    pub fn parse(value: &str) -> Option<PinnedRoute> {
+        let (provider, credential_id) = value.trim().rsplit_once('/')?;
+        (!provider.is_empty() && !credential_id.is_empty()).then(|| PinnedRoute {
+            provider: provider.to_string(),
+            credential_id: credential_id.to_string(),
+        })
+    }
+
+    fn admits(&self, cand: &Candidate) -> bool {
+        *cand.provider.name == *self.provider && *cand.credential_id == *self.credential_id
+    }
 }
 
 pub fn now_ms() -> i64 {
@@ -591,6 +621,9 @@ impl Proxy {
             let order = Table::rank(candidates, input_estimate, output_estimate);
             for idx in order {
                 let cand = &candidates[idx];
+                if ctx.pin.as_ref().is_some_and(|pin| !pin.admits(cand)) {
+                    continue;
+                }
                 let health = &cand.stats.health;
                 if !health.admit(now) {
                     match health.state() {

@@ -646,6 +646,10 @@ async fn proxied(
         Ok(ok) => ok,
         Err(resp) => return not_served(resp, None),
     };
+    let pin = match probe_route(gw, &req, &key, protocol) {
+        Ok(pin) => pin,
+        Err(resp) => return not_served(resp, Some(&key.id)),
+    };
     let query = req.uri().query().map(str::to_string);
     let (parts, body) = match read_body(gw, req, protocol).await {
         Ok(ok) => ok,
@@ -662,12 +666,49 @@ async fn proxied(
         started_at_ms,
         query,
         attempts: Vec::new(),
+        pin,
     };
     let resp = gw
         .proxy
         .complete(protocol, &table, &parts.headers, &body, ctx)
         .await;
     not_served(resp, Some(&logged_key))
+}
+
+/// The route a probe request pins (`x-keyplane-probe-route`), if it sends one. Only the route
+/// probe's key may: any other key gets 403, so that a client can never choose a credential.
+#[allow(clippy::result_large_err)]
+fn probe_route(
+    gw: &Gateway,
+    req: &Request<Incoming>,
+    key: &crate::table::ClientKey,
+    protocol: Protocol,
+) -> Result<Option<crate::proxy::PinnedRoute>, Response<Body>> {
+    let Some(value) = req.headers().get(crate::proxy::PROBE_ROUTE) else {
+        return Ok(None);
+    };
+    if !key.probe {
+        gw.metrics.refused("probe_route_forbidden");
+        return Err(client_error(
+            protocol,
+            StatusCode::FORBIDDEN,
+            "Only the route probe's key may pin a route (x-keyplane-probe-route).",
+            Some("probe_route_forbidden"),
+        ));
+    }
+    match value
+        .to_str()
+        .ok()
+        .and_then(crate::proxy::PinnedRoute::parse)
+    {
+        Some(pin) => Ok(Some(pin)),
+        None => Err(client_error(
+            protocol,
+            StatusCode::BAD_REQUEST,
+            "x-keyplane-probe-route must be PROVIDER/CREDENTIAL_ID.",
+            Some("invalid_probe_route"),
+        )),
+    }
 }
 
 /// `POST /v1/messages/count_tokens`: exact from the upstream when the candidate the request would

@@ -196,6 +196,9 @@ pub struct ClientKey {
     pub state: Option<Arc<KeyState>>,
     /// Its upstream failure budget (every key has one).
     pub failures: Arc<KeyFailures>,
+    /// The control plane's route-probe key: it may pin a request to one route
+    /// ([`crate::proxy::PinnedRoute`]).
+    pub probe: bool,
 }
 
 pub struct Table {
@@ -384,6 +387,7 @@ impl Table {
                     policy: policy.map(Arc::new),
                     state,
                     failures: stats.limits.failures(&k.id),
+                    probe: k.policy.as_ref().is_some_and(|p| p.probe),
                 };
                 if key.state.is_some() {
                     limited.push(key.clone());

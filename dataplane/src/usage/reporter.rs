@@ -264,9 +264,12 @@ impl Reporter {
             .map(|(key, p)| (*key, p.record.bytes().clone()))
             .unzip();
         let count = records.len();
+        let (backlog_records, backlog_oldest_ms) = self.backlog_beside(count);
         let mut request = tonic::Request::new(pb::ReportUsageRequestEncoded {
             node_id: self.node_id.clone(),
             records,
+            backlog_records,
+            backlog_oldest_ms,
         });
         request
             .metadata_mut()
@@ -527,6 +530,33 @@ impl Reporter {
             }
         }
         1
+    }
+
+    /// The spool's backlog beside a batch of the `count` oldest pending records: how many other
+    /// records are unacknowledged, and the Unix ms the oldest of them became durable (0: none).
+    /// The control plane shows it per node, as of the report.
+    fn backlog_beside(&self, count: usize) -> (u64, i64) {
+        let records = self
+            .stats
+            .depth
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .saturating_sub(count as u64);
+        let oldest = self
+            .pending
+            .values()
+            .nth(count)
+            .map(|p| p.arrived)
+            .into_iter()
+            .chain(self.segments.values().filter_map(|s| s.waiting_since))
+            .min();
+        let oldest_ms = match oldest {
+            Some(at) if records > 0 => {
+                let age = i64::try_from(at.elapsed().as_millis()).unwrap_or(i64::MAX);
+                crate::proxy::now_ms().saturating_sub(age)
+            }
+            _ => 0,
+        };
+        (records, oldest_ms)
     }
 
     /// Publishes the arrival of the oldest pending record, and how many are in memory.

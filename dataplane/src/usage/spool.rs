@@ -1022,6 +1022,8 @@ mod tests {
         let encoded = pb::ReportUsageRequestEncoded {
             node_id: "node-1".into(),
             records: payloads.into_iter().map(|p| buf.slice(p)).collect(),
+            backlog_records: 7,
+            backlog_oldest_ms: 1_700_000_000_123,
         };
         let as_sent = pb::ReportUsageRequest::decode(encoded.encode_to_vec().as_slice()).unwrap();
         assert_eq!(
@@ -1029,6 +1031,8 @@ mod tests {
             pb::ReportUsageRequest {
                 node_id: "node-1".into(),
                 records: written,
+                backlog_records: 7,
+                backlog_oldest_ms: 1_700_000_000_123,
             }
         );
     }
