@@ -315,8 +315,17 @@ enum CredentialCmd {
         #[arg(long)]
         provider: Option<String>,
     },
-    /// Clear a credential's health state (cooldown, invalid, exhausted, open circuit).
+    /// Clear a credential's health state (cooldown, invalid, exhausted, open circuit,
+    /// disabled).
     Enable { id: String },
+    /// Take a credential out of routing until `credential enable`, whatever the data planes
+    /// report meanwhile.
+    Disable {
+        id: String,
+        /// Why, shown as the state's reason (default: "disabled by an operator").
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -679,6 +688,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Credential(CredentialCmd::Enable { id }) => {
             let req = admin.request(pb::EnableCredentialRequest { id })?;
             let credential = admin.client.enable_credential(req).await?.into_inner();
+            out.credentials(&[credential], true);
+        }
+        Command::Credential(CredentialCmd::Disable { id, reason }) => {
+            let req = admin.request(pb::DisableCredentialRequest { id, reason })?;
+            let credential = admin.client.disable_credential(req).await?.into_inner();
             out.credentials(&[credential], true);
         }
         Command::Chain(ChainCmd::Set { name, models }) => {

@@ -621,6 +621,10 @@ impl Output {
                     "connected": n.connected,
                     "last_seen": time(n.last_seen_ms),
                     "connected_since": time(n.connected_since_ms),
+                    "serve_url": n.serve_url,
+                    "backlog_records": n.backlog_records,
+                    "backlog_oldest": time(n.backlog_oldest_ms),
+                    "backlog_reported": time(n.backlog_reported_ms),
                 })
             })
             .collect();
@@ -632,15 +636,31 @@ impl Output {
                     n.route_version.to_string(),
                     if n.connected { "yes" } else { "no" }.to_string(),
                     time_text(n.last_seen_ms),
+                    backlog_text(n),
                 ]
             })
             .collect();
         self.emit(
             false,
             values,
-            &["node", "route version", "connected", "last seen"],
+            &[
+                "node",
+                "route version",
+                "connected",
+                "last seen",
+                "usage backlog",
+            ],
             rows,
         );
+    }
+}
+
+/// A node's usage backlog as of its last usage report: "-" before any report.
+fn backlog_text(n: &pb::Node) -> String {
+    match (n.backlog_reported_ms, n.backlog_records) {
+        (0, _) => "-".to_string(),
+        (_, 0) => "0".to_string(),
+        (_, records) => format!("{records} since {}", time_text(n.backlog_oldest_ms)),
     }
 }
 

@@ -185,6 +185,7 @@ async fn main() {
                 pb::SubscribeRequest {
                     node_id: format!("bench-{gzip}"),
                     have_route_version: 0,
+                    ..Default::default()
                 },
                 NODE,
             ))
@@ -688,6 +689,7 @@ async fn ingest(
                     pb::ReportUsageRequest {
                         node_id: format!("bench-{r}"),
                         records: recs,
+                        ..Default::default()
                     },
                     NODE,
                 ))

@@ -154,6 +154,9 @@ pub struct CredentialRec {
     pub quota_resets: String,
 }
 
+/// The state an operator's `credential disable` sets; no node may report it, nor replace it.
+pub const DISABLED: &str = "disabled";
+
 /// Health states a node may report (`active` clears).
 pub const HEALTH_STATES: &[&str] = &["active", "cooldown", "circuit_open", "invalid", "exhausted"];
 
@@ -570,8 +573,35 @@ impl Store {
         Ok(rec)
     }
 
+    /// `credential disable`: out of every route table from now until `enable`, whatever a node
+    /// reports meanwhile (a node with an older table may still report on it).
+    pub fn disable_credential(&self, id: &str, reason: &str) -> Result<CredentialRec> {
+        let reason = reason.trim();
+        if reason.len() > 200 || reason.chars().any(char::is_control) {
+            return Err(invalid(
+                "the reason is invalid: use at most 200 characters, no control characters",
+            ));
+        }
+        let _guard = self.admin_guard();
+        let mut rec = self
+            .credential(id)?
+            .ok_or_else(|| Error::NotFound(format!("no credential with id {id:?}")))?;
+        rec.state = DISABLED.to_string();
+        rec.state_since_ms = now_ms().max(rec.state_since_ms + 1);
+        rec.state_reason = if reason.is_empty() {
+            "disabled by an operator".to_string()
+        } else {
+            reason.to_string()
+        };
+        rec.state_until_ms = 0;
+        self.credentials
+            .insert(id.as_bytes(), store::encode(&rec))?;
+        Ok(rec)
+    }
+
     /// A node's health report. Applied only if it is newer than the stored state (an operator's
-    /// later `enable` wins over an older report). Returns whether anything changed.
+    /// later `enable` wins over an older report) and the credential is not disabled (only an
+    /// operator's `enable` ends that). Returns whether anything changed.
     pub fn apply_health(
         &self,
         id: &str,
@@ -587,7 +617,9 @@ impl Store {
         let Some(mut rec) = self.credential(id)? else {
             return Ok(false);
         };
-        if since_ms <= rec.state_since_ms || (rec.state == state && rec.state_until_ms == until_ms)
+        if rec.state == DISABLED
+            || since_ms <= rec.state_since_ms
+            || (rec.state == state && rec.state_until_ms == until_ms)
         {
             return Ok(false);
         }

@@ -3,7 +3,7 @@
 use crate::catalog::check_name;
 use crate::creds::Secret;
 use crate::error::{Error, Result, invalid};
-use crate::store::{self, CLIENT_KEYS, Store, now_ms};
+use crate::store::{self, CLIENT_KEYS, META, Store, now_ms};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
@@ -47,6 +47,10 @@ pub struct KeyPolicy {
     pub models: Vec<String>,
     #[serde(default)]
     pub expires_at_ms: i64,
+    /// The control plane's route-probe key (`console/probe.rs`): it may pin a request to one
+    /// route. Set only when the control plane makes that key; no policy change touches it.
+    #[serde(default)]
+    pub probe: bool,
 }
 
 impl KeyPolicy {
@@ -132,6 +136,21 @@ impl PolicyInput {
     }
 }
 
+/// Where the route probe's key is held in `meta`.
+const PROBE_KEY: &[u8] = b"probe_key";
+
+/// The probe key's id and its secret sealed under the master key.
+#[derive(Serialize, Deserialize)]
+struct ProbeKeyRec {
+    key_id: String,
+    sealed: String,
+}
+
+/// The associated data of the probe key's seal: bound to the key it belongs to.
+fn probe_seal_id(key_id: &str) -> String {
+    format!("meta/probe_key/{key_id}")
+}
+
 /// `kp_` followed by 32 random bytes from the OS, base64url without padding.
 pub fn generate_key() -> Secret {
     let mut bytes = [0u8; 32];
@@ -158,6 +177,10 @@ impl Store {
         check_name("key", name)?;
         let mut limits = KeyPolicy::default();
         policy.apply(&mut limits)?;
+        self.insert_new_key(name, limits)
+    }
+
+    fn insert_new_key(&self, name: &str, limits: KeyPolicy) -> Result<(ClientKeyRec, Secret)> {
         let key = generate_key();
         let rec = ClientKeyRec {
             id: uuid::Uuid::now_v7().to_string(),
@@ -180,6 +203,49 @@ impl Store {
             Ok(())
         })?;
         Ok((rec, key))
+    }
+
+    /// The route probe's key and its secret, made on first use. The secret is kept sealed under
+    /// the master key in `meta/probe_key` (the one client key the control plane keeps, since it
+    /// sends requests with it). A probe key that was revoked, or whose seal no longer opens (the
+    /// master key was rotated), is replaced by a new one named `probe`, `probe-2`, ...
+    pub fn probe_key(&self) -> Result<(ClientKeyRec, Secret)> {
+        if let Some(held) = store::get::<ProbeKeyRec>(&self.meta, META, PROBE_KEY)?
+            && let Some(rec) = self.key_by_id(&held.key_id)?
+            && rec.revoked_at_ms.is_none()
+            && rec.policy.probe
+            && let Ok(plain) = self.cipher.open(&probe_seal_id(&rec.id), &held.sealed)
+            && let Ok(text) = String::from_utf8(plain)
+        {
+            return Ok((rec, Secret::new(text)));
+        }
+        for n in 1..=100 {
+            let name = match n {
+                1 => "probe".to_string(),
+                n => format!("probe-{n}"),
+            };
+            let limits = KeyPolicy {
+                probe: true,
+                ..KeyPolicy::default()
+            };
+            match self.insert_new_key(&name, limits) {
+                Ok((rec, key)) => {
+                    let held = ProbeKeyRec {
+                        key_id: rec.id.clone(),
+                        sealed: self
+                            .cipher
+                            .seal(&probe_seal_id(&rec.id), key.expose().as_bytes())?,
+                    };
+                    self.meta.insert(PROBE_KEY, store::encode(&held))?;
+                    return Ok((rec, key));
+                }
+                Err(Error::AlreadyExists(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::AlreadyExists(
+            "keys named probe to probe-100 all exist and none is the route probe's key".into(),
+        ))
     }
 
     pub fn keys(&self) -> Result<Vec<ClientKeyRec>> {

@@ -365,6 +365,45 @@ mod store_tests {
     }
 
     #[test]
+    fn a_disabled_credential_stays_out_of_routing_whatever_nodes_report_until_enabled() {
+        let (_d, store) = open_temp();
+        store
+            .add_provider("p", "openai", "http://127.0.0.1:1/v1")
+            .unwrap();
+        let cred = store
+            .add_credential("p", "", "", &crate::creds::Secret::new("sk-x".into()))
+            .unwrap();
+        let routed = |store: &Store| {
+            crate::routes::compile(store, 1)
+                .unwrap()
+                .credentials
+                .iter()
+                .any(|c| c.id == cred.id)
+        };
+        assert!(routed(&store));
+        let off = store.disable_credential(&cred.id, "").unwrap();
+        assert_eq!(off.state, "disabled");
+        assert_eq!(off.state_reason, "disabled by an operator");
+        assert!(!routed(&store));
+        // A node with an older table reports on it later: the report changes nothing.
+        assert!(
+            !store
+                .apply_health(&cred.id, "active", off.state_since_ms + 5_000, 0, "")
+                .unwrap()
+        );
+        assert!(
+            !store
+                .apply_health(&cred.id, "cooldown", off.state_since_ms + 6_000, 1, "429")
+                .unwrap()
+        );
+        assert_eq!(store.credentials().unwrap()[0].state, "disabled");
+        assert!(store.disable_credential(&cred.id, "bad\nreason").is_err());
+        assert!(store.disable_credential("nope", "").is_err());
+        store.enable_credential(&cred.id).unwrap();
+        assert!(routed(&store));
+    }
+
+    #[test]
     fn policy_input_validates() {
         let mut p = KeyPolicy::default();
         let bad = |input: PolicyInput| input.apply(&mut KeyPolicy::default()).is_err();

@@ -431,14 +431,18 @@ async fn run(args: Args) -> Result<(), Failure> {
             let bound = console_listener
                 .local_addr()
                 .map_err(|e| Failure::Runtime(format!("cannot read the console address: {e}")))?;
-            let console = Arc::new(keyplane_control::console::Console::new(
+            let mut console = keyplane_control::console::Console::new(
                 Arc::clone(&store),
                 Arc::clone(&routes),
                 Arc::clone(&registry),
                 Arc::clone(&syncer),
                 TokenCheck::new(&secrets.admin_token, "admin token"),
                 acceptor.is_some(),
-            ));
+            );
+            if let Some(ca) = &args.client_ca {
+                console.trust_node_ca(ca).map_err(Failure::Config)?;
+            }
+            let console = Arc::new(console);
             announce(
                 args.log_format,
                 format!("console listening on {bound}"),

@@ -486,7 +486,41 @@ fn no_page_renders_a_token_a_credential_secret_or_a_client_key() {
         ("client key from the CLI", cli_key.as_str()),
         ("client key from the form", form_key.as_str()),
     ];
-    let mut pages = vec![added.text()];
+    // The pages the operator actions answer with, too.
+    let second_id = creds
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["label"] == "second")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let disabled = post(
+        addr,
+        "/credentials/disable",
+        Some(&cookie),
+        &[("csrf", &csrf), ("id", &second_id)],
+        &[],
+    );
+    assert_eq!(disabled.status, 200, "{}", disabled.text());
+    let set = post(
+        addr,
+        "/providers/set",
+        Some(&cookie),
+        &[
+            ("csrf", &csrf),
+            ("name", "deepseek"),
+            ("idle_timeout_ms", "9000"),
+        ],
+        &[],
+    );
+    assert_eq!(set.status, 200, "{}", set.text());
+    // No data plane: the probe says so, and its page is scanned like the others.
+    let probe = post(addr, "/probe", Some(&cookie), &[("csrf", &csrf)], &[]);
+    assert_eq!(probe.status, 503, "{}", probe.text());
+    assert!(probe.text().contains("--advertise-url"), "{}", probe.text());
+    let mut pages = vec![added.text(), disabled.text(), set.text(), probe.text()];
     for path in [
         "/",
         "/?window=hour",
@@ -499,6 +533,7 @@ fn no_page_renders_a_token_a_credential_secret_or_a_client_key() {
         "/keys",
         "/providers",
         "/nodes",
+        "/probe",
         "/connect",
         "/connect?url=https://gw.example.com",
     ] {
@@ -1058,4 +1093,433 @@ fn a_refused_request_through_a_data_plane_counts_as_an_error_in_the_overview() {
     assert!(seen, "{html}\ndata plane log:\n{}", dp.logs());
     assert!(html.contains("class=\"num logged-requests\">1<"), "{html}");
     assert!(html.contains("class=\"num refused\">1<"), "{html}");
+}
+
+/// The credential list as `keyplanectl credential list --json` gives it, by label.
+fn credential_by_label(cp: &ControlPlane, provider: &str, label: &str) -> serde_json::Value {
+    let creds = cp
+        .ctl(&["--json", "credential", "list", "--provider", provider])
+        .ok()
+        .json();
+    creds
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["label"] == label)
+        .cloned()
+        .unwrap_or_else(|| panic!("no credential {label}: {creds}"))
+}
+
+#[test]
+fn a_credential_is_disabled_and_enabled_from_the_console_as_keyplanectl_sees_it() {
+    let cp = start();
+    let addr = console(&cp);
+    cp.ctl(&[
+        "provider",
+        "add",
+        "deepseek",
+        "--protocol",
+        "openai",
+        "--base-url",
+        "https://api.deepseek.com/v1",
+    ])
+    .ok();
+    cp.ctl_with(
+        &["credential", "add", "deepseek", "--label", "main"],
+        Some("sk-main-0123456789"),
+        &cp.admin_token,
+    )
+    .ok();
+    let id = credential_by_label(&cp, "deepseek", "main")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cookie = sign_in(&cp);
+    let page = get(addr, "/providers", Some(&cookie)).text();
+    assert!(page.contains("action=\"/credentials/disable\""), "{page}");
+    let csrf = csrf_of(&page);
+
+    // Refused without the session's token, from another origin, or without a session.
+    let attempts: Vec<Attempt> = vec![
+        ("no token", vec![("id", id.as_str())], vec![]),
+        (
+            "another origin",
+            vec![("csrf", csrf.as_str()), ("id", id.as_str())],
+            vec![("origin", "https://evil.example")],
+        ),
+    ];
+    for (what, fields, extra) in attempts {
+        let resp = post(addr, "/credentials/disable", Some(&cookie), &fields, &extra);
+        assert_eq!(resp.status, 403, "{what}");
+    }
+    let anon = post(
+        addr,
+        "/credentials/disable",
+        None,
+        &[("csrf", &csrf), ("id", &id)],
+        &[],
+    );
+    assert_eq!(anon.status, 403);
+    assert_eq!(
+        credential_by_label(&cp, "deepseek", "main")["state"],
+        "active"
+    );
+
+    let disabled = post(
+        addr,
+        "/credentials/disable",
+        Some(&cookie),
+        &[
+            ("csrf", &csrf),
+            ("id", &id),
+            ("reason", "key leaked in a ticket"),
+        ],
+        &[],
+    );
+    assert_eq!(disabled.status, 200, "{}", disabled.text());
+    let html = disabled.text();
+    assert!(
+        html.contains(&format!("Credential {id} disabled.")),
+        "{html}"
+    );
+    assert!(
+        html.contains("key leaked in a ticket") && html.contains("action=\"/credentials/enable\"")
+    );
+    let cred = credential_by_label(&cp, "deepseek", "main");
+    assert_eq!(cred["state"], "disabled", "{cred}");
+    assert_eq!(cred["state_reason"], "key leaked in a ticket", "{cred}");
+    assert!(cred["state_since"].is_string(), "{cred}");
+
+    let missing = post(
+        addr,
+        "/credentials/disable",
+        Some(&cookie),
+        &[("csrf", &csrf), ("id", "no-such-credential")],
+        &[],
+    );
+    assert_eq!(missing.status, 404);
+    assert!(missing.text().contains("no credential with id"));
+
+    let enabled = post(
+        addr,
+        "/credentials/enable",
+        Some(&cookie),
+        &[("csrf", &csrf), ("id", &id)],
+        &[],
+    );
+    assert_eq!(enabled.status, 200, "{}", enabled.text());
+    assert!(
+        enabled
+            .text()
+            .contains(&format!("Credential {id} enabled."))
+    );
+    let cred = credential_by_label(&cp, "deepseek", "main");
+    assert_eq!(cred["state"], "active", "{cred}");
+    assert_eq!(cred["state_reason"], "enabled by an operator", "{cred}");
+
+    // keyplanectl has the same pair.
+    let out = cp
+        .ctl(&[
+            "--json",
+            "credential",
+            "disable",
+            &id,
+            "--reason",
+            "rotating",
+        ])
+        .ok()
+        .json();
+    assert_eq!(out["state"], "disabled", "{out}");
+    let page = get(addr, "/providers", Some(&cookie)).text();
+    assert!(page.contains("rotating"), "{page}");
+}
+
+#[test]
+fn a_provider_is_changed_from_the_console_with_keyplanectl_provider_set_s_checks() {
+    let cp = start();
+    let addr = console(&cp);
+    cp.ctl(&[
+        "provider",
+        "add",
+        "deepseek",
+        "--protocol",
+        "openai",
+        "--base-url",
+        "https://api.deepseek.com/v1",
+    ])
+    .ok();
+    let cookie = sign_in(&cp);
+    let page = get(addr, "/providers", Some(&cookie)).text();
+    assert!(page.contains("action=\"/providers/set\""), "{page}");
+    let csrf = csrf_of(&page);
+    let provider =
+        |cp: &ControlPlane| cp.ctl(&["--json", "provider", "list"]).ok().json()[0].clone();
+    let before = provider(&cp);
+
+    let refused = post(
+        addr,
+        "/providers/set",
+        Some(&cookie),
+        &[("name", "deepseek"), ("connect_timeout_ms", "1")],
+        &[],
+    );
+    assert_eq!(refused.status, 403, "no CSRF token");
+    let bad_number = post(
+        addr,
+        "/providers/set",
+        Some(&cookie),
+        &[
+            ("csrf", &csrf),
+            ("name", "deepseek"),
+            ("connect_timeout_ms", "soon"),
+        ],
+        &[],
+    );
+    assert_eq!(bad_number.status, 400);
+    assert!(
+        bad_number
+            .text()
+            .contains("connect timeout &quot;soon&quot; is not a whole number"),
+        "{}",
+        bad_number.text()
+    );
+    // The store's own check, word for word what keyplanectl prints for the same change.
+    let bad_protocol = post(
+        addr,
+        "/providers/set",
+        Some(&cookie),
+        &[("csrf", &csrf), ("name", "deepseek"), ("protocol", "smtp")],
+        &[],
+    );
+    assert_eq!(bad_protocol.status, 400);
+    let cli = cp.ctl(&["provider", "set", "deepseek", "--protocol", "smtp"]);
+    let cli_text = format!("{}{}", cli.stdout, cli.stderr);
+    let reason = cli_text
+        .lines()
+        .find(|l| l.contains("smtp"))
+        .unwrap()
+        .split(": ")
+        .last()
+        .unwrap()
+        .trim()
+        .replace('"', "&quot;");
+    assert!(
+        bad_protocol.text().contains(&reason),
+        "{reason}\n{}",
+        bad_protocol.text()
+    );
+    assert_eq!(provider(&cp), before, "refused changes change nothing");
+
+    let saved = post(
+        addr,
+        "/providers/set",
+        Some(&cookie),
+        &[
+            ("csrf", &csrf),
+            ("name", "deepseek"),
+            ("protocol", "openai"),
+            ("base_url", "https://api.deepseek.com/v1"),
+            ("connect_timeout_ms", "1500"),
+            ("first_byte_timeout_ms", "20000"),
+            ("idle_timeout_ms", ""),
+            ("max_body_bytes", "1048576"),
+        ],
+        &[],
+    );
+    assert_eq!(saved.status, 200, "{}", saved.text());
+    assert!(saved.text().contains("Provider deepseek updated."));
+    let after = provider(&cp);
+    assert_eq!(after["connect_timeout_ms"], 1500, "{after}");
+    assert_eq!(after["first_byte_timeout_ms"], 20000, "{after}");
+    assert_eq!(
+        after["idle_timeout_ms"], before["idle_timeout_ms"],
+        "empty: unchanged"
+    );
+    assert_eq!(after["max_body_bytes"], 1048576, "{after}");
+    assert!(saved.text().contains("connect 1500 ms"), "{}", saved.text());
+}
+
+#[test]
+fn the_nodes_page_shows_each_node_s_usage_backlog_as_of_its_last_report() {
+    let cp = start();
+    let addr = console(&cp);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    support::report_usage_request(
+        &cp.url(),
+        &cp.node_token,
+        pb::ReportUsageRequest {
+            node_id: "edge-late".into(),
+            records: vec![],
+            backlog_records: 1234,
+            backlog_oldest_ms: now_ms - 90_000,
+        },
+    )
+    .unwrap();
+    let cookie = sign_in(&cp);
+    let html = get(addr, "/nodes", Some(&cookie)).text();
+    assert!(html.contains("edge-late"), "{html}");
+    assert!(html.contains("class=\"num backlog\">1234<"), "{html}");
+    let nodes = cp.ctl(&["--json", "nodes"]).ok().json();
+    let node = &nodes[0];
+    assert_eq!(node["node_id"], "edge-late");
+    assert_eq!(node["backlog_records"], 1234, "{nodes}");
+    assert!(node["backlog_oldest"].is_string(), "{nodes}");
+
+    // The next report, with its spool drained: the backlog is 0 and has no oldest record.
+    support::report_usage_request(
+        &cp.url(),
+        &cp.node_token,
+        pb::ReportUsageRequest {
+            node_id: "edge-late".into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let html = get(addr, "/nodes", Some(&cookie)).text();
+    assert!(html.contains("class=\"num backlog\">0<"), "{html}");
+    let nodes = cp.ctl(&["--json", "nodes"]).ok().json();
+    assert_eq!(nodes[0]["backlog_records"], 0, "{nodes}");
+}
+
+#[test]
+fn the_route_probe_sends_one_request_per_route_through_a_data_plane_billed_to_the_probe_key() {
+    use keyplane_testkit::{Behavior, FakeConfig, FakeUpstream};
+    let cp = start();
+    let addr = console(&cp);
+    let model = "test/model";
+    let fakes: Vec<FakeUpstream> = ["good", "bad"]
+        .into_iter()
+        .map(|name| {
+            FakeUpstream::start(FakeConfig {
+                name: name.to_string(),
+                api_key: Some(format!("sk-{name}")),
+                ..FakeConfig::default()
+            })
+        })
+        .collect();
+    support::add_openai_offer(&cp, "good", &fakes[0].openai_base_url(), model, "1");
+    support::add_openai_offer(&cp, "bad", &fakes[1].openai_base_url(), model, "5");
+    fakes[1].push_once(Behavior::status(500));
+    let bad_id = credential_by_label(&cp, "bad", "")["id"]
+        .as_str()
+        .map(str::to_string);
+    let plain = cp.ctl(&["--json", "key", "create", "plain"]).ok().json()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dp = keyplane_testkit::DataPlane::start(&cp, "edge-1", &[]);
+    support::wait_key_accepted(&dp, &plain);
+
+    let cookie = sign_in(&cp);
+    let served_at = format!("http://{}", dp.addr);
+    let nodes_seen = keyplane_testkit::wait_until(TIMEOUT, || {
+        get(addr, "/nodes", Some(&cookie))
+            .text()
+            .contains(&served_at)
+    });
+    assert!(nodes_seen, "the node said where it serves: {served_at}");
+    let page = get(addr, "/probe", Some(&cookie)).text();
+    assert!(page.contains("edge-1"), "{page}");
+    let csrf = csrf_of(&page);
+    let refused = post(addr, "/probe", Some(&cookie), &[("node", "edge-1")], &[]);
+    assert_eq!(refused.status, 403, "no CSRF token");
+    assert!(fakes.iter().all(|f| f.requests().is_empty()));
+
+    let run = post(
+        addr,
+        "/probe",
+        Some(&cookie),
+        &[("csrf", &csrf), ("node", "edge-1")],
+        &[],
+    );
+    assert_eq!(run.status, 200, "{}\n{}", run.text(), dp.logs());
+    let html = run.text();
+    assert!(
+        html.contains("Probed 2 routes through edge-1: 1 answered, 1 failed."),
+        "{html}"
+    );
+    // One request per route, each the minimal one, each to its own upstream only.
+    for fake in &fakes {
+        let requests = fake.requests();
+        assert_eq!(requests.len(), 1, "{}", fake.name());
+        let body: serde_json::Value = serde_json::from_slice(&requests[0].body).unwrap();
+        assert_eq!(body["max_tokens"], 1, "{body}");
+    }
+    let row = |provider: &str| -> String {
+        let start = html
+            .find(&format!("<td>{provider}</td>"))
+            .unwrap_or_else(|| panic!("no row for {provider}: {html}"));
+        let row_start = html[..start].rfind("<tr").unwrap();
+        let end = start + html[start..].find("</tr>").unwrap();
+        html[row_start..end].to_string()
+    };
+    let good = row("good");
+    let bad = row("bad");
+    assert!(
+        good.contains("class=\"ok\"") && good.contains(">200<"),
+        "{good}"
+    );
+    assert!(good.contains("/requests/view?id="), "{good}");
+    // The one upstream tried answered 500: the data plane says 503, as to any client.
+    assert!(
+        bad.contains("class=\"failed\"") && bad.contains(">503<"),
+        "{bad}"
+    );
+    assert!(bad.contains("upstream_unavailable"), "{bad}");
+    if let Some(id) = &bad_id {
+        assert!(bad.contains(id.as_str()), "{bad}");
+    }
+    // The fake's usage: billed to the probe key, tokens and cost from the request log.
+    assert!(good.contains(" / "), "{good}");
+    assert!(!html.contains("kp_"), "no client key on the page");
+    assert!(!html.contains(&cp.admin_token) && !html.contains("sk-good"));
+
+    // The ledger bills the probe key the answered request (the failed one is logged, unbilled).
+    let usage = cp.ctl(&["--json", "usage", "--by", "key"]).ok().json();
+    let probe_row = usage
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["key"] == "probe")
+        .cloned()
+        .unwrap_or_else(|| panic!("{usage}"));
+    assert_eq!(probe_row["requests"], 1, "{usage}");
+    let keys = cp.ctl(&["--json", "key", "list"]).ok().json();
+    assert!(keys.to_string().contains("\"probe\""), "{keys}");
+
+    // The request log's view of the answered one, from the row's link.
+    let marker = "href=\"/requests/view?id=";
+    let start = good.find(marker).unwrap() + "href=\"".len();
+    let href: String = good[start..]
+        .chars()
+        .take_while(|c| *c != '"')
+        .collect::<String>()
+        .replace("&amp;", "&");
+    let one = get(addr, &href, Some(&cookie));
+    assert_eq!(one.status, 200, "{href}");
+    assert!(one.text().contains("probe") && one.text().contains("good"));
+
+    // An ordinary key cannot pin a route: 403, and no upstream hears of it.
+    let good_id = credential_by_label(&cp, "good", "")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pinned = keyplane_testkit::http::HttpRequest::post_json(
+        "/v1/chat/completions",
+        &serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .bearer(&plain)
+    .header("x-keyplane-probe-route", &format!("good/{good_id}"))
+    .send(dp.addr, TIMEOUT)
+    .unwrap();
+    assert_eq!(pinned.status, 403, "{}", pinned.text());
+    assert!(pinned.text().contains("probe_route_forbidden"));
+    assert_eq!(fakes[0].requests().len(), 1);
+    assert_eq!(fakes[1].requests().len(), 1);
+    // The page keeps the last run.
+    let again = get(addr, "/probe", Some(&cookie)).text();
+    assert!(again.contains("probe-results") && again.contains("Last run"));
 }

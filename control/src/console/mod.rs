@@ -15,6 +15,7 @@
 mod assets;
 mod data;
 mod portal;
+mod probe;
 mod session;
 mod views;
 
@@ -69,6 +70,8 @@ pub struct Console {
     pub attempts: AttemptLimit,
     /// Served over HTTPS: the cookie is `Secure`, and the expected origin is `https://`.
     pub tls: bool,
+    /// The route probe's client and last run.
+    prober: probe::Prober,
 }
 
 impl Console {
@@ -89,7 +92,21 @@ impl Console {
             sessions: Sessions::default(),
             attempts: AttemptLimit::new(SIGN_IN_ATTEMPTS_PER_MINUTE, Duration::from_secs(60)),
             tls,
+            prober: probe::Prober::new(&[]),
         }
+    }
+
+    /// Lets the route probe reach data planes whose HTTPS certificates this CA signs (the
+    /// control plane's `--client-ca`, which signs the nodes' certificates), besides the public
+    /// web roots.
+    pub fn trust_node_ca(&mut self, pem: &std::path::Path) -> Result<(), String> {
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject;
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(pem)
+            .and_then(|it| it.collect::<Result<_, _>>())
+            .map_err(|e| format!("--client-ca {}: {e}", pem.display()))?;
+        self.prober = probe::Prober::new(&certs);
+        Ok(())
     }
 
     /// After a write: durable before the answer, then the route table recompiled (as the Admin
@@ -117,6 +134,9 @@ fn router(console: Arc<Console>) -> Router {
         .route("/providers", get(providers))
         .route("/credentials", post(add_credential))
         .route("/credentials/enable", post(enable_credential))
+        .route("/credentials/disable", post(disable_credential))
+        .route("/providers/set", post(set_provider))
+        .route("/probe", get(probe::show).post(probe::run))
         .route("/models", get(models))
         .route("/catalog/sync", post(sync_catalog))
         .route("/usage", get(usage))
@@ -319,6 +339,75 @@ type Fields = HashMap<String, String>;
 /// Why a request was refused, as the operator reads it.
 const CROSS_ORIGIN: &str = "This request did not come from the console's own pages.";
 
+/// A state-changing request of a signed-in operator, its checks passed: it comes from this
+/// console's pages, with a live operator session and that session's CSRF token. Every POST
+/// behind sign-in takes it (as its last argument: it reads the body), so none can forget a
+/// check; a request that fails one is answered 403 before its handler runs.
+struct Posted {
+    session: Session,
+    fields: Fields,
+    headers: HeaderMap,
+}
+
+impl Posted {
+    /// A form field, trimmed; empty when absent.
+    fn field(&self, name: &str) -> String {
+        self.fields
+            .get(name)
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    }
+}
+
+impl axum::extract::FromRequest<Arc<Console>> for Posted {
+    type Rejection = Response;
+
+    async fn from_request(
+        req: axum::extract::Request,
+        c: &Arc<Console>,
+    ) -> Result<Self, Self::Rejection> {
+        let headers = req.headers().clone();
+        let Form(fields) = Form::<Fields>::from_request(req, c)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let session = guard(c, &headers, &fields).map_err(refused)?;
+        Ok(Posted {
+            session,
+            fields,
+            headers,
+        })
+    }
+}
+
+/// The status a refused or failed store call answers with.
+fn error_status(err: &Error) -> StatusCode {
+    match err {
+        Error::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+        Error::NotFound(_) => StatusCode::NOT_FOUND,
+        Error::AlreadyExists(_) => StatusCode::CONFLICT,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// An operator's change to the store: run off the async threads, made durable and routed (as
+/// the Admin service does), and told back as the page's notice with its status. `done` words
+/// the success (and logs it).
+async fn change<T: Send + 'static>(
+    c: &Console,
+    write: impl FnOnce(&Store) -> Result<T, Error> + Send + 'static,
+    done: impl FnOnce(T) -> String,
+) -> (StatusCode, Notice) {
+    let store = Arc::clone(&c.store);
+    let result = match blocking(move || write(&store)).await {
+        Ok(v) => c.committed().await.map(|()| v),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(v) => (StatusCode::OK, Notice::Done(done(v))),
+        Err(e) => (error_status(&e), Notice::Error(error_text(&e))),
+    }
+}
+
 /// The checks of every POST behind sign-in: origin, session, CSRF token. The error is the
 /// refusal's text (answered with 403).
 fn guard(c: &Console, headers: &HeaderMap, fields: &Fields) -> Result<Session, &'static str> {
@@ -399,15 +488,8 @@ async fn login(
     resp
 }
 
-async fn logout(
-    State(c): State<Arc<Console>>,
-    headers: HeaderMap,
-    Form(fields): Form<Fields>,
-) -> Response {
-    if let Err(why) = guard(&c, &headers, &fields) {
-        return refused(why);
-    }
-    if let Some(id) = cookie_id(&headers, COOKIE) {
+async fn logout(State(c): State<Arc<Console>>, post: Posted) -> Response {
+    if let Some(id) = cookie_id(&post.headers, COOKIE) {
         c.sessions.remove(&id);
     }
     let mut resp = see_other("/login");
@@ -541,27 +623,13 @@ fn policy_of(fields: &Fields, clear_empty: bool) -> Result<crate::keys::PolicyIn
     })
 }
 
-async fn create_key(
-    State(c): State<Arc<Console>>,
-    headers: HeaderMap,
-    Form(fields): Form<Fields>,
-) -> Response {
-    let session = match guard(&c, &headers, &fields) {
-        Ok(s) => s,
-        Err(why) => return refused(why),
-    };
-    let name = fields.get("name").map_or("", |n| n.trim()).to_string();
-    let policy = match policy_of(&fields, false) {
+async fn create_key(State(c): State<Arc<Console>>, post: Posted) -> Response {
+    let session = &post.session;
+    let name = post.field("name");
+    let policy = match policy_of(&post.fields, false) {
         Ok(p) => p,
         Err(m) => {
-            return keys_page(
-                &c,
-                &session,
-                StatusCode::BAD_REQUEST,
-                None,
-                Notice::Error(m),
-            )
-            .await;
+            return keys_page(&c, session, StatusCode::BAD_REQUEST, None, Notice::Error(m)).await;
         }
     };
     let store = Arc::clone(&c.store);
@@ -572,13 +640,8 @@ async fn create_key(
     let (rec, key) = match made {
         Ok(made) => made,
         Err(e) => {
-            let status = match e {
-                Error::AlreadyExists(_) => StatusCode::CONFLICT,
-                Error::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
-            };
             let n = Notice::Error(error_text(&e));
-            return keys_page(&c, &session, status, None, n).await;
+            return keys_page(&c, session, error_status(&e), None, n).await;
         }
     };
     if let Err(e) = c.committed().await {
@@ -587,7 +650,7 @@ async fn create_key(
     tracing::info!(key_name = %rec.name, client_key_id = %rec.id, "client key created (console)");
     keys_page(
         &c,
-        &session,
+        session,
         StatusCode::OK,
         Some((&rec.name, key.expose())),
         Notice::None,
@@ -624,71 +687,39 @@ async fn edit_key_form(
 }
 
 /// `keyplanectl key set`: the key's whole policy from the edit form.
-async fn edit_key(
-    State(c): State<Arc<Console>>,
-    headers: HeaderMap,
-    Form(fields): Form<Fields>,
-) -> Response {
-    let session = match guard(&c, &headers, &fields) {
-        Ok(s) => s,
-        Err(why) => return refused(why),
-    };
-    let name = fields.get("name").cloned().unwrap_or_default();
-    let policy = match policy_of(&fields, true) {
+async fn edit_key(State(c): State<Arc<Console>>, post: Posted) -> Response {
+    let name = post.field("name");
+    let policy = match policy_of(&post.fields, true) {
         Ok(p) => p,
         Err(m) => {
-            return keys_page(
-                &c,
-                &session,
-                StatusCode::BAD_REQUEST,
-                None,
-                Notice::Error(m),
-            )
-            .await;
+            let n = Notice::Error(m);
+            return keys_page(&c, &post.session, StatusCode::BAD_REQUEST, None, n).await;
         }
     };
-    let store = Arc::clone(&c.store);
-    let (status, n) = match blocking(move || store.set_key_policy(&name, &policy)).await {
-        Ok(rec) => match c.committed().await {
-            Ok(()) => {
-                tracing::info!(key_name = %rec.name, client_key_id = %rec.id, "client key policy set (console)");
-                (
-                    StatusCode::OK,
-                    Notice::Done(format!("Key {} updated.", rec.name)),
-                )
-            }
-            Err(e) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Notice::Error(error_text(&e)),
-            ),
+    let (status, n) = change(
+        &c,
+        move |store| store.set_key_policy(&name, &policy),
+        |rec| {
+            tracing::info!(key_name = %rec.name, client_key_id = %rec.id, "client key policy set (console)");
+            format!("Key {} updated.", rec.name)
         },
-        Err(e) => (StatusCode::BAD_REQUEST, Notice::Error(error_text(&e))),
-    };
-    keys_page(&c, &session, status, None, n).await
+    )
+    .await;
+    keys_page(&c, &post.session, status, None, n).await
 }
 
-async fn revoke_key(
-    State(c): State<Arc<Console>>,
-    headers: HeaderMap,
-    Form(fields): Form<Fields>,
-) -> Response {
-    let session = match guard(&c, &headers, &fields) {
-        Ok(s) => s,
-        Err(why) => return refused(why),
-    };
-    let name = fields.get("name").cloned().unwrap_or_default();
-    let store = Arc::clone(&c.store);
-    let n = match blocking(move || store.revoke_key(&name)).await {
-        Ok(rec) => match c.committed().await {
-            Ok(()) => {
-                tracing::info!(key_name = %rec.name, client_key_id = %rec.id, "client key revoked (console)");
-                Notice::Done(format!("Key {} revoked.", rec.name))
-            }
-            Err(e) => Notice::Error(error_text(&e)),
+async fn revoke_key(State(c): State<Arc<Console>>, post: Posted) -> Response {
+    let name = post.field("name");
+    let (status, n) = change(
+        &c,
+        move |store| store.revoke_key(&name),
+        |rec| {
+            tracing::info!(key_name = %rec.name, client_key_id = %rec.id, "client key revoked (console)");
+            format!("Key {} revoked.", rec.name)
         },
-        Err(e) => Notice::Error(error_text(&e)),
-    };
-    keys_page(&c, &session, StatusCode::OK, None, n).await
+    )
+    .await;
+    keys_page(&c, &post.session, status, None, n).await
 }
 
 async fn providers_page(c: &Console, session: &Session, status: StatusCode, n: Notice) -> Response {
@@ -718,73 +749,119 @@ async fn providers(State(c): State<Arc<Console>>, headers: HeaderMap) -> Respons
     providers_page(&c, &session, StatusCode::OK, Notice::None).await
 }
 
-async fn add_credential(
-    State(c): State<Arc<Console>>,
-    headers: HeaderMap,
-    Form(mut fields): Form<Fields>,
-) -> Response {
-    let session = match guard(&c, &headers, &fields) {
-        Ok(s) => s,
-        Err(why) => return refused(why),
-    };
+async fn add_credential(State(c): State<Arc<Console>>, mut post: Posted) -> Response {
     // Moved out of the form at once, into the type that zeroes and redacts it.
-    let secret = crate::creds::Secret::new(fields.remove("secret").unwrap_or_default());
-    let get = |k: &str| fields.get(k).cloned().unwrap_or_default();
+    let secret = crate::creds::Secret::new(post.fields.remove("secret").unwrap_or_default());
+    let get = |k: &str| post.fields.get(k).cloned().unwrap_or_default();
     let (provider, label, multiplier, resets) = (
         get("provider"),
         get("label"),
         get("multiplier"),
         get("quota_resets"),
     );
-    let store = Arc::clone(&c.store);
-    let added = blocking(move || {
-        if secret.expose().trim().is_empty() {
-            return Err(Error::InvalidArgument("the secret is empty".into()));
-        }
-        store.add_credential_with(&provider, &label, &multiplier, &secret, &resets)
-    })
-    .await;
-    let (status, n) = match added {
-        Ok(rec) => match c.committed().await {
-            Ok(()) => {
-                tracing::info!(provider = %rec.provider, credential_id = %rec.id, "credential added (console)");
-                (
-                    StatusCode::OK,
-                    Notice::Done(format!("Credential {} added to {}.", rec.id, rec.provider)),
-                )
+    let (status, n) = change(
+        &c,
+        move |store| {
+            if secret.expose().trim().is_empty() {
+                return Err(Error::InvalidArgument("the secret is empty".into()));
             }
-            Err(e) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Notice::Error(error_text(&e)),
-            ),
+            store.add_credential_with(&provider, &label, &multiplier, &secret, &resets)
         },
-        Err(e) => (StatusCode::BAD_REQUEST, Notice::Error(error_text(&e))),
-    };
-    providers_page(&c, &session, status, n).await
+        |rec| {
+            tracing::info!(provider = %rec.provider, credential_id = %rec.id, "credential added (console)");
+            format!("Credential {} added to {}.", rec.id, rec.provider)
+        },
+    )
+    .await;
+    providers_page(&c, &post.session, status, n).await
 }
 
-async fn enable_credential(
-    State(c): State<Arc<Console>>,
-    headers: HeaderMap,
-    Form(fields): Form<Fields>,
-) -> Response {
-    let session = match guard(&c, &headers, &fields) {
-        Ok(s) => s,
-        Err(why) => return refused(why),
-    };
-    let id = fields.get("id").cloned().unwrap_or_default();
-    let store = Arc::clone(&c.store);
-    let n = match blocking(move || store.enable_credential(&id)).await {
-        Ok(rec) => match c.committed().await {
-            Ok(()) => {
-                tracing::info!(credential_id = %rec.id, "credential enabled (console)");
-                Notice::Done(format!("Credential {} enabled.", rec.id))
-            }
-            Err(e) => Notice::Error(error_text(&e)),
+/// `keyplanectl credential enable`: back to active, whatever its state.
+async fn enable_credential(State(c): State<Arc<Console>>, post: Posted) -> Response {
+    let id = post.field("id");
+    let (status, n) = change(
+        &c,
+        move |store| store.enable_credential(&id),
+        |rec| {
+            tracing::info!(credential_id = %rec.id, "credential enabled (console)");
+            format!("Credential {} enabled.", rec.id)
         },
-        Err(e) => Notice::Error(error_text(&e)),
+    )
+    .await;
+    providers_page(&c, &post.session, status, n).await
+}
+
+/// `keyplanectl credential disable`: out of routing until enabled.
+async fn disable_credential(State(c): State<Arc<Console>>, post: Posted) -> Response {
+    let (id, reason) = (post.field("id"), post.field("reason"));
+    let (status, n) = change(
+        &c,
+        move |store| store.disable_credential(&id, &reason),
+        |rec| {
+            tracing::info!(credential_id = %rec.id, "credential disabled (console)");
+            format!("Credential {} disabled.", rec.id)
+        },
+    )
+    .await;
+    providers_page(&c, &post.session, status, n).await
+}
+
+/// A timeout or size field of the provider form: empty leaves it unchanged, 0 is the data
+/// plane's default (as `keyplanectl provider set`'s flags).
+fn optional_number<T: std::str::FromStr>(
+    post: &Posted,
+    name: &str,
+    what: &str,
+) -> Result<Option<T>, String> {
+    let text = post.field(name);
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|_| format!("{what} {text:?} is not a whole number"))
+}
+
+/// `keyplanectl provider set`: protocol, base URL, timeouts, largest answer; an empty field
+/// stays as it is.
+async fn set_provider(State(c): State<Arc<Console>>, post: Posted) -> Response {
+    let numbers = (|| {
+        Ok::<_, String>((
+            optional_number::<u32>(&post, "connect_timeout_ms", "connect timeout")?,
+            optional_number::<u32>(&post, "first_byte_timeout_ms", "first-byte timeout")?,
+            optional_number::<u32>(&post, "idle_timeout_ms", "idle timeout")?,
+            optional_number::<u64>(&post, "max_body_bytes", "largest answer")?,
+        ))
+    })();
+    let (connect_ms, first_byte_ms, idle_ms, max_body_bytes) = match numbers {
+        Ok(n) => n,
+        Err(m) => {
+            let n = Notice::Error(m);
+            return providers_page(&c, &post.session, StatusCode::BAD_REQUEST, n).await;
+        }
     };
-    providers_page(&c, &session, StatusCode::OK, n).await
+    let text = |name: &str| Some(post.field(name)).filter(|v| !v.is_empty());
+    let (name, protocol, base_url) = (post.field("name"), text("protocol"), text("base_url"));
+    let (status, n) = change(
+        &c,
+        move |store| {
+            store.set_provider(&crate::catalog::ProviderChange {
+                name: &name,
+                protocol: protocol.as_deref(),
+                base_url: base_url.as_deref(),
+                connect_ms,
+                first_byte_ms,
+                idle_ms,
+                max_body_bytes,
+            })
+        },
+        |rec| {
+            tracing::info!(provider = %rec.name, protocol = rec.protocol.as_str(), base_url = %rec.base_url, "provider set (console)");
+            format!("Provider {} updated.", rec.name)
+        },
+    )
+    .await;
+    providers_page(&c, &post.session, status, n).await
 }
 
 /// A `YYYY-MM-DD` date (UTC) as Unix ms at its start.
@@ -1111,16 +1188,9 @@ async fn models(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
 }
 
 /// "Sync now" for one provider's catalog, as `keyplanectl catalog sync PROVIDER`.
-async fn sync_catalog(
-    State(c): State<Arc<Console>>,
-    headers: HeaderMap,
-    Form(fields): Form<Fields>,
-) -> Response {
-    let session = match guard(&c, &headers, &fields) {
-        Ok(s) => s,
-        Err(why) => return refused(why),
-    };
-    let provider = fields.get("provider").cloned().unwrap_or_default();
+async fn sync_catalog(State(c): State<Arc<Console>>, post: Posted) -> Response {
+    let session = &post.session;
+    let provider = post.field("provider");
     let n = match c.syncer.sync_now(Some(&provider)).await {
         Ok(statuses) => match statuses.first() {
             Some(s) if s.rec.last_error.is_empty() => Notice::Done(format!(
@@ -1136,7 +1206,7 @@ async fn sync_catalog(
         },
         Err(e) => Notice::Error(error_text(&e)),
     };
-    models_page(&c, &session, StatusCode::OK, n).await
+    models_page(&c, session, StatusCode::OK, n).await
 }
 
 async fn nodes(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {

@@ -9,7 +9,7 @@ use keyplane_proto::v1 as pb;
 use maud::{DOCTYPE, Markup, html};
 
 /// Navigation entries: (path, label).
-const NAV: [(&str, &str); 8] = [
+const NAV: [(&str, &str); 9] = [
     ("/", "Overview"),
     ("/usage", "Usage"),
     ("/requests", "Requests"),
@@ -17,6 +17,7 @@ const NAV: [(&str, &str); 8] = [
     ("/keys", "Keys"),
     ("/providers", "Providers"),
     ("/nodes", "Nodes"),
+    ("/probe", "Route probe"),
     ("/connect", "Connect a tool"),
 ];
 
@@ -27,7 +28,7 @@ pub enum Notice {
     Done(String),
 }
 
-fn notice(n: &Notice) -> Markup {
+pub(super) fn notice(n: &Notice) -> Markup {
     html! {
         @match n {
             Notice::None => {},
@@ -120,7 +121,7 @@ pub fn usd(nano: u64) -> String {
     format!("${}", crate::money::format_micros(nano / 1000))
 }
 
-fn ms_text(ms: i64) -> String {
+pub(super) fn ms_text(ms: i64) -> String {
     if ms <= 0 {
         return "—".to_string();
     }
@@ -397,8 +398,28 @@ pub fn providers(
                 h2 { (p.name) }
                 p.meta {
                     (p.protocol.as_str()) " · " (p.base_url)
-                    " · timeouts: connect " (p.timeouts.connect_ms) " ms, first byte "
-                    (p.timeouts.first_byte_ms) " ms, idle " (p.timeouts.idle_ms) " ms"
+                    " · timeouts: connect " (limit_text(p.timeouts.connect_ms.into(), " ms")) ", first byte "
+                    (limit_text(p.timeouts.first_byte_ms.into(), " ms")) ", idle "
+                    (limit_text(p.timeouts.idle_ms.into(), " ms")) " · largest answer "
+                    (limit_text(p.timeouts.max_body_bytes, " bytes"))
+                }
+                details.provider-set {
+                    summary { "Change protocol, URL, timeouts" }
+                    form.grid.provider-set method="post" action="/providers/set" {
+                        (csrf_field(csrf))
+                        input type="hidden" name="name" value=(p.name);
+                        label { "Protocol" select name="protocol" {
+                            @for proto in ["openai", "anthropic", "openai-responses"] {
+                                option value=(proto) selected[proto == p.protocol.as_str()] { (proto) }
+                            }
+                        } }
+                        label { "Base URL" input name="base_url" value=(p.base_url); }
+                        label { "Connect timeout (ms, 0: default)" input name="connect_timeout_ms" value=(p.timeouts.connect_ms) inputmode="numeric"; }
+                        label { "First-byte timeout (ms, 0: default)" input name="first_byte_timeout_ms" value=(p.timeouts.first_byte_ms) inputmode="numeric"; }
+                        label { "Idle timeout (ms, 0: default)" input name="idle_timeout_ms" value=(p.timeouts.idle_ms) inputmode="numeric"; }
+                        label { "Largest answer (bytes, 0: default)" input name="max_body_bytes" value=(p.timeouts.max_body_bytes) inputmode="numeric"; }
+                        button type="submit" { "Save" }
+                    }
                 }
                 table.credentials {
                     thead { tr { th { "Credential" } th { "Label" } th { "Multiplier" } th { "State" } th { "Since" } th { "Until" } th { "Reason" } th {} } }
@@ -415,10 +436,18 @@ pub fn providers(
                                 td { @if state != "active" { (c.state_reason) } }
                                 td {
                                     @if state != "active" {
-                                        form method="post" action="/credentials/enable" {
+                                        form.enable method="post" action="/credentials/enable" {
                                             (csrf_field(csrf))
                                             input type="hidden" name="id" value=(c.id);
                                             button type="submit" { "Enable" }
+                                        }
+                                    }
+                                    @if state != crate::catalog::DISABLED {
+                                        form.disable.inline method="post" action="/credentials/disable" {
+                                            (csrf_field(csrf))
+                                            input type="hidden" name="id" value=(c.id);
+                                            input name="reason" placeholder="reason (optional)" aria-label="Why disable it";
+                                            button type="submit" { "Disable" }
                                         }
                                     }
                                 }
@@ -452,11 +481,25 @@ pub fn providers(
     }
 }
 
+/// A limit that 0 leaves to the data plane's default.
+fn limit_text(v: u64, unit: &str) -> String {
+    if v == 0 {
+        "default".to_string()
+    } else {
+        format!("{v}{unit}")
+    }
+}
+
 pub fn nodes(nodes: &[NodeView]) -> Markup {
     html! {
+        p.meta { "The usage backlog is what each data plane's spool held unacknowledged besides the batch it was reporting, as of that report." }
         @if nodes.is_empty() { p.empty { "No data plane has connected yet." } } @else {
             table #nodes {
-                thead { tr { th { "Node" } th { "Connected" } th { "Route version" } th { "Connected since" } th { "Last seen" } } }
+                thead { tr {
+                    th { "Node" } th { "Connected" } th { "Route version" } th { "Connected since" }
+                    th { "Last seen" } th { "Usage backlog" } th { "Oldest unacknowledged" }
+                    th { "Backlog reported" } th { "Serves at" }
+                } }
                 tbody {
                     @for n in nodes {
                         tr {
@@ -465,6 +508,10 @@ pub fn nodes(nodes: &[NodeView]) -> Markup {
                             td.num { (n.route_version) }
                             td { (ms_text(n.connected_since_ms)) }
                             td { (ms_text(n.last_seen_ms)) }
+                            td.num.backlog { @if n.backlog.reported_ms > 0 { (n.backlog.records) } @else { "—" } }
+                            td { (ms_text(n.backlog.oldest_ms)) }
+                            td { (ms_text(n.backlog.reported_ms)) }
+                            td.mono { (n.serve_url) }
                         }
                     }
                 }
@@ -526,7 +573,7 @@ fn attempts_text(rec: &pb::UsageRecord) -> String {
         .join(" → ")
 }
 
-fn cost_text(rec: &pb::UsageRecord) -> String {
+pub(super) fn cost_text(rec: &pb::UsageRecord) -> String {
     match rec.reported_cost_nano_usd {
         Some(reported) => format!("{} (computed {})", usd(reported), usd(rec.cost_nano_usd)),
         None => usd(rec.cost_nano_usd),
@@ -534,7 +581,7 @@ fn cost_text(rec: &pb::UsageRecord) -> String {
 }
 
 /// The link to one request's own page.
-fn request_href(rec: &pb::UsageRecord) -> String {
+pub(super) fn request_href(rec: &pb::UsageRecord) -> String {
     format!(
         "/requests/view?id={}&at={}",
         rec.request_id

@@ -329,6 +329,17 @@ impl Admin for AdminService {
         Ok(Response::new(convert::credential(rec)))
     }
 
+    async fn disable_credential(
+        &self,
+        req: Request<pb::DisableCredentialRequest>,
+    ) -> Reply<pb::Credential> {
+        let req = req.into_inner();
+        let rec = self.store.disable_credential(&req.id, &req.reason)?;
+        self.committed().await?;
+        tracing::info!(credential_id = %rec.id, "credential disabled");
+        Ok(Response::new(convert::credential(rec)))
+    }
+
     async fn set_provider(&self, req: Request<pb::SetProviderRequest>) -> Reply<pb::Provider> {
         let req = req.into_inner();
         let rec = self.store.set_provider(&ProviderChange {

@@ -92,6 +92,7 @@ pub fn policy(p: &KeyPolicy) -> pb::KeyPolicy {
         concurrency: p.concurrency,
         models: p.models.clone(),
         expires_at_ms: p.expires_at_ms,
+        probe: p.probe,
     }
 }
 
@@ -210,6 +211,10 @@ pub fn node(view: NodeView) -> pb::Node {
         connected: view.connected,
         last_seen_ms: view.last_seen_ms,
         connected_since_ms: view.connected_since_ms,
+        backlog_records: view.backlog.records,
+        backlog_oldest_ms: view.backlog.oldest_ms,
+        backlog_reported_ms: view.backlog.reported_ms,
+        serve_url: view.serve_url,
     }
 }
 

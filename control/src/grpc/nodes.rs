@@ -40,6 +40,22 @@ struct Subscription {
 
 type TableStream = Pin<Box<dyn Stream<Item = Result<pb::RouteTable, Status>> + Send>>;
 
+/// A node's serve URL as the console's route probe will use it: `http://` or `https://`, at most
+/// 512 printable characters without spaces; empty is fine (not said).
+fn check_serve_url(url: &str) -> Result<&str, &'static str> {
+    let url = url.trim_end_matches('/');
+    if url.is_empty() {
+        return Ok("");
+    }
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err("it is not an http:// or https:// URL");
+    }
+    if url.len() > 512 || !url.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("it is longer than 512 characters or holds spaces or control characters");
+    }
+    Ok(url)
+}
+
 #[tonic::async_trait]
 impl Nodes for NodesService {
     type SubscribeStream = TableStream;
@@ -50,7 +66,15 @@ impl Nodes for NodesService {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let req = req.into_inner();
         check_name("node", &req.node_id)?;
-        let connection = self.registry.connect(&req.node_id)?;
+        let serve_url = match check_serve_url(&req.serve_url) {
+            Ok(url) => url,
+            Err(why) => {
+                // A bad URL only costs the route probe this node: never refuse it service.
+                tracing::warn!(node_id = %req.node_id, why, "ignoring the node's serve URL");
+                ""
+            }
+        };
+        let connection = self.registry.connect(&req.node_id, serve_url)?;
         tracing::info!(
             node_id = %req.node_id,
             have_route_version = req.have_route_version,
@@ -179,6 +203,8 @@ impl Nodes for NodesService {
         if let Err(err) = self.registry.touch(&req.node_id, None) {
             tracing::warn!(node_id = %req.node_id, error = %err, "cannot record node state");
         }
+        self.registry
+            .report_backlog(&req.node_id, req.backlog_records, req.backlog_oldest_ms);
         let counters = &*crate::metrics::COUNTERS;
         counters.usage_ingested.inc_by(outcome.inserted as u64);
         counters

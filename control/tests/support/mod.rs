@@ -37,6 +37,7 @@ pub fn subscribe(
             let mut req = Request::new(pb::SubscribeRequest {
                 node_id,
                 have_route_version: 0,
+                ..Default::default()
             });
             req.metadata_mut()
                 .insert("authorization", format!("Bearer {token}").parse().unwrap());
@@ -79,6 +80,23 @@ pub fn report_usage(
     node_id: &str,
     records: Vec<pb::UsageRecord>,
 ) -> Result<pb::ReportUsageResponse, tonic::Status> {
+    report_usage_request(
+        url,
+        token,
+        pb::ReportUsageRequest {
+            node_id: node_id.to_string(),
+            records,
+            ..Default::default()
+        },
+    )
+}
+
+/// `Nodes/ReportUsage` with the whole request as given (the backlog fields too).
+pub fn report_usage_request(
+    url: &str,
+    token: &str,
+    request: pb::ReportUsageRequest,
+) -> Result<pb::ReportUsageResponse, tonic::Status> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -87,10 +105,7 @@ pub fn report_usage(
         let mut client = NodesClient::connect(url.to_string())
             .await
             .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        let mut req = Request::new(pb::ReportUsageRequest {
-            node_id: node_id.to_string(),
-            records,
-        });
+        let mut req = Request::new(request);
         req.metadata_mut()
             .insert("authorization", format!("Bearer {token}").parse().unwrap());
         client
