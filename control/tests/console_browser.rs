@@ -205,3 +205,125 @@ fn a_request_through_a_data_plane_that_failed_over_shows_both_attempts_in_order(
         serde_json::json!(["1 0 (0.0%)", "1 0 (0.0%)", "1 0 (0.0%)"])
     );
 }
+
+#[test]
+fn the_route_probe_shows_each_route_and_a_tampered_csrf_token_is_refused_in_the_browser() {
+    let cp = ControlPlane::start_with(ControlOptions {
+        console: true,
+        ..ControlOptions::default()
+    });
+    let model = "test/model";
+    let fakes: Vec<FakeUpstream> = ["good", "bad"]
+        .into_iter()
+        .map(|name| {
+            FakeUpstream::start(FakeConfig {
+                name: name.to_string(),
+                api_key: Some(format!("sk-{name}")),
+                ..FakeConfig::default()
+            })
+        })
+        .collect();
+    support::add_openai_offer(&cp, "good", &fakes[0].openai_base_url(), model, "1");
+    support::add_openai_offer(&cp, "bad", &fakes[1].openai_base_url(), model, "5");
+    fakes[1].push_once(Behavior::status(500));
+    let dp = DataPlane::start(&cp, "edge-1", &[]);
+
+    let base = format!("http://{}", cp.console_addr.unwrap());
+    let browser = Browser::start();
+    browser.goto(&format!("{base}/login"));
+    browser.type_into("#token", &cp.admin_token);
+    browser.click("button[type=submit]");
+    assert!(
+        browser.wait_for("form.signout", WAIT),
+        "{}",
+        browser.source()
+    );
+
+    // The route probe: one row per route, the answered one ok, the failed one with its status.
+    browser.goto(&format!("{base}/probe"));
+    let ready = keyplane_testkit::wait_until(Duration::from_secs(30), || {
+        browser.goto(&format!("{base}/probe"));
+        browser
+            .find("#probe-form button[type=submit]:not([disabled])")
+            .is_some()
+    });
+    assert!(ready, "{}\n{}", browser.source(), dp.logs());
+    browser.click("#probe-form button[type=submit]");
+    assert!(
+        browser.wait_for("#probe-results", Duration::from_secs(60)),
+        "{}\n{}",
+        browser.source(),
+        dp.logs()
+    );
+    let rows = browser.script(
+        "return Array.from(document.querySelectorAll('#probe-results tbody tr')).map(r => \
+         [r.className].concat(Array.from(r.cells).map(c => c.textContent.trim())));",
+    );
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let good = rows.iter().find(|r| r[2] == "good").unwrap();
+    let bad = rows.iter().find(|r| r[2] == "bad").unwrap();
+    assert_eq!(good[0], "ok", "{rows:?}");
+    assert_eq!(good[5], "200", "{rows:?}");
+    assert_eq!(bad[0], "failed", "{rows:?}");
+    assert_eq!(bad[5], "503", "{rows:?}");
+    assert!(!browser.source().contains("kp_"));
+    // The answered route's request, in the log, from the row's link.
+    browser.click("#probe-results tr.ok a[href^='/requests/view']");
+    assert!(browser.wait_for("#attempts", WAIT), "{}", browser.source());
+    assert!(browser.source().contains("good"));
+
+    // The browser submits the disable form with its hidden CSRF field changed: 403, nothing
+    // changes. Same origin, same session cookie: only the token is wrong.
+    let states = || {
+        let creds = cp.ctl(&["--json", "credential", "list"]).ok().json();
+        creds
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["state"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let before = states();
+    assert!(!before.contains(&"disabled".to_string()), "{before:?}");
+    browser.goto(&format!("{base}/providers"));
+    assert!(
+        browser.wait_for("form.disable", WAIT),
+        "{}",
+        browser.source()
+    );
+    let tampered = browser.script(
+        "const f = document.querySelector('form.disable'); \
+         f.querySelector('input[name=csrf]').value = '0'.repeat(64); return f.action;",
+    );
+    assert!(tampered.as_str().unwrap().ends_with("/credentials/disable"));
+    browser.click("form.disable button[type=submit]");
+    assert!(
+        browser.wait_for("body.login h1", WAIT),
+        "{}",
+        browser.source()
+    );
+    let html = browser.source();
+    assert!(
+        html.contains("<h1>Refused</h1>") && html.contains("security token"),
+        "{html}"
+    );
+    assert_eq!(states(), before, "the refused form changed nothing");
+    // The same form, untampered, works: the refusal was the token's.
+    browser.goto(&format!("{base}/providers"));
+    assert!(browser.wait_for("form.disable", WAIT));
+    browser.click("form.disable button[type=submit]");
+    assert!(
+        browser.wait_for("p.notice.done", WAIT),
+        "{}",
+        browser.source()
+    );
+    let creds = cp.ctl(&["--json", "credential", "list"]).ok().json();
+    let disabled: Vec<_> = creds
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["state"] == "disabled")
+        .collect();
+    assert_eq!(disabled.len(), 1, "{creds}");
+}

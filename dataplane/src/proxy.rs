@@ -617,6 +617,8 @@ impl Proxy {
         let mut suspects: Vec<&Candidate> = Vec::new();
         let mut skipped_until: Option<i64> = None;
         let mut skipped_dead = 0usize;
+        // A pinned request whose route this table does not hold is told so, not "rate limited".
+        let mut pinned_found = false;
         for (model, candidates) in &routes {
             let order = Table::rank(candidates, input_estimate, output_estimate);
             for idx in order {
@@ -624,6 +626,7 @@ impl Proxy {
                 if ctx.pin.as_ref().is_some_and(|pin| !pin.admits(cand)) {
                     continue;
                 }
+                pinned_found = true;
                 let health = &cand.stats.health;
                 if !health.admit(now) {
                     match health.state() {
@@ -690,6 +693,19 @@ impl Proxy {
             }
         }
         self.blame(&suspects, false, &ctx.failures);
+        if let Some(pin) = ctx.pin.as_ref().filter(|_| !pinned_found) {
+            return client_error(
+                protocol,
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!(
+                    "This data plane's route table has no route {}/{} for `{}`.",
+                    pin.provider,
+                    pin.credential_id,
+                    inbound.model()
+                ),
+                Some("no_upstream"),
+            );
+        }
         if failures.is_empty() {
             if let Some(until) = skipped_until {
                 let secs = ((until - now).max(0) as u64).div_ceil(1000).max(1);
