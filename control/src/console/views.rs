@@ -409,8 +409,8 @@ pub fn providers(
                         (csrf_field(csrf))
                         input type="hidden" name="name" value=(p.name);
                         label { "Protocol" select name="protocol" {
-                            @for proto in ["openai", "anthropic", "openai-responses"] {
-                                option value=(proto) selected[proto == p.protocol.as_str()] { (proto) }
+                            @for proto in crate::catalog::Protocol::ALL {
+                                option value=(proto.as_str()) selected[proto == p.protocol] { (proto.as_str()) }
                             }
                         } }
                         label { "Base URL" input name="base_url" value=(p.base_url); }
