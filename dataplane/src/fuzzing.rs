@@ -219,10 +219,11 @@ fn json_string(s: &str) -> String {
 }
 
 /// Every dialect, each a client's and an upstream's.
-const DIALECTS: [Dialect; 3] = [
+const DIALECTS: [Dialect; 4] = [
     Dialect::OpenAiChat,
     Dialect::Anthropic,
     Dialect::OpenAiResponses,
+    Dialect::Gemini,
 ];
 
 /// A request of `client`'s dialect, decoded into the shape ([`bridge::decode_request`]) and
@@ -234,8 +235,44 @@ fn check_translations(client: Dialect, body: &[u8]) {
     };
     for upstream in DIALECTS.into_iter().filter(|d| *d != client) {
         if let Ok(encoded) = bridge::encode_request(upstream, &req, NEW_MODEL) {
-            check_translated_request(&encoded.body, NEW_MODEL);
+            if upstream == Dialect::Gemini {
+                check_gemini_request(&encoded.body);
+            } else {
+                check_translated_request(&encoded.body, NEW_MODEL);
+            }
         }
+    }
+}
+
+/// Checks a request translated for Gemini: a JSON object with a `contents` array and no model
+/// (a Gemini upstream's model is in the URL), each turn `user` or `model`, each tool result named
+/// after a function.
+fn check_gemini_request(body: &[u8]) {
+    let value = json_value(body, "a translated Gemini request");
+    assert!(value.get("model").is_none(), "a Gemini body names no model");
+    let Some(contents) = value.get("contents").and_then(|c| c.as_array()) else {
+        panic!("a Gemini request without contents");
+    };
+    for turn in contents {
+        let role = turn.get("role").and_then(|r| r.as_str());
+        assert!(matches!(role, Some("user" | "model")), "role {role:?}");
+        for part in turn
+            .get("parts")
+            .and_then(|p| p.as_array())
+            .into_iter()
+            .flatten()
+        {
+            if let Some(r) = part.get("functionResponse") {
+                assert!(r.get("name").is_some_and(|n| n.is_string()));
+                assert!(r.get("response").is_some_and(|r| r.is_object()));
+            }
+            if let Some(c) = part.get("functionCall") {
+                assert!(c.get("args").is_some_and(|a| a.is_object()));
+            }
+        }
+    }
+    if let Some(stops) = value.pointer("/generationConfig/stopSequences") {
+        assert!(stops.as_array().is_some_and(|s| s.len() <= 5));
     }
 }
 
@@ -494,7 +531,12 @@ pub fn upstream_body(body: &[u8]) {
         for client in DIALECTS.into_iter().filter(|d| *d != upstream) {
             let out = encode_response(client, &resp);
             let v = json_value(&out, "a translated response");
-            assert_eq!(v.get("model").and_then(|m| m.as_str()), Some(NEW_MODEL));
+            let model = if client == Dialect::Gemini {
+                "modelVersion"
+            } else {
+                "model"
+            };
+            assert_eq!(v.get(model).and_then(|m| m.as_str()), Some(NEW_MODEL));
             if let Some(u) = usage {
                 check_answer_usage(client, &out, &u);
             }
@@ -508,7 +550,23 @@ pub fn upstream_body(body: &[u8]) {
         {
             let (s, out) =
                 bridge::upstream_error(client, upstream, status, Bytes::copy_from_slice(body));
-            if (client == Dialect::Anthropic) == (upstream == Dialect::Anthropic) {
+            if client == Dialect::Gemini {
+                let v = json_value(&out, "a translated error");
+                assert_eq!(s, if status == 529 { 503 } else { status });
+                assert_eq!(
+                    v.pointer("/error/code").and_then(|c| c.as_u64()),
+                    Some(u64::from(s))
+                );
+                assert_eq!(
+                    v.pointer("/error/status").and_then(|c| c.as_str()),
+                    Some(gemini::status_name(s))
+                );
+                assert!(v.pointer("/error/message").is_some_and(|m| m.is_string()));
+                continue;
+            }
+            if (client == Dialect::Anthropic) == (upstream == Dialect::Anthropic)
+                && upstream != Dialect::Gemini
+            {
                 // OpenAI's two dialects write one error object: the error passes as it came.
                 assert_eq!(
                     (s, &out[..]),
@@ -578,7 +636,24 @@ fn check_answer_usage(client: Dialect, out: &[u8], u: &Usage) {
                 assert_eq!(back.metering.map(|m| m.usage), Some(*u), "{WHY}");
             }
         }
-        Dialect::Gemini => {}
+        Dialect::Gemini => {
+            let back = gemini::answer(out)
+                .and_then(|a| a.metering)
+                .map(|m| m.usage);
+            if sums_exactly(u) {
+                assert_eq!(back, Some(gemini_usage(u)), "{WHY}");
+            }
+        }
+    }
+}
+
+/// Usage in billing terms as a Gemini client's `usageMetadata` reads back: Gemini counts no
+/// cache writes apart, so they are prompt tokens.
+fn gemini_usage(u: &Usage) -> Usage {
+    Usage {
+        input_tokens: u.input_tokens + u.cache_write_tokens,
+        cache_write_tokens: 0,
+        ..*u
     }
 }
 
@@ -622,7 +697,8 @@ fn translated_events(out: &[u8]) -> Vec<Bytes> {
 }
 
 /// A streamed request of `client`'s dialect for [`NEW_MODEL`], as far as the bridge reads it to
-/// answer (`include_usage`: an OpenAI Chat client's `stream_options.include_usage`).
+/// answer (`include_usage`: an OpenAI Chat client's `stream_options.include_usage`; for a Gemini
+/// client, the JSON-array framing instead of SSE).
 fn client_request(client: Dialect, include_usage: bool) -> Vec<u8> {
     let body = match client {
         Dialect::OpenAiChat => serde_json::json!({"model": NEW_MODEL, "messages": [],
@@ -663,9 +739,15 @@ fn translate_stream(
 ) -> Translated {
     let request = client_request(client, include_usage);
     let parsed = match client {
-        Dialect::Gemini => {
-            ClientRequest::parse_gemini(&request, NEW_MODEL, Some(gemini::Framing::Sse))
-        }
+        Dialect::Gemini => ClientRequest::parse_gemini(
+            &request,
+            NEW_MODEL,
+            Some(if include_usage {
+                gemini::Framing::JsonArray
+            } else {
+                gemini::Framing::Sse
+            }),
+        ),
         _ => ClientRequest::parse(client, &request),
     };
     let req = match parsed {
@@ -727,7 +809,77 @@ fn check_translated_stream(client: Dialect, include_usage: bool, t: &Translated)
         Dialect::Anthropic => check_anthropic_client_stream(t),
         Dialect::OpenAiChat => check_chat_client_stream(t, include_usage),
         Dialect::OpenAiResponses => check_responses_client_stream(t),
-        Dialect::Gemini => {}
+        Dialect::Gemini => check_gemini_client_stream(t, include_usage),
+    }
+}
+
+/// A Gemini client's stream: `data: {chunk}\r\n\r\n` events, or (`array`) one JSON array of
+/// chunks, valid JSON once whole. Every chunk is a `GenerateContentResponse` naming the client's
+/// model, except an error object last when the stream failed; a finished stream's last chunk
+/// has the finish reason and, read back by this dialect's own reader, the usage the bridge held.
+fn check_gemini_client_stream(t: &Translated, array: bool) {
+    let chunks: Vec<serde_json::Value> = if array {
+        let v = json_value(&t.out, "a Gemini JSON-array stream");
+        let Some(chunks) = v.as_array() else {
+            panic!("a Gemini JSON-array stream that is not an array");
+        };
+        chunks.clone()
+    } else {
+        translated_events(&t.out)
+            .iter()
+            .map(|raw| {
+                assert!(
+                    raw.ends_with(b"\r\n\r\n"),
+                    "Google ends events with CRLF CRLF"
+                );
+                let ev = sse::parse(raw);
+                assert!(ev.name.is_none(), "Gemini events are unnamed");
+                let Some(data) = ev.data.as_deref() else {
+                    panic!("a translated event without data");
+                };
+                json_value(data, "a translated Gemini chunk")
+            })
+            .collect()
+    };
+    let Some(last) = chunks.last() else {
+        panic!("a translated stream with no chunk");
+    };
+    let body = if t.failed {
+        &chunks[..chunks.len() - 1]
+    } else {
+        &chunks[..]
+    };
+    if t.failed {
+        assert!(
+            last.pointer("/error/message")
+                .is_some_and(|m| m.is_string())
+        );
+    }
+    for (i, chunk) in body.iter().enumerate() {
+        assert_eq!(
+            chunk.get("modelVersion").and_then(|m| m.as_str()),
+            Some(NEW_MODEL)
+        );
+        let finish = chunk.pointer("/candidates/0/finishReason");
+        assert_eq!(
+            finish.is_some(),
+            !t.failed && i + 1 == body.len(),
+            "a finish reason on the last chunk only"
+        );
+    }
+    if let Some(u) = t.finished_with {
+        let back = serde_json::to_vec(last)
+            .ok()
+            .and_then(|b| gemini::answer(&b))
+            .and_then(|a| a.metering)
+            .map(|m| m.usage);
+        if u.as_ref().is_none_or(sums_exactly) {
+            assert_eq!(
+                back,
+                u.map(|u| gemini_usage(&u)),
+                "the last chunk must carry the usage the bridge bills"
+            );
+        }
     }
 }
 
@@ -953,7 +1105,11 @@ pub fn openai_stream(stream: &[u8]) {
             _ => {}
         }
     }
-    for client in [Dialect::Anthropic, Dialect::OpenAiResponses] {
+    for client in [
+        Dialect::Anthropic,
+        Dialect::OpenAiResponses,
+        Dialect::Gemini,
+    ] {
         let t = translate_stream(client, Dialect::OpenAiChat, false, stream);
         check_translated_stream(client, false, &t);
     }
@@ -977,7 +1133,11 @@ pub fn anthropic_stream(input: &[u8]) {
         anthropic::classify(ev.name, ev.data.as_deref(), &mut usage);
         check_anthropic_usage(&usage);
     }
-    for client in [Dialect::OpenAiChat, Dialect::OpenAiResponses] {
+    for client in [
+        Dialect::OpenAiChat,
+        Dialect::OpenAiResponses,
+        Dialect::Gemini,
+    ] {
         let t = translate_stream(client, Dialect::Anthropic, include_usage, stream);
         check_translated_stream(client, include_usage, &t);
     }
@@ -1018,8 +1178,112 @@ pub fn responses_stream(input: &[u8]) {
             check_billable(&m.usage, "responses usage");
         }
     }
-    for client in [Dialect::OpenAiChat, Dialect::Anthropic] {
+    for client in [Dialect::OpenAiChat, Dialect::Anthropic, Dialect::Gemini] {
         let t = translate_stream(client, Dialect::OpenAiResponses, include_usage, stream);
+        check_translated_stream(client, include_usage, &t);
+    }
+}
+
+/// A Gemini request body: [`gemini::GenerateRequest::parse`] for each framing, its pass-through
+/// to a Gemini upstream, and its translation for an upstream of each other dialect.
+///
+/// - A parsed request has the URL's model (without `models/`) and the framing it was given,
+///   and a Gemini upstream gets the client's bytes unchanged.
+/// - A translation that succeeds is a JSON object naming the upstream model
+///   ([`check_translations`]).
+pub fn gemini_request(body: &[u8]) {
+    for framing in [
+        None,
+        Some(gemini::Framing::Sse),
+        Some(gemini::Framing::JsonArray),
+    ] {
+        let Ok(req) = ClientRequest::parse_gemini(body, "models/gemini-x", framing) else {
+            continue;
+        };
+        assert_eq!(req.model(), "gemini-x");
+        assert_eq!(req.stream(), framing.is_some());
+        match req.upstream_body(body, Dialect::Gemini, NEW_MODEL) {
+            Ok(out) => {
+                assert_eq!(
+                    &out.body[..],
+                    body,
+                    "a Gemini upstream gets the client's bytes"
+                );
+                assert!(out.dropped.is_empty());
+            }
+            Err(e) => panic!("a Gemini pass-through failed: {}", e.message),
+        }
+    }
+    check_translations(Dialect::Gemini, body);
+}
+
+/// A Gemini upstream stream (one control byte, then the `alt=sse` bytes): the pass-through scan
+/// for a Gemini client in both framings, and the stream translated for each other client dialect
+/// (an OpenAI Chat client's `include_usage` from the control byte).
+///
+/// - Relayed as SSE, the client gets the upstream's bytes; as a JSON array, the data of each
+///   event as one element, and the whole is valid JSON when the data was.
+/// - Both framings bill the same usage, one the billing gate lets through and can sum.
+/// - Each translation is a whole stream of the client's dialect that carries the usage the bridge
+///   bills ([`check_translated_stream`]).
+pub fn gemini_stream(input: &[u8]) {
+    let Some((&control, stream)) = input.split_first() else {
+        return;
+    };
+    let include_usage = control & 1 == 1;
+    let request = br#"{"contents":[]}"#;
+    let mut billed = Vec::new();
+    for framing in [gemini::Framing::Sse, gemini::Framing::JsonArray] {
+        let Ok(req) = ClientRequest::parse_gemini(request, NEW_MODEL, Some(framing)) else {
+            panic!("the harness's client request is refused");
+        };
+        let mut relay = bridge::Stream::new(&req, Dialect::Gemini, "msg_fuzz");
+        assert!(!relay.is_translated());
+        let mut frames = Vec::new();
+        // What a JSON-array client must get: each event's data as an element, up to and
+        // including an error, then the close.
+        let mut expected = Vec::new();
+        let mut closed = false;
+        for raw in whole_events(stream) {
+            if let (Some(data), false) = (sse::parse(&raw).data, closed) {
+                expected.extend_from_slice(if expected.is_empty() { b"[" } else { b",\r\n" });
+                expected.extend_from_slice(&data);
+                if matches!(gemini::relay::classify(&data).0, StreamNote::Error(_)) {
+                    expected.push(b']');
+                    closed = true;
+                }
+            }
+            relay.event(raw, true, &mut frames);
+        }
+        relay.finish(&mut frames);
+        let out: Vec<u8> = frames.concat();
+        if framing == gemini::Framing::Sse {
+            let upstream: Vec<u8> = whole_events(stream).concat();
+            assert_eq!(out, upstream, "an SSE client gets the upstream's bytes");
+        } else {
+            if !closed {
+                if expected.is_empty() {
+                    expected.push(b'[');
+                }
+                expected.push(b']');
+            }
+            assert_eq!(
+                out, expected,
+                "each event's data is one element, bytes unchanged"
+            );
+        }
+        if let Some(m) = relay.metering() {
+            check_billable(&m.usage, "gemini usage");
+        }
+        billed.push(relay.metering());
+    }
+    assert_eq!(billed[0], billed[1], "both framings bill the same");
+    for client in [
+        Dialect::OpenAiChat,
+        Dialect::Anthropic,
+        Dialect::OpenAiResponses,
+    ] {
+        let t = translate_stream(client, Dialect::Gemini, include_usage, stream);
         check_translated_stream(client, include_usage, &t);
     }
 }
@@ -1159,4 +1423,6 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("responses_request", responses_request),
     ("responses_stream", responses_stream),
     ("spool_segment", spool_segment),
+    ("gemini_request", gemini_request),
+    ("gemini_stream", gemini_stream),
 ];

@@ -59,6 +59,16 @@ fn responses_stream() {
 }
 
 #[test]
+fn gemini_request() {
+    replay("gemini_request", fuzzing::gemini_request, RANDOM_CASES);
+}
+
+#[test]
+fn gemini_stream() {
+    replay("gemini_stream", fuzzing::gemini_stream, RANDOM_CASES);
+}
+
+#[test]
 fn spool_segment() {
     replay("spool_segment", fuzzing::spool_segment, RANDOM_CASES);
 }

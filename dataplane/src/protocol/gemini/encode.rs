@@ -697,12 +697,11 @@ pub fn response(resp: &Response, client_model: &str) -> Vec<u8> {
     response_with(resp, client_model, true)
 }
 
-/// An upstream's refusal in Google's shape.
+/// An upstream's refusal in Google's shape. Anthropic's 529 (overloaded) is Google's 503
+/// UNAVAILABLE: Gemini clients know no 529.
 pub fn error(err: &UpstreamError) -> (u16, Vec<u8>) {
-    (
-        err.status,
-        super::error_body(err.status, &err.message_or_generic()),
-    )
+    let status = if err.status == 529 { 503 } else { err.status };
+    (status, super::error_body(status, &err.message_or_generic()))
 }
 
 // ---------------------------------------------------------------------------------------------
