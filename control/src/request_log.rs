@@ -10,18 +10,23 @@
 //! | tree                | key                                                    | value |
 //! |---------------------|--------------------------------------------------------|-------|
 //! | `request_log`       | start time (Unix ms, `u64` BE) ‖ request id             | `LoggedRequest` protobuf (without `key`) |
-//! | `request_log_index` | kind byte ‖ value length (`u16` BE) ‖ value ‖ the entry's `request_log` key | empty |
+//! | `request_log_index` | kind byte ‖ value length (`u16` BE) ‖ value ‖ start of a second (Unix ms, `u64` BE) | empty |
 //!
 //! Index kinds: `k` client key id, `m` model, `s` HTTP status (`u16` BE) of a request that was
-//! not served with a 2xx. So the newest entries, or the newest of one key, model or error
-//! status, are a reverse range scan that stops at the limit. Successes are not indexed by status:
-//! they are most of the log, so a scan of the whole log meets them at once.
+//! not served with a 2xx. An index entry says "this second holds entries with this value": a
+//! listing walks the value's seconds newest first and reads each second's entries from the log
+//! newest first, keeping those the filter selects, until the limit. One index entry per value
+//! and second, not per entry, because sled's cost is per insert: a busy second's thousand
+//! requests of one key write one index entry, not a thousand. Index entries written before
+//! (naming an entry's whole key) are read as naming its second. Successes are not indexed by
+//! status: they are most of the log, so a scan of the whole log meets them at once.
 //!
 //! # Exactly once
 //!
-//! An entry's keys follow from its start time and request id alone, which a data plane re-sends
-//! unchanged: storing a re-sent record writes the same keys with the same value, so the log
-//! holds one entry per request however often it arrives.
+//! An entry's key follows from its start time and request id alone, which a data plane re-sends
+//! unchanged: an entry already there is left as it is, so the log holds one entry per request
+//! however often it arrives. Entries are written in the same sled transaction as the ledger's
+//! records and the rollups (`Store::ingest_report`).
 
 use crate::error::{Error, Result};
 use crate::store::Store;
@@ -80,8 +85,37 @@ fn index_prefix(kind: u8, value: &[u8]) -> Vec<u8> {
     key
 }
 
-/// The index entries of one log entry.
-fn index_keys(rec: &pb::UsageRecord, entry: &[u8]) -> Vec<Vec<u8>> {
+/// Index entries name a second, not an entry: one per (key, second), (model, second) and
+/// (error status, second), so a batch of records writes one index entry per value and second
+/// it holds instead of one per record and value.
+const INDEX_STEP_MS: u64 = 1_000;
+
+/// The start of the second holding `ms` (Unix ms, as the log's keys order it).
+fn second_of(ms: u64) -> u64 {
+    ms - ms % INDEX_STEP_MS
+}
+
+/// The index entries of one log entry: kind ‖ value ‖ the start of its second.
+fn index_keys(rec: &pb::UsageRecord) -> Vec<Vec<u8>> {
+    let second = second_of(u64::from_be_bytes(time_bytes(rec.started_at_ms))).to_be_bytes();
+    let mut keys = Vec::with_capacity(3);
+    let mut with = |kind: u8, value: &[u8]| {
+        let mut key = index_prefix(kind, value);
+        key.extend_from_slice(&second);
+        keys.push(key);
+    };
+    with(INDEX_KEY, rec.key_id.as_bytes());
+    with(INDEX_MODEL, rec.model.as_bytes());
+    if !(200..300).contains(&rec.status) {
+        with(INDEX_STATUS, &status_bytes(rec.status));
+    }
+    keys
+}
+
+/// The index entries an entry had when they named it (its whole `request_log` key) rather than
+/// its second; a listing reads such an entry as naming the entry's second, and pruning removes
+/// it with its entry.
+fn entry_index_keys(rec: &pb::UsageRecord, entry: &[u8]) -> Vec<Vec<u8>> {
     let mut keys = Vec::with_capacity(3);
     let mut with = |kind: u8, value: &[u8]| {
         let mut key = index_prefix(kind, value);
@@ -159,7 +193,7 @@ impl Pending {
             .map(|rec| {
                 let key = entry_key(rec.started_at_ms, &rec.request_id);
                 PendingEntry {
-                    index: index_keys(rec, &key),
+                    index: index_keys(rec),
                     value: encode_entry(rec, &node_id),
                     key,
                     unbilled: rec.unbilled.then(|| crate::rollup::Entry::unbilled(rec)),
@@ -186,13 +220,18 @@ impl Pending {
         index: &sled::transaction::TransactionalTree,
         counted: &mut dyn FnMut(&crate::rollup::Entry),
     ) -> std::result::Result<(), sled::transaction::ConflictableTransactionError<Error>> {
+        // The index entries this write has seen: most records of a batch share their seconds.
+        let mut seen: std::collections::HashSet<&[u8]> = std::collections::HashSet::new();
         for e in &self.entries {
             if log.get(&e.key)?.is_some() {
                 continue;
             }
             log.insert(e.key.as_slice(), e.value.as_slice())?;
             for ik in &e.index {
-                index.insert(ik.as_slice(), &[][..])?;
+                // A read is cheaper than a write: an index entry already there is left alone.
+                if seen.insert(ik.as_slice()) && index.get(ik)?.is_none() {
+                    index.insert(ik.as_slice(), &[][..])?;
+                }
             }
             if let Some(entry) = &e.unbilled {
                 counted(entry);
@@ -315,16 +354,36 @@ impl Store {
         };
         match index {
             Some(prefix) => {
-                let from = [prefix.as_slice(), &lo].concat();
+                // Each second the index names, newest first, is read from the log newest first:
+                // so the listing is newest first across seconds too.
+                let lo_ms = u64::from_be_bytes(lo);
+                let hi_ms = u64::from_be_bytes(hi);
+                let from = [prefix.as_slice(), &second_of(lo_ms).to_be_bytes()].concat();
                 let to = [prefix.as_slice(), &hi].concat();
-                for item in self.request_log_index.range(from..to).rev() {
+                let mut last_second = None;
+                'seconds: for item in self.request_log_index.range(from..to).rev() {
                     let (ik, _) = item?;
-                    let entry = &ik[prefix.len()..];
-                    // An index entry whose entry is gone (pruned midway) is skipped.
-                    if let Some(raw) = self.request_log.get(entry)?
-                        && take(&raw)?
-                    {
-                        break;
+                    let Some(at) = ik.get(prefix.len()..prefix.len() + 8) else {
+                        continue;
+                    };
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(at);
+                    let second = second_of(u64::from_be_bytes(b));
+                    if last_second == Some(second) {
+                        continue;
+                    }
+                    last_second = Some(second);
+                    let start = second.max(lo_ms).to_be_bytes();
+                    let end = second
+                        .saturating_add(INDEX_STEP_MS)
+                        .min(hi_ms)
+                        .to_be_bytes();
+                    // A second whose entries are gone (pruned midway) yields nothing.
+                    for item in self.request_log.range(start..end).rev() {
+                        let (_, raw) = item?;
+                        if take(&raw)? {
+                            break 'seconds;
+                        }
                     }
                 }
             }
@@ -340,15 +399,18 @@ impl Store {
         Ok(out)
     }
 
-    /// Deletes up to `max` of the oldest entries started before `before_ms`, index entries
-    /// first. Returns how many were deleted: fewer than `max` when none older are left.
+    /// Deletes up to `max` of the oldest entries started in the seconds wholly before
+    /// `before_ms`, index entries first. Returns how many entries were deleted: fewer than `max`
+    /// when none older are left.
     pub fn prune_request_log(&self, before_ms: i64, max: usize) -> Result<usize> {
         let mut entries = sled::Batch::default();
         let mut index = sled::Batch::default();
         let mut n = 0;
+        // Whole seconds only: every entry of a second goes with its index entries.
+        let cut = second_of(u64::from_be_bytes(time_bytes(before_ms)));
         for item in self
             .request_log
-            .range(..time_bytes(before_ms.max(0)).to_vec())
+            .range(..cut.to_be_bytes().to_vec())
             .take(max)
         {
             let (key, raw) = item?;
@@ -358,7 +420,10 @@ impl Store {
                 record: Some(rec), ..
             }) = pb::LoggedRequest::decode(&*raw)
             {
-                for ik in index_keys(&rec, &key) {
+                for ik in index_keys(&rec) {
+                    index.remove(ik);
+                }
+                for ik in entry_index_keys(&rec, &key) {
                     index.remove(ik);
                 }
             }
@@ -576,9 +641,12 @@ mod tests {
     fn pruning_removes_old_entries_and_their_index_entries_in_batches() {
         let (_dir, store) = open_temp();
         sample(&store);
+        // Pruning stops at a whole second (r3 at 3000 is in the second 3500 cuts), so that no
+        // index entry is left naming a second whose entries are gone.
         assert_eq!(store.prune_request_log(3500, 2).unwrap(), 2);
-        assert_eq!(store.prune_request_log(3500, 2).unwrap(), 1);
         assert_eq!(store.prune_request_log(3500, 2).unwrap(), 0);
+        assert_eq!(store.prune_request_log(4000, 2).unwrap(), 1);
+        assert_eq!(store.prune_request_log(4000, 2).unwrap(), 0);
         let all = store.list_requests(&RequestFilter::default()).unwrap();
         assert_eq!(ids(&all), ["r5", "r4"]);
         // Only r4's two and r5's three index entries are left.
@@ -588,6 +656,70 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(ids(&store.list_requests(&errors).unwrap()), ["r5"]);
+    }
+
+    #[test]
+    fn index_entries_name_seconds_and_listings_stay_newest_first_across_them() {
+        let (_dir, store) = open_temp();
+        // 3 seconds of 200 requests each, every tenth of key "rare", every other of model "m2".
+        let recs: Vec<pb::UsageRecord> = (0..600)
+            .map(|i| {
+                let key = if i % 10 == 0 { "rare" } else { "busy" };
+                let model = if i % 2 == 0 { "m2" } else { "m1" };
+                let status = if i % 50 == 0 { 503 } else { 200 };
+                rec(&format!("r{i:03}"), 10_000 + i * 5, key, model, status)
+            })
+            .collect();
+        store.log_requests("n1", &recs).unwrap();
+        // (2 keys + 2 models + 1 error status) x 3 seconds.
+        assert_eq!(store.request_log_index.len(), 15);
+        let list = |f: RequestFilter| ids(&store.list_requests(&f).unwrap()).join(",");
+        let rare = RequestFilter {
+            key_id: Some("rare".into()),
+            limit: 25,
+            ..Default::default()
+        };
+        // 20 a second: the 25 newest run from the last second into the one before.
+        let expected: Vec<String> = (0..600)
+            .rev()
+            .filter(|i| i % 10 == 0)
+            .take(25)
+            .map(|i| format!("r{i:03}"))
+            .collect();
+        assert_eq!(list(rare.clone()), expected.join(","));
+        // Bounds cut inside a second.
+        let window = RequestFilter {
+            since_ms: 10_000 + 195 * 5,
+            until_ms: 10_000 + 215 * 5,
+            ..rare
+        };
+        assert_eq!(list(window), "r210,r200");
+        let errors = RequestFilter {
+            status: Some(503),
+            ..Default::default()
+        };
+        assert_eq!(
+            list(errors),
+            "r550,r500,r450,r400,r350,r300,r250,r200,r150,r100,r050,r000"
+        );
+        // An index entry as written before they named seconds (the entry's whole key) still
+        // finds its entry, and pruning removes it.
+        let old = rec("old", 500, "legacy", "m9", 200);
+        let key = entry_key(old.started_at_ms, &old.request_id);
+        store
+            .request_log
+            .insert(&key, encode_entry(&old, &"n0".to_string()))
+            .unwrap();
+        for ik in entry_index_keys(&old, &key) {
+            store.request_log_index.insert(ik, &[][..]).unwrap();
+        }
+        let legacy = RequestFilter {
+            key_id: Some("legacy".into()),
+            ..Default::default()
+        };
+        assert_eq!(list(legacy), "old");
+        assert_eq!(store.prune_request_log(1000, 10).unwrap(), 1);
+        assert_eq!(store.request_log_index.len(), 15);
     }
 
     #[test]

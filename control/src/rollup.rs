@@ -117,6 +117,12 @@ pub const BY_KEY: u8 = b'k';
 /// The key of a row, up to (not including) its bucket number.
 fn row_prefix(res: Res, scope: Scope<'_>, row: u8) -> Vec<u8> {
     let mut key = Vec::with_capacity(8 + 32);
+    write_prefix(&mut key, res, scope, row);
+    key
+}
+
+fn write_prefix(key: &mut Vec<u8>, res: Res, scope: Scope<'_>, row: u8) {
+    key.clear();
     key.push(res.byte());
     match scope {
         Scope::All => key.push(b'a'),
@@ -128,13 +134,11 @@ fn row_prefix(res: Res, scope: Scope<'_>, row: u8) -> Vec<u8> {
         }
     }
     key.push(row);
-    key
 }
 
-fn row_key(res: Res, scope: Scope<'_>, row: u8, bucket: u32) -> Vec<u8> {
-    let mut key = row_prefix(res, scope, row);
+fn write_row_key(key: &mut Vec<u8>, res: Res, scope: Scope<'_>, row: u8, bucket: u32) {
+    write_prefix(key, res, scope, row);
     key.extend_from_slice(&bucket.to_be_bytes());
-    key
 }
 
 /// Buckets per doubling of a latency histogram: a bucket spans a factor of 2^(1/4), so a
@@ -333,8 +337,8 @@ pub struct Roll {
     pub latency: Histogram,
     /// Time to the first byte (first token when streamed), where the data plane measured it.
     pub ttft: Histogram,
-    /// (dimension, name) → counters.
-    pub dims: BTreeMap<(u8, String), Counters>,
+    /// Dimension → name → counters.
+    pub dims: BTreeMap<u8, BTreeMap<String, Counters>>,
 }
 
 const FORMAT: u8 = 1;
@@ -344,23 +348,34 @@ impl Roll {
         self.counters.add(&other.counters);
         self.latency.merge(&other.latency);
         self.ttft.merge(&other.ttft);
-        for (dim, c) in &other.dims {
-            self.dims.entry(dim.clone()).or_default().add(c);
+        for (dim, names) in &other.dims {
+            let mine = self.dims.entry(*dim).or_default();
+            for (name, c) in names {
+                match mine.get_mut(name.as_str()) {
+                    Some(m) => m.add(c),
+                    None => {
+                        mine.insert(name.clone(), *c);
+                    }
+                }
+            }
         }
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64 + self.dims.len() * 48);
+        let n: usize = self.dims.values().map(BTreeMap::len).sum();
+        let mut out = Vec::with_capacity(64 + n * 48);
         out.push(FORMAT);
         self.counters.encode(&mut out);
         self.latency.encode(&mut out);
         self.ttft.encode(&mut out);
-        prost::encoding::encode_varint(self.dims.len() as u64, &mut out);
-        for ((dim, name), c) in &self.dims {
-            out.push(*dim);
-            prost::encoding::encode_varint(name.len() as u64, &mut out);
-            out.extend_from_slice(name.as_bytes());
-            c.encode(&mut out);
+        prost::encoding::encode_varint(n as u64, &mut out);
+        for (dim, names) in &self.dims {
+            for (name, c) in names {
+                out.push(*dim);
+                prost::encoding::encode_varint(name.len() as u64, &mut out);
+                out.extend_from_slice(name.as_bytes());
+                c.encode(&mut out);
+            }
         }
         out
     }
@@ -374,7 +389,7 @@ impl Roll {
         let latency = Histogram::decode(buf)?;
         let ttft = Histogram::decode(buf)?;
         let n = varint(buf)?;
-        let mut dims = BTreeMap::new();
+        let mut dims: BTreeMap<u8, BTreeMap<String, Counters>> = BTreeMap::new();
         for _ in 0..n {
             let Some((&dim, rest)) = buf.split_first() else {
                 return Err(corrupt("breakdown cut short"));
@@ -387,7 +402,9 @@ impl Roll {
             let (name, rest) = buf.split_at(len);
             *buf = rest;
             let name = String::from_utf8_lossy(name).into_owned();
-            dims.insert((dim, name), Counters::decode(buf)?);
+            dims.entry(dim)
+                .or_default()
+                .insert(name, Counters::decode(buf)?);
         }
         Ok(Roll {
             counters,
@@ -476,22 +493,6 @@ impl Entry {
             cost_nano_usd: self.cost_nano_usd,
         }
     }
-
-    fn sums(&self) -> Roll {
-        let mut roll = Roll {
-            counters: self.counters(),
-            ..Roll::default()
-        };
-        // A refusal's latency is the data plane's own few microseconds: it would drag the
-        // percentiles of served requests down.
-        if !self.refused {
-            roll.latency.add(self.latency_ms);
-            if self.ttft_ms > 0 {
-                roll.ttft.add(self.ttft_ms);
-            }
-        }
-        roll
-    }
 }
 
 /// Rollup deltas of a set of requests, by row key: what a write adds to the stored rows.
@@ -501,34 +502,59 @@ pub struct Deltas {
 }
 
 impl Deltas {
+    /// The row of `key`, added if absent: the key is copied only then. (Always `Some`.)
+    fn row(&mut self, key: &[u8]) -> Option<&mut Roll> {
+        if !self.rows.contains_key(key) {
+            self.rows.insert(key.to_vec(), Roll::default());
+        }
+        self.rows.get_mut(key)
+    }
+
     /// Adds `e` to every row it belongs to whose retention still holds it at `now_ms`.
     pub fn add(&mut self, e: &Entry, now_ms: i64) {
         let counters = e.counters();
-        let sums = e.sums();
+        let mut key = Vec::with_capacity(64);
         for res in Res::ALL {
             let bucket = res.bucket(e.started_at_ms);
             if bucket < res.oldest_kept(now_ms) {
                 continue;
             }
             for scope in [Scope::All, Scope::Key(&e.key_id)] {
-                self.rows
-                    .entry(row_key(res, scope, SUMS, bucket))
-                    .or_default()
-                    .merge(&sums);
-                let row = self
-                    .rows
-                    .entry(row_key(res, scope, BREAKDOWN, bucket))
-                    .or_default();
-                let mut dims = vec![(BY_MODEL, &e.model)];
-                if scope == Scope::All {
-                    dims.push((BY_PROVIDER, &e.provider));
-                    dims.push((BY_KEY, &e.key_id));
+                write_row_key(&mut key, res, scope, SUMS, bucket);
+                if let Some(sums) = self.row(&key) {
+                    sums.counters.add(&counters);
+                    // A refusal's latency is the data plane's own few microseconds: it would
+                    // drag the percentiles of served requests down.
+                    if !e.refused {
+                        sums.latency.add(e.latency_ms);
+                        if e.ttft_ms > 0 {
+                            sums.ttft.add(e.ttft_ms);
+                        }
+                    }
                 }
-                for (dim, name) in dims {
-                    row.dims
-                        .entry((dim, name.clone()))
-                        .or_default()
-                        .add(&counters);
+                write_row_key(&mut key, res, scope, BREAKDOWN, bucket);
+                let Some(row) = self.row(&key) else {
+                    continue;
+                };
+                let all = [
+                    (BY_MODEL, e.model.as_str()),
+                    (BY_PROVIDER, e.provider.as_str()),
+                    (BY_KEY, e.key_id.as_str()),
+                ];
+                // A key's breakdown is by model only.
+                let dims = if scope == Scope::All {
+                    &all[..]
+                } else {
+                    &all[..1]
+                };
+                for &(dim, name) in dims {
+                    let names = row.dims.entry(dim).or_default();
+                    match names.get_mut(name) {
+                        Some(c) => c.add(&counters),
+                        None => {
+                            names.insert(name.to_string(), counters);
+                        }
+                    }
                 }
             }
         }

@@ -34,7 +34,7 @@
 //! | `fx_rates`         | currency code                                | exchange rate record       |
 //! | `aliases`          | alias                                        | alias record               |
 //! | `request_log`      | start time (Unix ms, `u64` BE) ‖ request id   | `LoggedRequest` protobuf   |
-//! | `request_log_index` | kind (`k` key id, `m` model, `s` status) ‖ value length (`u16` BE) ‖ value ‖ `request_log` key | empty |
+//! | `request_log_index` | kind (`k` key id, `m` model, `s` status) ‖ value length (`u16` BE) ‖ value ‖ start of a second (`u64` BE ms); written before: the whole `request_log` key | empty |
 //! | `rollups`          | resolution (`m`/`h`/`d`) ‖ scope (`a`, or `k` ‖ key id length `u16` BE ‖ key id) ‖ row (`s` sums, `b` breakdown) ‖ bucket (`u32` BE) | binary sums; `keyplane-control`'s `rollup.rs` |
 //! | `meta`             | `probe_key`                                  | the route probe's key id and its key sealed under the master key (associated data `meta/probe_key/<key id>`) |
 //!

@@ -129,12 +129,10 @@ pub fn overview(
             read.breakdown(Res::Day, scope, days_span.0, days_span.1)?,
         ),
     };
-    let mut by: HashMap<u8, Vec<(String, Totals)>> = HashMap::new();
-    for ((dim, name), counters) in breakdown.dims {
-        by.entry(dim).or_default().push((name, counters));
-    }
+    let mut by = breakdown.dims;
     let mut ranked = |dim: u8| {
-        let mut v = by.remove(&dim).unwrap_or_default();
+        let mut v: Vec<(String, Totals)> =
+            by.remove(&dim).unwrap_or_default().into_iter().collect();
         v.sort_by(|a, b| {
             b.1.cost_nano_usd
                 .cmp(&a.1.cost_nano_usd)
