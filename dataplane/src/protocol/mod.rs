@@ -5,6 +5,7 @@
 
 pub mod anthropic;
 pub mod bridge;
+pub mod embeddings;
 pub mod gemini;
 pub mod json;
 pub mod openai_chat;
