@@ -18,6 +18,8 @@
 //! | `POST /v1/responses` | OpenAI Responses, stream and non-stream (shapes and their source: `responses.rs`) | `Authorization: Bearer <key>` |
 //! | `POST /v1/messages` (any query, e.g. `?beta=true`) | Anthropic, stream and non-stream | `x-api-key: <key>` or Bearer |
 //! | `POST /v1/messages/count_tokens` | Anthropic | `x-api-key: <key>` or Bearer |
+//! | `POST /v1/embeddings` | OpenAI embeddings (shapes, vectors and usage: `embeddings.rs`) | `Authorization: Bearer <key>` |
+//! | `POST /v1beta/models/{model}:embedContent`, `:batchEmbedContents` | Gemini embeddings (`embeddings.rs`) | `x-goog-api-key: <key>` or `?key=` |
 //! | `GET /v1/models` | Anthropic shape if the request has `x-api-key` or `anthropic-version`, else OpenAI | either |
 //! | `POST /v1beta/models/{model}:generateContent` | Gemini, non-stream (shapes and their source: `gemini.rs`) | `x-goog-api-key: <key>` or `?key=<key>` |
 //! | `POST /v1beta/models/{model}:streamGenerateContent` | Gemini, SSE with `?alt=sse`, else one JSON array | as above |
@@ -84,6 +86,8 @@ mod responses;
 mod server;
 mod stream;
 mod wire;
+
+pub use server::embeddings::{DEFAULT_DIMENSIONS as EMBEDDING_DIMENSIONS, vector as embedding};
 
 use bytes::Bytes;
 use hyper::http::HeaderValue;

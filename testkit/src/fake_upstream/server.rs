@@ -24,6 +24,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+// The embeddings endpoints, in their own file beside this one; a child module so that they
+// answer through the same `Exchange` (recording, behaviours, replies).
+#[path = "embeddings.rs"]
+pub(super) mod embeddings;
+
 const X_FAKE_UPSTREAM: HeaderName = HeaderName::from_static("x-fake-upstream");
 const X_API_KEY: &str = "x-api-key";
 const ANTHROPIC_VERSION: &str = "anthropic-version";
@@ -73,6 +78,7 @@ enum Route {
     OpenAiResponses,
     AnthropicMessages,
     AnthropicCountTokens,
+    Embeddings(embeddings::Kind),
     Models(Protocol),
     NotFound(Protocol),
 }
@@ -80,6 +86,11 @@ enum Route {
 impl Route {
     fn of(parts: &Parts) -> Route {
         let path = parts.uri.path();
+        if parts.method == Method::POST
+            && let Some(kind) = embeddings::Kind::of(path)
+        {
+            return Route::Embeddings(kind);
+        }
         match (&parts.method, path) {
             (&Method::POST, "/v1/chat/completions") => Route::OpenAiChat,
             (&Method::POST, "/v1/responses") => Route::OpenAiResponses,
@@ -94,7 +105,9 @@ impl Route {
     fn protocol(self) -> Protocol {
         match self {
             // The Responses API's errors are OpenAI's error object.
-            Route::OpenAiChat | Route::OpenAiResponses => Protocol::OpenAi,
+            // Gemini's embeddings errors are written by `embeddings.rs`; OpenAI's request-id
+            // header serves both.
+            Route::OpenAiChat | Route::OpenAiResponses | Route::Embeddings(_) => Protocol::OpenAi,
             Route::AnthropicMessages | Route::AnthropicCountTokens => Protocol::Anthropic,
             Route::Models(p) | Route::NotFound(p) => p,
         }
@@ -197,6 +210,9 @@ struct Rejection {
 
 impl Exchange {
     async fn respond(self, mut guard: DisconnectGuard) -> Response<FakeBody> {
+        if let Route::Embeddings(kind) = self.route {
+            return self.embeddings(kind, guard).await;
+        }
         if let Err(rejection) = self.check() {
             guard.disarm();
             return self.reply(rejection.status, JSON, FakeBody::full(rejection.body), None);
@@ -387,6 +403,7 @@ impl Exchange {
                 return self.completion(behavior, prompt_tokens, guard);
             }
             Route::NotFound(_) => unreachable!("rejected by check"),
+            Route::Embeddings(_) => unreachable!("answered by embeddings.rs"),
         };
         self.json_reply(body, &behavior, guard)
     }
