@@ -12,6 +12,7 @@ use crate::health::HealthSink;
 use crate::limits::{KeyFailures, KeyState, Limit, Permit, Policy, Refusal};
 use crate::metrics::Metrics;
 use crate::protocol::bridge::{self, ClientRequest};
+use crate::protocol::embeddings::EmbedRequest;
 use crate::protocol::shape::StreamNote;
 use crate::protocol::usage::Usage;
 use crate::protocol::{anthropic, openai_chat};
@@ -35,6 +36,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+mod embed;
+pub use embed::log_name as embed_log_name;
 
 /// Every response body the data plane sends.
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -343,7 +347,7 @@ impl Proxy {
         match ClientRequest::parse(dialect, body) {
             Ok(req) => {
                 let mut resp = self
-                    .serve(table, client_headers, body, &req, &mut ctx)
+                    .serve(table, client_headers, body, Ask::Complete(&req), &mut ctx)
                     .await;
                 if !resp.status().is_success() {
                     let note = unserved(&mut resp);
@@ -371,7 +375,7 @@ impl Proxy {
         &self,
         request_id: &str,
         key_id: Option<&Arc<str>>,
-        dialect: Protocol,
+        dialect: &str,
         started: Instant,
         started_at_ms: i64,
         resp: &mut Response<Body>,
@@ -397,7 +401,7 @@ impl Proxy {
             status: u32::from(resp.status().as_u16()),
             started_at_ms,
             latency_ms: ms_since(started),
-            dialect: dialect.name().to_string(),
+            dialect: dialect.to_string(),
             error,
             attempts,
             unbilled: true,
@@ -485,7 +489,7 @@ impl Proxy {
         table: &Table,
         client_headers: &HeaderMap,
         body: &[u8],
-        inbound: &ClientRequest<'_>,
+        inbound: Ask<'_, '_>,
         ctx: &mut RequestCtx,
     ) -> Response<Body> {
         let protocol = inbound.dialect();
@@ -577,12 +581,12 @@ impl Proxy {
         chain: Option<&str>,
         client_headers: &HeaderMap,
         body: &[u8],
-        inbound: &ClientRequest<'_>,
+        inbound: Ask<'_, '_>,
         ctx: &mut RequestCtx,
     ) -> Response<Body> {
         let protocol = inbound.dialect();
         // Prompt tokens from the body size (about 4 bytes a token), output from the limit.
-        let input_estimate = estimate_tokens(body.len());
+        let input_estimate = inbound.input_estimate(body);
         let output_estimate = inbound.output_estimate();
         if let Some(until) = ctx.failures.refused_until(now_ms()) {
             return failure_budget_refusal(
@@ -640,19 +644,26 @@ impl Proxy {
                     }
                     continue;
                 }
-                match self
-                    .attempt(
-                        cand,
-                        client_headers,
-                        body,
-                        inbound,
-                        ctx,
-                        model,
-                        chain,
-                        &mut permit,
-                    )
-                    .await
-                {
+                let attempt = match inbound {
+                    Ask::Complete(inbound) => {
+                        self.attempt(
+                            cand,
+                            client_headers,
+                            body,
+                            inbound,
+                            ctx,
+                            model,
+                            chain,
+                            &mut permit,
+                        )
+                        .await
+                    }
+                    Ask::Embed(req, errors) => {
+                        self.embed_attempt(cand, body, req, errors, ctx, model, chain, &mut permit)
+                            .await
+                    }
+                };
+                match attempt {
                     Ok(resp) => {
                         self.metrics.attempt(&cand.provider.name, "ok");
                         if !failures.is_empty() {
@@ -892,44 +903,20 @@ impl Proxy {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn attempt(
-        self: &Arc<Self>,
+    /// Sends `upstream_req` to `cand` and reads its head by `deadline`: a 2xx response to read
+    /// on; a failure another candidate may make good (a retryable status, a redirect, no
+    /// answer); or the upstream's refusal of the request itself, in the client's dialect, to be
+    /// given the client as it is.
+    async fn send(
+        &self,
         cand: &Candidate,
-        client_headers: &HeaderMap,
-        client_body: &[u8],
-        inbound: &ClientRequest<'_>,
-        ctx: &RequestCtx,
-        model: &str,
-        chain: Option<&str>,
-        permit: &mut Option<Permit>,
-    ) -> Result<Response<Body>, Attempt> {
-        let first_byte_timeout = cand
-            .provider
-            .first_byte_timeout
-            .unwrap_or(self.limits.first_byte_timeout);
-        let idle_timeout = cand
-            .provider
-            .idle_timeout
-            .unwrap_or(self.limits.idle_timeout);
-        let client_protocol = inbound.dialect();
+        client_protocol: Protocol,
+        upstream_req: http::Request<Full<Bytes>>,
+        deadline: Instant,
+        idle_timeout: Duration,
+    ) -> Result<Response<Incoming>, Attempt> {
         let upstream = cand.provider.protocol;
-        let bridge::Outbound { body, dropped } =
-            Self::upstream_body(inbound, client_body, cand, &ctx.request_id)
-                .map_err(Attempt::Failed)?;
-        let uri = match &ctx.query {
-            Some(q) if bridge::forwards_query(client_protocol, upstream) => {
-                format!("{}?{q}", cand.provider.chat_url)
-                    .parse()
-                    .unwrap_or_else(|_| cand.provider.chat_url.clone())
-            }
-            _ => cand.provider.chat_url.clone(),
-        };
-        let upstream_req = upstream_request(cand, client_protocol, uri, client_headers, body)
-            .map_err(|e| Attempt::Failed(Failure::Connect(e.to_string())))?;
-
         let sent = Instant::now();
-        let deadline = sent + first_byte_timeout;
         let client = self.client_for(cand);
         let resp =
             match tokio::time::timeout_at(deadline.into(), client.request(upstream_req)).await {
@@ -941,7 +928,7 @@ impl Proxy {
             .observe_latency(sent.elapsed().as_micros().min(u128::from(u64::MAX)) as u64);
         let status = resp.status();
         if status.is_redirection() {
-            // A chat endpoint never redirects; the client would get neither the answer nor a
+            // An API endpoint never redirects; the client would get neither the answer nor a
             // usable Location.
             return Err(Attempt::Failed(Failure::Invalid(format!(
                 "upstream answered {status}, a redirect"
@@ -991,33 +978,55 @@ impl Proxy {
             );
             return Err(Attempt::Final(out));
         }
+        Ok(resp)
+    }
 
-        check_success_head(resp.headers(), inbound.stream()).map_err(Attempt::Failed)?;
-        let mut record = Record {
-            proxy: Arc::clone(self),
-            request_id: ctx.request_id.clone(),
-            key_id: Arc::clone(&ctx.key_id),
-            model: model.to_string(),
-            chain: chain.map(str::to_string).unwrap_or_default(),
-            permit: None,
-            provider: Arc::clone(&cand.provider.name),
-            credential_id: Arc::clone(&cand.credential_id),
-            prices: cand.prices(),
-            tiers: Arc::clone(&cand.tiers),
-            reported_cost_nano_usd: None,
-            started: ctx.started,
-            started_at_ms: ctx.started_at_ms,
-            ttfb_ms: 0,
-            input_estimate: estimate_tokens(client_body.len()),
-            request_bytes: client_body.len() as u64,
-            dialect: client_protocol,
-            stream: inbound.stream(),
-            attempts: {
-                let mut tried = ctx.attempts.clone();
-                tried.push(attempt_of(cand, "ok"));
-                tried
-            },
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt(
+        self: &Arc<Self>,
+        cand: &Candidate,
+        client_headers: &HeaderMap,
+        client_body: &[u8],
+        inbound: &ClientRequest<'_>,
+        ctx: &RequestCtx,
+        model: &str,
+        chain: Option<&str>,
+        permit: &mut Option<Permit>,
+    ) -> Result<Response<Body>, Attempt> {
+        let first_byte_timeout = cand
+            .provider
+            .first_byte_timeout
+            .unwrap_or(self.limits.first_byte_timeout);
+        let idle_timeout = cand
+            .provider
+            .idle_timeout
+            .unwrap_or(self.limits.idle_timeout);
+        let client_protocol = inbound.dialect();
+        let upstream = cand.provider.protocol;
+        let bridge::Outbound { body, dropped } =
+            Self::upstream_body(inbound, client_body, cand, &ctx.request_id)
+                .map_err(Attempt::Failed)?;
+        let uri = match &ctx.query {
+            Some(q) if bridge::forwards_query(client_protocol, upstream) => {
+                format!("{}?{q}", cand.provider.chat_url)
+                    .parse()
+                    .unwrap_or_else(|_| cand.provider.chat_url.clone())
+            }
+            _ => cand.provider.chat_url.clone(),
         };
+        let upstream_req = upstream_request(cand, client_protocol, uri, client_headers, body)
+            .map_err(|e| Attempt::Failed(Failure::Connect(e.to_string())))?;
+
+        let deadline = Instant::now() + first_byte_timeout;
+        let resp = self
+            .send(cand, client_protocol, upstream_req, deadline, idle_timeout)
+            .await?;
+        check_success_head(resp.headers(), inbound.stream()).map_err(Attempt::Failed)?;
+        let mut record = Record::for_attempt(self, cand, ctx, model, chain);
+        record.input_estimate = estimate_tokens(client_body.len());
+        record.request_bytes = client_body.len() as u64;
+        record.dialect = client_protocol.name();
+        record.stream = inbound.stream();
         if inbound.stream() {
             let adapter = bridge::Stream::new(
                 inbound,
@@ -1098,6 +1107,49 @@ fn attempt_of(cand: &Candidate, outcome: &str) -> pb::UpstreamAttempt {
         provider: cand.provider.name.to_string(),
         credential_id: cand.credential_id.to_string(),
         outcome: outcome.to_string(),
+    }
+}
+
+/// What a request asks the upstreams for: a completion in a client dialect, or embeddings.
+/// Routing, limits, failover and billing are the same for both; only the attempt differs.
+#[derive(Clone, Copy)]
+enum Ask<'r, 'b> {
+    Complete(&'r ClientRequest<'b>),
+    /// Embeddings, with the dialect the client's errors are written in.
+    Embed(&'r EmbedRequest<'b>, Protocol),
+}
+
+impl<'r> Ask<'r, '_> {
+    /// The dialect the client's errors are written in.
+    fn dialect(self) -> Protocol {
+        match self {
+            Ask::Complete(r) => r.dialect(),
+            Ask::Embed(_, errors) => errors,
+        }
+    }
+
+    fn model(self) -> &'r str {
+        match self {
+            Ask::Complete(r) => r.model(),
+            Ask::Embed(r, _) => &r.model,
+        }
+    }
+
+    /// Prompt tokens for ranking and the key's reservation: about 4 bytes of the body a token
+    /// for a completion, the inputs' own estimate for embeddings.
+    fn input_estimate(self, body: &[u8]) -> u64 {
+        match self {
+            Ask::Complete(_) => estimate_tokens(body.len()),
+            Ask::Embed(r, _) => r.token_estimate(),
+        }
+    }
+
+    /// Output tokens for ranking and the reservation: embeddings have none.
+    fn output_estimate(self) -> u64 {
+        match self {
+            Ask::Complete(r) => r.output_estimate(),
+            Ask::Embed(..) => 0,
+        }
     }
 }
 
@@ -1518,14 +1570,51 @@ struct Record {
     chain: String,
     /// The key's limits, settled to the billed cost when the record is written.
     permit: Option<Permit>,
-    /// The client's dialect, whether it asked for a stream, and the upstreams tried (the last
-    /// one answered), for the request log.
-    dialect: Protocol,
+    /// The client's dialect as the request log names it (`Dialect::name`, or `embeddings`),
+    /// whether it asked for a stream, and the upstreams tried (the last one answered), for the
+    /// request log.
+    dialect: &'static str,
     stream: bool,
     attempts: Vec<pb::UpstreamAttempt>,
 }
 
 impl Record {
+    /// The record of a request `cand` is answering, for `model` (of `chain`, if any), with the
+    /// upstreams tried before it; the caller sets what the request's kind knows (dialect,
+    /// stream, estimate, size).
+    fn for_attempt(
+        proxy: &Arc<Proxy>,
+        cand: &Candidate,
+        ctx: &RequestCtx,
+        model: &str,
+        chain: Option<&str>,
+    ) -> Record {
+        let mut attempts = Vec::with_capacity(ctx.attempts.len() + 1);
+        attempts.extend_from_slice(&ctx.attempts);
+        attempts.push(attempt_of(cand, "ok"));
+        Record {
+            proxy: Arc::clone(proxy),
+            request_id: ctx.request_id.clone(),
+            key_id: Arc::clone(&ctx.key_id),
+            model: model.to_string(),
+            chain: chain.map(str::to_string).unwrap_or_default(),
+            permit: None,
+            provider: Arc::clone(&cand.provider.name),
+            credential_id: Arc::clone(&cand.credential_id),
+            prices: cand.prices(),
+            tiers: Arc::clone(&cand.tiers),
+            reported_cost_nano_usd: None,
+            started: ctx.started,
+            started_at_ms: ctx.started_at_ms,
+            ttfb_ms: 0,
+            input_estimate: 0,
+            request_bytes: 0,
+            dialect: "",
+            stream: false,
+            attempts,
+        }
+    }
+
     /// Bills the upstream's counts if it gave them, else `estimated_output` output tokens and the
     /// input estimated from the request body's size, flagged as estimated. Cached input is
     /// priced at the offering's cache prices (the input price where it has none).
@@ -1620,7 +1709,7 @@ impl Record {
             cache_write_tokens: u.cache_write_tokens,
             reported_cost_nano_usd: self.reported_cost_nano_usd,
             chain: self.chain,
-            dialect: self.dialect.name().to_string(),
+            dialect: self.dialect.to_string(),
             stream: self.stream,
             error: served_error(status).to_string(),
             attempts: self.attempts,

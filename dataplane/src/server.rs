@@ -2,6 +2,7 @@
 //! shutdown.
 
 use crate::gateway::Gateway;
+use crate::protocol::embeddings::Client;
 use crate::proxy::{Body, RequestCtx, client_error, full, json_response, now_ms, openai_error};
 use crate::table::Protocol;
 use bytes::Bytes;
@@ -407,6 +408,17 @@ async fn route(gw: &Arc<Gateway>, req: Request<Incoming>, request_id: &str) -> R
             proxied(gw, req, request_id, Protocol::OpenAiResponses).await
         }
         (&Method::POST, "/v1/messages/count_tokens") => count_tokens(gw, req).await,
+        (&Method::POST, "/v1/embeddings") => {
+            embeddings(
+                gw,
+                req,
+                request_id,
+                Client::OpenAi,
+                Protocol::OpenAiChat,
+                String::new(),
+            )
+            .await
+        }
         (_, "/v1/messages" | "/v1/messages/count_tokens") => client_error(
             Protocol::Anthropic,
             StatusCode::METHOD_NOT_ALLOWED,
@@ -417,6 +429,7 @@ async fn route(gw: &Arc<Gateway>, req: Request<Incoming>, request_id: &str) -> R
             _,
             "/v1/chat/completions"
             | "/v1/responses"
+            | "/v1/embeddings"
             | "/v1/models"
             | "/healthz"
             | "/readyz"
@@ -619,28 +632,15 @@ async fn proxied(
 ) -> Response<Body> {
     let started = Instant::now();
     let started_at_ms = now_ms();
-    // A served request (2xx) is logged with its usage when its response ends; anything else
-    // gets its one line here, and its record in the request log once its key is known. Never
-    // the key or the body.
-    let not_served = |mut resp: Response<Body>, key_id: Option<&Arc<str>>| {
-        if !resp.status().is_success() {
-            tracing::info!(
-                request_id,
-                client_key_id = key_id.map_or("", |k| &**k),
-                status = resp.status().as_u16(),
-                latency_ms = started.elapsed().as_millis() as u64,
-                "request not served"
-            );
-            gw.proxy.log_unserved(
-                request_id,
-                key_id,
-                protocol,
-                started,
-                started_at_ms,
-                &mut resp,
-            );
-        }
-        resp
+    let not_served = |resp, key_id: Option<&Arc<str>>| {
+        log_not_served(
+            gw,
+            request_id,
+            key_id,
+            protocol.name(),
+            (started, started_at_ms),
+            resp,
+        )
     };
     let (table, key) = match authenticate(gw, &req, protocol) {
         Ok(ok) => ok,
@@ -709,6 +709,77 @@ fn probe_route(
             Some("invalid_probe_route"),
         )),
     }
+}
+
+/// Writes the one log line and the request log record of a response that served nothing (a
+/// served one, 2xx, is logged with its usage when its response ends). Never the key or the body.
+fn log_not_served(
+    gw: &Gateway,
+    request_id: &str,
+    key_id: Option<&Arc<str>>,
+    dialect: &str,
+    (started, started_at_ms): (Instant, i64),
+    mut resp: Response<Body>,
+) -> Response<Body> {
+    if !resp.status().is_success() {
+        tracing::info!(
+            request_id,
+            client_key_id = key_id.map_or("", |k| &**k),
+            status = resp.status().as_u16(),
+            latency_ms = started.elapsed().as_millis() as u64,
+            "request not served"
+        );
+        gw.proxy.log_unserved(
+            request_id,
+            key_id,
+            dialect,
+            started,
+            started_at_ms,
+            &mut resp,
+        );
+    }
+    resp
+}
+
+/// An embeddings request (`POST /v1/embeddings`, Gemini's `:embedContent` and
+/// `:batchEmbedContents`) in `shape`, with errors in `errors` and, for Gemini's, the path's
+/// model: authenticate, read the body, route as a completion is routed.
+async fn embeddings(
+    gw: &Arc<Gateway>,
+    req: Request<Incoming>,
+    request_id: &str,
+    shape: Client,
+    errors: Protocol,
+    path_model: String,
+) -> Response<Body> {
+    let started = (Instant::now(), now_ms());
+    let dialect = crate::proxy::embed_log_name(shape, errors);
+    let (table, key) = match authenticate(gw, &req, errors) {
+        Ok(ok) => ok,
+        Err(resp) => return log_not_served(gw, request_id, None, dialect, started, resp),
+    };
+    let (_, body) = match read_body(gw, req, errors).await {
+        Ok(ok) => ok,
+        Err(resp) => return log_not_served(gw, request_id, Some(&key.id), dialect, started, resp),
+    };
+    let logged_key = Arc::clone(&key.id);
+    let ctx = RequestCtx {
+        request_id: request_id.to_string(),
+        key_id: key.id,
+        policy: key.policy,
+        limits: key.state,
+        failures: key.failures,
+        started: started.0,
+        started_at_ms: started.1,
+        query: None,
+        attempts: Vec::new(),
+        pin: None,
+    };
+    let resp = gw
+        .proxy
+        .embed(shape, errors, &path_model, &table, &body, ctx)
+        .await;
+    log_not_served(gw, request_id, Some(&logged_key), dialect, started, resp)
 }
 
 /// `POST /v1/messages/count_tokens`: exact from the upstream when the candidate the request would

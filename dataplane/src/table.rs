@@ -24,6 +24,9 @@ pub struct Provider {
     pub quirks: &'static crate::providers::Quirks,
     /// The full URL of the chat endpoint (`{base}/chat/completions` or `{base}/v1/messages`).
     pub chat_url: http::Uri,
+    /// The base URL as configured, without a trailing `/`, for endpoints other than chat
+    /// (`{base}/embeddings`).
+    pub base_url: Arc<str>,
     /// Per-provider timeouts; `None`: the data plane's default.
     pub connect_timeout: Option<std::time::Duration>,
     pub first_byte_timeout: Option<std::time::Duration>,
@@ -255,6 +258,7 @@ impl Table {
                 preset: (!p.preset.is_empty()).then(|| Arc::from(p.preset.as_str())),
                 quirks: crate::providers::for_preset(&p.preset),
                 chat_url,
+                base_url: Arc::from(base),
                 connect_timeout: ms(p.connect_timeout_ms),
                 first_byte_timeout: ms(p.first_byte_timeout_ms),
                 idle_timeout: ms(p.idle_timeout_ms),
