@@ -56,7 +56,9 @@ impl Kind {
         if path == "/v1/embeddings" {
             return Some(Kind::OpenAi);
         }
-        let rest = path.strip_prefix("/v1beta/models/")?;
+        let rest = path
+            .strip_prefix("/v1beta/models/")
+            .or_else(|| path.strip_prefix("/v1/models/"))?;
         if rest.ends_with(":embedContent") {
             Some(Kind::GeminiOne)
         } else if rest.ends_with(":batchEmbedContents") {

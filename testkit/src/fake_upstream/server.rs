@@ -165,7 +165,10 @@ async fn handle(
     });
     let guard = DisconnectGuard::new(shared.clone(), index);
     let seq = shared.next_id();
-    if let Some(endpoint) = gemini::Endpoint::of(&parts) {
+    // Gemini's embed methods are answered by `embeddings.rs`, beside OpenAI's.
+    let embeddings =
+        parts.method == Method::POST && embeddings::Kind::of(parts.uri.path()).is_some();
+    if !embeddings && let Some(endpoint) = gemini::Endpoint::of(&parts) {
         let exchange = gemini::Exchange {
             shared,
             index,
