@@ -534,7 +534,7 @@ fn bad_json_unknown_path_and_missing_fields() {
 
     let reply = block_on(send(
         Method::POST,
-        &format!("{}/v1/embeddings", fake.anthropic_base_url()),
+        &format!("{}/v1/audio/speech", fake.anthropic_base_url()),
         &[],
         "{}",
     ));
@@ -2149,4 +2149,90 @@ fn gemini_counts_tokens_and_pages_the_model_list() {
         "",
     ));
     assert_eq!(openai.json()["object"], "list");
+}
+
+#[test]
+fn embeddings_in_openai_and_gemini_shapes_with_keys_and_behaviours() {
+    let fake = FakeUpstream::start(config(2));
+    let openai = |body: &str, key: &str| {
+        let auth = format!("Bearer {key}");
+        block_on(send(
+            Method::POST,
+            &format!("{}/embeddings", fake.openai_base_url()),
+            &[("authorization", auth.as_str())],
+            body,
+        ))
+    };
+    let reply = openai(
+        r#"{"model":"m","input":["abcdefgh","x"],"dimensions":4}"#,
+        "sk-test",
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let answer = reply.json();
+    assert_eq!(answer["model"], "m");
+    assert_eq!(answer["usage"]["prompt_tokens"], 3);
+    let first: Vec<f32> = answer["data"][0]["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    assert_eq!(
+        first,
+        keyplane_testkit::fake_upstream::embedding("abcdefgh", 4)
+    );
+    let b64 = openai(
+        r#"{"model":"m","input":"abcdefgh","dimensions":4,"encoding_format":"base64"}"#,
+        "sk-test",
+    );
+    assert!(b64.json()["data"][0]["embedding"].is_string());
+    assert_eq!(openai(r#"{"model":"m","input":"x"}"#, "wrong").status, 401);
+    assert_eq!(openai(r#"{"model":"m","input":[]}"#, "sk-test").status, 400);
+
+    let gemini = |method: &str, body: &str, key: &str| {
+        block_on(send(
+            Method::POST,
+            &format!("http://{}/v1beta/models/g-embed:{method}", fake.addr()),
+            &[("x-goog-api-key", key)],
+            body,
+        ))
+    };
+    let one = gemini(
+        "embedContent",
+        r#"{"content":{"parts":[{"text":"hi"}]},"outputDimensionality":3}"#,
+        "sk-test",
+    );
+    assert_eq!(one.status, 200, "{}", one.text());
+    assert_eq!(
+        one.json()["embedding"]["values"].as_array().unwrap().len(),
+        3
+    );
+    let batch = gemini(
+        "batchEmbedContents",
+        r#"{"requests":[{"model":"models/g-embed","content":{"parts":[{"text":"a"}]}},{"content":{"parts":[{"text":"b"}]}}]}"#,
+        "sk-test",
+    );
+    assert_eq!(batch.status, 200, "{}", batch.text());
+    assert_eq!(batch.json()["embeddings"].as_array().unwrap().len(), 2);
+    assert!(batch.json().get("usageMetadata").is_none());
+    let bad_key = gemini(
+        "embedContent",
+        r#"{"content":{"parts":[{"text":"hi"}]}}"#,
+        "nope",
+    );
+    assert_eq!(bad_key.status, 400);
+    assert_eq!(bad_key.json()["error"]["status"], "INVALID_ARGUMENT");
+
+    fake.push_once(Behavior::status(503));
+    let busy = gemini(
+        "batchEmbedContents",
+        r#"{"requests":[{"content":{"parts":[{"text":"a"}]}}]}"#,
+        "sk-test",
+    );
+    assert_eq!(busy.status, 503);
+    assert_eq!(busy.json()["error"]["status"], "UNAVAILABLE");
+    fake.push_once(Behavior::status(429));
+    let limited = openai(r#"{"model":"m","input":"x"}"#, "sk-test");
+    assert_eq!(limited.status, 429);
+    assert_eq!(limited.json()["error"]["code"], "rate_limit_exceeded");
 }
