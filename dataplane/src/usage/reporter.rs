@@ -625,6 +625,8 @@ pub(super) mod tests {
         pub seen: Mutex<Vec<String>>,
         /// Size of every batch received.
         pub batches: Mutex<Vec<usize>>,
+        /// The backlog every batch reported: records besides it, and the oldest one's time.
+        pub backlogs: Mutex<Vec<(u64, i64)>>,
         pub calls: AtomicUsize,
     }
 
@@ -696,6 +698,10 @@ pub(super) mod tests {
                 return Err(Status::invalid_argument("bad node id"));
             }
             self.batches.lock().unwrap().push(req.records.len());
+            self.backlogs
+                .lock()
+                .unwrap()
+                .push((req.backlog_records, req.backlog_oldest_ms));
             let reject = self.reject_prefix.lock().unwrap().clone();
             let mut reply = pb::ReportUsageResponse::default();
             let mut seen = self.seen.lock().unwrap();
@@ -884,6 +890,37 @@ pub(super) mod tests {
         let batches = fake.batches.lock().unwrap().clone();
         assert!(batches.iter().all(|&n| n <= 100), "{batches:?}");
         assert!(batches.len() >= 11);
+        handle.shutdown(Duration::from_secs(2)).await;
+    }
+
+    #[tokio::test]
+    async fn each_batch_reports_the_backlog_beside_it_down_to_zero() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fake = Arc::new(FakeNodes::default());
+        let addr = serve(Arc::clone(&fake)).await;
+        let mut config = fast();
+        config.reporter.batch_max = 100;
+        let (sink, handle) = start_at(tmp.path(), addr, config).await;
+        let stats = handle.stats();
+        let before = crate::proxy::now_ms();
+        // Recorded before the reporter task runs again: the first batch sees all of them.
+        for i in 0..1050 {
+            sink.record(rec(&format!("r{i}")));
+        }
+        wait_until("every record is acked", || stats.acked_total() == 1050).await;
+        let backlogs = fake.backlogs.lock().unwrap().clone();
+        let batches = fake.batches.lock().unwrap().clone();
+        assert_eq!(backlogs[0].0, 1050 - batches[0] as u64, "{backlogs:?}");
+        let (first_oldest, after) = (backlogs[0].1, crate::proxy::now_ms());
+        assert!(
+            (before..=after).contains(&first_oldest),
+            "{first_oldest} not in {before}..={after}"
+        );
+        assert!(
+            backlogs.windows(2).all(|w| w[1].0 <= w[0].0),
+            "never growing: {backlogs:?}"
+        );
+        assert_eq!(*backlogs.last().unwrap(), (0, 0), "{backlogs:?}");
         handle.shutdown(Duration::from_secs(2)).await;
     }
 
