@@ -318,6 +318,19 @@ enum CredentialCmd {
     /// Clear a credential's health state (cooldown, invalid, exhausted, open circuit,
     /// disabled).
     Enable { id: String },
+    /// Change a credential's multiplier, quota reset period or label; only the flags given
+    /// change (its secret stays: add a new credential to change that).
+    Set {
+        id: String,
+        /// Cost multiplier (e.g. 0.8 for a discount).
+        #[arg(long, allow_hyphen_values = true)]
+        multiplier: Option<String>,
+        /// daily, weekly, monthly, or "" for never.
+        #[arg(long)]
+        quota_resets: Option<String>,
+        #[arg(long)]
+        label: Option<String>,
+    },
     /// Take a credential out of routing until `credential enable`, whatever the data planes
     /// report meanwhile.
     Disable {
@@ -688,6 +701,21 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Credential(CredentialCmd::Enable { id }) => {
             let req = admin.request(pb::EnableCredentialRequest { id })?;
             let credential = admin.client.enable_credential(req).await?.into_inner();
+            out.credentials(&[credential], true);
+        }
+        Command::Credential(CredentialCmd::Set {
+            id,
+            multiplier,
+            quota_resets,
+            label,
+        }) => {
+            let req = admin.request(pb::SetCredentialRequest {
+                id,
+                multiplier,
+                quota_resets,
+                label,
+            })?;
+            let credential = admin.client.set_credential(req).await?.into_inner();
             out.credentials(&[credential], true);
         }
         Command::Credential(CredentialCmd::Disable { id, reason }) => {

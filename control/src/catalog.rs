@@ -154,6 +154,39 @@ pub struct CredentialRec {
     pub quota_resets: String,
 }
 
+fn check_quota_resets(text: &str) -> Result<&str> {
+    let text = text.trim();
+    if !matches!(text, "" | "daily" | "weekly" | "monthly") {
+        return Err(invalid(format!(
+            "quota reset {text:?} is not one of daily, weekly, monthly"
+        )));
+    }
+    Ok(text)
+}
+
+fn check_label(text: &str) -> Result<&str> {
+    let text = text.trim();
+    if text.len() > 64 || text.chars().any(char::is_control) {
+        return Err(invalid(
+            "the label is invalid: use at most 64 characters, no control characters",
+        ));
+    }
+    Ok(text)
+}
+
+/// A credential's cost multiplier (decimal; empty means 1) in parts per million.
+fn check_multiplier(text: &str) -> Result<u64> {
+    let ppm = if text.trim().is_empty() {
+        money::SCALE
+    } else {
+        money::parse_micros(text).map_err(|e| invalid(format!("multiplier {text:?} {e}")))?
+    };
+    if ppm == 0 {
+        return Err(invalid("multiplier must be greater than 0"));
+    }
+    Ok(ppm)
+}
+
 /// The state an operator's `credential disable` sets; no node may report it, nor replace it.
 pub const DISABLED: &str = "disabled";
 
@@ -458,27 +491,9 @@ impl Store {
         secret: &Secret,
         quota_resets: &str,
     ) -> Result<CredentialRec> {
-        let quota_resets = quota_resets.trim();
-        if !matches!(quota_resets, "" | "daily" | "weekly" | "monthly") {
-            return Err(invalid(format!(
-                "quota reset {quota_resets:?} is not one of daily, weekly, monthly"
-            )));
-        }
-        let label = label.trim();
-        if label.len() > 64 || label.chars().any(char::is_control) {
-            return Err(invalid(
-                "the label is invalid: use at most 64 characters, no control characters",
-            ));
-        }
-        let multiplier_ppm = if multiplier.trim().is_empty() {
-            money::SCALE
-        } else {
-            money::parse_micros(multiplier)
-                .map_err(|e| invalid(format!("multiplier {multiplier:?} {e}")))?
-        };
-        if multiplier_ppm == 0 {
-            return Err(invalid("multiplier must be greater than 0"));
-        }
+        let quota_resets = check_quota_resets(quota_resets)?;
+        let label = check_label(label)?;
+        let multiplier_ppm = check_multiplier(multiplier)?;
         check_secret(secret.expose())?;
 
         let _guard = self.admin_guard();
@@ -568,6 +583,48 @@ impl Store {
         rec.state_since_ms = now_ms().max(rec.state_since_ms + 1);
         rec.state_reason = "enabled by an operator".to_string();
         rec.state_until_ms = 0;
+        self.credentials
+            .insert(id.as_bytes(), store::encode(&rec))?;
+        Ok(rec)
+    }
+
+    /// `credential set`: a credential's multiplier, quota reset period or label (`None`:
+    /// unchanged), checked as `credential add` checks them; all or nothing. Its secret, health
+    /// and usage stay.
+    pub fn set_credential(
+        &self,
+        id: &str,
+        multiplier: Option<&str>,
+        quota_resets: Option<&str>,
+        label: Option<&str>,
+    ) -> Result<CredentialRec> {
+        let multiplier_ppm = multiplier.map(check_multiplier).transpose()?;
+        let quota_resets = quota_resets.map(check_quota_resets).transpose()?;
+        let label = label.map(check_label).transpose()?;
+        let _guard = self.admin_guard();
+        let mut rec = self
+            .credential(id)?
+            .ok_or_else(|| Error::NotFound(format!("no credential with id {id:?}")))?;
+        if let Some(label) = label.filter(|l| !l.is_empty() && *l != rec.label)
+            && self
+                .credentials()?
+                .iter()
+                .any(|c| c.provider == rec.provider && c.label == label)
+        {
+            return Err(Error::AlreadyExists(format!(
+                "provider {:?} already has a credential labelled {label:?}",
+                rec.provider
+            )));
+        }
+        if let Some(v) = multiplier_ppm {
+            rec.multiplier_ppm = v;
+        }
+        if let Some(v) = quota_resets {
+            rec.quota_resets = v.to_string();
+        }
+        if let Some(v) = label {
+            rec.label = v.to_string();
+        }
         self.credentials
             .insert(id.as_bytes(), store::encode(&rec))?;
         Ok(rec)

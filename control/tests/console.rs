@@ -1523,3 +1523,114 @@ fn the_route_probe_sends_one_request_per_route_through_a_data_plane_billed_to_th
     let again = get(addr, "/probe", Some(&cookie)).text();
     assert!(again.contains("probe-results") && again.contains("Last run"));
 }
+
+#[test]
+fn a_credential_s_multiplier_and_quota_period_are_set_from_the_console_as_keyplanectl_sets_them() {
+    let cp = start();
+    let addr = console(&cp);
+    cp.ctl(&[
+        "provider",
+        "add",
+        "deepseek",
+        "--protocol",
+        "openai",
+        "--base-url",
+        "https://api.deepseek.com/v1",
+    ])
+    .ok();
+    cp.ctl_with(
+        &["credential", "add", "deepseek", "--label", "main"],
+        Some("sk-main-0123456789"),
+        &cp.admin_token,
+    )
+    .ok();
+    let id = credential_by_label(&cp, "deepseek", "main")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cookie = sign_in(&cp);
+    let page = get(addr, "/providers", Some(&cookie)).text();
+    assert!(page.contains("action=\"/credentials/set\""), "{page}");
+    let csrf = csrf_of(&page);
+
+    let refused = post(
+        addr,
+        "/credentials/set",
+        Some(&cookie),
+        &[("id", &id), ("multiplier", "0.5")],
+        &[],
+    );
+    assert_eq!(refused.status, 403, "no CSRF token");
+    // The checks and words of `credential add`.
+    let cli = cp.ctl(&["credential", "set", &id, "--multiplier", "0"]);
+    assert_ne!(cli.code, 0);
+    let zero = post(
+        addr,
+        "/credentials/set",
+        Some(&cookie),
+        &[
+            ("csrf", &csrf),
+            ("id", &id),
+            ("multiplier", "0"),
+            ("quota_resets", ""),
+        ],
+        &[],
+    );
+    assert_eq!(zero.status, 400);
+    assert!(zero.text().contains("multiplier must be greater than 0"));
+    assert!(format!("{}{}", cli.stdout, cli.stderr).contains("multiplier must be greater than 0"));
+    let hourly = post(
+        addr,
+        "/credentials/set",
+        Some(&cookie),
+        &[
+            ("csrf", &csrf),
+            ("id", &id),
+            ("multiplier", "1"),
+            ("quota_resets", "hourly"),
+        ],
+        &[],
+    );
+    assert_eq!(hourly.status, 400);
+    assert!(
+        hourly
+            .text()
+            .contains("is not one of daily, weekly, monthly")
+    );
+    assert_eq!(
+        credential_by_label(&cp, "deepseek", "main")["multiplier"],
+        1.0
+    );
+
+    let saved = post(
+        addr,
+        "/credentials/set",
+        Some(&cookie),
+        &[
+            ("csrf", &csrf),
+            ("id", &id),
+            ("multiplier", "0.8"),
+            ("quota_resets", "monthly"),
+        ],
+        &[],
+    );
+    assert_eq!(saved.status, 200, "{}", saved.text());
+    assert!(
+        saved
+            .text()
+            .contains("now costs 0.8 times the price, its quota resets monthly"),
+        "{}",
+        saved.text()
+    );
+    let cred = credential_by_label(&cp, "deepseek", "main");
+    assert_eq!(cred["multiplier"], 0.8, "{cred}");
+    assert_eq!(cred["quota_resets"], "monthly", "{cred}");
+    // keyplanectl changes only what it is given.
+    let out = cp
+        .ctl(&["--json", "credential", "set", &id, "--multiplier", "1.25"])
+        .ok()
+        .json();
+    assert_eq!(out["multiplier"], 1.25, "{out}");
+    assert_eq!(out["quota_resets"], "monthly", "{out}");
+    assert_eq!(out["label"], "main", "{out}");
+}

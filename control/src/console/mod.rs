@@ -135,6 +135,7 @@ fn router(console: Arc<Console>) -> Router {
         .route("/credentials", post(add_credential))
         .route("/credentials/enable", post(enable_credential))
         .route("/credentials/disable", post(disable_credential))
+        .route("/credentials/set", post(set_credential))
         .route("/providers/set", post(set_provider))
         .route("/probe", get(probe::show).post(probe::run))
         .route("/models", get(models))
@@ -785,6 +786,34 @@ async fn enable_credential(State(c): State<Arc<Console>>, post: Posted) -> Respo
         |rec| {
             tracing::info!(credential_id = %rec.id, "credential enabled (console)");
             format!("Credential {} enabled.", rec.id)
+        },
+    )
+    .await;
+    providers_page(&c, &post.session, status, n).await
+}
+
+/// `keyplanectl credential set`: multiplier and quota reset period (the row's form shows both,
+/// so both are sent; the store checks them as `credential add` does).
+async fn set_credential(State(c): State<Arc<Console>>, post: Posted) -> Response {
+    let (id, multiplier, resets) = (
+        post.field("id"),
+        post.field("multiplier"),
+        post.field("quota_resets"),
+    );
+    let (status, n) = change(
+        &c,
+        move |store| store.set_credential(&id, Some(&multiplier), Some(&resets), None),
+        |rec| {
+            tracing::info!(credential_id = %rec.id, "credential set (console)");
+            format!(
+                "Credential {} now costs {} times the price{}.",
+                rec.id,
+                crate::money::format_micros(rec.multiplier_ppm),
+                match rec.quota_resets.as_str() {
+                    "" => String::new(),
+                    p => format!(", its quota resets {p}"),
+                }
+            )
         },
     )
     .await;

@@ -422,14 +422,26 @@ pub fn providers(
                     }
                 }
                 table.credentials {
-                    thead { tr { th { "Credential" } th { "Label" } th { "Multiplier" } th { "State" } th { "Since" } th { "Until" } th { "Reason" } th {} } }
+                    thead { tr { th { "Credential" } th { "Label" } th { "Multiplier · quota resets" } th { "State" } th { "Since" } th { "Until" } th { "Reason" } th {} } }
                     tbody {
                         @for c in credentials.iter().filter(|c| c.provider == p.name) {
                             @let (state, since) = c.effective_state(now_ms);
                             tr {
                                 td.mono { (c.id) }
                                 td { (c.label) }
-                                td.num { (crate::money::format_micros(c.multiplier_ppm)) }
+                                td.num {
+                                    form.credential-set.inline method="post" action="/credentials/set" {
+                                        (csrf_field(csrf))
+                                        input type="hidden" name="id" value=(c.id);
+                                        input name="multiplier" value=(crate::money::format_micros(c.multiplier_ppm)) size="6" inputmode="decimal" aria-label="Multiplier";
+                                        select name="quota_resets" aria-label="Quota resets" {
+                                            @for (v, text) in [("", "never"), ("daily", "daily"), ("weekly", "weekly"), ("monthly", "monthly")] {
+                                                option value=(v) selected[v == c.quota_resets] { (text) }
+                                            }
+                                        }
+                                        button type="submit" { "Set" }
+                                    }
+                                }
                                 td class={ "state " (state) } { (state) }
                                 td { (ms_text(since)) }
                                 td { @if state != "active" { (ms_text(c.state_until_ms)) } }

@@ -329,6 +329,22 @@ impl Admin for AdminService {
         Ok(Response::new(convert::credential(rec)))
     }
 
+    async fn set_credential(
+        &self,
+        req: Request<pb::SetCredentialRequest>,
+    ) -> Reply<pb::Credential> {
+        let req = req.into_inner();
+        let rec = self.store.set_credential(
+            &req.id,
+            req.multiplier.as_deref(),
+            req.quota_resets.as_deref(),
+            req.label.as_deref(),
+        )?;
+        self.committed().await?;
+        tracing::info!(credential_id = %rec.id, "credential set");
+        Ok(Response::new(convert::credential(rec)))
+    }
+
     async fn disable_credential(
         &self,
         req: Request<pb::DisableCredentialRequest>,
