@@ -181,6 +181,16 @@ impl Store {
     }
 
     fn insert_new_key(&self, name: &str, limits: KeyPolicy) -> Result<(ClientKeyRec, Secret)> {
+        let _guard = self.admin_guard();
+        self.insert_new_key_locked(name, limits)
+    }
+
+    /// [`Store::insert_new_key`] with the admin lock already held.
+    fn insert_new_key_locked(
+        &self,
+        name: &str,
+        limits: KeyPolicy,
+    ) -> Result<(ClientKeyRec, Secret)> {
         let key = generate_key();
         let rec = ClientKeyRec {
             id: uuid::Uuid::now_v7().to_string(),
@@ -191,7 +201,6 @@ impl Store {
             policy: limits,
         };
         let value = store::encode(&rec);
-        let _guard = self.admin_guard();
         (&self.client_keys, &self.client_key_names).transaction(|(keys, names)| {
             if names.get(name.as_bytes())?.is_some() {
                 return sled::transaction::abort(Error::AlreadyExists(format!(
@@ -208,16 +217,27 @@ impl Store {
     /// The route probe's key and its secret, made on first use. The secret is kept sealed under
     /// the master key in `meta/probe_key` (the one client key the control plane keeps, since it
     /// sends requests with it). A probe key that was revoked, or whose seal no longer opens (the
-    /// master key was rotated), is replaced by a new one named `probe`, `probe-2`, ...
-    pub fn probe_key(&self) -> Result<(ClientKeyRec, Secret)> {
+    /// master key was rotated), is replaced by a new one named `probe`, `probe-2`, ... (one that
+    /// no longer opens is revoked first: nobody holds it any more). The flag says whether the key
+    /// is new, so that the route table must carry it before it is used.
+    pub fn probe_key(&self) -> Result<(ClientKeyRec, Secret, bool)> {
+        let _guard = self.admin_guard();
         if let Some(held) = store::get::<ProbeKeyRec>(&self.meta, META, PROBE_KEY)?
-            && let Some(rec) = self.key_by_id(&held.key_id)?
+            && let Some(mut rec) = self.key_by_id(&held.key_id)?
             && rec.revoked_at_ms.is_none()
             && rec.policy.probe
-            && let Ok(plain) = self.cipher.open(&probe_seal_id(&rec.id), &held.sealed)
-            && let Ok(text) = String::from_utf8(plain)
         {
-            return Ok((rec, Secret::new(text)));
+            let opened = self
+                .cipher
+                .open(&probe_seal_id(&rec.id), &held.sealed)
+                .ok()
+                .and_then(|plain| String::from_utf8(plain).ok());
+            if let Some(text) = opened {
+                return Ok((rec, Secret::new(text), false));
+            }
+            rec.revoked_at_ms = Some(now_ms());
+            self.client_keys
+                .insert(rec.id.as_bytes(), store::encode(&rec))?;
         }
         for n in 1..=100 {
             let name = match n {
@@ -228,7 +248,7 @@ impl Store {
                 probe: true,
                 ..KeyPolicy::default()
             };
-            match self.insert_new_key(&name, limits) {
+            match self.insert_new_key_locked(&name, limits) {
                 Ok((rec, key)) => {
                     let held = ProbeKeyRec {
                         key_id: rec.id.clone(),
@@ -237,7 +257,7 @@ impl Store {
                             .seal(&probe_seal_id(&rec.id), key.expose().as_bytes())?,
                     };
                     self.meta.insert(PROBE_KEY, store::encode(&held))?;
-                    return Ok((rec, key));
+                    return Ok((rec, key, true));
                 }
                 Err(Error::AlreadyExists(_)) => continue,
                 Err(e) => return Err(e),
@@ -308,6 +328,56 @@ mod tests {
         assert_ne!(key.expose(), other.expose());
         let stored = store.client_keys.get(rec.id.as_bytes()).unwrap().unwrap();
         assert!(!String::from_utf8_lossy(&stored).contains(&key.expose()[3..]));
+    }
+
+    #[test]
+    fn the_probe_key_is_made_once_kept_sealed_and_replaced_when_revoked() {
+        let (_d, store) = open_temp();
+        let (rec, key, new) = store.probe_key().unwrap();
+        assert!(new && rec.policy.probe && rec.name == "probe");
+        assert_eq!(rec.sha256, hex::encode(hash_key(key.expose())));
+        let held = store.meta.get(PROBE_KEY).unwrap().unwrap();
+        assert!(!String::from_utf8_lossy(&held).contains(&key.expose()[3..]));
+        let (again, same, new) = store.probe_key().unwrap();
+        assert!(!new);
+        assert_eq!((again.id, same.expose()), (rec.id.clone(), key.expose()));
+        // A policy change keeps it the probe key; only the control plane sets the flag.
+        let changed = store
+            .set_key_policy(
+                "probe",
+                &PolicyInput {
+                    rpm: Some(5),
+                    ..PolicyInput::default()
+                },
+            )
+            .unwrap();
+        assert!(changed.policy.probe);
+        assert!(!store.create_key("other").unwrap().0.policy.probe);
+        store.revoke_key("probe").unwrap();
+        let (next, other, new) = store.probe_key().unwrap();
+        assert!(new && next.name == "probe-2" && next.policy.probe);
+        assert_ne!(other.expose(), key.expose());
+    }
+
+    #[test]
+    fn a_probe_key_whose_seal_no_longer_opens_is_revoked_and_replaced() {
+        let (_d, store) = open_temp();
+        let (rec, _, _) = store.probe_key().unwrap();
+        // As after a master-key rotation: the seal is not one this store's key opens.
+        let mut held: ProbeKeyRec =
+            serde_json::from_slice(&store.meta.get(PROBE_KEY).unwrap().unwrap()).unwrap();
+        held.sealed = store.cipher.seal("some/other/record", b"kp_x").unwrap();
+        store.meta.insert(PROBE_KEY, store::encode(&held)).unwrap();
+        let (next, _, new) = store.probe_key().unwrap();
+        assert!(new && next.id != rec.id);
+        assert!(
+            store
+                .key_by_id(&rec.id)
+                .unwrap()
+                .unwrap()
+                .revoked_at_ms
+                .is_some()
+        );
     }
 
     #[test]

@@ -363,16 +363,19 @@ async fn probe(c: &Console, node: &str, provider: &str) -> Result<Run, (StatusCo
     let node = pick_node(&nodes, node).map_err(unavailable)?.clone();
     let store = Arc::clone(&c.store);
     let only = provider.to_string();
-    let (key, secret, mut routes) = blocking(move || {
-        let (key, secret) = store.probe_key()?;
-        Ok((key, secret, routes(&store, &only)?))
+    let (key, secret, new, mut routes) = blocking(move || {
+        let (key, secret, new) = store.probe_key()?;
+        Ok((key, secret, new, routes(&store, &only)?))
     })
     .await
     .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, error_text(&e)))?;
-    // A key made just now reaches the data planes with the next route table.
-    c.committed()
-        .await
-        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, error_text(&e)))?;
+    if new {
+        // A key made just now reaches the data planes with the next route table.
+        tracing::info!(key_name = %key.name, client_key_id = %key.id, "route probe key made");
+        c.committed()
+            .await
+            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, error_text(&e)))?;
+    }
     let base = node.serve_url.trim_end_matches('/').to_string();
     wait_for_key(c, &base, secret.expose())
         .await
