@@ -3,7 +3,9 @@
 //! upstream's embeddings endpoint, and its answer rewritten into the client's shape.
 //!
 //! OpenAI-compatible upstreams are asked at `{base}/embeddings`; Gemini upstreams at
-//! `{base}/v1beta/models/{id}:batchEmbedContents`. Upstreams of other protocols have no
+//! `{base}/v1beta/models/{id}:batchEmbedContents` (Google's API gives usage there only
+//! sometimes, as `usageMetadata.promptTokenCount`; without it the input is estimated and the
+//! record flagged so). Upstreams of other protocols have no
 //! embeddings endpoint and are skipped (an `unsupported` attempt), so a model served only by
 //! them answers 400 saying so.
 
@@ -107,6 +109,14 @@ impl Proxy {
                 format!("{}/embeddings", provider.base_url),
                 req.openai_body(&cand.upstream_model),
             ),
+            Protocol::Gemini => (
+                gemini_url(
+                    &provider.base_url,
+                    &cand.upstream_model,
+                    "batchEmbedContents",
+                ),
+                req.gemini_body(&cand.upstream_model),
+            ),
             other => {
                 return Err(unsupported(format!(
                     "No upstream serves embeddings for `{}`: provider `{}` speaks the {} protocol, which has no embeddings endpoint.",
@@ -138,8 +148,11 @@ impl Proxy {
             .await
             .map_err(Attempt::Failed)?;
         let ttfb_ms = ms_since(ctx.started);
-        let vectors = embeddings::read_openai(&bytes, req.count())
-            .map_err(|e| Attempt::Failed(Failure::Invalid(e)))?;
+        let vectors = match provider.protocol {
+            Protocol::Gemini => embeddings::read_gemini(&bytes, req.count()),
+            _ => embeddings::read_openai(&bytes, req.count()),
+        }
+        .map_err(|e| Attempt::Failed(Failure::Invalid(e)))?;
         let estimate = req.token_estimate();
         let answer = req
             .encode(&vectors, vectors.prompt_tokens.unwrap_or(estimate))
@@ -158,5 +171,38 @@ impl Proxy {
         let mut out = json_response(StatusCode::OK, cand.redactor.bytes(Bytes::from(answer)));
         name_dropped(out.headers_mut(), &outbound.dropped);
         Ok(out)
+    }
+}
+
+/// A Gemini upstream's URL of `method` on `model`: `{base}/v1beta/models/{id}:{method}`, the
+/// base being Google's without a path; a base that already names an API version (`…/v1beta`,
+/// `…/v1`) keeps it.
+fn gemini_url(base: &str, model: &str, method: &str) -> String {
+    let id = embeddings::gemini_model_id(model);
+    if base.ends_with("/v1beta") || base.ends_with("/v1") {
+        format!("{base}/models/{id}:{method}")
+    } else {
+        format!("{base}/v1beta/models/{id}:{method}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gemini_urls() {
+        assert_eq!(
+            gemini_url(
+                "https://generativelanguage.googleapis.com",
+                "models/gemini-embedding-001",
+                "batchEmbedContents"
+            ),
+            "https://generativelanguage.googleapis.com/v1beta/models/gemini-embedding-001:batchEmbedContents"
+        );
+        assert_eq!(
+            gemini_url("http://h/v1beta", "e", "batchEmbedContents"),
+            "http://h/v1beta/models/e:batchEmbedContents"
+        );
     }
 }
