@@ -33,6 +33,11 @@
 //! that serves `/v1/responses` and a control plane that knows the `openai-responses` protocol,
 //! which is why it is not part of `--only cross` (that one also runs against older builds).
 //!
+//! `--only embeddings` measures `POST /v1/embeddings` (the body the OpenAI SDK's
+//! `embeddings.create` sends by default: one input, `encoding_format: "base64"`, here with
+//! `dimensions: 1536`) through Keyplane to the OpenAI provider's `/v1/embeddings` beside the
+//! fake answering it directly, in one run; embeddings have no stream.
+//!
 //! Build every binary first, then run it from `target/release`:
 //!
 //! ```sh
@@ -85,7 +90,8 @@ struct Args {
     /// targets), `cross` (OpenAI chat and Anthropic clients against both of those upstream
     /// protocols through Keyplane, with their direct baselines), `responses` (the Responses API
     /// against every upstream protocol and every client protocol against a Responses upstream,
-    /// with their references and direct baselines) or `all`.
+    /// with their references and direct baselines), `embeddings` (`POST /v1/embeddings` through
+    /// Keyplane beside the direct baseline) or `all`.
     #[arg(long, value_enum, default_value_t = Only::All)]
     only: Only,
     /// After the main runs, this many extra rounds of OpenAI → OpenAI runs per workload: the bare
@@ -116,7 +122,9 @@ enum Only {
     /// Anthropic clients against a Responses upstream, their same-protocol references and the
     /// direct baselines; no bare proxy.
     Responses,
-    /// Both.
+    /// `POST /v1/embeddings` through Keyplane and direct to the fake; no stream, no bare proxy.
+    Embeddings,
+    /// Every row above.
     All,
 }
 
@@ -126,6 +134,7 @@ impl Only {
             Only::Openai => "openai",
             Only::Cross => "cross",
             Only::Responses => "responses",
+            Only::Embeddings => "embeddings",
             Only::All => "all",
         }
     }
@@ -134,6 +143,11 @@ impl Only {
     /// `openai-responses` protocol).
     fn has_responses(self) -> bool {
         matches!(self, Only::Responses | Only::All)
+    }
+
+    /// Whether the run has the embeddings rows.
+    fn has_embeddings(self) -> bool {
+        matches!(self, Only::Embeddings | Only::All)
     }
 
     /// Whether the run has the OpenAI → OpenAI rows of the bare proxy and nginx.
@@ -148,6 +162,10 @@ const MODEL: &str = "bench/model";
 const CLAUDE_MODEL: &str = "bench/claude";
 /// The client-facing model offered only by the Responses-protocol provider.
 const RESPONSES_MODEL: &str = "bench/responses";
+/// The client-facing embeddings model, offered by the OpenAI-protocol provider.
+const EMBED_MODEL: &str = "bench/embed";
+/// Components per vector of the embeddings rows (OpenAI's `text-embedding-3-small`).
+const EMBED_DIMENSIONS: u64 = 1536;
 /// The `anthropic-version` every Anthropic-shaped request carries.
 const ANTHROPIC_VERSION: &str = "2023-06-01";
 /// Longest a single request may take before it counts as an error and its connection is dropped.
@@ -325,23 +343,27 @@ fn configure(cp: &ControlPlane, fake: SocketAddr, responses: bool) -> String {
             "bench-responses",
         ));
     }
-    for (name, protocol, base_url, model, upstream_model) in &providers {
-        cp.ctl(&[
-            "provider",
-            "add",
-            name,
-            "--protocol",
-            protocol,
-            "--base-url",
-            base_url,
-        ])
-        .ok();
-        cp.ctl_with(
-            &["credential", "add", name, "--label", name],
-            Some(&format!("sk-{name}\n")),
-            &cp.admin_token,
-        )
-        .ok();
+    // Embeddings from the OpenAI provider (its `/v1/embeddings`).
+    let embed = ("bench", "", String::new(), EMBED_MODEL, "bench-embed");
+    for (name, protocol, base_url, model, upstream_model) in providers.iter().chain([&embed]) {
+        if !protocol.is_empty() {
+            cp.ctl(&[
+                "provider",
+                "add",
+                name,
+                "--protocol",
+                protocol,
+                "--base-url",
+                base_url,
+            ])
+            .ok();
+            cp.ctl_with(
+                &["credential", "add", name, "--label", name],
+                Some(&format!("sk-{name}\n")),
+                &cp.admin_token,
+            )
+            .ok();
+        }
         cp.ctl(&[
             "model",
             "set",
@@ -387,6 +409,8 @@ enum Api {
     Anthropic,
     /// OpenAI Responses (`POST /v1/responses`).
     Responses,
+    /// OpenAI embeddings (`POST /v1/embeddings`); served by the OpenAI provider.
+    Embeddings,
 }
 
 impl Api {
@@ -395,6 +419,7 @@ impl Api {
             Api::OpenAi => "OpenAI",
             Api::Anthropic => "Anthropic",
             Api::Responses => "Responses",
+            Api::Embeddings => "Embeddings",
         }
     }
 
@@ -404,6 +429,7 @@ impl Api {
             Api::OpenAi => MODEL,
             Api::Anthropic => CLAUDE_MODEL,
             Api::Responses => RESPONSES_MODEL,
+            Api::Embeddings => EMBED_MODEL,
         }
     }
 
@@ -413,6 +439,7 @@ impl Api {
             Api::OpenAi => "/v1/chat/completions",
             Api::Anthropic => "/v1/messages",
             Api::Responses => "/v1/responses",
+            Api::Embeddings => "/v1/embeddings",
         }
     }
 }
@@ -437,7 +464,9 @@ impl Workload {
     }
 
     fn label(self, chunks: u64) -> String {
-        if self.stream {
+        if self.client == Api::Embeddings {
+            format!("embeddings (1 input, {EMBED_DIMENSIONS} dims, base64)")
+        } else if self.stream {
             format!("stream ({chunks} chunks)")
         } else {
             "chat (non-stream)".to_string()
@@ -607,6 +636,16 @@ impl RequestSpec {
                 }),
                 format!("Bearer {key}"),
             ),
+            // What the OpenAI SDK's `embeddings.create(model=…, input=…, dimensions=…)` sends.
+            Api::Embeddings => (
+                serde_json::json!({
+                    "model": model,
+                    "input": "Say hello",
+                    "encoding_format": "base64",
+                    "dimensions": EMBED_DIMENSIONS,
+                }),
+                format!("Bearer {key}"),
+            ),
         };
         RequestSpec {
             addr,
@@ -625,7 +664,7 @@ impl RequestSpec {
         h.insert(HOST, self.host.clone());
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         match self.api {
-            Api::OpenAi | Api::Responses => {
+            Api::OpenAi | Api::Responses | Api::Embeddings => {
                 h.insert(AUTHORIZATION, self.auth.clone());
             }
             Api::Anthropic => {
@@ -798,6 +837,11 @@ fn sanity_check(
                 .find(|item| item["type"] == "message")?["content"][0]["text"]
                 .as_str()
                 .map(str::len),
+            // A whole vector: 4 bytes a component, base64.
+            Api::Embeddings => v["data"][0]["embedding"]
+                .as_str()
+                .filter(|b64| b64.len() as u64 == (EMBED_DIMENSIONS * 4).div_ceil(3) * 4)
+                .map(str::len),
         }
     };
     let ok = if workload.stream {
@@ -806,6 +850,7 @@ fn sanity_check(
             Api::Anthropic => text.contains("event: message_stop"),
             // No `[DONE]`: the last event is the terminal one, and it must be the success.
             Api::Responses => last_sse_event(&text) == Some("response.completed"),
+            Api::Embeddings => false,
         };
         ended && text.contains("word0")
     } else {
@@ -919,10 +964,16 @@ fn run(
 /// runs non-stream then stream. A translated route runs right after its same-protocol reference,
 /// so the pair sees the same machine conditions as nearly as possible.
 fn run_plan(only: Only) -> Vec<(TargetKind, Api, Api)> {
-    use Api::{Anthropic, OpenAi, Responses};
+    use Api::{Anthropic, Embeddings, OpenAi, Responses};
     let openai = only.has_references();
     let cross = matches!(only, Only::Cross | Only::All);
     let responses = only.has_responses();
+    if only == Only::Embeddings {
+        return vec![
+            (TargetKind::Direct, Embeddings, Embeddings),
+            (TargetKind::Keyplane, Embeddings, Embeddings),
+        ];
+    }
     let mut plan = vec![(TargetKind::Direct, OpenAi, OpenAi)];
     if cross || responses {
         plan.push((TargetKind::Direct, Anthropic, Anthropic));
@@ -956,6 +1007,12 @@ fn run_plan(only: Only) -> Vec<(TargetKind, Api, Api)> {
             (TargetKind::Keyplane, Responses, Responses),
             (TargetKind::Keyplane, Responses, OpenAi),
             (TargetKind::Keyplane, Responses, Anthropic),
+        ]);
+    }
+    if only.has_embeddings() {
+        plan.extend([
+            (TargetKind::Direct, Embeddings, Embeddings),
+            (TargetKind::Keyplane, Embeddings, Embeddings),
         ]);
     }
     plan
@@ -1085,7 +1142,9 @@ fn bench(args: &Args, bin_dir: &Path, nginx_bin: Option<&Path>) {
     let per_run = args.warmup_secs + args.duration_secs;
     eprintln!(
         "keyplane-bench: {} runs of {per_run} s each ({} connections, --only {})",
-        plan.len() * 2,
+        plan.iter()
+            .map(|&(_, client, _)| if client == Api::Embeddings { 1 } else { 2 })
+            .sum::<usize>(),
         args.connections,
         args.only.flag()
     );
@@ -1104,6 +1163,9 @@ fn bench(args: &Args, bin_dir: &Path, nginx_bin: Option<&Path>) {
             },
         };
         for stream in [false, true] {
+            if stream && client == Api::Embeddings {
+                continue;
+            }
             let workload = Workload::new(client, upstream, stream);
             let key = if kind == TargetKind::KeyplaneLimited {
                 &limited_key
@@ -1462,6 +1524,19 @@ mod report {
                  stream counts as answered only if its last event is `response.completed`.",
                 a.chunks.max(1_024),
                 super::RESPONSES_MODEL,
+            );
+        }
+        if a.only.has_embeddings() {
+            let _ = writeln!(
+                w,
+                "- Embeddings: an OpenAI client sends `POST /v1/embeddings` with `Authorization: \
+                 Bearer` and the body the OpenAI SDK's `embeddings.create` sends by default \
+                 (`model`, one input, `encoding_format: \"base64\"`), with `dimensions: {}`; the \
+                 model `{}` is offered by the OpenAI-protocol provider (the same fake, \
+                 `POST /v1/embeddings`), the body passed on with only the model replaced and the \
+                 vector relayed as it came; no stream.",
+                super::EMBED_DIMENSIONS,
+                super::EMBED_MODEL,
             );
         }
         let _ = writeln!(
@@ -2666,7 +2741,13 @@ mod tests {
                 .all(|&(_, c, u)| c != Api::Responses && u != Api::Responses),
             "--only cross must not need the Responses provider"
         );
-        for only in [Only::Openai, Only::Cross, Only::Responses, Only::All] {
+        for only in [
+            Only::Openai,
+            Only::Cross,
+            Only::Responses,
+            Only::Embeddings,
+            Only::All,
+        ] {
             let plan = run_plan(only);
             for &(kind, client, upstream) in &plan {
                 if client != upstream {
@@ -2703,6 +2784,22 @@ mod tests {
                 "--only responses lacks {route:?}"
             );
         }
+    }
+
+    /// `--only embeddings` runs the embeddings route through Keyplane beside its direct
+    /// baseline and nothing else; `all` includes it.
+    #[test]
+    fn embeddings_rows_run_with_their_direct_baseline() {
+        assert_eq!(
+            run_plan(Only::Embeddings),
+            [
+                (TargetKind::Direct, Api::Embeddings, Api::Embeddings),
+                (TargetKind::Keyplane, Api::Embeddings, Api::Embeddings),
+            ]
+        );
+        let all = run_plan(Only::All);
+        assert!(all.contains(&(TargetKind::Keyplane, Api::Embeddings, Api::Embeddings)));
+        assert!(all.contains(&(TargetKind::Direct, Api::Embeddings, Api::Embeddings)));
     }
 
     /// A Responses stream has no `[DONE]`: it is complete only when its last event is
