@@ -23,6 +23,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -36,6 +37,8 @@ use views::Notice;
 
 /// Most routes one run probes.
 pub const MAX_ROUTES: usize = 200;
+/// Probe requests in flight at once.
+const CONCURRENCY: usize = 4;
 /// How long one probe request may take, answer included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a run waits for the data plane to know a new probe key, and then for the usage
@@ -384,26 +387,34 @@ async fn probe(c: &Console, node: &str, provider: &str) -> Result<Run, (StatusCo
     let left_out = routes.len().saturating_sub(MAX_ROUTES);
     routes.truncate(MAX_ROUTES);
     let started_ms = crate::store::now_ms();
-    let mut rows = Vec::with_capacity(routes.len());
-    for route in routes {
-        let (path, body) = minimal_request(&route.protocol, &route.model);
-        let pin = format!("{}/{}", route.provider, route.credential_id);
-        let sent = Instant::now();
-        let (status, error, request_id) = c
-            .prober
-            .send(&base, secret.expose(), path, Some(&body), Some(&pin))
-            .await;
-        rows.push(Row {
-            model: route.model,
-            provider: route.provider,
-            credential_id: route.credential_id,
-            credential_label: route.credential_label,
-            status,
-            error,
-            latency_ms: sent.elapsed().as_millis() as u64,
-            request_id,
-        });
-    }
+    // A few at a time, in order: a slow route does not hold up the rest, and a data plane (or an
+    // upstream behind several routes) never sees more than a handful of probe requests at once.
+    let rows: Vec<Row> = futures_util::stream::iter(routes)
+        .map(|route| {
+            let (base, secret) = (&base, &secret);
+            async move {
+                let (path, body) = minimal_request(&route.protocol, &route.model);
+                let pin = format!("{}/{}", route.provider, route.credential_id);
+                let sent = Instant::now();
+                let (status, error, request_id) = c
+                    .prober
+                    .send(base, secret.expose(), path, Some(&body), Some(&pin))
+                    .await;
+                Row {
+                    model: route.model,
+                    provider: route.provider,
+                    credential_id: route.credential_id,
+                    credential_label: route.credential_label,
+                    status,
+                    error,
+                    latency_ms: sent.elapsed().as_millis() as u64,
+                    request_id,
+                }
+            }
+        })
+        .buffered(CONCURRENCY)
+        .collect()
+        .await;
     let run = Run {
         node_id: node.node_id,
         started_ms,
