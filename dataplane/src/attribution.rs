@@ -62,6 +62,14 @@ pub fn classify(status: StatusCode, body: &[u8]) -> Cause {
         return Cause::Upstream;
     }
     let code = status.as_u16();
+    if code == 400 {
+        // Google answers a bad key with a 400; only its structured reason is believed here.
+        return if ErrorFields::parse(body).reason_says_key_refused() {
+            Cause::KeyRefused
+        } else {
+            Cause::Request
+        };
+    }
     if !matches!(code, 401 | 402 | 403 | 429) {
         return match code {
             // Another candidate may have the model, or answer in time.
@@ -71,6 +79,12 @@ pub fn classify(status: StatusCode, body: &[u8]) -> Cause {
     }
     let err = ErrorFields::parse(body);
     match code {
+        // Google's 429s all say "exceeded your current quota"; which quota is in the details.
+        429 if err.quota_ids_have(providers::every(|q| q.daily_quota_ids)) => Cause::Exhausted,
+        429 if err.quota_zero || err.message_has(providers::every(|q| q.no_allowance_texts)) => {
+            Cause::NotHere
+        }
+        429 if !err.quota_ids.is_empty() || err.retry_delay_ms.is_some() => Cause::RateLimited,
         429 if err.says_quota() => Cause::Exhausted,
         429 => Cause::RateLimited,
         402 => match err.affordable_tokens() {
@@ -88,6 +102,13 @@ pub fn classify(status: StatusCode, body: &[u8]) -> Cause {
                 Cause::Exhausted
             } else if err.says_key_refused() {
                 Cause::KeyRefused
+            } else if code == 403
+                && err.code_or_kind_is(providers::every(|q| q.permission_statuses))
+            {
+                // Google's PERMISSION_DENIED that names no key: this model or this API is not
+                // the key's to use (a tuned model of another project, the API not enabled for
+                // the key's project). Another candidate may serve.
+                Cause::NotHere
             } else {
                 Cause::Upstream
             }
@@ -108,6 +129,64 @@ struct ErrorFields {
     /// `metadata` has a field only a moderation refusal carries (OpenRouter's `reasons`,
     /// `flagged_input`).
     flagged: bool,
+    /// Google's `details[]` (google.rpc): every `ErrorInfo.reason`, lower-cased.
+    reasons: Vec<String>,
+    /// Every `QuotaFailure.violations[].quotaId`, lower-cased.
+    quota_ids: Vec<String>,
+    /// A violated quota's `quotaValue` is `"0"`: no allowance at all.
+    quota_zero: bool,
+    /// `RetryInfo.retryDelay` in ms.
+    retry_delay_ms: Option<i64>,
+}
+
+/// The most `details` entries read: Google sends two or three.
+const MAX_DETAILS: usize = 16;
+
+/// Fills `fields` from Google's `error.details` list: `ErrorInfo`, `QuotaFailure` and
+/// `RetryInfo`, recognised by the end of their `@type`.
+fn read_details(details: &Value, fields: &mut ErrorFields) {
+    let Some(items) = details.as_array() else {
+        return;
+    };
+    for d in items.iter().take(MAX_DETAILS) {
+        let kind = d.get("@type").and_then(Value::as_str).unwrap_or("");
+        if kind.ends_with("google.rpc.ErrorInfo") {
+            if let Some(reason) = d.get("reason").and_then(Value::as_str) {
+                fields.reasons.push(reason.to_lowercase());
+            }
+        } else if kind.ends_with("google.rpc.QuotaFailure") {
+            let violations = d.get("violations").and_then(Value::as_array);
+            for v in violations.into_iter().flatten().take(MAX_DETAILS) {
+                if let Some(id) = v.get("quotaId").and_then(Value::as_str) {
+                    fields.quota_ids.push(id.to_lowercase());
+                }
+                if v.get("quotaValue").and_then(Value::as_str) == Some("0") {
+                    fields.quota_zero = true;
+                }
+            }
+        } else if kind.ends_with("google.rpc.RetryInfo") {
+            fields.retry_delay_ms = d
+                .get("retryDelay")
+                .and_then(Value::as_str)
+                .and_then(parse_duration_ms);
+        }
+    }
+}
+
+/// A protobuf `Duration` in its JSON form (`"17s"`, `"0.5s"`, `"38.962214405s"`) in ms,
+/// rounded up; `None` unless it is a non-negative number of seconds.
+fn parse_duration_ms(text: &str) -> Option<i64> {
+    let secs: f64 = text.trim().strip_suffix('s')?.parse().ok()?;
+    if !secs.is_finite() || secs < 0.0 {
+        return None;
+    }
+    Some((secs * 1000.0).ceil().min(i64::MAX as f64) as i64)
+}
+
+/// How long a 429's body asks to wait (Google's `RetryInfo.retryDelay`), in ms; `None` when it
+/// does not say. Google sends no `Retry-After` header: this is where its delay is.
+pub fn retry_delay_ms(body: &[u8]) -> Option<i64> {
+    ErrorFields::parse(body).retry_delay_ms
 }
 
 impl ErrorFields {
@@ -134,14 +213,19 @@ impl ErrorFields {
                 if kind.is_empty() {
                     kind = text(obj.get("status"));
                 }
-                ErrorFields {
+                let mut fields = ErrorFields {
                     code: text(obj.get("code")),
                     kind,
                     message: text(obj.get("message")),
                     flagged: metadata.is_some_and(|m| {
                         providers::every(|q| q.moderation_metadata).any(|f| m.get(f).is_some())
                     }),
+                    ..ErrorFields::default()
+                };
+                if let Some(details) = obj.get("details") {
+                    read_details(details, &mut fields);
                 }
+                fields
             }
             Some(Value::String(s)) => ErrorFields {
                 message: s.to_lowercase(),
@@ -151,7 +235,7 @@ impl ErrorFields {
                 code: text(root.get("code")),
                 kind: text(root.get("type")),
                 message: text(root.get("message").or_else(|| root.get("detail"))),
-                flagged: false,
+                ..ErrorFields::default()
             },
         }
     }
@@ -195,8 +279,21 @@ impl ErrorFields {
     /// The key itself is refused (OpenAI `invalid_api_key`, Anthropic "invalid x-api-key",
     /// DeepSeek "Authentication Fails", Google "API key not valid", deactivated accounts, …).
     fn says_key_refused(&self) -> bool {
-        self.code_or_kind_is(providers::every(|q| q.key_refused_codes))
+        self.reason_says_key_refused()
+            || self.code_or_kind_is(providers::every(|q| q.key_refused_codes))
             || self.message_has(providers::every(|q| q.key_refused_texts))
+    }
+
+    /// Google's `ErrorInfo.reason` says the key is refused.
+    fn reason_says_key_refused(&self) -> bool {
+        providers::every(|q| q.key_refused_reasons).any(|r| self.reasons.iter().any(|x| x == r))
+    }
+
+    /// A violated quota's id contains one of `marks`.
+    fn quota_ids_have(&self, marks: impl IntoIterator<Item = &'static str>) -> bool {
+        marks
+            .into_iter()
+            .any(|m| self.quota_ids.iter().any(|id| id.contains(m)))
     }
 
     /// N of OpenRouter's "… but can only afford N."
@@ -320,7 +417,25 @@ mod tests {
         let upper = |text: &str| message(&text.to_uppercase());
         for q in providers::ALL {
             type Body<'a> = &'a dyn Fn(&str) -> String;
-            let cases: [(u16, &[&str], Body, Cause); 11] = [
+            let reason = |reason: &str| {
+                serde_json::json!({"error": {"details": [
+                    {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason.to_uppercase()}
+                ]}})
+                .to_string()
+            };
+            let quota_id = |id: &str| {
+                serde_json::json!({"error": {"details": [
+                    {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{"quotaId": format!("Generate{id}Quota")}]}
+                ]}})
+                .to_string()
+            };
+            let cases: [(u16, &[&str], Body, Cause); 17] = [
+                (400, q.key_refused_reasons, &reason, Cause::KeyRefused),
+                (403, q.key_refused_reasons, &reason, Cause::KeyRefused),
+                (429, q.daily_quota_ids, &quota_id, Cause::Exhausted),
+                (429, q.no_allowance_texts, &message, Cause::NotHere),
+                (403, q.permission_statuses, &kind, Cause::NotHere),
+                (401, q.permission_statuses, &kind, Cause::Upstream),
                 (403, q.quota_texts, &message, Cause::Exhausted),
                 (429, q.quota_texts, &upper, Cause::Exhausted),
                 (429, q.quota_codes, &code, Cause::Exhausted),
@@ -353,6 +468,113 @@ mod tests {
                 assert_eq!(of(402, &none), Cause::Exhausted, "{none}");
             }
         }
+    }
+
+    fn sample(name: &str) -> &'static str {
+        keyplane_testkit::samples::text(name)
+    }
+
+    /// Google's refusals, from the recorded bodies in testkit/samples (SOURCES.md).
+    #[test]
+    fn googles_refusals_by_their_details() {
+        // A bad key is a 400 with ErrorInfo API_KEY_INVALID: the credential's, not the request's.
+        assert_eq!(
+            of(400, sample("gemini-error-400-api-key-invalid.json")),
+            Cause::KeyRefused
+        );
+        // On a 400 only the structured reason counts: a message naming a bad key could be
+        // quoting the request.
+        assert_eq!(
+            of(
+                400,
+                r#"{"error":{"code":400,"message":"Invalid value at 'contents[0]': API key not valid","status":"INVALID_ARGUMENT"}}"#
+            ),
+            Cause::Request
+        );
+        assert_eq!(
+            of(403, sample("gemini-error-403-consumer-suspended.json")),
+            Cause::KeyRefused
+        );
+        assert_eq!(
+            of(403, sample("gemini-error-403-leaked-key.json")),
+            Cause::KeyRefused
+        );
+        // PERMISSION_DENIED that names no key: not this key's model or API; another may serve.
+        for body in [
+            r#"{"error":{"code":403,"message":"You do not have permission to access tuned model tunedModels/x.","status":"PERMISSION_DENIED"}}"#,
+            r#"{"error":{"code":403,"message":"Generative Language API has not been used in project 411082643095 before or it is disabled.","status":"PERMISSION_DENIED","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"SERVICE_DISABLED","domain":"googleapis.com"}]}}"#,
+        ] {
+            assert_eq!(of(403, body), Cause::NotHere, "{body}");
+        }
+        // Every Google 429 says "exceeded your current quota": the quota ids decide.
+        assert_eq!(
+            of(429, sample("gemini-error-429-per-minute.json")),
+            Cause::RateLimited
+        );
+        assert_eq!(
+            of(429, sample("gemini-error-429-per-day.json")),
+            Cause::Exhausted
+        );
+        assert_eq!(
+            of(429, sample("gemini-error-429-no-allowance.json")),
+            Cause::NotHere
+        );
+        // Without details the words still count (google/python-genai#1427: tier 3, daily).
+        assert_eq!(
+            of(
+                429,
+                r#"{"error":{"code":429,"message":"You exceeded your current quota, please check your plan and billing details.","status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.Help","links":[]}]}}"#
+            ),
+            Cause::Exhausted
+        );
+        assert_eq!(
+            of(
+                429,
+                r#"{"error":{"code":429,"message":"Resource has been exhausted (e.g. check quota).","status":"RESOURCE_EXHAUSTED"}}"#
+            ),
+            Cause::RateLimited
+        );
+        assert_eq!(
+            of(503, sample("gemini-error-429-per-minute.json")),
+            Cause::Upstream
+        );
+    }
+
+    #[test]
+    fn googles_retry_delay_is_read_from_the_body() {
+        assert_eq!(
+            retry_delay_ms(sample("gemini-error-429-per-minute.json").as_bytes()),
+            Some(26_000)
+        );
+        let with = |delay: &str| {
+            format!(
+                r#"{{"error":{{"code":429,"status":"RESOURCE_EXHAUSTED","details":[{{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"{delay}"}}]}}}}"#
+            )
+        };
+        assert_eq!(retry_delay_ms(with("0.5s").as_bytes()), Some(500));
+        assert_eq!(
+            retry_delay_ms(with("38.962214405s").as_bytes()),
+            Some(38_963)
+        );
+        for bad in ["17", "-1s", "s", "soon", "NaNs"] {
+            assert_eq!(retry_delay_ms(with(bad).as_bytes()), None, "{bad}");
+        }
+        assert_eq!(
+            retry_delay_ms(sample("gemini-error-429-per-day.json").as_bytes()),
+            None
+        );
+        assert_eq!(retry_delay_ms(b"not json"), None);
+        // A delay alone makes a 429 a rate limit, whatever its words.
+        assert_eq!(
+            of(
+                429,
+                &with("3s").replace(
+                    r#""code":429"#,
+                    r#""code":429,"message":"exceeded your current quota""#
+                )
+            ),
+            Cause::RateLimited
+        );
     }
 
     #[test]

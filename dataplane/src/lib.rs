@@ -12,6 +12,7 @@ pub mod control;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;
+pub mod gemini_api;
 pub mod health;
 pub mod leaser;
 pub mod limits;

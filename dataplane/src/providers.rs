@@ -70,6 +70,20 @@ pub struct Quirks {
     pub affordable_mark: Option<&'static str>,
     /// Headers saying when a rate limit resets.
     pub rate_limit_resets: &'static [ResetHeader],
+    /// Google `ErrorInfo.reason` values (`error.details[]`) meaning the key itself is refused.
+    /// A structured field, so it is believed on a 400 too, where message texts are not (a 400's
+    /// message may quote the request).
+    pub key_refused_reasons: &'static [&'static str],
+    /// Parts of a Google `QuotaFailure` violation's `quotaId` naming a quota that lasts until
+    /// the day ends (`GenerateRequestsPerDayPerProjectPerModel-FreeTier`): out of quota, not a
+    /// short rate limit.
+    pub daily_quota_ids: &'static [&'static str],
+    /// Message texts of a 429 saying the account has no allowance at all for this model (a free
+    /// tier without it): another candidate may serve, waiting will not help.
+    pub no_allowance_texts: &'static [&'static str],
+    /// Error statuses of a 403 that, when nothing in it names the key, mean the key may not use
+    /// this model or method (Google's `PERMISSION_DENIED`): another candidate may serve.
+    pub permission_statuses: &'static [&'static str],
 }
 
 impl Quirks {
@@ -89,6 +103,10 @@ impl Quirks {
         moderation_metadata: &[],
         affordable_mark: None,
         rate_limit_resets: &[],
+        key_refused_reasons: &[],
+        daily_quota_ids: &[],
+        no_allowance_texts: &[],
+        permission_statuses: &[],
     };
 
     /// The `anthropic-version` header value for a request whose client named none.
@@ -219,13 +237,33 @@ static MOONSHOT: Quirks = Quirks {
     ..Quirks::NONE
 };
 
-/// Google's Gemini API (also behind its OpenAI-compatible endpoint): errors
-/// `[{"error": {code, message, status}}]`, a bad key "API key not valid" with status
-/// `UNAUTHENTICATED`.
+/// Google's Gemini API, native (`gemini`) and behind its OpenAI-compatible endpoint
+/// (`gemini-openai`). Errors are `{"error": {code, message, status, details}}` (a list of them
+/// on a stream), with google.rpc details: `ErrorInfo.reason`, `QuotaFailure.violations[].quotaId`
+/// and `quotaValue`, `RetryInfo.retryDelay` (read by `attribution::retry_delay_ms`; Google sends
+/// no rate-limit header). Sources, in testkit/samples (SOURCES.md): a bad key is a 400
+/// `INVALID_ARGUMENT` "API key not valid" with reason `API_KEY_INVALID` (also "API Key not
+/// found", google-gemini/gemini-cli#25198); a suspended key a 403 `CONSUMER_SUSPENDED`; a leaked
+/// one a 403 "Your API key was reported as leaked"; every 429 says "You exceeded your current
+/// quota, please check your plan and billing details", per minute (with a `RetryInfo`) and per
+/// day alike, so the quota ids decide; "limit: 0" when the free tier does not include the model.
 static GEMINI: Quirks = Quirks {
-    presets: &["gemini-openai"],
+    presets: &["gemini", "gemini-openai"],
     key_refused_codes: &["unauthenticated"],
-    key_refused_texts: &["api key not valid"],
+    key_refused_texts: &[
+        "api key not valid",
+        "api key not found",
+        "api key expired",
+        "api key was reported as leaked",
+    ],
+    key_refused_reasons: &[
+        "api_key_invalid",
+        "consumer_suspended",
+        "api_key_service_blocked",
+    ],
+    daily_quota_ids: &["perday"],
+    no_allowance_texts: &["limit: 0,"],
+    permission_statuses: &["permission_denied"],
     ..Quirks::NONE
 };
 
@@ -311,7 +349,11 @@ mod tests {
     #[test]
     fn texts_are_lower_case_and_headers_valid_names() {
         // attribution.rs compares lower-cased fields; an upper-case text would never match.
-        let lists: [fn(&'static Quirks) -> &'static [&'static str]; 10] = [
+        let lists: [fn(&'static Quirks) -> &'static [&'static str]; 14] = [
+            |q| q.key_refused_reasons,
+            |q| q.daily_quota_ids,
+            |q| q.no_allowance_texts,
+            |q| q.permission_statuses,
             |q| q.quota_codes,
             |q| q.quota_texts,
             |q| q.key_refused_codes,

@@ -17,7 +17,7 @@ use crate::protocol::shape::StreamNote;
 use crate::protocol::usage::Usage;
 use crate::protocol::{anthropic, openai_chat};
 use crate::sse;
-use crate::table::{Candidate, Protocol, Table};
+use crate::table::{Candidate, Protocol, Table, UpstreamCall};
 use crate::usage::UsageSink;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
@@ -175,6 +175,16 @@ pub struct RequestCtx {
     pub attempts: Vec<pb::UpstreamAttempt>,
     /// The one route a probe request may take (only the probe key's requests have one).
     pub pin: Option<PinnedRoute>,
+    /// For a Gemini call, what its URL says and its body does not: the model and the framing.
+    pub from_url: Option<UrlModel>,
+}
+
+/// What a Gemini call's URL names (`/v1beta/models/{model}:streamGenerateContent?alt=sse`).
+#[derive(Debug, Clone)]
+pub struct UrlModel {
+    pub model: String,
+    /// `None`: `generateContent`.
+    pub framing: Option<crate::protocol::gemini::Framing>,
 }
 
 /// The request header that pins a request to one route: `PROVIDER/CREDENTIAL_ID`. Only the
@@ -344,7 +354,11 @@ impl Proxy {
         body: &[u8],
         mut ctx: RequestCtx,
     ) -> Response<Body> {
-        match ClientRequest::parse(dialect, body) {
+        let parsed = match &ctx.from_url {
+            Some(url) => ClientRequest::parse_gemini(body, &url.model, url.framing),
+            None => ClientRequest::parse(dialect, body),
+        };
+        match parsed {
             Ok(req) => {
                 let mut resp = self
                     .serve(table, client_headers, body, Ask::Complete(&req), &mut ctx)
@@ -361,7 +375,11 @@ impl Proxy {
                     StatusCode::BAD_REQUEST,
                     bridge::refusal_body(dialect, &refusal),
                 );
-                unserved(&mut resp).error = INVALID_REQUEST.to_string();
+                let note = unserved(&mut resp);
+                note.error = INVALID_REQUEST.to_string();
+                if let Some(url) = ctx.from_url {
+                    note.model = url.model;
+                }
                 resp
             }
         }
@@ -481,6 +499,79 @@ impl Proxy {
             StatusCode::OK,
             serde_json::to_vec(&serde_json::json!({ "input_tokens": estimate }))
                 .unwrap_or_default(),
+        )
+    }
+
+    /// Gemini's `:countTokens` for `model`: forwarded to the first Gemini candidate in rank
+    /// order that is not benched (exact, and Google's own answer with its
+    /// `promptTokensDetails`), else estimated at one token per 4 bytes of the body, as
+    /// `{"totalTokens": N}`. The body goes as the client sent it, except that a
+    /// `generateContentRequest.model` is set to the candidate's own id. Not billed.
+    pub async fn gemini_count_tokens(
+        self: &Arc<Self>,
+        table: &Table,
+        model: &str,
+        client_headers: &HeaderMap,
+        body: &[u8],
+    ) -> Response<Body> {
+        let Ok(serde_json::Value::Object(request)) = serde_json::from_slice(body) else {
+            return client_error(
+                Protocol::Gemini,
+                StatusCode::BAD_REQUEST,
+                "Invalid JSON payload received. The request body is not a JSON object.",
+                Some(INVALID_REQUEST),
+            );
+        };
+        let Some(candidates) = table.models.get(model) else {
+            self.metrics.refused("unknown_model");
+            return client_error(
+                Protocol::Gemini,
+                StatusCode::NOT_FOUND,
+                &format!("models/{model} is not found."),
+                Some("model_not_found"),
+            );
+        };
+        let estimate = estimate_tokens(body.len());
+        let now = now_ms();
+        let order = Table::rank(candidates, estimate, 0);
+        let cand = order.iter().map(|&i| &candidates[i]).find(|c| {
+            c.provider.protocol == Protocol::Gemini
+                && !matches!(
+                    c.stats.health.state(),
+                    crate::health::State::Invalid | crate::health::State::Exhausted
+                )
+                && c.stats.health.blocked_until_ms() <= now
+        });
+        if let Some(cand) = cand
+            && let Ok(uri) = cand.upstream_url(UpstreamCall::CountTokens)
+        {
+            let mut request = request;
+            if let Some(serde_json::Value::Object(inner)) =
+                request.get_mut("generateContentRequest")
+                && inner.contains_key("model")
+            {
+                let id = cand.upstream_model.trim_start_matches("models/");
+                inner.insert("model".into(), format!("models/{id}").into());
+            }
+            let bytes = serde_json::to_vec(&request).unwrap_or_default();
+            if let Ok(req) = upstream_request(
+                cand,
+                Protocol::Gemini,
+                uri,
+                client_headers,
+                Bytes::from(bytes),
+            ) && let Ok(Ok(resp)) =
+                tokio::time::timeout(self.limits.first_byte_timeout, self.client.request(req)).await
+                && resp.status().is_success()
+                && let Ok(bytes) =
+                    read_body(resp.into_body(), self.limits.idle_timeout, 1 << 20).await
+            {
+                return json_response(StatusCode::OK, cand.redactor.bytes(bytes));
+            }
+        }
+        json_response(
+            StatusCode::OK,
+            serde_json::to_vec(&serde_json::json!({ "totalTokens": estimate })).unwrap_or_default(),
         )
     }
 
@@ -952,6 +1043,20 @@ impl Proxy {
                 };
                 let cause = attribution::classify(status, &short);
                 if cause != Cause::Content {
+                    // Google says how long to wait in the body (`RetryInfo.retryDelay`), not in
+                    // a header; the client's Retry-After then says the same.
+                    let (wait_ms, retry_after) = match wait_ms {
+                        Some(ms) => (Some(ms), retry_after),
+                        None if status == StatusCode::TOO_MANY_REQUESTS => {
+                            let ms = attribution::retry_delay_ms(&short);
+                            let header = retry_after.or_else(|| {
+                                let secs = (ms? as u64).div_ceil(1000).max(1);
+                                HeaderValue::from_str(&secs.to_string()).ok()
+                            });
+                            (ms, header)
+                        }
+                        None => (None, retry_after),
+                    };
                     return Err(Attempt::Failed(Failure::Status {
                         status,
                         retry_after,
@@ -961,9 +1066,22 @@ impl Proxy {
                 }
                 short
             } else {
-                read_body(body, idle_timeout, 1 << 20)
+                let bytes = read_body(body, idle_timeout, 1 << 20)
                     .await
-                    .unwrap_or_default()
+                    .unwrap_or_default();
+                // Google refuses a bad key with a 400 (`ErrorInfo.reason` API_KEY_INVALID):
+                // the credential's failure, not the request's, so the next candidate serves.
+                if status == StatusCode::BAD_REQUEST
+                    && attribution::classify(status, &bytes) == Cause::KeyRefused
+                {
+                    return Err(Attempt::Failed(Failure::Status {
+                        status,
+                        retry_after,
+                        wait_ms,
+                        cause: Cause::KeyRefused,
+                    }));
+                }
+                bytes
             };
             // The client's fault: the upstream's own error, in the client's shape.
             let (code, bytes) =
@@ -1006,13 +1124,19 @@ impl Proxy {
         let bridge::Outbound { body, dropped } =
             Self::upstream_body(inbound, client_body, cand, &ctx.request_id)
                 .map_err(Attempt::Failed)?;
+        let call = if inbound.stream() {
+            UpstreamCall::Stream
+        } else {
+            UpstreamCall::Generate
+        };
+        let url = cand
+            .upstream_url(call)
+            .map_err(|e| Attempt::Failed(Failure::Connect(e.to_string())))?;
         let uri = match &ctx.query {
             Some(q) if bridge::forwards_query(client_protocol, upstream) => {
-                format!("{}?{q}", cand.provider.chat_url)
-                    .parse()
-                    .unwrap_or_else(|_| cand.provider.chat_url.clone())
+                format!("{url}?{q}").parse().unwrap_or(url)
             }
-            _ => cand.provider.chat_url.clone(),
+            _ => url,
         };
         let upstream_req = upstream_request(cand, client_protocol, uri, client_headers, body)
             .map_err(|e| Attempt::Failed(Failure::Connect(e.to_string())))?;

@@ -13,6 +13,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -349,23 +350,37 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     resp
 }
 
-/// The bearer key of a request (`authorization: Bearer`, or `x-api-key` where the protocol uses
-/// it).
-fn presented_key(req: &Request<Incoming>, allow_x_api_key: bool) -> Option<&str> {
-    let bearer = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
+/// The key a request presents: `authorization: Bearer`, or where the protocol uses it
+/// Anthropic's `x-api-key`, or Google's `x-goog-api-key` and `?key=` (in that order). A key
+/// from the query is decoded, so it is owned.
+fn presented_key(req: &Request<Incoming>, protocol: Protocol) -> Option<Cow<'_, str>> {
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if protocol == Protocol::Gemini {
+        if let Some(key) = header(crate::gemini_api::GOOG_API_KEY) {
+            return Some(Cow::Borrowed(key));
+        }
+        if let Some(key) = crate::gemini_api::query_param(req.uri().query(), "key") {
+            return Some(Cow::Owned(key));
+        }
+    }
+    let bearer = header(header::AUTHORIZATION.as_str())
         .and_then(|v| {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(str::trim);
-    bearer.or_else(|| {
-        allow_x_api_key
-            .then(|| req.headers().get("x-api-key").and_then(|v| v.to_str().ok()))
-            .flatten()
-    })
+    bearer
+        .or_else(|| {
+            (protocol == Protocol::Anthropic)
+                .then(|| header("x-api-key"))
+                .flatten()
+        })
+        .map(Cow::Borrowed)
 }
 
 async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Body> {
@@ -389,6 +404,9 @@ async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Body> {
 
 async fn route(gw: &Arc<Gateway>, req: Request<Incoming>, request_id: &str) -> Response<Body> {
     let path = req.uri().path();
+    if let Some(call) = crate::gemini_api::Call::of(path, crate::gemini_api::google_key(&req)) {
+        return crate::gemini_api::serve(gw, req, request_id, call).await;
+    }
     match (req.method(), path) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
@@ -399,13 +417,18 @@ async fn route(gw: &Arc<Gateway>, req: Request<Incoming>, request_id: &str) -> R
             }
         }
         (&Method::GET, "/metrics") => metrics(gw),
+        (&Method::GET, "/v1/models") if crate::gemini_api::google_key(&req) => {
+            crate::gemini_api::list_models(gw, &req)
+        }
         (&Method::GET, "/v1/models") => models(gw, &req),
         (&Method::POST, "/v1/chat/completions") => {
-            proxied(gw, req, request_id, Protocol::OpenAiChat).await
+            proxied(gw, req, request_id, Protocol::OpenAiChat, None).await
         }
-        (&Method::POST, "/v1/messages") => proxied(gw, req, request_id, Protocol::Anthropic).await,
+        (&Method::POST, "/v1/messages") => {
+            proxied(gw, req, request_id, Protocol::Anthropic, None).await
+        }
         (&Method::POST, "/v1/responses") => {
-            proxied(gw, req, request_id, Protocol::OpenAiResponses).await
+            proxied(gw, req, request_id, Protocol::OpenAiResponses, None).await
         }
         (&Method::POST, "/v1/messages/count_tokens") => count_tokens(gw, req).await,
         (&Method::POST, "/v1/embeddings") => {
@@ -475,6 +498,9 @@ fn metrics(gw: &Gateway) -> Response<Body> {
 
 fn unauthorized(gw: &Gateway, protocol: Protocol, message: &str) -> Response<Body> {
     gw.metrics.refused("unauthenticated");
+    if protocol == Protocol::Gemini {
+        return crate::gemini_api::unauthenticated(message, message == BAD_KEY);
+    }
     client_error(
         protocol,
         StatusCode::UNAUTHORIZED,
@@ -495,13 +521,14 @@ fn not_ready(gw: &Gateway, protocol: Protocol) -> Response<Body> {
 
 const NO_KEY: &str = "You didn't provide an API key. Use an Authorization header: Bearer <key>.";
 const NO_KEY_ANTHROPIC: &str = "x-api-key header is required (or Authorization: Bearer <key>).";
+const NO_KEY_GEMINI: &str = "API key not provided: send it in the x-goog-api-key header (or ?key=, or Authorization: Bearer <key>).";
 const BAD_KEY: &str = "Incorrect API key provided.";
 
 /// The table and the client key id of an authenticated request, or the error response.
 // The error is the response itself, returned to the client as is: boxing it would only add an
 // allocation to the refusal path.
 #[allow(clippy::result_large_err)]
-fn authenticate(
+pub(crate) fn authenticate(
     gw: &Gateway,
     req: &Request<Incoming>,
     protocol: Protocol,
@@ -509,12 +536,15 @@ fn authenticate(
     let Some(table) = gw.table.load_full() else {
         return Err(not_ready(gw, protocol));
     };
-    let anthropic = protocol == Protocol::Anthropic;
-    let Some(presented) = presented_key(req, anthropic) else {
-        let message = if anthropic { NO_KEY_ANTHROPIC } else { NO_KEY };
+    let Some(presented) = presented_key(req, protocol) else {
+        let message = match protocol {
+            Protocol::Anthropic => NO_KEY_ANTHROPIC,
+            Protocol::Gemini => NO_KEY_GEMINI,
+            _ => NO_KEY,
+        };
         return Err(unauthorized(gw, protocol, message));
     };
-    let Some(key) = table.authenticate(presented) else {
+    let Some(key) = table.authenticate(&presented) else {
         return Err(unauthorized(gw, protocol, BAD_KEY));
     };
     // Expiry is checked here, not only by the control plane, so that it holds while the control
@@ -564,7 +594,7 @@ fn models(gw: &Gateway, req: &Request<Incoming>) -> Response<Body> {
 
 /// Reads the body within the limit, or the error response in the client's shape.
 #[allow(clippy::result_large_err)]
-async fn read_body(
+pub(crate) async fn read_body(
     gw: &Gateway,
     req: Request<Incoming>,
     protocol: Protocol,
@@ -623,12 +653,15 @@ async fn read_body(
     }
 }
 
-/// `/v1/chat/completions` and `/v1/messages`: authenticate, read the body, proxy.
-async fn proxied(
+/// `/v1/chat/completions`, `/v1/messages`, `/v1/responses` and Gemini's `generateContent` /
+/// `streamGenerateContent` (`from_url`: the model and framing its URL names): authenticate,
+/// read the body, proxy.
+pub(crate) async fn proxied(
     gw: &Arc<Gateway>,
     req: Request<Incoming>,
     request_id: &str,
     protocol: Protocol,
+    from_url: Option<crate::proxy::UrlModel>,
 ) -> Response<Body> {
     let started = Instant::now();
     let started_at_ms = now_ms();
@@ -650,7 +683,13 @@ async fn proxied(
         Ok(pin) => pin,
         Err(resp) => return not_served(resp, Some(&key.id)),
     };
-    let query = req.uri().query().map(str::to_string);
+    // A Gemini call's query holds `alt` (already read into `from_url`) and maybe the key: it
+    // goes nowhere.
+    let query = if from_url.is_some() {
+        None
+    } else {
+        req.uri().query().map(str::to_string)
+    };
     let (parts, body) = match read_body(gw, req, protocol).await {
         Ok(ok) => ok,
         Err(resp) => return not_served(resp, Some(&key.id)),
@@ -667,6 +706,7 @@ async fn proxied(
         query,
         attempts: Vec::new(),
         pin,
+        from_url,
     };
     let resp = gw
         .proxy

@@ -22,7 +22,8 @@ pub struct Provider {
     pub preset: Option<Arc<str>>,
     /// Its wire quirks, looked up once from `preset` when the table is compiled.
     pub quirks: &'static crate::providers::Quirks,
-    /// The full URL of the chat endpoint (`{base}/chat/completions` or `{base}/v1/messages`).
+    /// The full URL of the chat endpoint (`{base}/chat/completions` or `{base}/v1/messages`);
+    /// for Gemini, `{base}/v1beta`, which [`Candidate::upstream_url`] completes per call.
     pub chat_url: http::Uri,
     /// The base URL as configured, without a trailing `/`, for endpoints other than chat
     /// (`{base}/embeddings`).
@@ -123,7 +124,69 @@ impl Prices {
     }
 }
 
+/// What a request asks of an upstream, where the URL depends on it: Gemini names the method in
+/// the URL (`models/{id}:generateContent`), the other protocols have one endpoint for both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamCall {
+    /// A whole answer.
+    Generate,
+    /// A streamed answer: Gemini's `:streamGenerateContent?alt=sse` (server-sent events, whatever
+    /// framing the client asked for: the relay writes the client's).
+    Stream,
+    /// Gemini's `:countTokens`.
+    CountTokens,
+}
+
+impl UpstreamCall {
+    /// The Gemini method and query of the call.
+    fn gemini_method(self) -> &'static str {
+        match self {
+            UpstreamCall::Generate => ":generateContent",
+            UpstreamCall::Stream => ":streamGenerateContent?alt=sse",
+            UpstreamCall::CountTokens => ":countTokens",
+        }
+    }
+}
+
+/// Appends `id` to `out` as a URL path: unreserved bytes and `/` as they are (a Gemini-compatible
+/// proxy may name models `google/gemini-2.5-flash`), everything else percent-encoded, `:` too,
+/// so that an id cannot change the method Google reads after the last `:`.
+fn push_path_encoded(out: &mut String, id: &str) {
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
+        }
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
+
 impl Candidate {
+    /// The URL of `call` to this candidate's upstream: the provider's endpoint, or for Gemini
+    /// `{base}/v1beta/models/{id}:{method}` (`tunedModels/…` and `models/…` ids keep their own
+    /// collection), the id percent-encoded. The secret is never in it: it travels in
+    /// [`Candidate::auth`].
+    pub fn upstream_url(&self, call: UpstreamCall) -> Result<http::Uri, http::uri::InvalidUri> {
+        if self.provider.protocol != Protocol::Gemini {
+            return Ok(self.provider.chat_url.clone());
+        }
+        let id = &*self.upstream_model;
+        let base = self.provider.chat_url.to_string();
+        let mut url = String::with_capacity(base.len() + id.len() + 40);
+        url.push_str(base.trim_end_matches('/'));
+        url.push('/');
+        if !(id.starts_with("models/") || id.starts_with("tunedModels/")) {
+            url.push_str("models/");
+        }
+        push_path_encoded(&mut url, id);
+        url.push_str(call.gemini_method());
+        url.parse()
+    }
+
     pub fn prices(&self) -> Prices {
         Prices {
             input: self.input_micro_usd_per_mtok,
@@ -238,6 +301,7 @@ impl Table {
             let protocol = match pb::Protocol::try_from(p.protocol) {
                 Ok(pb::Protocol::Anthropic) => Protocol::Anthropic,
                 Ok(pb::Protocol::OpenaiResponses) => Protocol::OpenAiResponses,
+                Ok(pb::Protocol::Gemini) => Protocol::Gemini,
                 _ => Protocol::OpenAiChat,
             };
             let base = p.base_url.trim_end_matches('/');
@@ -245,8 +309,8 @@ impl Table {
                 Protocol::OpenAiChat => format!("{base}/chat/completions"),
                 Protocol::Anthropic => format!("{base}/v1/messages"),
                 Protocol::OpenAiResponses => format!("{base}/responses"),
-                // The model and method complete a Gemini URL per request.
-                Protocol::Gemini => format!("{base}/models"),
+                // The model and method complete a Gemini URL per call (`upstream_url`).
+                Protocol::Gemini => format!("{base}/v1beta"),
             };
             let chat_url = url.parse::<http::Uri>().map_err(|_| TableError::BadUrl {
                 name: p.name.clone(),
@@ -624,6 +688,50 @@ mod tests {
         let mut delta = table();
         delta.base_version = 2;
         assert!(Table::compile(&delta, &StatsRegistry::default()).is_err());
+    }
+
+    #[test]
+    fn gemini_urls_name_the_model_and_method_and_never_the_secret() {
+        let mut raw = table();
+        raw.providers[0].protocol = pb::Protocol::Gemini as i32;
+        raw.providers[0].base_url = "http://127.0.0.1:1/".into();
+        raw.credentials[0].secret = "AIza-secret".into();
+        let ids = [
+            ("gemini-2.5-flash", "/v1beta/models/gemini-2.5-flash"),
+            ("models/gemini-2.5-pro", "/v1beta/models/gemini-2.5-pro"),
+            ("tunedModels/my-tune", "/v1beta/tunedModels/my-tune"),
+            (
+                "google/gemini 2:x?#%",
+                "/v1beta/models/google/gemini%202%3Ax%3F%23%25",
+            ),
+        ];
+        for (id, path) in ids {
+            raw.models[0].offerings[0].upstream_model = id.into();
+            let t = Table::compile(&raw, &StatsRegistry::default()).unwrap();
+            let cand = t.models["m"]
+                .iter()
+                .find(|c| &*c.provider.name == "alpha")
+                .unwrap();
+            assert_eq!(cand.provider.protocol, Protocol::Gemini);
+            assert_eq!(cand.auth.0, "x-goog-api-key");
+            assert_eq!(cand.auth.1, "AIza-secret");
+            for (call, method) in [
+                (UpstreamCall::Generate, ":generateContent"),
+                (UpstreamCall::Stream, ":streamGenerateContent?alt=sse"),
+                (UpstreamCall::CountTokens, ":countTokens"),
+            ] {
+                let url = cand.upstream_url(call).unwrap().to_string();
+                assert_eq!(url, format!("http://127.0.0.1:1{path}{method}"));
+                assert!(!url.contains("AIza"));
+            }
+        }
+        // Other protocols have one endpoint for every call.
+        let t = Table::compile(&table(), &StatsRegistry::default()).unwrap();
+        let cand = &t.models["m"][0];
+        assert_eq!(
+            cand.upstream_url(UpstreamCall::Stream).unwrap(),
+            cand.provider.chat_url
+        );
     }
 
     #[test]
