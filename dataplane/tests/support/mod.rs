@@ -16,7 +16,7 @@ pub struct Offer<'a> {
     pub input: &'a str,
     pub output: &'a str,
     pub multiplier: &'a str,
-    /// "openai" or "anthropic".
+    /// "openai", "anthropic", "openai-responses" or "gemini".
     pub protocol: &'a str,
 }
 
@@ -37,6 +37,16 @@ pub const fn anthropic_offer<'a>(name: &'a str, input: &'a str, output: &'a str)
         output,
         multiplier: "1",
         protocol: "anthropic",
+    }
+}
+
+pub const fn gemini_offer<'a>(name: &'a str, input: &'a str, output: &'a str) -> Offer<'a> {
+    Offer {
+        name,
+        input,
+        output,
+        multiplier: "1",
+        protocol: "gemini",
     }
 }
 
@@ -77,10 +87,10 @@ impl Cluster {
             };
             tune(&mut config);
             let fake = FakeUpstream::start(config);
-            let base = if o.protocol == "anthropic" {
-                fake.anthropic_base_url()
-            } else {
-                fake.openai_base_url()
+            let base = match o.protocol {
+                "anthropic" => fake.anthropic_base_url(),
+                "gemini" => fake.gemini_base_url(),
+                _ => fake.openai_base_url(),
             };
             add_offer(&cp, o, &base);
             fakes.push(fake);
