@@ -5,7 +5,8 @@
 //!   default API version is `v1`). `{model}` may contain `/` (`deepseek/deepseek-chat`), so the
 //!   method is what follows the **last** `:`; the model is percent-decoded (`%2F`). Methods:
 //!   `generateContent`, `streamGenerateContent` (`?alt=sse` for server-sent events, else
-//!   Google's JSON-array stream) and `countTokens`; [`serve`] dispatches one arm per method.
+//!   Google's JSON-array stream), `countTokens`, and the embedding methods `embedContent` and
+//!   `batchEmbedContents` (`server::embeddings`); [`serve`] dispatches one arm per method.
 //! - `GET /v1beta/models` (paged with `pageSize` / `pageToken`) and `GET /v1beta/models/{model}`,
 //!   in Google's `ListModelsResponse` / `Model` shape. `GET /v1/models` stays OpenAI's list
 //!   unless the request carries its key Google's way (`x-goog-api-key` or `?key=`).
@@ -17,6 +18,7 @@
 //! `proxy::client_error` with [`Protocol::Gemini`]; nothing refused here reaches an upstream.
 
 use crate::gateway::Gateway;
+use crate::protocol::embeddings::Client as Embed;
 use crate::protocol::gemini::Framing;
 use crate::proxy::{Body, UrlModel, client_error, json_response};
 use crate::server;
@@ -43,7 +45,18 @@ pub enum Call {
 const VERSIONS: [&str; 2] = ["/v1beta/", "/v1/"];
 
 /// The methods a listed model supports, as Google's `supportedGenerationMethods` names them.
+/// The route table does not say which models embed, so the embedding methods are served for
+/// any model (`SERVED_METHODS`) but not advertised.
 pub const SUPPORTED_METHODS: &[&str] = &["generateContent", "streamGenerateContent", "countTokens"];
+
+/// Every method [`serve`] answers.
+const SERVED_METHODS: &[&str] = &[
+    "generateContent",
+    "streamGenerateContent",
+    "countTokens",
+    "embedContent",
+    "batchEmbedContents",
+];
 
 /// Models per page of the list when the request names no `pageSize`, and the most a page
 /// holds: Google's own default and maximum.
@@ -158,9 +171,24 @@ pub async fn serve(
                 server::proxied(gw, req, request_id, Protocol::Gemini, Some(url)).await
             }
             "countTokens" => count_tokens(gw, req, &model).await,
+            "embedContent" => {
+                server::embeddings(
+                    gw,
+                    req,
+                    request_id,
+                    Embed::GeminiOne,
+                    Protocol::Gemini,
+                    model,
+                )
+                .await
+            }
+            "batchEmbedContents" => {
+                let shape = Embed::GeminiBatch;
+                server::embeddings(gw, req, request_id, shape, Protocol::Gemini, model).await
+            }
             other => not_found(&format!(
                 "Method {other:?} is not found for model {model:?}: this gateway serves {}.",
-                SUPPORTED_METHODS.join(", ")
+                SERVED_METHODS.join(", ")
             )),
         },
         Call::Unknown(what) => not_found(&format!(

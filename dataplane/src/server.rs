@@ -784,7 +784,7 @@ fn log_not_served(
 /// An embeddings request (`POST /v1/embeddings`, Gemini's `:embedContent` and
 /// `:batchEmbedContents`) in `shape`, with errors in `errors` and, for Gemini's, the path's
 /// model: authenticate, read the body, route as a completion is routed.
-async fn embeddings(
+pub(crate) async fn embeddings(
     gw: &Arc<Gateway>,
     req: Request<Incoming>,
     request_id: &str,
@@ -814,6 +814,7 @@ async fn embeddings(
         query: None,
         attempts: Vec::new(),
         pin: None,
+        from_url: None,
     };
     let resp = gw
         .proxy

@@ -645,3 +645,42 @@ fn other_dialects_reach_a_gemini_upstream_at_its_method_urls() {
     let rows = c.wait_usage(4);
     assert!(total(&rows, "output_tokens") > 0, "{rows:?}");
 }
+
+#[test]
+fn gemini_embedding_methods_go_through_the_same_dispatch() {
+    let c = Cluster::start(&[offer("oai", "0.1", "0.2")], &[]);
+    let key = c.key.clone();
+    let one = post(
+        &c,
+        &format!("/v1beta/models/{MODEL}:embedContent"),
+        &json!({"content": {"parts": [{"text": "hello"}]}}),
+        Auth::Goog(&key),
+    );
+    assert_eq!(one.status, 200, "{}\n{}", one.text(), c.dp.logs());
+    assert!(
+        one.json()["embedding"]["values"].is_array(),
+        "{}",
+        one.text()
+    );
+    let batch = post(
+        &c,
+        &format!("/v1/models/test%2Fmodel:batchEmbedContents?key={key}"),
+        &json!({"requests": [
+            {"content": {"parts": [{"text": "hello"}]}, "model": format!("models/{MODEL}")},
+            {"content": {"parts": [{"text": "world"}]}, "model": format!("models/{MODEL}")},
+        ]}),
+        Auth::None,
+    );
+    assert_eq!(batch.status, 200, "{}", batch.text());
+    assert_eq!(batch.json()["embeddings"].as_array().unwrap().len(), 2);
+    google_error(
+        &post(
+            &c,
+            &format!("/v1beta/models/{MODEL}:embedContent"),
+            &json!({"content": {}}),
+            Auth::None,
+        ),
+        401,
+        "UNAUTHENTICATED",
+    );
+}
