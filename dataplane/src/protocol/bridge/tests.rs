@@ -82,6 +82,19 @@ fn client_request_body(client: Dialect, model: &str, include_usage: bool) -> Vec
     body.to_string().into_bytes()
 }
 
+/// A `client` request: a Gemini one with the model and framing its URL would give.
+fn parse_client<'a>(
+    client: Dialect,
+    body: &'a [u8],
+    model: &str,
+    framing: Option<Framing>,
+) -> ClientRequest<'a> {
+    match client {
+        Dialect::Gemini => ClientRequest::parse_gemini(body, model, framing).unwrap(),
+        _ => ClientRequest::parse(client, body).unwrap(),
+    }
+}
+
 /// An `upstream` answer as a `client` that asked for `client_model` gets it, and the counts
 /// billed; `None` when the body is not an answer of the upstream's dialect.
 fn answer(
@@ -91,7 +104,7 @@ fn answer(
     client_model: &str,
 ) -> Option<(Vec<u8>, Option<Usage>)> {
     let request = client_request_body(client, client_model, false);
-    let req = ClientRequest::parse(client, &request).unwrap();
+    let req = parse_client(client, &request, client_model, None);
     let (bytes, metering) = req.response(upstream, Bytes::copy_from_slice(body))?;
     Some((bytes.to_vec(), metering.map(|m| m.usage)))
 }
@@ -1960,4 +1973,513 @@ fn gemini_streams_are_typed_by_their_framing() {
     assert_eq!(sse.stream_content_type(), "text/event-stream");
     assert_eq!(array.stream_content_type(), "application/json");
     assert!(!Stream::new(&array, Dialect::Gemini, "m").is_translated());
+}
+
+/// The recorded body of a captured client request (`{method, path, query, headers, body}`).
+fn recorded_body(name: &str) -> Vec<u8> {
+    serde_json::to_vec(&parse(&sample(name))["body"]).unwrap()
+}
+
+/// A `client` request body (JSON) as an upstream of `upstream`'s dialect gets it.
+fn outbound(client: Dialect, body: &[u8], upstream: Dialect, model: &str) -> Value {
+    let req = parse_client(client, body, model, None);
+    let out = req.upstream_body(body, upstream, "up-model").unwrap();
+    parse(&out.body)
+}
+
+const GEMINI_CALL_ID: &str = "run_shell_command_1796638976255_0";
+
+#[test]
+fn a_gemini_cli_tool_turn_pairs_call_and_result_for_every_upstream() {
+    let body = recorded_body("gemini-cli-0.61.0-tool-result-request.json");
+    let chat = outbound(
+        Dialect::Gemini,
+        &body,
+        Dialect::OpenAiChat,
+        "gemini-3.8-flash",
+    );
+    assert_eq!(chat["model"], "up-model");
+    let messages = chat["messages"].as_array().unwrap();
+    assert_eq!(messages[0]["role"], "system");
+    let call = messages
+        .iter()
+        .find(|m| m["tool_calls"].is_array())
+        .unwrap();
+    assert_eq!(call["tool_calls"][0]["id"], GEMINI_CALL_ID);
+    assert_eq!(
+        call["tool_calls"][0]["function"]["name"],
+        "run_shell_command"
+    );
+    let result = messages.iter().find(|m| m["role"] == "tool").unwrap();
+    assert_eq!(result["tool_call_id"], GEMINI_CALL_ID);
+    assert!(
+        result["content"]
+            .as_str()
+            .unwrap()
+            .contains("KEYPLANE-MARKER")
+    );
+    let read_file = chat["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["function"]["name"] == "read_file")
+        .unwrap();
+    assert_eq!(
+        read_file["function"]["parameters"]["properties"]["start_line"]["minimum"],
+        1
+    );
+
+    let anthropic = outbound(
+        Dialect::Gemini,
+        &body,
+        Dialect::Anthropic,
+        "gemini-3.8-flash",
+    );
+    let blocks: Vec<&Value> = anthropic["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|m| m["content"].as_array().into_iter().flatten())
+        .collect();
+    let tool_use = blocks.iter().find(|b| b["type"] == "tool_use").unwrap();
+    let tool_result = blocks.iter().find(|b| b["type"] == "tool_result").unwrap();
+    assert_eq!(tool_use["id"], GEMINI_CALL_ID);
+    assert_eq!(tool_result["tool_use_id"], GEMINI_CALL_ID);
+    assert!(
+        anthropic["system"]
+            .as_str()
+            .unwrap()
+            .starts_with("You are Gemini CLI")
+    );
+
+    let responses = outbound(Dialect::Gemini, &body, Dialect::OpenAiResponses, "g");
+    let items = responses["input"].as_array().unwrap();
+    let call = items.iter().find(|i| i["type"] == "function_call").unwrap();
+    let output = items
+        .iter()
+        .find(|i| i["type"] == "function_call_output")
+        .unwrap();
+    assert_eq!(call["call_id"], GEMINI_CALL_ID);
+    assert_eq!(output["call_id"], GEMINI_CALL_ID);
+}
+
+#[test]
+fn every_client_reaches_a_gemini_upstream_with_names_ids_and_signatures() {
+    let chat = json!({"model": "m", "messages": [
+        {"role": "system", "content": "sys"},
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "call_a", "type": "function", "function": {"name": "weather", "arguments": "{\"city\":\"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_a", "content": "sunny"}],
+        "tools": [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]});
+    let out = outbound(
+        Dialect::OpenAiChat,
+        chat.to_string().as_bytes(),
+        Dialect::Gemini,
+        "m",
+    );
+    assert!(out.get("model").is_none());
+    assert_eq!(out["systemInstruction"]["parts"][0]["text"], "sys");
+    assert_eq!(
+        out["contents"][1]["parts"][0],
+        json!({"functionCall": {"id": "call_a", "name": "weather", "args": {"city": "Paris"}},
+            "thoughtSignature": "skip_thought_signature_validator"})
+    );
+    assert_eq!(
+        out["contents"][2]["parts"][0],
+        json!({"functionResponse": {"id": "call_a", "name": "weather", "response": {"output": "sunny"}}})
+    );
+    assert!(
+        out["tools"][0]["functionDeclarations"][0]["parametersJsonSchema"]["properties"]
+            .is_object()
+    );
+
+    // An Anthropic client gives back the signature a Gemini upstream put on its call.
+    let anthropic = json!({"model": "m", "max_tokens": 100, "messages": [
+        {"role": "user", "content": "list"},
+        {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "", "signature": "U0lH"},
+            {"type": "tool_use", "id": "call_0_0", "name": "ls", "input": {"dir": "."}}]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "call_0_0", "content": "a.txt", "is_error": true}]}]});
+    let out = outbound(
+        Dialect::Anthropic,
+        anthropic.to_string().as_bytes(),
+        Dialect::Gemini,
+        "m",
+    );
+    assert_eq!(
+        out["contents"][1]["parts"],
+        json!([{"functionCall": {"id": "call_0_0", "name": "ls", "args": {"dir": "."}},
+            "thoughtSignature": "U0lH"}])
+    );
+    assert_eq!(
+        out["contents"][2]["parts"][0]["functionResponse"],
+        json!({"id": "call_0_0", "name": "ls", "response": {"error": "a.txt"}})
+    );
+    assert_eq!(out["generationConfig"]["maxOutputTokens"], 100);
+
+    let responses = json!({"model": "m", "instructions": "be terse", "input": [
+        {"role": "user", "content": "hi"},
+        {"type": "function_call", "call_id": "fc_1", "name": "f", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "fc_1", "output": "ok"}],
+        "reasoning": {"effort": "high"}});
+    let out = outbound(
+        Dialect::OpenAiResponses,
+        responses.to_string().as_bytes(),
+        Dialect::Gemini,
+        "m",
+    );
+    assert_eq!(out["systemInstruction"]["parts"][0]["text"], "be terse");
+    assert_eq!(
+        out["contents"][2]["parts"][0]["functionResponse"]["name"],
+        "f"
+    );
+}
+
+/// A Gemini answer with a signed function call, after thoughts, with every usage count.
+const GEMINI_TOOL_ANSWER: &str = r#"{"candidates":[{"content":{"role":"model","parts":[
+    {"text":"The user wants a listing.","thought":true},
+    {"functionCall":{"name":"ls","args":{"dir":"."}},"thoughtSignature":"U0lH"}]},
+    "finishReason":"STOP","index":0}],
+  "usageMetadata":{"promptTokenCount":120,"cachedContentTokenCount":100,"toolUsePromptTokenCount":3,
+    "candidatesTokenCount":7,"thoughtsTokenCount":11,"totalTokenCount":141},
+  "modelVersion":"gemini-3-pro","responseId":"resp-1"}"#;
+
+#[test]
+fn a_gemini_answer_bills_exactly_and_its_signature_comes_back_through_anthropic() {
+    let expected = Usage {
+        input_tokens: 23,
+        output_tokens: 18,
+        cache_read_tokens: 100,
+        cache_write_tokens: 0,
+    };
+    for client in [
+        Dialect::OpenAiChat,
+        Dialect::Anthropic,
+        Dialect::OpenAiResponses,
+    ] {
+        let (_, usage) =
+            answer(client, Dialect::Gemini, GEMINI_TOOL_ANSWER.as_bytes(), "cm").unwrap();
+        assert_eq!(usage, Some(expected), "{client:?}");
+    }
+    let (chat, _) = answer(
+        Dialect::OpenAiChat,
+        Dialect::Gemini,
+        GEMINI_TOOL_ANSWER.as_bytes(),
+        "cm",
+    )
+    .unwrap();
+    let chat = parse(&chat);
+    assert_eq!(chat["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(chat["usage"]["prompt_tokens"], 123);
+    assert_eq!(chat["usage"]["completion_tokens"], 18);
+    assert_eq!(chat["usage"]["prompt_tokens_details"]["cached_tokens"], 100);
+
+    let (message, _) = answer(
+        Dialect::Anthropic,
+        Dialect::Gemini,
+        GEMINI_TOOL_ANSWER.as_bytes(),
+        "cm",
+    )
+    .unwrap();
+    let message = parse(&message);
+    assert_eq!(message["stop_reason"], "tool_use");
+    let content = message["content"].as_array().unwrap().clone();
+    let tool_use = content.iter().find(|b| b["type"] == "tool_use").unwrap();
+    assert!(
+        content
+            .iter()
+            .any(|b| b["type"] == "thinking" && b["signature"] == "U0lH")
+    );
+    // The client sends the turn back: the signature rides on the call again.
+    let next = json!({"model": "cm", "max_tokens": 50, "messages": [
+        {"role": "user", "content": "list"},
+        {"role": "assistant", "content": content},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": tool_use["id"], "content": "a.txt"}]}]});
+    let out = outbound(
+        Dialect::Anthropic,
+        next.to_string().as_bytes(),
+        Dialect::Gemini,
+        "gemini-3-pro",
+    );
+    let parts = out["contents"][1]["parts"].as_array().unwrap();
+    assert_eq!(parts.len(), 1, "{parts:?}");
+    assert_eq!(parts[0]["thoughtSignature"], "U0lH");
+    assert_eq!(parts[0]["functionCall"]["name"], "ls");
+    assert_eq!(
+        out["contents"][2]["parts"][0]["functionResponse"]["id"],
+        tool_use["id"]
+    );
+}
+
+#[test]
+fn anthropic_thinking_survives_a_gemini_client_that_keeps_only_signatures() {
+    let upstream = json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude",
+        "content": [
+            {"type": "thinking", "thinking": "I will list.", "signature": "EqQB+/sig=="},
+            {"type": "tool_use", "id": "toolu_1", "name": "ls", "input": {"dir": "."}}],
+        "stop_reason": "tool_use",
+        "usage": {"input_tokens": 10, "output_tokens": 5, "cache_read_input_tokens": 2, "cache_creation_input_tokens": 3}})
+    .to_string();
+    let (body, usage) = answer(
+        Dialect::Gemini,
+        Dialect::Anthropic,
+        upstream.as_bytes(),
+        "gm",
+    )
+    .unwrap();
+    assert_eq!(
+        usage,
+        Some(Usage {
+            input_tokens: 10,
+            output_tokens: 5,
+            cache_read_tokens: 2,
+            cache_write_tokens: 3
+        })
+    );
+    let v = parse(&body);
+    assert_eq!(v["modelVersion"], "gm");
+    assert_eq!(v["usageMetadata"]["promptTokenCount"], 15);
+    assert_eq!(v["usageMetadata"]["cachedContentTokenCount"], 2);
+    let parts = v["candidates"][0]["content"]["parts"].as_array().unwrap();
+    let call = parts
+        .iter()
+        .find(|p| p["functionCall"].is_object())
+        .unwrap();
+    assert_eq!(call["functionCall"]["id"], "toolu_1");
+    // Gemini CLI's next request: the call part alone, with its signature, then the result.
+    let next = json!({"contents": [
+        {"role": "user", "parts": [{"text": "list"}]},
+        {"role": "model", "parts": [call]},
+        {"role": "user", "parts": [{"functionResponse": {"id": "toolu_1", "name": "ls", "response": {"output": "a.txt"}}}]}]});
+    let out = outbound(
+        Dialect::Gemini,
+        next.to_string().as_bytes(),
+        Dialect::Anthropic,
+        "gm",
+    );
+    assert_eq!(
+        out["messages"][1]["content"],
+        json!([
+            {"type": "thinking", "thinking": "I will list.", "signature": "EqQB+/sig=="},
+            {"type": "tool_use", "id": "toolu_1", "name": "ls", "input": {"dir": "."}}
+        ])
+    );
+    assert_eq!(out["messages"][2]["content"][0]["tool_use_id"], "toolu_1");
+}
+
+#[test]
+fn a_blocked_gemini_prompt_is_each_clients_own_refusal() {
+    let blocked = br#"{"promptFeedback":{"blockReason":"SAFETY"},"usageMetadata":{"promptTokenCount":9,"totalTokenCount":9}}"#;
+    let (chat, usage) = answer(Dialect::OpenAiChat, Dialect::Gemini, blocked, "m").unwrap();
+    assert_eq!(
+        parse(&chat)["choices"][0]["finish_reason"],
+        "content_filter"
+    );
+    assert_eq!(usage.unwrap().input_tokens, 9);
+    let (message, _) = answer(Dialect::Anthropic, Dialect::Gemini, blocked, "m").unwrap();
+    assert_eq!(parse(&message)["stop_reason"], "refusal");
+    let (response, _) = answer(Dialect::OpenAiResponses, Dialect::Gemini, blocked, "m").unwrap();
+    let response = parse(&response);
+    assert_eq!(response["status"], "incomplete");
+    assert_eq!(response["incomplete_details"]["reason"], "content_filter");
+    let recitation = br#"{"candidates":[{"content":{"role":"model","parts":[{"text":"Once upon"}]},"finishReason":"RECITATION","index":0}]}"#;
+    let (message, _) = answer(Dialect::Anthropic, Dialect::Gemini, recitation, "m").unwrap();
+    assert_eq!(parse(&message)["stop_reason"], "refusal");
+    // And the other way: a refusal reaches a Gemini client as SAFETY.
+    let refused = json!({"id": "msg", "type": "message", "role": "assistant", "model": "c",
+        "content": [], "stop_reason": "refusal", "usage": {"input_tokens": 1, "output_tokens": 0}})
+    .to_string();
+    let (body, _) = answer(Dialect::Gemini, Dialect::Anthropic, refused.as_bytes(), "m").unwrap();
+    assert_eq!(parse(&body)["candidates"][0]["finishReason"], "SAFETY");
+}
+
+#[test]
+fn errors_cross_between_google_and_the_other_shapes() {
+    let google_429 = br#"{"error":{"code":429,"message":"Resource has been exhausted (e.g. check quota).","status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"17s"}]}}"#;
+    let (status, body) = upstream_error(
+        Dialect::Anthropic,
+        Dialect::Gemini,
+        429,
+        Bytes::from_static(google_429),
+    );
+    assert_eq!(status, 429);
+    let v = parse(&body);
+    assert_eq!(v["error"]["type"], "rate_limit_error");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Resource has been exhausted")
+    );
+    let (_, body) = upstream_error(
+        Dialect::OpenAiChat,
+        Dialect::Gemini,
+        429,
+        Bytes::from_static(google_429),
+    );
+    assert_eq!(parse(&body)["error"]["type"], "rate_limit_error");
+    let (status, body) = upstream_error(
+        Dialect::Gemini,
+        Dialect::Anthropic,
+        529,
+        Bytes::from(sample("anthropic-error.json")),
+    );
+    assert_eq!(status, 503);
+    assert_eq!(parse(&body)["error"]["status"], "UNAVAILABLE");
+    let (status, body) = upstream_error(
+        Dialect::Gemini,
+        Dialect::OpenAiChat,
+        404,
+        Bytes::from(sample("openai-error-404.json")),
+    );
+    assert_eq!(status, 404);
+    let v = parse(&body);
+    assert_eq!(v["error"]["code"], 404);
+    assert_eq!(v["error"]["status"], "NOT_FOUND");
+}
+
+/// `stream` (an upstream's SSE bytes) through a [`Stream`] for `req`, as the relay feeds a
+/// committed stream, then finished: the client's bytes and the counts billed.
+fn run_stream(
+    req: &ClientRequest<'_>,
+    upstream: Dialect,
+    stream: &[u8],
+) -> (Vec<u8>, Option<Usage>) {
+    let mut s = Stream::new(req, upstream, "msg_gem");
+    let mut splitter = sse::Splitter::default();
+    let mut events = Vec::new();
+    splitter.push(Bytes::copy_from_slice(stream), &mut events);
+    let mut frames = Vec::new();
+    for raw in events {
+        if s.event(raw, true, &mut frames) == StreamNote::Done {
+            break;
+        }
+    }
+    s.finish(&mut frames);
+    (frames.concat(), s.metering().map(|m| m.usage))
+}
+
+#[test]
+fn a_gemini_stream_reaches_every_client_billed_at_its_last_usage() {
+    let stream = sample("gemini-stream.sse");
+    // The recorded stream's last chunk: promptTokenCount 18, candidates 1,193 and thoughts 35
+    // summed over the whole answer (each chunk repeats the total so far).
+    let last: Value = parse(
+        String::from_utf8_lossy(&stream)
+            .rsplit("data: ")
+            .next()
+            .unwrap()
+            .trim()
+            .as_bytes(),
+    );
+    let meta = &last["usageMetadata"];
+    let expected = Usage {
+        input_tokens: meta["promptTokenCount"].as_u64().unwrap(),
+        output_tokens: meta["candidatesTokenCount"].as_u64().unwrap()
+            + meta["thoughtsTokenCount"].as_u64().unwrap(),
+        cache_read_tokens: 0,
+        cache_write_tokens: 0,
+    };
+    let text: String = sse_events(&stream)
+        .iter()
+        .filter_map(|(_, d)| {
+            let v = parse(d.as_ref()?);
+            v["candidates"][0]["content"]["parts"][0]["text"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    for client in [
+        Dialect::OpenAiChat,
+        Dialect::Anthropic,
+        Dialect::OpenAiResponses,
+    ] {
+        let body = client_request_body(client, "cm", true);
+        let req = parse_client(client, &body, "cm", None);
+        let (out, usage) = run_stream(&req, Dialect::Gemini, &stream);
+        assert_eq!(usage, Some(expected), "{client:?}");
+        let mut shown = String::new();
+        for (_, data) in sse_events(&out) {
+            let Some(data) = data else { continue };
+            if data == b"[DONE]" {
+                continue;
+            }
+            let v = parse(&data);
+            for t in [
+                v.pointer("/choices/0/delta/content"),
+                v.pointer("/delta/text"),
+                v.get("delta")
+                    .filter(|_| v["type"] == "response.output_text.delta"),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                shown.push_str(t.as_str().unwrap_or_default());
+            }
+        }
+        assert_eq!(shown, text, "{client:?}");
+    }
+}
+
+#[test]
+fn an_anthropic_tool_stream_reaches_a_gemini_client_in_both_framings() {
+    let stream = sample("anthropic-tool-use-stream.sse");
+    let body = br#"{"contents":[],"generationConfig":{"thinkingConfig":{"includeThoughts":true}}}"#;
+    let sse_req = parse_client(Dialect::Gemini, body, "gm", Some(Framing::Sse));
+    let (sse_out, sse_usage) = run_stream(&sse_req, Dialect::Anthropic, &stream);
+    let array_req = parse_client(Dialect::Gemini, body, "gm", Some(Framing::JsonArray));
+    let (array_out, array_usage) = run_stream(&array_req, Dialect::Anthropic, &stream);
+    assert_eq!(sse_usage, array_usage);
+    assert!(sse_usage.is_some());
+    let from_sse: Vec<Value> = sse_events(&sse_out)
+        .into_iter()
+        .map(|(name, data)| {
+            assert!(name.is_none());
+            parse(&data.unwrap())
+        })
+        .collect();
+    assert!(sse_out.ends_with(b"}\r\n\r\n"));
+    let from_array: Vec<Value> = serde_json::from_slice(&array_out).unwrap();
+    assert_eq!(from_sse, from_array, "one answer, two framings");
+    let calls: Vec<&Value> = from_sse
+        .iter()
+        .filter_map(|c| c.pointer("/candidates/0/content/parts/0/functionCall"))
+        .collect();
+    assert_eq!(calls.len(), 1, "a call goes out whole, once");
+    assert!(calls[0]["args"].is_object());
+    assert!(calls[0]["id"].as_str().unwrap().starts_with("toolu_"));
+    let last = from_sse.last().unwrap();
+    assert_eq!(last["candidates"][0]["finishReason"], "STOP");
+    let u = sse_usage.unwrap();
+    assert_eq!(
+        last["usageMetadata"]["promptTokenCount"].as_u64(),
+        Some(u.input_tokens + u.cache_read_tokens + u.cache_write_tokens)
+    );
+    assert_eq!(
+        last["usageMetadata"]["totalTokenCount"].as_u64(),
+        Some(u.input_tokens + u.cache_read_tokens + u.cache_write_tokens + u.output_tokens)
+    );
+}
+
+#[test]
+fn gemini_pass_through_streams_keep_bytes_and_bill_the_last_usage() {
+    let stream = sample("gemini-stream.sse");
+    let body = br#"{"contents":[]}"#;
+    let sse_req = parse_client(Dialect::Gemini, body, "g", Some(Framing::Sse));
+    let (out, usage) = run_stream(&sse_req, Dialect::Gemini, &stream);
+    assert_eq!(out, stream);
+    let array_req = parse_client(Dialect::Gemini, body, "g", Some(Framing::JsonArray));
+    let (array, array_usage) = run_stream(&array_req, Dialect::Gemini, &stream);
+    assert_eq!(usage, array_usage);
+    let chunks: Vec<Value> = serde_json::from_slice(&array).unwrap();
+    assert_eq!(chunks.len(), sse_events(&stream).len());
+    let mut reframed = Vec::new();
+    for (i, (_, data)) in sse_events(&stream).into_iter().enumerate() {
+        reframed.extend_from_slice(if i == 0 { b"[" } else { b",\r\n" });
+        reframed.extend_from_slice(&data.unwrap());
+    }
+    reframed.push(b']');
+    assert_eq!(array, reframed, "each chunk's bytes unchanged");
 }

@@ -453,16 +453,22 @@ fn part_blocks<'a>(
         .filter(|s| !s.is_empty() && s != SKIP_SIGNATURE);
     if part.thought == Some(true) {
         let text = part.text.unwrap_or_default();
-        if !text.is_empty() || signature.is_some() {
-            blocks.push(Block::Thinking { text, signature });
+        match signature.as_deref().and_then(super::unseal) {
+            Some(sealed) => blocks.push(sealed),
+            None if !text.is_empty() || signature.is_some() => {
+                blocks.push(Block::Thinking { text, signature });
+            }
+            None => {}
         }
         return;
     }
     if let Some(signature) = signature {
-        blocks.push(Block::Thinking {
+        // Another upstream's reasoning that a Gemini client carried back, or Gemini's own
+        // signature for the part it rides on.
+        blocks.push(super::unseal(&signature).unwrap_or(Block::Thinking {
             text: String::new(),
             signature: Some(signature),
-        });
+        }));
     }
     if let Some(text) = part.text {
         if !text.is_empty() {

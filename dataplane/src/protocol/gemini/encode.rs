@@ -19,6 +19,13 @@
 //! - At most 5 stop sequences (Gemini's limit); the rest are dropped and named.
 //! - A reasoning effort is a `thinkingLevel` for Gemini 3 and later, a `thinkingBudget` for
 //!   Gemini 2 (which has no levels); thoughts are asked for whenever reasoning is.
+//!
+//! # What a Gemini client gets
+//!
+//! - One `GenerateContentResponse` (or one per stream chunk) with the client's model as
+//!   `modelVersion`; thought text only when the client asked `includeThoughts`.
+//! - Another upstream's reasoning block is sealed whole into the `thoughtSignature` of the part
+//!   after it ([`super::seal`]), which the client gives back even when it drops thought text.
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -612,25 +619,28 @@ pub fn finish_reason(stop: StopReason) -> &'static str {
     }
 }
 
-/// An answer's parts: thinking shown only when the client asked for thoughts; a signature on the
-/// part after its thinking (or on the thought itself when nothing follows).
+/// An answer's parts: thinking text shown only when the client asked for thoughts; each
+/// reasoning block [`super::seal`]ed into the `thoughtSignature` of the part after it (or of an
+/// empty text part when nothing follows, or another block comes first).
 fn answer_parts<'a>(content: &'a [Block<'_>], thoughts: bool) -> Vec<PartOut<'a>> {
     let mut parts = Vec::new();
-    let mut signature: Option<&str> = None;
+    let mut signature: Option<String> = None;
     for block in content {
         let mut part = match block {
             Block::Text(text) => text_part(text),
-            Block::Thinking { text, signature: s } => {
-                if let Some(s) = s.as_deref().filter(|s| !s.is_empty()) {
-                    signature = Some(s);
+            Block::Thinking { .. } | Block::RedactedThinking { .. } => {
+                if let Some(sealed) = super::seal(block)
+                    && let Some(earlier) = signature.replace(sealed)
+                {
+                    parts.push(signature_part(earlier));
                 }
-                if !thoughts || text.is_empty() {
-                    continue;
-                }
-                PartOut {
-                    text: Some(Cow::Borrowed(text)),
-                    thought: Some(true),
-                    ..PartOut::default()
+                match block {
+                    Block::Thinking { text, .. } if thoughts && !text.is_empty() => PartOut {
+                        text: Some(Cow::Borrowed(text)),
+                        thought: Some(true),
+                        ..PartOut::default()
+                    },
+                    _ => continue,
                 }
             }
             Block::ToolCall {
@@ -645,23 +655,26 @@ fn answer_parts<'a>(content: &'a [Block<'_>], thoughts: bool) -> Vec<PartOut<'a>
                 }),
                 ..PartOut::default()
             },
-            Block::Image(_) | Block::ToolResult { .. } | Block::RedactedThinking { .. } => {
-                continue;
-            }
+            Block::Image(_) | Block::ToolResult { .. } => continue,
         };
         if part.thought != Some(true) {
-            part.thought_signature = signature.take().map(Cow::Borrowed);
+            part.thought_signature = signature.take().map(Cow::Owned);
         }
         parts.push(part);
     }
     if let Some(s) = signature {
-        parts.push(PartOut {
-            text: Some(Cow::Borrowed("")),
-            thought_signature: Some(Cow::Borrowed(s)),
-            ..PartOut::default()
-        });
+        parts.push(signature_part(s));
     }
     parts
+}
+
+/// An empty text part that only carries a signature.
+fn signature_part(signature: String) -> PartOut<'static> {
+    PartOut {
+        text: Some(Cow::Borrowed("")),
+        thought_signature: Some(Cow::Owned(signature)),
+        ..PartOut::default()
+    }
 }
 
 fn empty_object() -> Cow<'static, RawValue> {
@@ -719,8 +732,10 @@ pub struct Stream {
     /// The array's `[` was written.
     opened: bool,
     finished: bool,
-    /// A signature waiting for the next part.
+    /// A sealed reasoning block waiting for the next part ([`super::seal`]).
     signature: Option<String>,
+    /// The text of the thinking block being received, sealed with its signature.
+    thinking: String,
     /// The call being received: block index, id, name, arguments so far.
     call: Option<(usize, String, String, String)>,
     stop: Option<StopReason>,
@@ -739,6 +754,7 @@ impl Stream {
             opened: false,
             finished: false,
             signature: None,
+            thinking: String::new(),
             call: None,
             stop: None,
             metering: None,
@@ -781,6 +797,16 @@ impl Stream {
                 self.opened = true;
                 out.extend_from_slice(&json);
             }
+        }
+    }
+
+    /// A sealed block to ride on the next part; one already waiting goes out first on an empty
+    /// text part of its own.
+    fn pend(&mut self, sealed: Option<String>, out: &mut Vec<u8>) {
+        if let Some(sealed) = sealed
+            && let Some(earlier) = self.signature.replace(sealed)
+        {
+            self.put(vec![signature_part(earlier)], false, out);
         }
     }
 
@@ -829,18 +855,38 @@ impl StreamEncode for Stream {
                 self.flush_call(out);
                 self.call = Some((*index, id.clone(), name.clone(), String::new()));
             }
+            Event::BlockStart {
+                block: BlockStart::RedactedThinking { data },
+                ..
+            } => {
+                let block = Block::RedactedThinking { data: data.clone() };
+                self.pend(super::seal(&block), out);
+            }
+            Event::BlockStart {
+                block: BlockStart::Thinking,
+                ..
+            } => self.thinking.clear(),
             Event::BlockStart { .. } => {}
             Event::Delta { index, delta } => match delta {
                 Delta::Text(text) if !text.is_empty() => self.put_part(text_part(text), out),
-                Delta::Thinking(text) if self.thoughts && !text.is_empty() => {
-                    let part = PartOut {
-                        text: Some(Cow::Borrowed(text)),
-                        thought: Some(true),
-                        ..PartOut::default()
-                    };
-                    self.put_part(part, out);
+                Delta::Thinking(text) if !text.is_empty() => {
+                    self.thinking.push_str(text);
+                    if self.thoughts {
+                        let part = PartOut {
+                            text: Some(Cow::Borrowed(text)),
+                            thought: Some(true),
+                            ..PartOut::default()
+                        };
+                        self.put_part(part, out);
+                    }
                 }
-                Delta::Signature(s) if !s.is_empty() => self.signature = Some(s.clone()),
+                Delta::Signature(s) if !s.is_empty() => {
+                    let block = Block::Thinking {
+                        text: std::mem::take(&mut self.thinking),
+                        signature: Some(s.clone()),
+                    };
+                    self.pend(super::seal(&block), out);
+                }
                 Delta::ToolArguments(more) => {
                     if let Some((i, _, _, arguments)) = &mut self.call
                         && *i == *index

@@ -251,14 +251,25 @@ fn answer() -> Response {
 #[test]
 fn a_whole_answer_is_a_generate_content_response_that_reads_back_exactly() {
     let body = response_with(&answer(), "gemini-client-model", true);
-    let v: Value = serde_json::from_slice(&body).unwrap();
+    let mut v: Value = serde_json::from_slice(&body).unwrap();
+    // The thinking block rides sealed on the next part: its text and Anthropic's signature come
+    // back whole however little of the turn the client keeps.
+    let sealed = v["candidates"][0]["content"]["parts"][1]["thoughtSignature"]
+        .take()
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(matches!(
+        super::super::unseal(&sealed),
+        Some(Block::Thinking { text, signature: Some(s) }) if text == "hmm" && s == "anthropic-sig"
+    ));
     assert_eq!(
         v,
         json!({
             "candidates": [{
                 "content": {"role": "model", "parts": [
                     {"text": "hmm", "thought": true},
-                    {"text": "Let me check.", "thoughtSignature": "anthropic-sig"},
+                    {"text": "Let me check.", "thoughtSignature": null},
                     {"functionCall": {"id": "toolu_9", "name": "weather", "args": {"city": "Oslo"}}}
                 ]},
                 "finishReason": "STOP",
@@ -277,7 +288,7 @@ fn a_whole_answer_is_a_generate_content_response_that_reads_back_exactly() {
     let v: Value = serde_json::from_slice(&response_with(&answer(), "m", false)).unwrap();
     let parts = v["candidates"][0]["content"]["parts"].as_array().unwrap();
     assert_eq!(parts.len(), 2);
-    assert_eq!(parts[0]["thoughtSignature"], "anthropic-sig");
+    assert_eq!(parts[0]["thoughtSignature"], sealed.as_str());
 }
 
 #[test]
@@ -376,6 +387,11 @@ fn sse_chunks(out: &[u8]) -> Vec<Value> {
 
 #[test]
 fn an_sse_stream_has_deltas_a_whole_call_and_usage_last() {
+    let sealed = super::super::seal(&Block::Thinking {
+        text: "hmm".into(),
+        signature: Some("sig".into()),
+    })
+    .unwrap();
     let chunks = sse_chunks(&stream(Framing::Sse, true));
     let parts: Vec<Value> = chunks
         .iter()
@@ -385,7 +401,7 @@ fn an_sse_stream_has_deltas_a_whole_call_and_usage_last() {
         parts,
         [
             json!({"text": "hmm", "thought": true}),
-            json!({"text": "Hel", "thoughtSignature": "sig"}),
+            json!({"text": "Hel", "thoughtSignature": sealed}),
             json!({"text": "lo"}),
             json!({"functionCall": {"id": "call_1", "name": "f", "args": {"a": 1}}}),
             json!({"text": ""}),
@@ -408,7 +424,7 @@ fn an_sse_stream_has_deltas_a_whole_call_and_usage_last() {
     assert_eq!(chunks.len(), 4);
     assert_eq!(
         chunks[0]["candidates"][0]["content"]["parts"][0],
-        json!({"text": "Hel", "thoughtSignature": "sig"})
+        json!({"text": "Hel", "thoughtSignature": sealed})
     );
 }
 

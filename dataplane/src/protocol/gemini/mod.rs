@@ -267,6 +267,75 @@ pub fn answer(body: &[u8]) -> Option<Answer> {
     Some(Answer { metering })
 }
 
+// ---------------------------------------------------------------------------------------------
+// Other upstreams' reasoning, carried by a Gemini client
+// ---------------------------------------------------------------------------------------------
+
+/// What starts the bytes of a sealed thinking block (see [`seal`]).
+const SEAL_MAGIC: &[u8] = b"keyplane-thinking\0";
+
+#[derive(serde::Serialize, Deserialize, Default)]
+struct Sealed {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    signature: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    redacted: Option<String>,
+}
+
+/// Another upstream's reasoning block (Anthropic thinking with its signature, or redacted
+/// thinking) as a Gemini `thoughtSignature`, so that a Gemini client gives it back whole.
+///
+/// Gemini clients keep a turn's signatures but not its thought text (Gemini CLI drops thought
+/// parts from history), while Anthropic refuses a thinking block whose text is not the one it
+/// signed; and google-genai reads a signature as base64 bytes and writes them back in the
+/// URL-safe alphabet, which would change a signature's text. So the block is sealed whole:
+/// standard base64 of a marker and the block's JSON, which any base64 reader takes and gives
+/// back as the same bytes. `None` for a block with nothing to carry.
+pub(crate) fn seal(block: &super::shape::Block<'_>) -> Option<String> {
+    use super::shape::Block;
+    use base64::Engine;
+    let sealed = match block {
+        Block::Thinking { text, signature } => Sealed {
+            text: text.clone(),
+            signature: Some(signature.clone()?),
+            redacted: None,
+        },
+        Block::RedactedThinking { data } => Sealed {
+            redacted: Some(data.clone()),
+            ..Sealed::default()
+        },
+        _ => return None,
+    };
+    let mut bytes = SEAL_MAGIC.to_vec();
+    serde_json::to_writer(&mut bytes, &sealed).ok()?;
+    Some(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+/// The block a [`seal`]ed `thoughtSignature` carries, in either base64 alphabet, padded or not;
+/// `None` for any other signature (Gemini's own).
+pub(crate) fn unseal(signature: &str) -> Option<super::shape::Block<'static>> {
+    use super::shape::Block;
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    let trimmed = signature.trim_end_matches('=');
+    let bytes = STANDARD_NO_PAD
+        .decode(trimmed)
+        .or_else(|_| URL_SAFE_NO_PAD.decode(trimmed))
+        .ok()?;
+    let json = bytes.strip_prefix(SEAL_MAGIC)?;
+    let sealed: Sealed = serde_json::from_slice(json).ok()?;
+    match (sealed.redacted, sealed.signature) {
+        (Some(data), _) => Some(Block::RedactedThinking { data }),
+        (None, Some(signature)) => Some(Block::Thinking {
+            text: sealed.text,
+            signature: Some(signature),
+        }),
+        (None, None) => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,6 +414,48 @@ mod tests {
         let lie: UsageIn =
             serde_json::from_str(r#"{"promptTokenCount":1,"cachedContentTokenCount":2}"#).unwrap();
         assert_eq!(lie.metering(), None);
+    }
+
+    #[test]
+    fn sealed_thinking_survives_either_base64_alphabet() {
+        use super::super::shape::Block;
+        use base64::Engine;
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+        let block = Block::Thinking {
+            text: "Let me think. ~~~~~~".into(),
+            signature: Some("EqQBCkYIBxgCKkD+/sig==".into()),
+        };
+        let sealed = seal(&block).unwrap();
+        let Some(Block::Thinking { text, signature }) = unseal(&sealed) else {
+            panic!("not unsealed");
+        };
+        assert_eq!(
+            (text.as_str(), signature.as_deref()),
+            ("Let me think. ~~~~~~", Some("EqQBCkYIBxgCKkD+/sig=="))
+        );
+        // google-genai sends the bytes back URL-safe: the same block comes out.
+        let url_safe = URL_SAFE.encode(STANDARD.decode(&sealed).unwrap());
+        assert_ne!(url_safe, sealed);
+        assert!(
+            matches!(unseal(&url_safe), Some(Block::Thinking { text, .. }) if text == "Let me think. ~~~~~~")
+        );
+        let redacted = seal(&Block::RedactedThinking {
+            data: "opaque".into(),
+        })
+        .unwrap();
+        assert!(
+            matches!(unseal(&redacted), Some(Block::RedactedThinking { data }) if data == "opaque")
+        );
+        // Gemini's own signatures, and thinking without one, are not sealed blocks.
+        assert!(unseal("CiQBcsjafBqWxRZ0Pxc1nAx2u5zaeL5y0").is_none());
+        assert!(unseal("skip_thought_signature_validator").is_none());
+        assert!(
+            seal(&Block::Thinking {
+                text: "t".into(),
+                signature: None
+            })
+            .is_none()
+        );
     }
 
     #[test]
