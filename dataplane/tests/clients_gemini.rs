@@ -10,19 +10,27 @@
 //!
 //! The Gemini CLI reaches nothing but 127.0.0.1: its `settings.json` (in a fresh `HOME`) turns
 //! off auto-update, update notices, usage statistics and telemetry, and picks API-key auth; its
-//! environment is only what is set here. Every client run has a deadline
+//! environment is only what is set here (traced once with `strace -f -e trace=connect` during a
+//! tool turn: its only connection was to 127.0.0.1). Every client run has a deadline
 //! (`client_support::CLIENT_TIMEOUT`) after which it is killed and the test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod client_support;
+mod support;
 
 use client_support::{Finished, installed, python_report, run_bounded};
+use support::{Cluster, MODEL, Offer, TIMEOUT, add_offer, offer, total};
 
 use keyplane_testkit::fake_upstream::{
-    GEMINI_THOUGHT_SIGNATURE, OPENAI_TOOL_CALL_ID, RecordedRequest, prompt_tokens_for,
+    EMBEDDING_DIMENSIONS, GEMINI_THOUGHT_SIGNATURE, OPENAI_TOOL_CALL_ID, RecordedRequest,
+    embedding, prompt_tokens_for,
 };
-use keyplane_testkit::{Behavior, FakeConfig, FakeUpstream, samples};
+use keyplane_testkit::http::HttpRequest;
+use keyplane_testkit::{
+    Behavior, ControlPlane, DataPlane, FakeConfig, FakeUpstream, TlsFiles, samples, wait_until,
+};
 use serde_json::{Value, json};
+use std::path::PathBuf;
 use std::process::Command;
 
 /// The key the clients present to the fake upstream directly.
@@ -68,6 +76,8 @@ struct Target {
     base_url: String,
     key: String,
     model: String,
+    /// The CA that signed an `https` base URL's certificate (the CLI: `NODE_EXTRA_CA_CERTS`).
+    ca: Option<PathBuf>,
 }
 
 impl Target {
@@ -76,6 +86,7 @@ impl Target {
             base_url: fake.gemini_base_url(),
             key: FAKE_KEY.to_string(),
             model: FAKE_MODEL.to_string(),
+            ca: None,
         }
     }
 }
@@ -129,6 +140,9 @@ fn run_gemini(target: &Target, prompt: &str, yolo: bool) -> Finished {
         .env("GEMINI_SANDBOX", "false")
         .env("NO_COLOR", "1")
         .current_dir(&work);
+    if let Some(ca) = &target.ca {
+        cmd.env("NODE_EXTRA_CA_CERTS", ca);
+    }
     run_bounded(cmd, dir.path())
 }
 
@@ -449,6 +463,49 @@ fn chat_sdks_round_trip_a_tool_call_against_the_fake() {
     assert!(body_text(&requests[3]).contains("tool_result"));
 }
 
+// ---------------------------------------------------------------------------------------------
+// Through the data plane
+
+/// A cluster whose one upstream speaks `protocol` (`gemini`, `openai`, …) and answers [`WORDS`]
+/// words.
+fn gateway(protocol: &str) -> Cluster {
+    let name = format!("up-{protocol}");
+    let offer = Offer {
+        protocol,
+        ..offer(&name, "1", "2")
+    };
+    Cluster::start_with(&[offer], &[], |config| config.chunks = WORDS)
+}
+
+/// The data plane as a Gemini client sees it: its root, the cluster's key, [`MODEL`] (whose
+/// `/` the clients put in the path as is: `/v1beta/models/test/model:generateContent`).
+fn through(c: &Cluster) -> Target {
+    Target {
+        base_url: format!("http://{}", c.dp.addr),
+        key: c.key.clone(),
+        model: MODEL.to_string(),
+        ca: None,
+    }
+}
+
+/// The upstream model id every offer of the cluster maps [`MODEL`] to.
+fn upstream_model(c: &Cluster) -> String {
+    format!("{}-model", c.fakes[0].name())
+}
+
+/// Asserts the ledger bills exactly the completions the upstream served: one record each, with
+/// the input tokens the fake reported for their bodies and `output_tokens` in all; and that
+/// nothing is billed a second time once the spool is empty.
+fn assert_billed_once(c: &Cluster, requests: &[RecordedRequest], output_tokens: u64) {
+    let n = requests.len() as u64;
+    let rows = c.wait_usage(n);
+    let input: u64 = requests.iter().map(|r| prompt_tokens_for(&r.body)).sum();
+    assert_eq!(total(&rows, "input_tokens"), input, "{rows:?}");
+    assert_eq!(total(&rows, "output_tokens"), output_tokens, "{rows:?}");
+    c.wait_spool_settled();
+    assert_eq!(total(&c.usage(), "requests"), n, "each request billed once");
+}
+
 /// The content of the `tool` message answering the fake's call in an OpenAI chat `body`.
 fn openai_tool_result(body: &Value) -> Option<String> {
     body["messages"]
@@ -456,4 +513,292 @@ fn openai_tool_result(body: &Value) -> Option<String> {
         .iter()
         .find(|m| m["role"] == "tool" && m["tool_call_id"] == OPENAI_TOOL_CALL_ID)
         .map(|m| m["content"].to_string())
+}
+
+/// The Gemini CLI through the data plane to a Gemini upstream: the stream passes through, the
+/// call's signature comes back with the history, the command's output goes up, and both
+/// requests are billed once.
+#[test]
+fn gemini_cli_runs_a_shell_command_through_a_gemini_upstream() {
+    let c = gateway("gemini");
+    let upstream = &c.fakes[0];
+    let requests = gemini_cli_runs_a_shell_command(&through(&c), upstream);
+    for r in &requests {
+        assert_eq!(
+            r.path,
+            format!(
+                "/v1beta/models/{}:streamGenerateContent?alt=sse",
+                upstream_model(&c)
+            ),
+            "{}",
+            c.dp.logs()
+        );
+        assert_eq!(
+            r.header("x-goog-api-key"),
+            Some(format!("sk-{}", upstream.name()).as_str()),
+            "the upstream's own key, not the client's"
+        );
+        assert!(
+            declared(r.json.as_ref().unwrap())
+                .iter()
+                .any(|n| n == GEMINI_SHELL_TOOL)
+        );
+    }
+    assert_gemini_tool_turn(requests[1].json.as_ref().unwrap());
+    // Tool call: one candidate token per argument fragment (4); then the text.
+    assert_billed_once(&c, &requests, 4 + WORDS as u64);
+}
+
+/// The Gemini CLI through the data plane to an OpenAI chat upstream: its request is translated,
+/// the tool call comes back as a `functionCall` the CLI runs, its output goes up as a `tool`
+/// message answering the upstream's call id, and both requests are billed once.
+#[test]
+fn gemini_cli_runs_a_shell_command_through_an_openai_chat_upstream() {
+    let c = gateway("openai");
+    let upstream = &c.fakes[0];
+    let requests = gemini_cli_runs_a_shell_command(&through(&c), upstream);
+    for r in &requests {
+        assert_eq!(r.path, "/v1/chat/completions", "{}", c.dp.logs());
+        let body = r.json.as_ref().unwrap();
+        assert_eq!(body["stream"], true);
+        assert!(
+            body["tools"].to_string().contains(GEMINI_SHELL_TOOL),
+            "the shell tool reaches the upstream: {}",
+            body["tools"]
+        );
+    }
+    let second = requests[1].json.as_ref().unwrap();
+    let result = openai_tool_result(second)
+        .unwrap_or_else(|| panic!("no result of the fake's call in {second}"));
+    assert!(result.contains(MARKER_OUTPUT), "{result}");
+    assert_billed_once(&c, &requests, 4 + WORDS as u64);
+}
+
+/// google-genai through the data plane to a Gemini upstream, at the SDK's default API version
+/// (`v1`): both round trips and a token count; each completion billed once.
+#[test]
+fn genai_sdk_round_trips_through_a_gemini_upstream() {
+    let c = gateway("gemini");
+    let upstream = &c.fakes[0];
+    genai_round_trips(&through(&c), "default", upstream);
+    let requests = completions(upstream);
+    assert_genai_tool_turns(&requests);
+    let model = upstream_model(&c);
+    assert_eq!(
+        requests[0].path,
+        format!("/v1beta/models/{model}:generateContent")
+    );
+    assert_eq!(
+        requests[2].path,
+        format!("/v1beta/models/{model}:streamGenerateContent?alt=sse")
+    );
+    // Two calls of 4 argument fragments, two text answers.
+    assert_billed_once(&c, &requests, 2 * 4 + 2 * WORDS as u64);
+}
+
+/// Runs `clients/chat_clients.py SDK` against the data plane with its Gemini upstream scripted
+/// to call the tool on each first turn; checks that each second request answers the call with
+/// the tool's output as a Gemini `functionResponse`; each request billed once.
+fn chat_sdk_through_a_gemini_upstream(sdk: &str, base_url: &str, stop_reasons: [&str; 2]) {
+    let c = gateway("gemini");
+    let upstream = &c.fakes[0];
+    chat_sdk_round_trips(
+        sdk,
+        &format!("http://{}{base_url}", c.dp.addr),
+        &c.key,
+        MODEL,
+        upstream,
+        stop_reasons,
+    );
+    let requests = completions(upstream);
+    assert_eq!(requests.len(), 4);
+    let model = upstream_model(&c);
+    for (i, r) in requests.iter().enumerate() {
+        let verb = if i < 2 {
+            "generateContent"
+        } else {
+            "streamGenerateContent?alt=sse"
+        };
+        assert_eq!(
+            r.path,
+            format!("/v1beta/models/{model}:{verb}"),
+            "{}",
+            c.dp.logs()
+        );
+        let body = r.json.as_ref().unwrap();
+        assert_eq!(declared(body), ["get_weather"], "request {i}");
+        let response = parts_of(body, "user")
+            .into_iter()
+            .find(|p| p.get("functionResponse").is_some());
+        if i % 2 == 0 {
+            assert!(response.is_none(), "request {i}");
+            continue;
+        }
+        let response = response.unwrap_or_else(|| panic!("request {i}: {body}"));
+        assert_eq!(response["functionResponse"]["name"], "get_weather");
+        assert!(
+            response["functionResponse"]
+                .to_string()
+                .contains("tool-result-7"),
+            "request {i}: {response}"
+        );
+        let call = parts_of(body, "model")
+            .into_iter()
+            .find(|p| p.get("functionCall").is_some())
+            .unwrap_or_else(|| panic!("request {i}: no functionCall in {body}"));
+        assert_eq!(call["functionCall"]["args"], json!({"city": "Zurich"}));
+    }
+    assert_billed_once(&c, &requests, 2 * 4 + 2 * WORDS as u64);
+}
+
+/// The OpenAI SDK's chat completions, stream and not, with a tool call each way, served by a
+/// Gemini upstream.
+#[test]
+fn openai_sdk_chat_round_trips_through_a_gemini_upstream() {
+    chat_sdk_through_a_gemini_upstream("openai", "/v1", ["tool_calls", "stop"]);
+}
+
+/// The Anthropic SDK's messages, stream and not, with a tool call each way, served by a Gemini
+/// upstream.
+#[test]
+fn anthropic_sdk_messages_round_trip_through_a_gemini_upstream() {
+    chat_sdk_through_a_gemini_upstream("anthropic", "", ["tool_use", "end_turn"]);
+}
+
+/// The Gemini CLI to a data plane serving HTTPS with a private CA, given to Node in
+/// `NODE_EXTRA_CA_CERTS`: the setup of a deployment whose certificate is not in the web roots.
+#[test]
+fn gemini_cli_reaches_an_https_data_plane_whose_ca_is_in_node_extra_ca_certs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = TlsFiles::generate(&tmp.path().join("certs"));
+    let cp = ControlPlane::start();
+    let name = "up-https";
+    let upstream = FakeUpstream::start(FakeConfig {
+        name: name.to_string(),
+        api_key: Some(format!("sk-{name}")),
+        chunks: WORDS,
+        ..FakeConfig::default()
+    });
+    let offer = Offer {
+        protocol: "gemini",
+        ..offer(name, "1", "2")
+    };
+    add_offer(&cp, &offer, &upstream.gemini_base_url());
+    let key = cp.ctl(&["--json", "key", "create", "gemini"]).ok().json()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dp = DataPlane::start_https(
+        &cp,
+        "edge-https",
+        &certs.node_cert,
+        &certs.node_key,
+        &certs.ca,
+        &[],
+    );
+    assert!(
+        wait_until(TIMEOUT, || {
+            HttpRequest::get("/v1/models")
+                .bearer(&key)
+                .send_tls(dp.addr, &certs.ca, TIMEOUT)
+                .is_ok_and(|r| r.status == 200)
+        }),
+        "the data plane never served the key over HTTPS; its log:\n{}",
+        dp.logs()
+    );
+    let target = Target {
+        base_url: dp.url(),
+        key,
+        model: MODEL.to_string(),
+        ca: Some(certs.ca.clone()),
+    };
+    assert!(target.base_url.starts_with("https://127.0.0.1:"));
+    let run = run_gemini(&target, "Say hello", false);
+    assert!(run.status.success(), "gemini failed; {}", run.describe());
+    assert_eq!(run.stdout.trim(), words().trim(), "{}", run.describe());
+    assert_eq!(completions(&upstream).len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Embeddings
+
+/// The fake's vectors of "hello" and "world" at its default dimensions, as JSON.
+fn hello_world_vectors() -> Value {
+    let v = |t: &str| embedding(t, EMBEDDING_DIMENSIONS);
+    json!([v("hello"), v("world")])
+}
+
+/// The OpenAI SDK's `embeddings.create` through the data plane to a `protocol` upstream: the
+/// vectors arrive as floats, as the SDK's default base64 (decoded by the SDK) and as raw base64
+/// strings, all equal to what the upstream computed; each of the three requests billed once.
+fn openai_sdk_embeds_through(protocol: &str, upstream_path: &str) {
+    let c = gateway(protocol);
+    let upstream = &c.fakes[0];
+    let report = python_report(
+        "openai_embeddings.py",
+        &[&format!("http://{}/v1", c.dp.addr), &c.key, MODEL],
+    );
+    let expected = hello_world_vectors();
+    assert_eq!(report["float"], expected, "{report}");
+    assert_eq!(report["default"], expected, "{report}");
+    assert_eq!(report["base64_decoded"], expected, "{report}");
+    assert!(report["base64"][0].is_string());
+    assert!(report["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+    let requests = completions(upstream);
+    assert_eq!(requests.len(), 3);
+    for r in &requests {
+        assert!(
+            r.path.ends_with(upstream_path),
+            "{} {}",
+            r.path,
+            c.dp.logs()
+        );
+    }
+    c.wait_usage(3);
+    c.wait_spool_settled();
+    assert_eq!(total(&c.usage(), "requests"), 3, "each request billed once");
+}
+
+#[test]
+fn openai_sdk_embeddings_through_a_gemini_upstream() {
+    openai_sdk_embeds_through("gemini", ":batchEmbedContents");
+}
+
+#[test]
+fn openai_sdk_embeddings_through_an_openai_upstream() {
+    openai_sdk_embeds_through("openai", "/v1/embeddings");
+}
+
+/// google-genai's `embed_content` of two texts through the data plane to a `protocol`
+/// upstream: the vectors are the upstream's; the request is billed once.
+fn genai_sdk_embeds_through(protocol: &str, upstream_path: &str) {
+    let c = gateway(protocol);
+    let upstream = &c.fakes[0];
+    let target = through(&c);
+    let report = python_report(
+        "genai_client.py",
+        &[&target.base_url, &target.key, MODEL, "default", "embed"],
+    );
+    assert_eq!(report["embeddings"], hello_world_vectors(), "{report}");
+    let requests = completions(upstream);
+    assert_eq!(requests.len(), 1);
+    assert!(
+        requests[0].path.ends_with(upstream_path),
+        "{} {}",
+        requests[0].path,
+        c.dp.logs()
+    );
+    c.wait_usage(1);
+    c.wait_spool_settled();
+    assert_eq!(total(&c.usage(), "requests"), 1, "billed once");
+}
+
+#[test]
+fn genai_sdk_embed_content_through_a_gemini_upstream() {
+    genai_sdk_embeds_through("gemini", ":batchEmbedContents");
+}
+
+#[test]
+fn genai_sdk_embed_content_through_an_openai_upstream() {
+    genai_sdk_embeds_through("openai", "/v1/embeddings");
 }
