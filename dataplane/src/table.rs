@@ -135,6 +135,8 @@ pub enum UpstreamCall {
     Stream,
     /// Gemini's `:countTokens`.
     CountTokens,
+    /// Gemini's `:batchEmbedContents` (embeddings, one vector per request).
+    BatchEmbedContents,
 }
 
 impl UpstreamCall {
@@ -144,6 +146,7 @@ impl UpstreamCall {
             UpstreamCall::Generate => ":generateContent",
             UpstreamCall::Stream => ":streamGenerateContent?alt=sse",
             UpstreamCall::CountTokens => ":countTokens",
+            UpstreamCall::BatchEmbedContents => ":batchEmbedContents",
         }
     }
 }

@@ -419,3 +419,226 @@ fn an_upstream_answer_that_is_not_embeddings_fails_over() {
     assert!(r.json()["error"]["message"].is_string());
     assert_eq!(c.fake("b-mid").request_count(), 1);
 }
+
+/// A Gemini upstream (cheapest) and an OpenAI one for the same model.
+const MIXED: [Offer<'static>; 2] = [gemini_offer("g-cheap", "1", "2"), offer("o-dear", "3", "6")];
+
+/// The billing estimate of a text: about 4 bytes a token, at least one.
+fn estimate(texts: &[&str]) -> u64 {
+    texts.iter().map(|t| (t.len() as u64 / 4).max(1)).sum()
+}
+
+#[test]
+fn a_gemini_upstream_serves_openai_clients_and_is_billed_on_the_estimate_flagged() {
+    let c = Cluster::start(&MIXED, &[]);
+    let texts = ["first text to embed here", "second"];
+    let floats = embed(
+        &c,
+        &json!({"model": MODEL, "input": texts, "dimensions": 6}),
+    );
+    assert_eq!(floats.status, 200, "{}", floats.text());
+    let answer = floats.json();
+    assert_eq!(answer["model"], MODEL);
+    let expected: Vec<Vec<f32>> = texts.iter().map(|t| embedding(t, 6)).collect();
+    assert_eq!(vectors(&answer), expected);
+    assert_eq!(answer["usage"]["prompt_tokens"], estimate(&texts));
+    let sent = &c.fake("g-cheap").requests()[0];
+    assert_eq!(sent.path, "/v1beta/models/g-cheap-model:batchEmbedContents");
+    assert_eq!(sent.header("x-goog-api-key"), Some("sk-g-cheap"));
+    assert_eq!(sent.header("authorization"), None);
+    assert_eq!(
+        sent.json.as_ref().unwrap(),
+        &json!({"requests": [
+            {"model": "models/g-cheap-model", "content": {"parts": [{"text": texts[0]}]}, "outputDimensionality": 6},
+            {"model": "models/g-cheap-model", "content": {"parts": [{"text": texts[1]}]}, "outputDimensionality": 6},
+        ]})
+    );
+    let b64 = embed(
+        &c,
+        &json!({"model": MODEL, "input": texts, "dimensions": 6, "encoding_format": "base64"}),
+    );
+    assert_eq!(b64.status, 200, "{}", b64.text());
+    assert!(b64.json()["data"][1]["embedding"].is_string());
+    assert_eq!(vectors(&b64.json()), expected, "Gemini's floats as base64");
+
+    // Token ids cannot go to Gemini: the OpenAI upstream serves them.
+    let ids = embed(&c, &json!({"model": MODEL, "input": [5, 6, 7]}));
+    assert_eq!(ids.status, 200, "{}", ids.text());
+    assert_eq!(c.fake("g-cheap").request_count(), 2);
+
+    let list = wait_logged(&c, 3);
+    c.wait_spool_settled();
+    let e = entry(&list, &floats);
+    assert_eq!(e["dialect"], "embeddings");
+    assert_eq!(e["provider"], "g-cheap");
+    assert_eq!(e["estimated"], true, "Gemini counted nothing: {e}");
+    assert_eq!(e["input_tokens"], estimate(&texts));
+    assert_eq!(nano(&e["computed_cost_usd"]), estimate(&texts) * 1_000);
+    let e = entry(&list, &ids);
+    assert_eq!(e["provider"], "o-dear");
+    assert_eq!(e["estimated"], false);
+    assert_eq!(e["input_tokens"], 3);
+    assert_eq!(
+        outcomes(e),
+        pairs(&[("g-cheap", "unsupported"), ("o-dear", "ok")])
+    );
+    let rows = c.wait_usage(3);
+    assert_eq!(total(&rows, "requests"), 3);
+}
+
+fn gemini_call(c: &Cluster, method: &str, body: &Value) -> HttpResponse {
+    let path = format!("/v1beta/models/{MODEL}:{method}");
+    HttpRequest::post_json(&path, body)
+        .header("x-goog-api-key", &c.key)
+        .send(c.dp.addr, TIMEOUT)
+        .unwrap()
+}
+
+fn values(v: &Value) -> Vec<f32> {
+    v["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_f64().unwrap() as f32)
+        .collect()
+}
+
+#[test]
+fn gemini_clients_embed_through_a_gemini_and_an_openai_upstream() {
+    let c = Cluster::start(&MIXED, &[]);
+    let one = json!({
+        "content": {"parts": [{"text": "embed me"}]},
+        "taskType": "RETRIEVAL_DOCUMENT",
+        "title": "A title",
+        "outputDimensionality": 5,
+    });
+    let r = gemini_call(&c, "embedContent", &one);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(values(&r.json()["embedding"]), embedding("embed me", 5));
+    // Gemini to Gemini: content and options passed on as sent, the model rewritten.
+    assert_eq!(
+        c.fake("g-cheap").requests()[0].json.as_ref().unwrap(),
+        &json!({"requests": [{"model": "models/g-cheap-model", "content": {"parts": [{"text": "embed me"}]},
+            "taskType": "RETRIEVAL_DOCUMENT", "title": "A title", "outputDimensionality": 5}]})
+    );
+
+    // The Gemini upstream fails: the OpenAI one serves, in the client's Gemini shape.
+    c.fake("g-cheap").push_once(Behavior::status(503));
+    let r = gemini_call(&c, "embedContent", &one);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(values(&r.json()["embedding"]), embedding("embed me", 5));
+    assert_eq!(r.header("x-keyplane-dropped"), Some("taskType, title"));
+    assert_eq!(
+        c.fake("o-dear").requests()[0].json.as_ref().unwrap(),
+        &json!({"model": "o-dear-model", "input": ["embed me"], "encoding_format": "float", "dimensions": 5})
+    );
+
+    let batch = json!({"requests": [
+        {"model": format!("models/{MODEL}"), "content": {"parts": [{"text": "one"}]}},
+        {"model": format!("models/{MODEL}"), "content": {"parts": [{"text": "two"}, {"text": "parts"}]}},
+    ]});
+    let r = gemini_call(&c, "batchEmbedContents", &batch);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = r.json();
+    assert_eq!(
+        values(&got["embeddings"][0]),
+        embedding("one", EMBEDDING_DIMENSIONS)
+    );
+    assert_eq!(
+        values(&got["embeddings"][1]),
+        embedding("two\nparts", EMBEDDING_DIMENSIONS)
+    );
+    c.fake("g-cheap").push_once(Behavior::status(503));
+    let r = gemini_call(&c, "batchEmbedContents", &batch);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["embeddings"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        values(&r.json()["embeddings"][1]),
+        embedding("two\nparts", EMBEDDING_DIMENSIONS),
+        "an OpenAI upstream embeds the parts' text joined by newlines, as the fake's Gemini does"
+    );
+
+    let list = wait_logged(&c, 4);
+    for e in &list {
+        assert_eq!(e["dialect"], "gemini", "{e}");
+        assert_eq!(e["status"], 200);
+        assert_eq!(e["billed"], true);
+    }
+    assert_eq!(total(&c.wait_usage(4), "requests"), 4);
+}
+
+#[test]
+fn bad_gemini_embed_requests_are_refused_in_googles_shape_before_any_upstream() {
+    let c = Cluster::start(&MIXED, &["--max-body-bytes", "4096"]);
+    let raw = |method: &str, body: &[u8]| {
+        let path = format!("/v1beta/models/{MODEL}:{method}");
+        HttpRequest::post_json(&path, &Value::Null)
+            .raw_body(body.to_vec())
+            .header("x-goog-api-key", &c.key)
+            .send(c.dp.addr, TIMEOUT)
+            .unwrap()
+    };
+    let big = json!({"content": {"parts": [{"text": "x".repeat(5000)}]}});
+    let cases = [
+        ("bad JSON", raw("embedContent", b"{\"content\":"), 400),
+        ("no content", raw("embedContent", b"{}"), 400),
+        (
+            "content not an object",
+            raw("embedContent", br#"{"content":"hi"}"#),
+            400,
+        ),
+        (
+            "no parts",
+            raw("embedContent", br#"{"content":{"parts":[]}}"#),
+            400,
+        ),
+        ("no requests", raw("batchEmbedContents", b"{}"), 400),
+        (
+            "empty requests",
+            raw("batchEmbedContents", br#"{"requests":[]}"#),
+            400,
+        ),
+        (
+            "bad dimensionality",
+            raw(
+                "embedContent",
+                br#"{"content":{"parts":[{"text":"a"}]},"outputDimensionality":"big"}"#,
+            ),
+            400,
+        ),
+        (
+            "over the body limit",
+            raw("embedContent", big.to_string().as_bytes()),
+            413,
+        ),
+        (
+            "unknown model",
+            HttpRequest::post_json(
+                "/v1beta/models/no-such:embedContent",
+                &json!({"content": {"parts": [{"text": "a"}]}}),
+            )
+            .header("x-goog-api-key", &c.key)
+            .send(c.dp.addr, TIMEOUT)
+            .unwrap(),
+            404,
+        ),
+        (
+            "wrong method",
+            HttpRequest::get(&format!("/v1beta/models/{MODEL}:embedContent"))
+                .header("x-goog-api-key", &c.key)
+                .send(c.dp.addr, TIMEOUT)
+                .unwrap(),
+            405,
+        ),
+    ];
+    for (what, r, status) in &cases {
+        assert_eq!(r.status, *status, "{what}: {}", r.text());
+        let error = &r.json()["error"];
+        assert_eq!(error["code"], *status, "{what}: {}", r.text());
+        assert!(error["status"].is_string(), "{what}: {}", r.text());
+        assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    for fake in &c.fakes {
+        assert_eq!(fake.request_count(), 0, "{} was reached", fake.name());
+    }
+}

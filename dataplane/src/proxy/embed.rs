@@ -17,7 +17,7 @@ use crate::limits::Permit;
 use crate::protocol::bridge;
 use crate::protocol::embeddings::{self, Client, EmbedRequest};
 use crate::protocol::usage::Usage;
-use crate::table::{Candidate, Protocol, Table};
+use crate::table::{Candidate, Protocol, Table, UpstreamCall};
 use bytes::Bytes;
 use http::{HeaderMap, Response, StatusCode};
 use std::sync::Arc;
@@ -104,17 +104,18 @@ impl Proxy {
     ) -> Result<Response<Body>, Attempt> {
         let unsupported = |message: String| Attempt::Failed(Failure::Unsupported(message));
         let provider = &cand.provider;
-        let (url, outbound) = match provider.protocol {
+        let invalid_url =
+            |_| Attempt::Failed(Failure::Invalid("embeddings URL is not a valid URI".into()));
+        let (uri, outbound) = match provider.protocol {
             Protocol::OpenAiChat => (
-                format!("{}/embeddings", provider.base_url),
+                format!("{}/embeddings", provider.base_url)
+                    .parse::<http::Uri>()
+                    .map_err(invalid_url)?,
                 req.openai_body(&cand.upstream_model),
             ),
             Protocol::Gemini => (
-                gemini_url(
-                    &provider.base_url,
-                    &cand.upstream_model,
-                    "batchEmbedContents",
-                ),
+                cand.upstream_url(UpstreamCall::BatchEmbedContents)
+                    .map_err(invalid_url)?,
                 req.gemini_body(&cand.upstream_model),
             ),
             other => {
@@ -127,9 +128,6 @@ impl Proxy {
             }
         };
         let outbound = outbound.map_err(unsupported)?;
-        let uri = url.parse::<http::Uri>().map_err(|_| {
-            Attempt::Failed(Failure::Invalid("embeddings URL is not a valid URI".into()))
-        })?;
         let upstream_req = upstream_request(cand, errors, uri, &HeaderMap::new(), outbound.body)
             .map_err(|e| Attempt::Failed(Failure::Connect(e.to_string())))?;
         let first_byte_timeout = provider
@@ -171,38 +169,5 @@ impl Proxy {
         let mut out = json_response(StatusCode::OK, cand.redactor.bytes(Bytes::from(answer)));
         name_dropped(out.headers_mut(), &outbound.dropped);
         Ok(out)
-    }
-}
-
-/// A Gemini upstream's URL of `method` on `model`: `{base}/v1beta/models/{id}:{method}`, the
-/// base being Google's without a path; a base that already names an API version (`…/v1beta`,
-/// `…/v1`) keeps it.
-fn gemini_url(base: &str, model: &str, method: &str) -> String {
-    let id = embeddings::gemini_model_id(model);
-    if base.ends_with("/v1beta") || base.ends_with("/v1") {
-        format!("{base}/models/{id}:{method}")
-    } else {
-        format!("{base}/v1beta/models/{id}:{method}")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gemini_urls() {
-        assert_eq!(
-            gemini_url(
-                "https://generativelanguage.googleapis.com",
-                "models/gemini-embedding-001",
-                "batchEmbedContents"
-            ),
-            "https://generativelanguage.googleapis.com/v1beta/models/gemini-embedding-001:batchEmbedContents"
-        );
-        assert_eq!(
-            gemini_url("http://h/v1beta", "e", "batchEmbedContents"),
-            "http://h/v1beta/models/e:batchEmbedContents"
-        );
     }
 }
