@@ -33,6 +33,12 @@
 //! that serves `/v1/responses` and a control plane that knows the `openai-responses` protocol,
 //! which is why it is not part of `--only cross` (that one also runs against older builds).
 //!
+//! `--only gemini` measures Gemini's API the same way: Gemini clients (`POST
+//! /v1beta/models/bench-gemini:generateContent`, or `:streamGenerateContent?alt=sse` as Gemini CLI
+//! streams, key in `x-goog-api-key`) against the `gemini` provider (pass-through, the reference)
+//! and the OpenAI chat provider, and OpenAI chat clients against the `gemini` provider, each beside
+//! its same-protocol reference.
+//!
 //! `--only embeddings` measures `POST /v1/embeddings` (the body the OpenAI SDK's
 //! `embeddings.create` sends by default: one input, `encoding_format: "base64"`, here with
 //! `dimensions: 1536`) through Keyplane to the OpenAI provider's `/v1/embeddings` beside the
@@ -90,8 +96,10 @@ struct Args {
     /// targets), `cross` (OpenAI chat and Anthropic clients against both of those upstream
     /// protocols through Keyplane, with their direct baselines), `responses` (the Responses API
     /// against every upstream protocol and every client protocol against a Responses upstream,
-    /// with their references and direct baselines), `embeddings` (`POST /v1/embeddings` through
-    /// Keyplane beside the direct baseline) or `all`.
+    /// with their references and direct baselines), `gemini` (Gemini clients against a Gemini and
+    /// an OpenAI chat upstream, OpenAI chat clients against a Gemini upstream, with their
+    /// references and direct baselines), `embeddings` (`POST /v1/embeddings` through Keyplane
+    /// beside the direct baseline) or `all`.
     #[arg(long, value_enum, default_value_t = Only::All)]
     only: Only,
     /// After the main runs, this many extra rounds of OpenAI → OpenAI runs per workload: the bare
@@ -124,6 +132,11 @@ enum Only {
     Responses,
     /// `POST /v1/embeddings` through Keyplane and direct to the fake; no stream, no bare proxy.
     Embeddings,
+    /// Gemini API rows: Gemini clients (`streamGenerateContent?alt=sse`, `generateContent`)
+    /// against a Gemini upstream (pass-through, the reference) and the OpenAI chat provider, and
+    /// OpenAI chat clients against the Gemini provider, each beside its same-protocol reference
+    /// and the direct baselines; no bare proxy.
+    Gemini,
     /// Every row above.
     All,
 }
@@ -135,6 +148,7 @@ impl Only {
             Only::Cross => "cross",
             Only::Responses => "responses",
             Only::Embeddings => "embeddings",
+            Only::Gemini => "gemini",
             Only::All => "all",
         }
     }
@@ -143,6 +157,12 @@ impl Only {
     /// `openai-responses` protocol).
     fn has_responses(self) -> bool {
         matches!(self, Only::Responses | Only::All)
+    }
+
+    /// Whether the run needs the Gemini provider (and so builds that know the `gemini` protocol
+    /// and serve Gemini's paths).
+    fn has_gemini(self) -> bool {
+        matches!(self, Only::Gemini | Only::All)
     }
 
     /// Whether the run has the embeddings rows.
@@ -162,6 +182,10 @@ const MODEL: &str = "bench/model";
 const CLAUDE_MODEL: &str = "bench/claude";
 /// The client-facing model offered only by the Responses-protocol provider.
 const RESPONSES_MODEL: &str = "bench/responses";
+/// The client-facing model offered only by the Gemini-protocol provider. Without a `/`, unlike the
+/// others: the direct baseline posts it to the fake's Gemini paths, which (like Google's) take
+/// none in a model id.
+const GEMINI_MODEL: &str = "bench-gemini";
 /// The client-facing embeddings model, offered by the OpenAI-protocol provider.
 const EMBED_MODEL: &str = "bench/embed";
 /// Components per vector of the embeddings rows (OpenAI's `text-embedding-3-small`).
@@ -317,7 +341,7 @@ impl Drop for ChildProcess {
 /// (`http://ADDR/v1`); a credential each; the model [`MODEL`] offered only by the first,
 /// [`CLAUDE_MODEL`] only by the second and [`RESPONSES_MODEL`] only by the third; and a client key
 /// (returned).
-fn configure(cp: &ControlPlane, fake: SocketAddr, responses: bool) -> String {
+fn configure(cp: &ControlPlane, fake: SocketAddr, responses: bool, gemini: bool) -> String {
     let mut providers = vec![
         (
             "bench",
@@ -341,6 +365,15 @@ fn configure(cp: &ControlPlane, fake: SocketAddr, responses: bool) -> String {
             format!("http://{fake}/v1"),
             RESPONSES_MODEL,
             "bench-responses",
+        ));
+    }
+    if gemini {
+        providers.push((
+            "bench-gemini",
+            "gemini",
+            format!("http://{fake}"),
+            GEMINI_MODEL,
+            "bench-gemini",
         ));
     }
     // Embeddings from the OpenAI provider (its `/v1/embeddings`).
@@ -411,6 +444,8 @@ enum Api {
     Responses,
     /// OpenAI embeddings (`POST /v1/embeddings`); served by the OpenAI provider.
     Embeddings,
+    /// Gemini (`POST /v1beta/models/{model}:generateContent`, `:streamGenerateContent?alt=sse`).
+    Gemini,
 }
 
 impl Api {
@@ -420,6 +455,7 @@ impl Api {
             Api::Anthropic => "Anthropic",
             Api::Responses => "Responses",
             Api::Embeddings => "Embeddings",
+            Api::Gemini => "Gemini",
         }
     }
 
@@ -430,16 +466,22 @@ impl Api {
             Api::Anthropic => CLAUDE_MODEL,
             Api::Responses => RESPONSES_MODEL,
             Api::Embeddings => EMBED_MODEL,
+            Api::Gemini => GEMINI_MODEL,
         }
     }
 
-    /// The path a client of this protocol posts to.
-    fn path(self) -> &'static str {
+    /// The path (and query) a client of this protocol posts to: Gemini's names the model and
+    /// whether it streams, as Gemini CLI and google-genai send it.
+    fn path(self, model: &str, stream: bool) -> String {
         match self {
-            Api::OpenAi => "/v1/chat/completions",
-            Api::Anthropic => "/v1/messages",
-            Api::Responses => "/v1/responses",
-            Api::Embeddings => "/v1/embeddings",
+            Api::OpenAi => "/v1/chat/completions".to_string(),
+            Api::Anthropic => "/v1/messages".to_string(),
+            Api::Responses => "/v1/responses".to_string(),
+            Api::Embeddings => "/v1/embeddings".to_string(),
+            Api::Gemini if stream => {
+                format!("/v1beta/models/{model}:streamGenerateContent?alt=sse")
+            }
+            Api::Gemini => format!("/v1beta/models/{model}:generateContent"),
         }
     }
 }
@@ -599,6 +641,7 @@ struct WorkerStats {
 struct RequestSpec {
     addr: SocketAddr,
     api: Api,
+    uri: Uri,
     host: HeaderValue,
     auth: HeaderValue,
     body: Bytes,
@@ -646,10 +689,19 @@ impl RequestSpec {
                 }),
                 format!("Bearer {key}"),
             ),
+            Api::Gemini => (
+                serde_json::json!({
+                    "contents": [{"role": "user", "parts": [{"text": "Say hello"}]}],
+                    // Above the content length, so the fake never ends the answer at MAX_TOKENS.
+                    "generationConfig": {"maxOutputTokens": chunks.max(1_024)},
+                }),
+                key.to_string(),
+            ),
         };
         RequestSpec {
             addr,
             api: workload.client,
+            uri: Uri::try_from(workload.client.path(model, workload.stream)).unwrap(),
             host: HeaderValue::from_str(&addr.to_string()).unwrap(),
             auth: HeaderValue::from_str(&auth).unwrap(),
             body: Bytes::from(serde_json::to_vec(&body).unwrap()),
@@ -659,13 +711,16 @@ impl RequestSpec {
     fn request(&self) -> Request<Full<Bytes>> {
         let mut req = Request::new(Full::new(self.body.clone()));
         *req.method_mut() = hyper::Method::POST;
-        *req.uri_mut() = Uri::from_static(self.api.path());
+        *req.uri_mut() = self.uri.clone();
         let h = req.headers_mut();
         h.insert(HOST, self.host.clone());
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         match self.api {
             Api::OpenAi | Api::Responses | Api::Embeddings => {
                 h.insert(AUTHORIZATION, self.auth.clone());
+            }
+            Api::Gemini => {
+                h.insert("x-goog-api-key", self.auth.clone());
             }
             Api::Anthropic => {
                 h.insert("x-api-key", self.auth.clone());
@@ -842,6 +897,10 @@ fn sanity_check(
                 .as_str()
                 .filter(|b64| b64.len() as u64 == (EMBED_DIMENSIONS * 4).div_ceil(3) * 4)
                 .map(str::len),
+            Api::Gemini => (v["candidates"][0]["finishReason"] == "STOP")
+                .then(|| v["candidates"][0]["content"]["parts"][0]["text"].as_str())
+                .flatten()
+                .map(str::len),
         }
     };
     let ok = if workload.stream {
@@ -851,6 +910,8 @@ fn sanity_check(
             // No `[DONE]`: the last event is the terminal one, and it must be the success.
             Api::Responses => last_sse_event(&text) == Some("response.completed"),
             Api::Embeddings => false,
+            // No end marker: the last chunk carries the finish reason.
+            Api::Gemini => text.contains("\"finishReason\":\"STOP\""),
         };
         ended && text.contains("word0")
     } else {
@@ -964,10 +1025,11 @@ fn run(
 /// runs non-stream then stream. A translated route runs right after its same-protocol reference,
 /// so the pair sees the same machine conditions as nearly as possible.
 fn run_plan(only: Only) -> Vec<(TargetKind, Api, Api)> {
-    use Api::{Anthropic, Embeddings, OpenAi, Responses};
+    use Api::{Anthropic, Embeddings, Gemini, OpenAi, Responses};
     let openai = only.has_references();
     let cross = matches!(only, Only::Cross | Only::All);
     let responses = only.has_responses();
+    let gemini = only.has_gemini();
     if only == Only::Embeddings {
         return vec![
             (TargetKind::Direct, Embeddings, Embeddings),
@@ -980,6 +1042,9 @@ fn run_plan(only: Only) -> Vec<(TargetKind, Api, Api)> {
     }
     if responses {
         plan.push((TargetKind::Direct, Responses, Responses));
+    }
+    if gemini {
+        plan.push((TargetKind::Direct, Gemini, Gemini));
     }
     if openai {
         plan.push((TargetKind::Bare, OpenAi, OpenAi));
@@ -1007,6 +1072,13 @@ fn run_plan(only: Only) -> Vec<(TargetKind, Api, Api)> {
             (TargetKind::Keyplane, Responses, Responses),
             (TargetKind::Keyplane, Responses, OpenAi),
             (TargetKind::Keyplane, Responses, Anthropic),
+        ]);
+    }
+    if gemini {
+        plan.extend([
+            (TargetKind::Keyplane, OpenAi, Gemini),
+            (TargetKind::Keyplane, Gemini, Gemini),
+            (TargetKind::Keyplane, Gemini, OpenAi),
         ]);
     }
     if only.has_embeddings() {
@@ -1051,7 +1123,12 @@ fn bench(args: &Args, bin_dir: &Path, nginx_bin: Option<&Path>) {
     });
 
     let cp = ControlPlane::start();
-    let key = configure(&cp, fake.addr, args.only.has_responses());
+    let key = configure(
+        &cp,
+        fake.addr,
+        args.only.has_responses(),
+        args.only.has_gemini(),
+    );
     // Every limit set, none of them reached by the bench's load.
     let limited_key = cp
         .ctl(&[
@@ -1524,6 +1601,21 @@ mod report {
                  stream counts as answered only if its last event is `response.completed`.",
                 a.chunks.max(1_024),
                 super::RESPONSES_MODEL,
+            );
+        }
+        if a.only.has_gemini() {
+            let _ = writeln!(
+                w,
+                "- Gemini: a Gemini client sends `POST /v1beta/models/{{model}}:generateContent`, or \
+                 `:streamGenerateContent?alt=sse` for a stream (as Gemini CLI does), with \
+                 `x-goog-api-key` and `contents` with one user turn and \
+                 `generationConfig.maxOutputTokens: {}`; the model `{}` is \
+                 offered only by a provider of protocol `gemini` (the same fake, Google's paths), \
+                 whose route from a Gemini client is pass-through. A Gemini stream is one SSE \
+                 `data:` chunk per content event, the last with `finishReason` and \
+                 `usageMetadata`, and no end marker.",
+                a.chunks.max(1_024),
+                super::GEMINI_MODEL,
             );
         }
         if a.only.has_embeddings() {
@@ -2746,6 +2838,7 @@ mod tests {
             Only::Cross,
             Only::Responses,
             Only::Embeddings,
+            Only::Gemini,
             Only::All,
         ] {
             let plan = run_plan(only);
@@ -2767,6 +2860,12 @@ mod tests {
                 assert!(
                     !needs_provider || only.has_responses(),
                     "--only {} has Responses rows but configures no Responses provider",
+                    only.flag()
+                );
+                let needs_gemini = client == Api::Gemini || upstream == Api::Gemini;
+                assert!(
+                    !needs_gemini || only.has_gemini(),
+                    "--only {} has Gemini rows but configures no Gemini provider",
                     only.flag()
                 );
             }
