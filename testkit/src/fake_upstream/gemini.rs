@@ -16,15 +16,16 @@
 //!   elements arrive one by one, separated by `,\r\n`).
 //! - A failure in the middle of a stream: a chunk `{"error":{code,message,status}}`, the form
 //!   google-genai's `_api_client.py` (3.6.1) looks for in each chunk.
-//! - Errors: `{"error":{code,message,status,details}}`. The wrong-key answer (400
-//!   `INVALID_ARGUMENT`, `ErrorInfo` reason `API_KEY_INVALID`, `LocalizedMessage`) and the
-//!   no-key answer (403 `PERMISSION_DENIED`, "Method doesn't allow unregistered callers …") are
-//!   what Google answered on 2026-10-03 as quoted in a public test file (code index id
-//!   71626737737); the 429 (`RESOURCE_EXHAUSTED` with `QuotaFailure` and `RetryInfo`) is a real
-//!   body quoted in a public README (code index id 69207912695); the 404 is
-//!   `gemini-error-404.json`'s; the 403 is the "reported as leaked" answer Google documents
-//!   (ai.google.dev/gemini-api/docs/troubleshooting) and users quote; the 500 and 503 messages
-//!   are Google's documented ones (ai.google.dev/gemini-api/docs/troubleshooting).
+//! - Errors: `{"error":{code,message,status,details}}`, the recorded bodies of
+//!   `testkit/samples/` where there is one: the wrong-key answer
+//!   (`gemini-error-400-api-key-invalid.json`: 400 `INVALID_ARGUMENT`, `ErrorInfo` reason
+//!   `API_KEY_INVALID`, `LocalizedMessage`), the 403 (`gemini-error-403-leaked-key.json`), the
+//!   404 (`gemini-error-404.json`, naming the request's model) and the 429
+//!   (`gemini-error-429-per-minute.json`: `QuotaFailure` naming the request's model, `Help`,
+//!   `RetryInfo.retryDelay`). The no-key answer (403 `PERMISSION_DENIED`, "Method doesn't allow
+//!   unregistered callers …") is what Google answered on 2026-10-03 as quoted in a public test
+//!   file (code index id 71626737737); the 500 and 503 messages are Google's documented ones
+//!   (ai.google.dev/gemini-api/docs/troubleshooting).
 //!
 //! Bodies are built with `serde_json`, whose maps sort their keys: the same order as the
 //! recorded samples, which were stored that way.
@@ -743,27 +744,15 @@ fn error_body(code: u16, status: &str, message: &str, details: Vec<Value>) -> St
     json!({ "error": error }).to_string()
 }
 
-/// Google's answer to a wrong API key: 400 `INVALID_ARGUMENT`, `ErrorInfo` `API_KEY_INVALID`.
+/// A recorded Google error body of `testkit/samples/`, parsed.
+fn recorded(name: &str) -> Value {
+    serde_json::from_str(crate::samples::text(name)).unwrap_or(Value::Null)
+}
+
+/// Google's answer to a wrong API key: 400 `INVALID_ARGUMENT`, `ErrorInfo` `API_KEY_INVALID`
+/// (gemini-error-400-api-key-invalid.json).
 fn invalid_key_body() -> String {
-    let message = "API key not valid. Please pass a valid API key.";
-    error_body(
-        400,
-        "INVALID_ARGUMENT",
-        message,
-        vec![
-            json!({
-                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                "reason": "API_KEY_INVALID",
-                "domain": "googleapis.com",
-                "metadata": {"service": "generativelanguage.googleapis.com"},
-            }),
-            json!({
-                "@type": "type.googleapis.com/google.rpc.LocalizedMessage",
-                "locale": "en-US",
-                "message": message,
-            }),
-        ],
-    )
+    recorded("gemini-error-400-api-key-invalid.json").to_string()
 }
 
 /// Google's answer to a request without a key: 403 `PERMISSION_DENIED`.
@@ -777,8 +766,10 @@ fn no_key_body() -> String {
     )
 }
 
-/// The default body of [`Behavior::Status`] for `code` on a Gemini endpoint about `model`.
-/// A 429's `RetryInfo.retryDelay` is `retry_after` seconds when that is a number, else 19s.
+/// The default body of [`Behavior::Status`] for `code` on a Gemini endpoint about `model`: the
+/// recorded bodies where there is one (403 leaked key, 404 with the model named, 429 per-minute
+/// quota with the model in its `QuotaFailure`); a 429's `RetryInfo.retryDelay` is `retry_after`
+/// seconds when that is a number, else the recorded 26s.
 pub(super) fn status_error(code: u16, retry_after: Option<&str>, model: &str) -> String {
     match code {
         400 => error_body(
@@ -794,52 +785,36 @@ pub(super) fn status_error(code: u16, retry_after: Option<&str>, model: &str) ->
              login cookie or other valid authentication credential.",
             Vec::new(),
         ),
-        403 => error_body(
-            403,
-            "PERMISSION_DENIED",
-            "Your API key was reported as leaked. Please use another API key.",
-            Vec::new(),
-        ),
-        404 => error_body(
-            404,
-            "NOT_FOUND",
-            &format!(
-                "models/{model} is not found for API version v1beta, or is not supported for \
-                 generateContent. Call ModelService.ListModels to see the list of available \
-                 models and their supported methods."
-            ),
-            Vec::new(),
-        ),
+        403 => recorded("gemini-error-403-leaked-key.json").to_string(),
+        404 => {
+            let mut body = recorded("gemini-error-404.json");
+            let message = body["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .replace("gemini-3.6-flahs", model);
+            body["error"]["message"] = Value::from(message);
+            body.to_string()
+        }
         429 => {
             let delay = retry_after
                 .and_then(|s| s.trim().parse::<u64>().ok())
-                .unwrap_or(19);
-            error_body(
-                429,
-                "RESOURCE_EXHAUSTED",
-                &format!(
-                    "You exceeded your current quota, please check your plan and billing \
-                     details. For more information on this error, head to: \
-                     https://ai.google.dev/gemini-api/docs/rate-limits. \n* Quota exceeded for \
-                     metric: generativelanguage.googleapis.com/generate_content_free_tier_requests, \
-                     limit: 20, model: {model}\nPlease retry in {delay}s."
-                ),
-                vec![
-                    json!({
-                        "@type": "type.googleapis.com/google.rpc.QuotaFailure",
-                        "violations": [{
-                            "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
-                            "quotaId": "GenerateRequestsPerDayPerProjectPerModel-FreeTier",
-                            "quotaDimensions": {"location": "global", "model": model},
-                            "quotaValue": "20",
-                        }],
-                    }),
-                    json!({
-                        "@type": "type.googleapis.com/google.rpc.RetryInfo",
-                        "retryDelay": format!("{delay}s"),
-                    }),
-                ],
-            )
+                .unwrap_or(26);
+            let mut body = recorded("gemini-error-429-per-minute.json");
+            if let Some(details) = body["error"]["details"].as_array_mut() {
+                for detail in details {
+                    match detail["@type"].as_str() {
+                        Some("type.googleapis.com/google.rpc.QuotaFailure") => {
+                            detail["violations"][0]["quotaDimensions"]["model"] =
+                                Value::from(model);
+                        }
+                        Some("type.googleapis.com/google.rpc.RetryInfo") => {
+                            detail["retryDelay"] = Value::from(format!("{delay}s"));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            body.to_string()
         }
         500 => error_body(
             500,
@@ -955,10 +930,24 @@ mod tests {
             assert!(v["error"]["status"].as_str().is_some_and(|s| !s.is_empty()));
             assert!(v["error"]["message"].is_string());
         }
-        let v: Value = serde_json::from_str(&status_error(429, Some("7"), "m")).unwrap();
-        assert_eq!(v["error"]["details"][1]["retryDelay"], "7s");
-        let v: Value = serde_json::from_str(&status_error(429, Some("soon"), "m")).unwrap();
-        assert_eq!(v["error"]["details"][1]["retryDelay"], "19s");
+        let retry = |after| {
+            let v: Value = serde_json::from_str(&status_error(429, after, "m")).unwrap();
+            let details = v["error"]["details"].as_array().unwrap().clone();
+            assert_eq!(details[0]["violations"][0]["quotaDimensions"]["model"], "m");
+            details
+                .iter()
+                .find_map(|d| d["retryDelay"].as_str().map(str::to_string))
+                .unwrap()
+        };
+        assert_eq!(retry(Some("7")), "7s");
+        assert_eq!(retry(Some("soon")), "26s");
+        let v: Value = serde_json::from_str(&status_error(404, None, "gemini-x")).unwrap();
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("models/gemini-x is not found")
+        );
         let v: Value = serde_json::from_str(&invalid_key_body()).unwrap();
         assert_eq!(v["error"]["details"][0]["reason"], "API_KEY_INVALID");
     }
