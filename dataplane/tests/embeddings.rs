@@ -429,7 +429,7 @@ fn estimate(texts: &[&str]) -> u64 {
 }
 
 #[test]
-fn a_gemini_upstream_serves_openai_clients_and_is_billed_on_the_estimate_flagged() {
+fn a_gemini_upstream_serves_openai_clients_billed_on_its_count_or_the_estimate_flagged() {
     let c = Cluster::start(&MIXED, &[]);
     let texts = ["first text to embed here", "second"];
     let floats = embed(
@@ -466,8 +466,47 @@ fn a_gemini_upstream_serves_openai_clients_and_is_billed_on_the_estimate_flagged
     assert_eq!(ids.status, 200, "{}", ids.text());
     assert_eq!(c.fake("g-cheap").request_count(), 2);
 
-    let list = wait_logged(&c, 3);
+    // A Gemini answer that counts its tokens is billed on its count.
+    c.fake("g-cheap").push_once(Behavior::Status {
+        code: 200,
+        retry_after: None,
+        body: Some(
+            r#"{"embeddings":[{"values":[0.5,-0.25]}],"usageMetadata":{"promptTokenCount":42}}"#
+                .into(),
+        ),
+    });
+    let counted = embed(&c, &json!({"model": MODEL, "input": "counted"}));
+    assert_eq!(counted.status, 200, "{}", counted.text());
+    assert_eq!(counted.json()["usage"]["prompt_tokens"], 42);
+    assert_eq!(vectors(&counted.json()), [vec![0.5, -0.25]]);
+    // Google's refusal of the request reaches an OpenAI client in OpenAI's shape, not retried.
+    c.fake("g-cheap").push_once(Behavior::Status {
+        code: 400,
+        retry_after: None,
+        body: Some(
+            r#"{"error":{"code":400,"message":"Request contains an invalid argument.","status":"INVALID_ARGUMENT"}}"#
+                .into(),
+        ),
+    });
+    let refused = embed(&c, &json!({"model": MODEL, "input": "refused"}));
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    assert_eq!(
+        refused.json()["error"]["message"],
+        "Request contains an invalid argument."
+    );
+    assert!(refused.json()["error"]["type"].is_string());
+    assert_eq!(
+        c.fake("o-dear").request_count(),
+        1,
+        "a refusal is not retried"
+    );
+
+    let list = wait_logged(&c, 5);
     c.wait_spool_settled();
+    let e = entry(&list, &counted);
+    assert_eq!(e["estimated"], false, "{e}");
+    assert_eq!(e["input_tokens"], 42);
+    assert_eq!(nano(&e["computed_cost_usd"]), 42_000);
     let e = entry(&list, &floats);
     assert_eq!(e["dialect"], "embeddings");
     assert_eq!(e["provider"], "g-cheap");
@@ -482,8 +521,8 @@ fn a_gemini_upstream_serves_openai_clients_and_is_billed_on_the_estimate_flagged
         outcomes(e),
         pairs(&[("g-cheap", "unsupported"), ("o-dear", "ok")])
     );
-    let rows = c.wait_usage(3);
-    assert_eq!(total(&rows, "requests"), 3);
+    let rows = c.wait_usage(4);
+    assert_eq!(total(&rows, "requests"), 4);
 }
 
 fn gemini_call(c: &Cluster, method: &str, body: &Value) -> HttpResponse {
