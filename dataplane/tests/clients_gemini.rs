@@ -22,8 +22,8 @@ use client_support::{Finished, installed, python_report, run_bounded};
 use support::{Cluster, MODEL, Offer, TIMEOUT, add_offer, offer, total};
 
 use keyplane_testkit::fake_upstream::{
-    EMBEDDING_DIMENSIONS, GEMINI_THOUGHT_SIGNATURE, OPENAI_TOOL_CALL_ID, RecordedRequest,
-    embedding, prompt_tokens_for,
+    ANTHROPIC_TOOL_USE_ID, EMBEDDING_DIMENSIONS, GEMINI_THOUGHT_SIGNATURE, OPENAI_TOOL_CALL_ID,
+    RecordedRequest, embedding, prompt_tokens_for,
 };
 use keyplane_testkit::http::HttpRequest;
 use keyplane_testkit::{
@@ -571,6 +571,61 @@ fn gemini_cli_runs_a_shell_command_through_an_openai_chat_upstream() {
     let result = openai_tool_result(second)
         .unwrap_or_else(|| panic!("no result of the fake's call in {second}"));
     assert!(result.contains(MARKER_OUTPUT), "{result}");
+    assert_billed_once(&c, &requests, 4 + WORDS as u64);
+}
+
+/// The Gemini CLI through the data plane to an Anthropic upstream: the call comes back as a
+/// `functionCall`, and the command's output goes up as a `tool_result` block answering the
+/// upstream's `tool_use` id; both requests billed once.
+#[test]
+fn gemini_cli_runs_a_shell_command_through_an_anthropic_upstream() {
+    let c = gateway("anthropic");
+    let upstream = &c.fakes[0];
+    let requests = gemini_cli_runs_a_shell_command(&through(&c), upstream);
+    for r in &requests {
+        assert_eq!(r.path, "/v1/messages", "{}", c.dp.logs());
+        let tools = r.json.as_ref().unwrap()["tools"].to_string();
+        assert!(tools.contains(GEMINI_SHELL_TOOL), "{tools}");
+    }
+    let second = requests[1].json.as_ref().unwrap();
+    let result = second["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .filter_map(|m| m["content"].as_array())
+        .flatten()
+        .find(|b| b["type"] == "tool_result" && b["tool_use_id"] == ANTHROPIC_TOOL_USE_ID)
+        .unwrap_or_else(|| panic!("no tool_result for the fake's tool_use in {second}"));
+    assert!(
+        result["content"].to_string().contains(MARKER_OUTPUT),
+        "{result}"
+    );
+    assert_billed_once(&c, &requests, 4 + WORDS as u64);
+}
+
+/// The Gemini CLI through the data plane to an OpenAI Responses upstream: the command's output
+/// goes up as a `function_call_output` item answering the upstream's call id; both requests
+/// billed once.
+#[test]
+fn gemini_cli_runs_a_shell_command_through_an_openai_responses_upstream() {
+    let c = gateway("openai-responses");
+    let upstream = &c.fakes[0];
+    let requests = gemini_cli_runs_a_shell_command(&through(&c), upstream);
+    for r in &requests {
+        assert_eq!(r.path, "/v1/responses", "{}", c.dp.logs());
+    }
+    let second = requests[1].json.as_ref().unwrap();
+    let output = second["input"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["type"] == "function_call_output" && i["call_id"] == OPENAI_TOOL_CALL_ID)
+        .unwrap_or_else(|| panic!("no output for the fake's call in {second}"));
+    assert!(
+        output["output"].to_string().contains(MARKER_OUTPUT),
+        "{output}"
+    );
     assert_billed_once(&c, &requests, 4 + WORDS as u64);
 }
 
