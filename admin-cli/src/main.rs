@@ -256,6 +256,12 @@ struct PolicyFlags {
     /// Expiry time, RFC 3339 (e.g. 2026-12-31T00:00:00Z); "" clears.
     #[arg(long)]
     expires: Option<String>,
+    /// Keep this key's prompt and completion bodies (capped) for the console's request view.
+    #[arg(long, conflicts_with = "no_capture_bodies")]
+    capture_bodies: bool,
+    /// Stop keeping this key's bodies (the default for a new key).
+    #[arg(long)]
+    no_capture_bodies: bool,
 }
 
 impl PolicyFlags {
@@ -274,6 +280,11 @@ impl PolicyFlags {
             concurrency: self.concurrency,
             models: self.models,
             expires_at_ms,
+            capture_bodies: match (self.capture_bodies, self.no_capture_bodies) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            },
         })
     }
 }

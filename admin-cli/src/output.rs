@@ -675,6 +675,7 @@ fn policy_json(p: &pb::KeyPolicy) -> Value {
         "concurrency": opt(u64::from(p.concurrency)),
         "models": p.models,
         "expires_at": time(p.expires_at_ms),
+        "capture_bodies": p.capture_bodies,
     })
 }
 
@@ -700,6 +701,9 @@ fn policy_text(p: &pb::KeyPolicy) -> String {
     }
     if p.expires_at_ms > 0 {
         parts.push(format!("expires {}", time_text(p.expires_at_ms)));
+    }
+    if p.capture_bodies {
+        parts.push("captures bodies".to_string());
     }
     parts.join("; ")
 }

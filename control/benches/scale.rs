@@ -136,6 +136,7 @@ async fn main() {
             tls: None,
             require_node_cert: false,
             request_log: false,
+            request_bodies: false,
         },
         cancel.clone(),
     ));
@@ -158,6 +159,7 @@ async fn main() {
             tls: None,
             require_node_cert: false,
             request_log: true,
+            request_bodies: false,
         },
         cancel.clone(),
     ));

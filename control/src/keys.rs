@@ -51,6 +51,10 @@ pub struct KeyPolicy {
     /// route. Set only when the control plane makes that key; no policy change touches it.
     #[serde(default)]
     pub probe: bool,
+    /// Keep the key's prompt and completion bodies, capped, for the console's request view
+    /// (`request_bodies.rs`). Off unless the operator turns it on for the key.
+    #[serde(default)]
+    pub capture_bodies: bool,
 }
 
 impl KeyPolicy {
@@ -82,6 +86,7 @@ pub struct PolicyInput {
     pub concurrency: Option<u32>,
     pub models: Option<String>,
     pub expires_at_ms: Option<i64>,
+    pub capture_bodies: Option<bool>,
 }
 
 impl PolicyInput {
@@ -130,6 +135,9 @@ impl PolicyInput {
         }
         if let Some(v) = self.expires_at_ms {
             next.expires_at_ms = v.max(0);
+        }
+        if let Some(v) = self.capture_bodies {
+            next.capture_bodies = v;
         }
         *policy = next;
         Ok(())

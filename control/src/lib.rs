@@ -26,6 +26,7 @@ pub mod nodes;
 pub mod period;
 pub mod price_import;
 pub mod prices;
+pub mod request_bodies;
 pub mod request_log;
 pub mod rollup;
 pub mod rotate;

@@ -73,6 +73,10 @@ struct Args {
     /// pruned in the background. `0`: no request log (entries already kept are pruned).
     #[arg(long, default_value = "30d", value_parser = parse_retention)]
     request_log_retention: Duration,
+    /// How long the bodies captured for keys with `--capture-bodies` are kept (same syntax);
+    /// older ones are pruned in the background, before their log entries. `0`: none are kept.
+    #[arg(long, default_value = "7d", value_parser = parse_retention)]
+    request_body_retention: Duration,
 }
 
 /// A retention in humantime's syntax (`30d`, `12h 30m`, `45s`): 0, or at least a second.
@@ -494,6 +498,13 @@ async fn run(args: Args) -> Result<(), Failure> {
         PRUNE_BATCH,
         cancel.clone(),
     ));
+    let body_pruner = tokio::spawn(keyplane_control::request_bodies::prune_forever(
+        Arc::clone(&store),
+        args.request_body_retention,
+        prune_every(args.request_body_retention),
+        PRUNE_BATCH,
+        cancel.clone(),
+    ));
     let services = grpc::Services {
         store: Arc::clone(&store),
         routes,
@@ -504,6 +515,8 @@ async fn run(args: Args) -> Result<(), Failure> {
         require_node_cert: args.client_ca.is_some(),
         tls: tls_config,
         request_log: !args.request_log_retention.is_zero(),
+        request_bodies: !args.request_log_retention.is_zero()
+            && !args.request_body_retention.is_zero(),
     };
     drop(secrets);
 
@@ -525,6 +538,7 @@ async fn run(args: Args) -> Result<(), Failure> {
     }
     let _ = sync_loop.await;
     let _ = pruner.await;
+    let _ = body_pruner.await;
     signals.abort();
     store
         .flush()

@@ -3,7 +3,8 @@
 //! (`keyplanectl requests`). Entries arrive in the usage reports (a `UsageRecord` is also its
 //! request's log entry; `unbilled` ones are only that) and are kept for the retention
 //! (`--request-log-retention`), pruned in the background in bounded batches. Prompt and
-//! completion bodies are never part of an entry.
+//! completion bodies are never part of an entry: a key that opted in has them kept apart, in
+//! `request_bodies.rs`.
 //!
 //! # Layout
 //!
@@ -64,15 +65,15 @@ impl RequestFilter {
     }
 }
 
-/// The entry's key in `request_log`.
-fn entry_key(started_at_ms: i64, request_id: &str) -> Vec<u8> {
+/// The entry's key in `request_log` (and of its bodies in `request_bodies`).
+pub(crate) fn entry_key(started_at_ms: i64, request_id: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(8 + request_id.len());
     key.extend_from_slice(&time_bytes(started_at_ms));
     key.extend_from_slice(request_id.as_bytes());
     key
 }
 
-fn time_bytes(ms: i64) -> [u8; 8] {
+pub(crate) fn time_bytes(ms: i64) -> [u8; 8] {
     u64::try_from(ms).unwrap_or(0).to_be_bytes()
 }
 
@@ -447,14 +448,51 @@ pub async fn prune_forever(
     batch: usize,
     cancel: tokio_util::sync::CancellationToken,
 ) {
+    prune_loop(
+        store,
+        Pruning {
+            retention,
+            every,
+            batch,
+            what: "request log entries",
+            prune: Store::prune_request_log,
+        },
+        cancel,
+    )
+    .await;
+}
+
+/// One kind of aged data [`prune_loop`] deletes: what it is called in a log line, and the
+/// store's step that deletes up to `batch` of it started before a time.
+pub(crate) struct Pruning {
+    pub retention: std::time::Duration,
+    pub every: std::time::Duration,
+    pub batch: usize,
+    pub what: &'static str,
+    pub prune: fn(&Store, i64, usize) -> Result<usize>,
+}
+
+/// Prunes what `p` names, older than its retention, every `p.every`, in batches, until
+/// `cancel`.
+pub(crate) async fn prune_loop(
+    store: std::sync::Arc<Store>,
+    p: Pruning,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let Pruning {
+        retention,
+        every,
+        batch,
+        what,
+        prune,
+    } = p;
     let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
     loop {
         let cutoff = crate::store::now_ms().saturating_sub(retention_ms);
         let mut total = 0usize;
         loop {
             let store = std::sync::Arc::clone(&store);
-            let pruned =
-                tokio::task::spawn_blocking(move || store.prune_request_log(cutoff, batch)).await;
+            let pruned = tokio::task::spawn_blocking(move || prune(&store, cutoff, batch)).await;
             match pruned {
                 Ok(Ok(n)) => {
                     total += n;
@@ -463,17 +501,17 @@ pub async fn prune_forever(
                     }
                 }
                 Ok(Err(err)) => {
-                    tracing::warn!(error = %err, "request log pruning failed; retrying later");
+                    tracing::warn!(error = %err, what, "pruning failed; retrying later");
                     break;
                 }
                 Err(err) => {
-                    tracing::warn!(error = %err, "request log pruning task failed");
+                    tracing::warn!(error = %err, what, "pruning task failed");
                     break;
                 }
             }
         }
         if total > 0 {
-            tracing::info!(pruned = total, "request log entries past retention pruned");
+            tracing::info!(pruned = total, what, "pruned past their retention");
         }
         // The rollups keep their own retention (`rollup.rs`), pruned on the same beat.
         loop {

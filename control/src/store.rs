@@ -47,6 +47,8 @@ pub(crate) const ROLLUPS: &str = "rollups";
 const ROLLUPS_BUILT: &[u8] = b"rollups_built";
 #[cfg(test)]
 pub(crate) const ROLLUPS_BUILT_FOR_TESTS: &[u8] = ROLLUPS_BUILT;
+/// Captured prompt and completion bodies (`request_bodies.rs`): a new tree, no layout change.
+pub(crate) const REQUEST_BODIES: &str = "request_bodies";
 /// Set once `usage_key_days` holds every stored record (see [`Store::backfill_key_days`]).
 const KEY_DAYS_BACKFILLED: &[u8] = b"key_days_backfilled";
 
@@ -109,6 +111,8 @@ pub struct Store {
     pub(crate) request_log_index: sled::Tree,
     /// See `rollup.rs`.
     pub(crate) rollups: sled::Tree,
+    /// The same key → captured bodies of a key that opted in; see `request_bodies.rs`.
+    pub(crate) request_bodies: sled::Tree,
     pub(crate) cipher: Cipher,
     /// Serializes admin writes, so that check-then-write validations (a label unique within a
     /// provider, a referenced provider existing) cannot race each other. Admin writes are rare;
@@ -156,6 +160,7 @@ impl Store {
             request_log: tree(REQUEST_LOG)?,
             request_log_index: tree(REQUEST_LOG_INDEX)?,
             rollups: tree(ROLLUPS)?,
+            request_bodies: tree(REQUEST_BODIES)?,
             cipher: Cipher::new(master_key),
             admin_lock: Mutex::new(()),
             export_lock: std::sync::RwLock::new(()),

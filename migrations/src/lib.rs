@@ -37,6 +37,7 @@
 //! | `request_log_index` | kind (`k` key id, `m` model, `s` status) ‖ value length (`u16` BE) ‖ value ‖ start of a second (`u64` BE ms); written before: the whole `request_log` key | empty |
 //! | `rollups`          | resolution (`m`/`h`/`d`) ‖ scope (`a`, or `k` ‖ key id length `u16` BE ‖ key id) ‖ row (`s` sums, `b` breakdown) ‖ bucket (`u32` BE) | binary sums; `keyplane-control`'s `rollup.rs` |
 //! | `meta`             | `probe_key`                                  | the route probe's key id and its key sealed under the master key (associated data `meta/probe_key/<key id>`) |
+//! | `request_bodies`   | the entry's `request_log` key                 | `CapturedBodies` protobuf  |
 //!
 //! `rollups` is derived: `keyplane-control` builds it from `usage`, `usage_ms` and `request_log`
 //! on the first start without `meta/rollups_built`, and keeps it up to date from then on.

@@ -621,6 +621,12 @@ fn policy_of(fields: &Fields, clear_empty: bool) -> Result<crate::keys::PolicyIn
         concurrency: number("concurrent requests", text("concurrency"))?,
         models: text("models"),
         expires_at_ms,
+        // A checkbox is sent only when ticked: unticked on the edit form turns capture off.
+        capture_bodies: match fields.get("capture_bodies") {
+            Some(_) => Some(true),
+            None if clear_empty => Some(false),
+            None => None,
+        },
     })
 }
 
@@ -1159,17 +1165,21 @@ async fn request_view(
             .filter(|e| e.record.as_ref().is_some_and(|r| r.request_id == id))
             .collect();
         name_keys(&store, &mut entries)?;
-        Ok(entries.pop())
+        let bodies = match entries.last() {
+            Some(_) => store.request_bodies(at, &id)?,
+            None => None,
+        };
+        Ok(entries.pop().map(|e| (e, bodies)))
     })
     .await;
     match found {
-        Ok(Some(entry)) => page(
+        Ok(Some((entry, bodies))) => page(
             StatusCode::OK,
             views::layout(
                 "Request",
                 "/requests",
                 &session.csrf,
-                views::request(&entry),
+                views::request(&entry, bodies.as_ref()),
             ),
         ),
         Ok(None) => page(

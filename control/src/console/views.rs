@@ -296,6 +296,9 @@ fn policy_text(k: &ClientKeyRec) -> String {
     if p.expires_at_ms > 0 {
         parts.push(format!("expires {}", ms_text(p.expires_at_ms)));
     }
+    if p.capture_bodies {
+        parts.push("captures bodies".to_string());
+    }
     if parts.is_empty() {
         "no limits".to_string()
     } else {
@@ -378,6 +381,7 @@ pub fn keys(rows: &[KeyRow], created: Option<(&str, &str)>, n: &Notice, csrf: &s
                 label { "Concurrent requests" input name="concurrency" inputmode="numeric"; }
                 label { "Models (globs, comma-separated)" input name="models"; }
                 label { "Expires (UTC date)" input name="expires" type="date"; }
+                label { input name="capture_bodies" type="checkbox" value="on"; " Keep prompt and completion bodies (capped; shown only here)" }
                 button type="submit" { "Create key" }
             }
         }
@@ -648,7 +652,51 @@ pub fn requests(entries: &[pb::LoggedRequest], q: &RequestQuery, n: &Notice) -> 
     }
 }
 
-pub fn request(e: &pb::LoggedRequest) -> Markup {
+/// A captured body as text for a `<pre>`: its UTF-8 text, with every control character but tab
+/// and line ends shown as U+FFFD, and whether the bytes were not valid UTF-8 (then each invalid
+/// sequence is shown as U+FFFD too). A multi-byte character cut by the capture cap at the end of
+/// a truncated body does not make it invalid.
+pub fn body_text(bytes: &[u8], truncated: bool) -> (String, bool) {
+    let (text, invalid) = match std::str::from_utf8(bytes) {
+        Ok(text) => (std::borrow::Cow::Borrowed(text), false),
+        Err(e) if truncated && e.error_len().is_none() => (
+            std::borrow::Cow::Borrowed(
+                std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default(),
+            ),
+            false,
+        ),
+        Err(_) => (String::from_utf8_lossy(bytes), true),
+    };
+    let shown = text
+        .chars()
+        .map(|c| {
+            if c.is_control() && !matches!(c, '\t' | '\n' | '\r') {
+                char::REPLACEMENT_CHARACTER
+            } else {
+                c
+            }
+        })
+        .collect();
+    (shown, invalid)
+}
+
+/// One captured body: its size, whether the cap cut it, and its text.
+fn captured(title: &str, id: &str, bytes: &[u8], truncated: bool) -> Markup {
+    let (text, invalid) = body_text(bytes, truncated);
+    html! {
+        h3 { (title) }
+        p.meta {
+            (bytes.len()) " bytes"
+            @if truncated { ", truncated at the capture cap" }
+            @if invalid { "; not valid UTF-8 (invalid bytes shown as \u{FFFD})" }
+        }
+        @if bytes.is_empty() { p.empty { "Empty." } } @else {
+            pre.body id=(id) data-truncated=(truncated) { (text) }
+        }
+    }
+}
+
+pub fn request(e: &pb::LoggedRequest, bodies: Option<&pb::CapturedBodies>) -> Markup {
     let Some(r) = &e.record else {
         return html! { p.empty { "This entry has no record." } };
     };
@@ -678,6 +726,13 @@ pub fn request(e: &pb::LoggedRequest) -> Markup {
                     }
                 }
             }
+        }
+        h2 { "Prompt and completion" }
+        @if let Some(b) = bodies {
+            (captured("Request body", "request-body", &b.request, b.request_truncated))
+            (captured("Response body", "response-body", &b.response, b.response_truncated))
+        } @else {
+            p.empty { "Not captured: the key does not keep bodies, or they are past their retention." }
         }
         p { a href="/requests" { "All requests" } }
     }
@@ -1028,6 +1083,7 @@ pub fn edit_key(k: &ClientKeyRec, csrf: &str) -> Markup {
             label { "Concurrent requests" input name="concurrency" value=(num(u64::from(p.concurrency))) inputmode="numeric"; }
             label { "Models (globs, comma-separated)" input name="models" value=(p.models.join(",")); }
             label { "Expires (UTC date)" input name="expires" type="date" value=(date_text(p.expires_at_ms)); }
+            label { input name="capture_bodies" type="checkbox" value="on" checked[p.capture_bodies]; " Keep prompt and completion bodies (capped; shown only here)" }
             button type="submit" { "Save" }
         }
     }

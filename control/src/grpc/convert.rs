@@ -93,6 +93,7 @@ pub fn policy(p: &KeyPolicy) -> pb::KeyPolicy {
         models: p.models.clone(),
         expires_at_ms: p.expires_at_ms,
         probe: p.probe,
+        capture_bodies: p.capture_bodies,
     }
 }
 
@@ -107,6 +108,7 @@ pub fn policy_input(p: Option<pb::KeyPolicyInput>) -> PolicyInput {
         concurrency: p.concurrency,
         models: p.models,
         expires_at_ms: p.expires_at_ms,
+        capture_bodies: p.capture_bodies,
     }
 }
 

@@ -38,6 +38,8 @@ pub struct Services {
     /// Keep the request log (`--request-log-retention` not 0); off, usage reports feed the
     /// ledger only.
     pub request_log: bool,
+    /// Keep captured bodies (`--request-body-retention` not 0, and the request log on).
+    pub request_bodies: bool,
 }
 
 /// Serves until `cancel` fires, then stops accepting, ends subscriptions and waits for in-flight
@@ -62,6 +64,7 @@ pub async fn serve(
         registry: services.registry,
         cancel: cancel.clone(),
         request_log: services.request_log,
+        request_bodies: services.request_bodies,
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES)

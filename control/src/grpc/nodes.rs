@@ -23,6 +23,8 @@ pub struct NodesService {
     pub cancel: CancellationToken,
     /// Whether usage reports also feed the request log.
     pub request_log: bool,
+    /// Whether captured bodies are kept (with the log on and a body retention above 0).
+    pub request_bodies: bool,
 }
 
 /// Largest usage batch accepted in one call.
@@ -54,6 +56,34 @@ fn check_serve_url(url: &str) -> Result<&str, &'static str> {
         return Err("it is longer than 512 characters or holds spaces or control characters");
     }
     Ok(url)
+}
+
+/// Stores a usage report ([`Store::ingest_report`]) with the captured bodies taken out of
+/// their records first, so that neither the log entry nor the ledger holds them; they are kept
+/// in their own tree for the records acknowledged when `bodies` is on (and the log is), else
+/// dropped.
+fn ingest(
+    store: &Store,
+    node_id: &str,
+    mut records: Vec<pb::UsageRecord>,
+    log: bool,
+    bodies: bool,
+) -> Result<crate::ledger::Ingested, crate::error::Error> {
+    let captured: Vec<Option<pb::CapturedBodies>> =
+        records.iter_mut().map(|r| r.bodies.take()).collect();
+    let outcome = store.ingest_report(node_id, &records, log)?;
+    if log && bodies && captured.iter().any(Option::is_some) {
+        let acked: std::collections::HashSet<&str> =
+            outcome.acked.iter().map(String::as_str).collect();
+        store.store_request_bodies(
+            records
+                .iter()
+                .zip(&captured)
+                .filter(|(r, _)| acked.contains(r.request_id.as_str()))
+                .filter_map(|(r, b)| b.as_ref().map(|b| (r, b))),
+        )?;
+    }
+    Ok(outcome)
 }
 
 #[tonic::async_trait]
@@ -194,8 +224,9 @@ impl Nodes for NodesService {
         let store = Arc::clone(&self.store);
         let node_id = req.node_id.clone();
         let log = self.request_log;
+        let bodies = self.request_bodies;
         let outcome =
-            tokio::task::spawn_blocking(move || store.ingest_report(&node_id, &req.records, log))
+            tokio::task::spawn_blocking(move || ingest(&store, &node_id, req.records, log, bodies))
                 .await
                 .map_err(|e| Status::internal(format!("ingest task failed: {e}")))??;
         // The acknowledgement below is a promise that the records survive a crash.
