@@ -8,6 +8,7 @@
 //! snapshot ([`snapshot`]) so that a restart can serve without the control plane.
 
 pub mod attribution;
+pub mod capture;
 pub mod control;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -8,6 +8,7 @@
 //! held, at once.
 
 use crate::attribution::{self, Cause};
+use crate::capture::Capture;
 use crate::health::HealthSink;
 use crate::limits::{KeyFailures, KeyState, Limit, Permit, Policy, Refusal};
 use crate::metrics::Metrics;
@@ -150,6 +151,8 @@ pub struct Unserved {
     pub attempts: Vec<pb::UpstreamAttempt>,
     /// The key, when the refusal was decided before the request had one (an expired key).
     pub key_id: Option<Arc<str>>,
+    /// The request's bodies, for a key that keeps them: the answer is added when it is logged.
+    pub capture: Option<Arc<Capture>>,
 }
 
 /// The response's [`Unserved`] note, added if it has none yet.
@@ -177,6 +180,8 @@ pub struct RequestCtx {
     pub pin: Option<PinnedRoute>,
     /// For a Gemini call, what its URL says and its body does not: the model and the framing.
     pub from_url: Option<UrlModel>,
+    /// The request's bodies, for a key that opted in to keep them; `None` for every other key.
+    pub capture: Option<Arc<Capture>>,
 }
 
 /// What a Gemini call's URL names (`/v1beta/models/{model}:streamGenerateContent?alt=sse`).
@@ -410,6 +415,7 @@ impl Proxy {
             error,
             model,
             attempts,
+            capture,
             ..
         } = note;
         self.usage.record(pb::UsageRecord {
@@ -423,6 +429,10 @@ impl Proxy {
             error,
             attempts,
             unbilled: true,
+            bodies: capture.map(|c| {
+                crate::capture::copy_response_body(resp.body_mut(), &c);
+                c.take()
+            }),
             ..pb::UsageRecord::default()
         });
     }
@@ -1195,6 +1205,9 @@ impl Proxy {
             let bytes = cand.redactor.bytes(bytes);
             let estimate = estimate_tokens(bytes.len());
             record.permit = permit.take();
+            if let Some(capture) = &record.capture {
+                capture.response(&bytes);
+            }
             record.finish(usage, estimate, 200);
             let mut out = json_response(StatusCode::OK, bytes);
             name_dropped(out.headers_mut(), &dropped);
@@ -1685,6 +1698,8 @@ struct Record {
     reported_cost_nano_usd: Option<u64>,
     started: Instant,
     started_at_ms: i64,
+    /// The request's bodies, taken into the record, for a key that keeps them.
+    capture: Option<Arc<Capture>>,
     ttfb_ms: u32,
     /// Input tokens to bill when the upstream reports none: the client body's bytes / 4.
     input_estimate: u64,
@@ -1730,6 +1745,7 @@ impl Record {
             reported_cost_nano_usd: None,
             started: ctx.started,
             started_at_ms: ctx.started_at_ms,
+            capture: ctx.capture.clone(),
             ttfb_ms: 0,
             input_estimate: 0,
             request_bytes: 0,
@@ -1838,6 +1854,7 @@ impl Record {
             error: served_error(status).to_string(),
             attempts: self.attempts,
             unbilled: false,
+            bodies: self.capture.as_deref().map(Capture::take),
         });
     }
 }
@@ -1861,11 +1878,14 @@ struct Relay {
     idle: Duration,
     idle_timer: Pin<Box<tokio::time::Sleep>>,
     record: Option<Record>,
+    /// Copies each frame as it goes to the client, for a key that keeps its bodies.
+    capture: Option<Arc<Capture>>,
 }
 
 impl Relay {
     fn new(upstream: Incoming, scan: Scan, idle: Duration, record: Record) -> Relay {
         let mut relay = Relay {
+            capture: record.capture.clone(),
             upstream: Some(upstream),
             ready: VecDeque::new(),
             idle,
@@ -1964,6 +1984,9 @@ impl http_body::Body for Relay {
         let this = &mut *self;
         loop {
             if let Some(bytes) = this.ready.pop_front() {
+                if let Some(capture) = &this.capture {
+                    capture.frame(&bytes);
+                }
                 return Poll::Ready(Some(Ok(Frame::data(bytes))));
             }
             let Some(upstream) = this.upstream.as_mut() else {

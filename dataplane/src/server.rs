@@ -665,7 +665,12 @@ pub(crate) async fn proxied(
 ) -> Response<Body> {
     let started = Instant::now();
     let started_at_ms = now_ms();
-    let not_served = |resp, key_id: Option<&Arc<str>>| {
+    let not_served = |mut resp: Response<Body>,
+                      key_id: Option<&Arc<str>>,
+                      capture: Option<Arc<crate::capture::Capture>>| {
+        if capture.is_some() && !resp.status().is_success() {
+            crate::proxy::unserved(&mut resp).capture = capture;
+        }
         log_not_served(
             gw,
             request_id,
@@ -677,11 +682,11 @@ pub(crate) async fn proxied(
     };
     let (table, key) = match authenticate(gw, &req, protocol) {
         Ok(ok) => ok,
-        Err(resp) => return not_served(resp, None),
+        Err(resp) => return not_served(resp, None, None),
     };
     let pin = match probe_route(gw, &req, &key, protocol) {
         Ok(pin) => pin,
-        Err(resp) => return not_served(resp, Some(&key.id)),
+        Err(resp) => return not_served(resp, Some(&key.id), None),
     };
     // A Gemini call's query holds `alt` (already read into `from_url`) and maybe the key: it
     // goes nowhere.
@@ -692,9 +697,20 @@ pub(crate) async fn proxied(
     };
     let (parts, body) = match read_body(gw, req, protocol).await {
         Ok(ok) => ok,
-        Err(resp) => return not_served(resp, Some(&key.id)),
+        Err(resp) => {
+            // A refusal before the body was read keeps only its answer.
+            let capture = key
+                .capture_bodies
+                .then(|| Arc::new(crate::capture::Capture::new(None)));
+            return not_served(resp, Some(&key.id), capture);
+        }
     };
     let logged_key = Arc::clone(&key.id);
+    // Only a key that opted in pays for a copy of its bodies.
+    let capture = key
+        .capture_bodies
+        .then(|| Arc::new(crate::capture::Capture::new(Some(&body))));
+    let logged_capture = capture.clone();
     let ctx = RequestCtx {
         request_id: request_id.to_string(),
         key_id: key.id,
@@ -707,12 +723,13 @@ pub(crate) async fn proxied(
         attempts: Vec::new(),
         pin,
         from_url,
+        capture,
     };
     let resp = gw
         .proxy
         .complete(protocol, &table, &parts.headers, &body, ctx)
         .await;
-    not_served(resp, Some(&logged_key))
+    not_served(resp, Some(&logged_key), logged_capture)
 }
 
 /// The route a probe request pins (`x-keyplane-probe-route`), if it sends one. Only the route
@@ -800,9 +817,21 @@ pub(crate) async fn embeddings(
     };
     let (_, body) = match read_body(gw, req, errors).await {
         Ok(ok) => ok,
-        Err(resp) => return log_not_served(gw, request_id, Some(&key.id), dialect, started, resp),
+        Err(mut resp) => {
+            // A refusal before the body was read keeps only its answer.
+            if key.capture_bodies && !resp.status().is_success() {
+                crate::proxy::unserved(&mut resp).capture =
+                    Some(Arc::new(crate::capture::Capture::new(None)));
+            }
+            return log_not_served(gw, request_id, Some(&key.id), dialect, started, resp);
+        }
     };
     let logged_key = Arc::clone(&key.id);
+    // Only a key that opted in pays for a copy of its bodies.
+    let capture = key
+        .capture_bodies
+        .then(|| Arc::new(crate::capture::Capture::new(Some(&body))));
+    let logged_capture = capture.clone();
     let ctx = RequestCtx {
         request_id: request_id.to_string(),
         key_id: key.id,
@@ -815,11 +844,15 @@ pub(crate) async fn embeddings(
         attempts: Vec::new(),
         pin: None,
         from_url: None,
+        capture,
     };
-    let resp = gw
+    let mut resp = gw
         .proxy
         .embed(shape, errors, &path_model, &table, &body, ctx)
         .await;
+    if logged_capture.is_some() && !resp.status().is_success() {
+        crate::proxy::unserved(&mut resp).capture = logged_capture;
+    }
     log_not_served(gw, request_id, Some(&logged_key), dialect, started, resp)
 }
 

@@ -268,6 +268,8 @@ pub struct ClientKey {
     /// The control plane's route-probe key: it may pin a request to one route
     /// ([`crate::proxy::PinnedRoute`]).
     pub probe: bool,
+    /// The operator opted in to keep this key's bodies (`capture.rs`).
+    pub capture_bodies: bool,
 }
 
 pub struct Table {
@@ -444,6 +446,7 @@ impl Table {
             .iter()
             .filter_map(|k| {
                 let hash: [u8; 32] = k.sha256.as_slice().try_into().ok()?;
+                let capture_bodies = k.policy.as_ref().is_some_and(|p| p.capture_bodies);
                 let policy = k
                     .policy
                     .as_ref()
@@ -459,6 +462,7 @@ impl Table {
                     state,
                     failures: stats.limits.failures(&k.id),
                     probe: k.policy.as_ref().is_some_and(|p| p.probe),
+                    capture_bodies,
                 };
                 if key.state.is_some() {
                     limited.push(key.clone());

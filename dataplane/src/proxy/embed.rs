@@ -165,8 +165,12 @@ impl Proxy {
             input_tokens,
             ..Usage::default()
         });
+        let answer = cand.redactor.bytes(Bytes::from(answer));
+        if let Some(capture) = &record.capture {
+            capture.response(&answer);
+        }
         record.finish(usage, 0, 200);
-        let mut out = json_response(StatusCode::OK, cand.redactor.bytes(Bytes::from(answer)));
+        let mut out = json_response(StatusCode::OK, answer);
         name_dropped(out.headers_mut(), &outbound.dropped);
         Ok(out)
     }

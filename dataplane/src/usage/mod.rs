@@ -55,7 +55,10 @@
 //! ~100 bytes of bookkeeping; records read back from disk keep their segment file's buffer, at
 //! most 4,096 records' worth, until the last of them is settled); beyond that a backlog (a
 //! control plane away or slower than the node) waits in its segment files and is read back,
-//! oldest first, as acks make room. A disk that refuses writes
+//! oldest first, as acks make room. Records that carry captured bodies (`capture.rs`, up to
+//! about 130 KB each) are bounded by bytes as well: at most 64 MiB of records in memory, 16 MiB
+//! per call (far below the gRPC message limit), and segments sealed at 16 MiB, since a segment
+//! is read back whole. A disk that refuses writes
 //! still costs memory in proportion to the backlog (records wait in the channel), and so does
 //! reading the spool at start (every segment is decoded once, then all but `max_in_memory`
 //! records are let go). [`UsageStats`] shows both backlogs.
@@ -98,6 +101,7 @@ impl Default for Config {
                 limits: SegmentLimits {
                     max_records: 4096,
                     max_age: Duration::from_secs(5),
+                    max_bytes: 16 << 20,
                 },
                 backoff_min: Duration::from_millis(100),
                 backoff_max: Duration::from_secs(10),
@@ -106,6 +110,8 @@ impl Default for Config {
             reporter: ReporterConfig {
                 batch_max: 5000,
                 max_in_memory: 10_000,
+                max_in_memory_bytes: 64 << 20,
+                batch_max_bytes: 16 << 20,
                 batch_delay: Duration::from_secs(1),
                 call_timeout: Duration::from_secs(10),
                 backoff_min: Duration::from_millis(100),

@@ -60,6 +60,13 @@ pub(super) struct ReporterConfig {
     pub batch_max: usize,
     /// Most durable records held in memory; the rest wait on disk.
     pub max_in_memory: usize,
+    /// Most encoded bytes of records held in memory, the bound that matters when records carry
+    /// captured bodies; the rest wait on disk. At least one record is always held.
+    pub max_in_memory_bytes: usize,
+    /// Most encoded bytes in one call (at least one record), far below the gRPC message limit
+    /// both ends set, so that a batch of records with captured bodies is never refused for its
+    /// size and retried forever.
+    pub batch_max_bytes: usize,
     /// Longest a durable record waits for a call while fewer than `batch_max` are pending.
     pub batch_delay: Duration,
     /// Bound on one call, connecting included.
@@ -141,6 +148,8 @@ pub(super) struct Reporter {
     segments: BTreeMap<u64, SegmentState>,
     /// Durable records left on disk (the sum of `in_file - loaded`).
     on_disk: usize,
+    /// Encoded bytes of the records in `pending`.
+    pending_bytes: usize,
     next_key: u64,
     /// Set once the control plane refused zstd: batches go out gzip-compressed.
     gzip_fallback: bool,
@@ -165,6 +174,7 @@ impl Reporter {
             pending: BTreeMap::new(),
             segments: BTreeMap::new(),
             on_disk: 0,
+            pending_bytes: 0,
             next_key: 0,
             gzip_fallback: false,
         }
@@ -185,7 +195,10 @@ impl Reporter {
         let mut retry_at: Option<Instant> = None;
         let mut attempt = 0u32;
         loop {
-            if self.on_disk > 0 && self.pending.len() <= self.config.max_in_memory / 2 {
+            if self.on_disk > 0
+                && self.pending.len() <= self.config.max_in_memory / 2
+                && self.pending_bytes <= self.config.max_in_memory_bytes / 2
+            {
                 self.read_back().await;
             }
             if !events_open && self.pending.is_empty() && self.on_disk == 0 {
@@ -257,10 +270,18 @@ impl Reporter {
         drain: &CancellationToken,
         draining: &mut bool,
     ) -> Result<usize, (String, usize)> {
+        let mut batch_bytes = 0usize;
+        let batch_max_bytes = self.config.batch_max_bytes;
         let (sent, records): (Vec<u64>, Vec<Bytes>) = self
             .pending
             .iter()
             .take(self.config.batch_max)
+            .take_while(|(_, p)| {
+                let len = p.record.bytes().len();
+                let fits = batch_bytes == 0 || batch_bytes + len <= batch_max_bytes;
+                batch_bytes += len;
+                fits
+            })
             .map(|(key, p)| (*key, p.record.bytes().clone()))
             .unzip();
         let count = records.len();
@@ -340,17 +361,33 @@ impl Reporter {
         match event {
             Event::Durable { segment, records } => {
                 let now = Instant::now();
+                let mut records = records;
                 let count = records.len();
-                let keep =
-                    self.on_disk == 0 && self.pending.len() + count <= self.config.max_in_memory;
-                let state = self.segments.entry(segment).or_default();
-                state.in_file += count;
-                if keep {
-                    self.hold(segment, now, records);
-                } else {
-                    // On disk already: read back when there is room (see the module docs).
+                // The records that fit in memory (none while older ones wait on disk, so the
+                // oldest go first); the rest are on disk already and are read back when there
+                // is room (see the module docs).
+                let mut fit = 0;
+                if self.on_disk == 0 {
+                    let mut bytes = self.pending_bytes;
+                    for r in &records {
+                        let held = self.pending.len() + fit;
+                        let len = r.bytes().len();
+                        if held >= self.config.max_in_memory
+                            || (held > 0 && bytes + len > self.config.max_in_memory_bytes)
+                        {
+                            break;
+                        }
+                        bytes += len;
+                        fit += 1;
+                    }
+                }
+                records.truncate(fit);
+                self.segments.entry(segment).or_default().in_file += count;
+                self.hold(segment, now, records);
+                if fit < count {
+                    let state = self.segments.entry(segment).or_default();
                     state.waiting_since.get_or_insert(now);
-                    self.on_disk += count;
+                    self.on_disk += count - fit;
                 }
                 self.publish();
             }
@@ -367,7 +404,10 @@ impl Reporter {
 
     /// Reads records left on disk back into memory, oldest segment first, up to the bound.
     async fn read_back(&mut self) {
-        while self.on_disk > 0 && self.pending.len() < self.config.max_in_memory {
+        while self.on_disk > 0
+            && self.pending.len() < self.config.max_in_memory
+            && (self.pending.is_empty() || self.pending_bytes < self.config.max_in_memory_bytes)
+        {
             let Some((&seq, state)) = self
                 .segments
                 .iter()
@@ -377,38 +417,63 @@ impl Reporter {
             };
             let (from, to) = (state.loaded, state.in_file);
             let take = (to - from).min(self.config.max_in_memory - self.pending.len());
+            let room_bytes = self
+                .config
+                .max_in_memory_bytes
+                .saturating_sub(self.pending_bytes);
+            let take_one = self.pending.is_empty();
             let arrived = state.waiting_since.unwrap_or_else(Instant::now);
             let path = segment_path(&self.dir, seq);
             let read_path = path.clone();
+            // The records that fit in memory (a prefix of the wanted ones, at least one when
+            // nothing is held), and how many of the `take` wanted the file holds.
             let read = tokio::task::spawn_blocking(move || {
                 std::fs::read(&read_path).map(|bytes| {
-                    decode_segment(bytes.into())
+                    let mut found = 0usize;
+                    let mut held = 0usize;
+                    let mut full = false;
+                    let mut records = Vec::new();
+                    for rec in decode_segment(bytes.into())
                         .records
                         .into_iter()
                         .skip(from)
                         .take(take)
-                        .collect::<Vec<_>>()
+                    {
+                        found += 1;
+                        let len = rec.bytes().len();
+                        full =
+                            full || ((!take_one || !records.is_empty()) && held + len > room_bytes);
+                        if !full {
+                            held += len;
+                            records.push(rec);
+                        }
+                    }
+                    (records, found)
                 })
             })
             .await;
             let read = read
                 .map_err(|e| e.to_string())
                 .and_then(|r| r.map_err(|e| e.to_string()));
-            let records = match read {
-                Ok(records) => records,
+            let (records, found) = match read {
+                Ok(read) => read,
                 Err(err) => {
                     self.give_up_on(seq, &path, &err);
                     continue;
                 }
             };
             let got = records.len();
+            if got == 0 && found == take {
+                // The next record does not fit yet: it is read once acks make room.
+                break;
+            }
             self.on_disk = self.on_disk.saturating_sub(got);
             self.hold(seq, arrived, records);
-            if got < take {
+            if found < take {
                 self.give_up_on(
                     seq,
                     &path,
-                    &format!("it holds {} records, {to} were spooled", from + got),
+                    &format!("it holds {} records, {to} were spooled", from + found),
                 );
             }
             tracing::debug!(
@@ -429,6 +494,7 @@ impl Reporter {
             state.waiting_since = None;
         }
         for record in records {
+            self.pending_bytes += record.bytes().len();
             self.pending.insert(
                 self.next_key,
                 Pending {
@@ -522,6 +588,9 @@ impl Reporter {
         let Some(entry) = self.pending.remove(&key) else {
             return 0;
         };
+        self.pending_bytes = self
+            .pending_bytes
+            .saturating_sub(entry.record.bytes().len());
         if let Some(state) = self.segments.get_mut(&entry.segment) {
             state.outstanding = state.outstanding.saturating_sub(1);
             if state.settled() {
@@ -890,6 +959,51 @@ pub(super) mod tests {
         let batches = fake.batches.lock().unwrap().clone();
         assert!(batches.iter().all(|&n| n <= 100), "{batches:?}");
         assert!(batches.len() >= 11);
+        handle.shutdown(Duration::from_secs(2)).await;
+    }
+
+    /// Records carrying captured bodies (about 100 KB each): a backlog of them is held in
+    /// memory and sent per call within the byte bounds, and segments seal by size, yet every
+    /// record lands once, in order.
+    #[tokio::test]
+    async fn records_with_bodies_are_bounded_by_bytes_in_memory_in_calls_and_in_segments() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fake = Arc::new(FakeNodes::default());
+        fake.down.store(true, Ordering::SeqCst);
+        let addr = serve(Arc::clone(&fake)).await;
+        let mut config = fast();
+        config.reporter.max_in_memory_bytes = 350_000;
+        config.reporter.batch_max_bytes = 250_000;
+        config.writer.limits.max_bytes = 500_000;
+        let (sink, handle) = start_at(tmp.path(), addr, config).await;
+        let stats = handle.stats();
+        let ids: Vec<String> = (0..30).map(|i| format!("b{i:02}")).collect();
+        for id in &ids {
+            let mut r = rec(id);
+            r.bodies = Some(pb::CapturedBodies {
+                request: vec![b'q'; 50_000],
+                response: vec![b'a'; 50_000],
+                ..Default::default()
+            });
+            sink.record(r);
+        }
+        let mut most_held = 0;
+        wait_until("the backlog is spooled in size-bounded segments", || {
+            most_held = most_held.max(stats.held_in_memory());
+            segment_count(tmp.path()) >= 6 && fake.calls.load(Ordering::SeqCst) >= 2
+        })
+        .await;
+        fake.down.store(false, Ordering::SeqCst);
+        wait_until("every record is acked", || {
+            most_held = most_held.max(stats.held_in_memory());
+            stats.acked_total() == 30
+        })
+        .await;
+        // 350 KB holds three records of 100 KB; a call carries two.
+        assert!(most_held <= 3, "{most_held} records held in memory");
+        let batches = fake.batches.lock().unwrap().clone();
+        assert!(batches.iter().all(|&n| (1..=2).contains(&n)), "{batches:?}");
+        assert_eq!(fake.seen(), ids);
         handle.shutdown(Duration::from_secs(2)).await;
     }
 

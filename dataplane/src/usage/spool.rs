@@ -168,6 +168,10 @@ pub(super) struct SegmentLimits {
     pub max_records: usize,
     /// Seal once a segment's first record is this old, with or without new traffic.
     pub max_age: Duration,
+    /// Seal once a segment's frames take at least this many bytes: a segment is read back
+    /// whole, and records read back keep its buffer, so records carrying captured bodies
+    /// (up to about 130 KB each, against about 130 bytes for others) must not make huge files.
+    pub max_bytes: u64,
 }
 
 /// The records of one segment found at start, in file order.
@@ -447,7 +451,7 @@ impl Spool {
         if tail
             .open
             .as_ref()
-            .is_some_and(|s| s.records >= self.limits.max_records)
+            .is_some_and(|s| s.records >= self.limits.max_records || s.len >= self.limits.max_bytes)
         {
             // Full: sealed here rather than by the writer, so that a burst faster than the
             // writer's cycle still makes segments of bounded size.
@@ -558,6 +562,7 @@ impl Spool {
         let tail = self.lock();
         tail.open.as_ref().is_some_and(|segment| {
             segment.records >= self.limits.max_records
+                || segment.len >= self.limits.max_bytes
                 || segment
                     .first_at
                     .is_some_and(|first| now >= first + self.limits.max_age)
@@ -892,6 +897,7 @@ mod tests {
         SegmentLimits {
             max_records: 4096,
             max_age: Duration::from_secs(5),
+            max_bytes: 16 << 20,
         }
     }
 
@@ -1174,6 +1180,7 @@ mod tests {
         let small = SegmentLimits {
             max_records: 3,
             max_age: Duration::from_secs(60),
+            max_bytes: 16 << 20,
         };
         let (spool, _) = Spool::open(&dir, small).unwrap();
         assert!(!spool.should_rotate(Instant::now()));
