@@ -18,12 +18,23 @@ pub const CAP_BYTES: usize = 64 * 1024;
 
 /// The captured bodies of one request, shared by whatever writes its usage record (the relay
 /// of a stream copies frames into it as they pass; the record takes it when it is written).
-#[derive(Debug, Default)]
+/// Its `Debug` shows sizes only: a prompt never reaches a log line.
+#[derive(Default)]
 pub struct Capture {
     bodies: Mutex<Bodies>,
 }
 
-#[derive(Debug, Default)]
+impl std::fmt::Debug for Capture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let b = self.lock();
+        f.debug_struct("Capture")
+            .field("request_bytes", &b.request.len())
+            .field("response_bytes", &b.response.len())
+            .finish()
+    }
+}
+
+#[derive(Default)]
 struct Bodies {
     request: Vec<u8>,
     request_truncated: bool,
@@ -173,6 +184,15 @@ mod tests {
         let exact = Capture::new(Some(&vec![0u8; CAP_BYTES]));
         assert!(!exact.take().request_truncated);
         assert!(Capture::new(None).take().request.is_empty());
+    }
+
+    #[test]
+    fn debug_shows_sizes_never_the_bodies() {
+        let c = Capture::new(Some(b"secret prompt"));
+        c.response(b"secret answer");
+        let text = format!("{c:?}");
+        assert!(!text.contains("secret"), "{text}");
+        assert!(text.contains("13"), "{text}");
     }
 
     #[tokio::test]

@@ -1094,6 +1094,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn captured_bodies_show_as_safe_text() {
+        assert_eq!(
+            body_text(b"{\"a\":\"<b>\"}\n", false),
+            ("{\"a\":\"<b>\"}\n".into(), false)
+        );
+        // Control characters (a terminal escape, NUL) never reach the page as they are.
+        assert_eq!(
+            body_text(b"a\x1b[31mb\x00", false),
+            ("a\u{FFFD}[31mb\u{FFFD}".into(), false)
+        );
+        // Invalid UTF-8 is flagged and replaced.
+        assert_eq!(
+            body_text(b"ok\xff\xfe", false),
+            ("ok\u{FFFD}\u{FFFD}".into(), true)
+        );
+        // A character cut by the cap at the end of a truncated body is not an error.
+        let cut = &"h\u{e9}".as_bytes()[..2];
+        assert_eq!(body_text(cut, true), ("h".into(), false));
+        assert!(body_text(cut, false).1);
+        // Rendered, markup is escaped inside the <pre>.
+        let html =
+            captured("Request body", "request-body", b"<script>x</script>", false).into_string();
+        assert!(
+            html.contains("&lt;script&gt;") && !html.contains("<script>"),
+            "{html}"
+        );
+    }
+
+    #[test]
     fn sub_millisecond_latencies_read_as_under_one_millisecond() {
         let mut h = Histogram::default();
         assert_eq!(ms_or_dash(&h, 500), "—");

@@ -263,3 +263,76 @@ impl Nodes for NodesService {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::open_temp;
+
+    fn with_bodies(id: &str, at: i64, key: &str) -> pb::UsageRecord {
+        pb::UsageRecord {
+            request_id: id.into(),
+            key_id: key.into(),
+            model: "m".into(),
+            provider: "p".into(),
+            credential_id: "c".into(),
+            status: 200,
+            started_at_ms: at,
+            bodies: Some(pb::CapturedBodies {
+                request: b"the prompt".to_vec(),
+                response: b"the completion".to_vec(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn bodies_are_kept_apart_from_the_log_entry_and_only_when_on() {
+        let (_dir, store) = open_temp();
+        let key = store.create_key("k").unwrap().0.id;
+        let recs = vec![with_bodies("r1", 1000, &key), with_bodies("r2", 2000, &key)];
+        let out = ingest(&store, "n", recs.clone(), true, true).unwrap();
+        assert_eq!(out.acked.len(), 2, "{:?}", out.rejected);
+        let logged = store
+            .list_requests(&crate::request_log::RequestFilter::default())
+            .unwrap();
+        assert_eq!(logged.len(), 2);
+        assert!(
+            logged
+                .iter()
+                .all(|e| e.record.as_ref().unwrap().bodies.is_none())
+        );
+        let kept = store.request_bodies(1000, "r1").unwrap().unwrap();
+        assert_eq!(kept.request, b"the prompt");
+        // Re-sent: still one set each.
+        ingest(&store, "n", recs, true, true).unwrap();
+        assert_eq!(store.request_bodies_len(), 2);
+
+        // Bodies off (a retention of 0), or the log off: logged or billed, bodies dropped.
+        let (_dir, store) = open_temp();
+        let key = store.create_key("k").unwrap().0.id;
+        ingest(
+            &store,
+            "n",
+            vec![with_bodies("r3", 3000, &key)],
+            true,
+            false,
+        )
+        .unwrap();
+        ingest(
+            &store,
+            "n",
+            vec![with_bodies("r4", 4000, &key)],
+            false,
+            true,
+        )
+        .unwrap();
+        assert_eq!(store.request_bodies_len(), 0);
+        let logged = store
+            .list_requests(&crate::request_log::RequestFilter::default())
+            .unwrap();
+        assert_eq!(logged.len(), 1);
+        assert!(logged[0].record.as_ref().unwrap().bodies.is_none());
+    }
+}
