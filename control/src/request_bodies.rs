@@ -115,6 +115,7 @@ pub async fn prune_forever(
             batch,
             what: "captured request bodies",
             prune: Store::prune_request_bodies,
+            rollups: false,
         },
         cancel,
     )

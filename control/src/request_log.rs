@@ -456,6 +456,7 @@ pub async fn prune_forever(
             batch,
             what: "request log entries",
             prune: Store::prune_request_log,
+            rollups: true,
         },
         cancel,
     )
@@ -470,6 +471,8 @@ pub(crate) struct Pruning {
     pub batch: usize,
     pub what: &'static str,
     pub prune: fn(&Store, i64, usize) -> Result<usize>,
+    /// Also prune the rollups on the same beat (the request log's pruner does).
+    pub rollups: bool,
 }
 
 /// Prunes what `p` names, older than its retention, every `p.every`, in batches, until
@@ -485,6 +488,7 @@ pub(crate) async fn prune_loop(
         batch,
         what,
         prune,
+        rollups,
     } = p;
     let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
     loop {
@@ -514,19 +518,21 @@ pub(crate) async fn prune_loop(
             tracing::info!(pruned = total, what, "pruned past their retention");
         }
         // The rollups keep their own retention (`rollup.rs`), pruned on the same beat.
-        loop {
-            let store = std::sync::Arc::clone(&store);
-            let now = crate::store::now_ms();
-            match tokio::task::spawn_blocking(move || store.prune_rollups(now, batch)).await {
-                Ok(Ok(n)) if n == batch && !cancel.is_cancelled() => continue,
-                Ok(Ok(_)) => break,
-                Ok(Err(err)) => {
-                    tracing::warn!(error = %err, "rollup pruning failed; retrying later");
-                    break;
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "rollup pruning task failed");
-                    break;
+        if rollups {
+            loop {
+                let store = std::sync::Arc::clone(&store);
+                let now = crate::store::now_ms();
+                match tokio::task::spawn_blocking(move || store.prune_rollups(now, batch)).await {
+                    Ok(Ok(n)) if n == batch && !cancel.is_cancelled() => continue,
+                    Ok(Ok(_)) => break,
+                    Ok(Err(err)) => {
+                        tracing::warn!(error = %err, "rollup pruning failed; retrying later");
+                        break;
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "rollup pruning task failed");
+                        break;
+                    }
                 }
             }
         }
