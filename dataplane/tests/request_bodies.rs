@@ -194,7 +194,8 @@ fn a_capturing_key_shows_its_bodies_in_the_console_and_nowhere_else() {
         "the completion itself is past the cap"
     );
     let html = view(&c.cp, &cookie, "debug", &id_of(&long));
-    let (request, cut) = body_in(&html, "request-body").unwrap();
+    let (request, cut) =
+        body_in(&html, "request-body").unwrap_or_else(|| panic!("{html}\n{}", c.dp.logs()));
     assert!(cut && request.len() == CAP, "{}", request.len());
     let (response, cut) = body_in(&html, "response-body").unwrap();
     assert!(cut && response.len() == CAP, "{}", response.len());

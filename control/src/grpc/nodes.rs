@@ -59,9 +59,10 @@ fn check_serve_url(url: &str) -> Result<&str, &'static str> {
 }
 
 /// Stores a usage report ([`Store::ingest_report`]) with the captured bodies taken out of
-/// their records first, so that neither the log entry nor the ledger holds them; they are kept
-/// in their own tree for the records acknowledged when `bodies` is on (and the log is), else
-/// dropped.
+/// their records first, so that neither the log entry nor the ledger holds them. When `bodies`
+/// is on (and the log is) they are kept in their own tree, before the entries, so that an entry
+/// never shows without the bodies it came with; else they are dropped. Bodies of a record the
+/// report then rejects as malformed have no entry to be shown with and age out unseen.
 fn ingest(
     store: &Store,
     node_id: &str,
@@ -71,19 +72,16 @@ fn ingest(
 ) -> Result<crate::ledger::Ingested, crate::error::Error> {
     let captured: Vec<Option<pb::CapturedBodies>> =
         records.iter_mut().map(|r| r.bodies.take()).collect();
-    let outcome = store.ingest_report(node_id, &records, log)?;
     if log && bodies && captured.iter().any(Option::is_some) {
-        let acked: std::collections::HashSet<&str> =
-            outcome.acked.iter().map(String::as_str).collect();
         store.store_request_bodies(
             records
                 .iter()
                 .zip(&captured)
-                .filter(|(r, _)| acked.contains(r.request_id.as_str()))
+                .filter(|(r, _)| crate::request_log::check(r).is_ok())
                 .filter_map(|(r, b)| b.as_ref().map(|b| (r, b))),
         )?;
     }
-    Ok(outcome)
+    store.ingest_report(node_id, &records, log)
 }
 
 #[tonic::async_trait]
