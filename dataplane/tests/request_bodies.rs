@@ -1,5 +1,6 @@
 //! Captured bodies end to end: a key with `--capture-bodies` has its prompt and completion (stream
-//! and not, refusals too) shown in the console's view of the request, cut at the cap with a flag;
+//! and not, refusals too, in the OpenAI chat, Anthropic, Gemini and embeddings endpoints) shown in
+//! the console's view of the request, cut at the cap with a flag;
 //! a key without has nothing kept; bodies never reach `keyplanectl requests --json`; they are
 //! pruned before their log entries; and they land once across a data plane kill.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -238,6 +239,45 @@ fn a_capturing_key_shows_its_bodies_in_the_console_and_nowhere_else() {
     );
     assert_eq!(body_in(&html, "response-body").unwrap().0, anthropic.text());
 
+    // Gemini's dialect (key in `x-goog-api-key`, never captured), streamed as SSE.
+    let gemini = HttpRequest::post_json(
+        &format!("/v1beta/models/{MODEL}:streamGenerateContent?alt=sse"),
+        &json!({
+            "contents": [{"role": "user", "parts": [{"text": "marker-gemini"}]}],
+            "generationConfig": {"maxOutputTokens": 5},
+        }),
+    )
+    .header("x-goog-api-key", &debug)
+    .send(c.dp.addr, TIMEOUT)
+    .unwrap();
+    assert_eq!(gemini.status, 200, "{}", gemini.text());
+    let html = view(&c.cp, &cookie, "debug", &id_of(&gemini));
+    assert!(
+        body_in(&html, "request-body")
+            .unwrap()
+            .0
+            .contains("marker-gemini")
+    );
+    assert_eq!(body_in(&html, "response-body").unwrap().0, gemini.text());
+
+    // Embeddings: the input and the vectors as the client got them.
+    let embedded = HttpRequest::post_json(
+        "/v1/embeddings",
+        &json!({"model": MODEL, "input": "marker-embed"}),
+    )
+    .bearer(&debug)
+    .send(c.dp.addr, TIMEOUT)
+    .unwrap();
+    assert_eq!(embedded.status, 200, "{}", embedded.text());
+    let html = view(&c.cp, &cookie, "debug", &id_of(&embedded));
+    assert!(
+        body_in(&html, "request-body")
+            .unwrap()
+            .0
+            .contains("marker-embed")
+    );
+    assert_eq!(body_in(&html, "response-body").unwrap().0, embedded.text());
+
     // A key without the opt-in: logged, nothing kept.
     let quiet = chat_as(&c, &c.key, &prompt("marker-quiet", false, true));
     assert_eq!(quiet.status, 200);
@@ -253,6 +293,8 @@ fn a_capturing_key_shows_its_bodies_in_the_console_and_nowhere_else() {
         "marker-plain",
         "marker-stream",
         "marker-404",
+        "marker-gemini",
+        "marker-embed",
         "word0",
         "xxxxxxxx",
     ] {
@@ -262,6 +304,8 @@ fn a_capturing_key_shows_its_bodies_in_the_console_and_nowhere_else() {
         id_of(&plain),
         id_of(&streamed),
         id_of(&long),
+        id_of(&gemini),
+        id_of(&embedded),
         id_of(&refused),
     ] {
         let html = view(&c.cp, &cookie, "debug", &id);
