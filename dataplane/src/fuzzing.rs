@@ -1189,6 +1189,8 @@ pub fn responses_stream(input: &[u8]) {
 ///
 /// - A parsed request has the URL's model (without `models/`) and the framing it was given,
 ///   and a Gemini upstream gets the client's bytes unchanged.
+/// - Its OpenAPI schemas rewritten for another dialect
+///   ([`gemini::decode::json_schema_types`]), the body is JSON with the same entries.
 /// - A translation that succeeds is a JSON object naming the upstream model
 ///   ([`check_translations`]).
 pub fn gemini_request(body: &[u8]) {
@@ -1213,6 +1215,12 @@ pub fn gemini_request(body: &[u8]) {
             }
             Err(e) => panic!("a Gemini pass-through failed: {}", e.message),
         }
+    }
+    if let Some(out) = gemini::decode::json_schema_types(body) {
+        let before: Vec<String> = entries(body).into_iter().map(|(k, _)| k).collect();
+        let after: Vec<String> = entries(&out).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(before, after, "a schema rewrite keeps the body's entries");
+        check_translations(Dialect::Gemini, &out);
     }
     check_translations(Dialect::Gemini, body);
 }

@@ -180,6 +180,12 @@ impl<'a> ClientRequest<'a> {
             }
             _ => {}
         }
+        // A Gemini client's OpenAPI schemas name types in upper case, which JSON Schema does not.
+        let gemini_body = match self {
+            ClientRequest::Gemini(_) => gemini::decode::json_schema_types(body),
+            _ => None,
+        };
+        let body = gemini_body.as_deref().unwrap_or(body);
         let mut req = decode_request(self.dialect(), body)?;
         if let ClientRequest::Gemini(r) = self {
             // Gemini says these in the URL, not the body.

@@ -2483,3 +2483,26 @@ fn gemini_pass_through_streams_keep_bytes_and_bill_the_last_usage() {
     reframed.push(b']');
     assert_eq!(array, reframed, "each chunk's bytes unchanged");
 }
+
+#[test]
+fn a_gemini_clients_openapi_schemas_reach_other_upstreams_as_json_schema() {
+    // google-genai writes a declaration's `parameters` in Gemini's OpenAPI schema: upper-case
+    // type names, which OpenAI and Anthropic refuse.
+    let body = json!({"contents": [{"parts": [{"text": "hi"}]}],
+        "tools": [{"functionDeclarations": [{"name": "get_weather",
+            "parameters": {"type": "OBJECT", "properties": {"city": {"type": "STRING"}}, "required": ["city"]}}]}]})
+    .to_string();
+    let chat = outbound(Dialect::Gemini, body.as_bytes(), Dialect::OpenAiChat, "g");
+    assert_eq!(
+        chat["tools"][0]["function"]["parameters"],
+        json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]})
+    );
+    let anthropic = outbound(Dialect::Gemini, body.as_bytes(), Dialect::Anthropic, "g");
+    assert_eq!(anthropic["tools"][0]["input_schema"]["type"], "object");
+    // A Gemini upstream gets the client's bytes.
+    let req = parse_client(Dialect::Gemini, body.as_bytes(), "g", None);
+    let out = req
+        .upstream_body(body.as_bytes(), Dialect::Gemini, "g")
+        .unwrap();
+    assert_eq!(&out.body[..], body.as_bytes());
+}

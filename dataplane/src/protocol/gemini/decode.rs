@@ -566,6 +566,147 @@ fn tool_result<'a>(response: Option<&RawValue>) -> (Vec<Block<'a>>, Option<bool>
 }
 
 // ---------------------------------------------------------------------------------------------
+// OpenAPI schemas
+// ---------------------------------------------------------------------------------------------
+
+/// The type names of Gemini's OpenAPI `Schema`, which Google takes in upper case (google-genai
+/// writes `parameters` and `responseSchema` with them: `"type": "OBJECT"`) and JSON Schema
+/// knows only in lower case.
+const OPENAPI_TYPES: [&str; 7] = [
+    "STRING", "NUMBER", "INTEGER", "BOOLEAN", "ARRAY", "OBJECT", "NULL",
+];
+
+/// `schema` with each `"type"` key's upper-case OpenAPI type name in lower case, every other
+/// byte as it was; `None` when there is none.
+fn lowercase_types(schema: &str) -> Option<String> {
+    let bytes = schema.as_bytes();
+    // The end of the string token that starts at `start` (a `"`), just past its closing quote.
+    let string_end = |start: usize| {
+        let mut i = start + 1;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'\\' => i += 2,
+                b'"' => return Some(i + 1),
+                _ => i += 1,
+            }
+        }
+        None
+    };
+    let skip_ws = |mut i: usize| {
+        while i < bytes.len() && matches!(bytes[i], b' ' | b'\t' | b'\n' | b'\r') {
+            i += 1;
+        }
+        i
+    };
+    let mut out = String::with_capacity(schema.len());
+    let mut copied = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'"' {
+            i += 1;
+            continue;
+        }
+        let end = string_end(i)?;
+        let colon = skip_ws(end);
+        if &schema[i..end] == "\"type\"" && bytes.get(colon) == Some(&b':') {
+            let value = skip_ws(colon + 1);
+            if bytes.get(value) == Some(&b'"') {
+                let value_end = string_end(value)?;
+                let name = &schema[value + 1..value_end - 1];
+                if OPENAPI_TYPES.contains(&name) {
+                    out.push_str(&schema[copied..value + 1]);
+                    out.push_str(&name.to_ascii_lowercase());
+                    copied = value_end - 1;
+                }
+                i = value_end;
+                continue;
+            }
+        }
+        i = end;
+    }
+    if copied == 0 {
+        return None;
+    }
+    out.push_str(&schema[copied..]);
+    Some(out)
+}
+
+/// A Gemini client's body with its OpenAPI schemas (`functionDeclarations[].parameters`,
+/// `generationConfig.responseSchema`) in JSON Schema's lower-case type names, for an upstream
+/// of another dialect; every other byte as it was. `None` when nothing needs it (or the body is
+/// not one [`request`] would read).
+pub fn json_schema_types(body: &[u8]) -> Option<Vec<u8>> {
+    use crate::protocol::json::{Entries, write_object};
+    let Entries(top) = serde_json::from_slice(body).ok()?;
+    let mut changed = false;
+    // One object's entries with `field` rewritten by `f` when it returns something.
+    let rewrite = |raw: &RawValue, field: &[&str], f: &dyn Fn(&RawValue) -> Option<String>| {
+        let Entries(entries) = serde_json::from_str(raw.get()).ok()?;
+        let mut any = false;
+        let out = write_object(
+            &entries,
+            |key, value| {
+                let new = field.contains(&key).then(|| f(value)).flatten();
+                any |= new.is_some();
+                new
+            },
+            &[],
+        );
+        any.then(|| String::from_utf8(out).ok()).flatten()
+    };
+    let schema = |raw: &RawValue| lowercase_types(raw.get());
+    let declarations = |raw: &RawValue| {
+        let list: Vec<&RawValue> = serde_json::from_str(raw.get()).ok()?;
+        let new: Vec<Option<String>> = list
+            .iter()
+            .map(|d| rewrite(d, &["parameters"], &schema))
+            .collect();
+        new.iter().any(Option::is_some).then(|| {
+            let items: Vec<&str> = new
+                .iter()
+                .zip(&list)
+                .map(|(n, d)| n.as_deref().unwrap_or(d.get()))
+                .collect();
+            format!("[{}]", items.join(","))
+        })
+    };
+    let tool = |raw: &RawValue| {
+        rewrite(
+            raw,
+            &["functionDeclarations", "function_declarations"],
+            &declarations,
+        )
+    };
+    let tools = |raw: &RawValue| {
+        let list: Vec<&RawValue> = serde_json::from_str(raw.get()).ok()?;
+        let new: Vec<Option<String>> = list.iter().map(|t| tool(t)).collect();
+        new.iter().any(Option::is_some).then(|| {
+            let items: Vec<&str> = new
+                .iter()
+                .zip(&list)
+                .map(|(n, t)| n.as_deref().unwrap_or(t.get()))
+                .collect();
+            format!("[{}]", items.join(","))
+        })
+    };
+    let config = |raw: &RawValue| rewrite(raw, &["responseSchema", "response_schema"], &schema);
+    let out = write_object(
+        &top,
+        |key, value| {
+            let new = match key {
+                "tools" => tools(value),
+                "generationConfig" | "generation_config" => config(value),
+                _ => None,
+            };
+            changed |= new.is_some();
+            new
+        },
+        &[],
+    );
+    changed.then_some(out)
+}
+
+// ---------------------------------------------------------------------------------------------
 // Responses
 // ---------------------------------------------------------------------------------------------
 

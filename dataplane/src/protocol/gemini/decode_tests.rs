@@ -490,3 +490,45 @@ fn stream_errors_and_blocked_prompts() {
     );
     assert_eq!(stream.event(None, b"[1]", &mut out), StreamNote::Nothing);
 }
+
+#[test]
+fn openapi_type_names_become_json_schema_ones_and_nothing_else_changes() {
+    // Compact between entries (a rewritten object or list is written compact); the spacing
+    // inside a schema is kept.
+    let body = concat!(
+        r#"{"contents":[{"role":"model","parts":[{"functionCall":{"name":"f","args":{"type":"OBJECT"}}}]}],"#,
+        r#""tools":[{"googleSearch":{}},{"functionDeclarations":["#,
+        r#"{"name":"f","parameters":{"type": "OBJECT","properties":{"type":{"type":"STRING","description":"the \"type\": \"ARRAY\""},"n":{"type":"INTEGER","minimum":1.50}}}},"#,
+        r#"{"name":"g","parametersJsonSchema":{"type":"OBJECT"}}]}],"#,
+        r#""generationConfig":{"responseMimeType":"application/json","responseSchema":{"type":"ARRAY","items":{"type":"NUMBER"}}}}"#
+    )
+    .as_bytes();
+    let out = json_schema_types(body).unwrap();
+    let text = String::from_utf8(out.clone()).unwrap();
+    assert_eq!(
+        text,
+        String::from_utf8_lossy(body)
+            .replace(
+                r#""type": "OBJECT","properties""#,
+                r#""type": "object","properties""#
+            )
+            .replace(r#""type":"STRING""#, r#""type":"string""#)
+            .replace(r#""type":"INTEGER""#, r#""type":"integer""#)
+            .replace(r#""type":"ARRAY""#, r#""type":"array""#)
+            .replace(r#""type":"NUMBER""#, r#""type":"number""#)
+    );
+    // The call's arguments and the JSON Schema declaration are the client's, untouched.
+    assert!(text.contains(r#""args":{"type":"OBJECT"}"#));
+    assert!(text.contains(r#""parametersJsonSchema":{"type":"OBJECT"}"#));
+    assert!(text.contains(r#"\"type\": \"ARRAY\""#));
+    let req = request(&out).unwrap();
+    assert!(
+        req.tools[0]
+            .parameters
+            .unwrap()
+            .get()
+            .starts_with(r#"{"type": "object""#)
+    );
+    assert!(json_schema_types(br#"{"contents":[]}"#).is_none());
+    assert!(json_schema_types(b"not json").is_none());
+}
