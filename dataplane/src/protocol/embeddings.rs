@@ -633,7 +633,11 @@ impl Vector {
                     serde_json::from_str(raw.get()).map_err(|e| e.to_string())?;
                 let mut bytes = Vec::with_capacity(floats.len() * 4);
                 for f in floats {
-                    bytes.extend_from_slice(&(f as f32).to_le_bytes());
+                    let f = f as f32;
+                    if !f.is_finite() {
+                        return Err(NOT_FINITE.into());
+                    }
+                    bytes.extend_from_slice(&f.to_le_bytes());
                 }
                 out.push(b'"');
                 out.extend_from_slice(BASE64.encode(bytes).as_bytes());
@@ -641,12 +645,20 @@ impl Vector {
             }
             (Vector::Base64(s), Encoding::Float) => {
                 let floats = decode_base64(s)?;
+                // JSON has no NaN or infinity: serde would write `null`.
+                if !floats.iter().all(|f| f.is_finite()) {
+                    return Err(NOT_FINITE.into());
+                }
                 serde_json::to_writer(&mut *out, &floats).map_err(|e| e.to_string())?;
             }
         }
         Ok(())
     }
 }
+
+/// Why a vector cannot change form: a component that is no finite `f32` (JSON has no NaN or
+/// infinity, and a float past `f32`'s range is none an embedding model writes).
+const NOT_FINITE: &str = "embedding holds a component that is not a finite f32";
 
 /// The `f32`s of an OpenAI base64 vector.
 pub fn decode_base64(s: &str) -> Result<Vec<f32>, String> {
@@ -959,6 +971,23 @@ mod tests {
         let r = parse(r#"{"model":"mine","input":"b"}"#).unwrap();
         let floats: Value = serde_json::from_slice(&r.encode(&v, 1).unwrap()).unwrap();
         assert_eq!(floats["data"][0]["embedding"], json!([0.5, -0.00125]));
+    }
+
+    #[test]
+    fn a_vector_that_is_no_finite_f32_is_not_converted() {
+        let nan = BASE64.encode(f32::NAN.to_le_bytes());
+        let v = read_openai(
+            format!(r#"{{"data":[{{"embedding":"{nan}"}}]}}"#).as_bytes(),
+            1,
+        )
+        .unwrap();
+        let floats = parse(r#"{"model":"m","input":"a"}"#).unwrap();
+        assert!(floats.encode(&v, 1).is_err());
+        let base64 = parse(r#"{"model":"m","input":"a","encoding_format":"base64"}"#).unwrap();
+        assert!(base64.encode(&v, 1).is_ok(), "as it came");
+        let huge = read_openai(br#"{"data":[{"embedding":[1e300]}]}"#, 1).unwrap();
+        assert!(base64.encode(&huge, 1).is_err());
+        assert!(floats.encode(&huge, 1).is_ok(), "as it came");
     }
 
     #[test]
