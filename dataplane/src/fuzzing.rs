@@ -1420,6 +1420,180 @@ pub fn spool_segment(input: &[u8]) {
 /// A harness: arbitrary bytes in, a panic when an invariant breaks.
 pub type Harness = fn(&[u8]);
 
+// ---------------------------------------------------------------------------------------------
+// Embeddings
+// ---------------------------------------------------------------------------------------------
+
+/// An embeddings request body, read as OpenAI's `/v1/embeddings` and as Gemini's `embedContent`
+/// and `batchEmbedContents`.
+///
+/// - A request read has 1 to `MAX_INPUTS` inputs and a token estimate of at least one per input.
+/// - An OpenAI client's body for an OpenAI upstream is its own entries with only `model`
+///   replaced: byte for byte the same otherwise, in order.
+/// - Every upstream body built is a JSON object with the upstream model and one input (or one
+///   Gemini request, each naming `models/{id}`) per input; a Gemini body is refused only for
+///   token ids or more inputs than a Gemini batch takes.
+pub fn embeddings_request(body: &[u8]) {
+    use crate::protocol::embeddings::{EmbedRequest, Inputs, MAX_GEMINI_BATCH, MAX_INPUTS};
+    use serde_json::Value;
+    let check = |req: &EmbedRequest<'_>| {
+        let n = req.count();
+        assert!((1..=MAX_INPUTS).contains(&n), "{n} inputs");
+        assert!(req.token_estimate() >= n as u64);
+        if let Ok(out) = req.openai_body(NEW_MODEL) {
+            let v: Value = serde_json::from_slice(&out.body)
+                .unwrap_or_else(|e| panic!("OpenAI upstream body is not JSON: {e}"));
+            assert_eq!(v["model"], NEW_MODEL);
+        }
+        match req.gemini_body(NEW_MODEL) {
+            Ok(out) => {
+                let v: Value = serde_json::from_slice(&out.body)
+                    .unwrap_or_else(|e| panic!("Gemini upstream body is not JSON: {e}"));
+                let requests = v["requests"].as_array().map_or(0, |r| {
+                    assert!(
+                        r.iter()
+                            .all(|item| item["model"] == format!("models/{NEW_MODEL}"))
+                    );
+                    r.len()
+                });
+                assert_eq!(requests, n);
+            }
+            Err(_) => assert!(
+                matches!(req.inputs, Inputs::Tokens(_)) || n > MAX_GEMINI_BATCH,
+                "a Gemini body refused for text inputs within a batch"
+            ),
+        }
+    };
+    if let Ok(req) = EmbedRequest::parse_openai(body) {
+        check(&req);
+        let out = req
+            .openai_body(NEW_MODEL)
+            .unwrap_or_else(|e| panic!("an OpenAI pass-through failed: {e}"));
+        assert!(out.dropped.is_empty());
+        let before = serde_json::from_slice::<Entries<'_>>(body).map(|e| e.0);
+        let after = serde_json::from_slice::<Entries<'_>>(&out.body).map(|e| e.0);
+        let (Ok(before), Ok(after)) = (before, after) else {
+            panic!("the rewrite is not a JSON object");
+        };
+        assert_eq!(before.len(), after.len());
+        for ((k0, v0), (k1, v1)) in before.iter().zip(&after) {
+            assert_eq!(k0, k1);
+            if k0 != "model" {
+                assert_eq!(v0.get(), v1.get(), "entry {k0} changed");
+            }
+        }
+    }
+    for batch in [false, true] {
+        if let Ok(req) = EmbedRequest::parse_gemini("models/gemini-x", body, batch) {
+            check(&req);
+        }
+    }
+}
+
+/// An upstream's embeddings answer: one control byte (bits 0–1: how many vectors are expected,
+/// 1 to 4; bit 2: a Gemini answer, else OpenAI's; bits 3–4: the client, OpenAI floats, OpenAI
+/// base64, Gemini `embedContent` or `batchEmbedContents`), then the body.
+///
+/// - An answer read holds exactly the expected vectors, and its count is the one it states.
+/// - Written for the client, it is JSON of the client's shape with every vector, each of the
+///   same `f32`s whatever its form (floats as they came, or base64 of little-endian `f32`s).
+pub fn embeddings_answer(input: &[u8]) {
+    use crate::protocol::embeddings::{self, EmbedRequest, Vector, decode_base64};
+    use serde_json::Value;
+    let Some((&control, body)) = input.split_first() else {
+        return;
+    };
+    let expected = usize::from(control & 3) + 1;
+    let read = if control & 4 != 0 {
+        embeddings::read_gemini(body, expected)
+    } else {
+        embeddings::read_openai(body, expected)
+    };
+    let Ok(vectors) = read else {
+        return;
+    };
+    assert_eq!(vectors.items.len(), expected);
+    let texts: Vec<String> = (0..expected).map(|i| format!("t{i}")).collect();
+    let client_body = match (control >> 3) & 3 {
+        0 => serde_json::json!({"model": "m", "input": texts}).to_string(),
+        1 => serde_json::json!({"model": "m", "input": texts, "encoding_format": "base64"})
+            .to_string(),
+        2 if expected == 1 => r#"{"content":{"parts":[{"text":"t"}]}}"#.to_string(),
+        _ => {
+            let requests: Vec<Value> = texts
+                .iter()
+                .map(|t| serde_json::json!({"content": {"parts": [{"text": t}]}}))
+                .collect();
+            serde_json::json!({ "requests": requests }).to_string()
+        }
+    };
+    let req = match (control >> 3) & 3 {
+        0 | 1 => EmbedRequest::parse_openai(client_body.as_bytes()),
+        2 if expected == 1 => EmbedRequest::parse_gemini("g", client_body.as_bytes(), false),
+        _ => EmbedRequest::parse_gemini("g", client_body.as_bytes(), true),
+    }
+    .unwrap_or_else(|e| panic!("the client request is refused: {}", e.message));
+    let floats_of = |v: &Value| -> Vec<f32> {
+        match v {
+            Value::String(b64) => {
+                decode_base64(b64).unwrap_or_else(|e| panic!("written base64 does not decode: {e}"))
+            }
+            Value::Array(items) => items
+                .iter()
+                .map(|f| f.as_f64().unwrap_or_else(|| panic!("{f} is not a number")) as f32)
+                .collect(),
+            other => panic!("a vector written as {other}"),
+        }
+    };
+    let want: Vec<Vec<f32>> = vectors
+        .items
+        .iter()
+        .map(|v| match v {
+            Vector::Floats(raw) => serde_json::from_str::<Vec<f64>>(raw.get())
+                .unwrap_or_else(|e| panic!("kept floats do not parse: {e}"))
+                .into_iter()
+                .map(|f| f as f32)
+                .collect(),
+            Vector::Base64(b64) => {
+                decode_base64(b64).unwrap_or_else(|e| panic!("kept base64 does not decode: {e}"))
+            }
+        })
+        .collect();
+    let written = match req.encode(&vectors, 7) {
+        Ok(w) => w,
+        // Only a component that is no finite f32 stops a vector from changing form.
+        Err(_) => {
+            assert!(
+                want.iter().flatten().any(|f| !f.is_finite()),
+                "a read answer of finite f32s could not be written"
+            );
+            return;
+        }
+    };
+    let out: Value = serde_json::from_slice(&written)
+        .unwrap_or_else(|e| panic!("the written answer is not JSON: {e}"));
+    let got: Vec<Vec<f32>> = match req.client {
+        embeddings::Client::OpenAi => {
+            assert_eq!(out["usage"]["prompt_tokens"], 7);
+            assert_eq!(out["model"], "m");
+            let data = out["data"].as_array().map_or(&[][..], Vec::as_slice);
+            data.iter().map(|d| floats_of(&d["embedding"])).collect()
+        }
+        embeddings::Client::GeminiOne => vec![floats_of(&out["embedding"]["values"])],
+        embeddings::Client::GeminiBatch => {
+            let list = out["embeddings"].as_array().map_or(&[][..], Vec::as_slice);
+            list.iter().map(|e| floats_of(&e["values"])).collect()
+        }
+    };
+    // Compared by bits: a vector relayed as it came may hold a NaN, which equals nothing.
+    let bits = |vs: &[Vec<f32>]| -> Vec<Vec<u32>> {
+        vs.iter()
+            .map(|v| v.iter().map(|f| f.to_bits()).collect())
+            .collect()
+    };
+    assert_eq!(bits(&got), bits(&want));
+}
+
 /// Every harness, by the name of its fuzz target (and of its seed and corpus directories).
 pub const TARGETS: &[(&str, Harness)] = &[
     ("sse_splitter", sse_splitter),
@@ -1433,4 +1607,6 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("spool_segment", spool_segment),
     ("gemini_request", gemini_request),
     ("gemini_stream", gemini_stream),
+    ("embeddings_request", embeddings_request),
+    ("embeddings_answer", embeddings_answer),
 ];

@@ -69,6 +69,24 @@ fn gemini_stream() {
 }
 
 #[test]
+fn embeddings_request() {
+    replay(
+        "embeddings_request",
+        fuzzing::embeddings_request,
+        RANDOM_CASES,
+    );
+}
+
+#[test]
+fn embeddings_answer() {
+    replay(
+        "embeddings_answer",
+        fuzzing::embeddings_answer,
+        RANDOM_CASES,
+    );
+}
+
+#[test]
 fn spool_segment() {
     replay("spool_segment", fuzzing::spool_segment, RANDOM_CASES);
 }
