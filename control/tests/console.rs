@@ -990,8 +990,9 @@ fn connect_a_tool_fills_in_the_typed_url_escaped() {
     for want in [
         "ANTHROPIC_BASE_URL=https://gw.example.com:8443\n",
         "base_url = &quot;https://gw.example.com:8443/v1&quot;",
-        "OPENAI_BASE_URL=https://gw.example.com:8443/v1",
-        "OPENAI_API_BASE=https://gw.example.com:8443/v1",
+        "GOOGLE_GEMINI_BASE_URL=https://gw.example.com:8443 ",
+        "Override OpenAI Base URL:  https://gw.example.com:8443/v1\n",
+        "--openai-api-base https://gw.example.com:8443/v1",
         "&quot;baseURL&quot;: &quot;https://gw.example.com:8443/v1&quot;",
     ] {
         assert!(html.contains(want), "missing {want:?} in {html}");
@@ -1005,6 +1006,64 @@ fn connect_a_tool_fills_in_the_typed_url_escaped() {
     .text();
     assert!(!hostile.contains("<script>alert(1)"), "{hostile}");
     assert!(hostile.contains("&lt;script&gt;alert(1)"));
+}
+
+/// The text of the `<pre id="ID">` block on a page.
+fn pre_block<'a>(html: &'a str, id: &str) -> &'a str {
+    let open = format!("<pre id=\"{id}\">");
+    let start = html
+        .find(&open)
+        .unwrap_or_else(|| panic!("no block {id} in {html}"))
+        + open.len();
+    let len = html[start..].find("</pre>").unwrap();
+    &html[start..start + len]
+}
+
+#[test]
+fn connect_a_tool_lists_each_tool_and_points_at_the_connected_data_plane() {
+    let cp = start();
+    let addr = console(&cp);
+    let cookie = sign_in(&cp);
+    // No node yet: the placeholder address.
+    let html = get(addr, "/connect", Some(&cookie)).text();
+    for tool in [
+        "<h2>Claude Code</h2>",
+        "<h2>Codex CLI</h2>",
+        "<h2>Gemini CLI</h2>",
+        "<h2>Cursor</h2>",
+        "<h2>aider</h2>",
+        "<h2>opencode</h2>",
+    ] {
+        assert!(html.contains(tool), "missing {tool} in {html}");
+    }
+    let gemini = pre_block(&html, "gemini");
+    for want in [
+        "export GOOGLE_GEMINI_BASE_URL=https://127.0.0.1:8080 ",
+        "export GEMINI_API_KEY=kp_... ",
+        "export GEMINI_MODEL=",
+        "&quot;selectedType&quot;: &quot;gemini-api-key&quot;",
+        "gemini -p",
+    ] {
+        assert!(gemini.contains(want), "missing {want:?} in {gemini}");
+    }
+
+    // A connected data plane that advertises where it serves: its URL, unless one is typed.
+    let dp = keyplane_testkit::DataPlane::start(
+        &cp,
+        "edge-1",
+        &["--advertise-url", "https://edge-1.example.net:8443/"],
+    );
+    let mut html = String::new();
+    let pointed = keyplane_testkit::wait_until(TIMEOUT, || {
+        html = get(addr, "/connect", Some(&cookie)).text();
+        html.contains("GOOGLE_GEMINI_BASE_URL=https://edge-1.example.net:8443 ")
+    });
+    assert!(pointed, "{html}\ndata plane log:\n{}", dp.logs());
+    assert!(html.contains("ANTHROPIC_BASE_URL=https://edge-1.example.net:8443\n"));
+    assert!(html.contains("base_url = &quot;https://edge-1.example.net:8443/v1&quot;"));
+    let typed = get(addr, "/connect?url=https://gw.example.com", Some(&cookie)).text();
+    assert!(typed.contains("GOOGLE_GEMINI_BASE_URL=https://gw.example.com "));
+    assert!(!typed.contains("edge-1.example.net"));
 }
 
 #[test]

@@ -1270,11 +1270,24 @@ async fn connect(
     let Some(session) = operator(&c, &headers) else {
         return see_other("/login");
     };
-    let url = q
+    let typed = q
         .get("url")
         .map(|u| u.trim().to_string())
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| "https://127.0.0.1:8080".to_string());
+        .filter(|u| !u.is_empty());
+    let url = match typed {
+        Some(url) => url,
+        None => {
+            // Untyped: where a connected data plane says it serves clients, so the settings
+            // work as pasted; the demo's address when no node has said.
+            let registry = Arc::clone(&c.registry);
+            let nodes = blocking(move || registry.list()).await.unwrap_or_default();
+            nodes
+                .into_iter()
+                .find(|n| n.connected && !n.serve_url.is_empty())
+                .map(|n| n.serve_url)
+                .unwrap_or_else(|| "https://127.0.0.1:8080".to_string())
+        }
+    };
     page(
         StatusCode::OK,
         views::layout(

@@ -536,31 +536,84 @@ pub fn nodes(nodes: &[NodeView]) -> Markup {
     }
 }
 
-/// Ready-to-paste settings for the common tools, pointed at `url` (a data plane's base URL).
+/// Ready-to-paste settings for each tool README's "Point your tools at it" covers, pointed at
+/// `url` (a data plane's base URL), in the same words README uses. The key is always the
+/// placeholder `kp_...`: the page is for anyone signed in, and a key is shown once, at creation.
 pub fn connect(url: &str) -> Markup {
     let base = url.trim_end_matches('/');
     let claude = format!(
-        "export ANTHROPIC_BASE_URL={base}\nexport ANTHROPIC_AUTH_TOKEN=kp_...   # a Keyplane client key\nexport ANTHROPIC_MODEL=anthropic/claude-sonnet-4.5   # any client-facing model name\nclaude"
+        "export ANTHROPIC_BASE_URL={base}\n\
+         export ANTHROPIC_AUTH_TOKEN=kp_...   # a Keyplane client key\n\
+         export ANTHROPIC_MODEL=anthropic/claude-sonnet-4.5   # any client-facing model name\n\
+         export ANTHROPIC_SMALL_FAST_MODEL=anthropic/claude-haiku-4.5\n\
+         # with a private CA: export NODE_EXTRA_CA_CERTS=/path/to/ca.pem\n\
+         claude"
     );
     let codex = format!(
-        "# ~/.codex/config.toml\nmodel = \"demo/chat\"   # any client-facing model name\nmodel_provider = \"keyplane\"\n\n[model_providers.keyplane]\nname = \"Keyplane\"\nbase_url = \"{base}/v1\"\nenv_key = \"KEYPLANE_API_KEY\"\nwire_api = \"responses\"\n\n# then, in the shell:\nexport KEYPLANE_API_KEY=kp_...\ncodex"
+        "# ~/.codex/config.toml (or $CODEX_HOME/config.toml)\n\
+         model = \"demo/chat\"   # any client-facing model name\n\
+         model_provider = \"keyplane\"\n\n\
+         [model_providers.keyplane]\n\
+         name = \"Keyplane\"\n\
+         base_url = \"{base}/v1\"\n\
+         env_key = \"KEYPLANE_API_KEY\"\n\
+         wire_api = \"responses\"\n\n\
+         # then, in the shell:\n\
+         export KEYPLANE_API_KEY=kp_...   # a Keyplane client key\n\
+         # with a private CA: export CODEX_CA_CERTIFICATE=/path/to/ca.pem\n\
+         codex"
     );
-    let sdk = format!(
-        "from openai import OpenAI\nclient = OpenAI(base_url=\"{base}/v1\", api_key=\"kp_...\")\n\n# or, for tools that read the environment (Cursor's OpenAI base URL setting takes the same URL):\nexport OPENAI_BASE_URL={base}/v1\nexport OPENAI_API_KEY=kp_..."
+    let gemini = format!(
+        "// ~/.gemini/settings.json: without the auth type, Gemini CLI picks its gateway auth and -p refuses it\n\
+         {{\n  \"security\": {{ \"auth\": {{ \"selectedType\": \"gemini-api-key\" }} }},\n  \
+         \"privacy\": {{ \"usageStatisticsEnabled\": false }},\n  \
+         \"telemetry\": {{ \"enabled\": false }},\n  \
+         \"general\": {{ \"enableAutoUpdate\": false, \"enableAutoUpdateNotification\": false }}\n}}\n\n\
+         # then, in the shell:\n\
+         export GOOGLE_GEMINI_BASE_URL={base}   # the data plane's root, no /v1beta\n\
+         export GEMINI_API_KEY=kp_...   # a Keyplane client key\n\
+         export GEMINI_MODEL=demo/chat   # any client-facing model name\n\
+         # with a private CA: export NODE_EXTRA_CA_CERTS=/path/to/ca.pem\n\
+         gemini -p \"Say hello\""
     );
-    let opencode = format!(
-        "// opencode.json (an OpenAI-compatible provider)\n{{\n  \"$schema\": \"https://opencode.ai/config.json\",\n  \"provider\": {{\n    \"keyplane\": {{\n      \"npm\": \"@ai-sdk/openai-compatible\",\n      \"name\": \"Keyplane\",\n      \"options\": {{ \"baseURL\": \"{base}/v1\", \"apiKey\": \"{{env:KEYPLANE_API_KEY}}\" }},\n      \"models\": {{ \"demo/chat\": {{}} }}\n    }}\n  }}\n}}"
+    let cursor = format!(
+        "Settings → Models → OpenAI API Key:\n\
+         \x20 API key:                   kp_...   (a Keyplane client key)\n\
+         \x20 Override OpenAI Base URL:  {base}/v1\n\
+         then add a model by its client-facing name (e.g. demo/chat)."
     );
     let aider = format!(
-        "export OPENAI_API_BASE={base}/v1\nexport OPENAI_API_KEY=kp_...\naider --model openai/demo/chat"
+        "export OPENAI_API_KEY=kp_...   # a Keyplane client key\n\
+         aider --model openai/demo/chat --openai-api-base {base}/v1"
     );
+    let opencode = format!(
+        "// opencode.json (an OpenAI-compatible provider)\n{{\n  \"$schema\": \"https://opencode.ai/config.json\",\n  \"provider\": {{\n    \"keyplane\": {{\n      \"npm\": \"@ai-sdk/openai-compatible\",\n      \"name\": \"Keyplane\",\n      \"options\": {{ \"baseURL\": \"{base}/v1\", \"apiKey\": \"{{env:KEYPLANE_API_KEY}}\" }},\n      \"models\": {{ \"demo/chat\": {{}} }}\n    }}\n  }}\n}}\n\n# then, in the shell:\nexport KEYPLANE_API_KEY=kp_...   # a Keyplane client key"
+    );
+    let sdk = format!(
+        "from openai import OpenAI\n\
+         client = OpenAI(base_url=\"{base}/v1\", api_key=\"kp_...\")\n\n\
+         from anthropic import Anthropic\n\
+         client = Anthropic(base_url=\"{base}\", api_key=\"kp_...\")\n\n\
+         from google import genai\n\
+         client = genai.Client(api_key=\"kp_...\", http_options=genai.types.HttpOptions(base_url=\"{base}\"))\n\n\
+         # with a private CA: export SSL_CERT_FILE=/path/to/ca.pem"
+    );
+    let tools = [
+        ("claude", "Claude Code", &claude),
+        ("codex", "Codex CLI", &codex),
+        ("gemini", "Gemini CLI", &gemini),
+        ("cursor", "Cursor", &cursor),
+        ("aider", "aider", &aider),
+        ("opencode", "opencode", &opencode),
+        ("sdk", "OpenAI, Anthropic and google-genai SDKs", &sdk),
+    ];
     html! {
         form.inline method="get" action="/connect" {
             label { "Data plane URL " input name="url" value=(base) placeholder="https://gateway.example.com:8080"; }
             button type="submit" { "Show settings" }
         }
-        p { "Use a client key from the Keys page in place of " code { "kp_..." } ". With a private CA, also point the tool at it (" code { "NODE_EXTRA_CA_CERTS" } " for Claude Code, " code { "CODEX_CA_CERTIFICATE" } " for Codex, " code { "SSL_CERT_FILE" } " for Python)." }
-        @for (id, title, text) in [("claude", "Claude Code", &claude), ("codex", "Codex CLI", &codex), ("sdk", "OpenAI SDK and Cursor", &sdk), ("aider", "aider", &aider), ("opencode", "opencode", &opencode)] {
+        p { "Use a client key from the Keys page in place of " code { "kp_..." } "." }
+        @for (id, title, text) in tools {
             section {
                 h2 { (title) }
                 pre #(id) { (text) }
