@@ -1595,6 +1595,58 @@ pub fn embeddings_answer(input: &[u8]) {
 }
 
 /// Every harness, by the name of its fuzz target (and of its seed and corpus directories).
+/// A Gemini call's path and query (the input split at its first `?`): the path split into model
+/// and method ([`gemini_api::Call::of`]), the query's parameters, and the list's page tokens.
+///
+/// - A method is what follows the path's last `:` and holds no `:` itself.
+/// - A model written back as a Gemini upstream URL writes it (percent-encoded, `/` kept) parses
+///   back to the same call: no model can change the method read after it.
+/// - A query parameter that is read reads the same once percent-encoded again.
+/// - A page token decodes to the name it was made from.
+pub fn gemini_path(input: &[u8]) {
+    use crate::gemini_api::{self, Call};
+    let Ok(text) = std::str::from_utf8(input) else {
+        return;
+    };
+    let (path, query) = match text.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (text, None),
+    };
+    for google_key in [false, true] {
+        if let Some(Call::Method { model, method }) = Call::of(path, google_key) {
+            assert!(!method.contains(':'), "{path:?}");
+            assert!(path.ends_with(&format!(":{method}")), "{path:?}");
+            let mut written = String::from("/v1beta/models/");
+            crate::table::push_path_encoded(&mut written, &model);
+            written.push(':');
+            written.push_str(&method);
+            assert_eq!(
+                Call::of(&written, google_key),
+                Some(Call::Method {
+                    model: model.clone(),
+                    method: method.clone()
+                }),
+                "{path:?} written as {written:?}"
+            );
+        }
+    }
+    for name in ["key", "alt", "pageToken", "pageSize"] {
+        if let Some(value) = gemini_api::query_param(query, name) {
+            let encoded: String = value.bytes().map(|b| format!("%{b:02X}")).collect();
+            assert_eq!(
+                gemini_api::query_param(Some(&format!("{name}={encoded}")), name),
+                Some(value)
+            );
+        }
+    }
+    if text.len() <= 1024 {
+        assert_eq!(
+            gemini_api::hex_decode(&gemini_api::hex_encode(text)).as_deref(),
+            Some(text)
+        );
+    }
+}
+
 pub const TARGETS: &[(&str, Harness)] = &[
     ("sse_splitter", sse_splitter),
     ("openai_request", openai_request),
@@ -1609,4 +1661,5 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("gemini_stream", gemini_stream),
     ("embeddings_request", embeddings_request),
     ("embeddings_answer", embeddings_answer),
+    ("gemini_path", gemini_path),
 ];

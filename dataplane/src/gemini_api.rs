@@ -371,7 +371,7 @@ async fn count_tokens(gw: &Arc<Gateway>, req: Request<Incoming>, model: &str) ->
         .await
 }
 
-fn hex_encode(text: &str) -> String {
+pub(crate) fn hex_encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len() * 2);
     for b in text.bytes() {
         out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
@@ -380,7 +380,7 @@ fn hex_encode(text: &str) -> String {
     out
 }
 
-fn hex_decode(text: &str) -> Option<String> {
+pub(crate) fn hex_decode(text: &str) -> Option<String> {
     if !text.len().is_multiple_of(2) || text.len() > 2048 {
         return None;
     }

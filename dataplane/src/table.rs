@@ -154,7 +154,7 @@ impl UpstreamCall {
 /// Appends `id` to `out` as a URL path: unreserved bytes and `/` as they are (a Gemini-compatible
 /// proxy may name models `google/gemini-2.5-flash`), everything else percent-encoded, `:` too,
 /// so that an id cannot change the method Google reads after the last `:`.
-fn push_path_encoded(out: &mut String, id: &str) {
+pub(crate) fn push_path_encoded(out: &mut String, id: &str) {
     for b in id.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
             out.push(char::from(b));

@@ -91,6 +91,11 @@ fn spool_segment() {
     replay("spool_segment", fuzzing::spool_segment, RANDOM_CASES);
 }
 
+#[test]
+fn gemini_path() {
+    replay("gemini_path", fuzzing::gemini_path, RANDOM_CASES);
+}
+
 /// Every fuzz target that calls into this crate is replayed above (by its harness table), so a
 /// new target cannot go without its stable replay.
 #[test]
