@@ -1449,7 +1449,7 @@ fn the_route_probe_sends_one_request_per_route_through_a_data_plane_billed_to_th
     let cp = start();
     let addr = console(&cp);
     let model = "test/model";
-    let fakes: Vec<FakeUpstream> = ["good", "bad"]
+    let fakes: Vec<FakeUpstream> = ["good", "bad", "gem"]
         .into_iter()
         .map(|name| {
             FakeUpstream::start(FakeConfig {
@@ -1461,6 +1461,14 @@ fn the_route_probe_sends_one_request_per_route_through_a_data_plane_billed_to_th
         .collect();
     support::add_openai_offer(&cp, "good", &fakes[0].openai_base_url(), model, "1");
     support::add_openai_offer(&cp, "bad", &fakes[1].openai_base_url(), model, "5");
+    support::add_offer(
+        &cp,
+        "gemini",
+        "gem",
+        &fakes[2].gemini_base_url(),
+        model,
+        "2",
+    );
     fakes[1].push_once(Behavior::status(500));
     let bad_id = credential_by_label(&cp, "bad", "")["id"]
         .as_str()
@@ -1497,16 +1505,25 @@ fn the_route_probe_sends_one_request_per_route_through_a_data_plane_billed_to_th
     assert_eq!(run.status, 200, "{}\n{}", run.text(), dp.logs());
     let html = run.text();
     assert!(
-        html.contains("Probed 2 routes through edge-1: 1 answered, 1 failed."),
+        html.contains("Probed 3 routes through edge-1: 2 answered, 1 failed."),
         "{html}"
     );
-    // One request per route, each the minimal one, each to its own upstream only.
-    for fake in &fakes {
+    // One request per route, each the minimal one, each to its own upstream only, each in its
+    // upstream's own dialect (passed through, not translated).
+    for fake in &fakes[..2] {
         let requests = fake.requests();
         assert_eq!(requests.len(), 1, "{}", fake.name());
+        assert_eq!(requests[0].path, "/v1/chat/completions");
         let body: serde_json::Value = serde_json::from_slice(&requests[0].body).unwrap();
         assert_eq!(body["max_tokens"], 1, "{body}");
     }
+    let gemini = fakes[2].requests();
+    assert_eq!(gemini.len(), 1, "{gemini:?}");
+    assert_eq!(gemini[0].path, "/v1beta/models/gem-model:generateContent");
+    assert_eq!(gemini[0].header("x-goog-api-key"), Some("sk-gem"));
+    let body: serde_json::Value = serde_json::from_slice(&gemini[0].body).unwrap();
+    assert_eq!(body["generationConfig"]["maxOutputTokens"], 1, "{body}");
+    assert_eq!(body["contents"][0]["parts"][0]["text"], "ping", "{body}");
     let row = |provider: &str| -> String {
         let start = html
             .find(&format!("<td>{provider}</td>"))
@@ -1517,6 +1534,12 @@ fn the_route_probe_sends_one_request_per_route_through_a_data_plane_billed_to_th
     };
     let good = row("good");
     let bad = row("bad");
+    let gem = row("gem");
+    assert!(
+        gem.contains("class=\"ok\"") && gem.contains(">200<"),
+        "{gem}"
+    );
+    assert!(gem.contains("/requests/view?id="), "{gem}");
     assert!(
         good.contains("class=\"ok\"") && good.contains(">200<"),
         "{good}"
@@ -1545,7 +1568,7 @@ fn the_route_probe_sends_one_request_per_route_through_a_data_plane_billed_to_th
         .find(|r| r["key"] == "probe")
         .cloned()
         .unwrap_or_else(|| panic!("{usage}"));
-    assert_eq!(probe_row["requests"], 1, "{usage}");
+    assert_eq!(probe_row["requests"], 2, "{usage}");
     let keys = cp.ctl(&["--json", "key", "list"]).ok().json();
     assert!(keys.to_string().contains("\"probe\""), "{keys}");
 
@@ -1560,6 +1583,16 @@ fn the_route_probe_sends_one_request_per_route_through_a_data_plane_billed_to_th
     let one = get(addr, &href, Some(&cookie));
     assert_eq!(one.status, 200, "{href}");
     assert!(one.text().contains("probe") && one.text().contains("good"));
+    // The Gemini route was asked in Gemini's dialect (a chat request would have been bridged,
+    // and logged as OpenAI's).
+    let start = gem.find(marker).unwrap() + "href=\"".len();
+    let href: String = gem[start..]
+        .chars()
+        .take_while(|c| *c != '"')
+        .collect::<String>()
+        .replace("&amp;", "&");
+    let one = get(addr, &href, Some(&cookie)).text();
+    assert!(one.contains("<th>Dialect</th><td>gemini</td>"), "{one}");
 
     // An ordinary key cannot pin a route: 403, and no upstream hears of it.
     let good_id = credential_by_label(&cp, "good", "")["id"]
@@ -1578,6 +1611,7 @@ fn the_route_probe_sends_one_request_per_route_through_a_data_plane_billed_to_th
     assert!(pinned.text().contains("probe_route_forbidden"));
     assert_eq!(fakes[0].requests().len(), 1);
     assert_eq!(fakes[1].requests().len(), 1);
+    assert_eq!(fakes[2].requests().len(), 1);
     // The page keeps the last run.
     let again = get(addr, "/probe", Some(&cookie)).text();
     assert!(again.contains("probe-results") && again.contains("Last run"));

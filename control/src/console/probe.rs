@@ -187,28 +187,70 @@ fn routes(store: &crate::store::Store, only_provider: &str) -> Result<Vec<Route>
     Ok(out)
 }
 
-/// The smallest request of the client dialect that matches the upstream's protocol (so the data
-/// plane passes it through unchanged): path, body, and extra headers.
-fn minimal_request(protocol: &str, model: &str) -> (&'static str, serde_json::Value) {
+/// Where a probe request carries the key: as each dialect's own clients send it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KeyIn {
+    /// `Authorization: Bearer` (OpenAI's and, as Keyplane accepts it, Anthropic's).
+    Bearer,
+    /// `x-goog-api-key` (Gemini's).
+    Goog,
+}
+
+/// The smallest request of the client dialect that matches the upstream's protocol, so the data
+/// plane passes it through unchanged and the probe tests the route itself, not a translation:
+/// path, body, and where the key goes.
+///
+/// Every offering gets a generation request: the catalog does not say which models only embed
+/// (an embeddings-only model answers it with the upstream's refusal, which the row shows), and
+/// `/v1/embeddings` does not take a pinned route.
+fn minimal_request(protocol: &str, model: &str) -> (String, serde_json::Value, KeyIn) {
     let hello = serde_json::json!([{ "role": "user", "content": "ping" }]);
     match protocol {
         "anthropic" => (
-            "/v1/messages",
+            "/v1/messages".into(),
             serde_json::json!({ "model": model, "max_tokens": 1, "messages": hello }),
+            KeyIn::Bearer,
         ),
         // The Responses API refuses fewer than 16 output tokens.
         "openai-responses" => (
-            "/v1/responses",
+            "/v1/responses".into(),
             serde_json::json!({ "model": model, "max_output_tokens": 16, "input": "ping" }),
+            KeyIn::Bearer,
+        ),
+        // The model is in the path (a `/` in it stays one: the data plane reads the method after
+        // the last `:`); anything else outside a path segment's safe set is escaped.
+        "gemini" => (
+            format!("/v1beta/models/{}:generateContent", path_escape(model)),
+            serde_json::json!({
+                "contents": [{ "role": "user", "parts": [{ "text": "ping" }] }],
+                "generationConfig": { "maxOutputTokens": 1 },
+            }),
+            KeyIn::Goog,
         ),
         _ => (
-            "/v1/chat/completions",
+            "/v1/chat/completions".into(),
             serde_json::json!({ "model": model, "max_tokens": 1, "messages": hello }),
+            KeyIn::Bearer,
         ),
     }
 }
 
-/// The error code in an answer's body (`error.code`, else `error.type`), if any.
+/// `model` for a URL path: unreserved characters, `/` and `:` as they are, the rest
+/// percent-escaped byte by byte.
+fn path_escape(model: &str) -> String {
+    let mut out = String::with_capacity(model.len());
+    for b in model.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/:@".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The error code in an answer's body (`error.code` when it is a string, else `error.type`,
+/// else Google's `error.status`), if any.
 fn error_code(body: &[u8]) -> String {
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
         return String::new();
@@ -217,6 +259,7 @@ fn error_code(body: &[u8]) -> String {
     err["code"]
         .as_str()
         .or_else(|| err["type"].as_str())
+        .or_else(|| err["status"].as_str())
         .unwrap_or_default()
         .chars()
         .take(80)
@@ -228,7 +271,7 @@ impl Prober {
     async fn send(
         &self,
         base: &str,
-        key: &str,
+        (key, key_in): (&str, KeyIn),
         path: &str,
         body: Option<&serde_json::Value>,
         pin: Option<&str>,
@@ -240,9 +283,19 @@ impl Prober {
         let mut req = http::Request::builder()
             .method(if body.is_some() { "POST" } else { "GET" })
             .uri(uri)
-            .header(http::header::AUTHORIZATION, format!("Bearer {key}"))
             .header(http::header::USER_AGENT, "keyplane-control route probe")
             .header("anthropic-version", "2023-06-01");
+        let key_header = match key_in {
+            KeyIn::Bearer => {
+                req = req.header(http::header::AUTHORIZATION, format!("Bearer {key}"));
+                http::header::AUTHORIZATION
+            }
+            KeyIn::Goog => {
+                let name = http::HeaderName::from_static("x-goog-api-key");
+                req = req.header(name.clone(), key);
+                name
+            }
+        };
         if let Some(pin) = pin {
             req = req.header(keyplane_probe_route(), pin);
         }
@@ -253,7 +306,7 @@ impl Prober {
         let Ok(mut req) = req.body(Full::new(bytes)) else {
             return (0, "cannot build the request".into(), String::new());
         };
-        if let Some(v) = req.headers_mut().get_mut(http::header::AUTHORIZATION) {
+        if let Some(v) = req.headers_mut().get_mut(key_header) {
             v.set_sensitive(true);
         }
         let answer = async {
@@ -393,12 +446,18 @@ async fn probe(c: &Console, node: &str, provider: &str) -> Result<Run, (StatusCo
         .map(|route| {
             let (base, secret) = (&base, &secret);
             async move {
-                let (path, body) = minimal_request(&route.protocol, &route.model);
+                let (path, body, key_in) = minimal_request(&route.protocol, &route.model);
                 let pin = format!("{}/{}", route.provider, route.credential_id);
                 let sent = Instant::now();
                 let (status, error, request_id) = c
                     .prober
-                    .send(base, secret.expose(), path, Some(&body), Some(&pin))
+                    .send(
+                        base,
+                        (secret.expose(), key_in),
+                        &path,
+                        Some(&body),
+                        Some(&pin),
+                    )
                     .await;
                 Row {
                     model: route.model,
@@ -432,7 +491,10 @@ async fn probe(c: &Console, node: &str, provider: &str) -> Result<Run, (StatusCo
 async fn wait_for_key(c: &Console, base: &str, key: &str) -> Result<(), String> {
     let deadline = Instant::now() + SETTLE_TIMEOUT;
     loop {
-        let (status, error, _) = c.prober.send(base, key, "/v1/models", None, None).await;
+        let (status, error, _) = c
+            .prober
+            .send(base, (key, KeyIn::Bearer), "/v1/models", None, None)
+            .await;
         match status {
             200 => return Ok(()),
             401 if Instant::now() < deadline => {

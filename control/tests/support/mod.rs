@@ -164,12 +164,24 @@ pub fn add_openai_offer(
     model: &str,
     price: &str,
 ) {
+    add_offer(cp, "openai", name, base_url, model, price);
+}
+
+/// As [`add_openai_offer`], for a provider of `protocol`.
+pub fn add_offer(
+    cp: &keyplane_testkit::ControlPlane,
+    protocol: &str,
+    name: &str,
+    base_url: &str,
+    model: &str,
+    price: &str,
+) {
     cp.ctl(&[
         "provider",
         "add",
         name,
         "--protocol",
-        "openai",
+        protocol,
         "--base-url",
         base_url,
     ])
