@@ -440,12 +440,12 @@ async fn list_requests(
     let now_ms = keyplane_control::store::now_ms();
     let month = 30 * 24 * 3_600_000i64;
     let first_ms = now_ms - month;
-    let step = month as f64 / logged.max(1) as f64;
+    let step = month as f64 / logged.saturating_sub(have).max(1) as f64;
     let mut n = have;
     while n < logged {
         let batch: Vec<pb::UsageRecord> = (n..(n + 10_000).min(logged))
             .map(|i| {
-                let at = first_ms + (i as f64 * step) as i64;
+                let at = first_ms + ((i - have) as f64 * step) as i64;
                 let mut rec = record(format!("fill-{i:08}"), i, true, at);
                 rec.key_id = keys[i % 20].0.clone();
                 rec

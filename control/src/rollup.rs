@@ -149,20 +149,22 @@ pub const HIST_BUCKETS: usize = 24 * 4 + 1;
 
 /// Latencies in fixed log-spaced buckets: percentiles in constant memory, and sums of
 /// histograms are the histogram of the union.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Histogram {
-    counts: [u64; HIST_BUCKETS],
+    /// Empty until the first sample (most rows are breakdowns, which hold none), then
+    /// [`HIST_BUCKETS`] long.
+    counts: Vec<u64>,
     total: u64,
 }
 
-impl Default for Histogram {
-    fn default() -> Self {
-        Histogram {
-            counts: [0; HIST_BUCKETS],
-            total: 0,
-        }
+impl PartialEq for Histogram {
+    fn eq(&self, other: &Histogram) -> bool {
+        let at = |h: &Histogram, b: usize| h.counts.get(b).copied().unwrap_or(0);
+        self.total == other.total && (0..HIST_BUCKETS).all(|b| at(self, b) == at(other, b))
     }
 }
+
+impl Eq for Histogram {}
 
 impl Histogram {
     fn bucket(ms: u32) -> usize {
@@ -179,6 +181,9 @@ impl Histogram {
     }
 
     fn add_n(&mut self, bucket: usize, n: u64) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; HIST_BUCKETS];
+        }
         if let Some(c) = self.counts.get_mut(bucket) {
             *c = c.saturating_add(n);
             self.total = self.total.saturating_add(n);
@@ -495,69 +500,100 @@ impl Entry {
     }
 }
 
-/// Rollup deltas of a set of requests, by row key: what a write adds to the stored rows.
+/// Rollup deltas of a set of requests: summed per (key, minute) as they are added, one hash
+/// lookup a request, and spread over the rows each (key, minute) belongs to only once, by
+/// [`Deltas::rows`]: a batch of a thousand requests of twenty keys in one minute makes twenty
+/// sums, not twelve thousand row updates.
 #[derive(Debug, Default)]
 pub struct Deltas {
-    pub rows: BTreeMap<Vec<u8>, Roll>,
+    /// Key id → minute bucket → the key's sums of that minute, with a breakdown by model and
+    /// by provider.
+    by_key: std::collections::HashMap<String, BTreeMap<u32, Roll>>,
+    now_ms: i64,
 }
 
 impl Deltas {
-    /// The row of `key`, added if absent: the key is copied only then. (Always `Some`.)
-    fn row(&mut self, key: &[u8]) -> Option<&mut Roll> {
-        if !self.rows.contains_key(key) {
-            self.rows.insert(key.to_vec(), Roll::default());
+    /// Adds `e`, to the rows whose retention still holds it at `now_ms`.
+    pub fn add(&mut self, e: &Entry, now_ms: i64) {
+        self.now_ms = now_ms;
+        // The day rows are kept longest: older than theirs, it belongs to no row.
+        if Res::Day.bucket(e.started_at_ms) < Res::Day.oldest_kept(now_ms) {
+            return;
         }
-        self.rows.get_mut(key)
+        let minutes = match self.by_key.get_mut(e.key_id.as_str()) {
+            Some(m) => m,
+            None => self.by_key.entry(e.key_id.clone()).or_default(),
+        };
+        let roll = minutes
+            .entry(Res::Minute.bucket(e.started_at_ms))
+            .or_default();
+        let counters = e.counters();
+        roll.counters.add(&counters);
+        // A refusal's latency is the data plane's own few microseconds: it would drag the
+        // percentiles of served requests down.
+        if !e.refused {
+            roll.latency.add(e.latency_ms);
+            if e.ttft_ms > 0 {
+                roll.ttft.add(e.ttft_ms);
+            }
+        }
+        for (dim, name) in [(BY_MODEL, &e.model), (BY_PROVIDER, &e.provider)] {
+            let names = roll.dims.entry(dim).or_default();
+            match names.get_mut(name.as_str()) {
+                Some(c) => c.add(&counters),
+                None => {
+                    names.insert(name.clone(), counters);
+                }
+            }
+        }
     }
 
-    /// Adds `e` to every row it belongs to whose retention still holds it at `now_ms`.
-    pub fn add(&mut self, e: &Entry, now_ms: i64) {
-        let counters = e.counters();
-        let mut key = Vec::with_capacity(64);
-        for res in Res::ALL {
-            let bucket = res.bucket(e.started_at_ms);
-            if bucket < res.oldest_kept(now_ms) {
-                continue;
-            }
-            for scope in [Scope::All, Scope::Key(&e.key_id)] {
-                write_row_key(&mut key, res, scope, SUMS, bucket);
-                if let Some(sums) = self.row(&key) {
-                    sums.counters.add(&counters);
-                    // A refusal's latency is the data plane's own few microseconds: it would
-                    // drag the percentiles of served requests down.
-                    if !e.refused {
-                        sums.latency.add(e.latency_ms);
-                        if e.ttft_ms > 0 {
-                            sums.ttft.add(e.ttft_ms);
-                        }
+    /// What each row gains, by row key.
+    pub fn rows(&self) -> BTreeMap<Vec<u8>, Roll> {
+        let mut rows: BTreeMap<Vec<u8>, Roll> = BTreeMap::new();
+        for (key_id, minutes) in &self.by_key {
+            for (minute, roll) in minutes {
+                let at = Res::Minute.start_ms(*minute);
+                let sums = Roll {
+                    counters: roll.counters,
+                    latency: roll.latency.clone(),
+                    ttft: roll.ttft.clone(),
+                    dims: BTreeMap::new(),
+                };
+                let mut by_model = Roll::default();
+                let mut everything = Roll::default();
+                for (dim, names) in &roll.dims {
+                    let names = names.clone();
+                    if *dim == BY_MODEL {
+                        by_model.dims.insert(*dim, names.clone());
                     }
+                    everything.dims.insert(*dim, names);
                 }
-                write_row_key(&mut key, res, scope, BREAKDOWN, bucket);
-                let Some(row) = self.row(&key) else {
-                    continue;
-                };
-                let all = [
-                    (BY_MODEL, e.model.as_str()),
-                    (BY_PROVIDER, e.provider.as_str()),
-                    (BY_KEY, e.key_id.as_str()),
-                ];
-                // A key's breakdown is by model only.
-                let dims = if scope == Scope::All {
-                    &all[..]
-                } else {
-                    &all[..1]
-                };
-                for &(dim, name) in dims {
-                    let names = row.dims.entry(dim).or_default();
-                    match names.get_mut(name) {
-                        Some(c) => c.add(&counters),
-                        None => {
-                            names.insert(name.to_string(), counters);
-                        }
+                everything
+                    .dims
+                    .entry(BY_KEY)
+                    .or_default()
+                    .insert(key_id.clone(), roll.counters);
+                for res in Res::ALL {
+                    let bucket = res.bucket(at);
+                    if bucket < res.oldest_kept(self.now_ms) {
+                        continue;
+                    }
+                    let key = Scope::Key(key_id);
+                    for (scope, row, delta) in [
+                        (Scope::All, SUMS, &sums),
+                        (key, SUMS, &sums),
+                        (Scope::All, BREAKDOWN, &everything),
+                        (key, BREAKDOWN, &by_model),
+                    ] {
+                        let mut k = Vec::with_capacity(48);
+                        write_row_key(&mut k, res, scope, row, bucket);
+                        rows.entry(k).or_default().merge(delta);
                     }
                 }
             }
         }
+        rows
     }
 }
 
@@ -566,7 +602,7 @@ pub(crate) fn apply(
     tree: &sled::transaction::TransactionalTree,
     deltas: &Deltas,
 ) -> std::result::Result<(), sled::transaction::ConflictableTransactionError<Error>> {
-    for (key, delta) in &deltas.rows {
+    for (key, delta) in &deltas.rows() {
         let mut roll = match tree.get(key)? {
             Some(raw) => Roll::decode(&raw)
                 .map_err(sled::transaction::ConflictableTransactionError::Abort)?,
@@ -689,7 +725,7 @@ impl crate::store::Store {
         let deltas = self.recount_rollups(now_ms)?;
         self.rollups.clear()?;
         let mut batch = sled::Batch::default();
-        for (key, roll) in deltas.rows {
+        for (key, roll) in deltas.rows() {
             batch.insert(key, roll.encode());
         }
         self.rollups.apply_batch(batch)?;
@@ -718,13 +754,13 @@ mod tests {
             ..Entry::default()
         };
         d.add(&e, 5 * HOUR_MS);
-        for r in d.rows.values() {
+        for r in d.rows().values() {
             roll.merge(r);
             assert_eq!(&Roll::decode(&r.encode()).unwrap(), r);
         }
         assert_eq!(Roll::decode(&roll.encode()).unwrap(), roll);
         // 3 resolutions x 2 scopes x (sums, breakdown).
-        assert_eq!(d.rows.len(), 12);
+        assert_eq!(d.rows().len(), 12);
         assert!(Roll::decode(&[9]).is_err());
         assert!(Roll::decode(&roll.encode()[..5]).is_err());
     }
@@ -760,12 +796,12 @@ mod tests {
         };
         // Three hours ago: no minute rows, hour and day rows.
         d.add(&e(now - 3 * HOUR_MS), now);
-        assert!(d.rows.keys().all(|k| k[0] != b'm'));
-        assert_eq!(d.rows.len(), 8);
+        assert!(d.rows().keys().all(|k| k[0] != b'm'));
+        assert_eq!(d.rows().len(), 8);
         // Forty days ago: nothing.
         let mut old = Deltas::default();
         old.add(&e(now - 40 * DAY_MS), now);
-        assert!(old.rows.is_empty());
+        assert!(old.rows().is_empty());
     }
 
     use crate::creds::MasterKey;
@@ -876,7 +912,7 @@ mod tests {
         }
         let rows = stored(&store);
         assert!(rows.len() > 100, "{} rows", rows.len());
-        assert_eq!(rows, store.recount_rollups(now_ms()).unwrap().rows);
+        assert_eq!(rows, store.recount_rollups(now_ms()).unwrap().rows());
         // What a recount found is what was sent, once: every request of the last 29 days.
         let mut unique: std::collections::HashMap<&str, &pb::UsageRecord> = Default::default();
         for r in &sent {
@@ -925,7 +961,7 @@ mod tests {
         let pruned = stored(&store);
         assert!(pruned.keys().all(|k| k[0] != b'm'));
         assert!(pruned.len() < rows.len());
-        assert_eq!(pruned, store.recount_rollups(later).unwrap().rows);
+        assert_eq!(pruned, store.recount_rollups(later).unwrap().rows());
         let much_later = now + 40 * DAY_MS;
         while store.prune_rollups(much_later, 50).unwrap() == 50 {}
         assert!(store.rollups.is_empty());
