@@ -290,54 +290,64 @@ fn budget_only(model: &str) -> bool {
     model.starts_with("gemini-1") || model.starts_with("gemini-2")
 }
 
-/// Reasoning as Gemini's thinking settings for `model`.
+/// Reasoning as Gemini's thinking settings for `model`. Google documents which settings each
+/// family takes (ai.google.dev/gemini-api/docs/thinking): Gemini 2.5 takes a budget (Pro from
+/// 128 tokens and never 0: it always thinks); Gemini 3 takes a level, `MINIMAL` and `MEDIUM`
+/// only on Flash models, and its Pro models cannot stop thinking either. A setting the model
+/// cannot take is sent as the nearest one it can, or not at all (and named).
 fn thinking(
     reasoning: &Reasoning,
     model: &str,
     dropped: &mut Vec<String>,
 ) -> Option<ThinkingConfigOut> {
+    let flash = model.contains("flash");
     let budget = |b: u64| ThinkingConfigOut {
         include_thoughts: Some(b > 0),
         thinking_budget: Some(b),
         thinking_level: None,
     };
-    match reasoning {
-        Reasoning::Disabled => Some(budget(0)),
-        Reasoning::Budget(b) => Some(budget(*b)),
-        Reasoning::Effort(effort) => {
-            let effort = effort.to_ascii_lowercase();
-            if budget_only(model) {
-                // Gemini 2.5's documented range: 128 (Pro's least) to 32768 tokens.
-                let b = match effort.as_str() {
-                    "none" => 0,
-                    "minimal" => 128,
-                    "low" => 1024,
-                    "medium" => 8192,
-                    "high" | "xhigh" | "max" => 24576,
-                    _ => {
-                        note(dropped, "reasoning");
-                        return None;
-                    }
-                };
-                return Some(budget(b));
-            }
-            let level = match effort.as_str() {
-                "none" | "minimal" => "MINIMAL",
-                "low" => "LOW",
-                "medium" => "MEDIUM",
-                "high" | "xhigh" | "max" => "HIGH",
-                _ => {
-                    note(dropped, "reasoning");
-                    return None;
-                }
-            };
-            Some(ThinkingConfigOut {
-                include_thoughts: Some(true),
-                thinking_budget: None,
-                thinking_level: Some(level),
-            })
+    let level = |level: &'static str, shown: bool| ThinkingConfigOut {
+        include_thoughts: Some(shown),
+        thinking_budget: None,
+        thinking_level: Some(level),
+    };
+    let effort = match reasoning {
+        Reasoning::Budget(b) if budget_only(model) && !flash => return Some(budget((*b).max(128))),
+        Reasoning::Budget(b) => return Some(budget(*b)),
+        Reasoning::Disabled if budget_only(model) && !flash => {
+            note(dropped, "reasoning");
+            return None;
         }
+        Reasoning::Disabled if budget_only(model) => return Some(budget(0)),
+        Reasoning::Disabled if flash => return Some(level("MINIMAL", false)),
+        Reasoning::Disabled => return Some(level("LOW", false)),
+        Reasoning::Effort(effort) => effort.to_ascii_lowercase(),
+    };
+    if budget_only(model) {
+        // Gemini 2.5's documented range: 128 (Pro's least) to 32768 tokens.
+        let b = match effort.as_str() {
+            "none" | "minimal" if flash => 0,
+            "none" | "minimal" | "low" => 1024,
+            "medium" => 8192,
+            "high" | "xhigh" | "max" => 24576,
+            _ => {
+                note(dropped, "reasoning");
+                return None;
+            }
+        };
+        return Some(budget(b));
     }
+    let name = match (effort.as_str(), flash) {
+        ("none" | "minimal", true) => "MINIMAL",
+        ("none" | "minimal" | "low", _) => "LOW",
+        ("medium", true) => "MEDIUM",
+        ("medium" | "high" | "xhigh" | "max", _) => "HIGH",
+        _ => {
+            note(dropped, "reasoning");
+            return None;
+        }
+    };
+    Some(level(name, true))
 }
 
 /// A request for a Gemini upstream. The model goes in the URL (`upstream_model` only decides

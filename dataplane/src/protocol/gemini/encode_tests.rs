@@ -191,24 +191,78 @@ fn reasoning_becomes_a_level_or_a_budget_by_model_generation() {
         reasoning: Some(reasoning),
         ..Request::default()
     };
-    let config = |req: &Request<'_>, model| encode(req, model).0["generationConfig"].clone();
-    assert_eq!(
-        config(&with(Reasoning::Effort("high".into())), "gemini-2.5-pro")["thinkingConfig"],
-        json!({"includeThoughts": true, "thinkingBudget": 24576})
-    );
-    assert_eq!(
-        config(&with(Reasoning::Effort("medium".into())), "gemini-3-pro")["thinkingConfig"],
-        json!({"includeThoughts": true, "thinkingLevel": "MEDIUM"})
-    );
-    assert_eq!(
-        config(&with(Reasoning::Budget(3000)), "gemini-3-pro")["thinkingConfig"],
-        json!({"includeThoughts": true, "thinkingBudget": 3000})
-    );
-    assert_eq!(
-        config(&with(Reasoning::Disabled), "gemini-2.5-flash")["thinkingConfig"],
-        json!({"includeThoughts": false, "thinkingBudget": 0})
-    );
-    let (body, dropped) = encode(&with(Reasoning::Effort("odd".into())), "gemini-3-pro");
+    let thinking = |reasoning, model| {
+        let (body, dropped) = encode(&with(reasoning), model);
+        (body["generationConfig"]["thinkingConfig"].clone(), dropped)
+    };
+    let effort = |e: &str| Reasoning::Effort(e.into());
+    for (reasoning, model, expected) in [
+        (
+            effort("high"),
+            "gemini-2.5-pro",
+            json!({"includeThoughts": true, "thinkingBudget": 24576}),
+        ),
+        (
+            effort("minimal"),
+            "gemini-2.5-pro",
+            json!({"includeThoughts": true, "thinkingBudget": 1024}),
+        ),
+        (
+            effort("minimal"),
+            "gemini-2.5-flash",
+            json!({"includeThoughts": false, "thinkingBudget": 0}),
+        ),
+        (
+            effort("medium"),
+            "gemini-3-flash",
+            json!({"includeThoughts": true, "thinkingLevel": "MEDIUM"}),
+        ),
+        // Gemini 3 Pro takes LOW and HIGH only.
+        (
+            effort("medium"),
+            "gemini-3-pro",
+            json!({"includeThoughts": true, "thinkingLevel": "HIGH"}),
+        ),
+        (
+            effort("minimal"),
+            "gemini-3-pro",
+            json!({"includeThoughts": true, "thinkingLevel": "LOW"}),
+        ),
+        (
+            Reasoning::Budget(3000),
+            "gemini-3-pro",
+            json!({"includeThoughts": true, "thinkingBudget": 3000}),
+        ),
+        (
+            Reasoning::Budget(64),
+            "gemini-2.5-pro",
+            json!({"includeThoughts": true, "thinkingBudget": 128}),
+        ),
+        (
+            Reasoning::Disabled,
+            "gemini-2.5-flash",
+            json!({"includeThoughts": false, "thinkingBudget": 0}),
+        ),
+        (
+            Reasoning::Disabled,
+            "gemini-3-flash",
+            json!({"includeThoughts": false, "thinkingLevel": "MINIMAL"}),
+        ),
+        (
+            Reasoning::Disabled,
+            "gemini-3-pro",
+            json!({"includeThoughts": false, "thinkingLevel": "LOW"}),
+        ),
+    ] {
+        let (got, dropped) = thinking(reasoning.clone(), model);
+        assert_eq!(got, expected, "{reasoning:?} on {model}");
+        assert!(dropped.is_empty());
+    }
+    // Gemini 2.5 Pro always thinks: "off" cannot be sent, and is named.
+    let (body, dropped) = encode(&with(Reasoning::Disabled), "gemini-2.5-pro");
+    assert!(body.get("generationConfig").is_none());
+    assert_eq!(dropped, ["reasoning"]);
+    let (body, dropped) = encode(&with(effort("odd")), "gemini-3-pro");
     assert!(body.get("generationConfig").is_none());
     assert_eq!(dropped, ["reasoning"]);
 }
