@@ -612,7 +612,7 @@ pub fn connect(url: &str) -> Markup {
             label { "Data plane URL " input name="url" value=(base) placeholder="https://gateway.example.com:8080"; }
             button type="submit" { "Show settings" }
         }
-        p { "Use a client key from the Keys page in place of " code { "kp_..." } "." }
+        p { "Replace " code { "kp_..." } " with a client key from the Keys page." }
         @for (id, title, text) in tools {
             section {
                 h2 { (title) }
