@@ -321,9 +321,35 @@ impl Store {
         Ok(())
     }
 
+    /// Whether each index prefix in `prefixes` has an entry in the second starting at `second`
+    /// (Unix ms). A range, not a point read: index entries written before name an entry's whole
+    /// key (its time ‖ request id) rather than its second.
+    fn all_index_second(&self, prefixes: &[Vec<u8>], second: u64) -> Result<bool> {
+        for prefix in prefixes {
+            let from = [prefix.as_slice(), &second.to_be_bytes()].concat();
+            let to = [
+                prefix.as_slice(),
+                &second.saturating_add(INDEX_STEP_MS).to_be_bytes(),
+            ]
+            .concat();
+            if self
+                .request_log_index
+                .range(from..to)
+                .next()
+                .transpose()?
+                .is_none()
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// The entries `filter` selects, newest first, at most its limit (or [`DEFAULT_LIMIT`]).
-    /// Walks the narrowest index the filter names (key, model, or an error status), else the
-    /// log itself, backwards from `until`, and stops at the limit.
+    /// Walks one index the filter names (an error status first, being the rarest, then key, then
+    /// model), else the log itself, backwards from `until`, and stops at the limit. A second the
+    /// walked index names is read from the log only if every other index the filter names has
+    /// that second too, so combined filters read only the seconds that can hold a match.
     pub fn list_requests(&self, filter: &RequestFilter) -> Result<Vec<pb::LoggedRequest>> {
         let limit = match filter.limit {
             0 => DEFAULT_LIMIT,
@@ -335,15 +361,19 @@ impl Store {
         } else {
             u64::MAX.to_be_bytes()
         };
-        let index = if let Some(key) = &filter.key_id {
-            Some(index_prefix(INDEX_KEY, key.as_bytes()))
-        } else if let Some(model) = &filter.model {
-            Some(index_prefix(INDEX_MODEL, model.as_bytes()))
-        } else {
-            filter
-                .status
-                .filter(|s| !(200..300).contains(s))
-                .map(|s| index_prefix(INDEX_STATUS, &status_bytes(s)))
+        let mut named: Vec<Vec<u8>> = Vec::new();
+        if let Some(s) = filter.status.filter(|s| !(200..300).contains(s)) {
+            named.push(index_prefix(INDEX_STATUS, &status_bytes(s)));
+        }
+        if let Some(key) = &filter.key_id {
+            named.push(index_prefix(INDEX_KEY, key.as_bytes()));
+        }
+        if let Some(model) = &filter.model {
+            named.push(index_prefix(INDEX_MODEL, model.as_bytes()));
+        }
+        let (index, others) = match named.split_first() {
+            Some((first, rest)) => (Some(first.clone()), rest),
+            None => (None, &[][..]),
         };
         let mut out = Vec::new();
         let mut take = |raw: &[u8]| -> Result<bool> {
@@ -374,6 +404,9 @@ impl Store {
                         continue;
                     }
                     last_second = Some(second);
+                    if !self.all_index_second(others, second)? {
+                        continue;
+                    }
                     let start = second.max(lo_ms).to_be_bytes();
                     let end = second
                         .saturating_add(INDEX_STEP_MS)
@@ -761,9 +794,51 @@ mod tests {
             key_id: Some("legacy".into()),
             ..Default::default()
         };
-        assert_eq!(list(legacy), "old");
+        assert_eq!(list(legacy.clone()), "old");
+        // Combined with another index, a legacy entry's second is found through both.
+        let legacy_m9 = RequestFilter {
+            model: Some("m9".into()),
+            ..legacy.clone()
+        };
+        assert_eq!(list(legacy_m9), "old");
+        let legacy_m1 = RequestFilter {
+            model: Some("m1".into()),
+            ..legacy
+        };
+        assert_eq!(list(legacy_m1), "");
         assert_eq!(store.prune_request_log(1000, 10).unwrap(), 1);
         assert_eq!(store.request_log_index.len(), 15);
+    }
+
+    /// A combined filter reads from the log only the seconds every index it names has: the
+    /// seconds its walked index (an error status) names without the key are skipped unread,
+    /// which a damaged entry in one of them shows (reading it would fail the listing).
+    #[test]
+    fn a_combined_filter_reads_only_seconds_every_named_index_has() {
+        let (_dir, store) = open_temp();
+        let recs = [
+            rec("a", 1_000, "ka", "m1", 429),
+            rec("b", 2_000, "kb", "m1", 429),
+            rec("c", 3_000, "ka", "m1", 429),
+        ];
+        store.log_requests("n1", &recs).unwrap();
+        // Second 2 holds a 429 of key kb only; damage an entry there.
+        store
+            .request_log
+            .insert(entry_key(2_500, "damaged"), &b"\xff\xff not an entry"[..])
+            .unwrap();
+        let filter = RequestFilter {
+            key_id: Some("ka".into()),
+            status: Some(429),
+            ..Default::default()
+        };
+        assert_eq!(ids(&store.list_requests(&filter).unwrap()), ["c", "a"]);
+        // The status alone walks second 2 and meets the damage.
+        let status_only = RequestFilter {
+            status: Some(429),
+            ..Default::default()
+        };
+        assert!(store.list_requests(&status_only).is_err());
     }
 
     #[test]
