@@ -488,21 +488,11 @@ impl Proxy {
             );
             let url = format!("{}/count_tokens", cand.provider.chat_url);
             if let Ok(uri) = url.parse::<http::Uri>()
-                && let Ok(req) = upstream_request(
-                    cand,
-                    Protocol::Anthropic,
-                    uri,
-                    client_headers,
-                    Bytes::from(rewritten),
-                )
-                && let Ok(Ok(resp)) =
-                    tokio::time::timeout(self.limits.first_byte_timeout, self.client.request(req))
-                        .await
-                && resp.status().is_success()
-                && let Ok(bytes) =
-                    read_body(resp.into_body(), self.limits.idle_timeout, 1 << 20).await
+                && let Some(resp) = self
+                    .ask_count(cand, Protocol::Anthropic, uri, client_headers, rewritten)
+                    .await
             {
-                return json_response(StatusCode::OK, cand.redactor.bytes(bytes));
+                return resp;
             }
         }
         json_response(
@@ -510,6 +500,31 @@ impl Proxy {
             serde_json::to_vec(&serde_json::json!({ "input_tokens": estimate }))
                 .unwrap_or_default(),
         )
+    }
+
+    /// A token count asked of `cand` at `uri` (`protocol`'s count endpoint): its answer, with the
+    /// candidate's secrets redacted, when it answers 2xx within the timeouts and 1 MiB; `None`
+    /// otherwise, and the caller estimates. Never billed, never counted against health.
+    async fn ask_count(
+        &self,
+        cand: &Candidate,
+        protocol: Protocol,
+        uri: http::Uri,
+        client_headers: &HeaderMap,
+        body: Vec<u8>,
+    ) -> Option<Response<Body>> {
+        let req = upstream_request(cand, protocol, uri, client_headers, Bytes::from(body)).ok()?;
+        let resp = tokio::time::timeout(self.limits.first_byte_timeout, self.client.request(req))
+            .await
+            .ok()?
+            .ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        let bytes = read_body(resp.into_body(), self.limits.idle_timeout, 1 << 20)
+            .await
+            .ok()?;
+        Some(json_response(StatusCode::OK, cand.redactor.bytes(bytes)))
     }
 
     /// Gemini's `:countTokens` for `model`: forwarded to the first Gemini candidate in rank
@@ -564,19 +579,11 @@ impl Proxy {
                 inner.insert("model".into(), format!("models/{id}").into());
             }
             let bytes = serde_json::to_vec(&request).unwrap_or_default();
-            if let Ok(req) = upstream_request(
-                cand,
-                Protocol::Gemini,
-                uri,
-                client_headers,
-                Bytes::from(bytes),
-            ) && let Ok(Ok(resp)) =
-                tokio::time::timeout(self.limits.first_byte_timeout, self.client.request(req)).await
-                && resp.status().is_success()
-                && let Ok(bytes) =
-                    read_body(resp.into_body(), self.limits.idle_timeout, 1 << 20).await
+            if let Some(resp) = self
+                .ask_count(cand, Protocol::Gemini, uri, client_headers, bytes)
+                .await
             {
-                return json_response(StatusCode::OK, cand.redactor.bytes(bytes));
+                return resp;
             }
         }
         json_response(

@@ -663,21 +663,16 @@ pub(crate) async fn proxied(
     protocol: Protocol,
     from_url: Option<crate::proxy::UrlModel>,
 ) -> Response<Body> {
-    let started = Instant::now();
-    let started_at_ms = now_ms();
-    let not_served = |mut resp: Response<Body>,
-                      key_id: Option<&Arc<str>>,
-                      capture: Option<Arc<crate::capture::Capture>>| {
-        if capture.is_some() && !resp.status().is_success() {
-            crate::proxy::unserved(&mut resp).capture = capture;
-        }
+    let started = (Instant::now(), now_ms());
+    let not_served = |resp, key_id, capture| {
         log_not_served(
             gw,
             request_id,
             key_id,
             protocol.name(),
-            (started, started_at_ms),
+            started,
             resp,
+            capture,
         )
     };
     let (table, key) = match authenticate(gw, &req, protocol) {
@@ -697,21 +692,43 @@ pub(crate) async fn proxied(
     };
     let (parts, body) = match read_body(gw, req, protocol).await {
         Ok(ok) => ok,
-        Err(resp) => {
-            // A refusal before the body was read keeps only its answer.
-            let capture = key
-                .capture_bodies
-                .then(|| Arc::new(crate::capture::Capture::new(None)));
-            return not_served(resp, Some(&key.id), capture);
-        }
+        Err(resp) => return not_served(resp, Some(&key.id), capture_for(&key, None)),
     };
     let logged_key = Arc::clone(&key.id);
-    // Only a key that opted in pays for a copy of its bodies.
-    let capture = key
-        .capture_bodies
-        .then(|| Arc::new(crate::capture::Capture::new(Some(&body))));
+    let capture = capture_for(&key, Some(&body));
     let logged_capture = capture.clone();
     let ctx = RequestCtx {
+        query,
+        pin,
+        from_url,
+        ..request_ctx(request_id, key, started, capture)
+    };
+    let resp = gw
+        .proxy
+        .complete(protocol, &table, &parts.headers, &body, ctx)
+        .await;
+    not_served(resp, Some(&logged_key), logged_capture)
+}
+
+/// The bodies of a request whose key opted in to keep them (the request's, when it was read),
+/// else `None`: only a key that opted in pays for a copy.
+fn capture_for(
+    key: &crate::table::ClientKey,
+    body: Option<&[u8]>,
+) -> Option<Arc<crate::capture::Capture>> {
+    key.capture_bodies
+        .then(|| Arc::new(crate::capture::Capture::new(body)))
+}
+
+/// The request's context for `key`, with no query, pin or URL model (the caller sets those it
+/// has).
+fn request_ctx(
+    request_id: &str,
+    key: crate::table::ClientKey,
+    (started, started_at_ms): (Instant, i64),
+    capture: Option<Arc<crate::capture::Capture>>,
+) -> RequestCtx {
+    RequestCtx {
         request_id: request_id.to_string(),
         key_id: key.id,
         policy: key.policy,
@@ -719,17 +736,12 @@ pub(crate) async fn proxied(
         failures: key.failures,
         started,
         started_at_ms,
-        query,
+        query: None,
         attempts: Vec::new(),
-        pin,
-        from_url,
+        pin: None,
+        from_url: None,
         capture,
-    };
-    let resp = gw
-        .proxy
-        .complete(protocol, &table, &parts.headers, &body, ctx)
-        .await;
-    not_served(resp, Some(&logged_key), logged_capture)
+    }
 }
 
 /// The route a probe request pins (`x-keyplane-probe-route`), if it sends one. Only the route
@@ -769,7 +781,8 @@ fn probe_route(
 }
 
 /// Writes the one log line and the request log record of a response that served nothing (a
-/// served one, 2xx, is logged with its usage when its response ends). Never the key or the body.
+/// served one, 2xx, is logged with its usage when its response ends), with the bodies a
+/// capturing key's `capture` holds. Never the key or the body in the log line.
 fn log_not_served(
     gw: &Gateway,
     request_id: &str,
@@ -777,8 +790,12 @@ fn log_not_served(
     dialect: &str,
     (started, started_at_ms): (Instant, i64),
     mut resp: Response<Body>,
+    capture: Option<Arc<crate::capture::Capture>>,
 ) -> Response<Body> {
     if !resp.status().is_success() {
+        if capture.is_some() {
+            crate::proxy::unserved(&mut resp).capture = capture;
+        }
         tracing::info!(
             request_id,
             client_key_id = key_id.map_or("", |k| &**k),
@@ -813,47 +830,40 @@ pub(crate) async fn embeddings(
     let dialect = crate::proxy::embed_log_name(shape, errors);
     let (table, key) = match authenticate(gw, &req, errors) {
         Ok(ok) => ok,
-        Err(resp) => return log_not_served(gw, request_id, None, dialect, started, resp),
+        Err(resp) => return log_not_served(gw, request_id, None, dialect, started, resp, None),
     };
     let (_, body) = match read_body(gw, req, errors).await {
         Ok(ok) => ok,
-        Err(mut resp) => {
-            // A refusal before the body was read keeps only its answer.
-            if key.capture_bodies && !resp.status().is_success() {
-                crate::proxy::unserved(&mut resp).capture =
-                    Some(Arc::new(crate::capture::Capture::new(None)));
-            }
-            return log_not_served(gw, request_id, Some(&key.id), dialect, started, resp);
+        Err(resp) => {
+            let capture = capture_for(&key, None);
+            return log_not_served(
+                gw,
+                request_id,
+                Some(&key.id),
+                dialect,
+                started,
+                resp,
+                capture,
+            );
         }
     };
     let logged_key = Arc::clone(&key.id);
-    // Only a key that opted in pays for a copy of its bodies.
-    let capture = key
-        .capture_bodies
-        .then(|| Arc::new(crate::capture::Capture::new(Some(&body))));
+    let capture = capture_for(&key, Some(&body));
     let logged_capture = capture.clone();
-    let ctx = RequestCtx {
-        request_id: request_id.to_string(),
-        key_id: key.id,
-        policy: key.policy,
-        limits: key.state,
-        failures: key.failures,
-        started: started.0,
-        started_at_ms: started.1,
-        query: None,
-        attempts: Vec::new(),
-        pin: None,
-        from_url: None,
-        capture,
-    };
-    let mut resp = gw
+    let ctx = request_ctx(request_id, key, started, capture);
+    let resp = gw
         .proxy
         .embed(shape, errors, &path_model, &table, &body, ctx)
         .await;
-    if logged_capture.is_some() && !resp.status().is_success() {
-        crate::proxy::unserved(&mut resp).capture = logged_capture;
-    }
-    log_not_served(gw, request_id, Some(&logged_key), dialect, started, resp)
+    log_not_served(
+        gw,
+        request_id,
+        Some(&logged_key),
+        dialect,
+        started,
+        resp,
+        logged_capture,
+    )
 }
 
 /// `POST /v1/messages/count_tokens`: exact from the upstream when the candidate the request would
