@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The longest one WebDriver command may take (a page load included).
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -187,16 +187,7 @@ impl Browser {
 
     /// Waits (at most `timeout`) until an element matches `css`.
     pub fn wait_for(&self, css: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.find(css).is_some() {
-                return true;
-            }
-            if Instant::now() > deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        crate::wait_until(timeout, || self.find(css).is_some())
     }
 
     /// Saves a PNG screenshot of the viewport.
